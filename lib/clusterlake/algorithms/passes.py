@@ -1,0 +1,272 @@
+"""Distributed passes over the validated input: Spark plumbing around ``kernels/``.
+
+Each public function runs on the driver and builds a function that runs on executors inside
+``mapInArrow``: it turns Arrow batches into a float64 numpy block (n, d), applies the fitted
+:class:`~clusterlake.prep.transform.Preprocessor` and a kernel, and returns either rows (the
+assignments) or one small row of partial statistics per partition (k x p numbers). Closures capture
+plain numpy arrays and strings only; only per-cluster statistics reach the driver, never rows
+(except the explicitly sized samples).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Iterator, Optional
+
+import numpy as np
+import pyarrow as pa
+
+from clusterlake.prep.transform import Moments, Preprocessor
+
+log = logging.getLogger(__name__)
+
+
+def _block(batch, names: list[str]) -> np.ndarray:
+    """Stack the named numeric columns of an Arrow batch into an (n, d) float64 array."""
+    n = batch.num_rows
+    out = np.empty((n, len(names)), dtype=np.float64)
+    for j, name in enumerate(names):
+        out[:, j] = batch.column(name).to_numpy(zero_copy_only=False)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# preprocessing statistics
+
+
+def input_moments(df, features: list[str]) -> Moments:
+    """One pass: per-partition mean and centred scatter (d x d), merged on the driver.
+
+    Collected: one (d + d*d) row per partition. Cost O(n d^2) flops on executors.
+    """
+    d = len(features)
+
+    def part(batches: Iterator["pa.RecordBatch"]) -> Iterator["pa.RecordBatch"]:
+        acc = Moments(0, np.zeros(d), np.zeros((d, d)))
+        for b in batches:
+            if b.num_rows:
+                acc = acc.merge(Moments.of(_block(b, features)))
+        yield pa.RecordBatch.from_pydict(
+            {"n": [acc.n], "mean": [acc.mean.tolist()], "m2": [acc.m2.ravel().tolist()]},
+            schema=pa.schema([("n", pa.int64()), ("mean", pa.list_(pa.float64())), ("m2", pa.list_(pa.float64()))]),
+        )
+
+    rows = df.select(*features).mapInArrow(part, "n long, mean array<double>, m2 array<double>").collect()
+    total = Moments(0, np.zeros(d), np.zeros((d, d)))
+    for r in rows:
+        total = total.merge(Moments(int(r["n"]), np.asarray(r["mean"]), np.asarray(r["m2"]).reshape(d, d)))
+    return total
+
+
+# ----------------------------------------------------------------------------------------------
+# model space for the MLlib fit
+
+
+def model_space(df, prep: Preprocessor, weight_col: Optional[str] = None):
+    """DataFrame of model-space vectors ``z: array<double>`` (and the weight column, if any)."""
+    feats = list(prep.feature_names)
+    center, scale, comps = prep.center, prep.scale, prep.components
+    p = prep.n_components
+
+    def part(batches):
+        local = Preprocessor(feats, center, scale, comps)
+        for b in batches:
+            Z = local.transform(_block(b, feats))
+            arr = pa.FixedSizeListArray.from_arrays(pa.array(Z.ravel()), p).cast(pa.list_(pa.float64()))
+            cols = {"z": arr}
+            if weight_col:
+                cols[weight_col] = b.column(weight_col)
+            yield pa.RecordBatch.from_pydict(cols)
+
+    cols = feats + ([weight_col] if weight_col else [])
+    schema = "z array<double>" + (f", `{weight_col}` double" if weight_col else "")
+    return df.select(*cols).mapInArrow(part, schema)
+
+
+# ----------------------------------------------------------------------------------------------
+# assignment
+
+
+def assign_rows(df, prep: Preprocessor, centroids: np.ndarray, cluster_ids: np.ndarray, id_col: str):
+    """Assign every row: ``id, cluster_id, distance, second_cluster_id, margin``.
+
+    ``distance`` is the Euclidean distance in the model space to the nearest centroid; ``margin``
+    is the distance to the second nearest minus that (null when k == 1). Rows are streamed, never
+    collected.
+    """
+    from clusterlake.kernels.distance import assign
+
+    feats = list(prep.feature_names)
+    center, scale, comps = prep.center, prep.scale, prep.components
+    C = np.ascontiguousarray(centroids, dtype=np.float64)
+    ids = np.asarray(cluster_ids, dtype=np.int32)
+    k = C.shape[0]
+
+    def part(batches):
+        local = Preprocessor(feats, center, scale, comps)
+        for b in batches:
+            Z = local.transform(_block(b, feats))
+            lab, dist, sec, sdist = assign(Z, C)
+            has2 = k > 1
+            yield pa.RecordBatch.from_pydict({
+                id_col: b.column(id_col),
+                "cluster_id": pa.array(ids[lab], pa.int32()),
+                "distance": pa.array(dist, pa.float64()),
+                "second_cluster_id": pa.array(ids[sec] if has2 else np.zeros(len(lab), np.int32),
+                                              pa.int32(), mask=None if has2 else np.ones(len(lab), bool)),
+                "margin": pa.array(sdist - dist if has2 else np.zeros(len(lab)), pa.float64(),
+                                   mask=None if has2 else np.ones(len(lab), bool)),
+            })
+
+    id_type = df.schema[id_col].dataType.simpleString()
+    schema = f"`{id_col}` {id_type}, cluster_id int, distance double, second_cluster_id int, margin double"
+    return df.select(id_col, *feats).mapInArrow(part, schema)
+
+
+# ----------------------------------------------------------------------------------------------
+# per-cluster statistics for metrics and the centroids table
+
+
+@dataclass
+class ClusterStats:
+    """Exact per-cluster statistics over all rows (index = position in ``centroids``)."""
+
+    counts: np.ndarray  # (k,)
+    sum_z: np.ndarray  # (k, p)
+    sum_x: np.ndarray  # (k, d) original units
+    sum_dist: np.ndarray  # (k,) to the fitted centroid
+    sum_sq_dist: np.ndarray  # (k,)
+    max_dist: np.ndarray  # (k,)
+    contingency: Optional[dict] = None  # {(label, cluster_index): count}
+
+    @property
+    def n(self) -> int:
+        return int(self.counts.sum())
+
+    @property
+    def means_z(self) -> np.ndarray:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return self.sum_z / self.counts[:, None]
+
+    @property
+    def means_x(self) -> np.ndarray:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return self.sum_x / self.counts[:, None]
+
+
+def cluster_stats(df, prep: Preprocessor, centroids: np.ndarray, label_col: Optional[str] = None) -> ClusterStats:
+    """One pass: assign each row and accumulate per-cluster count, sums (model space and original
+    units), distance sums/max, and the (label, cluster) contingency when a label column is given.
+
+    Collected: one row of O(k (p + d)) numbers (plus the contingency pairs) per partition.
+    """
+    from clusterlake.kernels.distance import assign
+    from clusterlake.kernels.stats import cluster_moments, cluster_sums
+
+    feats = list(prep.feature_names)
+    center, scale, comps = prep.center, prep.scale, prep.components
+    C = np.ascontiguousarray(centroids, dtype=np.float64)
+    k, p, d = C.shape[0], C.shape[1], len(feats)
+
+    def part(batches):
+        local = Preprocessor(feats, center, scale, comps)
+        cnt = np.zeros(k)
+        sz = np.zeros((k, p))
+        sx = np.zeros((k, d))
+        sd = np.zeros(k)
+        ssd = np.zeros(k)
+        mx = np.zeros(k)
+        cont: dict = {}
+        for b in batches:
+            if not b.num_rows:
+                continue
+            X = _block(b, feats)
+            Z = local.transform(X)
+            lab, _, _, _ = assign(Z, C)
+            c1, s1 = cluster_sums(Z, lab, k)
+            _, s2 = cluster_sums(X, lab, k)
+            mom = cluster_moments(Z, lab, C, k)
+            cnt += c1
+            sz += s1
+            sx += s2
+            sd += mom["sum_dist"]
+            ssd += mom["sum_sq_dist"]
+            mx = np.maximum(mx, mom["max_dist"])
+            if label_col is not None:
+                labels = b.column(label_col).cast(pa.string()).to_numpy(zero_copy_only=False)
+                labels = np.where(labels == None, "<null>", labels).astype(str)  # noqa: E711
+                pairs, counts = np.unique(np.rec.fromarrays([labels, lab]), return_counts=True)
+                for (lv, ci), c in zip(pairs.tolist(), counts.tolist()):
+                    cont[(lv, int(ci))] = cont.get((lv, int(ci)), 0) + int(c)
+        keys = list(cont)
+        yield pa.RecordBatch.from_pydict({
+            "cnt": [cnt.tolist()], "sz": [sz.ravel().tolist()], "sx": [sx.ravel().tolist()],
+            "sd": [sd.tolist()], "ssd": [ssd.tolist()], "mx": [mx.tolist()],
+            "cl": [[kk[0] for kk in keys]], "ci": [[kk[1] for kk in keys]], "cc": [[cont[kk] for kk in keys]],
+        }, schema=_STATS_SCHEMA)
+
+    cols = feats + ([label_col] if label_col else [])
+    rows = df.select(*cols).mapInArrow(part, _STATS_DDL).collect()
+    out = ClusterStats(np.zeros(k), np.zeros((k, p)), np.zeros((k, d)), np.zeros(k), np.zeros(k), np.zeros(k),
+                       {} if label_col else None)
+    for r in rows:
+        out.counts += np.asarray(r["cnt"])
+        out.sum_z += np.asarray(r["sz"]).reshape(k, p)
+        out.sum_x += np.asarray(r["sx"]).reshape(k, d)
+        out.sum_dist += np.asarray(r["sd"])
+        out.sum_sq_dist += np.asarray(r["ssd"])
+        out.max_dist = np.maximum(out.max_dist, np.asarray(r["mx"]))
+        if label_col:
+            for lv, ci, cc in zip(r["cl"], r["ci"], r["cc"]):
+                out.contingency[(lv, ci)] = out.contingency.get((lv, ci), 0) + cc
+    return out
+
+
+_STATS_DDL = ("cnt array<double>, sz array<double>, sx array<double>, sd array<double>, "
+              "ssd array<double>, mx array<double>, cl array<string>, ci array<long>, cc array<long>")
+_F64S = pa.list_(pa.float64())
+_STATS_SCHEMA = pa.schema([("cnt", _F64S), ("sz", _F64S), ("sx", _F64S), ("sd", _F64S), ("ssd", _F64S),
+                           ("mx", _F64S), ("cl", pa.list_(pa.string())), ("ci", pa.list_(pa.int64())),
+                           ("cc", pa.list_(pa.int64()))])
+
+
+def mean_distance_to_means(df, prep: Preprocessor, centroids: np.ndarray, means: np.ndarray) -> np.ndarray:
+    """One pass: for each cluster (by nearest ``centroids``), the sum of Euclidean distances of its
+    rows to the cluster *mean* ``means`` (what Davies-Bouldin needs). Returns (k,) sums."""
+    from clusterlake.kernels.distance import assign
+
+    feats = list(prep.feature_names)
+    center, scale, comps = prep.center, prep.scale, prep.components
+    C = np.ascontiguousarray(centroids, dtype=np.float64)
+    M = np.nan_to_num(np.asarray(means, dtype=np.float64))
+    k = C.shape[0]
+
+    def part(batches):
+        local = Preprocessor(feats, center, scale, comps)
+        acc = np.zeros(k)
+        for b in batches:
+            if not b.num_rows:
+                continue
+            Z = local.transform(_block(b, feats))
+            lab, _, _, _ = assign(Z, C)
+            dist = np.sqrt(((Z - M[lab]) ** 2).sum(axis=1))
+            acc += np.bincount(lab, weights=dist, minlength=k)
+        yield pa.RecordBatch.from_pydict({"s": [acc.tolist()]})
+
+    rows = df.select(*feats).mapInArrow(part, "s array<double>").collect()
+    return np.sum([np.asarray(r["s"]) for r in rows], axis=0) if rows else np.zeros(k)
+
+
+def sample_rows(df, columns: list[str], n_total: int, size: int, seed: int):
+    """A uniform random sample of about ``size`` rows (at most ``size``), as a pandas DataFrame.
+
+    Collected: at most ``size`` rows of the given columns.
+    """
+    if n_total <= 0 or size <= 0:
+        return df.select(*columns).limit(0).toPandas()
+    fraction = min(1.0, 1.15 * size / n_total)
+    sampled = df.select(*columns)
+    if fraction < 1.0:
+        sampled = sampled.sample(withReplacement=False, fraction=fraction, seed=seed)
+    return sampled.limit(size).toPandas()

@@ -1,0 +1,355 @@
+"""Typed job configuration, loaded from YAML and validated once.
+
+The config is data: it is parsed with ``yaml.safe_load`` and validated by pydantic models that
+forbid unknown keys; nothing in it is evaluated or imported. Every error names the dotted key path
+(``kmeans.k``), what was expected and what was found.
+
+Overrides from the command line (``--set kmeans.k=12``) are parsed with the same YAML rules for
+the value (``12`` is an int, ``false`` a bool, ``[4, 16]`` a list) and must name a key that exists.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from clusterlake.errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=False, validate_assignment=True)
+
+
+class JobSection(_Section):
+    name: str = Field("clusterlake-job", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    run_date: Optional[_dt.date] = None
+    """The logical date of the run (partition key). Defaults to today in UTC."""
+
+
+class InputSection(_Section):
+    path: str = Field(..., min_length=1)
+    format: Literal["parquet", "delta"] = "parquet"
+    id_column: str = Field(..., min_length=1)
+    feature_columns: Optional[list[str]] = None
+    vector_column: Optional[str] = None
+    label_column: Optional[str] = None
+    weight_column: Optional[str] = None
+    invalid_rows: Literal["fail", "drop"] = "fail"
+    duplicate_ids: Literal["fail"] = "fail"
+
+    @field_validator("feature_columns")
+    @classmethod
+    def _features_nonempty_unique(cls, v: Optional[list[str]]) -> Optional[list[str]]:
+        if v is None:
+            return v
+        if len(v) == 0:
+            raise ValueError("must list at least one column, or be null to infer the numeric columns")
+        dup = sorted({c for c in v if v.count(c) > 1})
+        if dup:
+            raise ValueError(f"lists {dup} more than once")
+        return v
+
+    @model_validator(mode="after")
+    def _vector_xor_features(self) -> "InputSection":
+        if self.vector_column is not None:
+            raise ValueError(
+                "vector_column is not supported yet by this version; "
+                "list the numeric columns in input.feature_columns instead"
+            )
+        special = [c for c in (self.id_column, self.label_column, self.weight_column) if c]
+        if self.feature_columns:
+            clash = [c for c in special if c in self.feature_columns]
+            if clash:
+                raise ValueError(
+                    f"feature_columns must not contain the id/label/weight column(s) {clash}"
+                )
+        return self
+
+
+class PCASection(_Section):
+    enabled: bool = True
+    components: Optional[int] = Field(None, ge=1)
+    variance: Optional[float] = Field(0.95, gt=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _one_target(self) -> "PCASection":
+        if self.enabled and self.components is None and self.variance is None:
+            raise ValueError("set either components or variance when pca is enabled")
+        return self
+
+
+class PreprocessSection(_Section):
+    scaling: Literal["standard", "none"] = "standard"
+    normalize: bool = False
+    pca: PCASection = PCASection()
+
+
+class AutoKSection(_Section):
+    min_k: int = Field(2, ge=2)
+    max_k: int = Field(20, ge=2)
+    criterion: Literal["silhouette", "calinski_harabasz", "davies_bouldin", "elbow"] = "silhouette"
+    sample_size: int = Field(50_000, ge=100)
+
+
+class KMeansSection(_Section):
+    algorithm: Literal["kmeans", "bisecting"] = "kmeans"
+    k: Union[int, Literal["auto"]] = 8
+    auto: AutoKSection = AutoKSection()
+    distance: Literal["euclidean", "cosine"] = "euclidean"
+    init: Literal["kmeans||", "kmeans++", "random", "previous"] = "kmeans||"
+    max_iter: int = Field(50, ge=1, le=10_000)
+    tol: float = Field(1.0e-4, ge=0.0)
+    seed: int = 42
+
+    @field_validator("k")
+    @classmethod
+    def _k_range(cls, v: Union[int, str]) -> Union[int, str]:
+        if isinstance(v, int) and not isinstance(v, bool) and v < 2:
+            raise ValueError("must be an integer >= 2 or 'auto'")
+        return v
+
+
+class DensitySection(_Section):
+    enabled: bool = False
+    algorithm: Literal["dbscan", "hdbscan"] = "hdbscan"
+    sample_size: int = Field(100_000, ge=100)
+    eps: Optional[float] = Field(None, gt=0.0)
+    min_samples: int = Field(10, ge=1)
+
+
+class HierarchicalSection(_Section):
+    enabled: bool = False
+    linkage: Literal["ward", "average", "complete", "single"] = "ward"
+    sample_size: int = Field(20_000, ge=10)
+    levels: list[int] = [4, 16]
+
+
+class GatesSection(_Section):
+    min_silhouette: Optional[float] = Field(None, ge=-1.0, le=1.0)
+    min_cluster_share: Optional[float] = Field(None, ge=0.0, le=1.0)
+
+
+class QualitySection(_Section):
+    sample_size: int = Field(20_000, ge=100, le=200_000)
+    gates: GatesSection = GatesSection()
+    on_gate_failure: Literal["warn", "fail"] = "warn"
+
+
+class OutputSection(_Section):
+    path: str = Field(..., min_length=1)
+    format: Literal["delta", "parquet"] = "delta"
+    delta_writer: Literal["auto", "delta-rs", "spark"] = "auto"
+    """Who commits Delta tables: Spark's Delta writer when its jars are on the classpath (auto),
+    else delta-rs (the ``deltalake`` package) committing the parquet files Spark wrote."""
+    storage_options: dict[str, str] = {}
+    """Passed to delta-rs for object stores (e.g. AWS_REGION); unused for local paths."""
+
+
+class ReportSection(_Section):
+    enabled: bool = False
+
+
+class SparkSection(_Section):
+    master: str = "local[*]"
+    app_name: Optional[str] = None
+    conf: dict[str, Union[str, int, float, bool]] = {}
+
+
+class JobConfig(_Section):
+    """The whole job config; see ``conf/local.yaml`` for a commented example."""
+
+    job: JobSection = JobSection()
+    input: InputSection
+    preprocess: PreprocessSection = PreprocessSection()
+    kmeans: KMeansSection = KMeansSection()
+    density: DensitySection = DensitySection()
+    hierarchical: HierarchicalSection = HierarchicalSection()
+    quality: QualitySection = QualitySection()
+    output: OutputSection
+    report: ReportSection = ReportSection()
+    spark: SparkSection = SparkSection()
+
+    @model_validator(mode="after")
+    def _supported(self) -> "JobConfig":
+        # Options in the config contract that later versions implement. Refuse them loudly
+        # rather than silently running something else.
+        unsupported = {
+            "kmeans.k": self.kmeans.k == "auto",
+            "kmeans.algorithm": self.kmeans.algorithm != "kmeans",
+            "kmeans.distance": self.kmeans.distance != "euclidean",
+            "kmeans.init": self.kmeans.init not in ("kmeans||", "random"),
+            "preprocess.normalize": self.preprocess.normalize,
+            "density.enabled": self.density.enabled,
+            "hierarchical.enabled": self.hierarchical.enabled,
+            "report.enabled": self.report.enabled,
+        }
+        bad = [k for k, v in unsupported.items() if v]
+        if bad:
+            raise ValueError(
+                f"not supported by clusterlake {_version()} yet: "
+                + ", ".join(f"{k}={_shown(self, k)}" for k in bad)
+                + "; remove these keys or set them to their defaults"
+            )
+        return self
+
+    @property
+    def resolved_run_date(self) -> _dt.date:
+        return self.job.run_date or _dt.datetime.now(_dt.timezone.utc).date()
+
+    def to_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True)
+
+
+def _shown(cfg: BaseModel, dotted: str) -> str:
+    node: Any = cfg
+    for part in dotted.split("."):
+        node = getattr(node, part)
+    return json.dumps(node)
+
+
+def _version() -> str:
+    from clusterlake import __version__
+
+    return __version__
+
+
+# --------------------------------------------------------------------------------------------
+# loading
+
+
+_BRANCH_TAGS = {"int", "str", "float", "bool", "list", "dict", "date"}
+
+
+def _user_path(loc: tuple) -> str:
+    # pydantic adds union/literal branch tags ("int", "literal['auto']") to the location;
+    # keep only the key path the user wrote.
+    parts = [str(p) for p in loc]
+    keep = [p for p in parts if p not in _BRANCH_TAGS and "[" not in p and not p.startswith("function-")]
+    return ".".join(keep)
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    by_path: dict[str, list[str]] = {}
+    got_by_path: dict[str, Any] = {}
+    for e in err.errors():
+        path = _user_path(e["loc"])
+        kind = e["type"]
+        if kind == "extra_forbidden":
+            by_path.setdefault(path, []).append("unknown key")
+            got_by_path[path] = None
+            continue
+        if kind == "missing":
+            by_path.setdefault(path, []).append("missing required key")
+            got_by_path[path] = None
+            continue
+        text = e["msg"].removeprefix("Value error, ")
+        if text not in by_path.setdefault(path, []):
+            by_path[path].append(text)
+        got_by_path[path] = e.get("input")
+    lines = []
+    for path, texts in by_path.items():
+        where = f"'{path}'" if path else "the config"
+        got = got_by_path[path]
+        if texts in (["unknown key"], ["missing required key"]):
+            lines.append(f"{texts[0]} {where}")
+            continue
+        if isinstance(got, dict):  # a check across keys of a section: the message names them
+            lines.append(f"{where}: {' or '.join(texts)}")
+        else:
+            lines.append(f"{where}: {' or '.join(texts)} (got {json.dumps(got, default=str)})")
+    return f"invalid config {source}: " + "; ".join(lines)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Parse ``a.b.c=value`` into (["a","b","c"], value) with YAML scalar rules for the value."""
+    if "=" not in text:
+        raise ConfigError(f"--set expects key=value, got {text!r} (e.g. --set kmeans.k=12)")
+    key, _, raw = text.partition("=")
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"--set has an empty key path in {text!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() != "" else None
+    except (yaml.YAMLError, ValueError) as exc:
+        raise ConfigError(f"--set {key}: value {raw!r} is not valid YAML: {exc}") from None
+    return key.split("."), value
+
+
+def _apply_override(data: dict, path: list[str], value: Any) -> None:
+    node: Any = data
+    model: Any = JobConfig
+    for i, part in enumerate(path):
+        dotted = ".".join(path[: i + 1])
+        fields = model.model_fields
+        if part not in fields:
+            raise ConfigError(f"--set {'.'.join(path)}: unknown key '{dotted}'")
+        ann = fields[part].annotation
+        is_section = isinstance(ann, type) and issubclass(ann, BaseModel)
+        if i == len(path) - 1:
+            node[part] = value
+            return
+        nxt = node.get(part)
+        if nxt is None:
+            nxt = {}
+            node[part] = nxt
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"--set {'.'.join(path)}: '{dotted}' is not a section")
+        if not is_section:
+            # a free-form mapping (spark.conf, output.storage_options): the rest of the path is
+            # one key, dots included (spark.conf.spark.sql.shuffle.partitions=4)
+            nxt[".".join(path[i + 1 :])] = value
+            return
+        node, model = nxt, ann
+
+
+def load_config(
+    path: Optional[Union[str, Path]] = None,
+    overrides: Optional[list[str]] = None,
+    data: Optional[dict] = None,
+) -> JobConfig:
+    """Load and validate a job config.
+
+    Parameters
+    ----------
+    path : str or Path, optional
+        A YAML file. Either ``path`` or ``data`` must be given.
+    overrides : list of str, optional
+        ``key.path=value`` strings applied on top, in order.
+    data : dict, optional
+        An already-parsed mapping (used by tests and the library API).
+
+    Raises
+    ------
+    ConfigError
+        On an unreadable file, invalid YAML, unknown keys, wrong types or bad values; the message
+        names the file and the dotted key path.
+    """
+    source = str(path) if path is not None else "<dict>"
+    if data is None:
+        if path is None:
+            raise ConfigError("no config given: pass --config FILE")
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {source} does not exist")
+        try:
+            data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, ValueError) as exc:
+            raise ConfigError(f"config file {source} is not valid YAML: {exc}") from None
+    else:
+        data = json.loads(json.dumps(data, default=str))  # deep copy, plain types only
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {source} must be a mapping of sections, got {type(data).__name__}")
+    for ov in overrides or []:
+        keys, value = parse_override(ov)
+        _apply_override(data, keys, value)
+    try:
+        return JobConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, source)) from None

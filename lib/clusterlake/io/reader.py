@@ -1,0 +1,226 @@
+"""Reading the features table and validating it.
+
+Runs on the driver; validation is two distributed passes (one aggregation over every feature
+column, one shuffle of the ids for duplicates) that return only counts and a few example ids.
+
+Policy (``input.invalid_rows``): a row is *invalid* when its id is null, any feature is null, NaN
+or +-inf, or its weight is null/NaN/inf/negative. ``fail`` stops the job naming the worst columns
+and their counts; ``drop`` removes those rows. Both count every reason, and the counts land in the
+``runs`` table. Constant feature columns are dropped with a warning (they carry no information and
+break standard scaling); the job fails when nothing is left.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Optional
+
+from clusterlake.config import InputSection
+from clusterlake.errors import InputDataError
+
+log = logging.getLogger(__name__)
+
+_NUMERIC = ("ByteType", "ShortType", "IntegerType", "LongType", "FloatType", "DoubleType", "DecimalType")
+
+
+@dataclass
+class InputSummary:
+    """What validation found; recorded in the ``runs`` table."""
+
+    path: str
+    format: str
+    rows_read: int
+    rows_used: int
+    rows_dropped: int
+    invalid_counts: dict[str, int] = field(default_factory=dict)
+    """``"<column>:<null|nan|inf|negative>" -> rows`` for every reason seen (before dropping)."""
+    feature_columns: list[str] = field(default_factory=list)
+    dropped_constant_columns: list[str] = field(default_factory=list)
+    id_column: str = ""
+    label_column: Optional[str] = None
+    weight_column: Optional[str] = None
+
+
+def read_table(spark, cfg: InputSection):
+    """Read the input as a DataFrame (parquet, or Delta through Spark or delta-rs)."""
+    if cfg.format == "parquet":
+        try:
+            return spark.read.parquet(cfg.path)
+        except Exception as exc:  # AnalysisException: PATH_NOT_FOUND, unreadable files
+            if "PATH_NOT_FOUND" in str(exc) or "does not exist" in str(exc):
+                raise InputDataError(
+                    f"input path {cfg.path} does not exist; check input.path "
+                    "(for the embedded sample run `make data`)"
+                ) from None
+            raise InputDataError(f"cannot read input {cfg.path} as parquet: {_first_line(exc)}") from None
+    from clusterlake.io.delta import read_delta
+
+    return read_delta(spark, cfg.path)
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0][:500] if str(exc).strip() else type(exc).__name__
+
+
+def resolve_columns(df, cfg: InputSection) -> list[str]:
+    """Check the configured columns exist with usable types; return the feature columns.
+
+    Raises
+    ------
+    InputDataError
+        naming the column, its type and the fix.
+    """
+    types = {f.name: type(f.dataType).__name__ for f in df.schema.fields}
+    have = list(types)
+    for key, col in (("input.id_column", cfg.id_column), ("input.label_column", cfg.label_column),
+                     ("input.weight_column", cfg.weight_column)):
+        if col is not None and col not in types:
+            raise InputDataError(
+                f"{key} '{col}' is not a column of {cfg.path}; columns are {have}"
+            )
+    if cfg.weight_column and types[cfg.weight_column] not in _NUMERIC:
+        raise InputDataError(
+            f"input column '{cfg.weight_column}' (input.weight_column) has type "
+            f"{types[cfg.weight_column]}, expected a numeric type; cast it upstream"
+        )
+    special = {c for c in (cfg.id_column, cfg.label_column, cfg.weight_column) if c}
+    if cfg.feature_columns is not None:
+        missing = [c for c in cfg.feature_columns if c not in types]
+        if missing:
+            raise InputDataError(
+                f"input.feature_columns names {missing}, not columns of {cfg.path}; "
+                f"columns are {have}"
+            )
+        bad = {c: types[c] for c in cfg.feature_columns if types[c] not in _NUMERIC}
+        if bad:
+            desc = ", ".join(f"'{c}' has type {t}" for c, t in bad.items())
+            raise InputDataError(
+                f"input feature column {desc}; features must be numeric: cast upstream or remove "
+                "it from input.feature_columns"
+            )
+        return list(cfg.feature_columns)
+    feats = [c for c in have if c not in special and types[c] in _NUMERIC]
+    if not feats:
+        raise InputDataError(
+            f"no numeric feature columns found in {cfg.path} (columns: {have}); "
+            "list them in input.feature_columns"
+        )
+    skipped = [c for c in have if c not in special and c not in feats]
+    if skipped:
+        log.info("inferred %d numeric feature columns; ignoring non-numeric %s", len(feats), skipped)
+    return feats
+
+
+def validate(df, cfg: InputSection, k: int):
+    """Validate the input and apply the invalid-row policy.
+
+    Parameters
+    ----------
+    df : pyspark.sql.DataFrame
+        The raw input.
+    cfg : InputSection
+    k : int
+        The number of clusters requested (the data must have at least k valid rows).
+
+    Returns
+    -------
+    clean : pyspark.sql.DataFrame
+        id, features (as double, constant columns removed), label (if any), weight (if any);
+        invalid rows removed under ``drop``. Not cached: the caller decides.
+    summary : InputSummary
+
+    Notes
+    -----
+    Two distributed passes; collected to the driver: one row of counts/min/max per column and at
+    most 5 duplicate ids.
+    """
+    from pyspark.sql import functions as F
+
+    feats = resolve_columns(df, cfg)
+    idc = cfg.id_column
+
+    def finite(c):
+        col = F.col(c).cast("double")
+        return col.isNotNull() & ~F.isnan(col) & (F.abs(col) != F.lit(float("inf")))
+
+    reasons = {f"{idc}:null": F.col(idc).isNull()}
+    for c in feats:
+        col = F.col(c).cast("double")
+        reasons[f"{c}:null"] = F.col(c).isNull()
+        reasons[f"{c}:nan"] = F.isnan(col)
+        reasons[f"{c}:inf"] = F.abs(col) == F.lit(float("inf"))
+    if cfg.weight_column:
+        w = F.col(cfg.weight_column).cast("double")
+        reasons[f"{cfg.weight_column}:null"] = F.col(cfg.weight_column).isNull()
+        reasons[f"{cfg.weight_column}:nan"] = F.isnan(w)
+        reasons[f"{cfg.weight_column}:inf"] = F.abs(w) == F.lit(float("inf"))
+        reasons[f"{cfg.weight_column}:negative"] = w < 0
+    valid = F.col(idc).isNotNull()
+    for c in feats:
+        valid = valid & finite(c)
+    if cfg.weight_column:
+        valid = valid & finite(cfg.weight_column) & (F.col(cfg.weight_column).cast("double") >= 0)
+
+    aggs = [F.count(F.lit(1)).alias("__n"), F.sum(F.when(valid, 0).otherwise(1)).alias("__bad")]
+    names = list(reasons)
+    aggs += [F.sum(F.when(cond, 1).otherwise(0)).alias(f"r{i}") for i, cond in enumerate(reasons.values())]
+    for i, c in enumerate(feats):
+        v = F.when(valid, F.col(c).cast("double"))
+        aggs += [F.min(v).alias(f"lo{i}"), F.max(v).alias(f"hi{i}")]
+    row = df.agg(*aggs).collect()[0]
+    n = int(row["__n"])
+    if n == 0:
+        raise InputDataError(f"input {cfg.path} has no rows; check input.path and the upstream job")
+    n_bad = int(row["__bad"] or 0)
+    counts = {name: int(row[f"r{i}"] or 0) for i, name in enumerate(names)}
+    counts = {k_: v for k_, v in counts.items() if v}
+    if n_bad:
+        worst = sorted(counts.items(), key=lambda kv: -kv[1])[:5]
+        detail = ", ".join(f"'{k_.split(':')[0]}' {v} {k_.split(':')[1]}" for k_, v in worst)
+        if cfg.invalid_rows == "fail":
+            raise InputDataError(
+                f"input has {n_bad} of {n} rows with null/NaN/inf values ({detail}); "
+                "set input.invalid_rows: drop to drop them (they are counted), or clean the columns"
+            )
+        log.warning("dropping %d of %d invalid rows (input.invalid_rows=drop): %s", n_bad, n, detail)
+    n_used = n - n_bad
+    if n_used == 0:
+        raise InputDataError(f"all {n} input rows are invalid ({detail}); nothing to cluster")
+
+    constant = [c for i, c in enumerate(feats) if row[f"lo{i}"] == row[f"hi{i}"]]
+    kept = [c for c in feats if c not in constant]
+    if constant:
+        if not kept:
+            raise InputDataError(
+                f"every feature column is constant ({constant}); there is nothing to cluster on"
+            )
+        log.warning("dropping constant feature columns %s (zero variance carries no information)", constant)
+
+    if n_used < k:
+        raise InputDataError(
+            f"input has {n_used} valid rows, fewer than kmeans.k={k}; lower kmeans.k or check the input"
+        )
+
+    clean = df.filter(valid) if n_bad else df
+    dups = clean.groupBy(idc).count().filter(F.col("count") > 1)
+    examples = dups.orderBy(F.col("count").desc(), F.col(idc)).limit(5).collect()
+    if examples:
+        n_dup = dups.count()
+        shown = ", ".join(f"{r[idc]!r} x{r['count']}" for r in examples)
+        raise InputDataError(
+            f"input column '{idc}' (input.id_column) has {n_dup} duplicated ids (e.g. {shown}); "
+            "ids must be unique: deduplicate the input upstream"
+        )
+
+    cols = [F.col(idc)] + [F.col(c).cast("double").alias(c) for c in kept]
+    if cfg.label_column:
+        cols.append(F.col(cfg.label_column))
+    if cfg.weight_column:
+        cols.append(F.col(cfg.weight_column).cast("double").alias(cfg.weight_column))
+    summary = InputSummary(
+        path=cfg.path, format=cfg.format, rows_read=n, rows_used=n_used, rows_dropped=n_bad,
+        invalid_counts=counts, feature_columns=kept, dropped_constant_columns=constant,
+        id_column=idc, label_column=cfg.label_column, weight_column=cfg.weight_column,
+    )
+    return clean.select(*cols), summary

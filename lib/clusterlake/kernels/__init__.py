@@ -1,0 +1,1 @@
+"""Pure numpy kernels: no Spark imports here (a test enforces this)."""

@@ -1,0 +1,294 @@
+"""The nightly job: read -> validate -> preprocess -> fit -> assign -> metrics -> publish.
+
+:func:`run_job` wires the library together; ``jobs/cluster.py`` and ``clusterlake run`` call it.
+Everything before *publish* writes nothing visible; publish commits the tables one by one and the
+``runs`` row last (see :mod:`clusterlake.io.tables`), and moves ``model/latest`` after that.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import platform
+import sys
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+from clusterlake import __version__
+from clusterlake.config import JobConfig
+
+log = logging.getLogger("clusterlake")
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    run_date: str
+    output_path: str
+    model_path: str
+    k: int
+    sizes: list[int]
+    metrics: dict[str, float]
+    table_versions: dict[str, Optional[int]]
+    rows_read: int
+    rows_used: int
+    rows_dropped: int
+    seconds: float
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    feature_columns: list[str] = field(default_factory=list)
+    n_components: int = 0
+
+
+class _Stages:
+    """Times the job's stages and logs what each did."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str):
+        log.info("stage %s: started", name)
+        t0 = time.time()
+        note: dict = {}
+        yield note
+        took = time.time() - t0
+        self.seconds[name] = round(took, 3)
+        extra = ", ".join(f"{k}={v}" for k, v in note.items())
+        log.info("stage %s: done in %.1f s%s", name, took, f" ({extra})" if extra else "")
+
+
+def new_run_id(run_date: str) -> str:
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
+    return f"{run_date.replace('-', '')}-{stamp}-{uuid.uuid4().hex[:8]}"
+
+
+def _versions() -> dict[str, str]:
+    import pyspark
+    import sklearn
+
+    return {"clusterlake": __version__, "pyspark": pyspark.__version__, "python": platform.python_version(),
+            "numpy": np.__version__, "scikit-learn": sklearn.__version__}
+
+
+def run_job(cfg: JobConfig, spark=None) -> RunResult:
+    """Run the whole job once. Raises :class:`~clusterlake.errors.ClusterlakeError` on bad input
+    (before anything is written) and leaves the previous run's tables in place on any failure."""
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    from clusterlake.algorithms.kmeans import fit_kmeans
+    from clusterlake.algorithms.passes import (
+        assign_rows, cluster_stats, input_moments, mean_distance_to_means, sample_rows,
+    )
+    from clusterlake.io import model_artifact
+    from clusterlake.io.reader import read_table, validate
+    from clusterlake.io.tables import make_store, publish_run, recover_interrupted
+    from clusterlake.kernels.distance import assign
+    from clusterlake.prep.transform import fit_preprocessor
+    from clusterlake.quality.metrics import full_metrics, sample_silhouette
+    from clusterlake.session import build_session
+
+    t_start = time.time()
+    started_at = dt.datetime.now(dt.timezone.utc)
+    run_date = cfg.resolved_run_date.isoformat()
+    run_id = new_run_id(run_date)
+    stage = _Stages()
+    log.info("run %s of job %s for run_date %s", run_id, cfg.job.name, run_date)
+    if spark is None:
+        spark = build_session(cfg.spark, f"clusterlake-{cfg.job.name}")
+    icfg = cfg.input
+    k = int(cfg.kmeans.k)
+
+    store = make_store(spark, cfg.output, run_date, run_id)
+    recovered = recover_interrupted(store)
+    if recovered:
+        log.warning("restored tables left by interrupted run(s) %s", recovered)
+
+    with stage("read+validate") as note:
+        raw = read_table(spark, icfg)
+        clean, summary = validate(raw, icfg, k)
+        clean = clean.persist(StorageLevel.MEMORY_AND_DISK)
+        note.update(rows_read=summary.rows_read, rows_used=summary.rows_used,
+                    dropped=summary.rows_dropped, features=len(summary.feature_columns))
+    feats = summary.feature_columns
+    try:
+        with stage("preprocess") as note:
+            moments = input_moments(clean, feats)
+            pcfg = cfg.preprocess
+            prep = fit_preprocessor(moments, feats, pcfg.scaling, pcfg.pca.enabled,
+                                    pcfg.pca.components, pcfg.pca.variance)
+            if prep.explained_variance_ratio is not None:
+                note.update(components=prep.n_components,
+                            variance=round(float(prep.explained_variance_ratio.sum()), 4))
+
+        with stage("kmeans") as note:
+            fit = fit_kmeans(clean, prep, cfg.kmeans, icfg.weight_column)
+            centroids = fit.centroids
+            cluster_ids = np.arange(len(centroids), dtype=np.int32)
+            note.update(k=len(centroids), iterations=fit.n_iter, engine=fit.engine)
+
+        with stage("metrics") as note:
+            stats = cluster_stats(clean, prep, centroids, icfg.label_column)
+            sdm = mean_distance_to_means(clean, prep, centroids, stats.means_z)
+            metrics = full_metrics(stats, centroids, sdm)
+            qsize = min(cfg.quality.sample_size, summary.rows_used)
+            sample = sample_rows(clean, feats, summary.rows_used, qsize, cfg.kmeans.seed)
+            Zs = prep.transform(sample[feats].to_numpy(dtype=np.float64))
+            sil = sample_silhouette(Zs, assign(Zs, centroids)[0], cfg.kmeans.seed)
+            if sil is not None:
+                metrics.append(sil)
+            mdict = {m.metric: m.value for m in metrics}
+            note.update({m: round(v, 4) for m, v in mdict.items() if m in ("silhouette", "ari", "davies_bouldin")})
+
+        model_root = store.root.child("model")
+        model_dir = model_root.child(run_id)
+        staged = []
+        try:
+            with stage("write") as note:
+                art = model_artifact.ModelArtifact(
+                    run_id=run_id, run_date=run_date, prep=prep, centroids=centroids,
+                    cluster_ids=cluster_ids, meta={"job": cfg.job.name, "id_column": icfg.id_column,
+                                                   "engine": fit.engine},
+                )
+                model_artifact.save(art, model_dir)
+                cen_df = _centroids_df(spark, run_id, stats, centroids, cluster_ids)
+                staged.append(store.stage("centroids", cen_df, files=1))
+                asg = assign_rows(clean, prep, centroids, cluster_ids, icfg.id_column)
+                asg = asg.withColumn("run_id", F.lit(run_id))
+                staged.append(store.stage("assignments", asg))
+                staged.append(store.stage("metrics", _metrics_df(spark, run_id, metrics, len(centroids)), files=1))
+                note.update(assignments=staged[1].rows)
+                if staged[1].rows != summary.rows_used:
+                    raise RuntimeError(
+                        f"assignments has {staged[1].rows} rows but {summary.rows_used} rows were validated"
+                    )
+
+            def stage_runs(versions):
+                runs = _runs_row(cfg, run_id, run_date, started_at, t_start, stage.seconds, summary,
+                                 fit, mdict, model_dir.uri, versions, prep)
+                return store.stage("runs", spark.createDataFrame([runs], _RUNS_DDL), files=1)
+
+            with stage("publish"):
+                versions = publish_run(store, staged, stage_runs,
+                                       after_commit=lambda: model_artifact.point_latest(model_root, run_id))
+        except BaseException:
+            for st in staged:
+                store.discard(st)
+            if model_dir.exists():
+                model_dir.delete()
+            raise
+    finally:
+        clean.unpersist()
+
+    sizes = [int(c) for c in stats.counts]
+    result = RunResult(
+        run_id=run_id, run_date=run_date, output_path=store.root.uri, model_path=model_dir.uri,
+        k=len(centroids), sizes=sizes, metrics=mdict, table_versions=versions,
+        rows_read=summary.rows_read, rows_used=summary.rows_used, rows_dropped=summary.rows_dropped,
+        seconds=round(time.time() - t_start, 2), stage_seconds=stage.seconds,
+        feature_columns=feats, n_components=prep.n_components,
+    )
+    log.info("run %s committed in %.1f s", run_id, result.seconds)
+    return result
+
+
+# ----------------------------------------------------------------------------------------------
+# table rows
+
+
+def _centroids_df(spark, run_id, stats, centroids, cluster_ids):
+    n = stats.n
+    rows = []
+    for i, cid in enumerate(cluster_ids):
+        c = float(stats.counts[i])
+        rows.append((
+            int(cid), int(c), c / n,
+            [float(v) for v in stats.means_x[i]] if c > 0 else None,
+            [float(v) for v in centroids[i]],
+            float(stats.sum_dist[i] / c) if c > 0 else None,
+            float(np.sqrt(stats.sum_sq_dist[i] / c)) if c > 0 else None,
+            float(stats.max_dist[i]) if c > 0 else None,
+            None, run_id,
+        ))
+    ddl = ("cluster_id int, size long, share double, centroid array<double>, centroid_model array<double>, "
+           "radius_mean double, radius_rms double, radius_max double, parent_id int, run_id string")
+    return spark.createDataFrame(rows, ddl)
+
+
+def _metrics_df(spark, run_id, metrics, k):
+    rows = [(m.scope, "kmeans", m.metric, float(m.value), int(k), int(m.sample_size), run_id) for m in metrics]
+    ddl = "scope string, algorithm string, metric string, value double, k int, sample_size long, run_id string"
+    return spark.createDataFrame(rows, ddl)
+
+
+_RUNS_DDL = (
+    "run_id string, job_name string, status string, started_at timestamp, finished_at timestamp, "
+    "duration_seconds double, stage_seconds map<string,double>, input_path string, input_format string, "
+    "rows_read long, rows_dropped long, rows_used long, invalid_counts map<string,long>, "
+    "feature_columns array<string>, dropped_columns array<string>, n_components int, k_requested int, k int, "
+    "engine string, iterations int, silhouette double, model_path string, table_versions map<string,long>, "
+    "config_json string, versions map<string,string>"
+)
+
+
+def _runs_row(cfg, run_id, run_date, started_at, t_start, stage_seconds, summary, fit, mdict, model_path,
+              versions, prep):
+    now = dt.datetime.now(dt.timezone.utc)
+    return (
+        run_id, cfg.job.name, "success", started_at.replace(tzinfo=None), now.replace(tzinfo=None),
+        round(time.time() - t_start, 3), dict(stage_seconds), summary.path, summary.format,
+        summary.rows_read, summary.rows_dropped, summary.rows_used, dict(summary.invalid_counts),
+        list(summary.feature_columns), list(summary.dropped_constant_columns), int(prep.n_components),
+        fit.k_requested, int(len(fit.centroids)), fit.engine, fit.n_iter, mdict.get("silhouette"),
+        model_path, {k: v for k, v in versions.items() if v is not None}, cfg.to_json(), _versions(),
+    )
+
+
+def summary_text(r: RunResult) -> str:
+    """The one-screen summary printed at the end of a run."""
+    order = np.argsort(r.sizes)[::-1]
+    n = max(sum(r.sizes), 1)
+    sizes = ", ".join(f"{i}: {r.sizes[i]:,} ({r.sizes[i] / n:.1%})" for i in order)
+    m = r.metrics
+    fmt = lambda key: f"{m[key]:.4f}" if key in m and m[key] is not None else "n/a"  # noqa: E731
+    lines = [
+        "",
+        "=" * 78,
+        f"clusterlake run {r.run_id}  (run_date {r.run_date})  committed in {r.seconds:.1f} s",
+        f"rows: {r.rows_read:,} read, {r.rows_dropped:,} dropped, {r.rows_used:,} clustered",
+        f"features: {len(r.feature_columns)} -> {r.n_components} model dimensions",
+        f"k = {r.k}; sizes: {sizes}",
+        f"silhouette (sample) {fmt('silhouette')}   Davies-Bouldin {fmt('davies_bouldin')}   "
+        f"Calinski-Harabasz {fmt('calinski_harabasz')}",
+    ]
+    if "ari" in m:
+        lines.append(f"against the label column: ARI {fmt('ari')}   NMI {fmt('nmi')}")
+    lines += [
+        f"tables: {r.output_path}/{{centroids,assignments,metrics,runs}}  (versions {r.table_versions})",
+        f"model:  {r.model_path}  (latest: {r.output_path}/model/latest)",
+        "stages: " + ", ".join(f"{k} {v:.1f}s" for k, v in r.stage_seconds.items()),
+        "=" * 78,
+    ]
+    return "\n".join(lines)
+
+
+def configure_logging(level: str = "INFO") -> None:
+    root = logging.getLogger()
+    if not any(getattr(h, "_clusterlake", False) for h in root.handlers):
+        h = logging.StreamHandler(sys.stderr)
+        h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+        h._clusterlake = True  # type: ignore[attr-defined]
+        root.addHandler(h)
+    root.setLevel(level)
+    for noisy in ("py4j", "pyspark"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def dumps(r: RunResult) -> str:
+    return json.dumps(r.__dict__, default=str, indent=2)

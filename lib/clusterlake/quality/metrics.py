@@ -1,0 +1,88 @@
+"""Quality metrics of a fitted clustering.
+
+Exact on all rows, from per-cluster statistics (no O(n^2)): inertia, Calinski-Harabasz,
+Davies-Bouldin (both with scikit-learn's definitions, labels = the assignment), cluster share
+min/max, and ARI / NMI against the label column from the (label x cluster) contingency table.
+On a sample: silhouette (scikit-learn's Euclidean definition, not Spark's squared one).
+Runs on the driver over small arrays.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from clusterlake.algorithms.passes import ClusterStats
+from clusterlake.kernels.metrics import (
+    adjusted_rand_from_contingency,
+    calinski_harabasz_from_stats,
+    davies_bouldin_from_stats,
+    normalized_mutual_info_from_contingency,
+    within_ss_from_center_moments,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Metric:
+    scope: str  # full | sample
+    metric: str
+    value: float
+    sample_size: int
+
+
+def full_metrics(stats: ClusterStats, centroids: np.ndarray, sum_dist_to_means: np.ndarray) -> list[Metric]:
+    """Metrics computed exactly over all ``stats.n`` rows."""
+    n = stats.n
+    nonempty = stats.counts > 0
+    means = stats.means_z
+    overall = stats.sum_z.sum(axis=0) / n
+    within = within_ss_from_center_moments(
+        stats.counts[nonempty], stats.sum_sq_dist[nonempty], centroids[nonempty], means[nonempty]
+    )
+    k_eff = int(nonempty.sum())
+    out = [
+        Metric("full", "inertia", float(stats.sum_sq_dist.sum()), n),
+        Metric("full", "n_clusters", float(k_eff), n),
+        Metric("full", "min_cluster_share", float(stats.counts.min() / n), n),
+        Metric("full", "max_cluster_share", float(stats.counts.max() / n), n),
+        Metric("full", "mean_distance", float(stats.sum_dist.sum() / n), n),
+    ]
+    if k_eff >= 2:
+        out.append(Metric("full", "calinski_harabasz", float(calinski_harabasz_from_stats(
+            stats.counts[nonempty], means[nonempty], overall, within)), n))
+        out.append(Metric("full", "davies_bouldin", float(davies_bouldin_from_stats(
+            means[nonempty], sum_dist_to_means[nonempty] / stats.counts[nonempty])), n))
+    else:
+        log.warning("only %d non-empty cluster: Calinski-Harabasz and Davies-Bouldin are undefined", k_eff)
+    if stats.contingency:
+        labels = sorted({lv for lv, _ in stats.contingency})
+        li = {lv: i for i, lv in enumerate(labels)}
+        C = np.zeros((len(labels), len(centroids)), dtype=np.int64)
+        for (lv, ci), c in stats.contingency.items():
+            C[li[lv], ci] += c
+        C = C[:, C.sum(axis=0) > 0]
+        out.append(Metric("full", "ari", float(adjusted_rand_from_contingency(C)), n))
+        out.append(Metric("full", "nmi", float(normalized_mutual_info_from_contingency(C)), n))
+    return out
+
+
+def sample_silhouette(Z: np.ndarray, labels: np.ndarray, seed: int) -> Optional[Metric]:
+    """Silhouette (Euclidean) on the given sample; None with a warning when undefined."""
+    from sklearn.metrics import silhouette_score
+
+    n_labels = len(np.unique(labels))
+    if n_labels < 2 or n_labels >= len(labels):
+        log.warning("silhouette undefined on a sample of %d rows with %d clusters", len(labels), n_labels)
+        return None
+    value = silhouette_score(Z, labels, metric="euclidean")
+    return Metric("sample", "silhouette", float(value), int(len(labels)))
+
+
+def is_finite(x: Optional[float]) -> bool:
+    return x is not None and math.isfinite(x)
