@@ -265,6 +265,15 @@ def _format_errors(err: ValidationError, source: str) -> str:
     return f"invalid config {source}: " + "; ".join(lines)
 
 
+def _yaml_problem(exc: Exception) -> str:
+    """A YAML error on one line (PyYAML's own text spans several, with a caret under the column)."""
+    problem = getattr(exc, "problem", None)
+    mark = getattr(exc, "problem_mark", None)
+    if problem and mark is not None:
+        return f"{problem} (line {mark.line + 1}, column {mark.column + 1})"
+    return " ".join(str(exc).split())
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """Parse ``a.b.c=value`` into (["a","b","c"], value) with YAML scalar rules for the value."""
     if "=" not in text:
@@ -276,7 +285,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     try:
         value = yaml.safe_load(raw) if raw.strip() != "" else None
     except (yaml.YAMLError, ValueError) as exc:
-        raise ConfigError(f"--set {key}: value {raw!r} is not valid YAML: {exc}") from None
+        raise ConfigError(f"--set {key}: value {raw!r} is not valid YAML: {_yaml_problem(exc)}") from None
     return key.split("."), value
 
 
@@ -339,7 +348,7 @@ def load_config(
         try:
             data = yaml.safe_load(p.read_text(encoding="utf-8"))
         except (yaml.YAMLError, ValueError) as exc:
-            raise ConfigError(f"config file {source} is not valid YAML: {exc}") from None
+            raise ConfigError(f"config file {source} is not valid YAML: {_yaml_problem(exc)}") from None
     else:
         data = json.loads(json.dumps(data, default=str))  # deep copy, plain types only
     if data is None:

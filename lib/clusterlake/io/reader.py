@@ -188,6 +188,12 @@ def validate(df, cfg: InputSection, k: int):
     if n_used == 0:
         raise InputDataError(f"all {n} input rows are invalid ({detail}); nothing to cluster")
 
+    # before the constant check: with fewer rows than k (e.g. one) every column looks constant
+    if n_used < k:
+        raise InputDataError(
+            f"input has {n_used} valid rows, fewer than kmeans.k={k}; lower kmeans.k or check the input"
+        )
+
     constant = [c for i, c in enumerate(feats) if row[f"lo{i}"] == row[f"hi{i}"]]
     kept = [c for c in feats if c not in constant]
     if constant:
@@ -196,11 +202,6 @@ def validate(df, cfg: InputSection, k: int):
                 f"every feature column is constant ({constant}); there is nothing to cluster on"
             )
         log.warning("dropping constant feature columns %s (zero variance carries no information)", constant)
-
-    if n_used < k:
-        raise InputDataError(
-            f"input has {n_used} valid rows, fewer than kmeans.k={k}; lower kmeans.k or check the input"
-        )
 
     clean = df.filter(valid) if n_bad else df
     dups = clean.groupBy(idc).count().filter(F.col("count") > 1)

@@ -58,7 +58,9 @@ class StagedTable:
 def _nullable(schema: pa.Schema) -> pa.Schema:
     def fix(f: pa.Field) -> pa.Field:
         t = f.type
-        if pa.types.is_list(t):
+        if pa.types.is_timestamp(t):
+            t = pa.timestamp("us", tz="UTC")  # Delta's `timestamp`; ns would need timestampNanos
+        elif pa.types.is_list(t):
             t = pa.list_(pa.field("element", t.value_type, nullable=True))
         elif pa.types.is_map(t):
             t = pa.map_(t.key_type, pa.field("value", t.item_type, nullable=True))
@@ -112,6 +114,8 @@ class TableStore:
     def _spark_write_parquet(self, df, dest: Location, files: Optional[int]) -> None:
         if files is not None:
             df = df.coalesce(files)
+        # Delta's timestamp is microseconds since the epoch in UTC; Spark's default INT96 is not
+        self.spark.conf.set("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
         df.write.mode("errorifexists").parquet(dest.uri)
 
     def _collect_files(self, st: StagedTable) -> None:

@@ -1,0 +1,417 @@
+"""The job config: YAML is loaded safely, and every bad key, type or value is rejected with an error
+naming the dotted key path (no Spark needed)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+
+from clusterlake.config import JobConfig, load_config, parse_override
+from clusterlake.errors import ClusterlakeError, ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+LOCAL_YAML = ROOT / "conf" / "local.yaml"
+
+
+def base() -> dict:
+    return {"input": {"path": "in.parquet", "id_column": "id"}, "output": {"path": "out"}}
+
+
+def error_of(**kwargs) -> str:
+    with pytest.raises(ConfigError) as ei:
+        load_config(**kwargs)
+    msg = str(ei.value)
+    assert "\n" not in msg, f"config errors must be one line: {msg!r}"
+    return msg
+
+
+def write(tmp_path: Path, text: str, name: str = "job.yaml") -> Path:
+    p = tmp_path / name
+    p.write_text(text, encoding="utf-8")
+    return p
+
+
+# --------------------------------------------------------------------------------------------
+# the shipped config
+
+
+def test_local_yaml_loads():
+    cfg = load_config(path=LOCAL_YAML)
+    assert isinstance(cfg, JobConfig)
+    assert cfg.job.name == "customer-segments"
+    assert cfg.job.run_date is None  # null = today
+    assert cfg.input.id_column == "customer_id"
+    assert cfg.input.feature_columns is None
+    assert cfg.input.label_column == "true_segment"
+    assert cfg.input.invalid_rows == "fail"
+    assert cfg.kmeans.k == 7 and cfg.kmeans.max_iter == 50 and cfg.kmeans.tol == pytest.approx(1e-4)
+    assert cfg.preprocess.pca.variance == pytest.approx(0.95)
+    assert cfg.output.format == "delta"
+    # keys with dots inside a free-form mapping are kept whole
+    assert cfg.spark.conf["spark.sql.shuffle.partitions"] == 8
+    assert cfg.spark.conf["spark.driver.memory"] == "4g"
+    assert cfg.resolved_run_date == dt.datetime.now(dt.timezone.utc).date()
+
+
+def test_local_yaml_with_overrides():
+    cfg = load_config(path=LOCAL_YAML, overrides=["kmeans.k=12", "job.run_date=2026-11-01"])
+    assert cfg.kmeans.k == 12
+    assert cfg.job.run_date == dt.date(2026, 11, 1)
+    assert cfg.resolved_run_date == dt.date(2026, 11, 1)
+    assert cfg.input.id_column == "customer_id"  # the rest of the file is untouched
+
+
+def test_config_error_is_a_user_error():
+    assert issubclass(ConfigError, ClusterlakeError)
+    assert ConfigError.exit_code == 2
+
+
+# --------------------------------------------------------------------------------------------
+# unknown keys
+
+
+def test_unknown_top_level_key_from_data():
+    msg = error_of(data={**base(), "kmean": {"k": 3}})
+    assert "unknown key 'kmean'" in msg
+
+
+def test_unknown_nested_key_from_data():
+    data = base()
+    data["kmeans"] = {"kk": 3}
+    msg = error_of(data=data)
+    assert "unknown key 'kmeans.kk'" in msg
+
+
+def test_unknown_deeply_nested_key_from_yaml(tmp_path):
+    p = write(tmp_path, "input: {path: x, id_column: id}\noutput: {path: o}\n"
+                        "preprocess:\n  pca:\n    varianse: 0.9\n")
+    msg = error_of(path=p)
+    assert "unknown key 'preprocess.pca.varianse'" in msg
+    assert str(p) in msg
+
+
+def test_unknown_keys_from_yaml_are_all_named(tmp_path):
+    p = write(tmp_path, "input: {path: x, id_column: id, id_colum: id}\noutput: {path: o}\nkmeans: {kk: 3}\n")
+    msg = error_of(path=p)
+    assert "'kmeans.kk'" in msg and "'input.id_colum'" in msg
+    assert str(p) in msg
+
+
+@pytest.mark.parametrize("override, dotted", [
+    ("kmeans.kk=3", "kmeans.kk"),
+    ("kmean.k=3", "kmean"),
+    ("nosuch=1", "nosuch"),
+    ("preprocess.pca.varianse=0.5", "preprocess.pca.varianse"),
+])
+def test_unknown_key_from_set(override, dotted):
+    msg = error_of(data=base(), overrides=[override])
+    assert f"unknown key '{dotted}'" in msg
+    assert "--set" in msg
+
+
+def test_set_into_a_scalar_is_refused():
+    msg = error_of(data=base(), overrides=["input.path.x=1"])
+    assert "'input.path'" in msg
+
+
+def test_set_without_equals_or_key():
+    assert "key=value" in error_of(data=base(), overrides=["kmeans.k"])
+    assert "empty key" in error_of(data=base(), overrides=["kmeans..k=3"])
+    assert "empty key" in error_of(data=base(), overrides=["=3"])
+
+
+# --------------------------------------------------------------------------------------------
+# wrong types, bad values
+
+
+@pytest.mark.parametrize("override, dotted, got", [
+    ("kmeans.max_iter=x", "kmeans.max_iter", '"x"'),
+    ("kmeans.k=eight", "kmeans.k", '"eight"'),
+    ("kmeans.k=2.5", "kmeans.k", "2.5"),
+    ("kmeans.tol=[1]", "kmeans.tol", "[1]"),
+    ("input.feature_columns=age", "input.feature_columns", '"age"'),
+    ("preprocess.pca.enabled=maybe", "preprocess.pca.enabled", '"maybe"'),
+    ("job.run_date=yesterday", "job.run_date", '"yesterday"'),
+])
+def test_wrong_type_names_key_and_value(override, dotted, got):
+    msg = error_of(data=base(), overrides=[override])
+    assert f"'{dotted}'" in msg
+    assert f"(got {got})" in msg
+    assert "invalid config <dict>" in msg
+
+
+def test_wrong_type_from_yaml_names_key_and_file(tmp_path):
+    p = write(tmp_path, 'input: {path: x, id_column: id}\noutput: {path: o}\nkmeans:\n  max_iter: "x"\n')
+    msg = error_of(path=p)
+    assert "'kmeans.max_iter'" in msg and str(p) in msg
+
+
+@pytest.mark.parametrize("override, dotted, hint", [
+    ("kmeans.k=1", "kmeans.k", ">= 2"),
+    ("kmeans.k=0", "kmeans.k", ">= 2"),
+    ("kmeans.k=-3", "kmeans.k", ">= 2"),
+    ("kmeans.k=true", "kmeans.k", ">= 2"),
+    ("kmeans.max_iter=0", "kmeans.max_iter", "greater than or equal to 1"),
+    ("input.invalid_rows=skip", "input.invalid_rows", "'fail' or 'drop'"),
+    ("preprocess.pca.variance=2", "preprocess.pca.variance", "less than or equal to 1"),
+    ("preprocess.pca.variance=0", "preprocess.pca.variance", "greater than 0"),
+    ("job.name=my job", "job.name", "pattern"),
+    ("job.name=''", "job.name", "at least 1"),
+    ("output.format=csv", "output.format", "'delta' or 'parquet'"),
+    ("input.feature_columns=[]", "input.feature_columns", "at least one column"),
+    ("input.feature_columns=[a, b, a]", "input.feature_columns", "more than once"),
+    ("quality.sample_size=10", "quality.sample_size", "100"),
+])
+def test_bad_value_names_key(override, dotted, hint):
+    msg = error_of(data=base(), overrides=[override])
+    assert f"'{dotted}'" in msg
+    assert hint in msg
+
+
+def test_bad_value_in_yaml_names_key_and_file(tmp_path):
+    p = write(tmp_path, "job: {name: nightly run}\ninput: {path: x, id_column: id, invalid_rows: skip}\n"
+                        "output: {path: o}\nkmeans: {k: 1}\n")
+    msg = error_of(path=p)
+    for dotted in ("job.name", "input.invalid_rows", "kmeans.k"):
+        assert f"'{dotted}'" in msg
+    assert str(p) in msg
+
+
+def test_feature_columns_must_not_contain_the_id():
+    msg = error_of(data=base(), overrides=["input.feature_columns=[id, age]"])
+    assert "input" in msg and "feature_columns" in msg and "'id'" in msg
+
+
+# --------------------------------------------------------------------------------------------
+# missing required keys
+
+
+def test_missing_id_column():
+    msg = error_of(data={"input": {"path": "x"}, "output": {"path": "o"}})
+    assert "missing required key 'input.id_column'" in msg
+    assert "input.path" not in msg
+
+
+def test_missing_output_section():
+    msg = error_of(data={"input": {"path": "x", "id_column": "id"}})
+    assert "missing required key 'output'" in msg
+
+
+def test_missing_output_path(tmp_path):
+    p = write(tmp_path, "input: {path: x, id_column: id}\noutput: {format: parquet}\n")
+    assert "missing required key 'output.path'" in error_of(path=p)
+
+
+def test_empty_yaml_names_both_required_sections(tmp_path):
+    p = write(tmp_path, "# nothing here\n")
+    msg = error_of(path=p)
+    assert "missing required key 'input'" in msg and "missing required key 'output'" in msg
+    assert str(p) in msg
+
+
+def test_required_key_can_come_from_set():
+    cfg = load_config(data={"input": {"path": "x"}, "output": {"path": "o"}}, overrides=["input.id_column=cid"])
+    assert cfg.input.id_column == "cid"
+
+
+# --------------------------------------------------------------------------------------------
+# --set value parsing
+
+
+@pytest.mark.parametrize("text, keys, value", [
+    ("kmeans.k=12", ["kmeans", "k"], 12),
+    ("kmeans.tol=1.0e-3", ["kmeans", "tol"], 1e-3),
+    ("preprocess.pca.enabled=false", ["preprocess", "pca", "enabled"], False),
+    ("report.enabled=true", ["report", "enabled"], True),
+    ("hierarchical.levels=[4, 16]", ["hierarchical", "levels"], [4, 16]),
+    ("job.run_date=2026-11-01", ["job", "run_date"], dt.date(2026, 11, 1)),
+    ("input.label_column=null", ["input", "label_column"], None),
+    ("input.label_column=", ["input", "label_column"], None),
+    ("job.name=a=b", ["job", "name"], "a=b"),
+    (" kmeans.k =3", ["kmeans", "k"], 3),
+])
+def test_parse_override(text, keys, value):
+    assert parse_override(text) == (keys, value)
+
+
+def test_set_values_are_typed():
+    cfg = load_config(data=base(), overrides=[
+        "kmeans.k=5",
+        "kmeans.seed=7",
+        "kmeans.tol=0.001",
+        "preprocess.pca.enabled=false",
+        "hierarchical.levels=[2, 8]",
+        "job.run_date=2026-01-02",
+        "input.feature_columns=[age, income]",
+        "input.label_column=seg",
+        "input.label_column=null",  # later overrides win
+    ])
+    assert cfg.kmeans.k == 5 and isinstance(cfg.kmeans.k, int)
+    assert cfg.kmeans.seed == 7
+    assert cfg.kmeans.tol == pytest.approx(0.001)
+    assert cfg.preprocess.pca.enabled is False
+    assert cfg.hierarchical.levels == [2, 8]
+    assert cfg.job.run_date == dt.date(2026, 1, 2)
+    assert cfg.input.feature_columns == ["age", "income"]
+    assert cfg.input.label_column is None
+
+
+def test_set_float_without_dot_still_validates():
+    # YAML 1.1 reads 1e-3 as a string; the float field still accepts it
+    assert load_config(data=base(), overrides=["kmeans.tol=1e-3"]).kmeans.tol == pytest.approx(1e-3)
+
+
+def test_set_dict_keys_with_dots():
+    cfg = load_config(data=base(), overrides=[
+        "spark.conf.spark.sql.shuffle.partitions=4",
+        "spark.conf.spark.sql.adaptive.enabled=false",
+        "spark.conf.spark.driver.memory=2g",
+        "output.storage_options.AWS_REGION=eu-west-1",
+    ])
+    assert cfg.spark.conf == {
+        "spark.sql.shuffle.partitions": 4,
+        "spark.sql.adaptive.enabled": False,
+        "spark.driver.memory": "2g",
+    }
+    assert cfg.output.storage_options == {"AWS_REGION": "eu-west-1"}
+
+
+def test_set_dict_key_overrides_yaml_value():
+    cfg = load_config(path=LOCAL_YAML, overrides=["spark.conf.spark.sql.shuffle.partitions=4"])
+    assert cfg.spark.conf["spark.sql.shuffle.partitions"] == 4
+    assert cfg.spark.conf["spark.driver.memory"] == "4g"  # siblings kept
+
+
+def test_set_creates_missing_sections():
+    cfg = load_config(data=base(), overrides=["preprocess.pca.components=3", "quality.gates.min_silhouette=0.2"])
+    assert cfg.preprocess.pca.components == 3
+    assert cfg.quality.gates.min_silhouette == pytest.approx(0.2)
+
+
+def test_set_invalid_yaml_value():
+    msg = error_of(data=base(), overrides=["hierarchical.levels=[1, 2"])
+    assert "hierarchical.levels" in msg and "not valid YAML" in msg
+
+
+def test_data_is_not_mutated():
+    data = base()
+    load_config(data=data, overrides=["kmeans.k=3", "spark.conf.a.b=1"])
+    assert data == base()
+
+
+# --------------------------------------------------------------------------------------------
+# mangled files
+
+
+def test_bad_indentation(tmp_path):
+    p = write(tmp_path, "input:\n  path: x\n   id_column: id\noutput:\n  path: o\n")
+    msg = error_of(path=p)
+    assert str(p) in msg and "not valid YAML" in msg
+    assert "line 3" in msg  # where the problem is
+
+
+def test_tab_indentation(tmp_path):
+    p = write(tmp_path, "input:\n\tpath: x\n")
+    msg = error_of(path=p)
+    assert str(p) in msg and "not valid YAML" in msg
+
+
+def test_top_level_list(tmp_path):
+    p = write(tmp_path, "- input\n- output\n")
+    msg = error_of(path=p)
+    assert str(p) in msg and "mapping" in msg and "list" in msg
+
+
+def test_top_level_scalar(tmp_path):
+    p = write(tmp_path, "just a string\n")
+    msg = error_of(path=p)
+    assert str(p) in msg and "mapping" in msg
+
+
+def test_section_that_is_not_a_mapping(tmp_path):
+    p = write(tmp_path, "input: {path: x, id_column: id}\noutput: {path: o}\nkmeans: 8\n")
+    msg = error_of(path=p)
+    assert "'kmeans'" in msg and str(p) in msg
+
+
+def test_file_does_not_exist(tmp_path):
+    p = tmp_path / "nope.yaml"
+    msg = error_of(path=p)
+    assert str(p) in msg and "does not exist" in msg
+
+
+def test_directory_is_not_a_config(tmp_path):
+    msg = error_of(path=tmp_path)
+    assert str(tmp_path) in msg
+
+
+def test_no_config_at_all():
+    assert "--config" in error_of()
+
+
+def test_python_tag_is_rejected_and_not_executed(tmp_path):
+    marker = tmp_path / "PWNED"
+    p = write(tmp_path, f'input: !!python/object/apply:os.system ["touch {marker}"]\n'
+                        "output: {path: o}\n")
+    msg = error_of(path=p)
+    assert str(p) in msg and "python/object/apply:os.system" in msg
+    assert not marker.exists()
+
+
+def test_python_tag_in_set_is_rejected_and_not_executed(tmp_path):
+    marker = tmp_path / "PWNED"
+    with pytest.raises(ConfigError):
+        load_config(data=base(), overrides=[f'job.name=!!python/object/apply:os.system ["touch {marker}"]'])
+    assert not marker.exists()
+
+
+def test_config_values_are_data_not_code(tmp_path):
+    # a string that looks like code stays a string and is only checked against the pattern
+    p = write(tmp_path, 'input: {path: "__import__(\'os\').system(\'echo hi\')", id_column: id}\n'
+                        "output: {path: o}\n")
+    cfg = load_config(path=p)
+    assert cfg.input.path == "__import__('os').system('echo hi')"
+
+
+# --------------------------------------------------------------------------------------------
+# options of the config contract that this version refuses
+
+
+@pytest.mark.parametrize("override, shown", [
+    ("kmeans.k=auto", 'kmeans.k="auto"'),
+    ("density.enabled=true", "density.enabled=true"),
+    ("hierarchical.enabled=true", "hierarchical.enabled=true"),
+    ("kmeans.algorithm=bisecting", 'kmeans.algorithm="bisecting"'),
+    ("kmeans.distance=cosine", 'kmeans.distance="cosine"'),
+    ("preprocess.normalize=true", "preprocess.normalize=true"),
+    ("report.enabled=true", "report.enabled=true"),
+])
+def test_unsupported_options_are_refused(override, shown):
+    msg = error_of(data=base(), overrides=[override])
+    assert "not supported" in msg
+    assert shown in msg
+
+
+def test_unsupported_options_all_named(tmp_path):
+    p = write(tmp_path, "input: {path: x, id_column: id}\noutput: {path: o}\n"
+                        "kmeans: {k: auto}\ndensity: {enabled: true}\n")
+    msg = error_of(path=p)
+    assert "kmeans.k" in msg and "density.enabled" in msg and str(p) in msg
+
+
+def test_vector_column_is_refused():
+    msg = error_of(data=base(), overrides=["input.vector_column=vec"])
+    assert "vector_column" in msg and "feature_columns" in msg
+
+
+def test_supported_defaults_pass():
+    cfg = load_config(data=base(), overrides=["kmeans.init=random", "density.enabled=false", "kmeans.k=2"])
+    assert cfg.kmeans.init == "random" and cfg.density.enabled is False and cfg.kmeans.k == 2
+
+
+def test_to_json_round_trips():
+    cfg = load_config(data=base(), overrides=["kmeans.k=4", "job.run_date=2026-03-04"])
+    again = load_config(data=__import__("json").loads(cfg.to_json()))
+    assert again == cfg
