@@ -152,7 +152,7 @@ def test_wrong_type_from_yaml_names_key_and_file(tmp_path):
     ("kmeans.k=1", "kmeans.k", ">= 2"),
     ("kmeans.k=0", "kmeans.k", ">= 2"),
     ("kmeans.k=-3", "kmeans.k", ">= 2"),
-    ("kmeans.k=true", "kmeans.k", ">= 2"),
+    ("kmeans.k=true", "kmeans.k", "not a boolean"),
     ("kmeans.max_iter=0", "kmeans.max_iter", "greater than or equal to 1"),
     ("input.invalid_rows=skip", "input.invalid_rows", "'fail' or 'drop'"),
     ("preprocess.pca.variance=2", "preprocess.pca.variance", "less than or equal to 1"),
@@ -415,3 +415,19 @@ def test_to_json_round_trips():
     cfg = load_config(data=base(), overrides=["kmeans.k=4", "job.run_date=2026-03-04"])
     again = load_config(data=__import__("json").loads(cfg.to_json()))
     assert again == cfg
+
+
+@pytest.mark.parametrize("key", ["kmeans.max_iter", "kmeans.seed", "quality.sample_size", "kmeans.tol"])
+def test_boolean_is_not_a_number(key):
+    with pytest.raises(ConfigError, match=f"'{key}': expected a number, not a boolean"):
+        load_config(data=_BASE_FOR_BOOL, overrides=[f"{key}=true"])
+
+
+_BASE_FOR_BOOL = {"input": {"path": "x", "id_column": "id"}, "output": {"path": "o"}}
+
+
+def test_unreadable_config_file_is_a_config_error(tmp_path):
+    p = tmp_path / "job.yaml"
+    p.write_bytes(b"\xff\xfe\x00bad")
+    with pytest.raises(ConfigError, match="cannot be read"):
+        load_config(path=p)

@@ -24,6 +24,16 @@ from clusterlake.errors import ConfigError
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=False, validate_assignment=True)
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, v: Any, info: Any) -> Any:
+        # lax mode would read `max_iter: true` as 1; a bool is only valid where a bool is expected
+        if isinstance(v, bool):
+            ann = str(cls.model_fields[info.field_name].annotation)
+            if "bool" not in ann and ("int" in ann or "float" in ann):
+                raise ValueError("expected a number, not a boolean")
+        return v
+
 
 class JobSection(_Section):
     name: str = Field("clusterlake-job", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
@@ -346,7 +356,11 @@ def load_config(
         if not p.is_file():
             raise ConfigError(f"config file {source} does not exist")
         try:
-            data = yaml.safe_load(p.read_text(encoding="utf-8"))
+            text = p.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config file {source} cannot be read: {exc}") from None
+        try:
+            data = yaml.safe_load(text)
         except (yaml.YAMLError, ValueError) as exc:
             raise ConfigError(f"config file {source} is not valid YAML: {_yaml_problem(exc)}") from None
     else:

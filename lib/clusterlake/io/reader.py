@@ -180,7 +180,7 @@ def validate(df, cfg: InputSection, k: int):
         detail = ", ".join(f"'{k_.split(':')[0]}' {v} {k_.split(':')[1]}" for k_, v in worst)
         if cfg.invalid_rows == "fail":
             raise InputDataError(
-                f"input has {n_bad} of {n} rows with null/NaN/inf values ({detail}); "
+                f"input has {n_bad} of {n} rows with invalid values ({detail}; null, NaN, inf, or a negative weight); "
                 "set input.invalid_rows: drop to drop them (they are counted), or clean the columns"
             )
         log.warning("dropping %d of %d invalid rows (input.invalid_rows=drop): %s", n_bad, n, detail)

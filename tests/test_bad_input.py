@@ -1,0 +1,386 @@
+"""Bad input data: the job stops before writing anything, with a message naming the column/id/setting
+and the fix; and the policies that let a run go on (invalid_rows=drop, constant columns) are recorded
+in the ``runs`` table.
+
+Every table here is a tiny parquet file written with pyarrow; runs use the shared Spark session.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from deltalake import DeltaTable
+
+from clusterlake.errors import ClusterlakeError, InputDataError
+from clusterlake.pipeline import run_job
+from tests.conftest import job_config
+
+NO_LABEL = {"input.label_column": "null"}
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+
+
+def write_table(path, columns: dict, schema: pa.Schema | None = None) -> str:
+    """Write one parquet file; ``columns`` maps names to lists/arrays (None = null)."""
+    table = pa.table(columns) if schema is None else pa.Table.from_pydict(columns, schema=schema)
+    pq.write_table(table, str(path))
+    return str(path)
+
+
+def good_columns(n: int = 20, seed: int = 0) -> dict:
+    """n rows with distinct ids, two numeric features and a label."""
+    rng = np.random.default_rng(seed)
+    return {
+        "customer_id": pa.array(np.arange(n, dtype=np.int64)),
+        "age": pa.array(rng.uniform(20, 70, n)),
+        "income": pa.array(rng.uniform(1e4, 1e5, n)),
+        "true_segment": pa.array(np.arange(n, dtype=np.int32) % 2),
+    }
+
+
+def with_column(cols: dict, name: str, values, type_=None) -> dict:
+    out = dict(cols)
+    out[name] = pa.array(values, type=type_)
+    return out
+
+
+def blobs(n: int = 300, seed: int = 5) -> dict:
+    """n rows in 3 well-separated blobs (label true_segment = blob)."""
+    rng = np.random.default_rng(seed)
+    centers = np.array([[25.0, 20_000.0, 2.0], [45.0, 60_000.0, 10.0], [65.0, 120_000.0, 25.0]])
+    spread = np.array([1.5, 1_500.0, 0.7])
+    seg = np.arange(n) % 3
+    X = centers[seg] + rng.normal(size=(n, 3)) * spread
+    return {
+        "customer_id": np.arange(1000, 1000 + n, dtype=np.int64),
+        "age": X[:, 0],
+        "income": X[:, 1],
+        "visits": X[:, 2],
+        "true_segment": seg.astype(np.int32),
+    }
+
+
+def fails(spark, input_path: str, tmp_path, **over) -> str:
+    """Run the job, expect InputDataError, check nothing was written; return the message."""
+    out = tmp_path / "out"
+    over.setdefault("kmeans.k", 2)
+    cfg = job_config(input_path, str(out), **over)
+    with pytest.raises(InputDataError) as ei:
+        run_job(cfg, spark=spark)
+    assert not os.path.exists(out), f"a failed run wrote {sorted(os.listdir(out))} under {out}"
+    msg = str(ei.value)
+    assert "\n" not in msg
+    assert isinstance(ei.value, ClusterlakeError) and ei.value.exit_code == 2
+    return msg
+
+
+# --------------------------------------------------------------------------------------------
+# columns
+
+
+def test_missing_feature_column(spark, tmp_path):
+    path = write_table(tmp_path / "t.parquet", good_columns())
+    msg = fails(spark, path, tmp_path, **{"input.feature_columns": "[age, height]"})
+    assert "input.feature_columns" in msg
+    assert "'height'" in msg and "'age'" not in msg.split("columns are")[0]
+    assert "columns are" in msg and "'income'" in msg  # shows what is there
+
+
+def test_non_numeric_feature_column(spark, tmp_path):
+    cols = with_column(good_columns(), "city", [f"c{i % 3}" for i in range(20)])
+    path = write_table(tmp_path / "t.parquet", cols)
+    msg = fails(spark, path, tmp_path, **{"input.feature_columns": "[age, city]"})
+    assert "'city' has type StringType" in msg
+    assert "numeric" in msg and "remove it from input.feature_columns" in msg
+    assert "'age'" not in msg
+
+
+def test_no_numeric_column_to_infer(spark, tmp_path):
+    path = write_table(tmp_path / "t.parquet", {
+        "customer_id": pa.array(np.arange(10, dtype=np.int64)),
+        "city": pa.array([f"c{i}" for i in range(10)]),
+    })
+    msg = fails(spark, path, tmp_path, **NO_LABEL)
+    assert "no numeric feature columns" in msg and "input.feature_columns" in msg
+
+
+def test_id_column_missing(spark, tmp_path):
+    path = write_table(tmp_path / "t.parquet", good_columns())
+    msg = fails(spark, path, tmp_path, **{"input.id_column": "cust_id"})
+    assert "input.id_column 'cust_id' is not a column" in msg
+    assert "columns are" in msg and "'customer_id'" in msg
+
+
+def test_label_column_missing(spark, tmp_path):
+    cols = good_columns()
+    del cols["true_segment"]
+    path = write_table(tmp_path / "t.parquet", cols)
+    msg = fails(spark, path, tmp_path)  # job_config's label column is true_segment
+    assert "input.label_column 'true_segment' is not a column" in msg
+    assert "columns are" in msg and "'age'" in msg
+
+
+def test_weight_column_missing(spark, tmp_path):
+    path = write_table(tmp_path / "t.parquet", good_columns())
+    msg = fails(spark, path, tmp_path, **{"input.weight_column": "w"})
+    assert "input.weight_column 'w' is not a column" in msg
+
+
+def test_weight_column_not_numeric(spark, tmp_path):
+    path = write_table(tmp_path / "t.parquet", with_column(good_columns(), "w", ["1"] * 20))
+    msg = fails(spark, path, tmp_path, **{"input.weight_column": "w"})
+    assert "'w' (input.weight_column) has type StringType" in msg and "numeric" in msg
+
+
+# --------------------------------------------------------------------------------------------
+# invalid values under invalid_rows=fail (the default)
+
+
+def _hint(msg: str) -> None:
+    assert "input.invalid_rows: drop" in msg
+
+
+def test_nulls_in_feature(spark, tmp_path):
+    age = list(np.linspace(20, 70, 20))
+    for i in (2, 5, 11):
+        age[i] = None
+    path = write_table(tmp_path / "t.parquet", with_column(good_columns(), "age", age, pa.float64()))
+    msg = fails(spark, path, tmp_path)
+    assert "3 of 20 rows" in msg
+    assert "'age' 3 null" in msg
+    assert "income" not in msg
+    _hint(msg)
+
+
+def test_nulls_in_integer_feature(spark, tmp_path):
+    visits = [None if i % 5 == 0 else i for i in range(20)]  # 4 nulls
+    path = write_table(tmp_path / "t.parquet", with_column(good_columns(), "visits", visits, pa.int64()))
+    msg = fails(spark, path, tmp_path)
+    assert "'visits' 4 null" in msg and "4 of 20 rows" in msg
+    _hint(msg)
+
+
+def test_nan_in_feature(spark, tmp_path):
+    income = list(np.linspace(1e4, 9e4, 20))
+    income[0] = income[7] = float("nan")
+    path = write_table(tmp_path / "t.parquet", with_column(good_columns(), "income", income, pa.float64()))
+    msg = fails(spark, path, tmp_path)
+    assert "'income' 2 nan" in msg and "2 of 20 rows" in msg
+    _hint(msg)
+
+
+def test_positive_inf_in_feature(spark, tmp_path):
+    income = list(np.linspace(1e4, 9e4, 20))
+    income[3] = float("inf")
+    path = write_table(tmp_path / "t.parquet", with_column(good_columns(), "income", income, pa.float64()))
+    msg = fails(spark, path, tmp_path)
+    assert "'income' 1 inf" in msg and "1 of 20 rows" in msg
+    _hint(msg)
+
+
+def test_negative_inf_in_float32_feature(spark, tmp_path):
+    age = np.linspace(20, 70, 20).astype(np.float32)
+    age[4] = -np.inf
+    path = write_table(tmp_path / "t.parquet", with_column(good_columns(), "age", age, pa.float32()))
+    msg = fails(spark, path, tmp_path)
+    assert "'age' 1 inf" in msg
+    _hint(msg)
+
+
+def test_mixed_reasons_count_rows_once(spark, tmp_path):
+    cols = good_columns()
+    age = list(np.linspace(20, 70, 20))
+    income = list(np.linspace(1e4, 9e4, 20))
+    age[1] = None
+    income[1] = float("nan")  # same row: one bad row, two reasons
+    income[2] = float("inf")
+    cols = with_column(with_column(cols, "age", age, pa.float64()), "income", income, pa.float64())
+    msg = fails(spark, write_table(tmp_path / "t.parquet", cols), tmp_path)
+    assert "2 of 20 rows" in msg
+    assert "'age' 1 null" in msg and "'income' 1 nan" in msg and "'income' 1 inf" in msg
+
+
+def test_null_id(spark, tmp_path):
+    ids = list(range(20))
+    ids[9] = None
+    path = write_table(tmp_path / "t.parquet", with_column(good_columns(), "customer_id", ids, pa.int64()))
+    msg = fails(spark, path, tmp_path)
+    assert "'customer_id' 1 null" in msg
+    _hint(msg)
+
+
+def test_negative_weight(spark, tmp_path):
+    w = [1.0] * 20
+    w[6] = -0.5
+    path = write_table(tmp_path / "t.parquet", with_column(good_columns(), "w", w, pa.float64()))
+    msg = fails(spark, path, tmp_path, **{"input.weight_column": "w"})
+    assert "'w' 1 negative" in msg and "1 of 20 rows" in msg
+    _hint(msg)
+
+
+def test_duplicate_ids(spark, tmp_path):
+    ids = list(range(20))
+    ids[10] = 3
+    ids[11] = 3   # id 3 three times
+    ids[12] = 7   # id 7 twice
+    path = write_table(tmp_path / "t.parquet", with_column(good_columns(), "customer_id", ids, pa.int64()))
+    msg = fails(spark, path, tmp_path)
+    assert "'customer_id' (input.id_column)" in msg
+    assert "2 duplicated ids" in msg
+    assert "3 x3" in msg and "7 x2" in msg  # examples, most repeated first
+    assert msg.index("3 x3") < msg.index("7 x2")
+    assert "deduplicate" in msg
+
+
+def test_duplicate_string_ids_are_shown_quoted(spark, tmp_path):
+    cols = with_column(good_columns(), "customer_id", [f"c-{i}" for i in range(19)] + ["c-4"])
+    msg = fails(spark, write_table(tmp_path / "t.parquet", cols), tmp_path)
+    assert "1 duplicated ids" in msg and "'c-4' x2" in msg
+
+
+# --------------------------------------------------------------------------------------------
+# too little data
+
+
+def test_empty_input(spark, tmp_path):
+    schema = pa.schema([("customer_id", pa.int64()), ("age", pa.float64()), ("income", pa.float64()),
+                        ("true_segment", pa.int32())])
+    path = write_table(tmp_path / "t.parquet", {n: [] for n in schema.names}, schema=schema)
+    assert pq.read_table(path).num_rows == 0
+    msg = fails(spark, path, tmp_path)
+    assert "has no rows" in msg and path in msg and "input.path" in msg
+
+
+def test_fewer_rows_than_k(spark, tmp_path):
+    path = write_table(tmp_path / "t.parquet", good_columns(n=3))
+    msg = fails(spark, path, tmp_path, **{"kmeans.k": 5})
+    assert "3 valid rows" in msg and "kmeans.k=5" in msg and "lower kmeans.k" in msg
+
+
+def test_fewer_valid_rows_than_k_after_drop(spark, tmp_path):
+    age = list(np.linspace(20, 70, 6))
+    age[0] = age[1] = age[2] = age[3] = None
+    cols = with_column(good_columns(n=6), "age", age, pa.float64())
+    msg = fails(spark, write_table(tmp_path / "t.parquet", cols), tmp_path,
+                **{"kmeans.k": 3, "input.invalid_rows": "drop"})
+    assert "2 valid rows" in msg and "kmeans.k=3" in msg
+
+
+def test_single_valid_row_reports_k_not_constant(spark, tmp_path):
+    # one valid row makes every column trivially constant; the real problem is k
+    age = [None] * 5 + [33.0]
+    cols = with_column(good_columns(n=6), "age", age, pa.float64())
+    msg = fails(spark, write_table(tmp_path / "t.parquet", cols), tmp_path, **{"input.invalid_rows": "drop"})
+    assert "1 valid rows" in msg and "kmeans.k=2" in msg
+
+
+def test_every_row_invalid_under_drop(spark, tmp_path):
+    cols = with_column(good_columns(n=8), "income", [float("nan")] * 8, pa.float64())
+    msg = fails(spark, write_table(tmp_path / "t.parquet", cols), tmp_path, **{"input.invalid_rows": "drop"})
+    assert "all 8 input rows are invalid" in msg and "'income' 8 nan" in msg
+
+
+def test_every_feature_constant(spark, tmp_path):
+    cols = with_column(with_column(good_columns(), "age", [30.0] * 20), "income", [5] * 20, pa.int64())
+    msg = fails(spark, write_table(tmp_path / "t.parquet", cols), tmp_path)
+    assert "every feature column is constant" in msg
+    assert "'age'" in msg and "'income'" in msg
+
+
+def test_input_path_does_not_exist(spark, tmp_path):
+    path = str(tmp_path / "missing" / "customers.parquet")
+    msg = fails(spark, path, tmp_path)
+    assert path in msg and "does not exist" in msg and "input.path" in msg
+
+
+def test_input_is_not_parquet(spark, tmp_path):
+    p = tmp_path / "t.parquet"
+    p.write_text("customer_id,age\n1,2\n")
+    msg = fails(spark, str(p), tmp_path)
+    assert str(p) in msg
+
+
+# --------------------------------------------------------------------------------------------
+# policies that let the run go on
+
+
+def _runs_row(out: str) -> dict:
+    rows = DeltaTable(out + "/runs").to_pyarrow_table().to_pylist()
+    assert len(rows) == 1
+    return rows[0]
+
+
+def _assert_blobs_recovered(asg_rows, data) -> None:
+    seg = dict(zip(data["customer_id"].tolist(), data["true_segment"].tolist()))
+    by_seg: dict[int, set] = {}
+    for r in asg_rows:
+        by_seg.setdefault(seg[r["customer_id"]], set()).add(r["cluster_id"])
+    assert all(len(c) == 1 for c in by_seg.values()), by_seg  # each blob is one cluster
+    assert len(set().union(*by_seg.values())) == 3  # and the three clusters differ
+
+
+def test_drop_invalid_rows_records_counts(spark, tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="clusterlake")
+    data = blobs()
+    age = data["age"].tolist()
+    income = data["income"].tolist()
+    for i in (0, 1, 2, 40):
+        age[i] = None
+    for i in (10, 11, 40):  # row 40: null age AND NaN income, dropped once
+        income[i] = float("nan")
+    income[20] = float("inf")
+    cols = {**data, "age": pa.array(age, pa.float64()), "income": pa.array(income, pa.float64())}
+    path = write_table(tmp_path / "t.parquet", cols)
+    out = str(tmp_path / "out")
+
+    result = run_job(job_config(path, out, **{"kmeans.k": 3, "input.invalid_rows": "drop"}), spark=spark)
+
+    bad_ids = {1000 + i for i in (0, 1, 2, 10, 11, 20, 40)}
+    assert (result.rows_read, result.rows_dropped, result.rows_used) == (300, 7, 293)
+    assert result.k == 3 and sum(result.sizes) == 293
+
+    runs = _runs_row(out)
+    assert runs["status"] == "success"
+    assert runs["rows_read"] == 300 and runs["rows_dropped"] == 7 and runs["rows_used"] == 293
+    assert dict(runs["invalid_counts"]) == {"age:null": 4, "income:nan": 3, "income:inf": 1}
+    assert runs["dropped_columns"] == []
+    assert sorted(runs["feature_columns"]) == ["age", "income", "visits"]
+
+    asg = DeltaTable(out + "/assignments").to_pyarrow_table().to_pylist()
+    assert len(asg) == runs["rows_read"] - runs["rows_dropped"] == 293
+    ids = {r["customer_id"] for r in asg}
+    assert len(ids) == 293
+    assert ids == set(data["customer_id"].tolist()) - bad_ids
+    _assert_blobs_recovered(asg, data)
+    assert any("dropping 7 of 300 invalid rows" in r.getMessage() for r in caplog.records)
+
+
+def test_constant_column_is_dropped_with_warning(spark, tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="clusterlake")
+    data = blobs(seed=9)
+    cols = {**data, "store": np.full(300, 4.0), "flag": np.ones(300, dtype=np.int64)}
+    path = write_table(tmp_path / "t.parquet", cols)
+    out = str(tmp_path / "out")
+
+    result = run_job(job_config(path, out, **{"kmeans.k": 3}), spark=spark)
+
+    assert sorted(result.feature_columns) == ["age", "income", "visits"]
+    runs = _runs_row(out)
+    assert sorted(runs["dropped_columns"]) == ["flag", "store"]
+    assert sorted(runs["feature_columns"]) == ["age", "income", "visits"]
+    assert runs["rows_read"] == 300 and runs["rows_dropped"] == 0 and runs["rows_used"] == 300
+    assert not runs["invalid_counts"]
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "constant" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "store" in warnings[0].getMessage() and "flag" in warnings[0].getMessage()
+
+    asg = DeltaTable(out + "/assignments").to_pyarrow_table().to_pylist()
+    assert len(asg) == 300
+    _assert_blobs_recovered(asg, data)
