@@ -88,7 +88,7 @@ def run_job(cfg: JobConfig, spark=None) -> RunResult:
     )
     from clusterlake.io import model_artifact
     from clusterlake.io.reader import read_table, validate
-    from clusterlake.io.tables import make_store, publish_run, recover_interrupted
+    from clusterlake.io.tables import journal_location, make_store, publish_run, recover_interrupted
     from clusterlake.kernels.distance import assign
     from clusterlake.prep.transform import fit_preprocessor
     from clusterlake.quality.metrics import full_metrics, sample_silhouette
@@ -178,10 +178,13 @@ def run_job(cfg: JobConfig, spark=None) -> RunResult:
                 versions = publish_run(store, staged, stage_runs,
                                        after_commit=lambda: model_artifact.point_latest(model_root, run_id))
         except BaseException:
-            for st in staged:
-                store.discard(st)
-            if model_dir.exists():
-                model_dir.delete()
+            # a journal left behind means a rollback failed: the tables may still reference the
+            # staged files, so they (and the model) stay for recover_interrupted() at the next start
+            if not journal_location(store).exists():
+                for st in staged:
+                    store.discard(st)
+                if model_dir.exists():
+                    model_dir.delete()
             raise
     finally:
         clean.unpersist()

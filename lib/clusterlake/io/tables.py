@@ -192,7 +192,7 @@ class DeltaRsStore(TableStore):
             )
             dt = self._dt(st.name)
         else:
-            current = dt.schema().to_arrow()
+            current = pa.schema(dt.schema().to_arrow())  # deltalake 1.x returns an arro3 schema
             schema = self._evolve(st, current)
             if dt.metadata().partition_columns != [PARTITION]:
                 raise OutputError(
@@ -229,9 +229,10 @@ class DeltaRsStore(TableStore):
     def rollback(self, name: str, version: Optional[int]) -> None:
         t = self.table(name)
         if version is None:
-            # the table did not exist before this run: remove what the run created
-            log.warning("rolling back %s: deleting the table this run created", name)
-            if t.exists():
+            # the table did not exist before this run: remove what the run created (only if it is
+            # a Delta table now; a directory that is not one was not created by this run)
+            if self._dt(name) is not None:
+                log.warning("rolling back %s: deleting the table this run created", name)
                 t.delete()
             return
         dt = self._dt(name)
@@ -306,10 +307,11 @@ class SparkDeltaStore(TableStore):
 
     def rollback(self, name: str, version: Optional[int]) -> None:
         uri = self.table(name).uri
+        current = self.current_version(name)
         if version is None:
-            if self.table(name).exists():
+            if current is not None:  # a Delta table this run created
                 self.table(name).delete()
-        else:
+        elif current != version:
             self.spark.sql(f"RESTORE TABLE delta.`{uri}` TO VERSION AS OF {int(version)}")
 
     def discard(self, st: StagedTable) -> None:
@@ -371,6 +373,9 @@ class ParquetStore(TableStore):
             part.delete()
         if self._swapped[name]:
             trash.move_to(part)
+        run_trash = self.table(name).child("_trash", self.run_id)
+        if run_trash.exists():
+            run_trash.delete()
 
     def finish(self) -> None:
         for name in self._swapped:
@@ -411,7 +416,9 @@ def make_store(spark, cfg: OutputSection, run_date: str, run_id: str) -> TableSt
 # publishing a run
 
 
-def _journal(store: TableStore) -> Location:
+def journal_location(store: TableStore) -> Location:
+    """Where publish_run keeps the run's journal while it commits; it exists after a failure only
+    when a rollback failed (the next run's recover_interrupted finishes the job)."""
     return store.root.child("_clusterlake", "pending", f"{store.run_id}.json")
 
 
@@ -440,29 +447,36 @@ def publish_run(
     """
     names = [s.name for s in staged] + ["runs"]
     pre = {n: store.current_version(n) for n in names}
-    journal = _journal(store)
+    journal = journal_location(store)
     journal.write_bytes(json.dumps({"run_id": store.run_id, "run_date": store.run_date,
                                     "store": store.kind, "pre_versions": pre}).encode())
+    # tables whose commit was attempted: a commit that raised may still have landed (e.g. the
+    # table reload after it failed), so it is rolled back too (rollback is a no-op if it did not)
     committed: list[str] = []
     versions: dict[str, Optional[int]] = {}
     runs_st: Optional[StagedTable] = None
     try:
         for st in staged:
-            versions[st.name] = store.commit(st)
             committed.append(st.name)
+            versions[st.name] = store.commit(st)
         runs_st = stage_runs(dict(versions))
-        versions["runs"] = store.commit(runs_st)
         committed.append("runs")
+        versions["runs"] = store.commit(runs_st)
     except BaseException:
         log.error("publishing run %s failed; restoring %s to their previous versions", store.run_id, committed or "nothing")
+        restored = True
         for name in reversed(committed):
             try:
                 store.rollback(name, pre[name])
-            except Exception as exc:  # keep going: restore as much as we can
-                log.error("could not roll back table %s: %s", name, exc)
-        for st in staged + ([runs_st] if runs_st else []):
-            store.discard(st)
-        journal.delete()
+            except Exception as err:  # keep going: restore as much as we can
+                restored = False
+                log.error("could not roll back table %s: %s", name, err)
+        if restored:
+            for st in staged + ([runs_st] if runs_st else []):
+                store.discard(st)
+            journal.delete()
+        else:  # the next run's recover_interrupted() tries again; its files may still be referenced
+            log.error("keeping the journal %s and the staged files of run %s", journal.uri, store.run_id)
         raise
     journal.delete()
     store.finish()
@@ -475,11 +489,13 @@ def publish_run(
 
 
 def recover_interrupted(store: TableStore) -> list[str]:
-    """Undo the commits of a run whose driver died while publishing (found by its journal).
+    """Finish off a run whose driver died while publishing (found by its journal).
 
-    For each table whose latest commit belongs to the interrupted run, restore the version the
-    journal recorded. Runs at the start of every job, before anything is written. Returns the run
-    ids recovered.
+    If the run's ``runs`` row was committed, the run is complete and only the journal is removed.
+    Otherwise every table whose latest commit belongs to that run is restored to the version the
+    journal recorded, and the run's leftover files (staged parquet files, its model directory)
+    are deleted. Runs at the start of every job, before anything is written. Returns the run ids
+    found.
     """
     pending = store.root.child("_clusterlake", "pending")
     recovered = []
@@ -488,15 +504,24 @@ def recover_interrupted(store: TableStore) -> list[str]:
             continue
         loc = pending.child(info.base_name)
         data = json.loads(loc.read_bytes())
-        run_id = data["run_id"]
-        if isinstance(store, DeltaRsStore):
+        run_id, run_date = data["run_id"], data["run_date"]
+        if not isinstance(store, DeltaRsStore):
+            log.warning("interrupted run %s found in %s; %s tables cannot be restored automatically",
+                        run_id, loc.uri, store.kind)
+        elif store.last_commit_run_id("runs") == run_id:
+            log.info("run %s was complete (its runs row is committed); removing its journal", run_id)
+        else:
             for name, version in data["pre_versions"].items():
                 if store.last_commit_run_id(name) == run_id:
                     log.warning("recovering from interrupted run %s: restoring %s", run_id, name)
                     store.rollback(name, version)
-        else:
-            log.warning("interrupted run %s found in %s; %s tables cannot be restored automatically",
-                        run_id, loc.uri, store.kind)
+            for name in data["pre_versions"]:
+                leftover = store.table(name).child(f"{PARTITION}={run_date}", run_id)
+                if leftover.exists():
+                    leftover.delete()
+            model_dir = store.root.child("model", run_id)
+            if model_dir.exists():
+                model_dir.delete()
         loc.delete()
         recovered.append(run_id)
     return recovered
