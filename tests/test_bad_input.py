@@ -384,3 +384,26 @@ def test_constant_column_is_dropped_with_warning(spark, tmp_path, caplog):
     asg = DeltaTable(out + "/assignments").to_pyarrow_table().to_pylist()
     assert len(asg) == 300
     _assert_blobs_recovered(asg, data)
+
+
+def test_fewer_distinct_points_than_k_warns_and_records_k(spark, tmp_path, caplog):
+    """12 rows but only 2 distinct points with k=3: a degraded but valid result (like
+    scikit-learn's ConvergenceWarning): the run goes on with 2 clusters, says so in the logs and
+    records requested and found k."""
+    caplog.set_level(logging.WARNING)
+    n = 12
+    cols = {
+        "customer_id": pa.array(np.arange(n, dtype=np.int64)),
+        "age": pa.array(np.where(np.arange(n) < 6, 20.0, 60.0)),
+        "income": pa.array(np.where(np.arange(n) < 6, 1e4, 9e4)),
+    }
+    path = write_table(tmp_path / "in.parquet", cols)
+    out = str(tmp_path / "out")
+    cfg = job_config(path, out, **{"kmeans.k": 3, "input.label_column": "null", "quality.sample_size": 100})
+    with pytest.warns(UserWarning, match="found 2 distinct clusters, fewer than kmeans.k=3"):
+        run_job(cfg, spark=spark)
+    row = _runs_row(out)
+    assert row["k_requested"] == 3 and row["k"] == 2
+    cen = DeltaTable(out + "/centroids").to_pandas()
+    assert sorted(cen["size"]) == [6, 6]
+    assert any("fewer than kmeans.k=3" in r.getMessage() for r in caplog.records)

@@ -55,7 +55,9 @@ def fit_kmeans(df, prep: Preprocessor, cfg: KMeansSection, weight_col: str | Non
         est = KMeans(
             k=k, seed=cfg.seed, maxIter=cfg.max_iter, tol=cfg.tol,
             initMode="k-means||" if cfg.init == "kmeans||" else "random",
-            featuresCol="features", solver="block",
+            featuresCol="features",
+            # not solver="block": Spark 4.0.5's block solver throws ArrayIndexOutOfBoundsException when
+            # the data has fewer distinct points than k (k-means|| returns fewer centres)
         )
         if weight_col:
             est = est.setWeightCol(weight_col)
