@@ -11,10 +11,12 @@ copied with ``shutil.copytree`` for each test that changes it.
 
 from __future__ import annotations
 
+import datetime as dt
 import glob
 import json
 import os
 import shutil
+import time
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -22,6 +24,7 @@ import pyarrow.dataset as ds
 import pytest
 from deltalake import DeltaTable
 
+import clusterlake.io.model_artifact
 import clusterlake.io.reader
 from clusterlake.errors import OutputError
 from clusterlake.io import tables
@@ -609,3 +612,58 @@ def test_journal_of_a_complete_run_is_not_rolled_back(spark, small_table, baseli
     assert {n: _delta(out, n).version() for n in TABLES} == versions
     assert _journals(out) == []
     assert os.path.isdir(os.path.join(out, "model", run_id))
+
+
+# ----------------------------------------------------------------------------------------------
+# 7. what must never be deleted
+
+
+def test_rollback_never_deletes_a_table_this_run_did_not_create(spark, small_table, baseline, base_copy):
+    """A pre-version of None (the table looked absent when the journal was written) must not make
+    a rollback delete a table another run created."""
+    out = base_copy
+    before = _snapshot(out)
+    store = DeltaRsStore(spark, _cfg(small_table, out).output, D1, new_run_id(D1))
+    for n in TABLES:
+        store.rollback(n, None)
+    _assert_content_unchanged(out, before)
+
+
+def test_failure_after_the_runs_commit_keeps_the_committed_run(spark, small_table, baseline, base_copy, monkeypatch):
+    """Once the runs row is committed the run is published: a failing cleanup step (journal
+    removal, trash cleanup, model pointer) is logged, and no committed file or model is deleted."""
+    out = base_copy
+
+    def boom(*a, **kw):
+        raise OSError("injected: cleanup failed")
+
+    monkeypatch.setattr(DeltaRsStore, "finish", boom)
+    monkeypatch.setattr(clusterlake.io.model_artifact, "point_latest", boom)
+    result = run_job(_cfg(small_table, out), spark=spark)
+    runs = _read(out, "runs").to_pylist()
+    assert [r["run_id"] for r in runs] == [result.run_id]
+    for n in DATA_TABLES:
+        assert _run_ids(_read(out, n)) == {result.run_id}
+        for f in _rel_files(out, n):  # every referenced file is still on disk
+            assert os.path.isfile(os.path.join(out, n, f)), f
+    assert _read(out, "assignments").num_rows == N
+    assert os.path.isfile(os.path.join(out, "model", result.run_id, "model.json"))
+    assert _latest_model_run_id(out) == baseline["run_id"]  # the pointer move failed: old model stays latest
+
+
+def test_runs_row_times_are_utc_and_secrets_redacted(spark, small_table, tmp_path, monkeypatch):
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        out = str(tmp_path / "out")
+        t0 = dt.datetime.now(dt.timezone.utc)
+        run_job(_cfg(small_table, out, **{"output.storage_options.AWS_SECRET_ACCESS_KEY": "s3cr3t"}),
+                spark=spark)
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+    (row,) = _read(out, "runs").to_pylist()
+    started = row["started_at"]
+    assert abs((started - t0).total_seconds()) < 120  # not shifted by the local zone's offset
+    assert "s3cr3t" not in row["config_json"]
+    assert json.loads(row["config_json"])["output"]["storage_options"] == {"AWS_SECRET_ACCESS_KEY": "***"}

@@ -407,3 +407,22 @@ def test_fewer_distinct_points_than_k_warns_and_records_k(spark, tmp_path, caplo
     cen = DeltaTable(out + "/centroids").to_pandas()
     assert sorted(cen["size"]) == [6, 6]
     assert any("fewer than kmeans.k=3" in r.getMessage() for r in caplog.records)
+
+
+def test_as_many_rows_as_k_runs_and_skips_undefined_metrics(spark, tmp_path, caplog):
+    """n == k: every row is its own cluster. Calinski-Harabasz, Davies-Bouldin and the silhouette
+    are undefined (they need 2 <= k < n): the run commits without them and says why."""
+    caplog.set_level(logging.WARNING)
+    cols = {
+        "customer_id": pa.array(np.arange(4, dtype=np.int64)),
+        "age": pa.array([20.0, 30.0, 50.0, 70.0]),
+        "income": pa.array([1e4, 9e4, 3e4, 6e4]),
+    }
+    path = write_table(tmp_path / "in.parquet", cols)
+    out = str(tmp_path / "out")
+    run_job(job_config(path, out, **{"kmeans.k": 4, "input.label_column": "null", "quality.sample_size": 100}),
+            spark=spark)
+    met = DeltaTable(out + "/metrics").to_pandas().set_index("metric")["value"]
+    assert met["n_clusters"] == 4 and met["inertia"] == pytest.approx(0.0, abs=1e-9)
+    assert not {"calinski_harabasz", "davies_bouldin", "silhouette"} & set(met.index)
+    assert any("undefined" in r.getMessage() for r in caplog.records)

@@ -285,9 +285,9 @@ def test_set_dict_key_overrides_yaml_value():
 
 
 def test_set_creates_missing_sections():
-    cfg = load_config(data=base(), overrides=["preprocess.pca.components=3", "quality.gates.min_silhouette=0.2"])
+    cfg = load_config(data=base(), overrides=["preprocess.pca.components=3", "spark.conf.spark.ui.port=4050"])
     assert cfg.preprocess.pca.components == 3
-    assert cfg.quality.gates.min_silhouette == pytest.approx(0.2)
+    assert cfg.spark.conf == {"spark.ui.port": 4050}
 
 
 def test_set_invalid_yaml_value():
@@ -431,3 +431,19 @@ def test_unreadable_config_file_is_a_config_error(tmp_path):
     p.write_bytes(b"\xff\xfe\x00bad")
     with pytest.raises(ConfigError, match="cannot be read"):
         load_config(path=p)
+
+
+def test_quality_gates_are_refused_until_applied():
+    msg = error_of(data=base(), overrides=["quality.gates.min_silhouette=0.2"])
+    assert "not supported" in msg and "quality.gates.min_silhouette=0.2" in msg
+
+
+def test_to_json_redacts_credentials():
+    cfg = load_config(data=base(), overrides=[
+        "output.storage_options.AWS_SECRET_ACCESS_KEY=abc", "output.storage_options.AWS_REGION=eu-west-1",
+        "spark.conf.spark.hadoop.fs.s3a.secret.key=xyz", "spark.conf.spark.executor.memory=4g",
+    ])
+    data = __import__("json").loads(cfg.to_json(redact=True))
+    assert data["output"]["storage_options"] == {"AWS_SECRET_ACCESS_KEY": "***", "AWS_REGION": "***"}
+    assert data["spark"]["conf"] == {"spark.hadoop.fs.s3a.secret.key": "***", "spark.executor.memory": "4g"}
+    assert "abc" in cfg.to_json() and "xyz" not in cfg.to_json(redact=True)

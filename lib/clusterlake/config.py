@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
@@ -197,6 +198,8 @@ class JobConfig(_Section):
             "density.enabled": self.density.enabled,
             "hierarchical.enabled": self.hierarchical.enabled,
             "report.enabled": self.report.enabled,
+            "quality.gates.min_silhouette": self.quality.gates.min_silhouette is not None,
+            "quality.gates.min_cluster_share": self.quality.gates.min_cluster_share is not None,
         }
         bad = [k for k, v in unsupported.items() if v]
         if bad:
@@ -211,8 +214,20 @@ class JobConfig(_Section):
     def resolved_run_date(self) -> _dt.date:
         return self.job.run_date or _dt.datetime.now(_dt.timezone.utc).date()
 
-    def to_json(self) -> str:
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True)
+    def to_json(self, redact: bool = False) -> str:
+        """The config as JSON. ``redact=True`` (what the ``runs`` table stores) replaces every
+        ``output.storage_options`` value and every ``spark.conf`` value whose key looks like a
+        credential with ``"***"``."""
+        data = self.model_dump(mode="json")
+        if redact:
+            data["output"]["storage_options"] = {k: "***" for k in data["output"]["storage_options"]}
+            data["spark"]["conf"] = {
+                k: ("***" if _SECRET_KEY.search(k) else v) for k, v in data["spark"]["conf"].items()
+            }
+        return json.dumps(data, sort_keys=True)
+
+
+_SECRET_KEY = re.compile(r"secret|password|passwd|token|credential|access\.?key|private|sas|signature", re.I)
 
 
 def _shown(cfg: BaseModel, dotted: str) -> str:

@@ -164,7 +164,8 @@ def run_job(cfg: JobConfig, spark=None) -> RunResult:
                 staged.append(store.stage("assignments", asg))
                 staged.append(store.stage("metrics", _metrics_df(spark, run_id, metrics, len(centroids)), files=1))
                 note.update(assignments=staged[1].rows)
-                if staged[1].rows != summary.rows_used:
+                # (SparkDeltaStore stages lazily: its files, and their row count, exist only at commit)
+                if staged[1].files and staged[1].rows != summary.rows_used:
                     raise RuntimeError(
                         f"assignments has {staged[1].rows} rows but {summary.rows_used} rows were validated"
                     )
@@ -244,12 +245,12 @@ def _runs_row(cfg, run_id, run_date, started_at, t_start, stage_seconds, summary
               versions, prep):
     now = dt.datetime.now(dt.timezone.utc)
     return (
-        run_id, cfg.job.name, "success", started_at.replace(tzinfo=None), now.replace(tzinfo=None),
+        run_id, cfg.job.name, "success", started_at, now,  # tz-aware: stored as UTC whatever the TZ
         round(time.time() - t_start, 3), dict(stage_seconds), summary.path, summary.format,
         summary.rows_read, summary.rows_dropped, summary.rows_used, dict(summary.invalid_counts),
         list(summary.feature_columns), list(summary.dropped_constant_columns), int(prep.n_components),
         fit.k_requested, int(len(fit.centroids)), fit.engine, fit.n_iter, mdict.get("silhouette"),
-        model_path, {k: v for k, v in versions.items() if v is not None}, cfg.to_json(), _versions(),
+        model_path, {k: v for k, v in versions.items() if v is not None}, cfg.to_json(redact=True), _versions(),
     )
 
 

@@ -259,14 +259,20 @@ def mean_distance_to_means(df, prep: Preprocessor, centroids: np.ndarray, means:
 
 
 def sample_rows(df, columns: list[str], n_total: int, size: int, seed: int):
-    """A uniform random sample of about ``size`` rows (at most ``size``), as a pandas DataFrame.
+    """A uniform random sample of ``min(size, n_total)`` rows (slightly fewer when the Bernoulli
+    draw falls short), as a pandas DataFrame.
 
-    Collected: at most ``size`` rows of the given columns.
+    A Bernoulli sample of ~1.15 x size rows is drawn, then ``size`` of them are kept by a random
+    order (a plain ``limit`` would keep the first partitions' rows and bias the sample).
+    Collected: at most ``size`` rows of the given columns; the sort touches the sample only.
     """
+    from pyspark.sql import functions as F
+
     if n_total <= 0 or size <= 0:
         return df.select(*columns).limit(0).toPandas()
-    fraction = min(1.0, 1.15 * size / n_total)
     sampled = df.select(*columns)
-    if fraction < 1.0:
-        sampled = sampled.sample(withReplacement=False, fraction=fraction, seed=seed)
-    return sampled.limit(size).toPandas()
+    if size < n_total:
+        fraction = min(1.0, 1.15 * size / n_total)
+        sampled = (sampled.sample(withReplacement=False, fraction=fraction, seed=seed)
+                   .orderBy(F.rand(seed + 1)).limit(size))
+    return sampled.toPandas()

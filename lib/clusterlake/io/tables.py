@@ -229,11 +229,15 @@ class DeltaRsStore(TableStore):
     def rollback(self, name: str, version: Optional[int]) -> None:
         t = self.table(name)
         if version is None:
-            # the table did not exist before this run: remove what the run created (only if it is
-            # a Delta table now; a directory that is not one was not created by this run)
-            if self._dt(name) is not None:
-                log.warning("rolling back %s: deleting the table this run created", name)
-                t.delete()
+            # the table did not exist before this run: remove it only if this run created it (its
+            # first commit carries our run id), never a table someone else created meanwhile
+            dt = self._dt(name)
+            if dt is not None:
+                if dt.history()[-1].get(RUN_ID_KEY) == self.run_id:
+                    log.warning("rolling back %s: deleting the table this run created", name)
+                    t.delete()
+                else:
+                    log.error("not deleting %s: it was not created by run %s", t.uri, self.run_id)
             return
         dt = self._dt(name)
         if dt is not None and dt.version() != version:
@@ -291,12 +295,16 @@ class SparkDeltaStore(TableStore):
         return StagedTable(name, t, t, df=df)
 
     def current_version(self, name: str) -> Optional[int]:
-        uri = self.table(name).uri
-        try:
-            row = self.spark.sql(f"DESCRIBE HISTORY delta.`{uri}` LIMIT 1").collect()
-        except Exception:
+        # None only when there is no Delta log; any other error propagates (a None would make a
+        # rollback treat an existing table as created by this run)
+        if not self.table(name).child("_delta_log").exists():
             return None
+        row = self.spark.sql(f"DESCRIBE HISTORY delta.`{self.table(name).uri}` LIMIT 1").collect()
         return int(row[0]["version"]) if row else None
+
+    def _created_by_this_run(self, name: str) -> bool:
+        rows = self.spark.sql(f"DESCRIBE HISTORY delta.`{self.table(name).uri}`").orderBy("version").limit(1).collect()
+        return bool(rows) and self.run_id in (rows[0]["userMetadata"] or "")
 
     def commit(self, st: StagedTable) -> Optional[int]:
         (st.df.write.format("delta").mode("overwrite").partitionBy(PARTITION)
@@ -309,7 +317,7 @@ class SparkDeltaStore(TableStore):
         uri = self.table(name).uri
         current = self.current_version(name)
         if version is None:
-            if current is not None:  # a Delta table this run created
+            if current is not None and self._created_by_this_run(name):
                 self.table(name).delete()
         elif current != version:
             self.spark.sql(f"RESTORE TABLE delta.`{uri}` TO VERSION AS OF {int(version)}")
@@ -478,13 +486,15 @@ def publish_run(
         else:  # the next run's recover_interrupted() tries again; its files may still be referenced
             log.error("keeping the journal %s and the staged files of run %s", journal.uri, store.run_id)
         raise
-    journal.delete()
-    store.finish()
-    if after_commit is not None:
+    # the run is committed: from here on nothing may raise (the caller would discard committed files)
+    for what, step in (("removing the journal", journal.delete), ("cleaning up replaced data", store.finish),
+                       ("the post-commit step", after_commit)):
+        if step is None:
+            continue
         try:
-            after_commit()
+            step()
         except Exception as exc:
-            log.error("run %s is committed but a post-commit step failed: %s", store.run_id, exc)
+            log.error("run %s is committed but %s failed: %s", store.run_id, what, exc)
     return versions
 
 

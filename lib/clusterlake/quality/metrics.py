@@ -10,7 +10,6 @@ Runs on the driver over small arrays.
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -53,13 +52,14 @@ def full_metrics(stats: ClusterStats, centroids: np.ndarray, sum_dist_to_means: 
         Metric("full", "max_cluster_share", float(stats.counts.max() / n), n),
         Metric("full", "mean_distance", float(stats.sum_dist.sum() / n), n),
     ]
-    if k_eff >= 2:
+    if 2 <= k_eff < n:
         out.append(Metric("full", "calinski_harabasz", float(calinski_harabasz_from_stats(
             stats.counts[nonempty], means[nonempty], overall, within)), n))
         out.append(Metric("full", "davies_bouldin", float(davies_bouldin_from_stats(
             means[nonempty], sum_dist_to_means[nonempty] / stats.counts[nonempty])), n))
     else:
-        log.warning("only %d non-empty cluster: Calinski-Harabasz and Davies-Bouldin are undefined", k_eff)
+        log.warning("%d non-empty clusters for %d rows: Calinski-Harabasz and Davies-Bouldin are undefined "
+                    "(they need 2 <= clusters < rows)", k_eff, n)
     if stats.contingency:
         labels = sorted({lv for lv, _ in stats.contingency})
         li = {lv: i for i, lv in enumerate(labels)}
@@ -82,7 +82,3 @@ def sample_silhouette(Z: np.ndarray, labels: np.ndarray, seed: int) -> Optional[
         return None
     value = silhouette_score(Z, labels, metric="euclidean")
     return Metric("sample", "silhouette", float(value), int(len(labels)))
-
-
-def is_finite(x: Optional[float]) -> bool:
-    return x is not None and math.isfinite(x)
