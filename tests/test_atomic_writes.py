@@ -495,7 +495,7 @@ def test_failed_rollback_keeps_journal_for_next_start(spark, small_table, baseli
     def stage_runs(versions):
         raise RuntimeError("injected: staging runs failed")
 
-    def rollback(self, name, version):
+    def rollback(self, name, version, run_id=None):
         raise OSError("injected: restore failed")
 
     with monkeypatch.context() as m:

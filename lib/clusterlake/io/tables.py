@@ -94,7 +94,9 @@ class TableStore:
     def commit(self, st: StagedTable) -> Optional[int]:
         raise NotImplementedError
 
-    def rollback(self, name: str, version: Optional[int]) -> None:
+    def rollback(self, name: str, version: Optional[int], run_id: Optional[str] = None) -> None:
+        """Put table ``name`` back to ``version``; ``None`` means it did not exist before run
+        ``run_id`` (default: this store's run), and is deleted only if that run created it."""
         raise NotImplementedError
 
     def finish(self) -> None:
@@ -226,18 +228,19 @@ class DeltaRsStore(TableStore):
             )
         return st.schema
 
-    def rollback(self, name: str, version: Optional[int]) -> None:
+    def rollback(self, name: str, version: Optional[int], run_id: Optional[str] = None) -> None:
         t = self.table(name)
+        owner = run_id or self.run_id
         if version is None:
             # the table did not exist before this run: remove it only if this run created it (its
             # first commit carries our run id), never a table someone else created meanwhile
             dt = self._dt(name)
             if dt is not None:
-                if dt.history()[-1].get(RUN_ID_KEY) == self.run_id:
-                    log.warning("rolling back %s: deleting the table this run created", name)
+                if dt.history()[-1].get(RUN_ID_KEY) == owner:
+                    log.warning("rolling back %s: deleting the table run %s created", name, owner)
                     t.delete()
                 else:
-                    log.error("not deleting %s: it was not created by run %s", t.uri, self.run_id)
+                    log.error("not deleting %s: it was not created by run %s", t.uri, owner)
             return
         dt = self._dt(name)
         if dt is not None and dt.version() != version:
@@ -302,9 +305,9 @@ class SparkDeltaStore(TableStore):
         row = self.spark.sql(f"DESCRIBE HISTORY delta.`{self.table(name).uri}` LIMIT 1").collect()
         return int(row[0]["version"]) if row else None
 
-    def _created_by_this_run(self, name: str) -> bool:
+    def _created_by(self, name: str, run_id: str) -> bool:
         rows = self.spark.sql(f"DESCRIBE HISTORY delta.`{self.table(name).uri}`").orderBy("version").limit(1).collect()
-        return bool(rows) and self.run_id in (rows[0]["userMetadata"] or "")
+        return bool(rows) and run_id in (rows[0]["userMetadata"] or "")
 
     def commit(self, st: StagedTable) -> Optional[int]:
         (st.df.write.format("delta").mode("overwrite").partitionBy(PARTITION)
@@ -313,11 +316,11 @@ class SparkDeltaStore(TableStore):
          .save(st.table.uri))
         return self.current_version(st.name)
 
-    def rollback(self, name: str, version: Optional[int]) -> None:
+    def rollback(self, name: str, version: Optional[int], run_id: Optional[str] = None) -> None:
         uri = self.table(name).uri
         current = self.current_version(name)
         if version is None:
-            if current is not None and self._created_by_this_run(name):
+            if current is not None and self._created_by(name, run_id or self.run_id):
                 self.table(name).delete()
         elif current != version:
             self.spark.sql(f"RESTORE TABLE delta.`{uri}` TO VERSION AS OF {int(version)}")
@@ -373,7 +376,7 @@ class ParquetStore(TableStore):
         log.info("committed %s: %d rows in %d files (parquet partition swap)", st.name, st.rows, len(st.files))
         return None
 
-    def rollback(self, name: str, version: Optional[int]) -> None:
+    def rollback(self, name: str, version: Optional[int], run_id: Optional[str] = None) -> None:
         if name not in self._swapped:
             return
         part, trash = self._part(name), self._trash(name)
@@ -524,7 +527,7 @@ def recover_interrupted(store: TableStore) -> list[str]:
             for name, version in data["pre_versions"].items():
                 if store.last_commit_run_id(name) == run_id:
                     log.warning("recovering from interrupted run %s: restoring %s", run_id, name)
-                    store.rollback(name, version)
+                    store.rollback(name, version, run_id)
             for name in data["pre_versions"]:
                 leftover = store.table(name).child(f"{PARTITION}={run_date}", run_id)
                 if leftover.exists():
