@@ -1,0 +1,209 @@
+"""The distributed engine (``clusterlake.algorithms.engine``) on local Spark.
+
+Real barrier stages on the shared local[2] session; scikit-learn and the single-process kernels
+are the oracles. Data are small separated blobs so each fit takes about a second.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from sklearn.datasets import make_blobs
+from sklearn.metrics import adjusted_rand_score
+
+from clusterlake.algorithms import engine
+from clusterlake.algorithms.collective import CollectiveError
+from clusterlake.algorithms.engine import BlockSource, FewerClustersWarning
+from clusterlake.kernels import kmeans as K
+
+K_TRUE = 5
+
+
+@pytest.fixture(scope="module")
+def blobs():
+    X, y, C = make_blobs(n_samples=3000, n_features=4, centers=K_TRUE, cluster_std=0.5, center_box=(-20, 20),
+                         random_state=11, return_centers=True)
+    return X.astype(np.float32), y, C
+
+
+def frame(spark, X, parts=2, weights=None, extra=None):
+    cols = {f"f{j}": X[:, j].astype(np.float64) for j in range(X.shape[1])}
+    if weights is not None:
+        cols["w"] = np.asarray(weights, dtype=np.float64)
+    if extra:
+        cols.update(extra)
+    import pandas as pd
+
+    pdf = pd.DataFrame(cols)
+    return spark.createDataFrame(pdf).repartition(parts).cache()
+
+
+def source(d, **kw):
+    return BlockSource(columns=tuple(f"f{j}" for j in range(d)), **kw)
+
+
+def match(A, B):
+    """Rows of B reordered to best match A (greedy on distances; fine for separated centres)."""
+    from scipy.optimize import linear_sum_assignment
+
+    cost = ((A[:, None, :] - B[None, :, :]) ** 2).sum(-1)
+    r, c = linear_sum_assignment(cost)
+    return B[c[np.argsort(r)]]
+
+
+def test_finds_the_true_centres_like_sklearn(spark, blobs):
+    X, y, C_true = blobs
+    df = frame(spark, X)
+    res = engine.fit(spark, df, source(4), K_TRUE, seed=3, max_iter=50)
+    from sklearn.cluster import KMeans
+
+    sk = KMeans(K_TRUE, n_init=10, random_state=0).fit(X.astype(np.float64))
+    np.testing.assert_allclose(match(sk.cluster_centers_, res.centers), sk.cluster_centers_, rtol=1e-5, atol=1e-5)
+    assert res.inertia == pytest.approx(sk.inertia_, rel=1e-5)
+    assert res.counts.sum() == len(X) and len(res.centers) == K_TRUE
+    labels = K.nearest(X, res.centers)[0]
+    assert adjusted_rand_score(y, labels) == 1.0
+    assert res.n_tasks == 2 and res.load_seconds > 0 and len(res.iter_seconds) == res.n_iter
+
+
+def test_distributed_lloyd_equals_single_process_lloyd(spark, blobs):
+    """Same start, same data: the distributed iterations are the kernels' Lloyd, summed per task."""
+    X, _, C_true = blobs
+    rng = np.random.default_rng(0)
+    C0 = X[rng.choice(len(X), K_TRUE, replace=False)].astype(np.float64)
+    res = engine.fit(spark, frame(spark, X), source(4), K_TRUE, initial_centers=C0, max_iter=100, tol=1e-4)
+    ref = K.lloyd(X, C0, max_iter=100, tol=1e-4)
+    np.testing.assert_allclose(res.centers, ref.centers, rtol=1e-6, atol=1e-7)
+    assert res.inertia == pytest.approx(ref.inertia, rel=1e-6)
+
+
+@pytest.mark.parametrize("init", ["kmeans||", "kmeans++"])  # random init may land in another optimum
+def test_partition_count_does_not_change_the_result(spark, blobs, init):
+    X, y, _ = blobs
+    one = engine.fit(spark, frame(spark, X, parts=1), source(4), K_TRUE, seed=5, init=init)
+    four = engine.fit(spark, frame(spark, X, parts=4), source(4), K_TRUE, seed=5, init=init, num_tasks=4)
+    # local[2] has 2 slots: the 4 partitions are packed and shuffled into 2 tasks
+    assert one.n_tasks == 1 and four.n_tasks == 2
+    np.testing.assert_allclose(match(one.centers, four.centers), one.centers, rtol=1e-5, atol=1e-5)
+    assert adjusted_rand_score(y, K.nearest(X, four.centers)[0]) == 1.0
+
+
+def test_same_seed_same_partitioning_is_deterministic(spark, blobs):
+    X, _, _ = blobs
+    df = frame(spark, X, parts=3)
+    a = engine.fit(spark, df, source(4), K_TRUE, seed=9, max_iter=3, tol=0.0)
+    b = engine.fit(spark, df, source(4), K_TRUE, seed=9, max_iter=3, tol=0.0)
+    np.testing.assert_array_equal(a.centers, b.centers)
+    assert a.inertia == b.inertia
+
+
+def test_warm_start_from_the_true_centres_converges_at_once(spark, blobs):
+    X, _, C_true = blobs
+    res = engine.fit(spark, frame(spark, X), source(4), K_TRUE, initial_centers=C_true, max_iter=50)
+    assert res.n_iter <= 2 and res.converged
+    np.testing.assert_allclose(res.centers, C_true, atol=0.1)  # blob means are within noise of the true centres
+
+
+def test_weights_behave_as_repeated_rows(spark, blobs):
+    X, _, C_true = blobs
+    X = X[:600]
+    w = np.random.default_rng(1).integers(1, 4, size=len(X))
+    C0 = C_true + 1.0
+    weighted = engine.fit(spark, frame(spark, X, weights=w), source(4, weight_column="w"), K_TRUE,
+                          initial_centers=C0, max_iter=100, tol=0.0)
+    repeated = engine.fit(spark, frame(spark, np.repeat(X, w, axis=0)), source(4), K_TRUE,
+                          initial_centers=C0, max_iter=100, tol=0.0)
+    np.testing.assert_allclose(weighted.centers, repeated.centers, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(weighted.counts, repeated.counts)
+    assert weighted.inertia == pytest.approx(repeated.inertia, rel=1e-9)
+
+
+def test_empty_cluster_is_reseeded_and_k_centres_come_back(spark, blobs):
+    X, y, C_true = blobs
+    C0 = np.vstack([C_true[:-1], [[1e3, 1e3, 1e3, 1e3]]])  # one centre nobody is near
+    res = engine.fit(spark, frame(spark, X), source(4), K_TRUE, initial_centers=C0, max_iter=50)
+    assert len(res.centers) == K_TRUE and (res.counts > 0).all() and res.n_repaired >= 1
+    assert len(np.unique(res.centers, axis=0)) == K_TRUE
+
+
+def test_cosine_is_spherical_kmeans_on_directions(spark):
+    rng = np.random.default_rng(4)
+    dirs = np.linalg.qr(rng.normal(size=(6, 6)))[0][:3]  # 3 orthogonal directions
+    lab = rng.integers(0, 3, 900)
+    X = (dirs[lab] + rng.normal(scale=0.05, size=(900, 6))) * rng.uniform(0.1, 50, size=(900, 1))
+    res = engine.fit(spark, frame(spark, X), source(6, normalize=True), 3, seed=2)
+    np.testing.assert_allclose(np.linalg.norm(res.centers, axis=1), 1.0, rtol=1e-9)
+    assert adjusted_rand_score(lab, K.nearest(K.normalize_rows(X), res.centers)[0]) == 1.0
+    # the same data without normalisation is split by magnitude instead: the option matters
+    plain = engine.fit(spark, frame(spark, X), source(6), 3, seed=2)
+    assert adjusted_rand_score(lab, K.nearest(X, plain.centers)[0]) < 0.9
+
+
+def test_bisecting_returns_a_consistent_split_tree(spark, blobs):
+    X, y, _ = blobs
+    res = engine.fit(spark, frame(spark, X), source(4), K_TRUE, algorithm="bisecting", seed=1)
+    assert len(res.centers) == K_TRUE and len(res.tree_centers) == 2 * K_TRUE - 1
+    tp = res.tree_parents
+    assert tp[0] == -1 and (tp[1:] >= 0).all() and (tp[1:] < np.arange(1, len(tp))).all()  # parents come first
+    assert sorted(np.bincount(tp[1:], minlength=len(tp))[np.bincount(tp[1:], minlength=len(tp)) > 0]) == [2] * (K_TRUE - 1)
+    assert set(res.leaf_nodes) == set(range(len(tp))) - set(tp[1:])
+    np.testing.assert_array_equal(res.parents, tp[res.leaf_nodes])
+    assert adjusted_rand_score(y, K.nearest(X, res.centers)[0]) == 1.0
+    # an inner node's centre is the weighted mean of its children's rows
+    counts = dict(zip(res.leaf_nodes.tolist(), res.counts))
+    for parent in set(res.parents.tolist()):
+        kids = [n for n in res.leaf_nodes if tp[n] == parent]
+        if len(kids) == 2:
+            labels = K.nearest(X, res.centers)[0]
+            rows = np.isin(labels, [list(res.leaf_nodes).index(k) for k in kids])
+            np.testing.assert_allclose(X[rows].astype(np.float64).mean(0), res.tree_centers[parent], atol=0.5)
+            assert counts[kids[0]] + counts[kids[1]] == rows.sum()
+
+
+def test_fewer_distinct_points_than_k_warns(spark):
+    X = np.repeat(np.array([[0.0, 0.0], [5.0, 5.0]]), 20, axis=0)
+    with pytest.warns(FewerClustersWarning):
+        res = engine.fit(spark, frame(spark, X), source(2), 3, seed=1)
+    assert len(np.unique(res.centers, axis=0)) == 2
+
+
+def test_fewer_rows_than_k_is_an_error(spark):
+    with pytest.raises(ValueError, match="n_samples=3 should be >= k=4"):
+        engine.fit(spark, frame(spark, np.eye(3)), source(3), 4)
+
+
+def test_a_failing_task_reaches_the_driver_with_its_reason(spark, blobs):
+    X, _, _ = blobs
+    X = X[:200].copy()
+    X[17, 2] = np.nan
+    with pytest.raises(CollectiveError, match=r"ValueError: 1 rows have NaN/inf features"):
+        engine.fit(spark, frame(spark, X), source(4), 3)
+    # the session is still usable afterwards
+    assert spark.range(5).count() == 5
+
+
+def test_empty_partitions_are_fine(spark, blobs):
+    X, y, _ = blobs
+    df = frame(spark, X[:500], parts=1).union(spark.createDataFrame([], frame(spark, X[:1]).schema))
+    res = engine.fit(spark, df.repartition(2, "f0").filter("f0 > -1e9"), source(4), K_TRUE, seed=1)
+    assert res.counts.sum() == 500
+
+
+def test_wire_format_round_trip_and_refuses_pickle():
+    import socket
+
+    from clusterlake.algorithms.collective import recv_msg, send_msg
+
+    a, b = socket.socketpair()
+    arrays = {"x": np.arange(12, dtype=np.float32).reshape(3, 4), "e": np.empty((0, 5)), "i": np.array([1, -2], np.int64)}
+    send_msg(a, {"op": "t", "n": 3}, arrays)
+    head, got = recv_msg(b)
+    assert head == {"op": "t", "n": 3}
+    for k_, v in arrays.items():
+        np.testing.assert_array_equal(got[k_], v)
+        assert got[k_].dtype == v.dtype and got[k_].shape == v.shape
+    with pytest.raises(TypeError, match="dtype object"):
+        send_msg(a, {}, {"o": np.array([object()])})
+    a.close()
+    b.close()
