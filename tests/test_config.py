@@ -383,8 +383,6 @@ def test_config_values_are_data_not_code(tmp_path):
     ("kmeans.k=auto", 'kmeans.k="auto"'),
     ("density.enabled=true", "density.enabled=true"),
     ("hierarchical.enabled=true", "hierarchical.enabled=true"),
-    ("kmeans.algorithm=bisecting", 'kmeans.algorithm="bisecting"'),
-    ("kmeans.distance=cosine", 'kmeans.distance="cosine"'),
     ("preprocess.normalize=true", "preprocess.normalize=true"),
     ("report.enabled=true", "report.enabled=true"),
 ])
@@ -404,6 +402,26 @@ def test_unsupported_options_all_named(tmp_path):
 def test_vector_column_is_refused():
     msg = error_of(data=base(), overrides=["input.vector_column=vec"])
     assert "vector_column" in msg and "feature_columns" in msg
+
+
+@pytest.mark.parametrize("overrides, hint", [
+    (["kmeans.engine=spark-mllib", "kmeans.distance=cosine"], "kmeans.engine=spark-mllib does not support kmeans.distance=cosine"),
+    (["kmeans.engine=spark-mllib", "kmeans.algorithm=bisecting"], "does not support kmeans.algorithm=bisecting"),
+    (["kmeans.engine=spark-mllib", "kmeans.init=previous"], "does not support kmeans.init=previous"),
+    (["kmeans.algorithm=bisecting", "kmeans.init=random"], "does not apply to kmeans.algorithm=bisecting"),
+    (["kmeans.engine=tensorflow"], "kmeans.engine"),
+    (["kmeans.num_tasks=0"], "kmeans.num_tasks"),
+])
+def test_engine_option_combinations(overrides, hint):
+    assert hint in error_of(data=base(), overrides=overrides)
+
+
+def test_engine_options_accepted():
+    cfg = load_config(data=base(), overrides=["kmeans.algorithm=bisecting", "kmeans.distance=cosine",
+                                              "kmeans.num_tasks=2", "kmeans.init_steps=3"])
+    assert cfg.kmeans.engine == "clusterlake" and cfg.kmeans.algorithm == "bisecting"
+    cfg = load_config(data=base(), overrides=["kmeans.init=previous"])
+    assert cfg.kmeans.init == "previous"
 
 
 def test_supported_defaults_pass():

@@ -113,9 +113,35 @@ class KMeansSection(_Section):
     auto: AutoKSection = AutoKSection()
     distance: Literal["euclidean", "cosine"] = "euclidean"
     init: Literal["kmeans||", "kmeans++", "random", "previous"] = "kmeans||"
+    """``previous``: warm start from the last run's model under output.path (falls back to
+    kmeans|| with a warning when there is none, or its features or k differ)."""
+    init_steps: int = Field(2, ge=1, le=20)
     max_iter: int = Field(50, ge=1, le=10_000)
     tol: float = Field(1.0e-4, ge=0.0)
+    """Relative, as in scikit-learn: stop when the summed squared centre shift is at most tol x
+    the mean per-dimension variance of the model space."""
     seed: int = 42
+    engine: Literal["clusterlake", "spark-mllib"] = "clusterlake"
+    """``clusterlake``: our engine (one barrier stage, data cached in the tasks). ``spark-mllib``:
+    Spark's KMeans, for comparison (kmeans algorithm, euclidean, kmeans||/random init only)."""
+    num_tasks: Optional[int] = Field(None, ge=1)
+    """Barrier tasks of the clusterlake engine; default: every free task slot."""
+
+    @model_validator(mode="after")
+    def _engine_supports(self) -> "KMeansSection":
+        if self.engine == "spark-mllib":
+            bad = [f"{k}={v}" for k, v, ok in (
+                ("kmeans.algorithm", self.algorithm, self.algorithm == "kmeans"),
+                ("kmeans.distance", self.distance, self.distance == "euclidean"),
+                ("kmeans.init", self.init, self.init in ("kmeans||", "random")),
+            ) if not ok]
+            if bad:
+                raise ValueError(f"kmeans.engine=spark-mllib does not support {', '.join(bad)}; "
+                                 "use kmeans.engine: clusterlake")
+        if self.algorithm == "bisecting" and self.init != "kmeans||":
+            raise ValueError(f"kmeans.init={self.init} does not apply to kmeans.algorithm=bisecting "
+                             "(each split starts from 2-means++); remove kmeans.init")
+        return self
 
     @field_validator("k")
     @classmethod
@@ -191,9 +217,6 @@ class JobConfig(_Section):
         # rather than silently running something else.
         unsupported = {
             "kmeans.k": self.kmeans.k == "auto",
-            "kmeans.algorithm": self.kmeans.algorithm != "kmeans",
-            "kmeans.distance": self.kmeans.distance != "euclidean",
-            "kmeans.init": self.kmeans.init not in ("kmeans||", "random"),
             "preprocess.normalize": self.preprocess.normalize,
             "density.enabled": self.density.enabled,
             "hierarchical.enabled": self.hierarchical.enabled,

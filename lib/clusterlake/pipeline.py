@@ -82,7 +82,7 @@ def run_job(cfg: JobConfig, spark=None) -> RunResult:
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
-    from clusterlake.algorithms.kmeans import fit_kmeans
+    from clusterlake.algorithms.kmeans import fit_kmeans, warm_start_centers
     from clusterlake.algorithms.passes import (
         assign_rows, cluster_stats, input_moments, mean_distance_to_means, sample_rows,
     )
@@ -122,16 +122,21 @@ def run_job(cfg: JobConfig, spark=None) -> RunResult:
             moments = input_moments(clean, feats)
             pcfg = cfg.preprocess
             prep = fit_preprocessor(moments, feats, pcfg.scaling, pcfg.pca.enabled,
-                                    pcfg.pca.components, pcfg.pca.variance)
+                                    pcfg.pca.components, pcfg.pca.variance,
+                                    normalize=cfg.kmeans.distance == "cosine")
             if prep.explained_variance_ratio is not None:
                 note.update(components=prep.n_components,
                             variance=round(float(prep.explained_variance_ratio.sum()), 4))
 
+        model_root = store.root.child("model")
         with stage("kmeans") as note:
-            fit = fit_kmeans(clean, prep, cfg.kmeans, icfg.weight_column)
+            initial = warm_start_centers(model_root, prep, k) if cfg.kmeans.init == "previous" else None
+            fit = fit_kmeans(clean, prep, cfg.kmeans, icfg.weight_column, initial)
             centroids = fit.centroids
             cluster_ids = np.arange(len(centroids), dtype=np.int32)
-            note.update(k=len(centroids), iterations=fit.n_iter, engine=fit.engine)
+            note.update(k=len(centroids), iterations=fit.n_iter, engine=fit.engine, init=fit.init,
+                        algorithm=cfg.kmeans.algorithm,
+                        **{f"{k_}_s" if k_ != "tasks" else k_: v for k_, v in fit.timings.items() if v is not None})
 
         with stage("metrics") as note:
             stats = cluster_stats(clean, prep, centroids, icfg.label_column)
@@ -146,18 +151,18 @@ def run_job(cfg: JobConfig, spark=None) -> RunResult:
             mdict = {m.metric: m.value for m in metrics}
             note.update({m: round(v, 4) for m, v in mdict.items() if m in ("silhouette", "ari", "davies_bouldin")})
 
-        model_root = store.root.child("model")
         model_dir = model_root.child(run_id)
         staged = []
         try:
             with stage("write") as note:
                 art = model_artifact.ModelArtifact(
                     run_id=run_id, run_date=run_date, prep=prep, centroids=centroids,
-                    cluster_ids=cluster_ids, meta={"job": cfg.job.name, "id_column": icfg.id_column,
-                                                   "engine": fit.engine},
+                    cluster_ids=cluster_ids, distance=cfg.kmeans.distance, algorithm=cfg.kmeans.algorithm,
+                    meta={"job": cfg.job.name, "id_column": icfg.id_column, "engine": fit.engine, "init": fit.init},
+                    tree=fit.tree,
                 )
                 model_artifact.save(art, model_dir)
-                cen_df = _centroids_df(spark, run_id, stats, centroids, cluster_ids)
+                cen_df = _centroids_df(spark, run_id, stats, centroids, cluster_ids, fit.parent_ids)
                 staged.append(store.stage("centroids", cen_df, files=1))
                 asg = assign_rows(clean, prep, centroids, cluster_ids, icfg.id_column)
                 asg = asg.withColumn("run_id", F.lit(run_id))
@@ -206,7 +211,7 @@ def run_job(cfg: JobConfig, spark=None) -> RunResult:
 # table rows
 
 
-def _centroids_df(spark, run_id, stats, centroids, cluster_ids):
+def _centroids_df(spark, run_id, stats, centroids, cluster_ids, parent_ids=None):
     n = stats.n
     rows = []
     for i, cid in enumerate(cluster_ids):
@@ -218,7 +223,7 @@ def _centroids_df(spark, run_id, stats, centroids, cluster_ids):
             float(stats.sum_dist[i] / c) if c > 0 else None,
             float(np.sqrt(stats.sum_sq_dist[i] / c)) if c > 0 else None,
             float(stats.max_dist[i]) if c > 0 else None,
-            None, run_id,
+            int(parent_ids[i]) if parent_ids is not None and parent_ids[i] >= 0 else None, run_id,
         ))
     ddl = ("cluster_id int, size long, share double, centroid array<double>, centroid_model array<double>, "
            "radius_mean double, radius_rms double, radius_max double, parent_id int, run_id string")
@@ -237,7 +242,8 @@ _RUNS_DDL = (
     "rows_read long, rows_dropped long, rows_used long, invalid_counts map<string,long>, "
     "feature_columns array<string>, dropped_columns array<string>, n_components int, k_requested int, k int, "
     "engine string, iterations int, silhouette double, model_path string, table_versions map<string,long>, "
-    "config_json string, versions map<string,string>"
+    "config_json string, versions map<string,string>, algorithm string, distance string, init string, "
+    "converged boolean"
 )
 
 
@@ -251,6 +257,7 @@ def _runs_row(cfg, run_id, run_date, started_at, t_start, stage_seconds, summary
         list(summary.feature_columns), list(summary.dropped_constant_columns), int(prep.n_components),
         fit.k_requested, int(len(fit.centroids)), fit.engine, fit.n_iter, mdict.get("silhouette"),
         model_path, {k: v for k, v in versions.items() if v is not None}, cfg.to_json(redact=True), _versions(),
+        cfg.kmeans.algorithm, cfg.kmeans.distance, fit.init, bool(fit.converged),
     )
 
 

@@ -1,9 +1,10 @@
-"""Fitting K-means on all rows: the seam between the job and the engine.
+"""Fitting K-means on all rows: the seam between the job and the engines.
 
 :func:`fit_kmeans` takes the validated input and the fitted preprocessor and returns model-space
-centroids. This version delegates to Spark MLlib's ``KMeans`` (k-means|| or random init);
-clusterlake's own engine replaces it behind the same function. Runs on the driver; the fit is
-distributed; collected: k x p centroids.
+centroids. ``kmeans.engine: clusterlake`` (the default) runs our engine
+(:mod:`clusterlake.algorithms.engine`: k-means||/k-means++/random/warm start, Lloyd or bisecting,
+euclidean or cosine, weights); ``spark-mllib`` runs Spark MLlib's ``KMeans`` for comparison.
+Runs on the driver; the fit is distributed; collected: k x p centroids and per-pass statistics.
 """
 
 from __future__ import annotations
@@ -11,19 +12,19 @@ from __future__ import annotations
 import logging
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 
+from clusterlake.algorithms.engine import FewerClustersWarning
 from clusterlake.algorithms.passes import model_space
 from clusterlake.config import KMeansSection
 from clusterlake.prep.transform import Preprocessor
 
 log = logging.getLogger(__name__)
 
-
-class FewerClustersWarning(UserWarning):
-    """The fit found fewer distinct centroids than k (too few distinct points)."""
+__all__ = ["FewerClustersWarning", "KMeansFit", "fit_kmeans", "warm_start_centers"]
 
 
 @dataclass
@@ -34,14 +35,96 @@ class KMeansFit:
     seconds: float
     engine: str
     training_cost: float
+    parent_ids: Optional[np.ndarray] = None  # bisecting: parent node id of each centroid (ids >= k are inner nodes)
+    tree: Optional[dict] = None  # bisecting: {"node_ids", "parent_ids", "centers"} of every node
+    init: str = ""
+    converged: bool = True
+    timings: dict = field(default_factory=dict)
 
 
-def fit_kmeans(df, prep: Preprocessor, cfg: KMeansSection, weight_col: str | None = None) -> KMeansFit:
+def warm_start_centers(model_root, prep: Preprocessor, k: int) -> Optional[np.ndarray]:
+    """The last run's centroids mapped into this run's model space, or None (with a warning)
+    when there is no previous model or it does not fit (other features, other k).
+
+    The previous centroids go back to input units through the previous preprocessor and forward
+    through this run's one, so a refitted scaling/PCA does not break the warm start.
+    """
+    from clusterlake.io import model_artifact
+
+    latest = model_root.child("latest")
+    if not latest.child("model.json").exists():
+        log.warning("kmeans.init=previous: no previous model under %s; using kmeans|| this time", latest.uri)
+        return None
+    prev = model_artifact.load(latest.uri)
+    if list(prev.prep.feature_names) != list(prep.feature_names):
+        log.warning("kmeans.init=previous: the previous model (run %s) has features %s, this run %s; "
+                    "using kmeans||", prev.run_id, prev.prep.feature_names, prep.feature_names)
+        return None
+    if len(prev.centroids) != k:
+        log.warning("kmeans.init=previous: the previous model (run %s) has k=%d, this run k=%d; using kmeans||",
+                    prev.run_id, len(prev.centroids), k)
+        return None
+    log.info("kmeans.init=previous: warm start from run %s", prev.run_id)
+    return prep.transform(prev.prep.inverse_transform(prev.centroids))
+
+
+def fit_kmeans(df, prep: Preprocessor, cfg: KMeansSection, weight_col: Optional[str] = None,
+               initial_centers: Optional[np.ndarray] = None) -> KMeansFit:
     """Fit K-means with ``cfg.k`` clusters on every row of ``df`` in the model space.
 
     Returns fewer than k centroids only when the data has fewer than k distinct points; that is a
     :class:`FewerClustersWarning`, and the job carries on with what was found.
     """
+    if cfg.engine == "spark-mllib":
+        return _fit_mllib(df, prep, cfg, weight_col)
+    return _fit_engine(df, prep, cfg, weight_col, initial_centers)
+
+
+def _fit_engine(df, prep, cfg, weight_col, initial_centers) -> KMeansFit:
+    from clusterlake.algorithms.engine import BlockSource, fit
+
+    k = int(cfg.k)
+    t0 = time.time()
+    source = BlockSource(columns=tuple(prep.feature_names), weight_column=weight_col, center=prep.center,
+                         scale=prep.scale, components=prep.components, normalize=cfg.distance == "cosine")
+    seeding = "kmeans||" if cfg.init == "previous" else cfg.init  # previous without a usable model
+    init = "previous" if initial_centers is not None else seeding
+    res = fit(df.sparkSession, df, source, k, algorithm=cfg.algorithm, init=seeding,
+              initial_centers=initial_centers, max_iter=cfg.max_iter, tol=cfg.tol, seed=cfg.seed,
+              init_steps=cfg.init_steps, num_tasks=cfg.num_tasks)
+    centers = res.centers
+    uniq, first = np.unique(centers, axis=0, return_index=True)
+    if len(uniq) < len(centers):
+        keep = np.sort(first)
+        centers = centers[keep]
+        msg = (f"K-means found {len(centers)} distinct clusters, fewer than kmeans.k={k}: "
+               "the input has too few distinct points")
+        warnings.warn(msg, FewerClustersWarning, stacklevel=3)
+        log.warning(msg)
+    parent_ids = tree = None
+    if res.tree_centers is not None:
+        # leaves become clusters 0..k-1 (in centroid order); inner nodes get ids k, k+1, ... (root = k)
+        leaf_nodes = [int(v) for v in res.leaf_nodes]
+        inner = [n for n in range(len(res.tree_centers)) if n not in set(leaf_nodes)]
+        ids = {n: i for i, n in enumerate(leaf_nodes)}
+        ids.update({n: len(leaf_nodes) + j for j, n in enumerate(inner)})
+        order = sorted(ids, key=ids.get)
+        tp = res.tree_parents
+        parent_ids = np.array([ids[int(tp[n])] if tp[n] >= 0 else -1 for n in leaf_nodes], dtype=np.int64)
+        tree = {"node_ids": np.array([ids[n] for n in order], dtype=np.int64),
+                "parent_ids": np.array([ids[int(tp[n])] if tp[n] >= 0 else -1 for n in order], dtype=np.int64),
+                "centers": np.asarray(res.tree_centers)[order]}
+    timings = {"load": round(res.load_seconds, 3), "init": round(res.init_seconds, 3),
+               "iteration_median": round(float(np.median(res.iter_seconds)), 4) if res.iter_seconds else None,
+               "tasks": res.n_tasks}
+    return KMeansFit(
+        centroids=centers, k_requested=k, n_iter=res.n_iter, seconds=time.time() - t0, engine="clusterlake",
+        training_cost=float(res.inertia), parent_ids=parent_ids, tree=tree, init=init,
+        converged=res.converged, timings=timings,
+    )
+
+
+def _fit_mllib(df, prep: Preprocessor, cfg: KMeansSection, weight_col: Optional[str] = None) -> KMeansFit:
     from pyspark import StorageLevel
     from pyspark.ml.clustering import KMeans
     from pyspark.ml.functions import array_to_vector
@@ -76,5 +159,5 @@ def fit_kmeans(df, prep: Preprocessor, cfg: KMeansSection, weight_col: str | Non
     summary = model.summary
     return KMeansFit(
         centroids=centers, k_requested=k, n_iter=int(summary.numIter), seconds=time.time() - t0,
-        engine="spark-mllib", training_cost=float(summary.trainingCost),
+        engine="spark-mllib", training_cost=float(summary.trainingCost), init=cfg.init,
     )

@@ -66,11 +66,11 @@ def input_moments(df, features: list[str]) -> Moments:
 def model_space(df, prep: Preprocessor, weight_col: Optional[str] = None):
     """DataFrame of model-space vectors ``z: array<double>`` (and the weight column, if any)."""
     feats = list(prep.feature_names)
-    center, scale, comps = prep.center, prep.scale, prep.components
+    center, scale, comps, norm = prep.center, prep.scale, prep.components, prep.normalize
     p = prep.n_components
 
     def part(batches):
-        local = Preprocessor(feats, center, scale, comps)
+        local = Preprocessor(feats, center, scale, comps, normalize=norm)
         for b in batches:
             Z = local.transform(_block(b, feats))
             arr = pa.FixedSizeListArray.from_arrays(pa.array(Z.ravel()), p).cast(pa.list_(pa.float64()))
@@ -98,13 +98,13 @@ def assign_rows(df, prep: Preprocessor, centroids: np.ndarray, cluster_ids: np.n
     from clusterlake.kernels.distance import assign
 
     feats = list(prep.feature_names)
-    center, scale, comps = prep.center, prep.scale, prep.components
+    center, scale, comps, norm = prep.center, prep.scale, prep.components, prep.normalize
     C = np.ascontiguousarray(centroids, dtype=np.float64)
     ids = np.asarray(cluster_ids, dtype=np.int32)
     k = C.shape[0]
 
     def part(batches):
-        local = Preprocessor(feats, center, scale, comps)
+        local = Preprocessor(feats, center, scale, comps, normalize=norm)
         for b in batches:
             Z = local.transform(_block(b, feats))
             lab, dist, sec, sdist = assign(Z, C)
@@ -165,12 +165,12 @@ def cluster_stats(df, prep: Preprocessor, centroids: np.ndarray, label_col: Opti
     from clusterlake.kernels.stats import cluster_moments, cluster_sums
 
     feats = list(prep.feature_names)
-    center, scale, comps = prep.center, prep.scale, prep.components
+    center, scale, comps, norm = prep.center, prep.scale, prep.components, prep.normalize
     C = np.ascontiguousarray(centroids, dtype=np.float64)
     k, p, d = C.shape[0], C.shape[1], len(feats)
 
     def part(batches):
-        local = Preprocessor(feats, center, scale, comps)
+        local = Preprocessor(feats, center, scale, comps, normalize=norm)
         cnt = np.zeros(k)
         sz = np.zeros((k, p))
         sx = np.zeros((k, d))
@@ -237,13 +237,13 @@ def mean_distance_to_means(df, prep: Preprocessor, centroids: np.ndarray, means:
     from clusterlake.kernels.distance import assign
 
     feats = list(prep.feature_names)
-    center, scale, comps = prep.center, prep.scale, prep.components
+    center, scale, comps, norm = prep.center, prep.scale, prep.components, prep.normalize
     C = np.ascontiguousarray(centroids, dtype=np.float64)
     M = np.nan_to_num(np.asarray(means, dtype=np.float64))
     k = C.shape[0]
 
     def part(batches):
-        local = Preprocessor(feats, center, scale, comps)
+        local = Preprocessor(feats, center, scale, comps, normalize=norm)
         acc = np.zeros(k)
         for b in batches:
             if not b.num_rows:

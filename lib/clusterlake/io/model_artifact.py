@@ -41,6 +41,7 @@ class ModelArtifact:
     distance: str = "euclidean"
     algorithm: str = "kmeans"
     meta: dict = field(default_factory=dict)
+    tree: Optional[dict] = None  # bisecting: {"node_ids", "parent_ids", "centers"} of every split-tree node
 
     def to_json(self) -> dict:
         return {
@@ -58,6 +59,7 @@ class ModelArtifact:
             },
             "k": int(self.centroids.shape[0]),
             "n_model_dims": int(self.centroids.shape[1]),
+            "tree": self.tree is not None,
             "meta": self.meta,
         }
 
@@ -78,6 +80,10 @@ def save(artifact: ModelArtifact, dest: Location) -> None:
     }
     if artifact.prep.components is not None:
         arrays["components"] = artifact.prep.components
+    if artifact.tree is not None:
+        arrays["tree_node_ids"] = np.asarray(artifact.tree["node_ids"], dtype=np.int64)
+        arrays["tree_parent_ids"] = np.asarray(artifact.tree["parent_ids"], dtype=np.int64)
+        arrays["tree_centers"] = np.asarray(artifact.tree["centers"], dtype=np.float64)
     for name, arr in arrays.items():
         dest.child(f"{name}.npy").write_bytes(_npy(arr))
     dest.child("model.json").write_bytes(json.dumps(artifact.to_json(), indent=2).encode())
@@ -105,16 +111,19 @@ def load(path: str) -> ModelArtifact:
         feature_names=list(meta["feature_names"]),
         center=arr("center"),
         scale=arr("scale"),
-        components=arr("components"),
+        components=arr("components") if meta.get("pca") else None,
         explained_variance_ratio=(
             np.asarray(meta["pca"]["explained_variance_ratio"]) if meta.get("pca") else None
         ),
         scaling=meta.get("scaling", "standard"),
+        normalize=meta.get("distance", "euclidean") == "cosine",  # model space on the unit sphere
     )
     return ModelArtifact(
         run_id=meta["run_id"], run_date=meta["run_date"], prep=prep, centroids=arr("centroids"),
         cluster_ids=arr("cluster_ids"), distance=meta.get("distance", "euclidean"),
         algorithm=meta.get("algorithm", "kmeans"), meta=meta.get("meta", {}),
+        tree={"node_ids": arr("tree_node_ids"), "parent_ids": arr("tree_parent_ids"),
+              "centers": arr("tree_centers")} if meta.get("tree") else None,
     )
 
 

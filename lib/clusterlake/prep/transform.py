@@ -61,6 +61,7 @@ class Preprocessor:
     explained_variance_ratio: Optional[np.ndarray] = None  # (p,)
     scaling: str = "standard"
     info: dict = field(default_factory=dict)
+    normalize: bool = False  # L2-normalise model-space rows (cosine distance: spherical k-means)
 
     @property
     def n_features(self) -> int:
@@ -75,7 +76,18 @@ class Preprocessor:
         Z = (np.asarray(X, dtype=np.float64) - self.center) / self.scale
         if self.components is not None:
             Z = Z @ self.components.T
+        if self.normalize:
+            norms = np.sqrt(np.einsum("ij,ij->i", Z, Z))
+            Z = Z / np.where(norms > 0, norms, 1.0)[:, None]
         return Z
+
+    def inverse_transform(self, Z: np.ndarray) -> np.ndarray:
+        """Model space back to input units (exact when PCA keeps every component; for cosine,
+        the direction only)."""
+        Z = np.asarray(Z, dtype=np.float64)
+        if self.components is not None:
+            Z = Z @ self.components
+        return Z * self.scale + self.center
 
 
 def fit_preprocessor(
@@ -85,6 +97,7 @@ def fit_preprocessor(
     pca_enabled: bool = True,
     pca_components: Optional[int] = None,
     pca_variance: Optional[float] = 0.95,
+    normalize: bool = False,
 ) -> Preprocessor:
     """Fit the transform from merged moments of the whole (valid) input.
 
@@ -107,7 +120,7 @@ def fit_preprocessor(
     else:
         scale = np.ones(d)
     center = moments.mean.copy() if (scaling == "standard" or pca_enabled) else np.zeros(d)
-    prep = Preprocessor(list(feature_names), center, scale, scaling=scaling)
+    prep = Preprocessor(list(feature_names), center, scale, scaling=scaling, normalize=normalize)
     if not pca_enabled:
         return prep
     cov = moments.m2 / max(n - 1, 1) / np.outer(scale, scale)
