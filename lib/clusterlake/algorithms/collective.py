@@ -109,12 +109,16 @@ _PY_ERROR = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Warning)): (.+)$", 
 
 
 def python_error_line(err: BaseException) -> str:
-    """The Python exception line inside a Spark job failure (whose message is a JVM stack trace
-    wrapping the worker's traceback), else the first line of the message."""
+    """The most telling exception line inside a Spark job failure (a JVM stack trace that wraps
+    the Python worker's traceback): the last Python exception, else the first JVM one, else the
+    first line of the message."""
     text = str(err)
-    found = [m for m in _PY_ERROR.finditer(text) if "py4j" not in m.group(1) and "org.apache" not in m.group(1)]
-    if found:
-        return f"{found[-1].group(1).rsplit('.', 1)[-1]}: {found[-1].group(2).strip()}"
+    found = list(_PY_ERROR.finditer(text))
+    jvm = [m for m in found if m.group(1).startswith(("org.", "java.", "scala.", "py4j."))]
+    python = [m for m in found if m not in jvm]
+    m = python[-1] if python else (jvm[0] if jvm else None)
+    if m is not None:
+        return f"{m.group(1).rsplit('.', 1)[-1]}: {m.group(2).strip()}"
     return text.strip().splitlines()[0] if text.strip() else type(err).__name__
 
 

@@ -295,11 +295,23 @@ def task_slots(spark) -> int:
     return max(1, sc.defaultParallelism // max(1, cpus))
 
 
+def _has_coalesce(df) -> bool:
+    """Whether the executed plan (whose text includes the plans of cached relations) contains a
+    coalesce, which Spark refuses inside a barrier stage. A false positive (a coalesce behind an
+    exchange) only costs a shuffle of the packed blocks."""
+    try:
+        plan = df._jdf.queryExecution().executedPlan().toString()
+    except Exception:  # no JVM plan to inspect (e.g. Spark Connect): be safe
+        return True
+    return "Coalesce" in plan
+
+
 class BlockCluster:
     """Context manager: the barrier stage holding ``df`` as cached blocks, and its coordinator.
 
-    Runs on the driver. ``num_tasks`` defaults to the free task slots; a DataFrame with more
-    partitions is coalesced (no shuffle), one with fewer keeps its partitions.
+    Runs on the driver. ``num_tasks`` defaults to the free task slots. The input is packed into
+    float32 blocks once; when it has more partitions than tasks (or a coalesce in its plan) the
+    packed blocks are shuffled into one partition per task, else each input partition is a task.
     """
 
     def __init__(self, spark, df, source: BlockSource, num_tasks: Optional[int] = None,
@@ -313,10 +325,11 @@ class BlockCluster:
             log.warning("engine: %d tasks requested but only %d task slots: using %d", num_tasks, free, free)
         packed = df.select(*[f"`{c}`" for c in source.input_columns]).mapInArrow(_pack_task(source), _PACKED_DDL)
         parts = packed.rdd.getNumPartitions()
-        if parts > slots:
-            # a barrier stage cannot coalesce its input (SPARK-24820): shuffle the packed float32
-            # blocks (n x p x 4 bytes, far less than the rows) into one partition per task
-            packed = packed.repartition(slots)
+        if parts > slots or _has_coalesce(packed):
+            # more partitions than tasks, or a coalesce in the input's plan: a barrier stage cannot
+            # coalesce (SPARK-24820), so shuffle the packed float32 blocks (n x p x 4 bytes, far
+            # less than the rows) into one partition per task
+            packed = packed.repartition(min(parts, slots))
         self.n_tasks = min(parts, slots) if parts else 1
         self.df = packed
         self.command_timeout = command_timeout
