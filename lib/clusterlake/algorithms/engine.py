@@ -31,7 +31,8 @@ from typing import Optional
 import numpy as np
 import pyarrow as pa
 
-from clusterlake.algorithms.collective import Coordinator, JobThread, serve
+from clusterlake.algorithms.collective import CollectiveError, Coordinator, JobThread, serve
+from clusterlake.algorithms.passes import _block
 from clusterlake.kernels import kmeans as K
 
 log = logging.getLogger(__name__)
@@ -78,9 +79,7 @@ class BlockSource:
                 raise ValueError(f"column '{self.array_column}' holds vectors of different lengths")
             X = flat.reshape(n, -1 if n else 0).astype(np.float64, copy=False)
         else:
-            X = np.empty((n, len(self.columns)), dtype=np.float64)
-            for j, name in enumerate(self.columns):
-                X[:, j] = batch.column(name).to_numpy(zero_copy_only=False)
+            X = _block(batch, list(self.columns))
         if self.center is not None:
             from clusterlake.prep.transform import Preprocessor
 
@@ -323,6 +322,7 @@ class BlockCluster:
         if num_tasks and num_tasks > free:
             # a barrier stage needs all its tasks at once: more tasks than slots would never start
             log.warning("engine: %d tasks requested but only %d task slots: using %d", num_tasks, free, free)
+        self._shuffled = False
         packed = df.select(*[f"`{c}`" for c in source.input_columns]).mapInArrow(_pack_task(source), _PACKED_DDL)
         parts = packed.rdd.getNumPartitions()
         if parts > slots or _has_coalesce(packed):
@@ -330,6 +330,7 @@ class BlockCluster:
             # coalesce (SPARK-24820), so shuffle the packed float32 blocks (n x p x 4 bytes, far
             # less than the rows) into one partition per task
             packed = packed.repartition(min(parts, slots))
+            self._shuffled = True
         self.n_tasks = min(parts, slots) if parts else 1
         self.df = packed
         self.command_timeout = command_timeout
@@ -339,13 +340,30 @@ class BlockCluster:
         self.task_peak_rss_mb = 0.0
 
     def __enter__(self) -> "BlockCluster":
+        t0 = time.time()
+        try:
+            self._start()
+        except CollectiveError as exc:
+            # Spark refuses some narrow lineages inside a barrier stage (a union, a coalesce:
+            # SPARK-24820) before any task runs: shuffle the packed blocks and start again
+            if "BarrierJobUnsupportedRDDChain" not in str(exc.__cause__ or exc) or self._shuffled:
+                raise
+            log.info("engine: the input's lineage cannot run in a barrier stage; shuffling the packed blocks")
+            self.df = self.df.repartition(self.n_tasks)
+            self._shuffled = True
+            self._start()
+        self.load_seconds = time.time() - t0
+        self.rows = list(self.coord.task_rows)
+        log.info("engine: %d tasks loaded %s rows in %.1f s", self.n_tasks, f"{sum(self.rows):,}", self.load_seconds)
+        return self
+
+    def _start(self) -> None:
         host = self.spark.sparkContext.getConf().get("spark.driver.host", None) or "127.0.0.1"
         self._thread: Optional[JobThread] = None
         self.coord = Coordinator(self.n_tasks, host, lambda: self._thread.error if self._thread else None,
                                  register_timeout=self.register_timeout)
         fn = _barrier_task(self.coord.address, self.coord.token, self.command_timeout)
         job = self.df.mapInArrow(fn, "partition long, rows long, commands long, max_rss_mb double", barrier=True)
-        t0 = time.time()
         # bigger Arrow batches load faster (10k rows is Spark's default); restored once loaded
         conf_key = "spark.sql.execution.arrow.maxRecordsPerBatch"
         old_batch = self.spark.conf.get(conf_key, None)
@@ -357,16 +375,13 @@ class BlockCluster:
             self.coord.accept_all()
         except BaseException:
             self.coord.close()
+            self._thread.join(timeout=60)
             raise
         finally:
             if old_batch is None:
                 self.spark.conf.unset(conf_key)
             else:
                 self.spark.conf.set(conf_key, old_batch)
-        self.load_seconds = time.time() - t0
-        self.rows = list(self.coord.task_rows)
-        log.info("engine: %d tasks loaded %s rows in %.1f s", self.n_tasks, f"{sum(self.rows):,}", self.load_seconds)
-        return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self.coord.close()

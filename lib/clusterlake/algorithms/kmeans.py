@@ -68,6 +68,21 @@ def warm_start_centers(model_root, prep: Preprocessor, k: int) -> Optional[np.nd
     return prep.transform(prev.prep.inverse_transform(prev.centroids))
 
 
+def _distinct(centers: np.ndarray, k: int) -> np.ndarray:
+    """Drop duplicate centres (MLlib keeps stale copies when there are fewer distinct points than
+    k) and warn when fewer than k remain: a degraded but valid result, like scikit-learn's
+    ConvergenceWarning."""
+    uniq, first = np.unique(centers, axis=0, return_index=True)
+    if len(uniq) < len(centers):
+        centers = centers[np.sort(first)]
+    if len(centers) < k:
+        msg = (f"K-means found {len(centers)} distinct clusters, fewer than kmeans.k={k}: "
+               "the input has too few distinct points")
+        warnings.warn(msg, FewerClustersWarning, stacklevel=4)
+        log.warning(msg)
+    return centers
+
+
 def fit_kmeans(df, prep: Preprocessor, cfg: KMeansSection, weight_col: Optional[str] = None,
                initial_centers: Optional[np.ndarray] = None) -> KMeansFit:
     """Fit K-means with ``cfg.k`` clusters on every row of ``df`` in the model space.
@@ -89,18 +104,12 @@ def _fit_engine(df, prep, cfg, weight_col, initial_centers) -> KMeansFit:
                          scale=prep.scale, components=prep.components, normalize=cfg.distance == "cosine")
     seeding = "kmeans||" if cfg.init == "previous" else cfg.init  # previous without a usable model
     init = "previous" if initial_centers is not None else seeding
-    res = fit(df.sparkSession, df, source, k, algorithm=cfg.algorithm, init=seeding,
-              initial_centers=initial_centers, max_iter=cfg.max_iter, tol=cfg.tol, seed=cfg.seed,
-              init_steps=cfg.init_steps, num_tasks=cfg.num_tasks)
-    centers = res.centers
-    uniq, first = np.unique(centers, axis=0, return_index=True)
-    if len(uniq) < len(centers):
-        keep = np.sort(first)
-        centers = centers[keep]
-        msg = (f"K-means found {len(centers)} distinct clusters, fewer than kmeans.k={k}: "
-               "the input has too few distinct points")
-        warnings.warn(msg, FewerClustersWarning, stacklevel=3)
-        log.warning(msg)
+    with warnings.catch_warnings():  # the engine's own warning is replaced by the job's below
+        warnings.simplefilter("ignore", FewerClustersWarning)
+        res = fit(df.sparkSession, df, source, k, algorithm=cfg.algorithm, init=seeding,
+                  initial_centers=initial_centers, max_iter=cfg.max_iter, tol=cfg.tol, seed=cfg.seed,
+                  init_steps=cfg.init_steps, num_tasks=cfg.num_tasks)
+    centers = _distinct(res.centers, k)
     parent_ids = tree = None
     if res.tree_centers is not None:
         # leaves become clusters 0..k-1 (in centroid order); inner nodes get ids k, k+1, ... (root = k)
@@ -148,14 +157,7 @@ def _fit_mllib(df, prep: Preprocessor, cfg: KMeansSection, weight_col: Optional[
     finally:
         vecs.unpersist()
     centers = np.asarray([np.asarray(c, dtype=np.float64) for c in model.clusterCenters()])
-    # MLlib can keep duplicate (stale) centres when there are fewer distinct points than k
-    uniq, first = np.unique(centers, axis=0, return_index=True)
-    if len(uniq) < len(centers):
-        centers = centers[np.sort(first)]
-    if len(centers) < k:
-        msg = f"K-means found {len(centers)} distinct clusters, fewer than kmeans.k={k}: the input has too few distinct points"
-        warnings.warn(msg, FewerClustersWarning, stacklevel=2)
-        log.warning(msg)
+    centers = _distinct(centers, k)
     summary = model.summary
     return KMeansFit(
         centroids=centers, k_requested=k, n_iter=int(summary.numIter), seconds=time.time() - t0,
