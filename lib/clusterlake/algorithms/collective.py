@@ -18,7 +18,8 @@ shape). Nothing is pickled or evaluated; a connection must present the run's ran
 
 Barrier stages need every task scheduled at once: the number of tasks is at most the number of
 free task slots (``defaultParallelism // spark.task.cpus``), and they do not run with dynamic
-allocation. A lost task fails the whole stage; Spark retries it (and the fit starts over).
+allocation. A lost task ends the fit with an error naming the task (the driver stops waiting as
+soon as the connection drops or the Spark job fails); the job can then be re-run.
 """
 
 from __future__ import annotations
