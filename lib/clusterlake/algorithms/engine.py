@@ -190,10 +190,13 @@ class BlockWorker:
         n, d = self.X.shape if self.X.size else (len(self.X), 0)
         if op == "info":
             w = self._weights()
-            Xd = self.X.astype(np.float64)
-            return {"n": int(n), "sum_w": float(w.sum())}, {
-                "sum_wx": (w @ Xd) if n else np.zeros(d), "sum_wxx": (w @ (Xd * Xd)) if n else np.zeros(d),
-            }
+            sx, sxx = np.zeros(d), np.zeros(d)
+            for s0 in range(0, n, 65536):  # float64 in chunks: no full-size copy of the block
+                Xd = self.X[s0:s0 + 65536].astype(np.float64)
+                ws = w[s0:s0 + 65536]
+                sx += ws @ Xd
+                sxx += ws @ (Xd * Xd)
+            return {"n": int(n), "sum_w": float(w.sum())}, {"sum_wx": sx, "sum_wxx": sxx}
         if op == "stats":
             C = arrs["centers"]
             if not n:
