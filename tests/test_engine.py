@@ -207,3 +207,93 @@ def test_wire_format_round_trip_and_refuses_pickle():
         send_msg(a, {}, {"o": np.array([object()])})
     a.close()
     b.close()
+
+
+# ----------------------------------------------------------------------------------------------
+# lost tasks: the fit survives a barrier task whose Python worker is killed mid-fit
+
+
+def _fit_killing_a_task(spark, tmp_path, monkeypatch, point: str, victim: int, **fit_kw):
+    """Run ``engine.fit`` in a thread, pause it at ``point``, SIGKILL barrier task ``victim``'s
+    Python process, resume; return the fit and what the pause reported."""
+    import json
+    import os
+    import signal
+    import threading
+    import time
+
+    from clusterlake import faults
+
+    faults.reset()
+    monkeypatch.setenv(faults.ENV, point)
+    monkeypatch.setenv(faults.DIR_ENV, str(tmp_path))
+    out = {}
+
+    def run():
+        try:
+            out["fit"] = engine.fit(spark, **fit_kw)
+        except BaseException as exc:  # reported by the assertion below
+            out["error"] = exc
+
+    t = threading.Thread(target=run)
+    t.start()
+    paused = tmp_path / f"{point}.paused"
+    deadline = time.time() + 120
+    while not paused.exists() and t.is_alive() and time.time() < deadline:
+        time.sleep(0.05)
+    assert paused.exists(), f"the fit never reached {point}: {out.get('error')}"
+    info = json.loads(paused.read_text())
+    pid = info["tasks"][victim]["pid"]
+    assert pid and pid != os.getpid()
+    os.kill(pid, signal.SIGKILL)
+    (tmp_path / f"{point}.resume").write_text("")
+    t.join(timeout=300)
+    faults.reset()
+    assert not t.is_alive(), "the fit did not finish after the lost task"
+    assert "error" not in out, f"the fit failed after a lost task: {out.get('error')}"
+    return out["fit"], info
+
+
+def test_lloyd_continues_after_a_lost_task(spark, blobs, tmp_path, monkeypatch):
+    """Kill one task's Python worker before the 3rd Lloyd iteration: the stage is restarted, the
+    fit goes on from the driver's centres and ends where the uninterrupted fit ends."""
+    X, y, _ = blobs
+    rng = np.random.default_rng(5)
+    C0 = X[rng.choice(len(X), K_TRUE, replace=False)].astype(np.float64)
+    df = frame(spark, X)
+    kw = dict(df=df, source=source(4), k=K_TRUE, initial_centers=C0, max_iter=100, tol=0.0, recovery_wait=0.0)
+    ref = engine.fit(spark, **kw)
+    assert ref.recoveries == 0 and ref.n_iter >= 3
+    res, info = _fit_killing_a_task(spark, tmp_path, monkeypatch, "engine.lloyd@3", victim=1, **kw)
+    assert info["iteration"] == 3 and len(info["tasks"]) == 2
+    assert res.recoveries == 1 and res.n_tasks == 2
+    assert res.n_iter == ref.n_iter and res.converged == ref.converged
+    np.testing.assert_allclose(res.centers, ref.centers, rtol=1e-12, atol=1e-12)
+    assert res.inertia == pytest.approx(ref.inertia, rel=1e-12)
+    np.testing.assert_array_equal(K.nearest(X, res.centers)[0], K.nearest(X, ref.centers)[0])
+
+
+def test_bisecting_replays_its_splits_after_a_lost_task(spark, blobs, tmp_path, monkeypatch):
+    """The tasks' per-row leaves come from earlier splits: after a loss they are rebuilt by
+    replaying the journal, and the tree comes out as without the loss."""
+    X, _, _ = blobs
+    df = frame(spark, X)
+    kw = dict(df=df, source=source(4), k=K_TRUE, algorithm="bisecting", seed=4, max_iter=30, recovery_wait=0.0)
+    ref = engine.fit(spark, **kw)
+    # Lloyd visits of the later splits come after at least two bisect_split commands
+    res, info = _fit_killing_a_task(spark, tmp_path, monkeypatch, "engine.lloyd@7", victim=0, **kw)
+    assert info["label"].startswith("bisect node") and info["label"] != "bisect node 0"
+    assert res.recoveries == 1
+    np.testing.assert_allclose(res.tree_centers, ref.tree_centers, rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(res.tree_parents, ref.tree_parents)
+    np.testing.assert_allclose(res.counts, ref.counts)
+
+
+def test_a_task_error_is_not_mistaken_for_a_lost_task(spark, blobs):
+    """A task that raises reports its error: the fit fails with it at once, no recovery."""
+    X, _, _ = blobs
+    bc = engine.BlockCluster(spark, frame(spark, X), source(4))
+    with pytest.raises(CollectiveError, match="unknown command 'nonsense'") as ei:
+        with bc:
+            bc.call("nonsense")
+    assert not isinstance(ei.value, engine.TaskLost) and bc.recoveries == 0

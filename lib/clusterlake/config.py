@@ -126,6 +126,10 @@ class KMeansSection(_Section):
     Spark's KMeans, for comparison (kmeans algorithm, euclidean, kmeans||/random init only)."""
     num_tasks: Optional[int] = Field(None, ge=1)
     """Barrier tasks of the clusterlake engine; default: every free task slot."""
+    recovery_wait_seconds: float = Field(30.0, ge=0.0, le=3600.0)
+    """When a barrier task is lost (executor or worker died), how long the engine waits for the
+    lost task slots to come back (YARN/Kubernetes replace executors) before it continues the fit
+    on fewer tasks."""
 
     @model_validator(mode="after")
     def _engine_supports(self) -> "KMeansSection":

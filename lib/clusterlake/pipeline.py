@@ -136,7 +136,8 @@ def run_job(cfg: JobConfig, spark=None) -> RunResult:
             cluster_ids = np.arange(len(centroids), dtype=np.int32)
             note.update(k=len(centroids), iterations=fit.n_iter, engine=fit.engine, init=fit.init,
                         algorithm=cfg.kmeans.algorithm,
-                        **{f"{k_}_s" if k_ != "tasks" else k_: v for k_, v in fit.timings.items() if v is not None})
+                        **{k_ if k_ in ("tasks", "recoveries") else f"{k_}_s": v
+                           for k_, v in fit.timings.items() if v is not None})
 
         with stage("metrics") as note:
             stats = cluster_stats(clean, prep, centroids, icfg.label_column)

@@ -17,15 +17,18 @@ header, then the raw bytes of the arrays the header lists (name, dtype from a fi
 shape). Nothing is pickled or evaluated; a connection must present the run's random token first.
 
 Barrier stages need every task scheduled at once: the number of tasks is at most the number of
-free task slots (``defaultParallelism // spark.task.cpus``), and they do not run with dynamic
-allocation. A lost task ends the fit with an error naming the task (the driver stops waiting as
-soon as the connection drops or the Spark job fails); the job can then be re-run.
+free task slots, and they do not run with dynamic allocation. A task that raises sends its error
+first: the fit fails with it (:class:`CollectiveError`). A task that is *lost* (its executor or
+Python worker died: the connection drops, or the Spark job fails without an error frame) raises
+:class:`TaskLost`, which :class:`~clusterlake.algorithms.engine.BlockCluster` answers by starting
+the stage again on the slots that are left and restoring the tasks' state from the driver.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import select
 import secrets
@@ -46,6 +49,11 @@ _MAX_FRAME = 1 << 34  # 16 GiB: a sanity bound, not a limit anyone should hit
 
 class CollectiveError(RuntimeError):
     """The barrier tasks and the driver lost each other (a task failed, or the driver went away)."""
+
+
+class TaskLost(CollectiveError):
+    """A barrier task disappeared without reporting an error (executor or worker lost, Python
+    worker killed). Recoverable: the driver holds the state, the data can be loaded again."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -141,6 +149,7 @@ class Coordinator:
         self.address = (advertise_host, self._server.getsockname()[1])
         self.conns: list[socket.socket] = []
         self.task_rows: list[int] = []
+        self.tasks: list[dict] = []  # per task, in partition order: partition, rows, pid, host
 
     # -- setup
     def accept_all(self) -> None:
@@ -179,10 +188,15 @@ class Coordinator:
                         self._raise_if_job_failed()
                         time.sleep(0.2)
                     raise CollectiveError(f"task {hello['partition']} could not load its data: {hello['error']}")
-                by_part[hello["partition"]] = (s, int(hello["rows"]))
+                old = by_part.get(hello["partition"])
+                if old is not None:  # a retried task attempt replaces the one that died
+                    old[0].close()
+                by_part[hello["partition"]] = (s, hello)
         for p in sorted(by_part):
-            self.conns.append(by_part[p][0])
-            self.task_rows.append(by_part[p][1])
+            conn, hello = by_part[p]
+            self.conns.append(conn)
+            self.task_rows.append(int(hello["rows"]))
+            self.tasks.append({k: hello.get(k) for k in ("partition", "rows", "pid", "host")})
         for s in pending:
             s.close()
 
@@ -192,33 +206,55 @@ class Coordinator:
             raise CollectiveError(f"the barrier stage failed: {python_error_line(err)}") from err
 
     # -- steps
+    def describe(self, i: int) -> str:
+        t = self.tasks[i] if i < len(self.tasks) else {}
+        return f"task {i} (pid {t.get('pid')} on {t.get('host')})"
+
     def call(self, op: str, arrays: Optional[dict] = None, per_task: Optional[list[dict]] = None,
              **params) -> list[tuple[dict, dict]]:
         """Send ``op`` to every task (``per_task[i]`` extra params for task i) and return the
-        replies in partition order."""
+        replies in partition order.
+
+        Raises :class:`CollectiveError` when a task reports an error, :class:`TaskLost` when a
+        task disappears without one (its connection drops, or the Spark job fails).
+        """
         for i, c in enumerate(self.conns):
             extra = per_task[i] if per_task else {}
             try:
                 send_msg(c, {"op": op, **params, **extra}, arrays)
             except OSError as exc:
-                self._raise_if_job_failed()
-                raise CollectiveError(f"lost barrier task {i}: {exc}") from exc
-        replies = []
-        for i, c in enumerate(self.conns):
-            while True:
-                ready, _, _ = select.select([c], [], [], 0.5)
-                if ready:
+                raise TaskLost(f"lost barrier {self.describe(i)} while sending '{op}': {exc}") from exc
+        replies: list = [None] * len(self.conns)
+        pending = {c: i for i, c in enumerate(self.conns)}
+        lost: Optional[TaskLost] = None
+        while pending:
+            ready, _, _ = select.select(list(pending), [], [], 0.5)
+            if not ready:
+                if lost is not None:  # the others had their moment to report an error
                     break
-                self._raise_if_job_failed()
-            try:
-                head, arrs = recv_msg(c)
-            except (CollectiveError, OSError) as exc:
-                time.sleep(0.5)  # let the job thread record why the task died
-                self._raise_if_job_failed()
-                raise CollectiveError(f"lost barrier task {i} during '{op}': {exc}") from exc
-            if "error" in head:
-                raise CollectiveError(f"barrier task {i} failed during '{op}': {head['error']}")
-            replies.append((head, arrs))
+                err = self.job_error()
+                if err is None:
+                    continue
+                # the job ended: read any error frame already on its way before calling it a loss
+                ready, _, _ = select.select(list(pending), [], [], 1.0)
+                if not ready:
+                    i = min(pending.values())
+                    raise TaskLost(f"the barrier stage failed during '{op}' ({self.describe(i)} did not "
+                                   f"answer): {python_error_line(err)}") from err
+            for c in ready:
+                i = pending.pop(c)
+                try:
+                    head, arrs = recv_msg(c)
+                except (CollectiveError, OSError) as exc:
+                    # keep reading the others: a task that raised sends its error before it dies
+                    # and takes the rest of the stage with it, and that error wins over the loss
+                    lost = lost or TaskLost(f"lost barrier {self.describe(i)} during '{op}': {exc}")
+                    continue
+                if "error" in head:
+                    raise CollectiveError(f"barrier task {i} failed during '{op}': {head['error']}")
+                replies[i] = (head, arrs)
+        if lost is not None:
+            raise lost
         return replies
 
     def close(self) -> None:
@@ -257,7 +293,8 @@ def serve(address: tuple[str, int], token: str, partition: int, rows: int,
         raise CollectiveError(f"cannot reach the driver at {address[0]}:{address[1]}: {last}")
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.settimeout(timeout)
-    hello = {"token": token, "partition": partition, "rows": rows}
+    hello = {"token": token, "partition": partition, "rows": rows, "pid": os.getpid(),
+             "host": socket.gethostname()}
     if load_error:
         hello["error"] = load_error
     send_msg(sock, hello)
@@ -282,8 +319,9 @@ def serve(address: tuple[str, int], token: str, partition: int, rows: int,
 
 
 class JobThread(threading.Thread):
-    """Runs a Spark action in the background (keeping the caller's job group and local
-    properties) and records its result or error for :class:`Coordinator` to poll."""
+    """Runs a Spark action in the background (keeping the caller's job group, tags and local
+    properties, plus a tag of its own so :meth:`cancel` stops exactly this job) and records its
+    result or error for :class:`Coordinator` to poll."""
 
     def __init__(self, spark, action: Callable[[], object]):
         super().__init__(daemon=True, name="clusterlake-barrier-job")
@@ -292,16 +330,32 @@ class JobThread(threading.Thread):
         self.error: Optional[BaseException] = None
         sc = spark.sparkContext
         self._props = {}
-        for key in ("spark.jobGroup.id", "spark.job.description", "spark.scheduler.pool", "spark.job.interruptOnCancel"):
+        for key in ("spark.jobGroup.id", "spark.job.description", "spark.scheduler.pool"):
             v = sc.getLocalProperty(key)
             if v is not None:
                 self._props[key] = v
+        try:
+            self._tags = set(sc.getJobTags())
+        except Exception:  # pragma: no cover (older Spark)
+            self._tags = set()
+        self.tag = f"clusterlake-engine-{secrets.token_hex(6)}"
         self._sc = sc
 
     def run(self) -> None:
         try:
             for k, v in self._props.items():
                 self._sc.setLocalProperty(k, v)
+            # a cancelled barrier task is interrupted at once instead of finishing its command
+            self._sc.setLocalProperty("spark.job.interruptOnCancel", "true")
+            for t in self._tags | {self.tag}:
+                self._sc.addJobTag(t)
             self.result = self._action()
         except BaseException as exc:  # recorded, raised on the driver's main thread
             self.error = exc
+
+    def cancel(self) -> None:
+        """Cancel this thread's Spark job (and any retried attempt of its stage)."""
+        try:
+            self._sc.cancelJobsWithTag(self.tag)
+        except Exception as exc:  # the context may be gone already
+            log.debug("could not cancel %s: %s", self.tag, exc)

@@ -31,7 +31,8 @@ from typing import Optional
 import numpy as np
 import pyarrow as pa
 
-from clusterlake.algorithms.collective import CollectiveError, Coordinator, JobThread, serve
+from clusterlake.algorithms.collective import CollectiveError, Coordinator, JobThread, TaskLost, serve
+from clusterlake.faults import pause_point
 from clusterlake.algorithms.passes import _block
 from clusterlake.kernels import kmeans as K
 
@@ -291,10 +292,16 @@ def _barrier_task(address: tuple[str, int], token: str, timeout: float):
 
 
 def task_slots(spark) -> int:
-    """How many tasks can run at once: ``defaultParallelism // spark.task.cpus``."""
+    """How many tasks can run at once on the executors alive now (what Spark checks before it
+    starts a barrier stage); ``defaultParallelism // spark.task.cpus`` where that is unavailable
+    (it over-counts: standalone reports at least 2, and it lags behind a lost executor)."""
     sc = spark.sparkContext
-    cpus = int(sc.getConf().get("spark.task.cpus", "1"))
-    return max(1, sc.defaultParallelism // max(1, cpus))
+    try:
+        jsc = sc._jsc.sc()
+        return max(0, int(jsc.maxNumConcurrentTasks(jsc.resourceProfileManager().defaultResourceProfile())))
+    except Exception:  # no JVM (Spark Connect) or a Spark without the method
+        cpus = int(sc.getConf().get("spark.task.cpus", "1"))
+        return max(1, sc.defaultParallelism // max(1, cpus))
 
 
 def _has_coalesce(df) -> bool:
@@ -314,20 +321,38 @@ class BlockCluster:
     Runs on the driver. ``num_tasks`` defaults to the free task slots. The input is packed into
     float32 blocks once; when it has more partitions than tasks (or a coalesce in its plan) the
     packed blocks are shuffled into one partition per task, else each input partition is a task.
+
+    **Lost tasks.** The driver holds the algorithm's state (centres, the split tree) and a journal
+    of the commands that change the tasks' state (``kpar_update``, ``bisect_split``). When a task
+    is lost (:class:`TaskLost`: its executor, worker or Python process died) :meth:`call` cancels
+    the stage, waits up to ``recovery_wait`` seconds for the lost task slots to come back (YARN and
+    Kubernetes replace lost executors), starts the stage again on the slots there are (fewer tasks
+    if need be: the packed blocks are reshuffled), replays the journal and sends the interrupted
+    command again. A Lloyd iteration therefore continues from the driver's current centres; the
+    result equals the uninterrupted fit's up to the order of floating-point sums (and a sample
+    drawn after a layout change differs). At most ``max_recoveries`` times per fit.
     """
 
+    STATEFUL_OPS = frozenset({"kpar_update", "bisect_split"})
+
     def __init__(self, spark, df, source: BlockSource, num_tasks: Optional[int] = None,
-                 command_timeout: float = 3600.0, register_timeout: float = 600.0):
+                 command_timeout: float = 3600.0, register_timeout: float = 600.0,
+                 max_recoveries: int = 3, recovery_wait: float = 30.0):
         self.spark = spark
         self.source = source
+        self.requested = num_tasks
         free = task_slots(spark)
+        if free < 1:
+            free = self._wait_for_slots(1, register_timeout)
         slots = min(num_tasks, free) if num_tasks else free
         if num_tasks and num_tasks > free:
             # a barrier stage needs all its tasks at once: more tasks than slots would never start
             log.warning("engine: %d tasks requested but only %d task slots: using %d", num_tasks, free, free)
         self._shuffled = False
         packed = df.select(*[f"`{c}`" for c in source.input_columns]).mapInArrow(_pack_task(source), _PACKED_DDL)
+        self._packed = packed
         parts = packed.rdd.getNumPartitions()
+        self._parts = parts
         if parts > slots or _has_coalesce(packed):
             # more partitions than tasks, or a coalesce in the input's plan: a barrier stage cannot
             # coalesce (SPARK-24820), so shuffle the packed float32 blocks (n x p x 4 bytes, far
@@ -338,14 +363,28 @@ class BlockCluster:
         self.df = packed
         self.command_timeout = command_timeout
         self.register_timeout = register_timeout
+        self.max_recoveries = max_recoveries
+        self.recovery_wait = recovery_wait
+        self.recoveries = 0
         self.load_seconds = 0.0
         self.rows: list[int] = []
+        self.task_sum_w: list[float] = []
         self.task_peak_rss_mb = 0.0
+        self._journal: list[tuple[str, Optional[dict], dict]] = []
+        self._restore_needed = False
+        self._thread: Optional[JobThread] = None
 
+    # -- starting and stopping the stage
     def __enter__(self) -> "BlockCluster":
         t0 = time.time()
+        self._launch(self.register_timeout)
+        self.load_seconds = time.time() - t0
+        log.info("engine: %d tasks loaded %s rows in %.1f s", self.n_tasks, f"{sum(self.rows):,}", self.load_seconds)
+        return self
+
+    def _launch(self, register_timeout: float) -> None:
         try:
-            self._start()
+            self._start(register_timeout)
         except CollectiveError as exc:
             # Spark refuses some narrow lineages inside a barrier stage (a union, a coalesce:
             # SPARK-24820) before any task runs: shuffle the packed blocks and start again
@@ -354,17 +393,15 @@ class BlockCluster:
             log.info("engine: the input's lineage cannot run in a barrier stage; shuffling the packed blocks")
             self.df = self.df.repartition(self.n_tasks)
             self._shuffled = True
-            self._start()
-        self.load_seconds = time.time() - t0
+            self._start(register_timeout)
         self.rows = list(self.coord.task_rows)
-        log.info("engine: %d tasks loaded %s rows in %.1f s", self.n_tasks, f"{sum(self.rows):,}", self.load_seconds)
-        return self
+        log.debug("engine: barrier tasks %s", self.coord.tasks)
 
-    def _start(self) -> None:
+    def _start(self, register_timeout: float) -> None:
         host = self.spark.sparkContext.getConf().get("spark.driver.host", None) or "127.0.0.1"
-        self._thread: Optional[JobThread] = None
+        self._thread = None
         self.coord = Coordinator(self.n_tasks, host, lambda: self._thread.error if self._thread else None,
-                                 register_timeout=self.register_timeout)
+                                 register_timeout=register_timeout)
         fn = _barrier_task(self.coord.address, self.coord.token, self.command_timeout)
         job = self.df.mapInArrow(fn, "partition long, rows long, commands long, max_rss_mb double", barrier=True)
         # bigger Arrow batches load faster (10k rows is Spark's default); restored once loaded
@@ -377,14 +414,20 @@ class BlockCluster:
         try:
             self.coord.accept_all()
         except BaseException:
-            self.coord.close()
-            self._thread.join(timeout=60)
+            self._stop_stage(cancel=True)
             raise
         finally:
             if old_batch is None:
                 self.spark.conf.unset(conf_key)
             else:
                 self.spark.conf.set(conf_key, old_batch)
+
+    def _stop_stage(self, cancel: bool) -> None:
+        if cancel and self._thread is not None:
+            self._thread.cancel()
+        self.coord.close()
+        if self._thread is not None:
+            self._thread.join(timeout=60)
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self.coord.close()
@@ -394,8 +437,75 @@ class BlockCluster:
         rows = self._thread.result or []
         self.task_peak_rss_mb = max((r["max_rss_mb"] for r in rows), default=0.0)
 
+    # -- lost tasks
+    def _wait_for_slots(self, want: int, wait: float) -> int:
+        deadline = time.time() + wait
+        slots = task_slots(self.spark)
+        while slots < want and time.time() < deadline:
+            time.sleep(1.0)
+            slots = task_slots(self.spark)
+        return slots
+
+    def _recover(self, lost: TaskLost) -> None:
+        """Start the stage again after ``lost``; the journal is replayed by :meth:`call`."""
+        self.recoveries += 1
+        if self.recoveries > self.max_recoveries:
+            raise CollectiveError(f"the fit lost barrier tasks {self.recoveries} times; giving up. Last: {lost}") from lost
+        log.warning("engine: %s. Recovering (%d of at most %d): restarting the barrier stage and "
+                    "replaying %d state-changing commands", lost, self.recoveries, self.max_recoveries,
+                    len(self._journal))
+        self._stop_stage(cancel=True)
+        slots = self._wait_for_slots(self.n_tasks, self.recovery_wait)
+        if slots < 1:
+            slots = self._wait_for_slots(1, self.register_timeout)
+            if slots < 1:
+                raise CollectiveError("no executor left to continue the fit on") from lost
+        n_new = max(1, min(self.requested or slots, slots, max(self._parts, 1)))
+        if n_new != self.n_tasks:
+            log.warning("engine: continuing with %d barrier tasks instead of %d (%d task slots now)",
+                        n_new, self.n_tasks, slots)
+            self.df = self._packed.repartition(n_new)
+            self._shuffled = True
+            self.n_tasks = n_new
+        t0 = time.time()
+        try:
+            # tasks that do not all start in time (e.g. a dead executor not yet noticed) count as
+            # another loss, so the next attempt looks at the slots again
+            self._launch(min(self.register_timeout, 120.0))
+        except CollectiveError as exc:
+            if isinstance(exc, TaskLost) or "barrier tasks reported within" in str(exc):
+                raise TaskLost(str(exc)) from exc
+            raise
+        self._restore_needed = True
+        log.warning("engine: %d tasks reloaded %s rows in %.1f s", self.n_tasks, f"{sum(self.rows):,}",
+                    time.time() - t0)
+
+    def _restore(self) -> None:
+        for op, arrays, params in self._journal:
+            self.coord.call(op, arrays, None, **params)
+        self.task_sum_w = [float(h["sum_w"]) for h, _ in self.coord.call("info")]
+        self._restore_needed = False
+
+    # -- commands
     def call(self, op, arrays=None, per_task=None, **params):
-        return self.coord.call(op, arrays, per_task, **params)
+        """Send ``op`` to every task; replies in partition order. ``per_task``: a list of extra
+        params per task, or a function of this cluster returning one (evaluated again after a
+        recovery, when the number of tasks may have changed)."""
+        while True:
+            try:
+                if self._restore_needed:
+                    self._restore()
+                extra = per_task(self) if callable(per_task) else per_task
+                replies = self.coord.call(op, arrays, extra, **params)
+                break
+            except TaskLost as lost:
+                if callable(per_task) or per_task is None:
+                    self._recover(lost)
+                    continue
+                raise  # per-task parameters made for the old layout cannot be sent again
+        if op in self.STATEFUL_OPS:
+            self._journal.append((op, arrays, dict(params)))
+        return replies
 
     def stats(self, C: np.ndarray, n_far: int = 0, op: str = "stats", **params) -> "K.PartialStats":
         """Sum the tasks' partial statistics for centres ``C`` (in partition order)."""
@@ -433,23 +543,30 @@ def data_info(bc: BlockCluster) -> DataInfo:
     sxx = sum(a["sum_wxx"] for h, a in replies if h["n"])
     mean = sx / sw if sw else np.zeros_like(sx)
     var = np.maximum(sxx / sw - mean * mean, 0.0) if sw else np.zeros_like(sx)
-    return DataInfo(int(n), float(sw), mean, var, [h["sum_w"] for h, _ in replies])
+    bc.task_sum_w = [float(h["sum_w"]) for h, _ in replies]
+    return DataInfo(int(n), float(sw), mean, var, list(bc.task_sum_w))
 
 
 # ----------------------------------------------------------------------------------------------
 # initialisation
 
 
-def _pick(bc: BlockCluster, rng: np.random.Generator, sums_w: list[float]) -> np.ndarray:
+def _pick(bc: BlockCluster, rng: np.random.Generator) -> np.ndarray:
     """One row drawn with probability proportional to its weight."""
-    total = float(sum(sums_w))
-    u = rng.random() * total
-    cum = np.cumsum(sums_w)
-    t = int(min(np.searchsorted(cum, u, side="right"), len(cum) - 1))
-    u_local = u - (cum[t - 1] if t else 0.0)
-    per = [{"u": u_local} if i == t else {"u": 0.0} for i in range(bc.n_tasks)]
-    replies = bc.call("pick", per_task=per)
-    return replies[t][1]["x"][0]
+    u = rng.random()
+    chosen = {}
+
+    def per_task(cluster: BlockCluster) -> list[dict]:  # again after a recovery: the layout may differ
+        sums_w = cluster.task_sum_w
+        cum = np.cumsum(sums_w)
+        v = u * float(cum[-1])
+        t = int(min(np.searchsorted(cum, v, side="right"), len(cum) - 1))
+        chosen["t"] = t
+        v_local = v - (cum[t - 1] if t else 0.0)
+        return [{"u": v_local} if i == t else {"u": 0.0} for i in range(cluster.n_tasks)]
+
+    replies = bc.call("pick", per_task=per_task)
+    return replies[chosen["t"]][1]["x"][0]
 
 
 def init_random(bc: BlockCluster, k: int, info: DataInfo, seed: int) -> np.ndarray:
@@ -490,7 +607,7 @@ def init_kmeans_parallel(bc: BlockCluster, k: int, info: DataInfo, seed: int, st
     ``1 + steps * oversampling * k`` rows).
     """
     rng = np.random.default_rng(seed)
-    first = _pick(bc, rng, info.task_sum_w)[None, :]
+    first = _pick(bc, rng)[None, :]
     cands = [first]
     phi = sum(h["phi"] for h, _ in bc.call("kpar_update", {"centers": first}))
     l = oversampling * k
@@ -559,6 +676,7 @@ def lloyd(bc: BlockCluster, C0: np.ndarray, max_iter: int, tol_abs: float, spher
     converged, repaired, it = False, 0, 0
     times, hist = [], []
     for it in range(1, max_iter + 1):
+        pause_point("engine.lloyd", label=label, iteration=it, tasks=bc.coord.tasks)
         t0 = time.time()
         ps = bc.stats(C, n_far=n_far, op=op, **params)
         C_new, empty = K.centers_from_stats(ps.sums, ps.counts, C, spherical=spherical)
@@ -669,21 +787,27 @@ class EngineFit:
     leaf_nodes: Optional[np.ndarray] = None
     n_repaired: int = 0
     task_peak_rss_mb: float = 0.0  # largest peak RSS of a barrier task's Python worker
+    recoveries: int = 0  # times the stage was restarted after a lost task
 
 
 def fit(spark, df, source: BlockSource, k: int, *, algorithm: str = "kmeans", init: str = "kmeans||",
         initial_centers: Optional[np.ndarray] = None, max_iter: int = 50, tol: float = 1e-4, seed: int = 42,
-        init_steps: int = 2, num_tasks: Optional[int] = None) -> EngineFit:
+        init_steps: int = 2, num_tasks: Optional[int] = None, recovery_wait: float = 30.0,
+        max_recoveries: int = 3) -> EngineFit:
     """Fit K-means (or bisecting K-means) with our engine on every row of ``df``.
 
     ``tol`` is relative, as in scikit-learn: the fit stops when the summed squared centre shift
     is at most ``tol`` times the mean per-column (weighted) variance. Runs on the driver; the
     passes are distributed; collected: k x d statistics per pass, samples for initialisation.
+    A lost task (executor or worker died) is recovered from: see :class:`BlockCluster`.
     """
     t0 = time.time()
-    bc = BlockCluster(spark, df, source, num_tasks=num_tasks)
+    bc = BlockCluster(spark, df, source, num_tasks=num_tasks, recovery_wait=recovery_wait,
+                      max_recoveries=max_recoveries)
     res = _fit(bc, k, algorithm, init, initial_centers, max_iter, tol, seed, init_steps, t0)
     res.task_peak_rss_mb = bc.task_peak_rss_mb
+    res.recoveries = bc.recoveries
+    res.n_tasks = bc.n_tasks
     return res
 
 

@@ -108,7 +108,8 @@ def _fit_engine(df, prep, cfg, weight_col, initial_centers) -> KMeansFit:
         warnings.simplefilter("ignore", FewerClustersWarning)
         res = fit(df.sparkSession, df, source, k, algorithm=cfg.algorithm, init=seeding,
                   initial_centers=initial_centers, max_iter=cfg.max_iter, tol=cfg.tol, seed=cfg.seed,
-                  init_steps=cfg.init_steps, num_tasks=cfg.num_tasks)
+                  init_steps=cfg.init_steps, num_tasks=cfg.num_tasks,
+                  recovery_wait=cfg.recovery_wait_seconds)
     centers = _distinct(res.centers, k)
     parent_ids = tree = None
     if res.tree_centers is not None:
@@ -125,7 +126,7 @@ def _fit_engine(df, prep, cfg, weight_col, initial_centers) -> KMeansFit:
                 "centers": np.asarray(res.tree_centers)[order]}
     timings = {"load": round(res.load_seconds, 3), "init": round(res.init_seconds, 3),
                "iteration_median": round(float(np.median(res.iter_seconds)), 4) if res.iter_seconds else None,
-               "tasks": res.n_tasks}
+               "tasks": res.n_tasks, "recoveries": res.recoveries}
     return KMeansFit(
         centroids=centers, k_requested=k, n_iter=res.n_iter, seconds=time.time() - t0, engine="clusterlake",
         training_cost=float(res.inertia), parent_ids=parent_ids, tree=tree, init=init,

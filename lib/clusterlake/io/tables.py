@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 
 from clusterlake.config import OutputSection
 from clusterlake.errors import OutputError
+from clusterlake.faults import pause_point
 from clusterlake.io.fs import Location, location
 
 log = logging.getLogger(__name__)
@@ -468,9 +469,11 @@ def publish_run(
     runs_st: Optional[StagedTable] = None
     try:
         for st in staged:
+            pause_point("publish.commit", table=st.name, run_id=store.run_id)
             committed.append(st.name)
             versions[st.name] = store.commit(st)
         runs_st = stage_runs(dict(versions))
+        pause_point("publish.commit", table="runs", run_id=store.run_id)
         committed.append("runs")
         versions["runs"] = store.commit(runs_st)
     except BaseException:
