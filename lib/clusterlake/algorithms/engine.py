@@ -227,6 +227,9 @@ class BlockWorker:
             idx = K.kmeans_parallel_sample(self.X, self.d2, self.w if self.w is not None else np.ones(n),
                                            float(head["l"]), float(head["phi"]), self._rng(head["seed"]))
             return self._rows(idx)
+        if op == "forget_d2":  # k-means|| is over: free the n distances
+            self.d2 = None
+            return {}, {}
         if op == "cand_weights":
             C = arrs["centers"]
             cw = K.candidate_weights(self.X, C, self.w, self.x_sq) if n else np.zeros(len(C))
@@ -486,6 +489,10 @@ class BlockCluster:
         self.task_sum_w = [float(h["sum_w"]) for h, _ in self.coord.call("info")]
         self._restore_needed = False
 
+    def forget(self, op: str) -> None:
+        """Drop ``op`` from the journal: the state it built is no longer needed."""
+        self._journal = [j for j in self._journal if j[0] != op]
+
     # -- commands
     def call(self, op, arrays=None, per_task=None, **params):
         """Send ``op`` to every task; replies in partition order. ``per_task``: a list of extra
@@ -624,6 +631,8 @@ def init_kmeans_parallel(bc: BlockCluster, k: int, info: DataInfo, seed: int, st
         phi = sum(h["phi"] for h, _ in bc.call("kpar_update", {"centers": new}))
     C = np.unique(np.concatenate(cands), axis=0)
     weights = sum(a["weights"] for _, a in bc.call("cand_weights", {"centers": C}))
+    bc.call("forget_d2")
+    bc.forget("kpar_update")  # a recovery from here on need not rebuild the distances
     log.info("k-means||: %d candidates from %d rounds", len(C), len(cands) - 1)
     if len(C) <= k:
         if len(C) < k:  # top up with uniformly drawn rows
