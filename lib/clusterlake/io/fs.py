@@ -1,6 +1,7 @@
 """A thin layer over ``pyarrow.fs`` so the driver can list, move and delete files under the output
-root whether it is a local path, ``hdfs://``, ``s3://`` or ``gs://`` (Spark's ``s3a://`` is mapped
-to ``s3://``). Runs on the driver only.
+root whether it is a local path, ``hdfs://``, ``s3://`` or ``gs://``. Spark's ``s3a://`` is opened
+by pyarrow as ``s3://`` while Spark and delta-rs keep seeing ``s3a://`` (outside EMR, Hadoop has
+no filesystem for ``s3://``). Runs on the driver only.
 """
 
 from __future__ import annotations
@@ -70,10 +71,15 @@ def location(path_or_uri: str) -> Location:
         p = os.path.abspath(path_or_uri)
         return Location(pafs.LocalFileSystem(), p, p)
     uri = path_or_uri
-    if uri.startswith(("s3a://", "s3n://")):
-        uri = "s3://" + uri.split("://", 1)[1]
     if uri.startswith("file://"):
         p = uri[len("file://"):]
         return Location(pafs.LocalFileSystem(), p, p)
-    fs, path = pafs.FileSystem.from_uri(uri)
+    fs, path = pafs.FileSystem.from_uri(pyarrow_uri(uri))
     return Location(fs, path, uri)
+
+
+def pyarrow_uri(uri: str) -> str:
+    """The URI pyarrow understands for a Hadoop-style one: ``s3a://`` and ``s3n://`` are ``s3://``."""
+    if uri.startswith(("s3a://", "s3n://")):
+        return "s3://" + uri.split("://", 1)[1]
+    return uri
