@@ -1,7 +1,8 @@
 """Command line: ``clusterlake run --config FILE [--set key=value ...]``.
 
 Exit codes: 0 success; 2 a user error (bad config, bad input, unusable output: one line on
-stderr naming the key/column and the fix); 1 an unexpected error (with its traceback).
+stderr naming the key/column and the fix); 75 another run holds the output path's lock (retry
+later); 1 an unexpected error (with its traceback).
 """
 
 from __future__ import annotations

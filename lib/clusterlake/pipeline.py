@@ -88,6 +88,7 @@ def run_job(cfg: JobConfig, spark=None) -> RunResult:
     )
     from clusterlake.io import model_artifact
     from clusterlake.io.reader import read_table, validate
+    from clusterlake.io.lock import RunLock
     from clusterlake.io.tables import journal_location, make_store, publish_run, recover_interrupted
     from clusterlake.kernels.distance import assign
     from clusterlake.prep.transform import fit_preprocessor
@@ -106,105 +107,107 @@ def run_job(cfg: JobConfig, spark=None) -> RunResult:
     k = int(cfg.kmeans.k)
 
     store = make_store(spark, cfg.output, run_date, run_id)
-    recovered = recover_interrupted(store)
-    if recovered:
-        log.warning("restored tables left by interrupted run(s) %s", recovered)
+    # one run per output path: the recovery below must not mistake a live run for a dead one
+    with RunLock(store.root, run_id):
+        recovered = recover_interrupted(store)
+        if recovered:
+            log.warning("restored tables left by interrupted run(s) %s", recovered)
 
-    with stage("read+validate") as note:
-        raw = read_table(spark, icfg)
-        clean, summary = validate(raw, icfg, k)
-        clean = clean.persist(StorageLevel.MEMORY_AND_DISK)
-        note.update(rows_read=summary.rows_read, rows_used=summary.rows_used,
-                    dropped=summary.rows_dropped, features=len(summary.feature_columns))
-    feats = summary.feature_columns
-    try:
-        with stage("preprocess") as note:
-            moments = input_moments(clean, feats)
-            pcfg = cfg.preprocess
-            prep = fit_preprocessor(moments, feats, pcfg.scaling, pcfg.pca.enabled,
-                                    pcfg.pca.components, pcfg.pca.variance,
-                                    normalize=cfg.kmeans.distance == "cosine")
-            if prep.explained_variance_ratio is not None:
-                note.update(components=prep.n_components,
-                            variance=round(float(prep.explained_variance_ratio.sum()), 4))
-
-        model_root = store.root.child("model")
-        with stage("kmeans") as note:
-            initial = warm_start_centers(model_root, prep, k) if cfg.kmeans.init == "previous" else None
-            fit = fit_kmeans(clean, prep, cfg.kmeans, icfg.weight_column, initial)
-            centroids = fit.centroids
-            cluster_ids = np.arange(len(centroids), dtype=np.int32)
-            note.update(k=len(centroids), iterations=fit.n_iter, engine=fit.engine, init=fit.init,
-                        algorithm=cfg.kmeans.algorithm,
-                        **{k_ if k_ in ("tasks", "recoveries") else f"{k_}_s": v
-                           for k_, v in fit.timings.items() if v is not None})
-
-        with stage("metrics") as note:
-            stats = cluster_stats(clean, prep, centroids, icfg.label_column)
-            sdm = mean_distance_to_means(clean, prep, centroids, stats.means_z)
-            metrics = full_metrics(stats, centroids, sdm)
-            qsize = min(cfg.quality.sample_size, summary.rows_used)
-            sample = sample_rows(clean, feats, summary.rows_used, qsize, cfg.kmeans.seed)
-            Zs = prep.transform(sample[feats].to_numpy(dtype=np.float64))
-            sil = sample_silhouette(Zs, assign(Zs, centroids)[0], cfg.kmeans.seed)
-            if sil is not None:
-                metrics.append(sil)
-            mdict = {m.metric: m.value for m in metrics}
-            note.update({m: round(v, 4) for m, v in mdict.items() if m in ("silhouette", "ari", "davies_bouldin")})
-
-        model_dir = model_root.child(run_id)
-        staged = []
+        with stage("read+validate") as note:
+            raw = read_table(spark, icfg)
+            clean, summary = validate(raw, icfg, k)
+            clean = clean.persist(StorageLevel.MEMORY_AND_DISK)
+            note.update(rows_read=summary.rows_read, rows_used=summary.rows_used,
+                        dropped=summary.rows_dropped, features=len(summary.feature_columns))
+        feats = summary.feature_columns
         try:
-            with stage("write") as note:
-                art = model_artifact.ModelArtifact(
-                    run_id=run_id, run_date=run_date, prep=prep, centroids=centroids,
-                    cluster_ids=cluster_ids, distance=cfg.kmeans.distance, algorithm=cfg.kmeans.algorithm,
-                    meta={"job": cfg.job.name, "id_column": icfg.id_column, "engine": fit.engine, "init": fit.init},
-                    tree=fit.tree,
-                )
-                model_artifact.save(art, model_dir)
-                cen_df = _centroids_df(spark, run_id, stats, centroids, cluster_ids, fit.parent_ids)
-                staged.append(store.stage("centroids", cen_df, files=1))
-                asg = assign_rows(clean, prep, centroids, cluster_ids, icfg.id_column)
-                asg = asg.withColumn("run_id", F.lit(run_id))
-                staged.append(store.stage("assignments", asg))
-                staged.append(store.stage("metrics", _metrics_df(spark, run_id, metrics, len(centroids)), files=1))
-                note.update(assignments=staged[1].rows)
-                # (SparkDeltaStore stages lazily: its files, and their row count, exist only at commit)
-                if staged[1].files and staged[1].rows != summary.rows_used:
-                    raise RuntimeError(
-                        f"assignments has {staged[1].rows} rows but {summary.rows_used} rows were validated"
+            with stage("preprocess") as note:
+                moments = input_moments(clean, feats)
+                pcfg = cfg.preprocess
+                prep = fit_preprocessor(moments, feats, pcfg.scaling, pcfg.pca.enabled,
+                                        pcfg.pca.components, pcfg.pca.variance,
+                                        normalize=cfg.kmeans.distance == "cosine")
+                if prep.explained_variance_ratio is not None:
+                    note.update(components=prep.n_components,
+                                variance=round(float(prep.explained_variance_ratio.sum()), 4))
+
+            model_root = store.root.child("model")
+            with stage("kmeans") as note:
+                initial = warm_start_centers(model_root, prep, k) if cfg.kmeans.init == "previous" else None
+                fit = fit_kmeans(clean, prep, cfg.kmeans, icfg.weight_column, initial)
+                centroids = fit.centroids
+                cluster_ids = np.arange(len(centroids), dtype=np.int32)
+                note.update(k=len(centroids), iterations=fit.n_iter, engine=fit.engine, init=fit.init,
+                            algorithm=cfg.kmeans.algorithm,
+                            **{k_ if k_ in ("tasks", "recoveries") else f"{k_}_s": v
+                               for k_, v in fit.timings.items() if v is not None})
+
+            with stage("metrics") as note:
+                stats = cluster_stats(clean, prep, centroids, icfg.label_column)
+                sdm = mean_distance_to_means(clean, prep, centroids, stats.means_z)
+                metrics = full_metrics(stats, centroids, sdm)
+                qsize = min(cfg.quality.sample_size, summary.rows_used)
+                sample = sample_rows(clean, feats, summary.rows_used, qsize, cfg.kmeans.seed)
+                Zs = prep.transform(sample[feats].to_numpy(dtype=np.float64))
+                sil = sample_silhouette(Zs, assign(Zs, centroids)[0], cfg.kmeans.seed)
+                if sil is not None:
+                    metrics.append(sil)
+                mdict = {m.metric: m.value for m in metrics}
+                note.update({m: round(v, 4) for m, v in mdict.items() if m in ("silhouette", "ari", "davies_bouldin")})
+
+            model_dir = model_root.child(run_id)
+            staged = []
+            try:
+                with stage("write") as note:
+                    art = model_artifact.ModelArtifact(
+                        run_id=run_id, run_date=run_date, prep=prep, centroids=centroids,
+                        cluster_ids=cluster_ids, distance=cfg.kmeans.distance, algorithm=cfg.kmeans.algorithm,
+                        meta={"job": cfg.job.name, "id_column": icfg.id_column, "engine": fit.engine, "init": fit.init},
+                        tree=fit.tree,
                     )
+                    model_artifact.save(art, model_dir)
+                    cen_df = _centroids_df(spark, run_id, stats, centroids, cluster_ids, fit.parent_ids)
+                    staged.append(store.stage("centroids", cen_df, files=1))
+                    asg = assign_rows(clean, prep, centroids, cluster_ids, icfg.id_column)
+                    asg = asg.withColumn("run_id", F.lit(run_id))
+                    staged.append(store.stage("assignments", asg))
+                    staged.append(store.stage("metrics", _metrics_df(spark, run_id, metrics, len(centroids)), files=1))
+                    note.update(assignments=staged[1].rows)
+                    # (SparkDeltaStore stages lazily: its files, and their row count, exist only at commit)
+                    if staged[1].files and staged[1].rows != summary.rows_used:
+                        raise RuntimeError(
+                            f"assignments has {staged[1].rows} rows but {summary.rows_used} rows were validated"
+                        )
 
-            def stage_runs(versions):
-                runs = _runs_row(cfg, run_id, run_date, started_at, t_start, stage.seconds, summary,
-                                 fit, mdict, model_dir.uri, versions, prep)
-                return store.stage("runs", spark.createDataFrame([runs], _RUNS_DDL), files=1)
+                def stage_runs(versions):
+                    runs = _runs_row(cfg, run_id, run_date, started_at, t_start, stage.seconds, summary,
+                                     fit, mdict, model_dir.uri, versions, prep)
+                    return store.stage("runs", spark.createDataFrame([runs], _RUNS_DDL), files=1)
 
-            with stage("publish"):
-                versions = publish_run(store, staged, stage_runs,
-                                       after_commit=lambda: model_artifact.point_latest(model_root, run_id))
-        except BaseException:
-            # a journal left behind means a rollback failed: the tables may still reference the
-            # staged files, so they (and the model) stay for recover_interrupted() at the next start
-            if not journal_location(store).exists():
-                for st in staged:
-                    store.discard(st)
-                if model_dir.exists():
-                    model_dir.delete()
-            raise
-    finally:
-        clean.unpersist()
+                with stage("publish"):
+                    versions = publish_run(store, staged, stage_runs,
+                                           after_commit=lambda: model_artifact.point_latest(model_root, run_id))
+            except BaseException:
+                # a journal left behind means a rollback failed: the tables may still reference the
+                # staged files, so they (and the model) stay for recover_interrupted() at the next start
+                if not journal_location(store).exists():
+                    for st in staged:
+                        store.discard(st)
+                    if model_dir.exists():
+                        model_dir.delete()
+                raise
+        finally:
+            clean.unpersist()
 
-    sizes = [int(c) for c in stats.counts]
-    result = RunResult(
-        run_id=run_id, run_date=run_date, output_path=store.root.uri, model_path=model_dir.uri,
-        k=len(centroids), sizes=sizes, metrics=mdict, table_versions=versions,
-        rows_read=summary.rows_read, rows_used=summary.rows_used, rows_dropped=summary.rows_dropped,
-        seconds=round(time.time() - t_start, 2), stage_seconds=stage.seconds,
-        feature_columns=feats, n_components=prep.n_components,
-    )
-    log.info("run %s committed in %.1f s", run_id, result.seconds)
+        sizes = [int(c) for c in stats.counts]
+        result = RunResult(
+            run_id=run_id, run_date=run_date, output_path=store.root.uri, model_path=model_dir.uri,
+            k=len(centroids), sizes=sizes, metrics=mdict, table_versions=versions,
+            rows_read=summary.rows_read, rows_used=summary.rows_used, rows_dropped=summary.rows_dropped,
+            seconds=round(time.time() - t_start, 2), stage_seconds=stage.seconds,
+            feature_columns=feats, n_components=prep.n_components,
+        )
+        log.info("run %s committed in %.1f s", run_id, result.seconds)
     return result
 
 
