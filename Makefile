@@ -9,7 +9,10 @@ CONFIG ?= conf/local.yaml
 DATA   := data/sample/customers.parquet
 
 .DEFAULT_GOAL := help
-.PHONY: help setup data run test clean
+DIST   := dist
+ENV_ARCHIVE := $(DIST)/clusterlake-env.tar.gz
+
+.PHONY: help setup data run test test-cluster dist clean
 
 help:  ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -17,7 +20,7 @@ help:  ## list the targets
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[test,dist]'
 	@touch $(STAMP)
 
 setup: $(STAMP)  ## create .venv/ and install clusterlake (editable) with pinned dependencies
@@ -33,5 +36,22 @@ run: $(STAMP) $(DATA)  ## run the nightly job locally with conf/local.yaml (CONF
 test: $(STAMP)  ## run the whole test suite (local Spark)
 	$(BIN)/pytest -q
 
-clean:  ## remove outputs and generated data (keeps .venv)
-	rm -rf out data spark-warehouse
+# The executors need numpy, pyarrow, scikit-learn... which cannot travel with --py-files: the wheel
+# and its pinned dependencies go into a fresh venv (dist/venv, also the client-mode driver's
+# Python), packed with venv-pack for `spark-submit --archives dist/clusterlake-env.tar.gz#environment`.
+# pyspark's jars stay out of the archive: the executors' JVM has its own.
+dist: $(STAMP)  ## build dist/*.whl and the packed virtualenv dist/clusterlake-env.tar.gz for spark-submit
+	rm -rf $(DIST)
+	$(BIN)/pip wheel --quiet --no-deps -w $(DIST) .
+	$(PYTHON) -m venv $(DIST)/venv
+	$(DIST)/venv/bin/pip install --quiet --upgrade pip
+	$(DIST)/venv/bin/pip install --quiet -c constraints.txt $(DIST)/clusterlake-*.whl
+	$(BIN)/venv-pack --prefix $(DIST)/venv --output $(ENV_ARCHIVE) --force --quiet \
+	    --exclude 'lib/python*/site-packages/pyspark/jars/*'
+	@ls -lh $(DIST)/*.whl $(ENV_ARCHIVE)
+
+test-cluster: dist $(DATA)  ## start a 2-worker Spark standalone cluster, submit the job to it, kill a worker and the driver
+	$(BIN)/pytest -q -m cluster tests/cluster
+
+clean:  ## remove outputs, generated data and dist/ (keeps .venv)
+	rm -rf out data spark-warehouse $(DIST)

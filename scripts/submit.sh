@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Submit the nightly job to a Spark cluster in client mode, with the artefacts of `make dist`.
+#
+#   scripts/submit.sh MASTER CONFIG [spark-submit options ...] [-- job options ...]
+#
+#   scripts/submit.sh spark://127.0.0.1:7077 conf/standalone.yaml -- --set job.run_date=2026-11-23
+#   scripts/submit.sh yarn conf/yarn.yaml --num-executors 8 -- --set job.run_date=2026-11-23
+#
+# The executors run Python from the packed virtualenv (--archives ...#environment, unpacked in
+# each executor's working directory); the driver runs dist/venv/bin/python, the same wheel and
+# dependencies. The config file travels with --files as well (for cluster deploy modes, where the
+# driver runs elsewhere: pass DEPLOY_MODE=cluster and the job reads it from its working directory).
+#
+# Environment: SPARK_HOME (default: the pyspark of dist/venv), DEPLOY_MODE (client),
+# ENV_ARCHIVE (dist/clusterlake-env.tar.gz), DRIVER_PYTHON (dist/venv/bin/python).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if (($# < 2)); then
+  sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//' >&2
+  exit 2
+fi
+MASTER=$1
+CONFIG=$2
+shift 2
+SPARK_OPTS=()
+JOB_OPTS=()
+while (($#)); do
+  if [[ $1 == -- ]]; then
+    shift
+    JOB_OPTS=("$@")
+    break
+  fi
+  SPARK_OPTS+=("$1")
+  shift
+done
+
+ENV_ARCHIVE=${ENV_ARCHIVE:-dist/clusterlake-env.tar.gz}
+DRIVER_PYTHON=${DRIVER_PYTHON:-dist/venv/bin/python}
+DEPLOY_MODE=${DEPLOY_MODE:-client}
+for f in "$ENV_ARCHIVE" "$DRIVER_PYTHON" "$CONFIG"; do
+  [[ -e $f ]] || { echo "submit.sh: $f not found (run 'make dist' first; is the config path right?)" >&2; exit 2; }
+done
+
+if [[ -z ${SPARK_HOME:-} ]]; then  # pip's pyspark is a complete Spark (bin/, jars/)
+  SPARK_HOME=$("$DRIVER_PYTHON" -c 'import os, pyspark; print(os.path.dirname(pyspark.__file__))')
+  export SPARK_HOME
+fi
+
+JOB_CONFIG=$CONFIG
+if [[ $DEPLOY_MODE == cluster ]]; then
+  JOB_CONFIG=$(basename "$CONFIG")  # shipped by --files into the driver's working directory
+fi
+
+set -x
+exec "$SPARK_HOME/bin/spark-submit" \
+  --master "$MASTER" \
+  --deploy-mode "$DEPLOY_MODE" \
+  --archives "$ENV_ARCHIVE#environment" \
+  --files "$CONFIG" \
+  --conf spark.pyspark.python=./environment/bin/python \
+  --conf spark.pyspark.driver.python="$DRIVER_PYTHON" \
+  ${SPARK_OPTS[@]+"${SPARK_OPTS[@]}"} \
+  jobs/cluster.py --config "$JOB_CONFIG" ${JOB_OPTS[@]+"${JOB_OPTS[@]}"}
