@@ -297,3 +297,65 @@ def test_a_task_error_is_not_mistaken_for_a_lost_task(spark, blobs):
         with bc:
             bc.call("nonsense")
     assert not isinstance(ei.value, engine.TaskLost) and bc.recoveries == 0
+
+
+def test_a_second_loss_while_recovering_is_recovered_too(spark, blobs, tmp_path, monkeypatch):
+    """The first restart of the stage is lost as well (simulated: the relaunch raises TaskLost
+    once); the next one goes through and the result is unchanged."""
+    X, _, _ = blobs
+    rng = np.random.default_rng(5)
+    C0 = X[rng.choice(len(X), K_TRUE, replace=False)].astype(np.float64)
+    kw = dict(df=frame(spark, X), source=source(4), k=K_TRUE, initial_centers=C0, max_iter=100, tol=0.0,
+              recovery_wait=0.0)
+    ref = engine.fit(spark, **kw)
+    real_launch = engine.BlockCluster._launch
+    calls = []
+
+    def flaky_launch(self, register_timeout):
+        calls.append(self.recoveries)
+        if self.recoveries == 1:
+            raise engine.TaskLost("simulated: an executor died while the stage restarted")
+        return real_launch(self, register_timeout)
+
+    monkeypatch.setattr(engine.BlockCluster, "_launch", flaky_launch)
+    res, _ = _fit_killing_a_task(spark, tmp_path, monkeypatch, "engine.lloyd@2", victim=0, **kw)
+    assert calls == [0, 1, 2] and res.recoveries == 2
+    np.testing.assert_allclose(res.centers, ref.centers, rtol=1e-12, atol=1e-12)
+
+
+def test_a_cancelled_fit_is_not_recovered(spark, blobs, tmp_path, monkeypatch):
+    """Cancelling the Spark jobs (a notebook's Cancel, a scheduler's kill) ends the fit; it does
+    not restart the stage."""
+    import json
+    import threading
+    import time
+
+    from clusterlake import faults
+
+    X, _, _ = blobs
+    faults.reset()
+    monkeypatch.setenv(faults.ENV, "engine.lloyd@2")
+    monkeypatch.setenv(faults.DIR_ENV, str(tmp_path))
+    out = {}
+
+    def run():
+        try:
+            out["fit"] = engine.fit(spark, frame(spark, X), source(4), K_TRUE, max_iter=100, tol=0.0)
+        except BaseException as exc:
+            out["error"] = exc
+
+    t = threading.Thread(target=run)
+    t.start()
+    paused = tmp_path / "engine.lloyd@2.paused"
+    deadline = time.time() + 120
+    while not paused.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    assert json.loads(paused.read_text())["iteration"] == 2
+    spark.sparkContext.cancelAllJobs()
+    time.sleep(3)  # let the cancel reach the tasks
+    (tmp_path / "engine.lloyd@2.resume").write_text("")
+    t.join(timeout=120)
+    faults.reset()
+    assert not t.is_alive()
+    assert isinstance(out.get("error"), CollectiveError), out
+    assert "the fit was cancelled" in str(out["error"])

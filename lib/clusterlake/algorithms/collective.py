@@ -74,6 +74,13 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
 
 def send_msg(sock: socket.socket, header: dict, arrays: Optional[dict] = None) -> None:
     """Send one frame: a JSON header and named numpy arrays (C order, whitelisted dtypes)."""
+    for part in _frame(header, arrays):
+        if len(part):
+            sock.sendall(part)
+
+
+def _frame(header: dict, arrays: Optional[dict] = None) -> list:
+    """The byte chunks of one frame (raises on a bad dtype or an unserialisable header)."""
     arrays = arrays or {}
     specs, blobs = [], []
     for name, a in arrays.items():
@@ -84,10 +91,7 @@ def send_msg(sock: socket.socket, header: dict, arrays: Optional[dict] = None) -
         blobs.append(a.data.cast("B") if a.size else b"")
     head = json.dumps({**header, "_arrays": specs}).encode()
     total = 4 + len(head) + sum(len(b) for b in blobs)
-    sock.sendall(MAGIC + struct.pack(">QI", total, len(head)) + head)
-    for b in blobs:
-        if len(b):
-            sock.sendall(b)
+    return [MAGIC + struct.pack(">QI", total, len(head)) + head, *blobs]
 
 
 def recv_msg(sock: socket.socket) -> tuple[dict, dict]:
@@ -131,6 +135,14 @@ def python_error_line(err: BaseException) -> str:
     return text.strip().splitlines()[0] if text.strip() else type(err).__name__
 
 
+def is_cancellation(err: BaseException) -> bool:
+    """A Spark job that ended because someone cancelled it or stopped the context: not a loss to
+    recover from."""
+    text = str(err)
+    return any(m in text for m in ("cancelled", "canceled", "SparkContext was shut down",
+                                   "SparkContext has been shutdown", "Cannot call methods on a stopped SparkContext"))
+
+
 class Coordinator:
     """The driver's end: accepts the barrier tasks, then sends them commands and gathers replies.
 
@@ -140,8 +152,11 @@ class Coordinator:
     """
 
     def __init__(self, n_tasks: int, advertise_host: str, job_error: Callable[[], Optional[BaseException]],
-                 register_timeout: float = 600.0):
+                 register_timeout: float = 600.0, failed_job_is_loss: bool = False):
         self.n_tasks = n_tasks
+        # while reloading after a lost task, a job that fails without a task's error report is one
+        # more loss (a FetchFailed, another executor gone), not a fault of the data
+        self.failed_job_is_loss = failed_job_is_loss
         self.token = secrets.token_hex(16)
         self.job_error = job_error
         self.register_timeout = register_timeout
@@ -203,7 +218,8 @@ class Coordinator:
     def _raise_if_job_failed(self) -> None:
         err = self.job_error()
         if err is not None:
-            raise CollectiveError(f"the barrier stage failed: {python_error_line(err)}") from err
+            kind = TaskLost if self.failed_job_is_loss and not is_cancellation(err) else CollectiveError
+            raise kind(f"the barrier stage failed: {python_error_line(err)}") from err
 
     # -- steps
     def describe(self, i: int) -> str:
@@ -309,10 +325,13 @@ def serve(address: tuple[str, int], token: str, partition: int, rows: int,
                 return served
             try:
                 out_head, out_arrs = handler(head, arrs)
+                frame = _frame({**out_head}, out_arrs)  # a reply that cannot be framed is an error too
             except Exception as exc:
                 send_msg(sock, {"error": f"{type(exc).__name__}: {exc}"})
                 raise
-            send_msg(sock, out_head, out_arrs)
+            for part in frame:
+                if len(part):
+                    sock.sendall(part)
             served += 1
     finally:
         sock.close()

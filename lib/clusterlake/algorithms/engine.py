@@ -31,7 +31,9 @@ from typing import Optional
 import numpy as np
 import pyarrow as pa
 
-from clusterlake.algorithms.collective import CollectiveError, Coordinator, JobThread, TaskLost, serve
+from clusterlake.algorithms.collective import (
+    CollectiveError, Coordinator, JobThread, TaskLost, is_cancellation, python_error_line, serve,
+)
 from clusterlake.faults import pause_point
 from clusterlake.algorithms.passes import _block
 from clusterlake.kernels import kmeans as K
@@ -333,7 +335,10 @@ class BlockCluster:
     if need be: the packed blocks are reshuffled), replays the journal and sends the interrupted
     command again. A Lloyd iteration therefore continues from the driver's current centres; the
     result equals the uninterrupted fit's up to the order of floating-point sums (and a sample
-    drawn after a layout change differs). At most ``max_recoveries`` times per fit.
+    drawn after a layout change differs; a bisecting split replayed on a new layout can put a row
+    that is equidistant from both children to float precision on the other side). At most
+    ``max_recoveries`` times per fit; a stage that ended because its job was cancelled (or the
+    context stopped) is not recovered: the fit raises.
     """
 
     STATEFUL_OPS = frozenset({"kpar_update", "bisect_split"})
@@ -345,8 +350,11 @@ class BlockCluster:
         self.source = source
         self.requested = num_tasks
         free = task_slots(spark)
+        if free < (num_tasks or 1):  # executors may still be registering
+            free = self._wait_for_slots(num_tasks or 1, min(register_timeout, 60.0))
         if free < 1:
-            free = self._wait_for_slots(1, register_timeout)
+            raise CollectiveError("no executor has registered a task slot; the fit needs at least one "
+                                  "(check the cluster's executors and spark.executor.cores / spark.task.cpus)")
         slots = min(num_tasks, free) if num_tasks else free
         if num_tasks and num_tasks > free:
             # a barrier stage needs all its tasks at once: more tasks than slots would never start
@@ -404,7 +412,7 @@ class BlockCluster:
         host = self.spark.sparkContext.getConf().get("spark.driver.host", None) or "127.0.0.1"
         self._thread = None
         self.coord = Coordinator(self.n_tasks, host, lambda: self._thread.error if self._thread else None,
-                                 register_timeout=register_timeout)
+                                 register_timeout=register_timeout, failed_job_is_loss=self.recoveries > 0)
         fn = _barrier_task(self.coord.address, self.coord.token, self.command_timeout)
         job = self.df.mapInArrow(fn, "partition long, rows long, commands long, max_rss_mb double", barrier=True)
         # bigger Arrow batches load faster (10k rows is Spark's default); restored once loaded
@@ -434,11 +442,23 @@ class BlockCluster:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self.coord.close()
-        self._thread.join(timeout=None if exc_type is None else 60)
+        if self._thread is None:
+            return
+        self._thread.join(timeout=600 if exc_type is None else 60)
         if exc_type is None and self._thread.error is not None:
-            raise self._thread.error
+            if is_cancellation(self._thread.error):
+                raise CollectiveError(f"the fit was cancelled: {python_error_line(self._thread.error)}")
+            # every command was answered: the fit is complete, only the stage's epilogue failed
+            log.warning("engine: the barrier stage failed after the fit was complete: %s",
+                        python_error_line(self._thread.error))
         rows = self._thread.result or []
         self.task_peak_rss_mb = max((r["max_rss_mb"] for r in rows), default=0.0)
+
+    def _raise_if_cancelled(self) -> None:
+        err = self._thread.error if self._thread is not None else None
+        if err is not None and is_cancellation(err):
+            self._stop_stage(cancel=False)
+            raise CollectiveError(f"the fit was cancelled: {python_error_line(err)}") from err
 
     # -- lost tasks
     def _wait_for_slots(self, want: int, wait: float) -> int:
@@ -452,7 +472,11 @@ class BlockCluster:
     def _recover(self, lost: TaskLost) -> None:
         """Start the stage again after ``lost``; the journal is replayed by :meth:`call`."""
         self.recoveries += 1
+        if self._thread is not None:  # why did the stage end? a cancel is not a loss
+            self._thread.join(timeout=3)
+            self._raise_if_cancelled()
         if self.recoveries > self.max_recoveries:
+            self._stop_stage(cancel=True)
             raise CollectiveError(f"the fit lost barrier tasks {self.recoveries} times; giving up. Last: {lost}") from lost
         log.warning("engine: %s. Recovering (%d of at most %d): restarting the barrier stage and "
                     "replaying %d state-changing commands", lost, self.recoveries, self.max_recoveries,
@@ -498,18 +522,22 @@ class BlockCluster:
         """Send ``op`` to every task; replies in partition order. ``per_task``: a list of extra
         params per task, or a function of this cluster returning one (evaluated again after a
         recovery, when the number of tasks may have changed)."""
+        lost: Optional[TaskLost] = None
         while True:
             try:
+                if lost is not None:
+                    if not (callable(per_task) or per_task is None):
+                        raise lost  # per-task parameters made for the old layout cannot be sent again
+                    pending, lost = lost, None
+                    self._recover(pending)  # a loss while relaunching is caught below like any other
                 if self._restore_needed:
                     self._restore()
+                self._raise_if_cancelled()
                 extra = per_task(self) if callable(per_task) else per_task
                 replies = self.coord.call(op, arrays, extra, **params)
                 break
-            except TaskLost as lost:
-                if callable(per_task) or per_task is None:
-                    self._recover(lost)
-                    continue
-                raise  # per-task parameters made for the old layout cannot be sent again
+            except TaskLost as exc:
+                lost = exc
         if op in self.STATEFUL_OPS:
             self._journal.append((op, arrays, dict(params)))
         return replies
