@@ -108,7 +108,7 @@ def run_job(cfg: JobConfig, spark=None) -> RunResult:
 
     store = make_store(spark, cfg.output, run_date, run_id)
     # one run per output path: the recovery below must not mistake a live run for a dead one
-    with RunLock(store.root, run_id):
+    with RunLock(store.root, run_id) as lock:
         recovered = recover_interrupted(store)
         if recovered:
             log.warning("restored tables left by interrupted run(s) %s", recovered)
@@ -186,7 +186,8 @@ def run_job(cfg: JobConfig, spark=None) -> RunResult:
 
                 with stage("publish"):
                     versions = publish_run(store, staged, stage_runs,
-                                           after_commit=lambda: model_artifact.point_latest(model_root, run_id))
+                                           after_commit=lambda: model_artifact.point_latest(model_root, run_id),
+                                           guard=lock.assert_held)
             except BaseException:
                 # a journal left behind means a rollback failed: the tables may still reference the
                 # staged files, so they (and the model) stay for recover_interrupted() at the next start

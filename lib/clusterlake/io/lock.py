@@ -45,10 +45,21 @@ def _now() -> float:
     return time.time()
 
 
+def _namespace() -> str:
+    """This machine boot and PID namespace: pids are only comparable within the same one (two
+    containers can share a hostname, not their pids)."""
+    try:
+        boot = open("/proc/sys/kernel/random/boot_id").read().strip()
+        return f"{boot}:{os.readlink('/proc/self/ns/pid')}"
+    except OSError:
+        return ""
+
+
 def _dead_here(held: dict) -> bool:
-    """The holder ran on this host and its process is gone (a driver killed here, e.g. in client
-    mode on the same edge node): no need to wait for its heartbeat to age."""
-    if held.get("host") != socket.gethostname() or not isinstance(held.get("pid"), int):
+    """The holder ran on this host, in this PID namespace, and its process is gone (a driver
+    killed here, e.g. in client mode on the same edge node): no need to wait for its heartbeat."""
+    if (held.get("host") != socket.gethostname() or not isinstance(held.get("pid"), int)
+            or not held.get("ns") or held.get("ns") != _namespace()):
         return False
     try:
         os.kill(held["pid"], 0)
@@ -72,12 +83,14 @@ class RunLock:
         self.heartbeat = heartbeat
         self.stale_after = stale_after
         self._stop = threading.Event()
+        self._write = threading.Lock()  # heartbeat writes vs release
+        self.lost: Optional[str] = None  # set when another run took the lock over
         self._thread: Optional[threading.Thread] = None
         self.started = _now()
 
     def _payload(self) -> bytes:
         return json.dumps({"run_id": self.run_id, "host": socket.gethostname(), "pid": os.getpid(),
-                           "started_at": self.started, "heartbeat_at": _now()}).encode()
+                           "ns": _namespace(), "started_at": self.started, "heartbeat_at": _now()}).encode()
 
     def _read(self) -> Optional[dict]:
         try:
@@ -106,6 +119,20 @@ class RunLock:
         self.loc.write_bytes(self._payload())
         return (self._read() or {}).get("run_id") == self.run_id
 
+    def _remove_if_unchanged(self, judged: dict) -> None:
+        """Delete the stale lock ``judged`` unless it changed meanwhile (two runs taking over the
+        same stale lock: only one may delete it; the other then finds the winner's live lock)."""
+        if not self.loc.is_local:
+            if self._read() == judged:
+                self.loc.delete()
+            return
+        import fcntl
+
+        with open(os.path.join(os.path.dirname(self.loc.path), ".takeover"), "w") as guard:
+            fcntl.flock(guard, fcntl.LOCK_EX)
+            if self._read() == judged:
+                os.remove(self.loc.path)
+
     def acquire(self) -> "RunLock":
         self._root_existed = self.root.exists()
         for _ in range(3):
@@ -125,7 +152,7 @@ class RunLock:
                 )
             log.warning("taking over the lock of run %s (%s: its driver died)", held.get("run_id"),
                         "its process is gone" if _dead_here(held) else f"no heartbeat for {age:.0f} s")
-            self.loc.delete()
+            self._remove_if_unchanged(held)
         else:
             raise RunInProgressError(f"could not take the run lock {self.loc.uri}; another run keeps taking it")
         self._thread = threading.Thread(target=self._beat, name="clusterlake-run-lock", daemon=True)
@@ -134,25 +161,52 @@ class RunLock:
 
     def _beat(self) -> None:
         while not self._stop.wait(self.heartbeat):
-            try:
-                held = self._read()
-                if held is not None and held.get("run_id") != self.run_id:
-                    log.error("run lock %s was taken over by run %s", self.loc.uri, held.get("run_id"))
+            with self._write:
+                if self._stop.is_set():
                     return
-                self.loc.write_bytes(self._payload())
-            except Exception as exc:  # keep beating: a transient store error must not end the run
-                log.warning("could not refresh the run lock %s: %s", self.loc.uri, exc)
+                try:
+                    held = json.loads(self.loc.read_bytes())
+                except FileNotFoundError:
+                    held = None
+                except Exception as exc:  # transient: keep the lock, try again at the next beat
+                    log.warning("could not read the run lock %s: %s", self.loc.uri, exc)
+                    continue
+                if held is not None and held.get("run_id") != self.run_id:
+                    self.lost = f"run {held.get('run_id')} took over the lock {self.loc.uri}"
+                    log.error("%s; this run will not publish", self.lost)
+                    return
+                try:
+                    self.loc.write_bytes(self._payload())
+                except Exception as exc:  # keep beating: a transient store error must not end the run
+                    log.warning("could not refresh the run lock %s: %s", self.loc.uri, exc)
+
+    def assert_held(self) -> None:
+        """Raise if another run took this run's lock over (called before recovery and before every
+        commit, so a run that lost its lock never publishes)."""
+        if self.lost is None:
+            try:
+                held = json.loads(self.loc.read_bytes())
+            except FileNotFoundError:
+                held = {}
+            except Exception:  # unreadable now: the heartbeat thread decides
+                held = None
+            if held is not None and held.get("run_id") != self.run_id:
+                self.lost = f"run {held.get('run_id')} took over the lock {self.loc.uri}" if held else \
+                    f"the lock {self.loc.uri} disappeared"
+        if self.lost is not None:
+            raise RunInProgressError(f"this run lost its lock ({self.lost}); nothing more is committed")
 
     def release(self) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        try:
-            held = self._read()
-            if held is not None and held.get("run_id") == self.run_id:
-                self.loc.delete()
-        except Exception as exc:
-            log.warning("could not remove the run lock %s: %s", self.loc.uri, exc)
+        with self._write:
+            if self._thread is not None:
+                self._thread.join(timeout=0)
+            try:
+                held = self._read()
+                if held is not None and held.get("run_id") == self.run_id:
+                    self.loc.delete()
+            except Exception as exc:
+                log.warning("could not remove the run lock %s: %s", self.loc.uri, exc)
         if self.root.is_local:  # a run that wrote nothing (e.g. bad input) leaves no directories
             dirs = [os.path.dirname(self.loc.path)] + ([] if self._root_existed else [self.root.path])
             for d in dirs:

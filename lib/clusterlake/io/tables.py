@@ -439,6 +439,7 @@ def publish_run(
     staged: list[StagedTable],
     stage_runs: Callable[[dict[str, Optional[int]]], StagedTable],
     after_commit: Optional[Callable[[], None]] = None,
+    guard: Optional[Callable[[], None]] = None,
 ) -> dict[str, Optional[int]]:
     """Commit the staged tables, then the ``runs`` row, all-or-nothing for readers of ``runs``.
 
@@ -448,6 +449,9 @@ def publish_run(
         Data tables in commit order.
     stage_runs : callable
         Given ``{table: committed version}``, stages the one-row ``runs`` table (committed last).
+    guard : callable, optional
+        Called before every commit; raising stops the publish (and rolls back what it committed).
+        The job passes its run lock's check, so a run that lost its lock commits nothing more.
     after_commit : callable, optional
         Runs after the ``runs`` commit (e.g. moving the model's ``latest`` pointer). A failure
         there is logged and does not undo the committed run.
@@ -470,10 +474,14 @@ def publish_run(
     try:
         for st in staged:
             pause_point("publish.commit", table=st.name, run_id=store.run_id)
+            if guard is not None:
+                guard()
             committed.append(st.name)
             versions[st.name] = store.commit(st)
         runs_st = stage_runs(dict(versions))
         pause_point("publish.commit", table="runs", run_id=store.run_id)
+        if guard is not None:
+            guard()
         committed.append("runs")
         versions["runs"] = store.commit(runs_st)
     except BaseException:
