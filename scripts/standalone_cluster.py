@@ -66,6 +66,15 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _is_spark(pid: int) -> bool:
+    """The pid still runs a Spark daemon (not a process that reused the number since)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"org.apache.spark.deploy" in f.read()
+    except OSError:
+        return False
+
+
 def descendants(pid: int) -> list[int]:
     """Every process below ``pid`` (from /proc), children first."""
     children: dict[int, list[int]] = {}
@@ -114,8 +123,9 @@ def start(folder: Path, workers: int, cores: int, memory: str, timeout: float) -
     folder.mkdir(parents=True, exist_ok=True)
     if (folder / "cluster.json").exists():
         state = json.loads((folder / "cluster.json").read_text())
-        if _alive(state["master"]["pid"]):
+        if _alive(state["master"]["pid"]) and _is_spark(state["master"]["pid"]):
             sys.exit(f"standalone_cluster: a cluster is already running from {folder}; stop it first")
+        stop(folder)  # a stale record: stop whatever of it still runs
     home = spark_home()
     spark_class = str(home / "bin" / "spark-class")
     env = dict(os.environ, SPARK_HOME=str(home), SPARK_LOCAL_IP=HOST, SPARK_LOG_DIR=str(folder),
@@ -148,7 +158,13 @@ def start(folder: Path, workers: int, cores: int, memory: str, timeout: float) -
                                  "log": str(folder / f"worker-{i}.log")})
         (folder / "cluster.json").write_text(json.dumps(state, indent=2))
     while True:
-        alive = [w for w in _master_state(ui).get("workers", []) if w.get("state") == "ALIVE"]
+        try:
+            alive = [w for w in _master_state(ui).get("workers", []) if w.get("state") == "ALIVE"]
+        except OSError:
+            alive = []
+            if not _alive(state["master"]["pid"]):
+                stop(folder)
+                sys.exit(f"standalone_cluster: the master died; see {folder / 'master.log'}")
         if len(alive) >= workers:
             break
         if time.time() > deadline or not all(_alive(w["pid"]) for w in state["workers"]):
@@ -162,6 +178,8 @@ def kill_worker(folder: Path, index: int) -> list[int]:
     """SIGKILL worker ``index`` and everything below it (its executors and their Python workers)."""
     state = _load(folder)
     w = state["workers"][index]
+    if not _is_spark(w["pid"]):
+        sys.exit(f"standalone_cluster: worker {index} (pid {w['pid']}) is not running")
     victims = [w["pid"]] + descendants(w["pid"])
     for pid in victims:
         try:
@@ -187,7 +205,8 @@ def stop(folder: Path, grace: float = 15.0) -> list[int]:
     """Stop the workers, then the master (SIGTERM, then SIGKILL after ``grace`` seconds), and
     every process they started. Returns the pids that were still running."""
     state = _load(folder)
-    pids = [w["pid"] for w in state["workers"]] + [state["master"]["pid"]]
+    # only pids that still run Spark daemons: a stale record must not kill what reused its pids
+    pids = [p for p in [w["pid"] for w in state["workers"]] + [state["master"]["pid"]] if _is_spark(p)]
     everything = []
     for pid in pids:
         everything += [pid] + descendants(pid)

@@ -48,17 +48,21 @@ if [[ -z ${SPARK_HOME:-} ]]; then  # pip's pyspark is a complete Spark (bin/, ja
 fi
 
 JOB_CONFIG=$CONFIG
+DRIVER_CONF=(--conf "spark.pyspark.driver.python=$DRIVER_PYTHON")
 if [[ $DEPLOY_MODE == cluster ]]; then
   JOB_CONFIG=$(basename "$CONFIG")  # shipped by --files into the driver's working directory
+  DRIVER_CONF=()                    # the driver runs remotely: ./environment/bin/python there too
 fi
 
-set -x
-exec "$SPARK_HOME/bin/spark-submit" \
-  --master "$MASTER" \
-  --deploy-mode "$DEPLOY_MODE" \
-  --archives "$ENV_ARCHIVE#environment" \
-  --files "$CONFIG" \
-  --conf spark.pyspark.python=./environment/bin/python \
-  --conf spark.pyspark.driver.python="$DRIVER_PYTHON" \
-  ${SPARK_OPTS[@]+"${SPARK_OPTS[@]}"} \
-  jobs/cluster.py --config "$JOB_CONFIG" ${JOB_OPTS[@]+"${JOB_OPTS[@]}"}
+CMD=("$SPARK_HOME/bin/spark-submit"
+  --master "$MASTER"
+  --deploy-mode "$DEPLOY_MODE"
+  --archives "$ENV_ARCHIVE#environment"
+  --files "$CONFIG"
+  --conf spark.pyspark.python=./environment/bin/python
+  ${DRIVER_CONF[@]+"${DRIVER_CONF[@]}"}
+  ${SPARK_OPTS[@]+"${SPARK_OPTS[@]}"}
+  jobs/cluster.py --config "$JOB_CONFIG" ${JOB_OPTS[@]+"${JOB_OPTS[@]}"})
+# the command, for the log, with the values of secret-looking settings masked
+echo "+ ${CMD[*]}" | sed -E 's/((secret|password|token|credential|access\.key)[A-Za-z0-9_.-]*=)[^ ]*/\1***/Ig' >&2
+exec "${CMD[@]}"

@@ -60,9 +60,15 @@ def cluster(tmp_path_factory):
     try:
         yield {"master": p.stdout.strip().splitlines()[-1], "dir": cdir, "base": base, "out": base / "out"}
     finally:
-        _cluster_script("stop", "--dir", str(cdir))
-        time.sleep(1)
-        left = [pid for pid in pids if _running(pid)]
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("standalone_cluster", ROOT / "scripts" / "standalone_cluster.py")
+        sc = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sc)
+        everything = pids + [c for pid in pids for c in sc.descendants(pid)]  # executors, Python workers
+        stopped = _cluster_script("stop", "--dir", str(cdir))
+        assert stopped.returncode == 0, stopped.stderr
+        left = [pid for pid in everything if not _gone(pid)]
         assert not left, f"processes left after stop: {left}"
 
 
@@ -97,10 +103,11 @@ def submit(cluster, log: Path, spark_opts=(), job_opts=(), timeout=900, **env) -
 
 def start_paused(cluster, log: Path, point: str, pause_dir: Path) -> tuple[subprocess.Popen, dict]:
     """Submit with a pause point; return the running submission and what the pause reported."""
-    f = open(log, "w")
-    proc = subprocess.Popen(_submit_cmd(cluster), cwd=ROOT, stdout=f, stderr=subprocess.STDOUT,
-                            env=_env(CLUSTERLAKE_PAUSE_AT=point, CLUSTERLAKE_PAUSE_DIR=str(pause_dir)),
-                            start_new_session=True)
+    with open(log, "w") as f:
+        proc = subprocess.Popen(_submit_cmd(cluster), cwd=ROOT, stdout=f, stderr=subprocess.STDOUT,
+                                env=_env(CLUSTERLAKE_PAUSE_AT=point, CLUSTERLAKE_PAUSE_DIR=str(pause_dir)),
+                                start_new_session=True)
+    _started.append(proc)
     paused = pause_dir / f"{point}.paused"
     deadline = time.time() + 600
     while not paused.exists():
@@ -109,6 +116,30 @@ def start_paused(cluster, log: Path, point: str, pause_dir: Path) -> tuple[subpr
             pytest.fail(f"the job never reached {point} (exit {proc.poll()}):\n{log.read_text()[-6000:]}")
         time.sleep(0.2)
     return proc, json.loads(paused.read_text())
+
+
+_started: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_driver_left_behind():
+    """A paused driver of a failed test must not resume later against a stopped cluster."""
+    yield
+    while _started:
+        proc = _started.pop()
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait(timeout=60)
+
+
+def _gone(pid: int, timeout: float = 10.0) -> bool:
+    deadline = time.time() + timeout
+    while _running(pid) and time.time() < deadline:
+        time.sleep(0.1)
+    return not _running(pid)
 
 
 def read_run(out: Path) -> dict:
@@ -198,7 +229,7 @@ def test_a_lost_worker_during_kmeans_gives_the_same_tables(cluster, first_run, t
     k = _cluster_script("kill-worker", "--dir", str(cluster["dir"]), "--owner-of", str(victim_pid))
     assert k.returncode == 0, k.stderr
     killed = int(k.stdout.strip().splitlines()[-1])
-    assert not _running(victim_pid)
+    assert _gone(victim_pid)
     (tmp_path / f"{point}.resume").write_text("")
     rc = proc.wait(timeout=900)
     log = (cluster["base"] / "run2.log").read_text()
@@ -222,7 +253,7 @@ def test_a_driver_killed_while_publishing_leaves_the_previous_run(cluster, first
     dead_run = info["run_id"]
     os.killpg(proc.pid, signal.SIGKILL)  # spark-submit's JVM and the Python driver
     proc.wait(timeout=60)
-    assert not _running(info["pid"])
+    assert _gone(info["pid"])
     out = cluster["out"]
     # the dead run did commit two tables, yet a reader of `runs` sees the previous run, unchanged
     assert DeltaTable(str(out / "centroids")).version() == before["versions"]["centroids"] + 1
