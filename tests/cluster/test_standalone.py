@@ -14,7 +14,8 @@ In order (one cluster for the module):
    iteration: the fit continues on the remaining executor and the tables equal run 1's (the
    re-run replaced the date's partition instead of adding to it);
 3. the driver SIGKILLed while it commits the tables: readers still see run 2, unchanged; the next
-   run restores the tables the dead run had committed and succeeds.
+   run takes over the dead driver's run lock, restores the tables the dead run had committed and
+   succeeds.
 """
 
 from __future__ import annotations
@@ -266,6 +267,7 @@ def test_a_driver_killed_while_publishing_leaves_the_previous_run(cluster, first
     # the next run restores what the dead run committed, then publishes normally
     log = submit(cluster, cluster["base"] / "run4.log")
     assert f"restored tables left by interrupted run(s) ['{dead_run}']" in log
+    assert f"taking over the lock of run {dead_run} (its process is gone" in log
     assert not (out / "_clusterlake" / "pending" / f"{dead_run}.json").exists()
     assert not (out / "model" / dead_run).exists()
     fourth = read_run(out)
