@@ -526,8 +526,6 @@ class BlockCluster:
         while True:
             try:
                 if lost is not None:
-                    if not (callable(per_task) or per_task is None):
-                        raise lost  # per-task parameters made for the old layout cannot be sent again
                     pending, lost = lost, None
                     self._recover(pending)  # a loss while relaunching is caught below like any other
                 if self._restore_needed:
@@ -537,6 +535,8 @@ class BlockCluster:
                 replies = self.coord.call(op, arrays, extra, **params)
                 break
             except TaskLost as exc:
+                if not (callable(per_task) or per_task is None):
+                    raise  # per-task parameters made for the old layout cannot be sent again
                 lost = exc
         if op in self.STATEFUL_OPS:
             self._journal.append((op, arrays, dict(params)))
