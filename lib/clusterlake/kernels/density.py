@@ -1,0 +1,125 @@
+"""Density clustering of a sample and its extension to every row (numpy + scikit-learn only).
+
+Two phases (issue 5): cluster a uniform sample on one machine with scikit-learn's DBSCAN or
+HDBSCAN (:func:`fit_sample`), then label any number of rows, block by block, with the rule
+"the label of the nearest *core* sample point if the row lies within that point's reach, else
+noise (-1)" (:func:`extend`). The reach is ``eps`` for DBSCAN (a row within eps of a core point
+is in its cluster: DBSCAN's own border-point rule) and the point's core distance for HDBSCAN (the
+row would be density-reachable from it at that point's own density). :func:`extend` needs only the
+:class:`DensityModel` arrays, so it runs inside Spark tasks (``mapInArrow``) as well as here.
+
+:func:`estimate_eps` picks DBSCAN's ``eps`` at the knee of the sorted k-distance curve (the
+point farthest from the chord between its ends, "kneedle"), with k = ``min_samples``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from clusterlake.kernels.kmeans import nearest, row_sq_norms
+
+
+@dataclass
+class DensityModel:
+    """What the extension needs: the core sample points, their cluster labels and reach."""
+
+    algorithm: str  # dbscan | hdbscan
+    core_points: np.ndarray  # (m, d) float64
+    core_labels: np.ndarray  # (m,) int32, >= 0
+    core_reach: np.ndarray  # (m,) float64: eps (DBSCAN) or the core distance (HDBSCAN)
+    sample_labels: np.ndarray  # (s,) int32: the sample's own labels (-1 = noise)
+    eps: Optional[float] = None  # DBSCAN's eps (given or estimated)
+    min_samples: int = 5
+
+    @property
+    def n_clusters(self) -> int:
+        return int(len(np.unique(self.core_labels)))
+
+
+def k_distances(X: np.ndarray, k: int) -> np.ndarray:
+    """Distance of every row to its k-th nearest neighbour (itself excluded), ascending order."""
+    from sklearn.neighbors import NearestNeighbors
+
+    k = int(min(max(1, k), len(X) - 1))
+    d, _ = NearestNeighbors(n_neighbors=k + 1).fit(X).kneighbors(X)
+    return np.sort(d[:, -1])
+
+
+def knee(y: np.ndarray) -> int:
+    """Index of the knee of an ascending curve: the point farthest below the chord joining its
+    ends (both axes scaled to [0, 1])."""
+    y = np.asarray(y, dtype=np.float64)
+    n = len(y)
+    if n < 3 or y[-1] <= y[0]:
+        return n - 1
+    x = np.linspace(0.0, 1.0, n)
+    yn = (y - y[0]) / (y[-1] - y[0])
+    return int(np.argmax(x - yn))  # the chord is yn = x; a convex curve lies below it
+
+
+def estimate_eps(X: np.ndarray, min_samples: int) -> float:
+    """DBSCAN's eps at the knee of the k-distance curve (k = ``min_samples``)."""
+    kd = k_distances(X, min_samples)
+    return float(kd[knee(kd)])
+
+
+def fit_sample(X: np.ndarray, algorithm: str = "hdbscan", eps: Optional[float] = None, min_samples: int = 10,
+               min_cluster_size: Optional[int] = None) -> DensityModel:
+    """Cluster the sample ``X`` (model space) with scikit-learn and keep what :func:`extend` needs.
+
+    DBSCAN: ``eps`` given or estimated (:func:`estimate_eps`); the core points are DBSCAN's.
+    HDBSCAN: every sample point HDBSCAN put in a cluster is a core point; its reach is its core
+    distance (distance to its ``min_samples``-th neighbour, itself included, as HDBSCAN counts).
+    """
+    X = np.ascontiguousarray(X, dtype=np.float64)
+    if len(X) < 2:
+        raise ValueError(f"the density sample has {len(X)} rows; at least 2 are needed")
+    if algorithm == "dbscan":
+        from sklearn.cluster import DBSCAN
+
+        if eps is None:
+            eps = estimate_eps(X, min_samples)
+        db = DBSCAN(eps=eps, min_samples=min_samples).fit(X)
+        labels = db.labels_.astype(np.int32)
+        core = np.asarray(db.core_sample_indices_, dtype=np.int64)
+        reach = np.full(len(core), float(eps))
+    elif algorithm == "hdbscan":
+        from sklearn.cluster import HDBSCAN
+        from sklearn.neighbors import NearestNeighbors
+
+        mcs = int(min_cluster_size or max(5, min_samples))
+        hd = HDBSCAN(min_cluster_size=mcs, min_samples=min_samples, copy=True).fit(X)
+        labels = hd.labels_.astype(np.int32)
+        core = np.flatnonzero(labels >= 0)
+        kk = int(min(min_samples, len(X)))
+        d, _ = NearestNeighbors(n_neighbors=kk).fit(X).kneighbors(X[core]) if len(core) else (np.zeros((0, 1)), None)
+        reach = d[:, -1].astype(np.float64) if len(core) else np.zeros(0)
+    else:
+        raise ValueError(f"unknown density algorithm {algorithm!r} (dbscan | hdbscan)")
+    return DensityModel(algorithm, X[core], labels[core], reach, labels, eps, min_samples)
+
+
+def extend(X: np.ndarray, model: DensityModel, budget_bytes: int = 64 << 20) -> tuple[np.ndarray, np.ndarray]:
+    """Label rows by the nearest core point within its reach; -1 (noise) otherwise.
+
+    Blocked GEMM search (:func:`~clusterlake.kernels.kmeans.nearest`) with blocks sized so the
+    distance block stays under ``budget_bytes``; the winner's distance is then recomputed exactly
+    (no cancellation error at the reach boundary). Returns ``(labels int32, distance float64)``,
+    the distance to the nearest core point (``inf`` when there is none).
+    """
+    n = len(X)
+    if n == 0:
+        return np.zeros(0, np.int32), np.zeros(0)
+    m = len(model.core_points)
+    if m == 0:  # all noise
+        return np.full(n, -1, np.int32), np.full(n, np.inf)
+    block = int(max(64, min(65536, budget_bytes // (12 * m))))
+    Xc = np.ascontiguousarray(X)
+    idx, _ = nearest(Xc, model.core_points, row_sq_norms(Xc), block_rows=block)
+    diff = Xc.astype(np.float64, copy=False) - model.core_points[idx]
+    dist = np.sqrt(np.einsum("ij,ij->i", diff, diff))
+    inside = dist <= model.core_reach[idx] * (1 + 1e-12)
+    return np.where(inside, model.core_labels[idx], -1).astype(np.int32), dist
