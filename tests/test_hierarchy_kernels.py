@@ -1,0 +1,67 @@
+"""Hierarchical clustering of a sample and Ward over weighted centroids
+(``clusterlake.kernels.hierarchy``); scipy is the oracle. No Spark."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.cluster.hierarchy import linkage
+from sklearn.datasets import make_blobs
+from sklearn.metrics import adjusted_rand_score
+
+from clusterlake.kernels import hierarchy as H
+
+
+@pytest.fixture(scope="module")
+def nested_blobs():
+    """4 groups of 4 tight blobs each: a 4-level and a 16-level structure."""
+    rng = np.random.default_rng(0)
+    groups = rng.uniform(-60, 60, size=(4, 3))
+    centers = np.concatenate([g + rng.uniform(-8, 8, size=(4, 3)) for g in groups])
+    X, y16 = make_blobs(n_samples=3200, centers=centers, cluster_std=0.6, random_state=1)
+    return X, y16, y16 // 4
+
+
+@pytest.mark.parametrize("method", H.LINKAGES)
+def test_levels_are_nested_and_the_extension_reproduces_the_sample(nested_blobs, method):
+    X, y16, y4 = nested_blobs
+    idx = np.random.default_rng(2).choice(len(X), 800, replace=False)
+    model = H.fit_sample(X[idx], method, levels=[16, 4])
+    assert model.levels == [4, 16] and model.linkage.shape == (799, 4)
+    l4, l16 = model.sample_labels[4], model.sample_labels[16]
+    assert len(np.unique(l4)) == 4 and len(np.unique(l16)) == 16
+    for c in np.unique(l16):  # each level-16 cluster inside one level-4 cluster
+        assert len(np.unique(l4[l16 == c])) == 1
+    back = H.extend(X[idx], model)
+    for lv in model.levels:
+        np.testing.assert_array_equal(back[lv], model.sample_labels[lv])
+    full = H.extend(X, model)
+    if method != "single":  # single linkage chains; the others find the planted structure
+        assert adjusted_rand_score(y4, full[4]) > 0.99 and adjusted_rand_score(y16, full[16]) > 0.99
+
+
+def test_weighted_ward_equals_scipy_ward_on_replicated_points():
+    rng = np.random.default_rng(3)
+    C = rng.normal(size=(7, 2)) * 5
+    sizes = rng.integers(1, 6, size=7)
+    Z = H.weighted_ward(C, sizes)
+    ref = linkage(np.repeat(C, sizes, axis=0), method="ward")
+    top = ref[ref[:, 2] > 1e-9]  # the merges between distinct centroids
+    np.testing.assert_allclose(Z[:, 2], top[:, 2], rtol=1e-9)
+    np.testing.assert_allclose(Z[:, 3], top[:, 3])
+    # equal weights: exactly scipy's ward on the centroids
+    np.testing.assert_allclose(H.weighted_ward(C, np.ones(7)), linkage(C, method="ward"), rtol=1e-9)
+
+
+def test_parents_from_linkage():
+    Z = H.weighted_ward(np.array([[0.0], [1.0], [10.0]]), np.array([1, 1, 1]))
+    np.testing.assert_array_equal(H.parents_from_linkage(Z, 3), [3, 3, 4, 4, -1])
+
+
+def test_bad_levels_and_too_small_samples_are_refused():
+    X = np.random.default_rng(0).normal(size=(10, 2))
+    with pytest.raises(ValueError, match="fewer than the finest level 16"):
+        H.fit_sample(X, "ward", levels=[4, 16])
+    with pytest.raises(ValueError, match="unknown linkage"):
+        H.fit_sample(X, "centroid", levels=[2])
+    assert H.linkage_bytes(20_000) == 2 * 8 * 20_000 * 19_999 // 2
