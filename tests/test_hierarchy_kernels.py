@@ -65,3 +65,36 @@ def test_bad_levels_and_too_small_samples_are_refused():
     with pytest.raises(ValueError, match="unknown linkage"):
         H.fit_sample(X, "centroid", levels=[2])
     assert H.linkage_bytes(20_000) == 2 * 8 * 20_000 * 19_999 // 2
+    assert H.linkage_bytes(20_000, "ward", d=10) < 10 << 20  # no distance matrix
+
+
+@pytest.mark.parametrize("method", H.LINKAGES)
+def test_the_linkage_is_scipys(method):
+    X = np.random.default_rng(5).normal(size=(400, 6))
+    model = H.fit_sample(X, method, levels=[3, 9])
+    ref = linkage(X, method=method)
+    np.testing.assert_allclose(model.linkage[:, 2], ref[:, 2], rtol=1e-9)
+    np.testing.assert_array_equal(model.linkage[:, [0, 1, 3]], ref[:, [0, 1, 3]])
+
+
+def test_centroid_tree_centres_are_the_means_of_their_rows():
+    rng = np.random.default_rng(7)
+    C = rng.normal(size=(5, 3)) * 10
+    sizes = np.array([3, 1, 4, 1, 5])
+    tree = H.centroid_tree(C, sizes)
+    rows = np.repeat(C, sizes, axis=0)
+    owner = np.repeat(np.arange(5), sizes)
+    parent = tree["parent_ids"]
+    assert list(tree["node_ids"]) == list(range(9)) and (parent == -1).sum() == 1 and parent[8] == -1
+    for node in range(5, 9):  # an inner node's centre is the mean of the rows of its leaves
+        leaves = [leaf for leaf in range(5) if _is_ancestor(parent, node, leaf)]
+        np.testing.assert_allclose(tree["centers"][node], rows[np.isin(owner, leaves)].mean(0), rtol=1e-12)
+    np.testing.assert_allclose(tree["centers"][8], rows.mean(0), rtol=1e-12)
+
+
+def _is_ancestor(parent, node, leaf):
+    while leaf != -1:
+        if leaf == node:
+            return True
+        leaf = parent[leaf]
+    return False

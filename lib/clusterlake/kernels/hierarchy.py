@@ -1,11 +1,17 @@
 """Hierarchical clustering of a sample, cut at several levels, and its extension to every row;
 Ward's tree over weighted K-means centroids. numpy + scipy only.
 
-* :func:`fit_sample` -- scipy ``linkage`` (ward, average, complete, single) on a sample, cut with
-  ``cut_tree`` at the configured numbers of clusters. Cuts of one dendrogram are nested: every
+* :func:`fit_sample` -- fastcluster's linkage (ward, average, complete, single; the same trees as
+  scipy's, which is the test oracle) on a sample, cut with scipy's ``cut_tree`` at the configured
+  numbers of clusters. Ward and single linkage run on the points themselves (``linkage_vector``:
+  O(s d) memory, 20,000 x 10 in 3 s); average and complete need the condensed distance matrix
+  (O(s^2) memory, see :func:`linkage_bytes`). Cuts of one dendrogram are nested: every
   cluster of a finer level lies inside one cluster of each coarser level.
-* :func:`extend` -- ward: every row goes to the nearest level centroid (Ward's clusters are
-  summarised by their means); the other linkages: the label of the nearest sampled point.
+* :func:`extend` -- every row takes the labels of its nearest sampled point (exact pruned search,
+  :mod:`clusterlake.kernels.neighbors`): a sampled row gets exactly its own labels, and every row's
+  levels are nested, as the sample's are. (Nearest *level centroid*, the cheaper rule for Ward,
+  gives neither: a row between two centroids can land on different branches at two levels.)
+  Ward's level centroids are still computed, for profiles and the report.
 * :func:`weighted_ward` -- Ward's agglomeration of k centroids with sizes: merging clusters a and
   b costs ``n_a n_b / (n_a + n_b) ||c_a - c_b||^2`` (the increase of the within-cluster sum of
   squares), so the tree is the one Ward would build on all rows if every cluster were kept
@@ -15,17 +21,35 @@ Ward's tree over weighted K-means centroids. numpy + scipy only.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 
-from clusterlake.kernels.kmeans import nearest, row_sq_norms
+from clusterlake.kernels.neighbors import PointIndex
+from clusterlake.kernels.neighbors import build as build_index
+from clusterlake.kernels.neighbors import query as query_index
 
 LINKAGES = ("ward", "average", "complete", "single")
 
 
-def linkage_bytes(n: int) -> int:
-    """Peak memory of scipy's linkage on n points: the condensed distance matrix (float64) twice."""
+VECTOR_LINKAGES = ("ward", "single")  # fastcluster.linkage_vector: no distance matrix
+
+
+def linkage_bytes(n: int, method: str = "average", d: int = 1) -> int:
+    """Peak memory of the linkage of n points in d dimensions: for average/complete, the condensed
+    distance matrix (float64) twice (fastcluster copies it); for ward/single a few n x d and n x 4
+    arrays."""
+    if method in VECTOR_LINKAGES:
+        return int(8 * n * (2 * d + 8))
     return int(2 * 8 * n * (n - 1) // 2)
+
+
+def _linkage(X: np.ndarray, method: str) -> np.ndarray:
+    import fastcluster
+
+    if method in VECTOR_LINKAGES:
+        return fastcluster.linkage_vector(X, method=method)
+    return fastcluster.linkage(X, method=method, metric="euclidean")
 
 
 @dataclass
@@ -36,10 +60,11 @@ class HierarchyModel:
     sample_labels: dict[int, np.ndarray]  # level -> (s,) int32 labels of the sample
     sample_points: np.ndarray  # (s, d): for 1-NN extension (non-ward)
     centroids: dict[int, np.ndarray] = field(default_factory=dict)  # ward: level -> (level, d)
+    index: Optional[PointIndex] = None  # over sample_points, built on first use
 
 
 def fit_sample(X: np.ndarray, method: str = "ward", levels=(4, 16)) -> HierarchyModel:
-    from scipy.cluster.hierarchy import cut_tree, linkage
+    from scipy.cluster.hierarchy import cut_tree
 
     if method not in LINKAGES:
         raise ValueError(f"unknown linkage {method!r} ({' | '.join(LINKAGES)})")
@@ -49,14 +74,16 @@ def fit_sample(X: np.ndarray, method: str = "ward", levels=(4, 16)) -> Hierarchy
         raise ValueError(f"levels must be positive numbers of clusters, got {levels}")
     if len(X) < max(2, levels[-1]):
         raise ValueError(f"the hierarchical sample has {len(X)} rows, fewer than the finest level {levels[-1]}")
-    Z = linkage(X, method=method)
+    Z = _linkage(X, method)
     cuts = cut_tree(Z, n_clusters=levels)
     labels = {lv: cuts[:, j].astype(np.int32) for j, lv in enumerate(levels)}
     cents = {}
     if method == "ward":
         for lv, lab in labels.items():
             cents[lv] = np.stack([X[lab == c].mean(axis=0) for c in range(lv)])
-    return HierarchyModel(method, Z, levels, labels, X, cents)
+    model = HierarchyModel(method, Z, levels, labels, X, cents)
+    model.index = build_index(X)  # once, on the driver: the tasks get it broadcast
+    return model
 
 
 def extend(X: np.ndarray, model: HierarchyModel, budget_bytes: int = 64 << 20) -> dict[int, np.ndarray]:
@@ -64,12 +91,9 @@ def extend(X: np.ndarray, model: HierarchyModel, budget_bytes: int = 64 << 20) -
     X = np.ascontiguousarray(X)
     if not len(X):
         return {lv: np.zeros(0, np.int32) for lv in model.levels}
-    xs = row_sq_norms(X)
-    if model.method == "ward":
-        return {lv: nearest(X, C, xs)[0].astype(np.int32) for lv, C in model.centroids.items()}
-    m = len(model.sample_points)
-    block = int(max(64, min(65536, budget_bytes // (12 * m))))
-    idx, _ = nearest(X, model.sample_points, xs, block_rows=block)
+    if model.index is None:
+        model.index = build_index(model.sample_points)
+    idx, _ = query_index(model.index, X, budget_bytes)
     return {lv: lab[idx] for lv, lab in model.sample_labels.items()}
 
 
@@ -113,3 +137,21 @@ def parents_from_linkage(Z: np.ndarray, k: int) -> np.ndarray:
     for i, (a, b, _, _) in enumerate(Z):
         parent[int(a)] = parent[int(b)] = k + i
     return parent
+
+
+def centroid_tree(C: np.ndarray, sizes: np.ndarray) -> dict:
+    """Ward's tree over K-means centroids weighted by their sizes, in the artifact's tree form:
+    ``node_ids`` 0..2k-2 (leaves 0..k-1 are the clusters, k + i the i-th merge), ``parent_ids``
+    (-1 for the root), ``centers`` (a merge's centre is the size-weighted mean of its children,
+    the mean of all its rows) and ``linkage`` (scipy format, for dendrograms)."""
+    C = np.asarray(C, dtype=np.float64)
+    k = len(C)
+    Z = weighted_ward(C, sizes)
+    w = list(np.maximum(np.asarray(sizes, dtype=np.float64), 1e-12))
+    centers = list(C)
+    for a, b, _, _ in Z:
+        a, b = int(a), int(b)
+        centers.append((w[a] * centers[a] + w[b] * centers[b]) / (w[a] + w[b]))
+        w.append(w[a] + w[b])
+    return {"node_ids": np.arange(2 * k - 1, dtype=np.int64), "parent_ids": parents_from_linkage(Z, k),
+            "centers": np.stack(centers), "linkage": Z}
