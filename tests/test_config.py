@@ -381,8 +381,6 @@ def test_config_values_are_data_not_code(tmp_path):
 
 @pytest.mark.parametrize("override, shown", [
     ("kmeans.k=auto", 'kmeans.k="auto"'),
-    ("density.enabled=true", "density.enabled=true"),
-    ("hierarchical.enabled=true", "hierarchical.enabled=true"),
     ("preprocess.normalize=true", "preprocess.normalize=true"),
     ("report.enabled=true", "report.enabled=true"),
 ])
@@ -394,9 +392,9 @@ def test_unsupported_options_are_refused(override, shown):
 
 def test_unsupported_options_all_named(tmp_path):
     p = write(tmp_path, "input: {path: x, id_column: id}\noutput: {path: o}\n"
-                        "kmeans: {k: auto}\ndensity: {enabled: true}\n")
+                        "kmeans: {k: auto}\nreport: {enabled: true}\n")
     msg = error_of(path=p)
-    assert "kmeans.k" in msg and "density.enabled" in msg and str(p) in msg
+    assert "kmeans.k" in msg and "report.enabled" in msg and str(p) in msg
 
 
 def test_vector_column_is_refused():
@@ -465,3 +463,34 @@ def test_to_json_redacts_credentials():
     assert data["output"]["storage_options"] == {"AWS_SECRET_ACCESS_KEY": "***", "AWS_REGION": "***"}
     assert data["spark"]["conf"] == {"spark.hadoop.fs.s3a.secret.key": "***", "spark.executor.memory": "4g"}
     assert "abc" in cfg.to_json() and "xyz" not in cfg.to_json(redact=True)
+
+
+# --------------------------------------------------------------------------------------------
+# density and hierarchical passes
+
+
+def test_density_and_hierarchical_sections_load():
+    cfg = load_config(data=base(), overrides=[
+        "density.enabled=true", "density.algorithm=dbscan", "density.eps=0.5", "density.sample_size=5000",
+        "hierarchical.enabled=true", "hierarchical.linkage=average", "hierarchical.levels=[16, 4]",
+        "job.driver_memory_gb=2.5"])
+    assert cfg.density.enabled and cfg.density.eps == 0.5 and cfg.density.algorithm == "dbscan"
+    assert cfg.hierarchical.levels == [4, 16]  # coarse to fine
+    assert cfg.job.driver_memory_gb == 2.5
+
+
+@pytest.mark.parametrize("overrides, needle", [
+    (["density.eps=0.5"], "density.eps applies to density.algorithm=dbscan only"),
+    (["density.algorithm=dbscan", "density.min_cluster_size=50"], "density.min_cluster_size applies to"),
+    (["density.min_samples=500", "density.sample_size=200"], "density.min_samples=500 is larger"),
+    (["density.eps=0"], "'density.eps'"),
+    (["density.algorithm=optics"], "'density.algorithm'"),
+    (["hierarchical.levels=[]"], "must list at least one number of clusters"),
+    (["hierarchical.levels=[1, 4]"], "every level must be a number of clusters >= 2"),
+    (["hierarchical.levels=[4, 4]"], "lists [4] more than once"),
+    (["hierarchical.levels=[4, 64]", "hierarchical.sample_size=50"], "the finest level 64 has more clusters"),
+    (["hierarchical.linkage=centroid"], "'hierarchical.linkage'"),
+    (["job.driver_memory_gb=-1"], "'job.driver_memory_gb'"),
+])
+def test_bad_pass_settings_are_named(overrides, needle):
+    assert needle in error_of(data=base(), overrides=overrides)

@@ -1,5 +1,5 @@
-"""The distributed extension of the density and hierarchical passes
-(``clusterlake.algorithms.extend``) on local Spark, over several partitions."""
+"""The distributed extension of the density and hierarchical passes (the pass columns of
+``clusterlake.algorithms.passes.assign_rows``) on local Spark, over several partitions."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from sklearn.datasets import make_moons
 from sklearn.metrics import adjusted_rand_score
 
-from clusterlake.algorithms.extend import extend_density_rows, extend_hierarchy_rows
+from clusterlake.algorithms.passes import assign_rows
 from clusterlake.kernels import density as Dk
 from clusterlake.kernels import hierarchy as Hk
 from clusterlake.prep.transform import Preprocessor
@@ -33,7 +33,8 @@ def test_every_row_gets_its_moon_and_the_far_rows_are_outliers(moons_df):
     df, X, y, prep = moons_df
     idx = np.random.default_rng(1).choice(4000, 1200, replace=False)
     model = Dk.fit_sample(X[idx], "hdbscan", min_samples=10, min_cluster_size=50)
-    out = extend_density_rows(df, prep, model, "id").toPandas().sort_values("id")
+    out = _assign(df, prep, X, density=model)
+    assert out.hierarchy.isna().all()  # the other pass is off: its column is null
     assert df.rdd.getNumPartitions() == 4 and len(out) == len(X) and out.id.is_unique
     lab = out.density_label.to_numpy()
     assert (lab[-5:] == -1).all() and out.is_outlier.to_numpy()[-5:].all()
@@ -52,8 +53,18 @@ def test_hierarchy_levels_for_every_row(moons_df):
     df, X, _, prep = moons_df
     idx = np.random.default_rng(2).choice(len(X), 600, replace=False)
     model = Hk.fit_sample(X[idx], "average", levels=[2, 6])
-    out = extend_hierarchy_rows(df, prep, model, "id").toPandas().sort_values("id")
+    out = _assign(df, prep, X, hierarchy=model)
     ref = Hk.extend(X, model)
-    assert list(out.columns) == ["id", "level_2", "level_6"]
-    np.testing.assert_array_equal(out.level_2.to_numpy(), ref[2])
-    np.testing.assert_array_equal(out.level_6.to_numpy(), ref[6])
+    assert out.density_label.isna().all() and out.is_outlier.isna().all()
+    got = out.hierarchy.map(dict)
+    assert (got.map(sorted) == pd.Series([[2, 6]] * len(X), index=got.index)).all()
+    np.testing.assert_array_equal(got.map(lambda m: m[2]).to_numpy(), ref[2])
+    np.testing.assert_array_equal(got.map(lambda m: m[6]).to_numpy(), ref[6])
+
+
+def _assign(df, prep, X, density=None, hierarchy=None):
+    C = X[[0, 1]]  # two rows as centroids: the K-means columns are not under test here
+    out = assign_rows(df, prep, C, np.array([0, 1]), "id", density, hierarchy).toPandas().sort_values("id")
+    assert list(out.columns) == ["id", "cluster_id", "distance", "second_cluster_id", "margin", "density_label",
+                                 "is_outlier", "density_distance", "hierarchy"]
+    return out

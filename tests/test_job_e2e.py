@@ -131,7 +131,8 @@ def test_model_artifact_has_no_pickle_and_latest_points_to_the_run(run):
     res = run["result"]
     model_dir = f"{run['out']}/model/{res.run_id}"
     files = sorted(os.listdir(model_dir))
-    assert files == ["center.npy", "centroids.npy", "cluster_ids.npy", "components.npy", "model.json", "scale.npy"]
+    assert files == ["center.npy", "centroids.npy", "cluster_ids.npy", "components.npy", "model.json", "scale.npy",
+                     "tree_centers.npy", "tree_linkage.npy", "tree_node_ids.npy", "tree_parent_ids.npy"]  # Ward's tree
     for f in files:
         if f.endswith(".npy"):
             np.load(os.path.join(model_dir, f), allow_pickle=False)  # raises if an object array

@@ -40,6 +40,10 @@ class JobSection(_Section):
     name: str = Field("clusterlake-job", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     run_date: Optional[_dt.date] = None
     """The logical date of the run (partition key). Defaults to today in UTC."""
+    driver_memory_gb: Optional[float] = Field(None, gt=0.0)
+    """Memory the driver's Python process may use for the sample passes (density, hierarchical);
+    null = half of the memory of the driver's machine or container. A pass whose sample would not
+    fit is refused before anything is read."""
 
 
 class InputSection(_Section):
@@ -156,18 +160,60 @@ class KMeansSection(_Section):
 
 
 class DensitySection(_Section):
+    """The density pass (issue 5): DBSCAN or HDBSCAN on a uniform sample of the model space,
+    extended to every row (nearest core point within its reach, else noise)."""
+
     enabled: bool = False
     algorithm: Literal["dbscan", "hdbscan"] = "hdbscan"
-    sample_size: int = Field(100_000, ge=100)
+    sample_size: int = Field(100_000, ge=100, le=2_000_000)
     eps: Optional[float] = Field(None, gt=0.0)
-    min_samples: int = Field(10, ge=1)
+    """DBSCAN's radius in the model space; null = the knee of the k-distance curve of the sample
+    (k = min_samples). HDBSCAN has no eps."""
+    min_samples: int = Field(10, ge=1, le=10_000)
+    min_cluster_size: Optional[int] = Field(None, ge=2)
+    """HDBSCAN's smallest cluster (sample rows); null = max(min_samples, sample rows / 1000)."""
+
+    @model_validator(mode="after")
+    def _algorithm_keys(self) -> "DensitySection":
+        if self.algorithm == "hdbscan" and self.eps is not None:
+            raise ValueError("density.eps applies to density.algorithm=dbscan only "
+                             "(HDBSCAN finds its own density levels); remove density.eps")
+        if self.algorithm == "dbscan" and self.min_cluster_size is not None:
+            raise ValueError("density.min_cluster_size applies to density.algorithm=hdbscan only; "
+                             "remove it or use min_samples")
+        if self.min_samples > self.sample_size:
+            raise ValueError(f"density.min_samples={self.min_samples} is larger than "
+                             f"density.sample_size={self.sample_size}")
+        return self
 
 
 class HierarchicalSection(_Section):
+    """The hierarchical pass (issue 5): agglomerative clustering of a sample, cut at ``levels``
+    numbers of clusters, extended to every row."""
+
     enabled: bool = False
     linkage: Literal["ward", "average", "complete", "single"] = "ward"
-    sample_size: int = Field(20_000, ge=10)
+    sample_size: int = Field(20_000, ge=10, le=200_000)
     levels: list[int] = [4, 16]
+    """Numbers of clusters at which the tree is cut, coarse to fine (each >= 2)."""
+
+    @field_validator("levels")
+    @classmethod
+    def _levels(cls, v: list[int]) -> list[int]:
+        if not v:
+            raise ValueError("must list at least one number of clusters, e.g. [4, 16]")
+        if any(isinstance(x, bool) or x < 2 for x in v):
+            raise ValueError("every level must be a number of clusters >= 2")
+        if len(set(v)) != len(v):
+            raise ValueError(f"lists {sorted({x for x in v if v.count(x) > 1})} more than once")
+        return sorted(v)
+
+    @model_validator(mode="after")
+    def _levels_fit_sample(self) -> "HierarchicalSection":
+        if self.levels[-1] > self.sample_size:
+            raise ValueError(f"the finest level {self.levels[-1]} has more clusters than "
+                             f"hierarchical.sample_size={self.sample_size} has rows")
+        return self
 
 
 class GatesSection(_Section):
@@ -222,8 +268,6 @@ class JobConfig(_Section):
         unsupported = {
             "kmeans.k": self.kmeans.k == "auto",
             "preprocess.normalize": self.preprocess.normalize,
-            "density.enabled": self.density.enabled,
-            "hierarchical.enabled": self.hierarchical.enabled,
             "report.enabled": self.report.enabled,
             "quality.gates.min_silhouette": self.quality.gates.min_silhouette is not None,
             "quality.gates.min_cluster_share": self.quality.gates.min_cluster_share is not None,

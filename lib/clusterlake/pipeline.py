@@ -43,6 +43,7 @@ class RunResult:
     stage_seconds: dict[str, float] = field(default_factory=dict)
     feature_columns: list[str] = field(default_factory=list)
     n_components: int = 0
+    passes: dict = field(default_factory=dict)  # "dbscan"/"hdbscan"/"hierarchical@L" -> {metric: value}
 
 
 class _Stages:
@@ -90,6 +91,9 @@ def run_job(cfg: JobConfig, spark=None) -> RunResult:
     from clusterlake.io.reader import read_table, validate
     from clusterlake.io.lock import RunLock
     from clusterlake.io.tables import journal_location, make_store, publish_run, recover_interrupted
+    from clusterlake.algorithms import sample_passes
+    from clusterlake.kernels.hierarchy import centroid_tree
+    from clusterlake.memory import check_sample_passes
     from clusterlake.kernels.distance import assign
     from clusterlake.prep.transform import fit_preprocessor
     from clusterlake.quality.metrics import full_metrics, sample_silhouette
@@ -120,6 +124,7 @@ def run_job(cfg: JobConfig, spark=None) -> RunResult:
             note.update(rows_read=summary.rows_read, rows_used=summary.rows_used,
                         dropped=summary.rows_dropped, features=len(summary.feature_columns))
         feats = summary.feature_columns
+        persisted: list = []  # DataFrames cached by this run, released at the end
         try:
             with stage("preprocess") as note:
                 moments = input_moments(clean, feats)
@@ -130,6 +135,9 @@ def run_job(cfg: JobConfig, spark=None) -> RunResult:
                 if prep.explained_variance_ratio is not None:
                     note.update(components=prep.n_components,
                                 variance=round(float(prep.explained_variance_ratio.sum()), 4))
+            passes_on = cfg.density.enabled or cfg.hierarchical.enabled
+            if passes_on:  # refuse a sample that would not fit before the K-means fit, not after
+                check_sample_passes(cfg, prep.n_components, summary.rows_used)
 
             model_root = store.root.child("model")
             with stage("kmeans") as note:
@@ -154,6 +162,24 @@ def run_job(cfg: JobConfig, spark=None) -> RunResult:
                     metrics.append(sil)
                 mdict = {m.metric: m.value for m in metrics}
                 note.update({m: round(v, 4) for m, v in mdict.items() if m in ("silhouette", "ari", "davies_bouldin")})
+                tree, parent_ids = fit.tree, fit.parent_ids
+                if tree is None and len(centroids) >= 2:  # Ward's tree over the sized centroids: no extra pass
+                    tree = centroid_tree(centroids, stats.counts)
+                    parent_ids = tree["parent_ids"][: len(centroids)]
+
+            pfit = sample_passes.PassFit()
+            if passes_on:
+                with stage("sample-passes") as note:
+                    size = max(cfg.density.sample_size if cfg.density.enabled else 0,
+                               cfg.hierarchical.sample_size if cfg.hierarchical.enabled else 0)
+                    psample = sample_rows(clean, feats, summary.rows_used, min(size, summary.rows_used),
+                                          cfg.kmeans.seed + 7)
+                    order = np.random.default_rng(cfg.kmeans.seed).permutation(len(psample))
+                    Zp = prep.transform(psample[feats].to_numpy(dtype=np.float64)[order])
+                    del psample
+                    pfit = sample_passes.fit_passes(cfg, Zp, qsize)
+                    del Zp
+                    note.update(rows=len(order), **{f"{k_}_s": v for k_, v in pfit.seconds.items()})
 
             model_dir = model_root.child(run_id)
             staged = []
@@ -163,12 +189,21 @@ def run_job(cfg: JobConfig, spark=None) -> RunResult:
                         run_id=run_id, run_date=run_date, prep=prep, centroids=centroids,
                         cluster_ids=cluster_ids, distance=cfg.kmeans.distance, algorithm=cfg.kmeans.algorithm,
                         meta={"job": cfg.job.name, "id_column": icfg.id_column, "engine": fit.engine, "init": fit.init},
-                        tree=fit.tree,
+                        tree=tree, **dict(zip(("passes", "extras"), sample_passes.to_artifact(pfit, cfg))),
                     )
                     model_artifact.save(art, model_dir)
-                    cen_df = _centroids_df(spark, run_id, stats, centroids, cluster_ids, fit.parent_ids)
+                    cen_df = _centroids_df(spark, run_id, stats, centroids, cluster_ids, parent_ids)
                     staged.append(store.stage("centroids", cen_df, files=1))
-                    asg = assign_rows(clean, prep, centroids, cluster_ids, icfg.id_column)
+                    label = icfg.label_column if passes_on else None
+                    asg = assign_rows(clean, prep, centroids, cluster_ids, icfg.id_column, pfit.density, pfit.hierarchy, label)
+                    if passes_on:
+                        # the extension is the costly part: computed once, counted, then written
+                        asg = asg.persist(StorageLevel.MEMORY_AND_DISK)
+                        persisted.append(asg)
+                        pass_metrics = sample_passes.full_pass_metrics(
+                            asg, pfit, cfg.density.algorithm, label is not None)
+                        metrics = metrics + pfit.metrics + pass_metrics
+                        asg = asg.drop("__passthrough")
                     asg = asg.withColumn("run_id", F.lit(run_id))
                     staged.append(store.stage("assignments", asg))
                     staged.append(store.stage("metrics", _metrics_df(spark, run_id, metrics, len(centroids)), files=1))
@@ -198,7 +233,8 @@ def run_job(cfg: JobConfig, spark=None) -> RunResult:
                         model_dir.delete()
                 raise
         finally:
-            clean.unpersist()
+            for df_ in [clean, *persisted]:
+                df_.unpersist()
 
         sizes = [int(c) for c in stats.counts]
         result = RunResult(
@@ -206,7 +242,7 @@ def run_job(cfg: JobConfig, spark=None) -> RunResult:
             k=len(centroids), sizes=sizes, metrics=mdict, table_versions=versions,
             rows_read=summary.rows_read, rows_used=summary.rows_used, rows_dropped=summary.rows_dropped,
             seconds=round(time.time() - t_start, 2), stage_seconds=stage.seconds,
-            feature_columns=feats, n_components=prep.n_components,
+            feature_columns=feats, n_components=prep.n_components, passes=_pass_summary(metrics),
         )
         log.info("run %s committed in %.1f s", run_id, result.seconds)
     return result
@@ -236,7 +272,8 @@ def _centroids_df(spark, run_id, stats, centroids, cluster_ids, parent_ids=None)
 
 
 def _metrics_df(spark, run_id, metrics, k):
-    rows = [(m.scope, "kmeans", m.metric, float(m.value), int(k), int(m.sample_size), run_id) for m in metrics]
+    rows = [(m.scope, m.algorithm, m.metric, float(m.value), int(k if m.k is None else m.k), int(m.sample_size), run_id)
+            for m in metrics]
     ddl = "scope string, algorithm string, metric string, value double, k int, sample_size long, run_id string"
     return spark.createDataFrame(rows, ddl)
 
@@ -266,6 +303,16 @@ def _runs_row(cfg, run_id, run_date, started_at, t_start, stage_seconds, summary
     )
 
 
+def _pass_summary(metrics) -> dict:
+    out: dict = {}
+    for m in metrics:
+        if m.algorithm == "kmeans":
+            continue
+        key = m.algorithm if m.algorithm != "hierarchical" else f"hierarchical@{m.k}"
+        out.setdefault(key, {})[m.metric if m.scope == "full" else f"{m.metric}_sample"] = m.value
+    return out
+
+
 def summary_text(r: RunResult) -> str:
     """The one-screen summary printed at the end of a run."""
     order = np.argsort(r.sizes)[::-1]
@@ -285,6 +332,14 @@ def summary_text(r: RunResult) -> str:
     ]
     if "ari" in m:
         lines.append(f"against the label column: ARI {fmt('ari')}   NMI {fmt('nmi')}")
+    for name, pm in r.passes.items():
+        f2 = lambda key: f"{pm[key]:.4f}" if pm.get(key) is not None else "n/a"  # noqa: E731
+        head = (f"density ({name}): {int(pm.get('n_clusters', 0))} clusters, noise {pm.get('noise_share', 0):.1%}"
+                if not name.startswith("hierarchical") else
+                f"hierarchical, {name.split('@')[1]} clusters: shares {pm.get('min_cluster_share', 0):.1%}"
+                f"..{pm.get('max_cluster_share', 0):.1%}")
+        tail = f"   ARI vs label {f2('ari')}" if "ari" in pm else ""
+        lines.append(f"{head}; silhouette (sample) {f2('silhouette_sample')}   ARI vs K-means {f2('ari_vs_kmeans')}{tail}")
     lines += [
         f"tables: {r.output_path}/{{centroids,assignments,metrics,runs}}  (versions {r.table_versions})",
         f"model:  {r.model_path}  (latest: {r.output_path}/model/latest)",

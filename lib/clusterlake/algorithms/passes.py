@@ -88,13 +88,18 @@ def model_space(df, prep: Preprocessor, weight_col: Optional[str] = None):
 # assignment
 
 
-def assign_rows(df, prep: Preprocessor, centroids: np.ndarray, cluster_ids: np.ndarray, id_col: str):
-    """Assign every row: ``id, cluster_id, distance, second_cluster_id, margin``.
+def assign_rows(df, prep: Preprocessor, centroids: np.ndarray, cluster_ids: np.ndarray, id_col: str,
+                density=None, hierarchy=None, passthrough: Optional[str] = None):
+    """Assign every row: ``id, cluster_id, distance, second_cluster_id, margin``, then the columns
+    of the sample passes (``density_label, is_outlier, density_distance, hierarchy``; null when
+    ``density`` / ``hierarchy`` is None: see :mod:`clusterlake.algorithms.extend`).
 
     ``distance`` is the Euclidean distance in the model space to the nearest centroid; ``margin``
-    is the distance to the second nearest minus that (null when k == 1). Rows are streamed, never
-    collected.
+    is the distance to the second nearest minus that (null when k == 1). ``passthrough``: one
+    input column carried along as ``__passthrough`` (the label column, for agreement metrics).
+    The pass models are broadcast once. Rows are streamed, never collected.
     """
+    from clusterlake.algorithms.extend import PASS_DDL, pass_columns
     from clusterlake.kernels.distance import assign
 
     feats = list(prep.feature_names)
@@ -102,14 +107,17 @@ def assign_rows(df, prep: Preprocessor, centroids: np.ndarray, cluster_ids: np.n
     C = np.ascontiguousarray(centroids, dtype=np.float64)
     ids = np.asarray(cluster_ids, dtype=np.int32)
     k = C.shape[0]
+    models = (density, hierarchy)
+    bc = df.sparkSession.sparkContext.broadcast(models) if any(m is not None for m in models) else None
 
     def part(batches):
         local = Preprocessor(feats, center, scale, comps, normalize=norm)
+        dens, hier = bc.value if bc is not None else (None, None)
         for b in batches:
             Z = local.transform(_block(b, feats))
             lab, dist, sec, sdist = assign(Z, C)
             has2 = k > 1
-            yield pa.RecordBatch.from_pydict({
+            cols = {
                 id_col: b.column(id_col),
                 "cluster_id": pa.array(ids[lab], pa.int32()),
                 "distance": pa.array(dist, pa.float64()),
@@ -117,11 +125,21 @@ def assign_rows(df, prep: Preprocessor, centroids: np.ndarray, cluster_ids: np.n
                                               pa.int32(), mask=None if has2 else np.ones(len(lab), bool)),
                 "margin": pa.array(sdist - dist if has2 else np.zeros(len(lab)), pa.float64(),
                                    mask=None if has2 else np.ones(len(lab), bool)),
-            })
+            }
+            cols.update(pass_columns(Z, dens, hier))
+            if passthrough:
+                cols["__passthrough"] = b.column(passthrough)
+            yield pa.RecordBatch.from_pydict(cols)
 
     id_type = df.schema[id_col].dataType.simpleString()
-    schema = f"`{id_col}` {id_type}, cluster_id int, distance double, second_cluster_id int, margin double"
-    return df.select(id_col, *feats).mapInArrow(part, schema)
+    schema = (f"`{id_col}` {id_type}, cluster_id int, distance double, second_cluster_id int, margin double, "
+              + PASS_DDL)
+    cols = [id_col, *feats]
+    if passthrough:
+        schema += f", __passthrough {df.schema[passthrough].dataType.simpleString()}"
+        if passthrough not in cols:
+            cols.append(passthrough)
+    return df.select(*cols).mapInArrow(part, schema)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -8,6 +8,11 @@ Layout of ``<output>/model/<run_id>/``::
     components.npy    (p, d)  float64   (absent when PCA is off)
     centroids.npy     (k, p)  float64   model-space centroids, row i is cluster_ids[i]
     cluster_ids.npy   (k,)    int32
+    tree_*.npy        the cluster tree: bisecting K-means' splits, or Ward's tree over the
+                      size-weighted K-means centroids (plus tree_linkage.npy, scipy format)
+    density_*.npy     the density pass: core points (model space), their labels and reach
+    hier_*.npy        the hierarchical pass: the sample's linkage (the dendrogram), the sample's
+                      labels per level, and what extends them (level centroids or sample points)
 
 ``model/latest`` points at the newest committed run's artifact: a symlink swapped atomically on a
 local filesystem, a full copy elsewhere. Arrays are loaded with ``allow_pickle=False``.
@@ -18,6 +23,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -28,6 +34,7 @@ from clusterlake.io.fs import Location, location
 from clusterlake.prep.transform import Preprocessor
 
 FORMAT_VERSION = 1
+_EXTRA_NAME = re.compile(r"(density|hier)_[a-z0-9_]+")
 _ARRAYS = ("center", "scale", "components", "centroids", "cluster_ids")
 
 
@@ -41,7 +48,9 @@ class ModelArtifact:
     distance: str = "euclidean"
     algorithm: str = "kmeans"
     meta: dict = field(default_factory=dict)
-    tree: Optional[dict] = None  # bisecting: {"node_ids", "parent_ids", "centers"} of every split-tree node
+    tree: Optional[dict] = None  # {"node_ids", "parent_ids", "centers"[, "linkage"]} of every tree node
+    passes: dict = field(default_factory=dict)  # settings and figures of the density/hierarchical passes
+    extras: dict = field(default_factory=dict)  # name -> np.ndarray (density_*, hier_*), saved as <name>.npy
 
     def to_json(self) -> dict:
         return {
@@ -61,6 +70,8 @@ class ModelArtifact:
             "n_model_dims": int(self.centroids.shape[1]),
             "tree": self.tree is not None,
             "meta": self.meta,
+            "passes": self.passes,
+            "extra_arrays": sorted(self.extras),
         }
 
 
@@ -84,6 +95,12 @@ def save(artifact: ModelArtifact, dest: Location) -> None:
         arrays["tree_node_ids"] = np.asarray(artifact.tree["node_ids"], dtype=np.int64)
         arrays["tree_parent_ids"] = np.asarray(artifact.tree["parent_ids"], dtype=np.int64)
         arrays["tree_centers"] = np.asarray(artifact.tree["centers"], dtype=np.float64)
+        if artifact.tree.get("linkage") is not None:
+            arrays["tree_linkage"] = np.asarray(artifact.tree["linkage"], dtype=np.float64)
+    for name, arr in artifact.extras.items():
+        if not _EXTRA_NAME.fullmatch(name) or name in arrays:
+            raise ValueError(f"bad extra array name {name!r}")
+        arrays[name] = np.asarray(arr)
     for name, arr in arrays.items():
         dest.child(f"{name}.npy").write_bytes(_npy(arr))
     dest.child("model.json").write_bytes(json.dumps(artifact.to_json(), indent=2).encode())
@@ -123,7 +140,9 @@ def load(path: str) -> ModelArtifact:
         cluster_ids=arr("cluster_ids"), distance=meta.get("distance", "euclidean"),
         algorithm=meta.get("algorithm", "kmeans"), meta=meta.get("meta", {}),
         tree={"node_ids": arr("tree_node_ids"), "parent_ids": arr("tree_parent_ids"),
-              "centers": arr("tree_centers")} if meta.get("tree") else None,
+              "centers": arr("tree_centers"), "linkage": arr("tree_linkage")} if meta.get("tree") else None,
+        passes=meta.get("passes", {}),
+        extras={name: arr(name) for name in meta.get("extra_arrays", []) if _EXTRA_NAME.fullmatch(name)},
     )
 
 

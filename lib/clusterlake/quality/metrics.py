@@ -33,6 +33,8 @@ class Metric:
     metric: str
     value: float
     sample_size: int
+    algorithm: str = "kmeans"  # kmeans | dbscan | hdbscan | hierarchical
+    k: Optional[int] = None  # clusters of that algorithm (a hierarchical level); None = the K-means k
 
 
 def full_metrics(stats: ClusterStats, centroids: np.ndarray, sum_dist_to_means: np.ndarray) -> list[Metric]:

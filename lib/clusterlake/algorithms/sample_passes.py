@@ -1,0 +1,211 @@
+"""The density and hierarchical passes of the job (issue 5): fit on a sample, measure on all rows.
+
+1. :func:`fit_passes` (driver): one uniform sample of the model space, DBSCAN/HDBSCAN on its first
+   ``density.sample_size`` rows and agglomerative clustering on its first
+   ``hierarchical.sample_size`` rows (the sample is in random order, so every prefix is uniform),
+   plus their sampled silhouettes.
+2. The assignment pass labels every row (:func:`clusterlake.algorithms.passes.assign_rows`).
+3. :func:`full_pass_metrics`: from the (persisted) assignments, one small aggregation per pass:
+   noise share and cluster count over all rows, ARI between each pass and K-means, ARI/NMI
+   against the label column. Noise (-1) counts as one more label in the ARI, as scikit-learn
+   would count it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+from clusterlake.kernels import density as Dk
+from clusterlake.kernels import hierarchy as Hk
+from clusterlake.kernels.metrics import adjusted_rand_from_contingency, normalized_mutual_info_from_contingency
+from clusterlake.quality.metrics import Metric
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PassFit:
+    density: Optional["Dk.DensityModel"] = None
+    hierarchy: Optional["Hk.HierarchyModel"] = None
+    metrics: list[Metric] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def _silhouette(Z: np.ndarray, labels: np.ndarray, size: int, algorithm: str, k: int) -> Optional[Metric]:
+    from sklearn.metrics import silhouette_score
+
+    keep = labels >= 0
+    Z, labels = Z[keep][:size], labels[keep][:size]
+    n_labels = len(np.unique(labels))
+    if n_labels < 2 or n_labels >= len(labels):
+        log.warning("%s: silhouette undefined on %d sampled rows in %d clusters", algorithm, len(labels), n_labels)
+        return None
+    return Metric("sample", "silhouette", float(silhouette_score(Z, labels)), int(len(labels)), algorithm, k)
+
+
+def fit_passes(cfg, Z: np.ndarray, quality_size: int) -> PassFit:
+    """Fit the enabled passes on the model-space sample ``Z`` (rows in random order)."""
+    from clusterlake.memory import check_dbscan_neighbourhoods
+
+    out = PassFit()
+    if cfg.density.enabled:
+        d = cfg.density
+        S = Z[: d.sample_size]
+        mcs = d.min_cluster_size or max(d.min_samples, len(S) // 1000)
+        log.info("density pass: %s on %d sampled rows (min_samples=%d%s)", d.algorithm, len(S), d.min_samples,
+                 f", eps={d.eps}" if d.eps else (f", min_cluster_size={mcs}" if d.algorithm == "hdbscan"
+                                                  else ", eps from the k-distance knee"))
+        t0 = time.time()
+        out.density = m = Dk.fit_sample(
+            S, d.algorithm, d.eps, d.min_samples, mcs if d.algorithm == "hdbscan" else None,
+            before_dbscan=lambda nb: check_dbscan_neighbourhoods(len(S), nb, S.shape[1], d.min_samples,
+                                                                 cfg.job.driver_memory_gb),
+        )
+        out.seconds["density_fit"] = round(time.time() - t0, 3)
+        k = m.n_clusters
+        noise = float((m.sample_labels < 0).mean())
+        log.info("density pass: %d clusters, %.1f%% of the sample is noise, %d core points%s (%.1f s)", k,
+                 100 * noise, len(m.core_points), f", eps={m.eps:.4g}" if m.eps else "", out.seconds["density_fit"])
+        if k == 0:
+            log.warning("density pass: the sample has no cluster, every row will be noise; %s",
+                        "raise density.eps or lower density.min_samples" if d.algorithm == "dbscan"
+                        else "lower density.min_samples / density.min_cluster_size")
+        ms = [Metric("sample", "noise_share", noise, len(S), d.algorithm, k),
+              Metric("sample", "core_points", float(len(m.core_points)), len(S), d.algorithm, k)]
+        if m.eps is not None:
+            ms.append(Metric("sample", "eps", float(m.eps), len(S), d.algorithm, k))
+        sil = _silhouette(S, m.sample_labels, quality_size, d.algorithm, k)
+        out.metrics += ms + ([sil] if sil else [])
+    if cfg.hierarchical.enabled:
+        h = cfg.hierarchical
+        S = Z[: h.sample_size]
+        log.info("hierarchical pass: %s linkage of %d sampled rows, levels %s", h.linkage, len(S), h.levels)
+        t0 = time.time()
+        out.hierarchy = hm = Hk.fit_sample(S, h.linkage, h.levels)
+        out.seconds["hierarchy_fit"] = round(time.time() - t0, 3)
+        log.info("hierarchical pass: linkage and cuts in %.1f s", out.seconds["hierarchy_fit"])
+        for lv in hm.levels:
+            sil = _silhouette(S, hm.sample_labels[lv], quality_size, "hierarchical", lv)
+            if sil:
+                out.metrics.append(sil)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# metrics over all rows
+
+
+def _contingency(pairs: dict, rows_key, cols_key) -> np.ndarray:
+    rk = sorted({rows_key(p) for p in pairs}, key=str)
+    ck = sorted({cols_key(p) for p in pairs}, key=str)
+    ri, ci = {v: i for i, v in enumerate(rk)}, {v: i for i, v in enumerate(ck)}
+    C = np.zeros((len(rk), len(ck)), dtype=np.int64)
+    for p, c in pairs.items():
+        C[ri[rows_key(p)], ci[cols_key(p)]] += c
+    return C
+
+
+def _agreement(counts: dict, algorithm: str, k: int, has_label: bool) -> list[Metric]:
+    """``counts``: (kmeans cluster, pass label, label or None) -> rows."""
+    n = int(sum(counts.values()))
+    out = [Metric("full", "ari_vs_kmeans", float(adjusted_rand_from_contingency(
+        _contingency(counts, lambda p: p[1], lambda p: p[0]))), n, algorithm, k)]
+    if has_label:
+        C = _contingency(counts, lambda p: p[2], lambda p: p[1])
+        out.append(Metric("full", "ari", float(adjusted_rand_from_contingency(C)), n, algorithm, k))
+        out.append(Metric("full", "nmi", float(normalized_mutual_info_from_contingency(C)), n, algorithm, k))
+    return out
+
+
+def _count(asg, key_expr, has_label: bool) -> dict:
+    from pyspark.sql import functions as F
+
+    keys = [F.col("cluster_id"), key_expr.alias("__pass")]
+    if has_label:
+        keys.append(F.col("__passthrough").cast("string").alias("__label"))
+    rows = asg.groupBy(*keys).count().collect()
+    return {(r["cluster_id"], r["__pass"], ("<null>" if r["__label"] is None else r["__label"]) if has_label else None):
+            int(r["count"]) for r in rows}
+
+
+def full_pass_metrics(asg, fit: PassFit, algorithm: Optional[str], has_label: bool) -> list[Metric]:
+    """Metrics of the passes over all rows of the assignments ``asg`` (with ``__passthrough`` =
+    the label column when ``has_label``). One groupBy per pass (per level): k x clusters x labels
+    rows reach the driver."""
+    from pyspark.sql import functions as F
+
+    out: list[Metric] = []
+    if fit.density is not None:
+        counts = _count(asg, F.col("density_label"), has_label)
+        n = int(sum(counts.values()))
+        noise = sum(c for (_, lab, _), c in counts.items() if lab < 0)
+        k = len({lab for (_, lab, _) in counts if lab >= 0})
+        out += [Metric("full", "noise_share", noise / max(n, 1), n, algorithm, k),
+                Metric("full", "n_clusters", float(k), n, algorithm, k)]
+        if k == 0:
+            log.warning("density pass: all %d rows are noise", n)
+        out += _agreement(counts, algorithm, k, has_label)
+    if fit.hierarchy is not None:
+        for lv in fit.hierarchy.levels:
+            counts = _count(asg, F.col("hierarchy").getItem(lv), has_label)
+            n = int(sum(counts.values()))
+            per = {}
+            for (_, lab, _), c in counts.items():
+                per[lab] = per.get(lab, 0) + c
+            sizes = np.array(list(per.values()), dtype=np.float64)
+            out += [Metric("full", "n_clusters", float(len(per)), n, "hierarchical", lv),
+                    Metric("full", "min_cluster_share", float(sizes.min() / n), n, "hierarchical", lv),
+                    Metric("full", "max_cluster_share", float(sizes.max() / n), n, "hierarchical", lv)]
+            out += _agreement(counts, "hierarchical", lv, has_label)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# the model artifact (JSON + .npy, no pickle)
+
+
+def to_artifact(fit: PassFit, cfg) -> tuple[dict, dict]:
+    """``(passes, extras)`` for :class:`~clusterlake.io.model_artifact.ModelArtifact`: the pass
+    settings and figures (JSON) and the arrays that extend the passes to new rows."""
+    passes: dict = {}
+    extras: dict = {}
+    if fit.density is not None:
+        m = fit.density
+        passes["density"] = {"algorithm": m.algorithm, "eps": m.eps, "min_samples": m.min_samples,
+                             "n_clusters": m.n_clusters, "sample_rows": int(len(m.sample_labels))}
+        extras.update(density_core_points=m.core_points, density_core_labels=m.core_labels.astype(np.int32),
+                      density_core_reach=m.core_reach)
+    if fit.hierarchy is not None:
+        h = fit.hierarchy
+        passes["hierarchical"] = {"linkage": h.method, "levels": list(h.levels),
+                                  "sample_rows": int(len(h.sample_points))}
+        extras["hier_linkage"] = h.linkage
+        extras["hier_sample_labels"] = np.stack([h.sample_labels[lv] for lv in h.levels], axis=1).astype(np.int32)
+        extras["hier_sample_points"] = h.sample_points
+        for lv in h.levels if h.method == "ward" else ():
+            extras[f"hier_centroids_{lv}"] = h.centroids[lv]
+    return passes, extras
+
+
+def from_artifact(art) -> tuple[Optional["Dk.DensityModel"], Optional["Hk.HierarchyModel"]]:
+    """The pass models of a loaded artifact (None for a pass that did not run); extend new rows
+    with :func:`clusterlake.kernels.density.extend` / :func:`clusterlake.kernels.hierarchy.extend`.
+    The density model carries no sample labels (they are not saved)."""
+    dens = hier = None
+    x = art.extras
+    if "density" in art.passes:
+        p = art.passes["density"]
+        dens = Dk.DensityModel(p["algorithm"], x["density_core_points"], x["density_core_labels"],
+                               x["density_core_reach"], np.zeros(0, np.int32), p.get("eps"), p["min_samples"])
+    if "hierarchical" in art.passes:
+        p = art.passes["hierarchical"]
+        levels = [int(v) for v in p["levels"]]
+        labels = {lv: x["hier_sample_labels"][:, j] for j, lv in enumerate(levels)}
+        cents = {lv: x[f"hier_centroids_{lv}"] for lv in levels if f"hier_centroids_{lv}" in x}
+        hier = Hk.HierarchyModel(p["linkage"], x["hier_linkage"], levels, labels, x["hier_sample_points"], cents)
+    return dens, hier

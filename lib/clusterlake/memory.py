@@ -1,0 +1,147 @@
+"""How much memory the driver's sample passes need, and how much the driver may use.
+
+The density and hierarchical passes cluster a sample on the driver (issue 5). Their memory grows
+with the sample: linearly for DBSCAN/HDBSCAN and Ward/single linkage, quadratically for average
+and complete linkage (the distance matrix). :func:`check_sample_passes` refuses a config whose
+passes would not fit, before the sample is drawn, with an error that names the setting, what it
+needs and the largest sample that fits. docs/passes.md has the table of safe sample sizes per GiB.
+
+The budget is ``job.driver_memory_gb`` when set, else half of the memory of the driver's machine,
+or of its container when a cgroup limit is lower (YARN, Kubernetes, Docker): the other half is left
+for the driver's JVM and the rest of the job.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+from clusterlake.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+GiB = 1 << 30
+_CGROUP_FILES = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
+
+
+def machine_memory_bytes() -> int:
+    """Physical memory, or the cgroup (container) limit when that is lower."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for path in _CGROUP_FILES:
+        try:
+            with open(path) as f:
+                text = f.read().strip()
+        except OSError:
+            continue
+        if text.isdigit() and 0 < int(text) < total:
+            total = int(text)
+    return int(total)
+
+
+def driver_budget_bytes(driver_memory_gb: Optional[float]) -> tuple[int, str]:
+    """The bytes the sample passes may use, and where that figure comes from (for messages)."""
+    if driver_memory_gb is not None:
+        return int(driver_memory_gb * GiB), f"job.driver_memory_gb={driver_memory_gb:g}"
+    total = machine_memory_bytes()
+    return total // 2, f"half of the driver's {total / GiB:.1f} GiB (set job.driver_memory_gb to change)"
+
+
+# ----------------------------------------------------------------------------------------------
+# estimates (bytes); measured against peak RSS in scripts/bench_density.py and bench_hierarchy
+
+
+def density_bytes(rows: int, dims: int, min_samples: int) -> int:
+    """DBSCAN/HDBSCAN on ``rows`` x ``dims`` without DBSCAN's neighbourhoods (checked separately,
+    see :func:`dbscan_neighbourhood_bytes`): the sample and its copies (x4), the k-nearest-neighbour
+    distances and indices, the trees and per-row objects."""
+    return int(rows * (dims * 8 * 4 + (min_samples + 1) * 16 + 256))
+
+
+def dbscan_neighbourhood_bytes(rows: int, mean_neighbours: float) -> int:
+    """scikit-learn's DBSCAN keeps every row's eps-neighbourhood (int64 indices)."""
+    return int(rows * (mean_neighbours * 8 + 112))
+
+
+def hierarchy_bytes(rows: int, dims: int, method: str, levels: int) -> int:
+    from clusterlake.kernels.hierarchy import linkage_bytes
+
+    return int(linkage_bytes(rows, method, dims) + rows * (dims * 8 * 2 + levels * 8 * 2 + 64))
+
+
+@dataclass
+class PassNeed:
+    setting: str  # the sample_size key that drives it
+    rows: int
+    bytes: int
+    max_rows: int  # the largest sample that fits the budget
+
+
+def _max_rows(need_of, budget: int, upper: int) -> int:
+    lo, hi = 0, max(upper, 1)
+    if need_of(hi) <= budget:
+        return hi
+    while lo < hi:  # largest n with need_of(n) <= budget
+        mid = (lo + hi + 1) // 2
+        if need_of(mid) <= budget:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def check_sample_passes(cfg, dims: int, rows_available: int) -> dict[str, PassNeed]:
+    """Raise :class:`ConfigError` when the enabled sample passes would not fit the driver budget.
+
+    ``dims``: model-space dimensions (after PCA); ``rows_available``: validated rows (a sample is
+    never larger). Returns what each enabled pass needs (logged by the job).
+    """
+    budget, source = driver_budget_bytes(cfg.job.driver_memory_gb)
+    needs: dict[str, PassNeed] = {}
+    if cfg.density.enabled:
+        d = cfg.density
+        f = lambda n: density_bytes(n, dims, d.min_samples)  # noqa: E731
+        rows = min(d.sample_size, rows_available)
+        needs["density"] = PassNeed("density.sample_size", rows, f(rows), _max_rows(f, budget, d.sample_size))
+    if cfg.hierarchical.enabled:
+        h = cfg.hierarchical
+        f = lambda n: hierarchy_bytes(n, dims, h.linkage, len(h.levels))  # noqa: E731
+        rows = min(h.sample_size, rows_available)
+        needs["hierarchical"] = PassNeed("hierarchical.sample_size", rows, f(rows),
+                                         _max_rows(f, budget, h.sample_size))
+    bad = [n for n in needs.values() if n.bytes > budget]
+    if bad:
+        parts = []
+        for n in bad:
+            why = ""
+            if n.setting.startswith("hierarchical") and cfg.hierarchical.linkage not in ("ward", "single"):
+                why = (f" ({cfg.hierarchical.linkage} linkage keeps the {n.rows:,} x {n.rows:,} distance matrix; "
+                       "ward and single linkage do not)")
+            parts.append(f"{n.setting}={n.rows:,} needs ~{n.bytes / GiB:.1f} GiB on the driver{why}; "
+                         f"at most {n.max_rows:,} rows fit")
+        raise ConfigError(
+            "the sample passes do not fit the driver's memory budget of "
+            f"{budget / GiB:.1f} GiB ({source}): " + "; ".join(parts)
+            + ". Lower the sample size, or give the driver more memory and raise job.driver_memory_gb"
+        )
+    for name, n in needs.items():
+        log.info("%s pass: sample of %d rows needs ~%.2f GiB of the driver's %.1f GiB budget",
+                 name, n.rows, n.bytes / GiB, budget / GiB)
+    return needs
+
+
+def check_dbscan_neighbourhoods(rows: int, mean_neighbours: float, dims: int, min_samples: int,
+                                driver_memory_gb: Optional[float]) -> None:
+    """DBSCAN's neighbourhoods depend on eps and the data; the job measures the mean on a
+    subsample first and calls this before scikit-learn allocates them."""
+    budget, source = driver_budget_bytes(driver_memory_gb)
+    need = density_bytes(rows, dims, min_samples) + dbscan_neighbourhood_bytes(rows, mean_neighbours)
+    if need > budget:
+        per_row = need / max(rows, 1)
+        raise ConfigError(
+            f"DBSCAN on density.sample_size={rows:,} rows needs ~{need / GiB:.1f} GiB on the driver: with this eps "
+            f"every row has ~{mean_neighbours:,.0f} neighbours, and scikit-learn keeps them all; the budget is "
+            f"{budget / GiB:.1f} GiB ({source}). Lower density.sample_size to at most {int(budget / per_row):,}, "
+            "lower density.eps, or use density.algorithm=hdbscan (no neighbourhoods kept)"
+        )
