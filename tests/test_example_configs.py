@@ -83,6 +83,8 @@ def test_standalone_config():
     assert cfg.input == local.input
     assert cfg.preprocess == local.preprocess
     assert cfg.kmeans == local.kmeans
+    assert cfg.density == local.density and cfg.density.enabled
+    assert cfg.hierarchical == local.hierarchical and cfg.hierarchical.enabled
     assert cfg.quality == local.quality
     conf = cfg.spark.conf
     assert conf["spark.cores.max"] == 2

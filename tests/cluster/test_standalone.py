@@ -166,8 +166,11 @@ def assert_same_tables(a: dict, b: dict) -> None:
     assert len(m) == len(a["assignments"]) == len(b["assignments"]) == ROWS
     assert (m.cluster_id_a == m.cluster_id_b).all(), f"{(m.cluster_id_a != m.cluster_id_b).sum()} rows changed cluster"
     np.testing.assert_allclose(m.distance_a, m.distance_b, rtol=1e-7, atol=1e-9)
-    ma = a["metrics"].set_index(["scope", "metric"]).value.sort_index()
-    mb = b["metrics"].set_index(["scope", "metric"]).value.sort_index()
+    # the sample passes: same sample (seeded per partition), same labels for every row
+    assert m.density_label_a.notna().all() and (m.density_label_a == m.density_label_b).all()
+    assert (m.hierarchy_a.map(dict) == m.hierarchy_b.map(dict)).all()
+    ma = a["metrics"].set_index(["scope", "algorithm", "k", "metric"]).value.sort_index()
+    mb = b["metrics"].set_index(["scope", "algorithm", "k", "metric"]).value.sort_index()
     assert ma.index.tolist() == mb.index.tolist()
     np.testing.assert_allclose(ma.to_numpy(), mb.to_numpy(), rtol=1e-7)
 
@@ -209,8 +212,13 @@ def test_the_job_runs_on_both_executors(cluster, first_run):
     assert run.rows_used == ROWS and run.k == 7 and run.engine == "clusterlake"
     assert len(t["centroids"]) == 7 and t["centroids"]["size"].sum() == ROWS
     assert len(t["assignments"]) == ROWS and t["assignments"].customer_id.is_unique
-    metrics = dict(zip(t["metrics"].metric, t["metrics"].value))
+    km = t["metrics"][t["metrics"].algorithm == "kmeans"]
+    metrics = dict(zip(km.metric, km.value))
     assert metrics["ari"] > 0.9 and metrics["silhouette"] > 0.3
+    # the density and hierarchical passes ran and were extended to every row on the executors
+    passes = set(t["metrics"].algorithm)
+    assert {"hdbscan", "hierarchical"} <= passes
+    assert t["assignments"].density_label.notna().all() and t["assignments"].hierarchy.notna().all()
     assert "engine: 2 tasks loaded 200,000 rows" in first_run["log"]
     by_stage, barrier = executors_by_stage(first_run["events"])
     assert set().union(*by_stage.values()) == {"0", "1"}, f"tasks ran on executors {dict(by_stage)}"
