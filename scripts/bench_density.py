@@ -8,7 +8,7 @@ extension of its labels to every row, in one process and as the distributed Spar
 Data: Gaussian blobs in 16 dimensions (model space: no scaling/PCA) plus 1% uniform noise.
 Prints: the sample clustering time (DBSCAN with estimated eps, HDBSCAN), the number of core points,
 and the extension throughput in rows per second per core (numpy kernel in this process with one
-BLAS thread; Spark local[2] mapInArrow pass over a parquet file, divided by 2 cores).
+BLAS thread; the job's Spark assignment pass, local[2] over a parquet file, divided by 2 cores).
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def spark_extension_rate(X: np.ndarray, model) -> float:
     import pyarrow.parquet as pq
     from pyspark.sql import SparkSession
 
-    from clusterlake.algorithms.extend import extend_density_rows
+    from clusterlake.algorithms.passes import assign_rows
     from clusterlake.prep.transform import Preprocessor
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
@@ -100,7 +100,8 @@ def spark_extension_rate(X: np.ndarray, model) -> float:
         pq.write_table(pa.table(cols), path, row_group_size=250_000)
         df = spark.read.parquet(path)
         prep = Preprocessor(names, np.zeros(d), np.ones(d), None)
-        out = extend_density_rows(df, prep, model, "id")
+        # the job's assignment pass with the density columns (K-means part: 2 centroids, negligible)
+        out = assign_rows(df, prep, X[:2], np.array([0, 1]), "id", density=model)
         t0 = time.time()
         n = out.selectExpr("sum(cast(is_outlier as int)) as o", "count(*) as n").collect()[0]["n"]
         took = time.time() - t0
