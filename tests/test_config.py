@@ -380,7 +380,6 @@ def test_config_values_are_data_not_code(tmp_path):
 
 
 @pytest.mark.parametrize("override, shown", [
-    ("kmeans.k=auto", 'kmeans.k="auto"'),
     ("preprocess.normalize=true", "preprocess.normalize=true"),
     ("report.enabled=true", "report.enabled=true"),
 ])
@@ -392,9 +391,9 @@ def test_unsupported_options_are_refused(override, shown):
 
 def test_unsupported_options_all_named(tmp_path):
     p = write(tmp_path, "input: {path: x, id_column: id}\noutput: {path: o}\n"
-                        "kmeans: {k: auto}\nreport: {enabled: true}\n")
+                        "preprocess: {normalize: true}\nreport: {enabled: true}\n")
     msg = error_of(path=p)
-    assert "kmeans.k" in msg and "report.enabled" in msg and str(p) in msg
+    assert "preprocess.normalize" in msg and "report.enabled" in msg and str(p) in msg
 
 
 def test_vector_column_is_refused():
@@ -449,9 +448,18 @@ def test_unreadable_config_file_is_a_config_error(tmp_path):
         load_config(path=p)
 
 
-def test_quality_gates_are_refused_until_applied():
-    msg = error_of(data=base(), overrides=["quality.gates.min_silhouette=0.2"])
-    assert "not supported" in msg and "quality.gates.min_silhouette=0.2" in msg
+def test_auto_k_and_gates_load_and_are_checked():
+    cfg = load_config(data=base(), overrides=[
+        "kmeans.k=auto", "kmeans.auto.criterion=dynamic", "kmeans.auto.min_cluster_share=0.05",
+        "quality.gates.min_silhouette=0.2", "quality.gates.max_cluster_share=0.6", "quality.on_gate_failure=fail"])
+    assert cfg.kmeans.k == "auto" and cfg.kmeans.auto.criterion == "dynamic"
+    assert cfg.quality.gates.min_silhouette == 0.2 and cfg.quality.on_gate_failure == "fail"
+    assert "kmeans.auto.min_k=9 is larger than kmeans.auto.max_k=4" in error_of(
+        data=base(), overrides=["kmeans.auto.min_k=9", "kmeans.auto.max_k=4"])
+    assert "max_noise_share needs the density pass" in error_of(
+        data=base(), overrides=["quality.gates.max_noise_share=0.2"])
+    assert "min_cluster_share is larger than" in error_of(
+        data=base(), overrides=["quality.gates.min_cluster_share=0.5", "quality.gates.max_cluster_share=0.4"])
 
 
 def test_to_json_redacts_credentials():

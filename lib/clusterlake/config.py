@@ -105,10 +105,26 @@ class PreprocessSection(_Section):
 
 
 class AutoKSection(_Section):
+    """``kmeans.k: auto`` (issue 6): k is chosen on a sample, then fitted on all rows."""
+
     min_k: int = Field(2, ge=2)
-    max_k: int = Field(20, ge=2)
-    criterion: Literal["silhouette", "calinski_harabasz", "davies_bouldin", "elbow"] = "silhouette"
-    sample_size: int = Field(50_000, ge=100)
+    max_k: int = Field(20, ge=2, le=500)
+    criterion: Literal["silhouette", "calinski_harabasz", "davies_bouldin", "elbow", "dynamic"] = "silhouette"
+    """silhouette / calinski_harabasz (highest), davies_bouldin (lowest), elbow (knee of the
+    inertia curve): a sweep of k over [min_k, max_k]. dynamic: k grows, each new centre the
+    farthest row within the ``percentile`` of distances, until the smallest cluster holds less
+    than ``min_cluster_share`` of the rows."""
+    sample_size: int = Field(50_000, ge=100, le=1_000_000)
+    min_cluster_share: float = Field(0.02, gt=0.0, lt=0.5)
+    """dynamic: the smallest cluster share at which k stops growing."""
+    percentile: float = Field(95.0, gt=50.0, le=100.0)
+    """dynamic: a new centre is the farthest row within this percentile of distances."""
+
+    @model_validator(mode="after")
+    def _range(self) -> "AutoKSection":
+        if self.min_k > self.max_k:
+            raise ValueError(f"kmeans.auto.min_k={self.min_k} is larger than kmeans.auto.max_k={self.max_k}")
+        return self
 
 
 class KMeansSection(_Section):
@@ -217,14 +233,20 @@ class HierarchicalSection(_Section):
 
 
 class GatesSection(_Section):
+    """Checked after the metrics, before anything is committed (issue 6); null = no gate."""
+
     min_silhouette: Optional[float] = Field(None, ge=-1.0, le=1.0)
     min_cluster_share: Optional[float] = Field(None, ge=0.0, le=1.0)
+    max_cluster_share: Optional[float] = Field(None, ge=0.0, le=1.0)
+    max_noise_share: Optional[float] = Field(None, ge=0.0, le=1.0)
+    """The density pass's noise share over all rows (needs density.enabled)."""
 
 
 class QualitySection(_Section):
     sample_size: int = Field(20_000, ge=100, le=200_000)
     gates: GatesSection = GatesSection()
     on_gate_failure: Literal["warn", "fail"] = "warn"
+    """fail: exit non-zero before the run is committed, so readers keep the previous run."""
 
 
 class OutputSection(_Section):
@@ -266,12 +288,15 @@ class JobConfig(_Section):
         # Options in the config contract that later versions implement. Refuse them loudly
         # rather than silently running something else.
         unsupported = {
-            "kmeans.k": self.kmeans.k == "auto",
             "preprocess.normalize": self.preprocess.normalize,
             "report.enabled": self.report.enabled,
-            "quality.gates.min_silhouette": self.quality.gates.min_silhouette is not None,
-            "quality.gates.min_cluster_share": self.quality.gates.min_cluster_share is not None,
         }
+        if self.quality.gates.max_noise_share is not None and not self.density.enabled:
+            raise ValueError("quality.gates.max_noise_share needs the density pass: set density.enabled: true "
+                             "or remove the gate")
+        g = self.quality.gates
+        if g.min_cluster_share is not None and g.max_cluster_share is not None and g.min_cluster_share > g.max_cluster_share:
+            raise ValueError("quality.gates.min_cluster_share is larger than quality.gates.max_cluster_share")
         bad = [k for k, v in unsupported.items() if v]
         if bad:
             raise ValueError(

@@ -22,3 +22,9 @@ class InputDataError(ClusterlakeError):
 
 class OutputError(ClusterlakeError):
     """The output location is not usable (e.g. an existing table with an incompatible layout)."""
+
+
+class QualityGateError(ClusterlakeError):
+    """A quality gate failed with ``quality.on_gate_failure: fail``: nothing was committed."""
+
+    exit_code = 3

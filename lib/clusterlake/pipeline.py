@@ -44,6 +44,9 @@ class RunResult:
     feature_columns: list[str] = field(default_factory=list)
     n_components: int = 0
     passes: dict = field(default_factory=dict)  # "dbscan"/"hdbscan"/"hierarchical@L" -> {metric: value}
+    descriptions: list[str] = field(default_factory=list)  # archetype text per cluster (index = cluster id)
+    k_selection: str = "fixed"
+    gate_failures: list[str] = field(default_factory=list)
 
 
 class _Stages:
@@ -94,6 +97,8 @@ def run_job(cfg: JobConfig, spark=None) -> RunResult:
     from clusterlake.algorithms import sample_passes
     from clusterlake.kernels.hierarchy import centroid_tree
     from clusterlake.memory import check_sample_passes
+    from clusterlake.algorithms.auto_k import choose_k
+    from clusterlake.quality import gates, profiles
     from clusterlake.kernels.distance import assign
     from clusterlake.prep.transform import fit_preprocessor
     from clusterlake.quality.metrics import full_metrics, sample_silhouette
@@ -108,7 +113,8 @@ def run_job(cfg: JobConfig, spark=None) -> RunResult:
     if spark is None:
         spark = build_session(cfg.spark, f"clusterlake-{cfg.job.name}")
     icfg = cfg.input
-    k = int(cfg.kmeans.k)
+    k_auto = cfg.kmeans.k == "auto"
+    k = cfg.kmeans.auto.min_k if k_auto else int(cfg.kmeans.k)  # auto: the smallest candidate must fit the rows
 
     store = make_store(spark, cfg.output, run_date, run_id)
     # one run per output path: the recovery below must not mistake a live run for a dead one
@@ -139,10 +145,28 @@ def run_job(cfg: JobConfig, spark=None) -> RunResult:
             if passes_on:  # refuse a sample that would not fit before the K-means fit, not after
                 check_sample_passes(cfg, prep.n_components, summary.rows_used)
 
+            kcfg, auto = cfg.kmeans, None
+            if k_auto:
+                with stage("auto-k") as note:
+                    a = cfg.kmeans.auto
+                    ksample = sample_rows(clean, feats, summary.rows_used, min(a.sample_size, summary.rows_used),
+                                          cfg.kmeans.seed + 3)
+                    Zk = prep.transform(ksample[feats].to_numpy(dtype=np.float64))
+                    del ksample
+                    auto = choose_k(Zk, a.min_k, a.max_k, a.criterion, seed=cfg.kmeans.seed,
+                                    max_iter=cfg.kmeans.max_iter, tol=cfg.kmeans.tol,
+                                    silhouette_size=min(cfg.quality.sample_size, 10_000),
+                                    min_cluster_share=a.min_cluster_share, percentile=a.percentile,
+                                    spherical=cfg.kmeans.distance == "cosine")
+                    del Zk
+                    k = auto.k
+                    kcfg = cfg.kmeans.model_copy(update={"k": k})
+                    note.update(k=k, criterion=a.criterion, stability_ari=round(auto.stability_ari, 4))
+
             model_root = store.root.child("model")
             with stage("kmeans") as note:
                 initial = warm_start_centers(model_root, prep, k) if cfg.kmeans.init == "previous" else None
-                fit = fit_kmeans(clean, prep, cfg.kmeans, icfg.weight_column, initial)
+                fit = fit_kmeans(clean, prep, kcfg, icfg.weight_column, initial)
                 centroids = fit.centroids
                 cluster_ids = np.arange(len(centroids), dtype=np.int32)
                 note.update(k=len(centroids), iterations=fit.n_iter, engine=fit.engine, init=fit.init,
@@ -151,7 +175,7 @@ def run_job(cfg: JobConfig, spark=None) -> RunResult:
                                for k_, v in fit.timings.items() if v is not None})
 
             with stage("metrics") as note:
-                stats = cluster_stats(clean, prep, centroids, icfg.label_column)
+                stats = cluster_stats(clean, prep, centroids, icfg.label_column, x_center=moments.mean)
                 sdm = mean_distance_to_means(clean, prep, centroids, stats.means_z)
                 metrics = full_metrics(stats, centroids, sdm)
                 qsize = min(cfg.quality.sample_size, summary.rows_used)
@@ -162,6 +186,13 @@ def run_job(cfg: JobConfig, spark=None) -> RunResult:
                     metrics.append(sil)
                 mdict = {m.metric: m.value for m in metrics}
                 note.update({m: round(v, 4) for m, v in mdict.items() if m in ("silhouette", "ari", "davies_bouldin")})
+                if auto is not None:
+                    metrics += auto.metrics  # every candidate's scores (scope auto_k) and the stability
+                prof = profiles.compute(stats.counts, stats.sum_x, stats.sum_sq_dx, moments.mean,
+                                        np.diag(moments.m2) / max(moments.n, 1), feats)
+                descriptions = prof.descriptions()
+                for cid, text in zip(cluster_ids, descriptions):
+                    log.info("cluster %d: %s", cid, text)
                 tree, parent_ids = fit.tree, fit.parent_ids
                 if tree is None and len(centroids) >= 2:  # Ward's tree over the sized centroids: no extra pass
                     tree = centroid_tree(centroids, stats.counts)
@@ -192,7 +223,7 @@ def run_job(cfg: JobConfig, spark=None) -> RunResult:
                         tree=tree, **dict(zip(("passes", "extras"), sample_passes.to_artifact(pfit, cfg))),
                     )
                     model_artifact.save(art, model_dir)
-                    cen_df = _centroids_df(spark, run_id, stats, centroids, cluster_ids, parent_ids)
+                    cen_df = _centroids_df(spark, run_id, stats, centroids, cluster_ids, parent_ids, descriptions)
                     staged.append(store.stage("centroids", cen_df, files=1))
                     label = icfg.label_column if passes_on else None
                     asg = assign_rows(clean, prep, centroids, cluster_ids, icfg.id_column, pfit.density, pfit.hierarchy, label)
@@ -207,6 +238,11 @@ def run_job(cfg: JobConfig, spark=None) -> RunResult:
                     asg = asg.withColumn("run_id", F.lit(run_id))
                     staged.append(store.stage("assignments", asg))
                     staged.append(store.stage("metrics", _metrics_df(spark, run_id, metrics, len(centroids)), files=1))
+                    staged.append(store.stage("profiles", spark.createDataFrame(
+                        profiles.rows(prof, cluster_ids, run_id), profiles.PROFILES_DDL), files=1))
+                    failures = gates.check(cfg.quality.gates, metrics)
+                    if failures:
+                        gates.act(failures, cfg.quality.on_gate_failure)  # fail: raises, nothing is committed
                     note.update(assignments=staged[1].rows)
                     # (SparkDeltaStore stages lazily: its files, and their row count, exist only at commit)
                     if staged[1].files and staged[1].rows != summary.rows_used:
@@ -216,7 +252,8 @@ def run_job(cfg: JobConfig, spark=None) -> RunResult:
 
                 def stage_runs(versions):
                     runs = _runs_row(cfg, run_id, run_date, started_at, t_start, stage.seconds, summary,
-                                     fit, mdict, model_dir.uri, versions, prep)
+                                     fit, mdict, model_dir.uri, versions, prep, failures,
+                                     f"auto:{cfg.kmeans.auto.criterion}" if auto is not None else "fixed")
                     return store.stage("runs", spark.createDataFrame([runs], _RUNS_DDL), files=1)
 
                 with stage("publish"):
@@ -243,6 +280,8 @@ def run_job(cfg: JobConfig, spark=None) -> RunResult:
             rows_read=summary.rows_read, rows_used=summary.rows_used, rows_dropped=summary.rows_dropped,
             seconds=round(time.time() - t_start, 2), stage_seconds=stage.seconds,
             feature_columns=feats, n_components=prep.n_components, passes=_pass_summary(metrics),
+            descriptions=descriptions, k_selection=f"auto:{cfg.kmeans.auto.criterion}" if auto is not None else "fixed",
+            gate_failures=[str(f) for f in failures],
         )
         log.info("run %s committed in %.1f s", run_id, result.seconds)
     return result
@@ -252,7 +291,7 @@ def run_job(cfg: JobConfig, spark=None) -> RunResult:
 # table rows
 
 
-def _centroids_df(spark, run_id, stats, centroids, cluster_ids, parent_ids=None):
+def _centroids_df(spark, run_id, stats, centroids, cluster_ids, parent_ids=None, descriptions=None):
     n = stats.n
     rows = []
     for i, cid in enumerate(cluster_ids):
@@ -265,9 +304,11 @@ def _centroids_df(spark, run_id, stats, centroids, cluster_ids, parent_ids=None)
             float(np.sqrt(stats.sum_sq_dist[i] / c)) if c > 0 else None,
             float(stats.max_dist[i]) if c > 0 else None,
             int(parent_ids[i]) if parent_ids is not None and parent_ids[i] >= 0 else None, run_id,
+            descriptions[i] if descriptions is not None else None,
         ))
     ddl = ("cluster_id int, size long, share double, centroid array<double>, centroid_model array<double>, "
-           "radius_mean double, radius_rms double, radius_max double, parent_id int, run_id string")
+           "radius_mean double, radius_rms double, radius_max double, parent_id int, run_id string, "
+           "description string")
     return spark.createDataFrame(rows, ddl)
 
 
@@ -285,12 +326,12 @@ _RUNS_DDL = (
     "feature_columns array<string>, dropped_columns array<string>, n_components int, k_requested int, k int, "
     "engine string, iterations int, silhouette double, model_path string, table_versions map<string,long>, "
     "config_json string, versions map<string,string>, algorithm string, distance string, init string, "
-    "converged boolean"
+    "converged boolean, gate_failures array<string>, k_selection string"
 )
 
 
 def _runs_row(cfg, run_id, run_date, started_at, t_start, stage_seconds, summary, fit, mdict, model_path,
-              versions, prep):
+              versions, prep, gate_failures=(), k_selection="fixed"):
     now = dt.datetime.now(dt.timezone.utc)
     return (
         run_id, cfg.job.name, "success", started_at, now,  # tz-aware: stored as UTC whatever the TZ
@@ -300,6 +341,7 @@ def _runs_row(cfg, run_id, run_date, started_at, t_start, stage_seconds, summary
         fit.k_requested, int(len(fit.centroids)), fit.engine, fit.n_iter, mdict.get("silhouette"),
         model_path, {k: v for k, v in versions.items() if v is not None}, cfg.to_json(redact=True), _versions(),
         cfg.kmeans.algorithm, cfg.kmeans.distance, fit.init, bool(fit.converged),
+        [str(f) for f in gate_failures], k_selection,
     )
 
 
@@ -326,7 +368,7 @@ def summary_text(r: RunResult) -> str:
         f"clusterlake run {r.run_id}  (run_date {r.run_date})  committed in {r.seconds:.1f} s",
         f"rows: {r.rows_read:,} read, {r.rows_dropped:,} dropped, {r.rows_used:,} clustered",
         f"features: {len(r.feature_columns)} -> {r.n_components} model dimensions",
-        f"k = {r.k}; sizes: {sizes}",
+        f"k = {r.k}{' (' + r.k_selection + ')' if r.k_selection != 'fixed' else ''}; sizes: {sizes}",
         f"silhouette (sample) {fmt('silhouette')}   Davies-Bouldin {fmt('davies_bouldin')}   "
         f"Calinski-Harabasz {fmt('calinski_harabasz')}",
     ]
@@ -340,8 +382,10 @@ def summary_text(r: RunResult) -> str:
                 f"..{pm.get('max_cluster_share', 0):.1%}")
         tail = f"   ARI vs label {f2('ari')}" if "ari" in pm else ""
         lines.append(f"{head}; silhouette (sample) {f2('silhouette_sample')}   ARI vs K-means {f2('ari_vs_kmeans')}{tail}")
+    lines += [f"  cluster {i}: {text}" for i, text in enumerate(r.descriptions)]
+    lines += [f"QUALITY GATE FAILED (committed: quality.on_gate_failure=warn): {f}" for f in r.gate_failures]
     lines += [
-        f"tables: {r.output_path}/{{centroids,assignments,metrics,runs}}  (versions {r.table_versions})",
+        f"tables: {r.output_path}/{{centroids,assignments,metrics,profiles,runs}}  (versions {r.table_versions})",
         f"model:  {r.model_path}  (latest: {r.output_path}/model/latest)",
         "stages: " + ", ".join(f"{k} {v:.1f}s" for k, v in r.stage_seconds.items()),
         "=" * 78,

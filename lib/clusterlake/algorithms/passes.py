@@ -153,6 +153,7 @@ class ClusterStats:
     counts: np.ndarray  # (k,)
     sum_z: np.ndarray  # (k, p)
     sum_x: np.ndarray  # (k, d) original units
+    sum_sq_dx: np.ndarray  # (k, d) sum of (x - x_center)^2, original units (profiles' std)
     sum_dist: np.ndarray  # (k,) to the fitted centroid
     sum_sq_dist: np.ndarray  # (k,)
     max_dist: np.ndarray  # (k,)
@@ -173,9 +174,11 @@ class ClusterStats:
             return self.sum_x / self.counts[:, None]
 
 
-def cluster_stats(df, prep: Preprocessor, centroids: np.ndarray, label_col: Optional[str] = None) -> ClusterStats:
+def cluster_stats(df, prep: Preprocessor, centroids: np.ndarray, label_col: Optional[str] = None,
+                  x_center: Optional[np.ndarray] = None) -> ClusterStats:
     """One pass: assign each row and accumulate per-cluster count, sums (model space and original
-    units), distance sums/max, and the (label, cluster) contingency when a label column is given.
+    units), sums of squares about ``x_center`` (original units; default: zero), distance
+    sums/max, and the (label, cluster) contingency when a label column is given.
 
     Collected: one row of O(k (p + d)) numbers (plus the contingency pairs) per partition.
     """
@@ -186,12 +189,14 @@ def cluster_stats(df, prep: Preprocessor, centroids: np.ndarray, label_col: Opti
     center, scale, comps, norm = prep.center, prep.scale, prep.components, prep.normalize
     C = np.ascontiguousarray(centroids, dtype=np.float64)
     k, p, d = C.shape[0], C.shape[1], len(feats)
+    xc = np.zeros(d) if x_center is None else np.asarray(x_center, dtype=np.float64)
 
     def part(batches):
         local = Preprocessor(feats, center, scale, comps, normalize=norm)
         cnt = np.zeros(k)
         sz = np.zeros((k, p))
         sx = np.zeros((k, d))
+        sq = np.zeros((k, d))
         sd = np.zeros(k)
         ssd = np.zeros(k)
         mx = np.zeros(k)
@@ -204,10 +209,13 @@ def cluster_stats(df, prep: Preprocessor, centroids: np.ndarray, label_col: Opti
             lab, _, _, _ = assign(Z, C)
             c1, s1 = cluster_sums(Z, lab, k)
             _, s2 = cluster_sums(X, lab, k)
+            dx = X - xc
+            _, s3 = cluster_sums(dx * dx, lab, k)
             mom = cluster_moments(Z, lab, C, k)
             cnt += c1
             sz += s1
             sx += s2
+            sq += s3
             sd += mom["sum_dist"]
             ssd += mom["sum_sq_dist"]
             mx = np.maximum(mx, mom["max_dist"])
@@ -219,19 +227,20 @@ def cluster_stats(df, prep: Preprocessor, centroids: np.ndarray, label_col: Opti
                     cont[(lv, int(ci))] = cont.get((lv, int(ci)), 0) + int(c)
         keys = list(cont)
         yield pa.RecordBatch.from_pydict({
-            "cnt": [cnt.tolist()], "sz": [sz.ravel().tolist()], "sx": [sx.ravel().tolist()],
+            "cnt": [cnt.tolist()], "sz": [sz.ravel().tolist()], "sx": [sx.ravel().tolist()], "sq": [sq.ravel().tolist()],
             "sd": [sd.tolist()], "ssd": [ssd.tolist()], "mx": [mx.tolist()],
             "cl": [[kk[0] for kk in keys]], "ci": [[kk[1] for kk in keys]], "cc": [[cont[kk] for kk in keys]],
         }, schema=_STATS_SCHEMA)
 
     cols = feats + ([label_col] if label_col else [])
     rows = df.select(*cols).mapInArrow(part, _STATS_DDL).collect()
-    out = ClusterStats(np.zeros(k), np.zeros((k, p)), np.zeros((k, d)), np.zeros(k), np.zeros(k), np.zeros(k),
-                       {} if label_col else None)
+    out = ClusterStats(np.zeros(k), np.zeros((k, p)), np.zeros((k, d)), np.zeros((k, d)), np.zeros(k), np.zeros(k),
+                       np.zeros(k), {} if label_col else None)
     for r in rows:
         out.counts += np.asarray(r["cnt"])
         out.sum_z += np.asarray(r["sz"]).reshape(k, p)
         out.sum_x += np.asarray(r["sx"]).reshape(k, d)
+        out.sum_sq_dx += np.asarray(r["sq"]).reshape(k, d)
         out.sum_dist += np.asarray(r["sd"])
         out.sum_sq_dist += np.asarray(r["ssd"])
         out.max_dist = np.maximum(out.max_dist, np.asarray(r["mx"]))
@@ -241,10 +250,10 @@ def cluster_stats(df, prep: Preprocessor, centroids: np.ndarray, label_col: Opti
     return out
 
 
-_STATS_DDL = ("cnt array<double>, sz array<double>, sx array<double>, sd array<double>, "
+_STATS_DDL = ("cnt array<double>, sz array<double>, sx array<double>, sq array<double>, sd array<double>, "
               "ssd array<double>, mx array<double>, cl array<string>, ci array<long>, cc array<long>")
 _F64S = pa.list_(pa.float64())
-_STATS_SCHEMA = pa.schema([("cnt", _F64S), ("sz", _F64S), ("sx", _F64S), ("sd", _F64S), ("ssd", _F64S),
+_STATS_SCHEMA = pa.schema([("cnt", _F64S), ("sz", _F64S), ("sx", _F64S), ("sq", _F64S), ("sd", _F64S), ("ssd", _F64S),
                            ("mx", _F64S), ("cl", pa.list_(pa.string())), ("ci", pa.list_(pa.int64())),
                            ("cc", pa.list_(pa.int64()))])
 

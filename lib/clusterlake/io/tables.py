@@ -160,6 +160,17 @@ class DeltaRsStore(TableStore):
         self._collect_files(st)
         return st
 
+    def discard(self, st: StagedTable) -> None:
+        super().discard(st)
+        # the run's partition directory, and the table directory of a table this run would have
+        # created, are left empty: remove them too (never one that holds a file)
+        try:
+            for loc in (st.table.child(f"{PARTITION}={self.run_date}"), st.table):
+                if loc.exists() and loc.is_dir() and not loc.files(recursive=True):
+                    loc.delete()
+        except Exception as exc:  # best effort
+            log.warning("could not tidy the staging directories of %s: %s", st.table.uri, exc)
+
     def _dt(self, name: str, version: Optional[int] = None):
         from deltalake import DeltaTable
 

@@ -1,0 +1,88 @@
+"""Cluster profiles and archetype texts (issue 6): what each cluster *is*, in the input's units.
+
+From the per-cluster sums the job's statistics pass already collects (one distributed
+aggregation: count, sum and centred sum of squares of every input feature per cluster) and the
+population moments of the preprocessing pass, with no further pass over the rows:
+
+* ``mean``, ``std`` of every feature in every cluster (original units, population std);
+* ``z`` = (cluster mean - population mean) / population std: how many population standard
+  deviations the cluster sits from everyone;
+* ``rank`` of the feature within the cluster by ``|z|`` (1 = the most distinctive).
+
+:func:`describe` turns a cluster's top features into a short text, e.g.
+``"high monthly_spend (+2.1 sd), low churn_rate (-1.4 sd), 12% of rows"``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+MIN_Z = 0.5  # a feature closer than this to the population mean is not "high" or "low"
+TOP = 3
+
+
+@dataclass
+class Profiles:
+    features: list[str]
+    mean: np.ndarray  # (k, d)
+    std: np.ndarray  # (k, d)
+    z: np.ndarray  # (k, d)
+    rank: np.ndarray  # (k, d) int, 1 = largest |z| in the cluster
+    pop_mean: np.ndarray  # (d,)
+    pop_std: np.ndarray  # (d,)
+    share: np.ndarray  # (k,)
+
+    def descriptions(self) -> list[str]:
+        return [describe(self.features, self.z[i], self.share[i]) for i in range(len(self.share))]
+
+
+def compute(counts: np.ndarray, sum_x: np.ndarray, sum_sq_dx: np.ndarray, pop_mean: np.ndarray,
+            pop_var: np.ndarray, features: list[str]) -> Profiles:
+    """``sum_sq_dx[c, j]`` = sum over the cluster's rows of ``(x_j - pop_mean_j)^2`` (centred, so
+    the variance does not cancel catastrophically for features far from zero)."""
+    counts = np.asarray(counts, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = sum_x / counts[:, None]
+        dm = mean - pop_mean
+        var = np.maximum(sum_sq_dx / counts[:, None] - dm * dm, 0.0)
+        pop_std = np.sqrt(np.maximum(pop_var, 0.0))
+        z = np.where(pop_std > 0, dm / np.where(pop_std > 0, pop_std, 1.0), 0.0)
+    empty = counts <= 0
+    mean[empty], var[empty], z[empty] = np.nan, np.nan, 0.0
+    order = np.argsort(-np.abs(z), axis=1, kind="stable")
+    rank = np.empty_like(order)
+    rows = np.arange(len(z))[:, None]
+    rank[rows, order] = np.arange(1, z.shape[1] + 1)[None, :]
+    n = counts.sum()
+    return Profiles(list(features), mean, np.sqrt(var), z, rank, np.asarray(pop_mean, dtype=np.float64), pop_std,
+                    counts / n if n > 0 else counts)
+
+
+def describe(features: list[str], z: np.ndarray, share: float) -> str:
+    """The cluster's (at most 3) most distinctive features with ``|z| >= 0.5``, and its share."""
+    order = np.argsort(-np.abs(z), kind="stable")[:TOP]
+    parts = [f"{'high' if z[j] > 0 else 'low'} {features[j]} ({z[j]:+.1f} sd)" for j in order if abs(z[j]) >= MIN_Z]
+    if not parts:
+        parts = ["close to the population average on every feature"]
+    return ", ".join(parts) + f", {_pct(share)} of rows"
+
+
+def _pct(share: float) -> str:
+    pct = 100.0 * float(share)
+    return f"{pct:.0f}%" if pct >= 1 or pct == 0 else f"{pct:.1g}%"
+
+
+PROFILES_DDL = ("cluster_id int, feature string, mean double, std double, z double, rank int, "
+                "population_mean double, population_std double, run_id string")
+
+
+def rows(p: Profiles, cluster_ids, run_id: str) -> list[tuple]:
+    out = []
+    for i, cid in enumerate(cluster_ids):
+        for j, f in enumerate(p.features):
+            m, s = p.mean[i, j], p.std[i, j]
+            out.append((int(cid), f, None if np.isnan(m) else float(m), None if np.isnan(s) else float(s),
+                        float(p.z[i, j]), int(p.rank[i, j]), float(p.pop_mean[j]), float(p.pop_std[j]), run_id))
+    return out
