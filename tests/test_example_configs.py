@@ -273,7 +273,9 @@ def test_dag_schedule_allows_catchup_one_run_at_a_time_with_retries():
 def test_dag_does_not_retry_user_errors():
     tree = _module()
     names = _constants(tree)
-    assert names["USER_ERROR_EXIT_CODE"] == 2
+    assert names["USER_ERROR_EXIT_CODE"] == 2 and names["QUALITY_GATE_EXIT_CODE"] == 3
+    from clusterlake.errors import QualityGateError
+    assert QualityGateError.exit_code == 3
     raised = {ast.unparse(n.exc.func) for n in ast.walk(tree)
               if isinstance(n, ast.Raise) and isinstance(n.exc, ast.Call)}
     assert "AirflowFailException" in raised

@@ -46,13 +46,15 @@ SPARK_CONN_ID = "spark_clusterlake"
 # ------------------------------------------------------------------------------------------------
 
 USER_ERROR_EXIT_CODE = 2  # clusterlake.cli: a bad config, bad input or unusable output
+QUALITY_GATE_EXIT_CODE = 3  # a quality gate failed; nothing was committed
 
 
 class ClusterlakeSubmitOperator(SparkSubmitOperator):
     """``SparkSubmitOperator`` that fails without retrying when the job reports a user error.
 
-    Exit code 2 means the config, the input data or the output location needs a fix: retrying
-    the same command cannot succeed, so the task fails at once (``AirflowFailException``). Any
+    Exit code 2 means the config, the input data or the output location needs a fix, and exit code
+    3 that a quality gate failed (readers keep the previous run): retrying the same command
+    cannot succeed, so the task fails at once (``AirflowFailException``). Any
     other failure (1: a bug or an infrastructure problem, a killed driver, a lost cluster) is
     raised as is and retried as the task's ``retries`` say.
     """
@@ -61,7 +63,13 @@ class ClusterlakeSubmitOperator(SparkSubmitOperator):
         try:
             return super().execute(context)
         except AirflowException as exc:
-            if _submit_exit_code(self, exc) == USER_ERROR_EXIT_CODE:
+            code = _submit_exit_code(self, exc)
+            if code == QUALITY_GATE_EXIT_CODE:
+                raise AirflowFailException(
+                    "clusterlake stopped on a failed quality gate (exit code 3: the 'clusterlake: error:' "
+                    "line names the gate and the measured value); last night's tables are unchanged"
+                ) from exc
+            if code == USER_ERROR_EXIT_CODE:
                 raise AirflowFailException(
                     "clusterlake stopped on a user error (exit code 2: see the 'clusterlake: error:' "
                     "line in the log); fix the config or the input, then clear this task"
