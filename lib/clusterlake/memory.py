@@ -56,12 +56,14 @@ def density_bytes(rows: int, dims: int, min_samples: int) -> int:
     """DBSCAN/HDBSCAN on ``rows`` x ``dims`` without DBSCAN's neighbourhoods (checked separately,
     see :func:`dbscan_neighbourhood_bytes`): the sample and its copies (x4), the k-nearest-neighbour
     distances and indices, the trees and per-row objects."""
-    return int(rows * (dims * 8 * 4 + (min_samples + 1) * 16 + 256))
+    return int(rows * (dims * 8 * 4 + (min_samples + 1) * 16 + 384))
 
 
 def dbscan_neighbourhood_bytes(rows: int, mean_neighbours: float) -> int:
-    """scikit-learn's DBSCAN keeps every row's eps-neighbourhood (int64 indices)."""
-    return int(rows * (mean_neighbours * 8 + 112))
+    """scikit-learn's DBSCAN keeps every row's eps-neighbourhood: int64 indices, plus the
+    distances of the chunked radius search while it runs (measured: ~20 bytes per neighbour at
+    peak, 100,000 x 16 rows with 1,258 neighbours each: 2.5 GiB)."""
+    return int(rows * (mean_neighbours * 24 + 112))
 
 
 def hierarchy_bytes(rows: int, dims: int, method: str, levels: int) -> int:
