@@ -90,3 +90,20 @@ def test_all_noise_and_the_blocked_search_match_brute_force():
     want = np.where(d.min(1) <= model.core_reach[nn], model.core_labels[nn], -1)
     np.testing.assert_array_equal(got, want)
     np.testing.assert_allclose(gd, d.min(1), rtol=1e-12)
+
+
+def test_hdbscan_reach_is_calibrated_so_new_rows_of_clean_blobs_are_not_noise():
+    """16-D blobs: with the bare core distance as reach ~20% of new rows came back as noise
+    although HDBSCAN left ~1% of the sample as noise; the leave-one-out factor fixes that."""
+    from sklearn.datasets import make_blobs
+
+    X, _ = make_blobs(n_samples=24_000, n_features=16, centers=6, cluster_std=1.0, center_box=(-30, 30),
+                      random_state=3)
+    model = D.fit_sample(X[:4000], "hdbscan", min_samples=10, min_cluster_size=40)
+    labels, dist = D.extend(X[4000:], model)
+    sample_noise = (model.sample_labels < 0).mean()
+    assert model.reach_factor > 1.05
+    assert (labels < 0).mean() < max(3 * sample_noise, 0.03)
+    bare = np.where(dist <= model.core_reach[model.nearest_core(X[4000:])[0]] / model.reach_factor, 0, -1)
+    assert (bare < 0).mean() > 2 * (labels < 0).mean()  # what the uncalibrated rule would have said
+    assert D.loo_reach_factor(np.zeros((2, 3)), np.ones(2)) == 1.0

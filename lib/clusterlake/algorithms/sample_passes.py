@@ -79,6 +79,8 @@ def fit_passes(cfg, Z: np.ndarray, quality_size: int) -> PassFit:
               Metric("sample", "core_points", float(len(m.core_points)), len(S), d.algorithm, k)]
         if m.eps is not None:
             ms.append(Metric("sample", "eps", float(m.eps), len(S), d.algorithm, k))
+        if d.algorithm == "hdbscan":
+            ms.append(Metric("sample", "reach_factor", float(m.reach_factor), len(S), d.algorithm, k))
         sil = _silhouette(S, m.sample_labels, quality_size, d.algorithm, k)
         out.metrics += ms + ([sil] if sil else [])
     if cfg.hierarchical.enabled:
@@ -177,7 +179,8 @@ def to_artifact(fit: PassFit, cfg) -> tuple[dict, dict]:
     if fit.density is not None:
         m = fit.density
         passes["density"] = {"algorithm": m.algorithm, "eps": m.eps, "min_samples": m.min_samples,
-                             "n_clusters": m.n_clusters, "sample_rows": int(len(m.sample_labels))}
+                             "n_clusters": m.n_clusters, "sample_rows": int(len(m.sample_labels)),
+                             "reach_factor": m.reach_factor}
         extras.update(density_core_points=m.core_points, density_core_labels=m.core_labels.astype(np.int32),
                       density_core_reach=m.core_reach)
     if fit.hierarchy is not None:
@@ -201,7 +204,8 @@ def from_artifact(art) -> tuple[Optional["Dk.DensityModel"], Optional["Hk.Hierar
     if "density" in art.passes:
         p = art.passes["density"]
         dens = Dk.DensityModel(p["algorithm"], x["density_core_points"], x["density_core_labels"],
-                               x["density_core_reach"], np.zeros(0, np.int32), p.get("eps"), p["min_samples"])
+                               x["density_core_reach"], np.zeros(0, np.int32), p.get("eps"), p["min_samples"],
+                               reach_factor=p.get("reach_factor", 1.0))
     if "hierarchical" in art.passes:
         p = art.passes["hierarchical"]
         levels = [int(v) for v in p["levels"]]

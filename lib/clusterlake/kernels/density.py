@@ -36,6 +36,7 @@ class DensityModel:
     eps: Optional[float] = None  # DBSCAN's eps (given or estimated)
     min_samples: int = 5
     index: Optional[PointIndex] = None  # over core_points; built on first use (fit_sample builds it)
+    reach_factor: float = 1.0  # HDBSCAN: core_reach = reach_factor x core distance (see fit_sample)
 
     def nearest_core(self, X: np.ndarray, budget_bytes: int = 64 << 20) -> tuple[np.ndarray, np.ndarray]:
         """Index of every row's nearest core point and the exact distance to it."""
@@ -86,6 +87,27 @@ def mean_neighbours(X: np.ndarray, eps: float, probe: int = 1000, seed: int = 0)
     return float(np.mean(counts)) if counts else 0.0
 
 
+def loo_reach_factor(core_points: np.ndarray, core_distance: np.ndarray, quantile: float = 0.99,
+                     probe: int = 2000, seed: int = 0) -> float:
+    """The factor by which core distances must grow so that ``quantile`` of the core points, each
+    left out in turn, lie within reach of their nearest *other* core point (>= 1; measured on
+    ``probe`` random core points against all of them)."""
+    from sklearn.neighbors import NearestNeighbors
+
+    m = len(core_points)
+    if m < 3:
+        return 1.0
+    idx = np.random.default_rng(seed).choice(m, min(probe, m), replace=False)
+    d, nn = NearestNeighbors(n_neighbors=2, algorithm="brute").fit(core_points).kneighbors(core_points[idx])
+    own = nn[:, 0] == idx  # the point itself comes first, unless a duplicate ties with it
+    other_d = np.where(own, d[:, 1], d[:, 0])
+    other = np.where(own, nn[:, 1], nn[:, 0])
+    reach = core_distance[other]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(other_d <= 0, 0.0, other_d / np.where(reach > 0, reach, np.inf))
+    return float(max(1.0, np.quantile(ratio, quantile)))
+
+
 def fit_sample(X: np.ndarray, algorithm: str = "hdbscan", eps: Optional[float] = None, min_samples: int = 10,
                min_cluster_size: Optional[int] = None,
                before_dbscan: Optional[Callable[[float], None]] = None) -> DensityModel:
@@ -93,7 +115,12 @@ def fit_sample(X: np.ndarray, algorithm: str = "hdbscan", eps: Optional[float] =
 
     DBSCAN: ``eps`` given or estimated (:func:`estimate_eps`); the core points are DBSCAN's.
     HDBSCAN: every sample point HDBSCAN put in a cluster is a core point; its reach is its core
-    distance (distance to its ``min_samples``-th neighbour, itself included, as HDBSCAN counts).
+    distance (distance to its ``min_samples``-th neighbour, itself included, as HDBSCAN counts)
+    times a factor calibrated on the sample itself (:func:`loo_reach_factor`): a new row is drawn
+    from the same distribution as a sampled member, so a member left out of the sample must come
+    back within reach of its nearest other core point. With the bare core distance, 22% of the
+    rows of clean 16-D blobs came back as noise (0.9% in the sample); the calibrated factor (~1.4
+    there, 1.0 where the bare core distance already suffices) brings that to the sample's level.
     ``before_dbscan(mean_neighbours)`` is called once eps is known, before DBSCAN allocates its
     neighbourhoods (the job's memory check: it may raise).
     """
@@ -122,9 +149,12 @@ def fit_sample(X: np.ndarray, algorithm: str = "hdbscan", eps: Optional[float] =
         kk = int(min(min_samples, len(X)))
         d, _ = NearestNeighbors(n_neighbors=kk).fit(X).kneighbors(X[core]) if len(core) else (np.zeros((0, 1)), None)
         reach = d[:, -1].astype(np.float64) if len(core) else np.zeros(0)
+        factor = loo_reach_factor(X[core], reach)
+        reach = reach * factor
     else:
         raise ValueError(f"unknown density algorithm {algorithm!r} (dbscan | hdbscan)")
-    model = DensityModel(algorithm, X[core], labels[core], reach, labels, eps, min_samples)
+    model = DensityModel(algorithm, X[core], labels[core], reach, labels, eps, min_samples,
+                         reach_factor=factor if algorithm == "hdbscan" else 1.0)
     model.index = build_index(model.core_points)  # once, on the driver: the tasks get it broadcast
     return model
 
