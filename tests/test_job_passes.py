@@ -190,16 +190,16 @@ def test_sample_passes_that_do_not_fit_are_refused_before_anything_is_written(sp
     out = tmp_path / "out"
     cfg = _config(str(tmp_path / "in"), str(out), **{
         "hierarchical.enabled": "true", "hierarchical.linkage": "average", "hierarchical.sample_size": 3000,
-        "job.driver_memory_gb": 0.01})
+        "job.driver_memory_gb": 0.1})
     with pytest.raises(ConfigError) as e:
         run_job(cfg, spark=spark)
     msg = str(e.value)
-    assert "hierarchical.sample_size=3,000 needs" in msg and "job.driver_memory_gb=0.01" in msg
-    assert "at most 1,1" in msg and "distance matrix" in msg  # ~1,150 rows fit in 10 MiB
+    assert "hierarchical.sample_size=3,000 needs" in msg and "job.driver_memory_gb=0.1" in msg
+    assert "at most 2,2" in msg and "distance matrix" in msg  # ~2,240 rows fit in 100 MiB
     # DBSCAN's neighbourhoods are measured once eps is known
     cfg = _config(str(tmp_path / "in"), str(out), **{
         "density.enabled": "true", "density.algorithm": "dbscan", "density.eps": 100.0,
-        "density.sample_size": 3000, "job.driver_memory_gb": 0.02})
+        "density.sample_size": 3000, "job.driver_memory_gb": 0.15})
     with pytest.raises(ConfigError, match=r"every row has ~3,000 neighbours.*density.sample_size to at most"):
         run_job(cfg, spark=spark)
     assert not [p for p in out.iterdir() if not p.name.startswith("_")] if out.exists() else True

@@ -32,7 +32,7 @@ def test_the_largest_sample_that_fits_is_the_largest():
 def test_average_linkage_is_quadratic_ward_is_not():
     ward = M.hierarchy_bytes(100_000, 16, "ward", 2)
     avg = M.hierarchy_bytes(100_000, 16, "average", 2)
-    assert ward < 100 << 20 and avg > 70 * M.GiB
+    assert ward < 200 << 20 and avg > 70 * M.GiB
 
 
 def test_passes_that_fit_pass_and_those_that_do_not_are_named():

@@ -23,6 +23,7 @@ from clusterlake.errors import ConfigError
 log = logging.getLogger(__name__)
 
 GiB = 1 << 30
+FIXED_BYTES = 64 << 20  # working buffers of scikit-learn/fastcluster that do not grow with the sample
 _CGROUP_FILES = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
 
 
@@ -56,7 +57,7 @@ def density_bytes(rows: int, dims: int, min_samples: int) -> int:
     """DBSCAN/HDBSCAN on ``rows`` x ``dims`` without DBSCAN's neighbourhoods (checked separately,
     see :func:`dbscan_neighbourhood_bytes`): the sample and its copies (x4), the k-nearest-neighbour
     distances and indices, the trees and per-row objects."""
-    return int(rows * (dims * 8 * 4 + (min_samples + 1) * 16 + 384))
+    return int(FIXED_BYTES + rows * (dims * 8 * 4 + (min_samples + 1) * 16 + 384))
 
 
 def dbscan_neighbourhood_bytes(rows: int, mean_neighbours: float) -> int:
@@ -69,7 +70,7 @@ def dbscan_neighbourhood_bytes(rows: int, mean_neighbours: float) -> int:
 def hierarchy_bytes(rows: int, dims: int, method: str, levels: int) -> int:
     from clusterlake.kernels.hierarchy import linkage_bytes
 
-    return int(linkage_bytes(rows, method, dims) + rows * (dims * 8 * 2 + levels * 8 * 2 + 64))
+    return int(FIXED_BYTES + linkage_bytes(rows, method, dims) + rows * (dims * 8 * 2 + levels * 8 * 2 + 64))
 
 
 @dataclass
