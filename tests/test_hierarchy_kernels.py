@@ -98,3 +98,22 @@ def _is_ancestor(parent, node, leaf):
             return True
         leaf = parent[leaf]
     return False
+
+
+@pytest.mark.parametrize("method", H.LINKAGES)
+def test_cut_is_scipys_cut_tree_and_exact_with_ties(method):
+    from scipy.cluster.hierarchy import cut_tree
+
+    rng = np.random.default_rng(8)
+    X = rng.normal(size=(500, 4))
+    Z = linkage(X, method)
+    ref = cut_tree(Z, n_clusters=[1, 2, 7, 60])
+    for j, level in enumerate([1, 2, 7, 60]):
+        assert adjusted_rand_score(ref[:, j], H.cut(Z, level)) == 1.0 or level == 1
+        assert len(np.unique(H.cut(Z, level))) == level
+    # tied heights (a grid of duplicates): still exactly the requested number, and nested
+    G = np.repeat(rng.integers(0, 5, size=(120, 2)).astype(float), 3, axis=0)
+    Zg = linkage(G, method)
+    c8, c30 = H.cut(Zg, 8), H.cut(Zg, 30)
+    assert len(np.unique(c8)) == 8 and len(np.unique(c30)) == 30
+    assert all(len(np.unique(c8[c30 == c])) == 1 for c in range(30))
