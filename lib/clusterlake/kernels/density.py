@@ -146,7 +146,7 @@ def fit_sample(X: np.ndarray, algorithm: str = "hdbscan", eps: Optional[float] =
         hd = HDBSCAN(min_cluster_size=mcs, min_samples=min_samples, copy=True).fit(X)
         labels = hd.labels_.astype(np.int32)
         core = np.flatnonzero(labels >= 0)
-        kk = int(min(min_samples, len(X)))
+        kk = int(min(max(2, min_samples), len(X)))  # min_samples=1 would make every reach 0 (itself)
         d, _ = NearestNeighbors(n_neighbors=kk).fit(X).kneighbors(X[core]) if len(core) else (np.zeros((0, 1)), None)
         reach = d[:, -1].astype(np.float64) if len(core) else np.zeros(0)
         factor = loo_reach_factor(X[core], reach)
