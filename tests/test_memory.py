@@ -57,3 +57,14 @@ def test_dbscan_neighbourhoods_are_checked():
     M.check_dbscan_neighbourhoods(100_000, 50, 16, 10, 1.0)  # ~0.14 GiB: fine
     with pytest.raises(ConfigError, match=r"~5,000 neighbours.*at most [0-9,]+.*density.algorithm=hdbscan"):
         M.check_dbscan_neighbourhoods(100_000, 5000, 16, 10, 1.0)
+
+
+def test_the_input_width_counts_and_small_tables_are_refused():
+    cfg = _cfg(**{"density.enabled": "true", "job.driver_memory_gb": 4})
+    narrow = M.check_sample_passes(cfg, 10, 10**9, input_width=10)["density"].bytes
+    wide = M.check_sample_passes(cfg, 10, 10**9, input_width=500)["density"].bytes
+    assert wide - narrow == 100_000 * 3 * 8 * 490  # the sample arrives in input units first
+    with pytest.raises(ConfigError, match=r"cannot cut 10 rows into 16 clusters"):
+        M.check_sample_passes(_cfg(**{"hierarchical.enabled": "true"}), 4, 10)
+    with pytest.raises(ConfigError, match=r"needs more rows than density.min_samples=10"):
+        M.check_sample_passes(cfg, 4, 10)

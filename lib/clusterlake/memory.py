@@ -94,22 +94,34 @@ def _max_rows(need_of, budget: int, upper: int) -> int:
     return lo
 
 
-def check_sample_passes(cfg, dims: int, rows_available: int) -> dict[str, PassNeed]:
-    """Raise :class:`ConfigError` when the enabled sample passes would not fit the driver budget.
+def check_sample_passes(cfg, dims: int, rows_available: int, input_width: int = 0) -> dict[str, PassNeed]:
+    """Raise :class:`ConfigError` when the enabled sample passes would not fit the driver budget,
+    or the table is too small for them.
 
-    ``dims``: model-space dimensions (after PCA); ``rows_available``: validated rows (a sample is
-    never larger). Returns what each enabled pass needs (logged by the job).
+    ``dims``: model-space dimensions (after PCA); ``input_width``: input feature columns (the
+    sample arrives in input units: pandas, numpy and the scaled copy before PCA, ~3 copies);
+    ``rows_available``: validated rows (a sample is never larger). Returns what each enabled pass
+    needs (logged by the job).
     """
+    if cfg.hierarchical.enabled and rows_available < cfg.hierarchical.levels[-1]:
+        raise ConfigError(
+            f"the hierarchical pass cannot cut {rows_available:,} rows into {cfg.hierarchical.levels[-1]} clusters "
+            f"(hierarchical.levels={cfg.hierarchical.levels}); lower the levels or disable the pass")
+    if cfg.density.enabled and rows_available <= cfg.density.min_samples:
+        raise ConfigError(
+            f"the density pass needs more rows than density.min_samples={cfg.density.min_samples}; "
+            f"the table has {rows_available:,}")
     budget, source = driver_budget_bytes(cfg.job.driver_memory_gb)
+    raw = 3 * 8 * int(input_width)  # bytes per sample row before PCA
     needs: dict[str, PassNeed] = {}
     if cfg.density.enabled:
         d = cfg.density
-        f = lambda n: density_bytes(n, dims, d.min_samples)  # noqa: E731
+        f = lambda n: density_bytes(n, dims, d.min_samples) + n * raw  # noqa: E731
         rows = min(d.sample_size, rows_available)
         needs["density"] = PassNeed("density.sample_size", rows, f(rows), _max_rows(f, budget, d.sample_size))
     if cfg.hierarchical.enabled:
         h = cfg.hierarchical
-        f = lambda n: hierarchy_bytes(n, dims, h.linkage, len(h.levels))  # noqa: E731
+        f = lambda n: hierarchy_bytes(n, dims, h.linkage, len(h.levels)) + n * raw  # noqa: E731
         rows = min(h.sample_size, rows_available)
         needs["hierarchical"] = PassNeed("hierarchical.sample_size", rows, f(rows),
                                          _max_rows(f, budget, h.sample_size))

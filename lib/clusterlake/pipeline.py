@@ -143,7 +143,7 @@ def run_job(cfg: JobConfig, spark=None) -> RunResult:
                                 variance=round(float(prep.explained_variance_ratio.sum()), 4))
             passes_on = cfg.density.enabled or cfg.hierarchical.enabled
             if passes_on:  # refuse a sample that would not fit before the K-means fit, not after
-                check_sample_passes(cfg, prep.n_components, summary.rows_used)
+                check_sample_passes(cfg, prep.n_components, summary.rows_used, len(feats))
 
             kcfg, auto = cfg.kmeans, None
             if k_auto:
