@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ import numpy as np
 from clusterlake.kernels import density as Dk
 from clusterlake.kernels import hierarchy as Hk
 from clusterlake.kernels.metrics import adjusted_rand_from_contingency, normalized_mutual_info_from_contingency
-from clusterlake.quality.metrics import Metric
+from clusterlake.quality.metrics import Metric, sample_silhouette
 
 log = logging.getLogger(__name__)
 
@@ -37,15 +38,10 @@ class PassFit:
 
 
 def _silhouette(Z: np.ndarray, labels: np.ndarray, size: int, algorithm: str, k: int) -> Optional[Metric]:
-    from sklearn.metrics import silhouette_score
-
+    """The job's sampled silhouette on the pass's non-noise rows (first ``size`` of them)."""
     keep = labels >= 0
-    Z, labels = Z[keep][:size], labels[keep][:size]
-    n_labels = len(np.unique(labels))
-    if n_labels < 2 or n_labels >= len(labels):
-        log.warning("%s: silhouette undefined on %d sampled rows in %d clusters", algorithm, len(labels), n_labels)
-        return None
-    return Metric("sample", "silhouette", float(silhouette_score(Z, labels)), int(len(labels)), algorithm, k)
+    m = sample_silhouette(Z[keep][:size], labels[keep][:size], seed=0)
+    return None if m is None else dataclasses.replace(m, algorithm=algorithm, k=k)
 
 
 def fit_passes(cfg, Z: np.ndarray, quality_size: int) -> PassFit:
