@@ -12,23 +12,32 @@ A run writes its tables in two phases so that a failure leaves readers on the pr
    restores the tables committed so far (Delta ``RESTORE``) and deletes the staged files; a driver
    killed during publish leaves the journal, and the next run restores from it before it starts.
 
+   A table staged with ``append=True`` (an incremental job adding rows) is committed by adding its
+   files to the table instead of replacing the ``run_date`` partition; a rollback removes exactly
+   those files again.
+
 Three stores implement this: :class:`DeltaRsStore` (Spark writes parquet, the ``deltalake``
 package commits: works without Delta's Spark jars, used here and in CI), :class:`SparkDeltaStore`
 (Spark's own Delta writer where its jars are on the classpath, e.g. Databricks) and
 :class:`ParquetStore` (plain parquet, partition directories swapped by rename).
 
-Everything here runs on the driver; only Spark's write of the files is distributed.
+:meth:`TableStore.spark_read` reads the committed rows of given runs back as a Spark DataFrame
+(e.g. to compare tonight's assignments with the previous run's).
+
+Everything here runs on the driver; only Spark's write (and read) of the files is distributed.
 """
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, Iterable, Optional
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from clusterlake.config import OutputSection
@@ -50,6 +59,7 @@ class StagedTable:
     schema: Optional[pa.Schema] = None  # file schema + run_date, all nullable
     files: list[tuple[str, int, int, int]] = field(default_factory=list)  # relpath, size, mtime ms, rows
     df: object = None  # SparkDeltaStore writes at commit time
+    append: bool = False  # commit adds the files instead of replacing the run_date partition
 
     @property
     def rows(self) -> int:
@@ -86,7 +96,10 @@ class TableStore:
         return self.root.child(name)
 
     # -- to implement
-    def stage(self, name: str, df, files: Optional[int] = None) -> StagedTable:
+    def stage(self, name: str, df, files: Optional[int] = None, append: bool = False) -> StagedTable:
+        """Write ``df`` where readers do not see it yet. ``files``: coalesce to that many files.
+        ``append``: its commit adds the rows to the table (nothing is removed) instead of
+        replacing the store's ``run_date`` partition."""
         raise NotImplementedError
 
     def current_version(self, name: str) -> Optional[int]:
@@ -113,7 +126,50 @@ class TableStore:
     def read(self, name: str, version: Optional[int] = None) -> pa.Table:
         raise NotImplementedError
 
+    def spark_read(self, name: str, run_ids: Iterable[str], run_dates: Optional[Iterable[str]] = None,
+                   columns: Optional[list[str]] = None):
+        """The rows of table ``name`` written by the runs ``run_ids``, as a (lazy, distributed)
+        Spark DataFrame, from the table's current committed state: never staged files, never files
+        a commit replaced. ``None`` when the table does not exist.
+
+        ``run_dates`` ('YYYY-MM-DD' strings) restricts the read to those ``run_date`` partitions
+        (only their files are read). ``columns`` selects columns (``run_id`` and ``run_date``
+        included); by default every column of the table, ``run_date`` (a date) last. When nothing
+        matches the result is an empty DataFrame with the same columns.
+        """
+        raise NotImplementedError
+
     # -- shared
+    @staticmethod
+    def _read_args(run_ids, run_dates) -> tuple[list[str], Optional[list[str]]]:
+        ids = [run_ids] if isinstance(run_ids, str) else [str(r) for r in run_ids]
+        if run_dates is None:
+            return ids, None
+        dates = [run_dates] if isinstance(run_dates, str) else list(run_dates)
+        try:
+            return ids, [_dt.date.fromisoformat(str(d)).isoformat() for d in dates]
+        except ValueError:
+            raise OutputError(f"run_dates must be 'YYYY-MM-DD' strings, got {dates}") from None
+
+    @staticmethod
+    def _select(df, name: str, ids: list[str], dates: Optional[list[str]], columns: Optional[list[str]]):
+        """Filter a table's DataFrame to the runs (and dates) asked for, then select ``columns``."""
+        from pyspark.sql import functions as F
+
+        have = df.columns
+        if "run_id" not in have:
+            raise OutputError(f"table {name} has no run_id column (columns: {have})")
+        if columns is not None:
+            unknown = [c for c in columns if c not in have]
+            if unknown:
+                raise OutputError(f"table {name} has no column(s) {unknown}; it has {have}")
+        df = df.where(F.col("run_id").isin(ids)) if ids else df.where(F.lit(False))
+        if dates is not None:
+            df = df.where(F.col(PARTITION).isin([_dt.date.fromisoformat(d) for d in dates])) if dates else df.where(F.lit(False))
+        if columns is None:  # the same order from every store: run_date last
+            columns = [c for c in have if c != PARTITION] + [PARTITION]
+        return df.select(*columns)
+
     def _spark_write_parquet(self, df, dest: Location, files: Optional[int]) -> None:
         if files is not None:
             df = df.coalesce(files)
@@ -148,14 +204,18 @@ class DeltaRsStore(TableStore):
 
     Files of a run land in ``<table>/run_date=<date>/<run_id>/`` and become visible only when the
     commit (``mode=overwrite`` with a ``run_date`` partition filter: one atomic replace of that
-    date) adds them to the Delta log.
+    date) adds them to the Delta log. An append (``stage(..., append=True)``) is one ``append``
+    commit that only adds the files; if it brings new columns they are added first by an
+    ``ADD COLUMNS`` commit (delta-rs ignores the schema of an ``append`` transaction), so readers
+    may briefly see the new, still empty, columns before the rows. Both commits carry the run id
+    and a rollback (``RESTORE``) undoes both.
     """
 
     kind = "delta-rs"
 
-    def stage(self, name: str, df, files: Optional[int] = None) -> StagedTable:
+    def stage(self, name: str, df, files: Optional[int] = None, append: bool = False) -> StagedTable:
         t = self.table(name)
-        st = StagedTable(name, t, t.child(f"{PARTITION}={self.run_date}", self.run_id))
+        st = StagedTable(name, t, t.child(f"{PARTITION}={self.run_date}", self.run_id), append=append)
         self._spark_write_parquet(df, st.staged, files)
         self._collect_files(st)
         return st
@@ -213,13 +273,24 @@ class DeltaRsStore(TableStore):
                     f"Delta table {st.table.uri} is partitioned by {dt.metadata().partition_columns}, "
                     f"expected ['{PARTITION}']; it was not written by clusterlake"
                 )
-            dt.create_write_transaction(
-                adds, "overwrite", schema, partition_by=[PARTITION],
-                partition_filters=[(PARTITION, "=", self.run_date)], commit_properties=props,
-            )
+            if st.append:
+                new = [f for f in schema if f.name not in current.names]
+                if new:
+                    # an "append" transaction does not update the table's schema (delta-rs 1.x
+                    # keeps the old one and silently hides the new columns): add them first
+                    log.info("adding columns %s to %s", [f.name for f in new], st.table.uri)
+                    dt.alter.add_columns(Schema.from_arrow(pa.schema(new)).fields, commit_properties=props)
+                    dt.update_incremental()
+                dt.create_write_transaction(adds, "append", schema, partition_by=[PARTITION], commit_properties=props)
+            else:
+                dt.create_write_transaction(
+                    adds, "overwrite", schema, partition_by=[PARTITION],
+                    partition_filters=[(PARTITION, "=", self.run_date)], commit_properties=props,
+                )
             dt.update_incremental()
         version = dt.version()
-        log.info("committed %s: %d rows in %d files, Delta version %d", st.name, st.rows, len(st.files), version)
+        log.info("committed %s: %s %d rows in %d files, Delta version %d", st.name,
+                 "appended" if st.append else "replaced run_date partition with", st.rows, len(st.files), version)
         return version
 
     @staticmethod
@@ -271,6 +342,55 @@ class DeltaRsStore(TableStore):
             raise OutputError(f"no Delta table {name} under {self.root.uri}")
         return dt.to_pyarrow_table()
 
+    def spark_read(self, name: str, run_ids: Iterable[str], run_dates: Optional[Iterable[str]] = None,
+                   columns: Optional[list[str]] = None):
+        """See :meth:`TableStore.spark_read`. delta-rs lists the current snapshot's files (pruned
+        to ``run_dates``) and Spark reads exactly those, with the table's schema (older files
+        lacking newer columns read as nulls); ``run_date`` comes from the partition directory.
+        The file list is fixed when this is called: a later commit does not change the result."""
+        from pyspark.sql.pandas.types import from_arrow_schema
+
+        ids, dates = self._read_args(run_ids, run_dates)
+        dt = self._dt(name)
+        if dt is None:
+            return None
+        if list(dt.metadata().partition_columns) != [PARTITION]:
+            raise OutputError(f"Delta table {self.table(name).uri} is partitioned by "
+                              f"{dt.metadata().partition_columns}, expected ['{PARTITION}']")
+        schema = from_arrow_schema(pa.schema(dt.schema().to_arrow()))
+        if dates is not None and not dates:
+            uris = []
+        else:
+            uris = dt.file_uris(file_pruning_predicate=[(PARTITION, "in", dates)] if dates is not None else None)
+        base = self.table(name).uri.rstrip("/")
+        paths = [_spark_path(u, dt.table_uri, base) for u in uris]
+        bad = [p for p in paths if not p[len(base) + 1:].startswith(f"{PARTITION}=")]
+        if bad:
+            raise OutputError(f"Delta table {base} has files outside its {PARTITION}=<date>/ directories "
+                              f"(e.g. {bad[0]}); it was not written by clusterlake")
+        log.info("reading %s through delta-rs (version %d): %d files", name, dt.version(), len(paths))
+        if paths:
+            # basePath: Spark takes run_date from the directory names (typed by the schema)
+            df = self.spark.read.schema(schema).option("basePath", base).parquet(*paths)
+        else:
+            df = self.spark.createDataFrame([], schema)
+        return self._select(df, name, ids, dates, columns)
+
+
+def _spark_path(uri: str, table_uri: str, base: str) -> str:
+    """A file URI from delta-rs as the path Spark should read: under the table root it is
+    rebuilt on ``base`` (the table's URI as Spark knows it, e.g. ``s3a://`` where delta-rs says
+    ``s3://``, or a plain local path where it says ``file://``)."""
+    def norm(u: str) -> str:
+        u = u[len("file://"):] if u.startswith("file://") else u
+        return u.split("://", 1)[1] if "://" in u else u
+
+    root = norm(table_uri).rstrip("/") + "/"
+    path = norm(uri)
+    if path.startswith(root):
+        return f"{base}/{path[len(root):]}"
+    return uri[len("file://"):] if uri.startswith("file://") else uri
+
 
 def _props(meta: dict):
     from deltalake.transaction import CommitProperties
@@ -293,21 +413,22 @@ class SparkDeltaStore(TableStore):
     """Spark's own Delta writer (where Delta's Spark jars are on the classpath, e.g. Databricks).
 
     Staging is lazy (the DataFrame is written at commit, with ``replaceWhere`` on the run date:
-    one atomic replace per table); rollback uses ``RESTORE TABLE ... TO VERSION AS OF``.
+    one atomic replace per table, or ``mode("append")`` for an append); rollback uses
+    ``RESTORE TABLE ... TO VERSION AS OF``.
     It cannot be exercised here (no Maven to fetch the jars); :class:`DeltaRsStore` is the tested
     path and writes the same table layout.
     """
 
     kind = "spark-delta"
 
-    def stage(self, name: str, df, files: Optional[int] = None) -> StagedTable:
+    def stage(self, name: str, df, files: Optional[int] = None, append: bool = False) -> StagedTable:
         from pyspark.sql import functions as F
 
         t = self.table(name)
         if files is not None:
             df = df.coalesce(files)
         df = df.withColumn(PARTITION, F.lit(self.run_date).cast("date"))
-        return StagedTable(name, t, t, df=df)
+        return StagedTable(name, t, t, df=df, append=append)
 
     def current_version(self, name: str) -> Optional[int]:
         # None only when there is no Delta log; any other error propagates (a None would make a
@@ -322,10 +443,12 @@ class SparkDeltaStore(TableStore):
         return bool(rows) and run_id in (rows[0]["userMetadata"] or "")
 
     def commit(self, st: StagedTable) -> Optional[int]:
-        (st.df.write.format("delta").mode("overwrite").partitionBy(PARTITION)
-         .option("replaceWhere", f"{PARTITION} = DATE'{self.run_date}'")
-         .option("userMetadata", json.dumps({RUN_ID_KEY: self.run_id}))
-         .save(st.table.uri))
+        w = st.df.write.format("delta").partitionBy(PARTITION).option("userMetadata", json.dumps({RUN_ID_KEY: self.run_id}))
+        if st.append:
+            w = w.mode("append")
+        else:
+            w = w.mode("overwrite").option("replaceWhere", f"{PARTITION} = DATE'{self.run_date}'")
+        w.save(st.table.uri)
         return self.current_version(st.name)
 
     def rollback(self, name: str, version: Optional[int], run_id: Optional[str] = None) -> None:
@@ -343,6 +466,14 @@ class SparkDeltaStore(TableStore):
     def read(self, name: str, version: Optional[int] = None) -> pa.Table:
         return DeltaRsStore.read(self, name, version)  # type: ignore[arg-type]
 
+    def spark_read(self, name: str, run_ids: Iterable[str], run_dates: Optional[Iterable[str]] = None,
+                   columns: Optional[list[str]] = None):
+        ids, dates = self._read_args(run_ids, run_dates)
+        if not self.table(name).child("_delta_log").exists():
+            return None
+        df = self.spark.read.format("delta").load(self.table(name).uri)  # run_date filter prunes
+        return self._select(df, name, ids, dates, columns)
+
     _dt = DeltaRsStore._dt
 
 
@@ -354,6 +485,13 @@ class ParquetStore(TableStore):
     run is published, so a rollback can put it back. There is no table log: between two tables'
     swaps a reader that does not go through the ``runs`` table can see a mix, and on object
     stores a directory rename is a copy. Prefer Delta (the default).
+
+    An append (``stage(..., append=True)``) moves the staged files one by one into the
+    ``run_date=<date>`` directory (created if missing; a name already there gets the run id as
+    prefix) and remembers them, so a rollback deletes exactly those files (and the directory if
+    this run created it). Unlike a Delta append it is **not atomic**: a reader listing the
+    partition while the files move may see part of the appended rows. A driver killed during
+    publish leaves them there (no automatic recovery for parquet).
     """
 
     kind = "parquet"
@@ -361,6 +499,8 @@ class ParquetStore(TableStore):
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
         self._swapped: dict[str, bool] = {}
+        # appended tables: (partition dir created by this run, the files moved into it)
+        self._appended: dict[str, tuple[bool, list[Location]]] = {}
 
     def _part(self, name: str) -> Location:
         return self.table(name).child(f"{PARTITION}={self.run_date}")
@@ -368,9 +508,9 @@ class ParquetStore(TableStore):
     def _trash(self, name: str) -> Location:
         return self.table(name).child("_trash", self.run_id, f"{PARTITION}={self.run_date}")
 
-    def stage(self, name: str, df, files: Optional[int] = None) -> StagedTable:
+    def stage(self, name: str, df, files: Optional[int] = None, append: bool = False) -> StagedTable:
         t = self.table(name)
-        st = StagedTable(name, t, t.child("_staging", self.run_id, f"{PARTITION}={self.run_date}"))
+        st = StagedTable(name, t, t.child("_staging", self.run_id, f"{PARTITION}={self.run_date}"), append=append)
         self._spark_write_parquet(df, st.staged, files)
         self._collect_files(st)
         return st
@@ -379,6 +519,8 @@ class ParquetStore(TableStore):
         return None
 
     def commit(self, st: StagedTable) -> None:
+        if st.append:
+            return self._commit_append(st)
         part, trash = self._part(st.name), self._trash(st.name)
         had = part.exists()
         if had:
@@ -388,7 +530,35 @@ class ParquetStore(TableStore):
         log.info("committed %s: %d rows in %d files (parquet partition swap)", st.name, st.rows, len(st.files))
         return None
 
+    def _commit_append(self, st: StagedTable) -> None:
+        part = self._part(st.name)
+        created = not part.exists()
+        added: list[Location] = []
+        self._appended[st.name] = (created, added)
+        part.fs.create_dir(part.path, recursive=True)
+        table_root = st.table.path.rstrip("/")
+        for rel, *_ in st.files:
+            src = Location(st.table.fs, f"{table_root}/{rel}", f"{st.table.uri.rstrip('/')}/{rel}")
+            base = rel.rsplit("/", 1)[-1]
+            dest = part.child(base)
+            if dest.exists():
+                dest = part.child(f"{self.run_id}-{base}")
+                if dest.exists():
+                    raise OutputError(f"cannot append {src.uri}: {dest.uri} exists already")
+            added.append(dest)  # before the move: a move that fails halfway is undone too
+            src.move_to(dest)
+        log.info("committed %s: appended %d rows in %d files to %s", st.name, st.rows, len(added), part.uri)
+        return None
+
     def rollback(self, name: str, version: Optional[int], run_id: Optional[str] = None) -> None:
+        if name in self._appended:
+            created, added = self._appended[name]
+            for loc in added:
+                loc.delete()
+            part = self._part(name)
+            if created and part.exists() and not part.files(recursive=True):
+                part.delete()
+            return
         if name not in self._swapped:
             return
         part, trash = self._part(name), self._trash(name)
@@ -401,7 +571,7 @@ class ParquetStore(TableStore):
             run_trash.delete()
 
     def finish(self) -> None:
-        for name in self._swapped:
+        for name in {**self._swapped, **self._appended}:
             t = self.table(name)
             for sub in ("_trash", "_staging"):
                 loc = t.child(sub, self.run_id)
@@ -419,6 +589,34 @@ class ParquetStore(TableStore):
 
         t = self.table(name)
         return ds.dataset(t.path, filesystem=t.fs, format="parquet", partitioning="hive").to_table()
+
+    def spark_read(self, name: str, run_ids: Iterable[str], run_dates: Optional[Iterable[str]] = None,
+                   columns: Optional[list[str]] = None):
+        """See :meth:`TableStore.spark_read`. Spark reads the committed partition directories
+        (``_staging``/``_trash`` are skipped), only those of ``run_dates`` when given, merging
+        the files' schemas. Spark lists the files when this is called; a partition replaced before
+        the DataFrame is evaluated fails the read (its files moved away)."""
+        from pyspark.sql import functions as F
+
+        ids, dates = self._read_args(run_ids, run_dates)
+        t = self.table(name)
+        parts = sorted(
+            i.base_name for i in (t.fs.get_file_info(pafs.FileSelector(t.path)) if t.is_dir() else [])
+            if i.type == pafs.FileType.Directory and i.base_name.startswith(f"{PARTITION}=")
+        )
+        if not parts:
+            return None
+        if dates is None:
+            paths = [t.uri]
+        else:
+            paths = [t.child(f"{PARTITION}={d}").uri for d in dates if f"{PARTITION}={d}" in parts]
+        reader = self.spark.read.option("basePath", t.uri).option("mergeSchema", "true")
+        if paths:
+            df = reader.parquet(*paths)
+        else:  # nothing of those dates: no rows, the columns of the latest partition
+            df = reader.parquet(t.child(parts[-1]).uri).where(F.lit(False))
+        df = df.withColumn(PARTITION, F.col(PARTITION).cast("date"))
+        return self._select(df, name, ids, dates, columns)
 
 
 def make_store(spark, cfg: OutputSection, run_date: str, run_id: str) -> TableStore:
