@@ -29,12 +29,13 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Metric:
-    scope: str  # full | sample
+    scope: str  # full | sample | auto_k | drift
     metric: str
     value: float
     sample_size: int
     algorithm: str = "kmeans"  # kmeans | dbscan | hdbscan | hierarchical
     k: Optional[int] = None  # clusters of that algorithm (a hierarchical level); None = the K-means k
+    cluster_id: Optional[int] = None  # a per-cluster metric (scope drift); None = the whole run
 
 
 def full_metrics(stats: ClusterStats, centroids: np.ndarray, sum_dist_to_means: np.ndarray) -> list[Metric]:
