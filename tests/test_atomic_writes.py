@@ -35,7 +35,7 @@ from tests.conftest import job_config
 K = 7
 N = 6000
 D1, D2 = "2026-11-20", "2026-11-21"
-DATA_TABLES = ("centroids", "assignments", "metrics", "profiles")
+DATA_TABLES = ("centroids", "assignments", "metrics", "profiles", "lineage")
 TABLES = DATA_TABLES + ("runs",)
 
 
@@ -318,7 +318,8 @@ def test_failure_on_first_run_leaves_no_tables(spark, small_table, tmp_path, mon
     with pytest.raises(RuntimeError, match="injected"):
         run_job(_cfg(small_table, out), spark=spark)
     # centroids and assignments had been created as Delta tables
-    assert seen["mid"] == {"centroids": True, "assignments": True, "metrics": False, "profiles": False, "runs": False}
+    assert seen["mid"] == {"centroids": True, "assignments": True, "metrics": False, "profiles": False, "lineage": False,
+                           "runs": False}
 
     for n in TABLES:
         assert not DeltaTable.is_deltatable(os.path.join(out, n)), n

@@ -166,7 +166,7 @@ def test_successful_run(spark, tmp_path, capsys):
     assert "clusterlake: error" not in stderr
     assert "k = 3;" in stdout
     assert "rows: 300 read, 0 dropped, 300 clustered" in stdout
-    assert "tables: " in stdout and f"{out}/{{centroids,assignments,metrics,profiles,runs}}" in stdout
+    assert "tables: " in stdout and f"{out}/{{centroids,assignments,metrics,profiles,lineage,runs}}" in stdout
     assert "ARI 1.0000" in stdout  # three well-separated blobs, labelled
     # the summary is about what was really committed
     assert os.path.isdir(out)

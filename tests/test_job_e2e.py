@@ -18,6 +18,7 @@ from sklearn.metrics import (
     silhouette_score,
 )
 
+from clusterlake.io import model_artifact
 from clusterlake.pipeline import run_job, summary_text
 from clusterlake.serving import Assigner
 from tests.conftest import job_config
@@ -131,7 +132,9 @@ def test_model_artifact_has_no_pickle_and_latest_points_to_the_run(run):
     res = run["result"]
     model_dir = f"{run['out']}/model/{res.run_id}"
     files = sorted(os.listdir(model_dir))
-    assert files == ["center.npy", "centroids.npy", "cluster_ids.npy", "components.npy", "model.json", "scale.npy",
+    assert files == ["center.npy", "centroids.npy", "cluster_ids.npy", "cluster_means_x.npy", "cluster_radius_max.npy",
+                     "cluster_radius_mean.npy", "cluster_radius_rms.npy", "cluster_sizes.npy", "components.npy",
+                     "model.json", "scale.npy",
                      "tree_centers.npy", "tree_linkage.npy", "tree_node_ids.npy", "tree_parent_ids.npy"]  # Ward's tree
     for f in files:
         if f.endswith(".npy"):
@@ -139,6 +142,12 @@ def test_model_artifact_has_no_pickle_and_latest_points_to_the_run(run):
     assert os.path.realpath(f"{run['out']}/model/latest") == os.path.realpath(model_dir)
     meta = json.load(open(os.path.join(model_dir, "model.json")))
     assert meta["run_id"] == res.run_id and meta["k"] == K
+    # the first run: every id is fresh, the lineage starts here, the quality is kept for drift
+    assert meta["lineage"] == {"kind": "full", "previous_run_id": None, "base_run_id": res.run_id,
+                               "assignment_runs": [[res.run_id, res.run_date]], "next_cluster_id": K}
+    assert meta["quality"]["silhouette"] == pytest.approx(res.metrics["silhouette"])
+    art = model_artifact.load(model_dir)
+    assert art.cluster_stats["sizes"].tolist() == res.sizes and art.cluster_ids.tolist() == list(range(K))
 
 
 def test_assigner_reproduces_the_batch_job(run):

@@ -132,9 +132,11 @@ class KMeansSection(_Section):
     k: Union[int, Literal["auto"]] = 8
     auto: AutoKSection = AutoKSection()
     distance: Literal["euclidean", "cosine"] = "euclidean"
-    init: Literal["kmeans||", "kmeans++", "random", "previous"] = "kmeans||"
-    """``previous``: warm start from the last run's model under output.path (falls back to
-    kmeans|| with a warning when there is none, or its features or k differ)."""
+    init: Literal["kmeans||", "kmeans++", "random", "previous"] = "previous"
+    """``previous`` (the default): warm start from the last run's model under output.path, so
+    night after night the fit starts where yesterday's ended; kmeans|| when there is none (the
+    first run), or its features or k differ. Bisecting and the spark-mllib engine cannot warm
+    start: for them the default is kmeans||."""
     init_steps: int = Field(2, ge=1, le=20)
     max_iter: int = Field(50, ge=1, le=10_000)
     tol: float = Field(1.0e-4, ge=0.0)
@@ -153,6 +155,9 @@ class KMeansSection(_Section):
 
     @model_validator(mode="after")
     def _engine_supports(self) -> "KMeansSection":
+        if self.init == "previous" and "init" not in self.model_fields_set and (
+                self.engine == "spark-mllib" or self.algorithm == "bisecting"):
+            self.__dict__["init"] = "kmeans||"  # the default where a warm start cannot apply
         if self.engine == "spark-mllib":
             bad = [f"{k}={v}" for k, v, ok in (
                 ("kmeans.algorithm", self.algorithm, self.algorithm == "kmeans"),
@@ -242,11 +247,40 @@ class GatesSection(_Section):
     """The density pass's noise share over all rows (needs density.enabled)."""
 
 
+class DriftSection(_Section):
+    """Thresholds on the drift against the previous run (scope ``drift`` in metrics; issue 7),
+    checked like the gates before anything is committed; null = no threshold. See docs/drift.md."""
+
+    max_centroid_shift: Optional[float] = Field(1.0, gt=0.0)
+    """Largest shift of a matched cluster's centroid, in rms radii of the previous cluster."""
+    max_psi: Optional[float] = Field(0.25, gt=0.0)
+    """Population stability index of the cluster shares (0.1-0.25: some change, >0.25: major)."""
+    max_changed_share: Optional[float] = Field(0.25, ge=0.0, le=1.0)
+    """Share of ids present on both nights whose cluster id changed."""
+    max_silhouette_drop: Optional[float] = Field(0.1, ge=0.0, le=2.0)
+    """Largest allowed fall of the sampled silhouette since the previous run."""
+    on_failure: Literal["warn", "fail"] = "warn"
+    """warn: commit and record the drift in runs.gate_failures (the default: a moving population
+    is news, not an error); fail: exit 3 before anything is committed."""
+
+
 class QualitySection(_Section):
     sample_size: int = Field(20_000, ge=100, le=200_000)
     gates: GatesSection = GatesSection()
     on_gate_failure: Literal["warn", "fail"] = "warn"
     """fail: exit non-zero before the run is committed, so readers keep the previous run."""
+    drift: DriftSection = DriftSection()
+
+
+class LineageSection(_Section):
+    """Stable cluster ids night over night (docs/drift.md)."""
+
+    max_distance: float = Field(1.0, gt=0.0, le=100.0)
+    """Tonight's centroid keeps a previous cluster's id only within this many rms radii (model
+    space) of that cluster's centroid; beyond, it is a new cluster with a fresh id."""
+    min_overlap: float = Field(0.2, gt=0.0, le=1.0)
+    """A split or merge needs at least this share of the previous cluster's rows (joined on the
+    id column) to move into the other cluster."""
 
 
 class OutputSection(_Section):
@@ -279,6 +313,7 @@ class JobConfig(_Section):
     density: DensitySection = DensitySection()
     hierarchical: HierarchicalSection = HierarchicalSection()
     quality: QualitySection = QualitySection()
+    lineage: LineageSection = LineageSection()
     output: OutputSection
     report: ReportSection = ReportSection()
     spark: SparkSection = SparkSection()

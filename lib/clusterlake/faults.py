@@ -9,7 +9,7 @@ appears there (at most ``CLUSTERLAKE_PAUSE_TIMEOUT`` seconds, default 600). Each
 most once per process. Several points: comma-separated.
 
 Points: ``engine.lloyd`` (before each Lloyd iteration of the K-means fit) and ``publish.commit``
-(before each table commit of a run: centroids, assignments, metrics, runs).
+(before each table commit of a run: centroids, assignments, metrics, profiles, lineage, runs).
 """
 
 from __future__ import annotations

@@ -47,6 +47,11 @@ class RunResult:
     descriptions: list[str] = field(default_factory=list)  # archetype text per cluster (index = cluster id)
     k_selection: str = "fixed"
     gate_failures: list[str] = field(default_factory=list)
+    cluster_ids: list[int] = field(default_factory=list)  # stable id of each cluster (index as in sizes)
+    previous_run_id: Optional[str] = None
+    lineage: dict = field(default_factory=dict)  # event -> count (persist/split/merge/new/retired)
+    drift: dict = field(default_factory=dict)  # run-level drift metrics against the previous run
+    kind: str = "full"  # full | update
 
 
 class _Stages:
@@ -65,6 +70,34 @@ class _Stages:
         self.seconds[name] = round(took, 3)
         extra = ", ".join(f"{k}={v}" for k, v in note.items())
         log.info("stage %s: done in %.1f s%s", name, took, f" ({extra})" if extra else "")
+
+
+@contextmanager
+def discard_on_failure(store, staged: list, model_dir):
+    """On any failure inside: delete the run's staged files (``staged``, filled inside) and its
+    model directory. A journal left behind means a rollback failed: the tables may still reference
+    the staged files, so they (and the model) stay for recover_interrupted() at the next start."""
+    from clusterlake.io.tables import journal_location
+
+    try:
+        yield
+    except BaseException:
+        if not journal_location(store).exists():
+            for st in staged:
+                store.discard(st)
+            if model_dir.exists():
+                model_dir.delete()
+        raise
+
+
+def publish(store, staged, stage_runs, model_root, lock) -> dict:
+    """Commit the staged tables and the runs row, then point ``model/latest`` at the run."""
+    from clusterlake.io import model_artifact
+    from clusterlake.io.tables import publish_run
+
+    return publish_run(store, staged, stage_runs,
+                       after_commit=lambda: model_artifact.point_latest(model_root, store.run_id),
+                       guard=lock.assert_held)
 
 
 def new_run_id(run_date: str) -> str:
@@ -86,6 +119,7 @@ def run_job(cfg: JobConfig, spark=None) -> RunResult:
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
+    from clusterlake.algorithms import history
     from clusterlake.algorithms.kmeans import fit_kmeans, warm_start_centers
     from clusterlake.algorithms.passes import (
         assign_rows, cluster_stats, input_moments, mean_distance_to_means, sample_rows,
@@ -93,7 +127,7 @@ def run_job(cfg: JobConfig, spark=None) -> RunResult:
     from clusterlake.io import model_artifact
     from clusterlake.io.reader import read_table, validate
     from clusterlake.io.lock import RunLock
-    from clusterlake.io.tables import journal_location, make_store, publish_run, recover_interrupted
+    from clusterlake.io.tables import make_store, recover_interrupted
     from clusterlake.algorithms import sample_passes
     from clusterlake.kernels.hierarchy import centroid_tree
     from clusterlake.memory import check_sample_passes
@@ -164,11 +198,13 @@ def run_job(cfg: JobConfig, spark=None) -> RunResult:
                     note.update(k=k, criterion=a.criterion, stability_ari=round(auto.stability_ari, 4))
 
             model_root = store.root.child("model")
+            previous = history.load_previous(model_root, prep)
             with stage("kmeans") as note:
-                initial = warm_start_centers(model_root, prep, k) if cfg.kmeans.init == "previous" else None
+                initial = warm_start_centers(previous, prep, k) if cfg.kmeans.init == "previous" else None
                 fit = fit_kmeans(clean, prep, kcfg, icfg.weight_column, initial)
                 centroids = fit.centroids
-                cluster_ids = np.arange(len(centroids), dtype=np.int32)
+                matching = _match(previous, centroids, cfg.lineage.max_distance)
+                cluster_ids = matching.ids.astype(np.int32)
                 note.update(k=len(centroids), iterations=fit.n_iter, engine=fit.engine, init=fit.init,
                             algorithm=cfg.kmeans.algorithm,
                             **{k_ if k_ in ("tasks", "recoveries") else f"{k_}_s": v
@@ -193,10 +229,11 @@ def run_job(cfg: JobConfig, spark=None) -> RunResult:
                 descriptions = prof.descriptions()
                 for cid, text in zip(cluster_ids, descriptions):
                     log.info("cluster %d: %s", cid, text)
-                tree, parent_ids = fit.tree, fit.parent_ids
+                tree = fit.tree
                 if tree is None and len(centroids) >= 2:  # Ward's tree over the sized centroids: no extra pass
                     tree = centroid_tree(centroids, stats.counts)
-                    parent_ids = tree["parent_ids"][: len(centroids)]
+                tree, parent_ids = _relabel_tree(tree, cluster_ids)
+                quality = {m_: mdict.get(m_) for m_ in ("silhouette", "davies_bouldin", "calinski_harabasz")}
 
             pfit = sample_passes.PassFit()
             if passes_on:
@@ -214,23 +251,38 @@ def run_job(cfg: JobConfig, spark=None) -> RunResult:
 
             model_dir = model_root.child(run_id)
             staged = []
-            try:
+            with discard_on_failure(store, staged, model_dir):
                 with stage("write") as note:
+                    cs = cluster_table_stats(stats)
+                    counts = cs["sizes"]
                     art = model_artifact.ModelArtifact(
                         run_id=run_id, run_date=run_date, prep=prep, centroids=centroids,
                         cluster_ids=cluster_ids, distance=cfg.kmeans.distance, algorithm=cfg.kmeans.algorithm,
-                        meta={"job": cfg.job.name, "id_column": icfg.id_column, "engine": fit.engine, "init": fit.init},
+                        meta={"job": cfg.job.name, "id_column": icfg.id_column, "engine": fit.engine, "init": fit.init,
+                              "descriptions": descriptions},
                         tree=tree, **dict(zip(("passes", "extras"), sample_passes.to_artifact(pfit, cfg))),
+                        cluster_stats=cs,
+                        lineage={"kind": "full", "previous_run_id": previous.run_id if previous else None,
+                                 "base_run_id": run_id, "assignment_runs": [[run_id, run_date]],
+                                 "next_cluster_id": matching.next_id},
+                        quality=quality,
                     )
                     model_artifact.save(art, model_dir)
-                    cen_df = _centroids_df(spark, run_id, stats, centroids, cluster_ids, parent_ids, descriptions)
+                    cen_df = _centroids_df(spark, run_id, cs, centroids, cluster_ids, parent_ids, descriptions)
                     staged.append(store.stage("centroids", cen_df, files=1))
                     label = icfg.label_column if passes_on else None
                     asg = assign_rows(clean, prep, centroids, cluster_ids, icfg.id_column, pfit.density, pfit.hierarchy, label)
-                    if passes_on:
-                        # the extension is the costly part: computed once, counted, then written
+                    if passes_on or previous is not None:
+                        # computed once, then counted (passes, lineage) and written
                         asg = asg.persist(StorageLevel.MEMORY_AND_DISK)
                         persisted.append(asg)
+                    overlap = None
+                    if previous is not None and previous.comparable:
+                        overlap = history.overlap_counts(store, asg, icfg.id_column, previous, matching.ids)
+                    events, drift = _lineage(previous, matching, centroids, counts, overlap, quality, cfg.lineage,
+                                             len(centroids))
+                    metrics = metrics + drift
+                    if passes_on:
                         pass_metrics = sample_passes.full_pass_metrics(
                             asg, pfit, cfg.density.algorithm, label is not None)
                         metrics = metrics + pfit.metrics + pass_metrics
@@ -240,9 +292,14 @@ def run_job(cfg: JobConfig, spark=None) -> RunResult:
                     staged.append(store.stage("metrics", _metrics_df(spark, run_id, metrics, len(centroids)), files=1))
                     staged.append(store.stage("profiles", spark.createDataFrame(
                         profiles.rows(prof, cluster_ids, run_id), profiles.PROFILES_DDL), files=1))
+                    staged.append(store.stage("lineage", _lineage_df(spark, run_id, previous, events), files=1))
                     failures = gates.check(cfg.quality.gates, metrics)
                     if failures:
                         gates.act(failures, cfg.quality.on_gate_failure)  # fail: raises, nothing is committed
+                    drifted = gates.check_drift(cfg.quality.drift, metrics)
+                    if drifted:
+                        gates.act(drifted, cfg.quality.drift.on_failure, what="drift check")
+                    failures = failures + drifted
                     note.update(assignments=staged[1].rows)
                     # (SparkDeltaStore stages lazily: its files, and their row count, exist only at commit)
                     if staged[1].files and staged[1].rows != summary.rows_used:
@@ -253,22 +310,12 @@ def run_job(cfg: JobConfig, spark=None) -> RunResult:
                 def stage_runs(versions):
                     runs = _runs_row(cfg, run_id, run_date, started_at, t_start, stage.seconds, summary,
                                      fit, mdict, model_dir.uri, versions, prep, failures,
-                                     f"auto:{cfg.kmeans.auto.criterion}" if auto is not None else "fixed")
+                                     f"auto:{cfg.kmeans.auto.criterion}" if auto is not None else "fixed",
+                                     lineage=art.lineage)
                     return store.stage("runs", spark.createDataFrame([runs], _RUNS_DDL), files=1)
 
                 with stage("publish"):
-                    versions = publish_run(store, staged, stage_runs,
-                                           after_commit=lambda: model_artifact.point_latest(model_root, run_id),
-                                           guard=lock.assert_held)
-            except BaseException:
-                # a journal left behind means a rollback failed: the tables may still reference the
-                # staged files, so they (and the model) stay for recover_interrupted() at the next start
-                if not journal_location(store).exists():
-                    for st in staged:
-                        store.discard(st)
-                    if model_dir.exists():
-                        model_dir.delete()
-                raise
+                    versions = publish(store, staged, stage_runs, model_root, lock)
         finally:
             for df_ in [clean, *persisted]:
                 df_.unpersist()
@@ -281,7 +328,9 @@ def run_job(cfg: JobConfig, spark=None) -> RunResult:
             seconds=round(time.time() - t_start, 2), stage_seconds=stage.seconds,
             feature_columns=feats, n_components=prep.n_components, passes=_pass_summary(metrics),
             descriptions=descriptions, k_selection=f"auto:{cfg.kmeans.auto.criterion}" if auto is not None else "fixed",
-            gate_failures=[str(f) for f in failures],
+            gate_failures=[str(f) for f in failures], cluster_ids=[int(c) for c in cluster_ids],
+            previous_run_id=previous.run_id if previous else None,
+            lineage=_event_counts(events), drift={m.metric: m.value for m in drift if m.cluster_id is None},
         )
         log.info("run %s committed in %.1f s", run_id, result.seconds)
     return result
@@ -291,18 +340,31 @@ def run_job(cfg: JobConfig, spark=None) -> RunResult:
 # table rows
 
 
-def _centroids_df(spark, run_id, stats, centroids, cluster_ids, parent_ids=None, descriptions=None):
-    n = stats.n
+def cluster_table_stats(stats) -> dict:
+    """The per-cluster figures the centroids table and the model artifact keep (arrays, index =
+    position): sizes, means_x (input units), radius_mean/rms/max (model space)."""
+    c = np.asarray(stats.counts, dtype=np.float64)
+    safe = np.maximum(c, 1.0)
+    return {"sizes": c, "means_x": np.asarray(stats.means_x, dtype=np.float64),
+            "radius_mean": np.where(c > 0, stats.sum_dist / safe, 0.0),
+            "radius_rms": np.where(c > 0, np.sqrt(stats.sum_sq_dist / safe), 0.0),
+            "radius_max": np.asarray(stats.max_dist, dtype=np.float64)}
+
+
+def _centroids_df(spark, run_id, cs: dict, centroids, cluster_ids, parent_ids=None, descriptions=None):
+    """One row per cluster from :func:`cluster_table_stats`-shaped arrays ``cs``."""
+    sizes = cs["sizes"]
+    n = float(sizes.sum())
     rows = []
     for i, cid in enumerate(cluster_ids):
-        c = float(stats.counts[i])
+        c = float(sizes[i])
         rows.append((
-            int(cid), int(c), c / n,
-            [float(v) for v in stats.means_x[i]] if c > 0 else None,
+            int(cid), int(round(c)), c / n,
+            [float(v) for v in cs["means_x"][i]] if c > 0 else None,
             [float(v) for v in centroids[i]],
-            float(stats.sum_dist[i] / c) if c > 0 else None,
-            float(np.sqrt(stats.sum_sq_dist[i] / c)) if c > 0 else None,
-            float(stats.max_dist[i]) if c > 0 else None,
+            float(cs["radius_mean"][i]) if c > 0 else None,
+            float(cs["radius_rms"][i]) if c > 0 else None,
+            float(cs["radius_max"][i]) if c > 0 else None,
             int(parent_ids[i]) if parent_ids is not None and parent_ids[i] >= 0 else None, run_id,
             descriptions[i] if descriptions is not None else None,
         ))
@@ -313,10 +375,107 @@ def _centroids_df(spark, run_id, stats, centroids, cluster_ids, parent_ids=None,
 
 
 def _metrics_df(spark, run_id, metrics, k):
-    rows = [(m.scope, m.algorithm, m.metric, float(m.value), int(k if m.k is None else m.k), int(m.sample_size), run_id)
+    rows = [(m.scope, m.algorithm, m.metric, float(m.value), int(k if m.k is None else m.k), int(m.sample_size),
+             None if m.cluster_id is None else int(m.cluster_id), run_id)
             for m in metrics]
-    ddl = "scope string, algorithm string, metric string, value double, k int, sample_size long, run_id string"
+    ddl = ("scope string, algorithm string, metric string, value double, k int, sample_size long, "
+           "cluster_id int, run_id string")
     return spark.createDataFrame(rows, ddl)
+
+
+# ----------------------------------------------------------------------------------------------
+# stable ids, lineage, drift (issue 7; the numpy side is clusterlake.algorithms.lineage)
+
+LINEAGE_DDL = ("run_id string, previous_run_id string, cluster_id int, previous_cluster_id int, event string, "
+               "distance double, overlap_previous double, overlap_current double, size long, "
+               "previous_size long, basis string")
+_LINEAGE_KEYS = ("cluster_id", "previous_cluster_id", "event", "distance", "overlap_previous",
+                 "overlap_current", "size", "previous_size", "basis")
+
+
+def _match(previous, centroids: np.ndarray, max_distance: float):
+    """Stable ids for tonight's centroids: the previous run's ids where a centroid is matched
+    (Hungarian method, within ``max_distance`` radii), fresh never-used ids otherwise."""
+    from clusterlake.algorithms.lineage import match_clusters
+
+    p = centroids.shape[1]
+    none = (np.empty((0, p)), np.empty(0, dtype=np.int64), np.empty(0))
+    if previous is None:
+        return match_clusters(centroids, *none, max_distance, 0)
+    nxt = previous.artifact.next_cluster_id
+    if not previous.comparable:
+        log.warning("stable ids: %s; every cluster gets a new id (from %d)", previous.reason, nxt)
+        return match_clusters(centroids, *none, max_distance, nxt)
+    m = match_clusters(centroids, previous.centroids, previous.ids, previous.radius, max_distance, nxt)
+    kept = int((m.prev_index >= 0).sum())
+    log.info("stable ids against run %s: %d of %d clusters keep their id, %d new, %d retired "
+             "(lineage.max_distance=%g radii)", previous.run_id, kept, len(centroids), len(centroids) - kept,
+             len(m.retired), max_distance)
+    return m
+
+
+def _lineage(previous, matching, centroids, sizes, overlap, quality, lcfg, k):
+    """The lineage events of this run and its drift metrics (scope drift) against the previous run."""
+    from clusterlake.algorithms import lineage
+
+    ids = [int(c) for c in matching.ids]
+    if previous is None or not previous.comparable:
+        basis = "first run" if previous is None else "features changed"
+        events = [dict(cluster_id=c, event="new", size=int(n), basis=basis) for c, n in zip(ids, sizes)]
+        if previous is not None:
+            events += [dict(previous_cluster_id=int(c), event="retired", previous_size=int(n), basis=basis)
+                       for c, n in zip(previous.ids, previous.sizes)]
+        return events, []
+    events = lineage.lineage_rows(matching, previous.ids, sizes, previous.sizes, overlap=overlap,
+                                  min_overlap=lcfg.min_overlap, C=centroids, prev_C=previous.centroids,
+                                  prev_radius=previous.radius)
+    drift = lineage.drift_metrics(matching, sizes, previous.sizes, previous.ids, overlap=overlap,
+                                  quality=quality, prev_quality=previous.artifact.quality, k=k)
+    return events, drift
+
+
+def _lineage_df(spark, run_id, previous, events):
+    prev_id = previous.run_id if previous is not None else None
+
+    def val(e, key):
+        v = e.get(key)
+        if v is None or (isinstance(v, float) and v != v):
+            return None
+        return int(v) if key in ("cluster_id", "previous_cluster_id", "size", "previous_size") else (
+            float(v) if key in ("distance", "overlap_previous", "overlap_current") else str(v))
+
+    rows = [(run_id, prev_id, *(val(e, key) for key in _LINEAGE_KEYS)) for e in events]
+    return spark.createDataFrame(rows, LINEAGE_DDL)
+
+
+def _event_counts(events) -> dict:
+    out: dict = {}
+    for e in events:
+        out[e["event"]] = out.get(e["event"], 0) + 1
+    return out
+
+
+def _relabel_tree(tree, cluster_ids):
+    """The cluster tree with leaves named by stable ids and inner nodes numbered from
+    max(cluster_id) + 1; returns (tree, parent id of each cluster)."""
+    if tree is None:
+        return None, None
+    k = len(cluster_ids)
+    base = int(np.max(cluster_ids)) + 1 if k else 0
+
+    def name(n):
+        n = np.asarray(n, dtype=np.int64)
+        leaf = (n >= 0) & (n < k)
+        out = np.where(n >= k, base + (n - k), n)
+        out[leaf] = np.asarray(cluster_ids, dtype=np.int64)[n[leaf]]
+        return out
+
+    node_ids = np.asarray(tree["node_ids"], dtype=np.int64)
+    parents = np.asarray(tree["parent_ids"], dtype=np.int64)
+    out = dict(tree, node_ids=name(node_ids), parent_ids=name(parents))
+    by_node = dict(zip(node_ids.tolist(), out["parent_ids"].tolist()))
+    parent_ids = np.array([by_node.get(i, -1) for i in range(k)], dtype=np.int64)
+    return out, parent_ids
 
 
 _RUNS_DDL = (
@@ -326,12 +485,14 @@ _RUNS_DDL = (
     "feature_columns array<string>, dropped_columns array<string>, n_components int, k_requested int, k int, "
     "engine string, iterations int, silhouette double, model_path string, table_versions map<string,long>, "
     "config_json string, versions map<string,string>, algorithm string, distance string, init string, "
-    "converged boolean, gate_failures array<string>, k_selection string"
+    "converged boolean, gate_failures array<string>, k_selection string, kind string, previous_run_id string, "
+    "base_run_id string, assignment_run_ids array<string>"
 )
 
 
 def _runs_row(cfg, run_id, run_date, started_at, t_start, stage_seconds, summary, fit, mdict, model_path,
-              versions, prep, gate_failures=(), k_selection="fixed"):
+              versions, prep, gate_failures=(), k_selection="fixed", lineage=None):
+    lineage = lineage or {}
     now = dt.datetime.now(dt.timezone.utc)
     return (
         run_id, cfg.job.name, "success", started_at, now,  # tz-aware: stored as UTC whatever the TZ
@@ -341,7 +502,8 @@ def _runs_row(cfg, run_id, run_date, started_at, t_start, stage_seconds, summary
         fit.k_requested, int(len(fit.centroids)), fit.engine, fit.n_iter, mdict.get("silhouette"),
         model_path, {k: v for k, v in versions.items() if v is not None}, cfg.to_json(redact=True), _versions(),
         cfg.kmeans.algorithm, cfg.kmeans.distance, fit.init, bool(fit.converged),
-        [str(f) for f in gate_failures], k_selection,
+        [str(f) for f in gate_failures], k_selection, lineage.get("kind", "full"), lineage.get("previous_run_id"),
+        lineage.get("base_run_id", run_id), [r for r, _ in lineage.get("assignment_runs", [[run_id, run_date]])],
     )
 
 
@@ -359,7 +521,8 @@ def summary_text(r: RunResult) -> str:
     """The one-screen summary printed at the end of a run."""
     order = np.argsort(r.sizes)[::-1]
     n = max(sum(r.sizes), 1)
-    sizes = ", ".join(f"{i}: {r.sizes[i]:,} ({r.sizes[i] / n:.1%})" for i in order)
+    ids = r.cluster_ids or list(range(len(r.sizes)))
+    sizes = ", ".join(f"{ids[i]}: {r.sizes[i]:,} ({r.sizes[i] / n:.1%})" for i in order)
     m = r.metrics
     fmt = lambda key: f"{m[key]:.4f}" if key in m and m[key] is not None else "n/a"  # noqa: E731
     lines = [
@@ -382,10 +545,18 @@ def summary_text(r: RunResult) -> str:
                 f"..{pm.get('max_cluster_share', 0):.1%}")
         tail = f"   ARI vs label {f2('ari')}" if "ari" in pm else ""
         lines.append(f"{head}; silhouette (sample) {f2('silhouette_sample')}   ARI vs K-means {f2('ari_vs_kmeans')}{tail}")
-    lines += [f"  cluster {i}: {text}" for i, text in enumerate(r.descriptions)]
-    lines += [f"QUALITY GATE FAILED (committed: quality.on_gate_failure=warn): {f}" for f in r.gate_failures]
+    lines += [f"  cluster {ids[i]}: {text}" for i, text in enumerate(r.descriptions)]
+    if r.previous_run_id:
+        ev = ", ".join(f"{v} {k}" for k, v in sorted(r.lineage.items()))
+        d = r.drift
+        dv = lambda key, f: f(d[key]) if d.get(key) is not None else "n/a"  # noqa: E731
+        lines.append(f"since run {r.previous_run_id}: clusters {ev}; centroid shift max "
+                     f"{dv('centroid_shift_max', lambda v: f'{v:.2f}')} radii, PSI {dv('psi', lambda v: f'{v:.3f}')}, "
+                     f"ids changing cluster {dv('changed_share', lambda v: f'{v:.1%}')}")
+    lines += [f"{'DRIFT' if f.startswith('drift ') else 'QUALITY GATE'} FAILED (committed: on_failure=warn): {f}"
+              for f in r.gate_failures]
     lines += [
-        f"tables: {r.output_path}/{{centroids,assignments,metrics,profiles,runs}}  (versions {r.table_versions})",
+        f"tables: {r.output_path}/{{centroids,assignments,metrics,profiles,lineage,runs}}  (versions {r.table_versions})",
         f"model:  {r.model_path}  (latest: {r.output_path}/model/latest)",
         "stages: " + ", ".join(f"{k} {v:.1f}s" for k, v in r.stage_seconds.items()),
         "=" * 78,

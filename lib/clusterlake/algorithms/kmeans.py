@@ -42,30 +42,26 @@ class KMeansFit:
     timings: dict = field(default_factory=dict)
 
 
-def warm_start_centers(model_root, prep: Preprocessor, k: int) -> Optional[np.ndarray]:
-    """The last run's centroids mapped into this run's model space, or None (with a warning)
-    when there is no previous model or it does not fit (other features, other k).
+def warm_start_centers(previous, prep: Preprocessor, k: int) -> Optional[np.ndarray]:
+    """The last run's centroids in this run's model space, or None when there is no previous
+    model (the first run: logged, not a warning) or it does not fit (other features, other k).
 
-    The previous centroids go back to input units through the previous preprocessor and forward
-    through this run's one, so a refitted scaling/PCA does not break the warm start.
+    ``previous`` is :class:`clusterlake.algorithms.history.Previous` (or None): its centroids were
+    mapped back to input units through the previous preprocessor and forward through this run's
+    one, so a refitted scaling/PCA does not break the warm start.
     """
-    from clusterlake.io import model_artifact
-
-    latest = model_root.child("latest")
-    if not latest.child("model.json").exists():
-        log.warning("kmeans.init=previous: no previous model under %s; using kmeans|| this time", latest.uri)
+    if previous is None:
+        log.info("kmeans.init=previous: no previous model (first run); using kmeans||")
         return None
-    prev = model_artifact.load(latest.uri)
-    if list(prev.prep.feature_names) != list(prep.feature_names):
-        log.warning("kmeans.init=previous: the previous model (run %s) has features %s, this run %s; "
-                    "using kmeans||", prev.run_id, prev.prep.feature_names, prep.feature_names)
+    if not previous.comparable:
+        log.warning("kmeans.init=previous: %s; using kmeans||", previous.reason)
         return None
-    if len(prev.centroids) != k:
+    if len(previous.centroids) != k:
         log.warning("kmeans.init=previous: the previous model (run %s) has k=%d, this run k=%d; using kmeans||",
-                    prev.run_id, len(prev.centroids), k)
+                    previous.run_id, len(previous.centroids), k)
         return None
-    log.info("kmeans.init=previous: warm start from run %s", prev.run_id)
-    return prep.transform(prev.prep.inverse_transform(prev.centroids))
+    log.info("kmeans.init=previous: warm start from run %s", previous.run_id)
+    return previous.centroids.copy()
 
 
 def _distinct(centers: np.ndarray, k: int) -> np.ndarray:

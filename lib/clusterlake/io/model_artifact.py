@@ -7,12 +7,21 @@ Layout of ``<output>/model/<run_id>/``::
     scale.npy         (d,)    float64
     components.npy    (p, d)  float64   (absent when PCA is off)
     centroids.npy     (k, p)  float64   model-space centroids, row i is cluster_ids[i]
-    cluster_ids.npy   (k,)    int32
+    cluster_ids.npy   (k,)    int32     stable ids: row i of centroids is cluster cluster_ids[i]
+    cluster_*.npy     per-cluster statistics of the run (row i = cluster_ids[i]): sizes (rows),
+                      radius_mean/rms/max (model space), means_x (input units)
     tree_*.npy        the cluster tree: bisecting K-means' splits, or Ward's tree over the
-                      size-weighted K-means centroids (plus tree_linkage.npy, scipy format)
+                      size-weighted K-means centroids (plus tree_linkage.npy, scipy format, whose
+                      leaves are rows of centroids.npy). Leaves are named by cluster id, inner
+                      nodes from max(cluster_id) + 1
     density_*.npy     the density pass: core points (model space), their labels and reach
     hier_*.npy        the hierarchical pass: the sample's linkage (the dendrogram), the sample's
                       labels per level, and what extends them (level centroids or sample points)
+
+``model.json`` also records the run's ``lineage`` (kind ``full`` or ``update``, the previous and
+base run ids, the runs whose ``assignments`` rows make up the current state, and the next unused
+cluster id) and its ``quality`` (silhouette, Davies-Bouldin, Calinski-Harabasz), so any model can
+be traced back run by run and the next run can measure drift against it.
 
 ``model/latest`` points at the newest committed run's artifact: a symlink swapped atomically on a
 local filesystem, a full copy elsewhere. Arrays are loaded with ``allow_pickle=False``.
@@ -36,6 +45,7 @@ from clusterlake.prep.transform import Preprocessor
 FORMAT_VERSION = 1
 _EXTRA_NAME = re.compile(r"(density|hier)_[a-z0-9_]+")
 _ARRAYS = ("center", "scale", "components", "centroids", "cluster_ids")
+CLUSTER_STATS = ("sizes", "radius_mean", "radius_rms", "radius_max", "means_x")  # saved as cluster_<name>.npy
 
 
 @dataclass
@@ -51,6 +61,22 @@ class ModelArtifact:
     tree: Optional[dict] = None  # {"node_ids", "parent_ids", "centers"[, "linkage"]} of every tree node
     passes: dict = field(default_factory=dict)  # settings and figures of the density/hierarchical passes
     extras: dict = field(default_factory=dict)  # name -> np.ndarray (density_*, hier_*), saved as <name>.npy
+    cluster_stats: dict = field(default_factory=dict)  # CLUSTER_STATS name -> (k,...) array; {} in old models
+    lineage: dict = field(default_factory=dict)  # kind, previous_run_id, base_run_id, assignment_runs, next_cluster_id
+    quality: dict = field(default_factory=dict)  # silhouette, davies_bouldin, calinski_harabasz (None = undefined)
+
+    @property
+    def next_cluster_id(self) -> int:
+        """The smallest cluster id this model's lineage has never used."""
+        used = int(self.cluster_ids.max()) + 1 if len(self.cluster_ids) else 0
+        return max(int(self.lineage.get("next_cluster_id", 0)), used)
+
+    @property
+    def assignment_runs(self) -> list[tuple[str, str]]:
+        """(run_id, run_date) of every run whose assignments rows make up this model's state:
+        the full run, then the updates applied to it."""
+        runs = self.lineage.get("assignment_runs")
+        return [tuple(r) for r in runs] if runs else [(self.run_id, self.run_date)]
 
     def to_json(self) -> dict:
         return {
@@ -72,6 +98,9 @@ class ModelArtifact:
             "meta": self.meta,
             "passes": self.passes,
             "extra_arrays": sorted(self.extras),
+            "cluster_stats": sorted(self.cluster_stats),
+            "lineage": self.lineage,
+            "quality": self.quality,
         }
 
 
@@ -97,6 +126,10 @@ def save(artifact: ModelArtifact, dest: Location) -> None:
         arrays["tree_centers"] = np.asarray(artifact.tree["centers"], dtype=np.float64)
         if artifact.tree.get("linkage") is not None:
             arrays["tree_linkage"] = np.asarray(artifact.tree["linkage"], dtype=np.float64)
+    for name, arr in artifact.cluster_stats.items():
+        if name not in CLUSTER_STATS:
+            raise ValueError(f"unknown cluster statistic {name!r}; expected one of {CLUSTER_STATS}")
+        arrays[f"cluster_{name}"] = np.asarray(arr, dtype=np.float64)
     for name, arr in artifact.extras.items():
         if not _EXTRA_NAME.fullmatch(name) or name in arrays:
             raise ValueError(f"bad extra array name {name!r}")
@@ -143,6 +176,8 @@ def load(path: str) -> ModelArtifact:
               "centers": arr("tree_centers"), "linkage": arr("tree_linkage")} if meta.get("tree") else None,
         passes=meta.get("passes", {}),
         extras={name: arr(name) for name in meta.get("extra_arrays", []) if _EXTRA_NAME.fullmatch(name)},
+        cluster_stats={name: arr(f"cluster_{name}") for name in meta.get("cluster_stats", []) if name in CLUSTER_STATS},
+        lineage=meta.get("lineage", {}), quality=meta.get("quality", {}),
     )
 
 

@@ -60,13 +60,47 @@ def check(gates_cfg, metrics) -> list[GateFailure]:
     return out
 
 
-def act(failures: list[GateFailure], on_failure: str) -> None:
+# drift threshold -> the run-level drift metric it reads (scope drift), the comparison, and how the
+# setting maps to the metric's value (a drop of silhouette is a negative silhouette_change)
+_DRIFT = {
+    "max_centroid_shift": ("centroid_shift_max", "<=", 1.0),
+    "max_psi": ("psi", "<=", 1.0),
+    "max_changed_share": ("changed_share", "<=", 1.0),
+    "max_silhouette_drop": ("silhouette_change", ">=", -1.0),
+}
+
+
+def check_drift(drift_cfg, metrics) -> list[GateFailure]:
+    """The drift thresholds (``quality.drift``) that ``metrics`` break.
+
+    Unlike a gate, a drift metric that is undefined (the first run, no id shared with the previous
+    run, no silhouette) is skipped: there is nothing to compare with."""
+    out = []
+    for name, (metric, op, sign) in _DRIFT.items():
+        threshold = getattr(drift_cfg, name)
+        if threshold is None:
+            continue
+        values = [m.value for m in metrics if m.scope == "drift" and m.metric == metric
+                  and getattr(m, "cluster_id", None) is None]
+        if not values or values[0] is None or values[0] != values[0]:
+            continue
+        bound = sign * float(threshold)
+        ok = values[0] <= bound if op == "<=" else values[0] >= bound
+        if not ok:
+            out.append(GateFailure(f"quality.drift.{name}", f"drift {metric}", values[0], bound, op))
+        else:
+            log.info("drift check quality.drift.%s=%g passed: %s = %.4g", name, threshold, metric, values[0])
+    return out
+
+
+def act(failures: list[GateFailure], on_failure: str, what: str = "quality gate") -> None:
     """``fail``: raise (nothing is committed). ``warn``: log each failure."""
     text = "; ".join(str(f) for f in failures)
+    setting = "quality.on_gate_failure" if what == "quality gate" else "quality.drift.on_failure"
     if on_failure == "fail":
         raise QualityGateError(
-            f"quality gate failed: {text}. Nothing was committed: readers keep the previous run "
-            "(quality.on_gate_failure=fail; set it to warn to commit such runs with a warning)"
+            f"{what} failed: {text}. Nothing was committed: readers keep the previous run "
+            f"({setting}=fail; set it to warn to commit such runs with a warning)"
         )
     for f in failures:
-        log.warning("quality gate failed (committing anyway, quality.on_gate_failure=warn): %s", f)
+        log.warning("%s failed (committing anyway, %s=warn): %s", what, setting, f)
