@@ -1,8 +1,10 @@
-"""Command line: ``clusterlake run --config FILE [--set key=value ...]``.
+"""Command line: ``clusterlake run --config FILE [--set key=value ...]`` (the full job) and
+``clusterlake update --config FILE --input PATH [--set ...]`` (fold new rows into the latest model).
 
 Exit codes: 0 success; 2 a user error (bad config, bad input, unusable output: one line on
 stderr naming the key/column and the fix); 75 another run holds the output path's lock (retry
-later); 1 an unexpected error (with its traceback).
+later); 3 a quality gate or drift check failed under on_failure: fail (nothing committed); 1 an
+unexpected error (with its traceback).
 """
 
 from __future__ import annotations
@@ -25,6 +27,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config key, e.g. --set kmeans.k=12 (repeatable)")
     run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    up = sub.add_parser("update", help="assign new rows with the latest model and fold them into its centroids")
+    up.add_argument("--config", required=True, help="the job's YAML config (output.path holds the model)")
+    up.add_argument("--input", required=True, metavar="PATH",
+                    help="the new rows only (a new partition or folder, same format and columns as input.path)")
+    up.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config key (repeatable)")
+    up.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p
 
 
@@ -35,15 +44,23 @@ def main(argv: Optional[list[str]] = None) -> int:
     configure_logging(args.log_level)
     if args.command == "run":
         return _run(args)
+    if args.command == "update":
+        return _run(args, update=True)
     return 2  # pragma: no cover (argparse enforces the sub-command)
 
 
-def _run(args) -> int:
+def _run(args, update: bool = False) -> int:
     from clusterlake.config import load_config
     from clusterlake.pipeline import run_job, summary_text
 
     try:
         cfg = load_config(args.config, args.overrides)
+        if update:
+            from clusterlake.update import run_update, update_summary
+
+            result = run_update(cfg, args.input)
+            print(update_summary(result))
+            return 0
         result = run_job(cfg)
     except ClusterlakeError as exc:
         log.error("%s", exc)

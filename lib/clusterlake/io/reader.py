@@ -112,7 +112,7 @@ def resolve_columns(df, cfg: InputSection) -> list[str]:
     return feats
 
 
-def validate(df, cfg: InputSection, k: int):
+def validate(df, cfg: InputSection, k: int, keep_constant: bool = False):
     """Validate the input and apply the invalid-row policy.
 
     Parameters
@@ -122,6 +122,9 @@ def validate(df, cfg: InputSection, k: int):
     cfg : InputSection
     k : int
         The number of clusters requested (the data must have at least k valid rows).
+    keep_constant : bool, default False
+        Keep constant feature columns (the update job: a small batch of new rows may be constant
+        in a feature the model uses).
 
     Returns
     -------
@@ -194,7 +197,7 @@ def validate(df, cfg: InputSection, k: int):
             f"input has {n_used} valid rows, fewer than kmeans.k={k}; lower kmeans.k or check the input"
         )
 
-    constant = [c for i, c in enumerate(feats) if row[f"lo{i}"] == row[f"hi{i}"]]
+    constant = [] if keep_constant else [c for i, c in enumerate(feats) if row[f"lo{i}"] == row[f"hi{i}"]]
     kept = [c for c in feats if c not in constant]
     if constant:
         if not kept:
