@@ -169,8 +169,9 @@ def assert_same_tables(a: dict, b: dict) -> None:
     # the sample passes: same sample (seeded per partition), same labels for every row
     assert m.density_label_a.notna().all() and (m.density_label_a == m.density_label_b).all()
     assert (m.hierarchy_a.map(dict) == m.hierarchy_b.map(dict)).all()
-    ma = a["metrics"].set_index(["scope", "algorithm", "k", "metric"]).value.sort_index()
-    mb = b["metrics"].set_index(["scope", "algorithm", "k", "metric"]).value.sort_index()
+    # drift compares a run with the one before it: the first run has none (checked by the caller)
+    ma = a["metrics"].query("scope != 'drift'").set_index(["scope", "algorithm", "k", "metric"]).value.sort_index()
+    mb = b["metrics"].query("scope != 'drift'").set_index(["scope", "algorithm", "k", "metric"]).value.sort_index()
     assert ma.index.tolist() == mb.index.tolist()
     np.testing.assert_allclose(ma.to_numpy(), mb.to_numpy(), rtol=1e-7)
 
@@ -249,6 +250,11 @@ def test_a_lost_worker_during_kmeans_gives_the_same_tables(cluster, first_run, t
     assert second["run"].run_id != first_run["tables"]["run"].run_id
     assert second["run"].iterations == first_run["tables"]["run"].iterations
     assert_same_tables(first_run["tables"], second)
+    # measured against the first run, the re-run after a lost worker did not move at all
+    m = second["metrics"]
+    drift = dict(m[(m.scope == "drift") & m.cluster_id.isna()][["metric", "value"]].values)
+    assert drift["matched_clusters"] == 7 and drift["new_clusters"] == 0 and drift["retired_clusters"] == 0
+    assert drift["centroid_shift_max"] < 1e-9 and drift["changed_share"] == 0.0 and drift["psi"] < 1e-12
     # a re-run of the date replaced its partition: the latest table holds one run's rows
     latest = DeltaTable(str(cluster["out"] / "assignments")).to_pandas()
     assert len(latest) == ROWS and set(latest.run_id) == {second["run"].run_id}
