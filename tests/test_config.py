@@ -381,7 +381,6 @@ def test_config_values_are_data_not_code(tmp_path):
 
 @pytest.mark.parametrize("override, shown", [
     ("preprocess.normalize=true", "preprocess.normalize=true"),
-    ("report.enabled=true", "report.enabled=true"),
 ])
 def test_unsupported_options_are_refused(override, shown):
     msg = error_of(data=base(), overrides=[override])
@@ -391,9 +390,9 @@ def test_unsupported_options_are_refused(override, shown):
 
 def test_unsupported_options_all_named(tmp_path):
     p = write(tmp_path, "input: {path: x, id_column: id}\noutput: {path: o}\n"
-                        "preprocess: {normalize: true}\nreport: {enabled: true}\n")
+                        "preprocess: {normalize: true}\n")
     msg = error_of(path=p)
-    assert "preprocess.normalize" in msg and "report.enabled" in msg and str(p) in msg
+    assert "preprocess.normalize" in msg and str(p) in msg
 
 
 def test_vector_column_is_refused():

@@ -134,7 +134,7 @@ def test_model_artifact_has_no_pickle_and_latest_points_to_the_run(run):
     files = sorted(os.listdir(model_dir))
     assert files == ["center.npy", "centroids.npy", "cluster_ids.npy", "cluster_means_x.npy", "cluster_radius_max.npy",
                      "cluster_radius_mean.npy", "cluster_radius_rms.npy", "cluster_sizes.npy", "components.npy",
-                     "model.json", "scale.npy",
+                     "model.json", "report_cluster.npy", "report_points.npy", "report_silhouette.npy", "scale.npy",
                      "tree_centers.npy", "tree_linkage.npy", "tree_node_ids.npy", "tree_parent_ids.npy"]  # Ward's tree
     for f in files:
         if f.endswith(".npy"):

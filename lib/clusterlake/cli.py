@@ -1,5 +1,7 @@
 """Command line: ``clusterlake run --config FILE [--set key=value ...]`` (the full job) and
-``clusterlake update --config FILE --input PATH [--set ...]`` (fold new rows into the latest model).
+``clusterlake update --config FILE --input PATH [--set ...]`` (fold new rows into the latest model),
+``clusterlake report (--config FILE | --output PATH) [--run RUN_ID]`` (rebuild a run's HTML report
+from the output alone).
 
 Exit codes: 0 success; 2 a user error (bad config, bad input, unusable output: one line on
 stderr naming the key/column and the fix); 75 another run holds the output path's lock (retry
@@ -34,6 +36,12 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a config key (repeatable)")
     up.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    rp = sub.add_parser("report", help="(re)build a run's HTML report from the output's tables and model")
+    where = rp.add_mutually_exclusive_group(required=True)
+    where.add_argument("--config", help="the job's YAML config (its output.path)")
+    where.add_argument("--output", help="the job's output.path")
+    rp.add_argument("--run", dest="run_id", default=None, metavar="RUN_ID", help="default: the newest run")
+    rp.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p
 
 
@@ -46,6 +54,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         return _run(args)
     if args.command == "update":
         return _run(args, update=True)
+    if args.command == "report":
+        return _report(args)
     return 2  # pragma: no cover (argparse enforces the sub-command)
 
 
@@ -70,6 +80,25 @@ def _run(args, update: bool = False) -> int:
         print("clusterlake: interrupted; the previous run's tables are unchanged", file=sys.stderr)
         return 130
     print(summary_text(result))
+    return 0
+
+
+def _report(args) -> int:
+    from clusterlake.report.build import write_report
+
+    try:
+        if args.config:
+            from clusterlake.config import load_config
+
+            cfg = load_config(args.config, [])
+            out, history = cfg.output.path, cfg.report.history_runs
+        else:
+            out, history = args.output, 14
+        path = write_report(out, args.run_id, history)
+    except ClusterlakeError as exc:
+        print(f"clusterlake: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    print(path)
     return 0
 
 

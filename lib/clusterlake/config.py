@@ -294,7 +294,14 @@ class OutputSection(_Section):
 
 
 class ReportSection(_Section):
-    enabled: bool = False
+    """The per-run HTML report (``<output.path>/reports/<run_id>.html``; ``clusterlake report``)."""
+
+    enabled: bool = True
+    sample_size: int = Field(5000, ge=100, le=50_000)
+    """Points of the metrics sample drawn in the projection and the silhouette plot (kept in the
+    model artifact so the report can be rebuilt from the output alone)."""
+    history_runs: int = Field(14, ge=2, le=365)
+    """Past runs shown in the drift section."""
 
 
 class SparkSection(_Section):
@@ -324,7 +331,6 @@ class JobConfig(_Section):
         # rather than silently running something else.
         unsupported = {
             "preprocess.normalize": self.preprocess.normalize,
-            "report.enabled": self.report.enabled,
         }
         if self.quality.gates.max_noise_share is not None and not self.density.enabled:
             raise ValueError("quality.gates.max_noise_share needs the density pass: set density.enabled: true "

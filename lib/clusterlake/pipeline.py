@@ -52,6 +52,7 @@ class RunResult:
     lineage: dict = field(default_factory=dict)  # event -> count (persist/split/merge/new/retired)
     drift: dict = field(default_factory=dict)  # run-level drift metrics against the previous run
     kind: str = "full"  # full | update
+    report_path: Optional[str] = None  # the run's HTML report (None: report.enabled is off, or it failed)
 
 
 class _Stages:
@@ -217,7 +218,8 @@ def run_job(cfg: JobConfig, spark=None) -> RunResult:
                 qsize = min(cfg.quality.sample_size, summary.rows_used)
                 sample = sample_rows(clean, feats, summary.rows_used, qsize, cfg.kmeans.seed)
                 Zs = prep.transform(sample[feats].to_numpy(dtype=np.float64))
-                sil = sample_silhouette(Zs, assign(Zs, centroids)[0], cfg.kmeans.seed)
+                sample_pos = assign(Zs, centroids)[0]
+                sil = sample_silhouette(Zs, sample_pos, cfg.kmeans.seed)
                 if sil is not None:
                     metrics.append(sil)
                 mdict = {m.metric: m.value for m in metrics}
@@ -249,18 +251,25 @@ def run_job(cfg: JobConfig, spark=None) -> RunResult:
                     del Zp
                     note.update(rows=len(order), **{f"{k_}_s": v for k_, v in pfit.seconds.items()})
 
+            report_extras = {}
+            if cfg.report.enabled:  # the report's sample lives in the model: the report needs no Spark
+                from clusterlake.report.build import sample_arrays
+
+                report_extras = sample_arrays(Zs, sample_pos, cluster_ids, cfg.report.sample_size, pfit.density)
+            del Zs
             model_dir = model_root.child(run_id)
             staged = []
             with discard_on_failure(store, staged, model_dir):
                 with stage("write") as note:
                     cs = cluster_table_stats(stats)
+                    pass_art = sample_passes.to_artifact(pfit, cfg)
                     counts = cs["sizes"]
                     art = model_artifact.ModelArtifact(
                         run_id=run_id, run_date=run_date, prep=prep, centroids=centroids,
                         cluster_ids=cluster_ids, distance=cfg.kmeans.distance, algorithm=cfg.kmeans.algorithm,
                         meta={"job": cfg.job.name, "id_column": icfg.id_column, "engine": fit.engine, "init": fit.init,
                               "descriptions": descriptions},
-                        tree=tree, **dict(zip(("passes", "extras"), sample_passes.to_artifact(pfit, cfg))),
+                        tree=tree, passes=pass_art[0], extras={**pass_art[1], **report_extras},
                         cluster_stats=cs,
                         lineage={"kind": "full", "previous_run_id": previous.run_id if previous else None,
                                  "base_run_id": run_id, "assignment_runs": [[run_id, run_date]],
@@ -333,7 +342,22 @@ def run_job(cfg: JobConfig, spark=None) -> RunResult:
             lineage=_event_counts(events), drift={m.metric: m.value for m in drift if m.cluster_id is None},
         )
         log.info("run %s committed in %.1f s", run_id, result.seconds)
+    if cfg.report.enabled:
+        result.report_path = _report(store.root.uri, run_id, cfg.report.history_runs)
     return result
+
+
+def _report(output_path: str, run_id: str, history_runs: int) -> Optional[str]:
+    """Write the run's HTML report. The run is committed: a failure here is logged, not raised
+    (``clusterlake report --output ... --run ...`` rebuilds it)."""
+    from clusterlake.report.build import write_report
+
+    try:
+        return write_report(output_path, run_id, history_runs)
+    except Exception as exc:  # noqa: BLE001 (the committed run must not fail over its report)
+        log.error("run %s is committed but its report could not be written: %s; rebuild it with "
+                  "clusterlake report --output %s --run %s", run_id, exc, output_path, run_id, exc_info=True)
+        return None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -558,6 +582,7 @@ def summary_text(r: RunResult) -> str:
     lines += [
         f"tables: {r.output_path}/{{centroids,assignments,metrics,profiles,lineage,runs}}  (versions {r.table_versions})",
         f"model:  {r.model_path}  (latest: {r.output_path}/model/latest)",
+        *([f"report: {r.report_path}"] if r.report_path else []),
         "stages: " + ", ".join(f"{k} {v:.1f}s" for k, v in r.stage_seconds.items()),
         "=" * 78,
     ]

@@ -215,6 +215,10 @@ def run_update(cfg: JobConfig, input_path: str, spark=None) -> RunResult:
     )
     log.info("update %s committed in %.1f s: %d new rows folded into run %s's clusters",
              run_id, result.seconds, summary.rows_used, base.run_id)
+    if cfg.report.enabled:
+        from clusterlake.pipeline import _report
+
+        result.report_path = _report(store.root.uri, run_id, cfg.report.history_runs)
     return result
 
 
@@ -248,5 +252,6 @@ def update_summary(r: RunResult) -> str:
         f"PSI of the cluster shares {d.get('psi', 0):.3f}",
     ]
     lines += [f"DRIFT (committed: on_failure=warn; a full rebuild is due): {f}" for f in r.gate_failures]
-    lines += [f"model:  {r.model_path}  (latest: {r.output_path}/model/latest)", "=" * 78]
+    lines += [f"model:  {r.model_path}  (latest: {r.output_path}/model/latest)",
+              *([f"report: {r.report_path}"] if r.report_path else []), "=" * 78]
     return "\n".join(lines)

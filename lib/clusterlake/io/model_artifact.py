@@ -15,6 +15,8 @@ Layout of ``<output>/model/<run_id>/``::
                       leaves are rows of centroids.npy). Leaves are named by cluster id, inner
                       nodes from max(cluster_id) + 1
     density_*.npy     the density pass: core points (model space), their labels and reach
+    report_*.npy      the report's sample: its first two model-space components, stable cluster
+                      ids, per-point silhouette and density noise flags
     hier_*.npy        the hierarchical pass: the sample's linkage (the dendrogram), the sample's
                       labels per level, and what extends them (level centroids or sample points)
 
@@ -43,7 +45,7 @@ from clusterlake.io.fs import Location, location
 from clusterlake.prep.transform import Preprocessor
 
 FORMAT_VERSION = 1
-_EXTRA_NAME = re.compile(r"(density|hier)_[a-z0-9_]+")
+_EXTRA_NAME = re.compile(r"(density|hier|report)_[a-z0-9_]+")
 _ARRAYS = ("center", "scale", "components", "centroids", "cluster_ids")
 CLUSTER_STATS = ("sizes", "radius_mean", "radius_rms", "radius_max", "means_x")  # saved as cluster_<name>.npy
 
