@@ -132,10 +132,13 @@ def test_model_artifact_has_no_pickle_and_latest_points_to_the_run(run):
     res = run["result"]
     model_dir = f"{run['out']}/model/{res.run_id}"
     files = sorted(os.listdir(model_dir))
-    assert files == ["center.npy", "centroids.npy", "cluster_ids.npy", "cluster_means_x.npy", "cluster_radius_max.npy",
-                     "cluster_radius_mean.npy", "cluster_radius_rms.npy", "cluster_sizes.npy", "components.npy",
-                     "model.json", "report_cluster.npy", "report_points.npy", "report_silhouette.npy", "scale.npy",
-                     "tree_centers.npy", "tree_linkage.npy", "tree_node_ids.npy", "tree_parent_ids.npy"]  # Ward's tree
+    assert files == ["center.npy", "centroids.npy", "cluster_ids.npy", "cluster_means_x.npy", "cluster_members.npy",
+                     "cluster_radius_max.npy", "cluster_radius_mean.npy", "cluster_radius_p50.npy",
+                     "cluster_radius_p90.npy", "cluster_radius_p99.npy", "cluster_radius_rms.npy", "cluster_sizes.npy",
+                     "components.npy", "members", "model.json", "report_cluster.npy", "report_points.npy",
+                     "report_silhouette.npy", "scale.npy", "tree_centers.npy", "tree_linkage.npy", "tree_node_ids.npy",
+                     "tree_parent_ids.npy"]  # Ward's tree; members/: the similar-item sample (tests/test_serving.py)
+    files.remove("members")
     for f in files:
         if f.endswith(".npy"):
             np.load(os.path.join(model_dir, f), allow_pickle=False)  # raises if an object array
@@ -169,11 +172,11 @@ def test_assigner_rejects_bad_rows(run):
     from clusterlake.errors import ClusterlakeError
 
     a = Assigner.load(f"{run['out']}/model/latest")
-    with pytest.raises(ClusterlakeError, match="expected an \\(n, 12\\) array"):
+    with pytest.raises(ClusterlakeError, match="expected rows of 12 features .* got an array of shape \\(2, 3\\)"):
         a.assign(np.zeros((2, 3)))
     row = np.ones((1, 12))
     row[0, 4] = np.nan
-    with pytest.raises(ClusterlakeError, match=f"column '{a.feature_names[4]}'"):
+    with pytest.raises(ClusterlakeError, match=f"row 0 feature '{a.feature_names[4]}' is NaN"):
         a.assign(row)
     with pytest.raises(ClusterlakeError, match="missing feature"):
         a.assign({"age": [30]})

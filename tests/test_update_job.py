@@ -182,3 +182,25 @@ def test_update_cli(updated, capsys):
     text = capsys.readouterr().out
     assert "new rows: 20 read, 0 dropped, 20 assigned and folded in" in text
     assert cli.main(["update", "--config", str(cfg_path), "--input", more]) == 2  # already folded in
+
+
+def test_update_adds_its_rows_to_the_similar_item_sample(updated):
+    """The update's model keeps the base run's member sample and adds the new rows (same rate:
+    every row here, 500-row clusters are under serving.members_per_cluster); radius quantiles
+    stay the base run's."""
+    from clusterlake.serving import ClusterCatalog
+
+    full, up, new, night = updated["full"], updated["up"], updated["new"], updated["night"]
+    base, cat = ClusterCatalog.load(full.model_path), ClusterCatalog.load(up.model_path)
+    assert cat.artifact.meta["members"]["runs"] == [full.run_id, up.run_id]
+    np.testing.assert_array_equal(cat.artifact.cluster_stats["radius_p99"], base.artifact.cluster_stats["radius_p99"])
+    members = set()
+    for cid in cat.assigner.cluster_ids:
+        ids, _ = cat.members(int(cid))
+        assert len(ids) == cat.cluster(int(cid))["members"]
+        members |= set(ids.tolist())
+    assert members == set(night["item_id"]) | set(new["item_id"])
+    # a new row finds itself among the similar items of its cluster
+    row = new.iloc[0]
+    got = cat.similar({f: float(row[f]) for f in cat.assigner.feature_names}, n=1)
+    assert got["items"][0]["id"] == row["item_id"] and got["items"][0]["distance"] < 1e-5

@@ -304,6 +304,34 @@ class ReportSection(_Section):
     """Past runs shown in the drift section."""
 
 
+class ServingSection(_Section):
+    """What the nightly job lays out for real-time serving (``clusterlake serve``, docs/serving.md)."""
+
+    members_per_cluster: Optional[int] = Field(10_000, ge=0)
+    """Rows kept per cluster, with their model-space coordinates, under the model's ``members/``
+    folder (one parquet file per cluster) for similar-item queries: a uniform sample (by a hash of
+    the id) of about this many rows of each cluster. ``null``: every row; 0: none (no similar items)."""
+
+
+class StreamSection(_Section):
+    """``jobs/assign_stream.py``: assign parquet files dropped in a landing folder with the latest
+    model, each file exactly once (docs/serving.md)."""
+
+    landing_path: Optional[str] = None
+    """The folder new parquet files land in (required by the stream job)."""
+    checkpoint_path: Optional[str] = None
+    """Spark's checkpoint (which files were processed); default
+    ``<output.path>/_clusterlake/checkpoints/assign_stream``. Keep it as long as the output."""
+    table: str = Field("assignments_stream", pattern=r"^[A-Za-z][A-Za-z0-9_]*$")
+    max_files_per_trigger: int = Field(100, ge=1)
+    trigger: str = Field("available_now", pattern=r"^(available_now|[1-9][0-9]* (seconds?|minutes?|hours?))$")
+    """``available_now``: process every file there, then stop (scheduled micro-batch runs, tests);
+    or a processing-time interval such as ``30 seconds`` (a long-running stream)."""
+    schema_ddl: Optional[str] = None
+    """Explicit schema of the landing files as Spark DDL (``"customer_id long, age double, ..."``);
+    default: the id and feature columns' types in ``input.path``'s schema."""
+
+
 class SparkSection(_Section):
     master: str = "local[*]"
     app_name: Optional[str] = None
@@ -323,6 +351,8 @@ class JobConfig(_Section):
     lineage: LineageSection = LineageSection()
     output: OutputSection
     report: ReportSection = ReportSection()
+    serving: ServingSection = ServingSection()
+    stream: StreamSection = StreamSection()
     spark: SparkSection = SparkSection()
 
     @model_validator(mode="after")

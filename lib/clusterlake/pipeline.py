@@ -276,15 +276,15 @@ def run_job(cfg: JobConfig, spark=None) -> RunResult:
                                  "next_cluster_id": matching.next_id},
                         quality=quality,
                     )
-                    model_artifact.save(art, model_dir)
                     cen_df = _centroids_df(spark, run_id, cs, centroids, cluster_ids, parent_ids, descriptions)
                     staged.append(store.stage("centroids", cen_df, files=1))
                     label = icfg.label_column if passes_on else None
                     asg = assign_rows(clean, prep, centroids, cluster_ids, icfg.id_column, pfit.density, pfit.hierarchy, label)
-                    if passes_on or previous is not None:
-                        # computed once, then counted (passes, lineage) and written
-                        asg = asg.persist(StorageLevel.MEMORY_AND_DISK)
-                        persisted.append(asg)
+                    # computed once, then summarised (radius quantiles, passes, lineage) and written
+                    asg = asg.persist(StorageLevel.MEMORY_AND_DISK)
+                    persisted.append(asg)
+                    _serving_layout(art, asg, clean, cfg, model_dir)
+                    model_artifact.save(art, model_dir)
                     overlap = None
                     if previous is not None and previous.comparable:
                         overlap = history.overlap_counts(store, asg, icfg.id_column, previous, matching.ids)
@@ -362,6 +362,27 @@ def _report(output_path: str, run_id: str, history_runs: int) -> Optional[str]:
 
 # ----------------------------------------------------------------------------------------------
 # table rows
+
+
+def _serving_layout(art, asg, clean, cfg: JobConfig, model_dir) -> None:
+    """What real-time serving reads (docs/serving.md), added to ``art`` before it is saved: each
+    cluster's radius quantiles (for the radius outlier rule) and, under ``<model>/members/``, a
+    sample of each cluster's rows (for similar-item queries), one parquet file per cluster."""
+    from clusterlake.algorithms.passes import member_fractions, radius_quantiles, write_members
+
+    art.cluster_stats.update(radius_quantiles(asg, art.cluster_ids))
+    per = cfg.serving.members_per_cluster
+    if per == 0:
+        art.meta["members"] = {"per_cluster": 0, "runs": []}
+        return
+    t0 = time.time()
+    kept = write_members(clean, art.prep, art.centroids, art.cluster_ids, cfg.input.id_column,
+                         member_fractions(art.cluster_stats["sizes"], per), cfg.kmeans.seed,
+                         model_dir.child("members").uri)
+    art.cluster_stats["members"] = kept
+    art.meta["members"] = {"per_cluster": per, "runs": [art.run_id]}
+    log.info("serving layout: %d member rows (about %s per cluster) under %s in %.1f s", int(kept.sum()),
+             "all" if per is None else per, model_dir.child("members").uri, time.time() - t0)
 
 
 def cluster_table_stats(stats) -> dict:

@@ -168,6 +168,7 @@ def run_update(cfg: JobConfig, input_path: str, spark=None) -> RunResult:
                                  "next_cluster_id": base.next_cluster_id},
                         quality=base.quality,
                     )
+                    _add_members(art, base, clean, prep, C0, ids, id_col, n_new, cfg, model_dir)
                     model_artifact.save(art, model_dir)
                     parents = _parents(base)
                     full_cs = {"sizes": N1, "means_x": means_x,
@@ -228,6 +229,28 @@ class _UpdateFit:
     def __init__(self, centroids, k):
         self.centroids, self.k_requested = centroids, k
         self.engine, self.n_iter, self.init, self.converged = "update", 0, "previous", True
+
+
+def _add_members(art, base, clean, prep, C0, ids, id_col, n_new, cfg, model_dir) -> None:
+    """The new rows' share of the similar-item sample (same rate as the base run's: about
+    ``serving.members_per_cluster`` of each cluster's rows in total), under this version's
+    ``members/``; the model's member folders are the base's plus this one. The radius quantiles
+    stay the base run's (recomputed by the next full run)."""
+    from clusterlake.algorithms.passes import write_members
+
+    info = dict(base.meta.get("members") or {})
+    per = info.get("per_cluster", cfg.serving.members_per_cluster)
+    if per == 0 or not info.get("runs") or n_new.sum() == 0:
+        return
+    from clusterlake.algorithms import history
+    from clusterlake.algorithms.passes import member_fractions
+
+    # the rate the base run kept of each cluster (about per / N0), applied to the new rows
+    frac = member_fractions(history.previous_sizes(base), per)
+    kept = write_members(clean, prep, C0, ids, id_col, frac, cfg.kmeans.seed, model_dir.child("members").uri)
+    prev = np.asarray(base.cluster_stats.get("members", np.zeros(len(ids))), dtype=np.float64)
+    art.cluster_stats["members"] = prev + kept
+    art.meta["members"] = {"per_cluster": per, "runs": list(info["runs"]) + [art.run_id]}
 
 
 def _parents(art) -> np.ndarray | None:

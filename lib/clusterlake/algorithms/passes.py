@@ -303,3 +303,115 @@ def sample_rows(df, columns: list[str], n_total: int, size: int, seed: int):
         sampled = (sampled.sample(withReplacement=False, fraction=fraction, seed=seed)
                    .orderBy(F.rand(seed + 1)).limit(size))
     return sampled.toPandas()
+
+
+# ----------------------------------------------------------------------------------------------
+# what the serving layer reads: per-cluster radius quantiles and a per-cluster member sample
+
+RADIUS_QUANTILES = {"radius_p50": 0.5, "radius_p90": 0.9, "radius_p99": 0.99}
+
+
+def radius_quantiles(asg, cluster_ids: np.ndarray, accuracy: int = 10_000) -> dict[str, np.ndarray]:
+    """Per-cluster quantiles of the rows' distance to their centroid (``radius_p50/p90/p99``,
+    model space, row i = ``cluster_ids[i]``; 0 for an empty cluster), from the assignments.
+
+    One aggregation (``percentile_approx``: rank error at most 1/``accuracy`` of the cluster's
+    rows); collected: k rows of 3 numbers.
+    """
+    from pyspark.sql import functions as F
+
+    names = list(RADIUS_QUANTILES)
+    rows = (asg.groupBy("cluster_id")
+            .agg(F.percentile_approx("distance", list(RADIUS_QUANTILES.values()), accuracy).alias("q"))
+            .collect())
+    pos = {int(c): i for i, c in enumerate(cluster_ids)}
+    out = {n: np.zeros(len(cluster_ids)) for n in names}
+    for r in rows:
+        i = pos[int(r["cluster_id"])]
+        for j, n in enumerate(names):
+            out[n][i] = float(r["q"][j])
+    return out
+
+
+def member_fractions(counts: np.ndarray, per_cluster: Optional[int]) -> np.ndarray:
+    """Share of each cluster's rows kept as members: about ``per_cluster`` rows of each
+    (``None``: all of them; empty clusters: 0)."""
+    counts = np.asarray(counts, dtype=np.float64)
+    if per_cluster is None:
+        return np.where(counts > 0, 1.0, 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(counts > 0, np.minimum(1.0, per_cluster / np.maximum(counts, 1.0)), 0.0)
+
+
+def member_rows(df, prep: Preprocessor, centroids: np.ndarray, cluster_ids: np.ndarray, id_col: str,
+                fractions: np.ndarray, seed: int):
+    """The member sample: ``id, cluster_id, distance, z array<float>`` (model space, float32) for
+    a share ``fractions[i]`` of cluster i's rows.
+
+    A row is kept when ``u(id) < fractions[its cluster]``, ``u`` uniform in [0, 1) from a hash of
+    the id and ``seed``: the same rows every time for the same ids, independent of partitioning.
+    Rows with ``u >= max(fractions)`` are filtered out by Spark before any Python runs.
+    """
+    from pyspark.sql import functions as F
+
+    from clusterlake.kernels.distance import assign
+
+    feats = list(prep.feature_names)
+    center, scale, comps, norm = prep.center, prep.scale, prep.components, prep.normalize
+    C = np.ascontiguousarray(centroids, dtype=np.float64)
+    ids = np.asarray(cluster_ids, dtype=np.int32)
+    frac = np.asarray(fractions, dtype=np.float64)
+    p = prep.n_components
+    # 53 random bits of a 64-bit hash -> [0, 1)
+    u = (F.xxhash64(F.lit(int(seed)), F.col(id_col)).bitwiseAND(F.lit((1 << 53) - 1)).cast("double")
+         / float(1 << 53))
+    src = df.select(id_col, *feats, u.alias("__u"))
+    fmax = float(frac.max()) if len(frac) else 0.0
+    if fmax < 1.0:
+        src = src.where(F.col("__u") < F.lit(fmax))
+
+    def part(batches):
+        local = Preprocessor(feats, center, scale, comps, normalize=norm)
+        for b in batches:
+            if not b.num_rows:
+                continue
+            Z = local.transform(_block(b, feats))
+            lab, dist, _, _ = assign(Z, C)
+            keep = b.column("__u").to_numpy(zero_copy_only=False) < frac[lab]
+            if not keep.any():
+                continue
+            idx = np.flatnonzero(keep)
+            zk = np.ascontiguousarray(Z[idx], dtype=np.float32)
+            yield pa.RecordBatch.from_pydict({
+                id_col: b.column(id_col).take(pa.array(idx)),
+                "cluster_id": pa.array(ids[lab[idx]], pa.int32()),
+                "distance": pa.array(dist[idx], pa.float64()),
+                "z": pa.FixedSizeListArray.from_arrays(pa.array(zk.ravel()), p).cast(pa.list_(pa.float32())),
+            })
+
+    id_type = df.schema[id_col].dataType.simpleString()
+    return src.mapInArrow(part, f"`{id_col}` {id_type}, cluster_id int, distance double, z array<float>")
+
+
+def write_members(df, prep: Preprocessor, centroids: np.ndarray, cluster_ids: np.ndarray, id_col: str,
+                  fractions: np.ndarray, seed: int, dest_uri: str) -> np.ndarray:
+    """Write the member sample (:func:`member_rows`, ``fractions`` from :func:`member_fractions`)
+    to ``dest_uri`` as parquet partitioned by
+    ``cluster_id``, one file per cluster (``<dest>/cluster_id=<id>/part-*.parquet``): a
+    similar-item query reads that one folder. Returns the rows kept per cluster (row i =
+    ``cluster_ids[i]``). Nothing reaches the driver but the k counts."""
+    from pyspark.sql import functions as F
+
+    from clusterlake.io.fs import location
+
+    spark = df.sparkSession
+    rows = member_rows(df, prep, centroids, cluster_ids, id_col, fractions, seed)
+    rows.repartition(F.col("cluster_id")).write.mode("errorifexists").partitionBy("cluster_id").parquet(dest_uri)
+    kept = np.zeros(len(cluster_ids))
+    if not any("/cluster_id=" in i.path for i in location(dest_uri).files()):
+        return kept  # no row was kept (nothing to read back)
+    pos = {int(c): i for i, c in enumerate(cluster_ids)}
+    # the partition column and the files' row counts: a listing and the parquet footers
+    for r in spark.read.parquet(dest_uri).groupBy("cluster_id").count().collect():
+        kept[pos[int(r["cluster_id"])]] = r["count"]
+    return kept

@@ -9,7 +9,12 @@ Layout of ``<output>/model/<run_id>/``::
     centroids.npy     (k, p)  float64   model-space centroids, row i is cluster_ids[i]
     cluster_ids.npy   (k,)    int32     stable ids: row i of centroids is cluster cluster_ids[i]
     cluster_*.npy     per-cluster statistics of the run (row i = cluster_ids[i]): sizes (rows),
-                      radius_mean/rms/max (model space), means_x (input units)
+                      radius_mean/rms/max and radius_p50/p90/p99 (the rows' distance to the
+                      centroid, model space), means_x (input units), members (rows in members/)
+    members/          a sample of each cluster's rows for similar-item queries: parquet,
+                      ``cluster_id=<id>/part-*.parquet`` with columns <id column>, distance and
+                      z (model space, float32); ``meta.members.runs`` lists the runs whose
+                      ``members/`` folders together make up this model's (an update adds its rows)
     tree_*.npy        the cluster tree: bisecting K-means' splits, or Ward's tree over the
                       size-weighted K-means centroids (plus tree_linkage.npy, scipy format, whose
                       leaves are rows of centroids.npy). Leaves are named by cluster id, inner
@@ -47,7 +52,8 @@ from clusterlake.prep.transform import Preprocessor
 FORMAT_VERSION = 1
 _EXTRA_NAME = re.compile(r"(density|hier|report)_[a-z0-9_]+")
 _ARRAYS = ("center", "scale", "components", "centroids", "cluster_ids")
-CLUSTER_STATS = ("sizes", "radius_mean", "radius_rms", "radius_max", "means_x")  # saved as cluster_<name>.npy
+CLUSTER_STATS = ("sizes", "radius_mean", "radius_rms", "radius_max", "means_x",  # saved as cluster_<name>.npy
+                 "radius_p50", "radius_p90", "radius_p99", "members")
 
 
 @dataclass
