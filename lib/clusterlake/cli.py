@@ -1,7 +1,8 @@
 """Command line: ``clusterlake run --config FILE [--set key=value ...]`` (the full job) and
 ``clusterlake update --config FILE --input PATH [--set ...]`` (fold new rows into the latest model),
 ``clusterlake report (--config FILE | --output PATH) [--run RUN_ID]`` (rebuild a run's HTML report
-from the output alone).
+from the output alone), ``clusterlake serve --model PATH [--port N] [--watch S]`` (the HTTP
+assignment and query service, docs/serving.md).
 
 Exit codes: 0 success; 2 a user error (bad config, bad input, unusable output: one line on
 stderr naming the key/column and the fix); 75 another run holds the output path's lock (retry
@@ -42,6 +43,17 @@ def _parser() -> argparse.ArgumentParser:
     where.add_argument("--output", help="the job's output.path")
     rp.add_argument("--run", dest="run_id", default=None, metavar="RUN_ID", help="default: the newest run")
     rp.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sv = sub.add_parser("serve", help="serve a model over HTTP: /assign /nearest /similar /clusters/{id} /health")
+    sv.add_argument("--model", required=True, metavar="PATH", help="<output.path>/model/latest (or a run's model dir)")
+    sv.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1; 0.0.0.0 to listen on every interface")
+    sv.add_argument("--port", type=int, default=8080)
+    sv.add_argument("--outlier-rule", default="auto", choices=["auto", "density", "radius"],
+                    help="is_outlier by the density pass (auto when the model has it) or the cluster's p99 radius")
+    sv.add_argument("--max-body-bytes", type=int, default=1 << 20, help="larger requests get 413 (default 1 MiB)")
+    sv.add_argument("--max-rows", type=int, default=10_000, help="more rows in one request get 413")
+    sv.add_argument("--watch", type=float, default=None, metavar="SECONDS",
+                    help="reload when model/latest names a new run, checked every SECONDS (SIGHUP always reloads)")
+    sv.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p
 
 
@@ -56,6 +68,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         return _run(args, update=True)
     if args.command == "report":
         return _report(args)
+    if args.command == "serve":
+        return _serve(args)
     return 2  # pragma: no cover (argparse enforces the sub-command)
 
 
@@ -99,6 +113,22 @@ def _report(args) -> int:
         print(f"clusterlake: error: {exc}", file=sys.stderr)
         return exc.exit_code
     print(path)
+    return 0
+
+
+def _serve(args) -> int:
+    from clusterlake.serving.http import serve
+
+    if args.max_body_bytes < 1024 or args.max_rows < 1 or (args.watch is not None and args.watch <= 0):
+        print("clusterlake: error: --max-body-bytes must be >= 1024, --max-rows >= 1 and --watch > 0",
+              file=sys.stderr)
+        return 2
+    try:
+        serve(args.model, args.host, args.port, outlier_rule=args.outlier_rule, max_body_bytes=args.max_body_bytes,
+              max_rows=args.max_rows, watch_seconds=args.watch, log_level=args.log_level)
+    except ClusterlakeError as exc:
+        print(f"clusterlake: error: {exc}", file=sys.stderr)
+        return exc.exit_code
     return 0
 
 

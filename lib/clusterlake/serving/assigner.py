@@ -2,14 +2,27 @@
 
 ``Assigner`` loads the JSON + .npy model artifact (no pickle, no Spark) and applies the same
 ``Preprocessor.transform`` and nearest-centroid kernel the job ran on every row, so the same raw
-row gets the same ``cluster_id`` and distance.
+row gets the same ``cluster_id`` (the stable id), distance, second cluster and margin as in the
+``assignments`` table. ``is_outlier`` follows one rule, chosen when the Assigner is built:
+
+* ``density``: the density pass's rule (noise = not within the reach of any core point of the
+  sample): exactly the batch job's ``is_outlier`` column. Needs a model with the density pass.
+* ``radius``: farther from the centroid than the cluster's ``radius_p99`` (or ``radius_p90`` /
+  ``radius_max``): the distance beyond which 1% of the cluster's own rows lay last night.
+* ``auto`` (default): ``density`` when the model has the density pass, else ``radius``.
+
+Input: an (n, d) or (d,) array in :attr:`Assigner.feature_names` order, a mapping of feature
+name to value (one row) or to a column of values, or a list of such one-row mappings (records,
+e.g. parsed JSON). Extra keys are ignored. A missing feature, a null, a bool or string, NaN/inf,
+or a wrong row length raises :class:`RowError` naming the row and the feature.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Union
+from typing import Any, Optional, Union
 
 import numpy as np
 
@@ -17,38 +30,130 @@ from clusterlake.errors import ClusterlakeError
 from clusterlake.io import model_artifact
 from clusterlake.kernels.distance import assign
 
+Rows = Union[np.ndarray, Mapping, Sequence]
+OUTLIER_RULES = ("auto", "density", "radius")
+RADIUS_STATS = ("radius_p99", "radius_p90", "radius_max")
+
+
+class RowError(ClusterlakeError, ValueError):
+    """A row cannot be assigned: names the row (0-based) and the feature, and what is wrong."""
+
+    def __init__(self, message: str, row: Optional[int] = None, feature: Optional[str] = None):
+        super().__init__(message)
+        self.row = row
+        self.feature = feature
+
 
 @dataclass
 class Assignment:
-    cluster_id: np.ndarray  # (n,) int32
-    distance: np.ndarray  # (n,) float64, Euclidean in the model space
-    second_cluster_id: np.ndarray  # (n,) int32, -1 when k == 1
-    margin: np.ndarray  # (n,) float64, NaN when k == 1
+    """One entry per input row (arrays of length n)."""
+
+    cluster_id: np.ndarray  # int32, the stable cluster id
+    distance: np.ndarray  # float64, Euclidean distance to the centroid in the model space
+    second_cluster_id: np.ndarray  # int32, -1 when k == 1
+    margin: np.ndarray  # float64, distance to the second centroid minus distance; NaN when k == 1
+    is_outlier: np.ndarray  # bool, by the Assigner's outlier rule
+    density_label: Optional[np.ndarray] = None  # int32, -1 = noise; None unless outliers are by density
+
+    def __len__(self) -> int:
+        return len(self.cluster_id)
+
+    def records(self) -> list[dict[str, Any]]:
+        """JSON-ready dicts, one per row."""
+        out = []
+        has2 = not (len(self.second_cluster_id) and self.second_cluster_id[0] < 0)
+        for i in range(len(self.cluster_id)):
+            r = {
+                "cluster_id": int(self.cluster_id[i]),
+                "distance": float(self.distance[i]),
+                "second_cluster_id": int(self.second_cluster_id[i]) if has2 else None,
+                "margin": float(self.margin[i]) if has2 else None,
+                "is_outlier": bool(self.is_outlier[i]),
+            }
+            if self.density_label is not None:
+                r["density_label"] = int(self.density_label[i])
+            out.append(r)
+        return out
+
+
+def _describe(v: Any) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, (bool, np.bool_)):
+        return f"{v!r} (a boolean)"
+    if isinstance(v, _NUMBER_TYPES):
+        return repr(float(v))
+    return f"{v!r} ({type(v).__name__})"
+
+
+_NUMBER_TYPES = (float, int, np.floating, np.integer)  # concrete types: much faster than the Real ABC
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, _NUMBER_TYPES) and not isinstance(v, bool)
 
 
 class Assigner:
-    """Nearest-centroid assignment with a run's model.
+    """Nearest-centroid assignment with a run's model (thread-safe: it holds no mutable state).
+
+    Parameters
+    ----------
+    artifact : ModelArtifact
+    outlier_rule : {"auto", "density", "radius"}
+    radius_stat : {"radius_p99", "radius_p90", "radius_max"}
+        The per-cluster threshold of the ``radius`` rule.
 
     Examples
     --------
     >>> a = Assigner.load("out/local/model/latest")          # doctest: +SKIP
-    >>> a.assign({"age": [34, 51], "annual_income": [52.0, 130.0], ...}).cluster_id  # doctest: +SKIP
+    >>> a.assign({"age": 34, "annual_income": 52.0, ...}).cluster_id  # doctest: +SKIP
     """
 
-    def __init__(self, artifact: model_artifact.ModelArtifact):
+    def __init__(self, artifact: model_artifact.ModelArtifact, outlier_rule: str = "auto",
+                 radius_stat: str = "radius_p99"):
+        from clusterlake.algorithms.sample_passes import from_artifact
+
+        if outlier_rule not in OUTLIER_RULES:
+            raise ClusterlakeError(f"outlier_rule must be one of {OUTLIER_RULES}, got {outlier_rule!r}")
+        if radius_stat not in RADIUS_STATS:
+            raise ClusterlakeError(f"radius_stat must be one of {RADIUS_STATS}, got {radius_stat!r}")
         self.artifact = artifact
         self._prep = artifact.prep
+        self._names = list(self._prep.feature_names)
         self._centroids = np.ascontiguousarray(artifact.centroids, dtype=np.float64)
+        self._c_sq = np.einsum("ij,ij->i", self._centroids, self._centroids)
         self._ids = np.asarray(artifact.cluster_ids, dtype=np.int32)
+        self._pos = {int(c): i for i, c in enumerate(self._ids)}
+        self._density, _ = from_artifact(artifact)
+        self._core_sq = None
+        if self._density is not None:
+            self._density.nearest_core(np.zeros((1, self._centroids.shape[1])))  # build its index now
+            self._core_sq = np.einsum("ij,ij->i", self._density.core_points, self._density.core_points)
+        if outlier_rule == "auto":
+            outlier_rule = "density" if self._density is not None else "radius"
+        if outlier_rule == "density" and self._density is None:
+            raise ClusterlakeError(
+                f"model {artifact.run_id} has no density pass: use outlier_rule='radius' or run the "
+                "job with density.enabled: true")
+        self.outlier_rule = outlier_rule
+        stats = artifact.cluster_stats
+        self.radius_stat = radius_stat if radius_stat in stats else "radius_max"
+        if outlier_rule == "radius" and self.radius_stat not in stats:
+            raise ClusterlakeError(
+                f"model {artifact.run_id} has no per-cluster radius statistics (written since clusterlake "
+                "0.1 issue 7/9); re-run the job, or use outlier_rule='density'")
+        self._threshold = (np.asarray(stats[self.radius_stat], dtype=np.float64) * (1 + 1e-12)
+                           if self.radius_stat in stats else None)
 
     @classmethod
-    def load(cls, path: str) -> "Assigner":
-        return cls(model_artifact.load(path))
+    def load(cls, path: str, **kw) -> "Assigner":
+        return cls(model_artifact.load(path), **kw)
 
+    # ------------------------------------------------------------------------------------------
     @property
     def feature_names(self) -> list[str]:
         """The input columns, in the order ``assign`` expects them."""
-        return list(self._prep.feature_names)
+        return list(self._names)
 
     @property
     def run_id(self) -> str:
@@ -58,40 +163,185 @@ class Assigner:
     def k(self) -> int:
         return int(self._centroids.shape[0])
 
-    def _matrix(self, rows: Union[np.ndarray, Mapping]) -> np.ndarray:
-        names = self.feature_names
-        if isinstance(rows, Mapping):
-            missing = [c for c in names if c not in rows]
-            if missing:
-                raise ClusterlakeError(f"assign: missing feature(s) {missing}; the model expects {names}")
-            cols = [np.asarray(rows[c], dtype=np.float64).reshape(-1) for c in names]
-            if len({len(c) for c in cols}) > 1:
-                raise ClusterlakeError("assign: feature columns have different lengths")
-            X = np.column_stack(cols)
-        else:
-            X = np.asarray(rows, dtype=np.float64)
-            if X.ndim == 1:
-                X = X.reshape(1, -1)
-            if X.ndim != 2 or X.shape[1] != len(names):
-                raise ClusterlakeError(
-                    f"assign: expected an (n, {len(names)}) array with columns {names}, got shape {X.shape}"
-                )
-        bad = ~np.isfinite(X)
-        if bad.any():
-            r, c = np.argwhere(bad)[0]
-            raise ClusterlakeError(
-                f"assign: row {int(r)} column '{names[c]}' is {X[r, c]}; features must be finite numbers"
-            )
+    @property
+    def cluster_ids(self) -> np.ndarray:
+        return self._ids.copy()
+
+    def position(self, cluster_id: int) -> Optional[int]:
+        """Row of ``cluster_id`` in the model's arrays (None for an id the model does not have)."""
+        return self._pos.get(int(cluster_id))
+
+    # ------------------------------------------------------------------------------------------
+    def matrix(self, rows: Rows) -> np.ndarray:
+        """Validate ``rows`` and return them as an (n, d) float64 array in feature order."""
+        names = self._names
+        if isinstance(rows, np.ndarray):
+            return self._check(self._array(rows))
+        if isinstance(rows, Mapping) or hasattr(rows, "columns"):  # a dict or a pandas DataFrame
+            return self._check(self._columns(rows))
+        if isinstance(rows, (str, bytes)):
+            raise RowError(f"expected rows (an array, a mapping of feature -> value, or a list of "
+                           f"mappings), got a {type(rows).__name__}")
+        if isinstance(rows, Sequence):
+            if len(rows) == 0:
+                raise RowError("no rows to assign")
+            if isinstance(rows[0], Mapping):
+                return self._check(self._records(rows))
+            try:
+                X = np.asarray(rows)
+            except ValueError:  # ragged
+                X = np.asarray(rows, dtype=object)
+            if X.dtype == object or X.ndim == 2 and X.shape[1] != len(names) or X.ndim > 2:
+                return self._check(self._ragged(rows))
+            return self._check(self._array(X))
+        raise RowError(f"expected rows (an array, a mapping of feature -> value, or a list of mappings), "
+                       f"got a {type(rows).__name__}")
+
+    def _array(self, X: np.ndarray) -> np.ndarray:
+        names = self._names
+        if X.ndim == 1:
+            X = X.reshape(1, -1)
+        if X.ndim != 2 or X.shape[1] != len(names):
+            raise RowError(f"expected rows of {len(names)} features {names}, got an array of shape {X.shape}")
+        if X.dtype.kind not in "iuf":
+            if X.dtype.kind == "O":
+                return self._ragged(X.tolist())
+            raise RowError(f"features must be numbers, got an array of {X.dtype} "
+                           f"({'booleans' if X.dtype.kind == 'b' else 'non-numbers'})")
+        return np.ascontiguousarray(X, dtype=np.float64)
+
+    def _ragged(self, rows: Sequence) -> np.ndarray:
+        names = self._names
+        for i, r in enumerate(rows):
+            if not isinstance(r, (Sequence, np.ndarray)) or isinstance(r, (str, bytes)):
+                raise RowError(f"row {i} is {_describe(r)}, expected a list of {len(names)} numbers", row=i)
+            if len(r) != len(names):
+                raise RowError(f"row {i} has {len(r)} values, expected {len(names)} features {names}", row=i)
+            for j, v in enumerate(r):
+                if not _is_number(v):
+                    raise RowError(f"row {i} feature '{names[j]}' is {_describe(v)}; features must be numbers",
+                                   row=i, feature=names[j])
+        return np.asarray(rows, dtype=np.float64)
+
+    def _columns(self, rows) -> np.ndarray:
+        names = self._names
+        missing = [c for c in names if c not in rows]
+        if missing:
+            raise RowError(f"missing feature(s) {missing}; the model expects {names}", feature=missing[0])
+        vals = [rows[c] for c in names]
+        if all(_is_number(v) for v in vals):  # one row of scalars: the common, fast case
+            return np.array([vals], dtype=np.float64)
+        cols = []
+        for c, v in zip(names, vals):
+            a = np.asarray(v)
+            if a.dtype.kind not in "iuf":
+                bad = next((x for x in np.atleast_1d(a).tolist() if not _is_number(x)), a)
+                row = next((i for i, x in enumerate(np.atleast_1d(a).tolist()) if not _is_number(x)), 0)
+                raise RowError(f"row {row} feature '{c}' is {_describe(bad)}; features must be numbers",
+                               row=row, feature=c)
+            cols.append(a.astype(np.float64).reshape(-1))
+        lengths = {len(a) for a in cols}
+        if len(lengths) > 1:
+            raise RowError(f"feature columns have different lengths {sorted(lengths)}")
+        return np.column_stack(cols)
+
+    def _records(self, rows: Sequence[Mapping]) -> np.ndarray:
+        names = self._names
+        try:
+            vals = [[r[c] for c in names] for r in rows]
+        except (KeyError, TypeError):
+            for i, r in enumerate(rows):
+                if not isinstance(r, Mapping):
+                    raise RowError(f"row {i} is {_describe(r)}, expected a mapping of feature -> value",
+                                   row=i) from None
+                missing = [c for c in names if c not in r]
+                if missing:
+                    raise RowError(f"row {i}: missing feature(s) {missing}; the model expects {names}",
+                                   row=i, feature=missing[0]) from None
+            raise
+        for i, r in enumerate(vals):
+            for j, v in enumerate(r):
+                if not _is_number(v):
+                    raise RowError(f"row {i} feature '{names[j]}' is {_describe(v)}; features must be numbers",
+                                   row=i, feature=names[j])
+        return np.array(vals, dtype=np.float64)
+
+    def _check(self, X: np.ndarray) -> np.ndarray:
+        if X.shape[0] == 0:
+            raise RowError("no rows to assign")
+        if not np.isfinite(X).all():
+            r, c = np.argwhere(~np.isfinite(X))[0]
+            v = float(X[r, c])
+            raise RowError(f"row {int(r)} feature '{self._names[c]}' is {v if not math.isnan(v) else 'NaN'}; "
+                           "features must be finite numbers", row=int(r), feature=self._names[c])
         return X
 
-    def assign(self, rows: Union[np.ndarray, Mapping]) -> Assignment:
-        """Assign raw rows ((n, d) array in ``feature_names`` order, or a name -> values mapping)."""
-        Z = self._prep.transform(self._matrix(rows))
+    # ------------------------------------------------------------------------------------------
+    def transform(self, rows: Rows) -> np.ndarray:
+        """Validated rows in the model space (n, p)."""
+        return self._prep.transform(self.matrix(rows))
+
+    def assign(self, rows: Rows) -> Assignment:
+        """Assign raw rows: see the module docstring for the accepted forms."""
+        return self.assign_model_space(self.transform(rows))
+
+    def assign_model_space(self, Z: np.ndarray) -> Assignment:
         lab, dist, sec, sdist = assign(Z, self._centroids)
+        n = len(lab)
         has2 = self.k > 1
+        dens = None
+        if self.outlier_rule == "density":
+            dens = self._density_labels(Z)
+        if self.outlier_rule == "density":
+            out = dens < 0
+        else:
+            out = dist > self._threshold[lab]
         return Assignment(
             cluster_id=self._ids[lab],
             distance=dist,
-            second_cluster_id=self._ids[sec] if has2 else np.full(len(lab), -1, np.int32),
-            margin=(sdist - dist) if has2 else np.full(len(lab), np.nan),
+            second_cluster_id=self._ids[sec] if has2 else np.full(n, -1, np.int32),
+            margin=(sdist - dist) if has2 else np.full(n, np.nan),
+            is_outlier=out,
+            density_label=dens,
         )
+
+    def _density_labels(self, Z: np.ndarray) -> np.ndarray:
+        """The density pass's label of each row (-1 = noise), as the batch job computes it.
+
+        A few rows (a request): one GEMV-style ranking against all core points, then the exact
+        distance of the candidates within round-off of the best (the index's per-query overhead
+        would dominate). More rows: the model's pruned exact index
+        (:func:`clusterlake.kernels.density.extend`), as in the job."""
+        m = self._density
+        if len(Z) > 16 or len(m.core_points) == 0:
+            from clusterlake.kernels.density import extend
+
+            return extend(Z, m)[0]
+        if self._core_sq is None:
+            self._core_sq = np.einsum("ij,ij->i", m.core_points, m.core_points)
+        P = m.core_points
+        d2 = (self._core_sq[:, None] - 2.0 * (P @ Z.T)).T + np.einsum("ij,ij->i", Z, Z)[:, None]  # (n, m)
+        best = d2.min(axis=1)
+        tol = 1e-9 * (np.einsum("ij,ij->i", Z, Z) + self._core_sq.max()) + 1e-12
+        out = np.empty(len(Z), np.int32)
+        for i in range(len(Z)):  # <= 16 rows: the candidates of each row
+            cand = np.flatnonzero(d2[i] <= best[i] + tol[i])
+            diff = P[cand] - Z[i]
+            dist = np.sqrt(np.einsum("ij,ij->i", diff, diff))
+            j = cand[np.argmin(dist)]
+            out[i] = m.core_labels[j] if dist.min() <= m.core_reach[j] * (1 + 1e-12) else -1
+        return out
+
+    def nearest(self, rows: Rows, n: int = 5) -> tuple[np.ndarray, np.ndarray]:
+        """The ``n`` nearest clusters of every row: (cluster ids (rows, n), distances (rows, n)),
+        nearest first, distances exact (computed from the differences)."""
+        Z = self.transform(rows)
+        n = max(1, min(int(n), self.k))
+        # rank with the GEMM expansion, then recompute the candidates exactly and re-sort
+        score = self._c_sq[None, :] - 2.0 * (Z @ self._centroids.T)
+        m = min(self.k, n + 2)  # two spare candidates absorb round-off near-ties at the cut
+        cand = np.argpartition(score, m - 1, axis=1)[:, :m] if m < self.k else np.tile(np.arange(self.k), (len(Z), 1))
+        diff = Z[:, None, :] - self._centroids[cand]
+        d = np.sqrt(np.einsum("ijk,ijk->ij", diff, diff))
+        order = np.argsort(d, axis=1, kind="stable")[:, :n]
+        return self._ids[np.take_along_axis(cand, order, 1)], np.take_along_axis(d, order, 1)

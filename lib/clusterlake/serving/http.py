@@ -1,0 +1,292 @@
+"""``clusterlake serve --model PATH``: a small JSON-over-HTTP service on Starlette + uvicorn.
+
+Endpoints (JSON in and out; errors are ``{"error": message, ...}`` with a 4xx status, never a
+500 for anything a client sends):
+
+* ``POST /assign`` ``{"rows": [{feature: value, ...}, ...]}`` (or ``{"row": {...}}``, or rows as
+  arrays in the model's feature order) -> ``{"run_id", "assignments": [{cluster_id, distance,
+  second_cluster_id, margin, is_outlier[, density_label]}]}``
+* ``POST /nearest`` ``{"row": {...}, "n": 5}`` -> ``{"run_id", "clusters": [{cluster_id, distance}]}``
+  (``"rows"`` gives one list per row)
+* ``POST /similar`` ``{"row": {...}, "n": 10[, "cluster_id": 3]}`` -> the nearest member rows
+* ``GET /clusters`` and ``GET /clusters/{id}`` -> cluster statistics (404 for an unknown id)
+* ``GET /health`` -> ``{"status": "ok", "run_id", "k", "features", "loaded_at", ...}``
+
+Limits: a request body over ``max_body_bytes`` gets 413 (checked on Content-Length and while the
+body streams in), more than ``max_rows`` rows 413.
+
+Reloading without downtime: the service holds one loaded model and swaps the reference when a new
+one is fully loaded; requests already running finish on the model they started with, and a model
+that fails to load is logged and reported by ``/health`` while the old one keeps serving. A reload
+happens on ``SIGHUP`` (``kill -HUP <pid>``) and, with ``--watch SECONDS``, whenever
+``model/latest`` names a new run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import time
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from clusterlake.errors import ClusterlakeError
+from clusterlake.serving.assigner import RowError
+from clusterlake.serving.query import ClusterCatalog, ClusterNotFound, model_run_id
+
+log = logging.getLogger("clusterlake.serve")
+
+DEFAULT_MAX_BODY = 1 << 20  # 1 MiB: about 2,000 rows of 64 features as JSON objects
+DEFAULT_MAX_ROWS = 10_000
+_THREAD_ROWS = 2_000  # bigger batches run in a worker thread, not on the event loop
+
+
+class HTTPError(Exception):
+    def __init__(self, status: int, message: str, **extra: Any):
+        super().__init__(message)
+        self.status, self.message, self.extra = status, message, extra
+
+
+@dataclass
+class Loaded:
+    catalog: ClusterCatalog
+    loaded_at: float
+
+    @property
+    def run_id(self) -> str:
+        return self.catalog.run_id
+
+
+class ModelHolder:
+    """The model being served, swapped whole on reload (an attribute assignment: atomic)."""
+
+    def __init__(self, path: str, outlier_rule: str = "auto"):
+        self.path = path
+        self.outlier_rule = outlier_rule
+        self.current = self._load()
+        self.reloads = 0
+        self.last_error: Optional[str] = None
+        self.last_check: Optional[float] = None
+
+    def _load(self) -> Loaded:
+        t0 = time.time()
+        cat = ClusterCatalog.load(self.path, outlier_rule=self.outlier_rule)
+        log.info("loaded model %s from %s (k=%d, %d features, outliers by %s) in %.2f s", cat.run_id,
+                 cat.model_dir.uri, cat.assigner.k, len(cat.assigner.feature_names), cat.assigner.outlier_rule,
+                 time.time() - t0)
+        return Loaded(cat, time.time())
+
+    def reload(self, force: bool = False) -> bool:
+        """Load the model ``path`` names now if it is a new run (or ``force``); True if swapped.
+        On failure the current model stays and the error is kept for ``/health``."""
+        self.last_check = time.time()
+        rid = model_run_id(self.path)
+        if not force and rid is not None and rid == self.current.run_id:
+            return False
+        try:
+            new = self._load()
+        except Exception as exc:  # noqa: BLE001 (keep serving the old model whatever went wrong)
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            log.error("reload of %s failed, still serving %s: %s", self.path, self.current.run_id, self.last_error)
+            return False
+        old, self.current = self.current, new
+        self.reloads += 1
+        self.last_error = None
+        log.info("now serving %s (was %s)", new.run_id, old.run_id)
+        return True
+
+
+async def _body(request, limit: int) -> Any:
+    length = request.headers.get("content-length")
+    if length is not None:
+        try:
+            if int(length) > limit:
+                raise HTTPError(413, f"request body of {int(length)} bytes is over the limit of {limit} bytes; "
+                                     "send fewer rows per request")
+        except ValueError:
+            raise HTTPError(400, "bad Content-Length header") from None
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HTTPError(413, f"request body is over the limit of {limit} bytes; send fewer rows per request")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    if not raw.strip():
+        raise HTTPError(400, "empty request body; send a JSON object such as {\"row\": {...}}")
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise HTTPError(400, f"request body is not valid JSON: {exc}") from None
+
+
+def _rows(body: Any, max_rows: int) -> tuple[Any, bool]:
+    """(rows, single) from ``{"row": ...}`` or ``{"rows": [...]}``."""
+    if not isinstance(body, dict):
+        raise HTTPError(400, f"expected a JSON object with \"row\" or \"rows\", got {type(body).__name__}")
+    if "rows" in body:
+        rows = body["rows"]
+        if not isinstance(rows, list):
+            raise HTTPError(400, f"\"rows\" must be a list of rows, got {type(rows).__name__}")
+        if not rows:
+            raise HTTPError(400, "\"rows\" is empty")
+        if len(rows) > max_rows:
+            raise HTTPError(413, f"{len(rows)} rows in one request, over the limit of {max_rows}; split the batch")
+        return rows, False
+    if "row" in body:
+        row = body["row"]
+        if not isinstance(row, (dict, list)):
+            raise HTTPError(400, f"\"row\" must be an object of feature -> value (or a list in feature order), "
+                                 f"got {type(row).__name__}")
+        return ([row] if isinstance(row, list) else row), True
+    raise HTTPError(400, "expected a JSON object with \"row\" (one row) or \"rows\" (a list)")
+
+
+def _int(body: dict, key: str, default: Optional[int], lo: int, hi: int) -> Optional[int]:
+    v = body.get(key, default)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise HTTPError(400, f"\"{key}\" must be an integer, got {v!r}")
+    if not lo <= v <= hi:
+        raise HTTPError(400, f"\"{key}\" must be between {lo} and {hi}, got {v}")
+    return v
+
+
+def create_app(model_path: str, *, outlier_rule: str = "auto", max_body_bytes: int = DEFAULT_MAX_BODY,
+               max_rows: int = DEFAULT_MAX_ROWS, watch_seconds: Optional[float] = None,
+               holder: Optional[ModelHolder] = None):
+    """The ASGI app. Loads the model now (a bad path fails here, before the server listens)."""
+    from contextlib import asynccontextmanager
+
+    from starlette.applications import Starlette
+    from starlette.concurrency import run_in_threadpool
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    holder = holder or ModelHolder(model_path, outlier_rule)
+    started = time.time()
+
+    async def health(request):
+        cur = holder.current
+        art = cur.catalog.artifact
+        return JSONResponse({
+            "status": "ok", "run_id": cur.run_id, "run_date": art.run_date, "k": cur.catalog.assigner.k,
+            "features": cur.catalog.assigner.feature_names, "outlier_rule": cur.catalog.assigner.outlier_rule,
+            "model_path": holder.path, "model_dir": cur.catalog.model_dir.uri,
+            "loaded_at": cur.loaded_at, "uptime_s": round(time.time() - started, 3), "reloads": holder.reloads,
+            "last_reload_error": holder.last_error, "max_body_bytes": max_body_bytes, "max_rows": max_rows,
+        })
+
+    async def assign(request):
+        body = await _body(request, max_body_bytes)
+        rows, single = _rows(body, max_rows)
+        cat = holder.current.catalog  # one model for the whole request, even if a reload lands now
+        n = 1 if single else len(rows)
+        res = await run_in_threadpool(cat.assigner.assign, rows) if n > _THREAD_ROWS else cat.assigner.assign(rows)
+        return JSONResponse({"run_id": cat.run_id, "assignments": res.records()})
+
+    async def nearest(request):
+        body = await _body(request, max_body_bytes)
+        rows, single = _rows(body, max_rows)
+        cat = holder.current.catalog
+        n = _int(body, "n", 5, 1, cat.assigner.k)
+        got = cat.nearest(rows, n)
+        return JSONResponse({"run_id": cat.run_id, **({"clusters": got[0]} if single else {"rows": got})})
+
+    async def similar(request):
+        body = await _body(request, max_body_bytes)
+        rows, single = _rows(body, max_rows)
+        if not single:
+            raise HTTPError(400, "/similar takes one row: {\"row\": {...}, \"n\": 10}")
+        cat = holder.current.catalog
+        n = _int(body, "n", 10, 1, 1000)
+        cid = _int(body, "cluster_id", None, -(1 << 31), (1 << 31) - 1)
+        got = await run_in_threadpool(cat.similar, rows, n, cid)  # may read a parquet file
+        return JSONResponse({"run_id": cat.run_id, **got})
+
+    async def clusters(request):
+        cat = holder.current.catalog
+        return JSONResponse({"run_id": cat.run_id, "clusters": cat.clusters()})
+
+    async def cluster(request):
+        raw = request.path_params["cluster_id"]
+        try:
+            cid = int(raw)
+        except ValueError:
+            raise HTTPError(400, f"cluster id must be an integer, got {raw!r}") from None
+        return JSONResponse(holder.current.catalog.cluster(cid))
+
+    async def on_http_error(request, exc: HTTPError):
+        return JSONResponse({"error": exc.message, **exc.extra}, status_code=exc.status)
+
+    async def on_row_error(request, exc: RowError):
+        extra = {k: v for k, v in (("row", exc.row), ("feature", exc.feature)) if v is not None}
+        return JSONResponse({"error": str(exc), **extra}, status_code=400)
+
+    async def on_not_found(request, exc: ClusterNotFound):
+        return JSONResponse({"error": str(exc)}, status_code=404)
+
+    async def on_user_error(request, exc: ClusterlakeError):
+        return JSONResponse({"error": str(exc)}, status_code=400)
+
+    async def on_starlette(request, exc: StarletteHTTPException):
+        return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+    async def watch():
+        while True:
+            await asyncio.sleep(watch_seconds)
+            await run_in_threadpool(holder.reload)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        loop = asyncio.get_running_loop()
+        tasks = []
+        try:  # SIGHUP -> reload (only possible in the main thread, i.e. `clusterlake serve`)
+            loop.add_signal_handler(signal.SIGHUP, lambda: tasks.append(
+                loop.create_task(run_in_threadpool(holder.reload, True))))
+        except (ValueError, RuntimeError, NotImplementedError):
+            log.debug("SIGHUP reload not available here (not the main thread)")
+        if watch_seconds:
+            tasks.append(loop.create_task(watch()))
+        yield
+        for t in tasks:
+            t.cancel()
+
+    routes = [
+        Route("/health", health, methods=["GET"]),
+        Route("/assign", assign, methods=["POST"]),
+        Route("/nearest", nearest, methods=["POST"]),
+        Route("/similar", similar, methods=["POST"]),
+        Route("/clusters", clusters, methods=["GET"]),
+        Route("/clusters/{cluster_id}", cluster, methods=["GET"]),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={
+        HTTPError: on_http_error, RowError: on_row_error, ClusterNotFound: on_not_found,
+        ClusterlakeError: on_user_error, StarletteHTTPException: on_starlette,
+    })
+    app.state.holder = holder
+    return app
+
+
+def serve(model_path: str, host: str = "127.0.0.1", port: int = 8080, *, outlier_rule: str = "auto",
+          max_body_bytes: int = DEFAULT_MAX_BODY, max_rows: int = DEFAULT_MAX_ROWS,
+          watch_seconds: Optional[float] = None, log_level: str = "info") -> None:
+    """Run the service in this process until SIGINT/SIGTERM (uvicorn, one worker)."""
+    import uvicorn
+
+    try:  # one BLAS thread: a request's small GEMV must not wait for a second, busy core
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=1)
+    except ImportError:  # pragma: no cover (scikit-learn brings threadpoolctl)
+        log.warning("threadpoolctl missing: set OPENBLAS_NUM_THREADS=1 for steady latency")
+    app = create_app(model_path, outlier_rule=outlier_rule, max_body_bytes=max_body_bytes, max_rows=max_rows,
+                     watch_seconds=watch_seconds)
+    log.info("serving %s on http://%s:%d (POST /assign /nearest /similar, GET /clusters/{id} /health)",
+             app.state.holder.current.run_id, host, port)
+    uvicorn.run(app, host=host, port=port, log_level=log_level.lower(), access_log=False,
+                timeout_keep_alive=30, limit_concurrency=1000)
