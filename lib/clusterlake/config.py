@@ -315,7 +315,7 @@ class ServingSection(_Section):
 
 class StreamSection(_Section):
     """``jobs/assign_stream.py``: assign parquet files dropped in a landing folder with the latest
-    model, each file exactly once (docs/serving.md)."""
+    model, each file exactly once (docs/streaming.md)."""
 
     landing_path: Optional[str] = None
     """The folder new parquet files land in (required by the stream job)."""

@@ -108,6 +108,12 @@ class TableStore:
     def commit(self, st: StagedTable) -> Optional[int]:
         raise NotImplementedError
 
+    def transaction_version(self, name: str, app_id: str) -> Optional[int]:
+        """The last version an idempotent writer ``app_id`` committed to table ``name`` (Delta's
+        ``txn`` action, written by ``commit(st, app_transaction=(app_id, version))``), or None.
+        Only the Delta stores record it; see :mod:`clusterlake.stream`."""
+        return None
+
     def rollback(self, name: str, version: Optional[int], run_id: Optional[str] = None) -> None:
         """Put table ``name`` back to ``version``; ``None`` means it did not exist before run
         ``run_id`` (default: this store's run), and is deleted only if that run created it."""
@@ -243,15 +249,29 @@ class DeltaRsStore(TableStore):
         dt = self._dt(name)
         return None if dt is None else dt.version()
 
-    def commit(self, st: StagedTable) -> int:
+    def commit(self, st: StagedTable, app_transaction: Optional[tuple[str, int]] = None) -> int:
+        """Commit the staged files. ``app_transaction=(app_id, version)``: record Delta's
+        idempotent-writer ``txn`` action in the same commit as the files (appends only: a table
+        staged with ``append=True``), so :meth:`transaction_version` tells whether this
+        ``version`` of ``app_id`` has landed (a micro-batch replayed after a crash is skipped)."""
         from deltalake import Schema
-        from deltalake.transaction import AddAction, CommitProperties, create_table_with_add_actions
+        from deltalake.transaction import (AddAction, CommitProperties, Transaction,
+                                           create_table_with_add_actions)
 
         adds = [
             AddAction(rel, size, {PARTITION: self.run_date}, mtime, True, json.dumps({"numRecords": rows}))
             for rel, size, mtime, rows in st.files
         ]
         props = CommitProperties(custom_metadata={RUN_ID_KEY: self.run_id})
+        # the commit that adds the files: with the writer's txn action, if any (never the
+        # ADD COLUMNS commit before it, or a crash between the two would skip the rows)
+        data_props = props
+        if app_transaction is not None:
+            if not st.append:
+                raise ValueError("app_transaction is only supported for append commits")
+            app_id, txn_version = app_transaction
+            data_props = CommitProperties(custom_metadata={RUN_ID_KEY: self.run_id},
+                                          app_transactions=[Transaction(str(app_id), int(txn_version))])
         dt = self._dt(st.name)
         if dt is None:
             if st.table.exists() and any(i.base_name != "" for i in st.table.files(recursive=False)):
@@ -262,7 +282,7 @@ class DeltaRsStore(TableStore):
             create_table_with_add_actions(
                 st.table.uri, Schema.from_arrow(st.schema), adds, mode="error",
                 partition_by=[PARTITION], storage_options=self.cfg.storage_options or None,
-                commit_properties=props,
+                commit_properties=data_props,
             )
             dt = self._dt(st.name)
         else:
@@ -281,7 +301,8 @@ class DeltaRsStore(TableStore):
                     log.info("adding columns %s to %s", [f.name for f in new], st.table.uri)
                     dt.alter.add_columns(Schema.from_arrow(pa.schema(new)).fields, commit_properties=props)
                     dt.update_incremental()
-                dt.create_write_transaction(adds, "append", schema, partition_by=[PARTITION], commit_properties=props)
+                dt.create_write_transaction(adds, "append", schema, partition_by=[PARTITION],
+                                            commit_properties=data_props)
             else:
                 dt.create_write_transaction(
                     adds, "overwrite", schema, partition_by=[PARTITION],
@@ -329,6 +350,10 @@ class DeltaRsStore(TableStore):
         if dt is not None and dt.version() != version:
             log.warning("rolling back %s from version %d to %d", name, dt.version(), version)
             dt.restore(version, commit_properties=_props({RUN_ID_KEY: f"rollback-of-{self.run_id}"}))
+
+    def transaction_version(self, name: str, app_id: str) -> Optional[int]:
+        dt = self._dt(name)
+        return None if dt is None else dt.transaction_version(app_id)
 
     def last_commit_run_id(self, name: str) -> Optional[str]:
         dt = self._dt(name)
@@ -442,14 +467,31 @@ class SparkDeltaStore(TableStore):
         rows = self.spark.sql(f"DESCRIBE HISTORY delta.`{self.table(name).uri}`").orderBy("version").limit(1).collect()
         return bool(rows) and run_id in (rows[0]["userMetadata"] or "")
 
-    def commit(self, st: StagedTable) -> Optional[int]:
+    def commit(self, st: StagedTable, app_transaction: Optional[tuple[str, int]] = None) -> Optional[int]:
+        """``app_transaction=(app_id, version)``: Delta's idempotent writes (the ``txnAppId`` /
+        ``txnVersion`` writer options, as documented for ``foreachBatch``): Delta records the pair
+        in the commit and skips the write when ``app_id`` has committed ``version`` already.
+        Not exercised here (no Delta jars without Maven); :class:`DeltaRsStore` is tested."""
         w = st.df.write.format("delta").partitionBy(PARTITION).option("userMetadata", json.dumps({RUN_ID_KEY: self.run_id}))
+        if app_transaction is not None:
+            if not st.append:
+                raise ValueError("app_transaction is only supported for append commits")
+            w = w.option("txnAppId", str(app_transaction[0])).option("txnVersion", int(app_transaction[1]))
         if st.append:
             w = w.mode("append")
         else:
             w = w.mode("overwrite").option("replaceWhere", f"{PARTITION} = DATE'{self.run_date}'")
         w.save(st.table.uri)
         return self.current_version(st.name)
+
+    def transaction_version(self, name: str, app_id: str) -> Optional[int]:
+        # read through delta-rs; a table it cannot read (newer Delta features) answers None, and
+        # Spark's writer still skips a committed (txnAppId, txnVersion) itself
+        try:
+            return DeltaRsStore.transaction_version(self, name, app_id)  # type: ignore[arg-type]
+        except Exception as exc:
+            log.debug("delta-rs cannot read the txn of %s: %s", name, exc)
+            return None
 
     def rollback(self, name: str, version: Optional[int], run_id: Optional[str] = None) -> None:
         uri = self.table(name).uri
