@@ -331,6 +331,11 @@ def _bad_requests(names):
         ("bad json", "POST", "/assign", None, b'{"row": {', 400, "not valid JSON"),
         ("empty body", "POST", "/assign", None, b"", 400, "empty request body"),
         ("not utf-8", "POST", "/assign", None, b"\xff\xfe\x00", 400, "not valid JSON"),
+        ("huge integer", "POST", "/assign", None, ('{"row": {' + ", ".join(
+            f'"{f}": {"1" + "0" * 400 if i == 0 else "1.0"}' for i, f in enumerate(names)) + "}}").encode(),
+         400, "float64 range"),
+        ("deep nesting", "POST", "/assign", None, b"[" * 50_000 + b"]" * 50_000, 400, "nested too deeply"),
+        ("rows of nulls", "POST", "/assign", {"rows": [None, None]}, None, 400, "row 0 is null"),
         ("oversize body", "POST", "/assign", {"rows": [row] * 400, "pad": "x" * 300_000}, None, 413, "limit"),
         ("too many rows", "POST", "/assign", {"rows": [[1.0] * len(names)] * 501}, None, 413, "limit of 500"),
         ("n not int", "POST", "/nearest", {"row": row, "n": "3"}, None, 400, "integer"),

@@ -174,6 +174,12 @@ class Assigner:
     # ------------------------------------------------------------------------------------------
     def matrix(self, rows: Rows) -> np.ndarray:
         """Validate ``rows`` and return them as an (n, d) float64 array in feature order."""
+        try:
+            return self._matrix(rows)
+        except OverflowError:  # a Python int beyond float64 (e.g. 10**400 from JSON)
+            raise RowError("a feature value is out of the float64 range (beyond ~1.8e308)") from None
+
+    def _matrix(self, rows: Rows) -> np.ndarray:
         names = self._names
         if isinstance(rows, np.ndarray):
             return self._check(self._array(rows))

@@ -120,6 +120,8 @@ async def _body(request, limit: int) -> Any:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise HTTPError(400, f"request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise HTTPError(400, "request body is nested too deeply") from None
 
 
 def _rows(body: Any, max_rows: int) -> tuple[Any, bool]:
