@@ -336,6 +336,13 @@ def _bad_requests(names):
          400, "float64 range"),
         ("deep nesting", "POST", "/assign", None, b"[" * 50_000 + b"]" * 50_000, 400, "nested too deeply"),
         ("rows of nulls", "POST", "/assign", {"rows": [None, None]}, None, 400, "row 0 is null"),
+        ("huge finite value", "POST", "/assign", {"row": {**row, names[0]: 1e200}}, None, 400, "too large"),
+        ("huge value, nearest", "POST", "/nearest", {"row": {**row, names[0]: 1e200}}, None, 400, "too large"),
+        ("nested value", "POST", "/assign", {"row": {**row, names[0]: [1.0, [2.0]]}}, None, 400, "row 1"),
+        ("bool among numbers", "POST", "/assign", {"rows": [[1.5, True] + [1.0] * (len(names) - 2)]}, None, 400,
+         "boolean"),
+        ("many rows in one row", "POST", "/assign", {"row": {f: [1.0] * 501 for f in names}}, None, 413,
+         "501 rows"),
         ("oversize body", "POST", "/assign", {"rows": [row] * 400, "pad": "x" * 300_000}, None, 413, "limit"),
         ("too many rows", "POST", "/assign", {"rows": [[1.0] * len(names)] * 501}, None, 413, "limit of 500"),
         ("n not int", "POST", "/nearest", {"row": row, "n": "3"}, None, 400, "integer"),
@@ -350,7 +357,9 @@ def _bad_requests(names):
 
 
 def test_http_bad_requests_get_4xx_with_a_message(server, assigner):
-    for name, method, path, body, raw, status, words in _bad_requests(assigner.feature_names):
+    cases = _bad_requests(assigner.feature_names)
+    assert len(cases) == 33  # docs/serving.md counts them
+    for name, method, path, body, raw, status, words in cases:
         got_status, got = server.call(method, path, body, raw)
         assert got_status == status, (name, got_status, got)
         assert isinstance(got, dict) and words in got["error"], (name, got)
@@ -444,3 +453,23 @@ def test_serve_refuses_a_path_without_a_model(tmp_path):
     p = subprocess.run([sys.executable, "-m", "clusterlake.cli", "serve", "--model", str(tmp_path), "--port",
                         str(_free_port())], capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and "not a clusterlake model directory" in p.stderr
+
+
+def test_catalog_through_a_symlink_and_with_an_empty_cluster(served, tmp_path):
+    """A --model path that is a link to model/latest still finds the run's members; an empty
+    cluster's statistics are JSON (no NaN)."""
+    link = tmp_path / "current"
+    os.symlink(served["latest"], link)
+    cat = ClusterCatalog.load(str(link))
+    cid = int(cat.assigner.cluster_ids[0])
+    assert cat.cluster(cid)["members"] > 0 and len(cat.members(cid)[0]) == cat.cluster(cid)["members"]
+    run = served["result"].run_id
+    copy = tmp_path / "model" / run
+    shutil.copytree(os.path.join(served["out"], "model", run), copy, symlinks=True)
+    for name, value in (("cluster_sizes", 0.0), ("cluster_means_x", np.nan)):
+        arr = np.load(copy / f"{name}.npy")
+        arr[1] = value
+        np.save(copy / f"{name}.npy", arr)
+    empty = ClusterCatalog.load(str(copy)).cluster(int(cat.assigner.cluster_ids[1]))
+    assert empty["size"] == 0 and empty["archetype"]["profile"] is None
+    json.dumps(empty, allow_nan=False)  # raises on NaN/inf

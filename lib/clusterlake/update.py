@@ -245,8 +245,10 @@ def _add_members(art, base, clean, prep, C0, ids, id_col, n_new, cfg, model_dir)
     from clusterlake.algorithms import history
     from clusterlake.algorithms.passes import member_fractions
 
-    # the rate the base run kept of each cluster (about per / N0), applied to the new rows
-    frac = member_fractions(history.previous_sizes(base), per)
+    # the rate the base run kept of each cluster (about per / N0), applied to the new rows; a
+    # cluster empty in the base run samples its new rows as a fresh cluster would
+    N0 = history.previous_sizes(base)
+    frac = member_fractions(np.where(N0 > 0, N0, n_new), per)
     kept = write_members(clean, prep, C0, ids, id_col, frac, cfg.kmeans.seed, model_dir.child("members").uri)
     prev = np.asarray(base.cluster_stats.get("members", np.zeros(len(ids))), dtype=np.float64)
     art.cluster_stats["members"] = prev + kept

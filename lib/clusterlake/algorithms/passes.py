@@ -345,8 +345,9 @@ def member_fractions(counts: np.ndarray, per_cluster: Optional[int]) -> np.ndarr
 
 def member_rows(df, prep: Preprocessor, centroids: np.ndarray, cluster_ids: np.ndarray, id_col: str,
                 fractions: np.ndarray, seed: int):
-    """The member sample: ``id, cluster_id, distance, z array<float>`` (model space, float32) for
-    a share ``fractions[i]`` of cluster i's rows.
+    """The member sample: ``id`` (the id column, renamed: no clash with the other names),
+    ``cluster_id, distance, z array<float>`` (model space, float32) for a share ``fractions[i]``
+    of cluster i's rows.
 
     A row is kept when ``u(id) < fractions[its cluster]``, ``u`` uniform in [0, 1) from a hash of
     the id and ``seed``: the same rows every time for the same ids, independent of partitioning.
@@ -383,14 +384,14 @@ def member_rows(df, prep: Preprocessor, centroids: np.ndarray, cluster_ids: np.n
             idx = np.flatnonzero(keep)
             zk = np.ascontiguousarray(Z[idx], dtype=np.float32)
             yield pa.RecordBatch.from_pydict({
-                id_col: b.column(id_col).take(pa.array(idx)),
+                "id": b.column(id_col).take(pa.array(idx)),
                 "cluster_id": pa.array(ids[lab[idx]], pa.int32()),
                 "distance": pa.array(dist[idx], pa.float64()),
                 "z": pa.FixedSizeListArray.from_arrays(pa.array(zk.ravel()), p).cast(pa.list_(pa.float32())),
             })
 
     id_type = df.schema[id_col].dataType.simpleString()
-    return src.mapInArrow(part, f"`{id_col}` {id_type}, cluster_id int, distance double, z array<float>")
+    return src.mapInArrow(part, f"id {id_type}, cluster_id int, distance double, z array<float>")
 
 
 def write_members(df, prep: Preprocessor, centroids: np.ndarray, cluster_ids: np.ndarray, id_col: str,

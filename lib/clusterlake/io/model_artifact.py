@@ -12,7 +12,7 @@ Layout of ``<output>/model/<run_id>/``::
                       radius_mean/rms/max and radius_p50/p90/p99 (the rows' distance to the
                       centroid, model space), means_x (input units), members (rows in members/)
     members/          a sample of each cluster's rows for similar-item queries: parquet,
-                      ``cluster_id=<id>/part-*.parquet`` with columns <id column>, distance and
+                      ``cluster_id=<id>/part-*.parquet`` with columns id (the id column), distance and
                       z (model space, float32); ``meta.members.runs`` lists the runs whose
                       ``members/`` folders together make up this model's (an update adds its rows)
     tree_*.npy        the cluster tree: bisecting K-means' splits, or Ward's tree over the

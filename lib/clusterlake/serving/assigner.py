@@ -93,6 +93,12 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, _NUMBER_TYPES) and not isinstance(v, bool)
 
 
+def _only_numbers(values) -> bool:
+    """True when every value is a Python float or int (not bool): one pass over the types (what
+    parsed JSON holds); anything else goes to the slower per-value check that names it."""
+    return set(map(type, values)) <= {float, int}
+
+
 class Assigner:
     """Nearest-centroid assignment with a run's model (thread-safe: it holds no mutable state).
 
@@ -138,6 +144,12 @@ class Assigner:
         self.outlier_rule = outlier_rule
         stats = artifact.cluster_stats
         self.radius_stat = radius_stat if radius_stat in stats else "radius_max"
+        if self.radius_stat != radius_stat and outlier_rule == "radius":
+            import logging
+
+            logging.getLogger(__name__).warning(
+                "model %s has no %s (written since issue 9): the radius rule uses radius_max, which flags "
+                "almost nothing; re-run the job for the quantiles", artifact.run_id, radius_stat)
         if outlier_rule == "radius" and self.radius_stat not in stats:
             raise ClusterlakeError(
                 f"model {artifact.run_id} has no per-cluster radius statistics (written since clusterlake "
@@ -193,6 +205,12 @@ class Assigner:
                 raise RowError("no rows to assign")
             if isinstance(rows[0], Mapping):
                 return self._check(self._records(rows))
+            if isinstance(rows[0], (list, tuple)) and all(isinstance(r, (list, tuple)) and len(r) == len(names)
+                                                          for r in rows):
+                # parsed JSON: only floats and ints may pass (np.asarray would turn true into 1.0)
+                if _only_numbers(v for r in rows for v in r):
+                    return self._check(np.array(rows, dtype=np.float64))
+                return self._check(self._ragged(rows))
             try:
                 X = np.asarray(rows)
             except ValueError:  # ragged
@@ -239,13 +257,25 @@ class Assigner:
             return np.array([vals], dtype=np.float64)
         cols = []
         for c, v in zip(names, vals):
-            a = np.asarray(v)
-            if a.dtype.kind not in "iuf":
-                bad = next((x for x in np.atleast_1d(a).tolist() if not _is_number(x)), a)
-                row = next((i for i, x in enumerate(np.atleast_1d(a).tolist()) if not _is_number(x)), 0)
-                raise RowError(f"row {row} feature '{c}' is {_describe(bad)}; features must be numbers",
-                               row=row, feature=c)
-            cols.append(a.astype(np.float64).reshape(-1))
+            if hasattr(v, "to_numpy"):  # a pandas Series
+                v = v.to_numpy()
+            if isinstance(v, np.ndarray):
+                if v.dtype.kind in "iuf":
+                    cols.append(v.astype(np.float64).reshape(-1))
+                    continue
+                items = v.reshape(-1).tolist()
+            elif isinstance(v, (list, tuple)):
+                items = list(v)
+                if _only_numbers(items):
+                    cols.append(np.asarray(items, dtype=np.float64))
+                    continue
+            else:
+                items = [v]
+            for row, x in enumerate(items):
+                if not _is_number(x):
+                    raise RowError(f"row {row} feature '{c}' is {_describe(x)}; features must be numbers",
+                                   row=row, feature=c)
+            cols.append(np.asarray(items, dtype=np.float64).reshape(-1))
         lengths = {len(a) for a in cols}
         if len(lengths) > 1:
             raise RowError(f"feature columns have different lengths {sorted(lengths)}")
@@ -265,11 +295,12 @@ class Assigner:
                     raise RowError(f"row {i}: missing feature(s) {missing}; the model expects {names}",
                                    row=i, feature=missing[0]) from None
             raise
-        for i, r in enumerate(vals):
-            for j, v in enumerate(r):
-                if not _is_number(v):
-                    raise RowError(f"row {i} feature '{names[j]}' is {_describe(v)}; features must be numbers",
-                                   row=i, feature=names[j])
+        if not _only_numbers(v for r in vals for v in r):
+            for i, r in enumerate(vals):
+                for j, v in enumerate(r):
+                    if not _is_number(v):
+                        raise RowError(f"row {i} feature '{names[j]}' is {_describe(v)}; features must be numbers",
+                                       row=i, feature=names[j])
         return np.array(vals, dtype=np.float64)
 
     def _check(self, X: np.ndarray) -> np.ndarray:
@@ -285,7 +316,17 @@ class Assigner:
     # ------------------------------------------------------------------------------------------
     def transform(self, rows: Rows) -> np.ndarray:
         """Validated rows in the model space (n, p)."""
-        return self._prep.transform(self.matrix(rows))
+        X = rows if isinstance(rows, np.ndarray) and rows.dtype == np.float64 and rows.ndim == 2 \
+            and rows.shape[1] == len(self._names) and np.isfinite(rows).all() else self.matrix(rows)
+        with np.errstate(over="ignore", invalid="ignore"):
+            Z = self._prep.transform(X)
+            # finite inputs far beyond the training range (|x| ~ 1e154 and up) overflow the distances
+            sq = np.einsum("ij,ij->i", Z, Z)
+        if not np.isfinite(sq).all():
+            r = int(np.flatnonzero(~np.isfinite(sq))[0])
+            raise RowError(f"row {r} has feature values too large to compare with the clusters "
+                           f"(e.g. {float(np.abs(X[r]).max()):.3g}); check the units of the input", row=r)
+        return Z
 
     def assign(self, rows: Rows) -> Assignment:
         """Assign raw rows: see the module docstring for the accepted forms."""
@@ -314,12 +355,13 @@ class Assigner:
     def _density_labels(self, Z: np.ndarray) -> np.ndarray:
         """The density pass's label of each row (-1 = noise), as the batch job computes it.
 
-        A few rows (a request): one GEMV-style ranking against all core points, then the exact
-        distance of the candidates within round-off of the best (the index's per-query overhead
-        would dominate). More rows: the model's pruned exact index
+        A small request (rows x core points x dimensions <= 2e6, e.g. 3 rows against 9,000 core
+        points of 64 dimensions): one product ranks every core point, then the candidates within
+        round-off of the best are measured exactly (the index's per-query overhead would
+        dominate). Otherwise the model's pruned exact index
         (:func:`clusterlake.kernels.density.extend`), as in the job."""
         m = self._density
-        if len(Z) > 16 or len(m.core_points) == 0:
+        if len(Z) * m.core_points.size > 2_000_000 or len(m.core_points) == 0:
             from clusterlake.kernels.density import extend
 
             return extend(Z, m)[0]
@@ -330,7 +372,7 @@ class Assigner:
         best = d2.min(axis=1)
         tol = 1e-9 * (np.einsum("ij,ij->i", Z, Z) + self._core_sq.max()) + 1e-12
         out = np.empty(len(Z), np.int32)
-        for i in range(len(Z)):  # <= 16 rows: the candidates of each row
+        for i in range(len(Z)):  # a few rows: the candidates of each row
             cand = np.flatnonzero(d2[i] <= best[i] + tol[i])
             diff = P[cand] - Z[i]
             dist = np.sqrt(np.einsum("ij,ij->i", diff, diff))
@@ -347,6 +389,7 @@ class Assigner:
         score = self._c_sq[None, :] - 2.0 * (Z @ self._centroids.T)
         m = min(self.k, n + 2)  # two spare candidates absorb round-off near-ties at the cut
         cand = np.argpartition(score, m - 1, axis=1)[:, :m] if m < self.k else np.tile(np.arange(self.k), (len(Z), 1))
+        cand = np.sort(cand, axis=1)  # exact ties then go to the lowest index, as in assign()
         diff = Z[:, None, :] - self._centroids[cand]
         d = np.sqrt(np.einsum("ijk,ijk->ij", diff, diff))
         order = np.argsort(d, axis=1, kind="stable")[:, :n]

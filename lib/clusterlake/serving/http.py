@@ -28,6 +28,7 @@ import asyncio
 import json
 import logging
 import signal
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -40,7 +41,7 @@ log = logging.getLogger("clusterlake.serve")
 
 DEFAULT_MAX_BODY = 1 << 20  # 1 MiB: about 2,000 rows of 64 features as JSON objects
 DEFAULT_MAX_ROWS = 10_000
-_THREAD_ROWS = 2_000  # bigger batches run in a worker thread, not on the event loop
+_THREAD_ROWS = 64  # bigger requests run in a worker thread, not on the event loop (~0.5 ms and up)
 
 
 class HTTPError(Exception):
@@ -69,6 +70,8 @@ class ModelHolder:
         self.reloads = 0
         self.last_error: Optional[str] = None
         self.last_check: Optional[float] = None
+        self._failed_run: Optional[str] = None  # --watch does not retry a run that failed to load
+        self._lock = threading.Lock()  # one reload at a time
 
     def _load(self) -> Loaded:
         t0 = time.time()
@@ -81,21 +84,31 @@ class ModelHolder:
     def reload(self, force: bool = False) -> bool:
         """Load the model ``path`` names now if it is a new run (or ``force``); True if swapped.
         On failure the current model stays and the error is kept for ``/health``."""
-        self.last_check = time.time()
-        rid = model_run_id(self.path)
-        if not force and rid is not None and rid == self.current.run_id:
-            return False
+        if not self._lock.acquire(blocking=False):
+            return False  # a reload is running; it reads the newest model anyway
         try:
-            new = self._load()
-        except Exception as exc:  # noqa: BLE001 (keep serving the old model whatever went wrong)
-            self.last_error = f"{type(exc).__name__}: {exc}"
-            log.error("reload of %s failed, still serving %s: %s", self.path, self.current.run_id, self.last_error)
-            return False
-        old, self.current = self.current, new
-        self.reloads += 1
-        self.last_error = None
-        log.info("now serving %s (was %s)", new.run_id, old.run_id)
-        return True
+            self.last_check = time.time()
+            rid = model_run_id(self.path)
+            if not force and rid is not None and rid == self.current.run_id:
+                self.last_error = self._failed_run = None  # latest points at the served model again
+                return False
+            if not force and rid is not None and rid == self._failed_run:
+                return False  # known bad: wait for a newer run or a SIGHUP
+            try:
+                new = self._load()
+            except Exception as exc:  # noqa: BLE001 (keep serving the old model whatever went wrong)
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                self._failed_run = rid
+                log.error("reload of %s (run %s) failed, still serving %s: %s", self.path, rid,
+                          self.current.run_id, self.last_error)
+                return False
+            old, self.current = self.current, new
+            self.reloads += 1
+            self.last_error = self._failed_run = None
+            log.info("now serving %s (was %s)", new.run_id, old.run_id)
+            return True
+        finally:
+            self._lock.release()
 
 
 async def _body(request, limit: int) -> Any:
@@ -178,26 +191,37 @@ def create_app(model_path: str, *, outlier_rule: str = "auto", max_body_bytes: i
         return JSONResponse({
             "status": "ok", "run_id": cur.run_id, "run_date": art.run_date, "k": cur.catalog.assigner.k,
             "features": cur.catalog.assigner.feature_names, "outlier_rule": cur.catalog.assigner.outlier_rule,
+            "radius_stat": cur.catalog.assigner.radius_stat,
             "model_path": holder.path, "model_dir": cur.catalog.model_dir.uri,
             "loaded_at": cur.loaded_at, "uptime_s": round(time.time() - started, 3), "reloads": holder.reloads,
             "last_reload_error": holder.last_error, "max_body_bytes": max_body_bytes, "max_rows": max_rows,
         })
 
+    def matrix(cat, rows):
+        X = cat.assigner.matrix(rows)  # counted as rows: {"row": {f: [v1, v2, ...]}} is many rows too
+        if len(X) > max_rows:
+            raise HTTPError(413, f"{len(X)} rows in one request, over the limit of {max_rows}; split the batch")
+        return X
+
     async def assign(request):
         body = await _body(request, max_body_bytes)
         rows, single = _rows(body, max_rows)
         cat = holder.current.catalog  # one model for the whole request, even if a reload lands now
-        n = 1 if single else len(rows)
-        res = await run_in_threadpool(cat.assigner.assign, rows) if n > _THREAD_ROWS else cat.assigner.assign(rows)
-        return JSONResponse({"run_id": cat.run_id, "assignments": res.records()})
+        X = matrix(cat, rows)
+        if len(X) > _THREAD_ROWS:
+            res = await run_in_threadpool(lambda: cat.assigner.assign(X).records())
+        else:
+            res = cat.assigner.assign(X).records()
+        return JSONResponse({"run_id": cat.run_id, "assignments": res})
 
     async def nearest(request):
         body = await _body(request, max_body_bytes)
         rows, single = _rows(body, max_rows)
         cat = holder.current.catalog
-        n = _int(body, "n", 5, 1, cat.assigner.k)
-        got = cat.nearest(rows, n)
-        return JSONResponse({"run_id": cat.run_id, **({"clusters": got[0]} if single else {"rows": got})})
+        n = _int(body, "n", min(5, cat.assigner.k), 1, cat.assigner.k)
+        X = matrix(cat, rows)
+        got = await run_in_threadpool(cat.nearest, X, n) if len(X) > _THREAD_ROWS else cat.nearest(X, n)
+        return JSONResponse({"run_id": cat.run_id, **({"clusters": got[0]} if single and len(X) == 1 else {"rows": got})})
 
     async def similar(request):
         body = await _body(request, max_body_bytes)
@@ -207,7 +231,8 @@ def create_app(model_path: str, *, outlier_rule: str = "auto", max_body_bytes: i
         cat = holder.current.catalog
         n = _int(body, "n", 10, 1, 1000)
         cid = _int(body, "cluster_id", None, -(1 << 31), (1 << 31) - 1)
-        got = await run_in_threadpool(cat.similar, rows, n, cid)  # may read a parquet file
+        X = matrix(cat, rows)
+        got = await run_in_threadpool(cat.similar, X, n, cid)  # may read a parquet file
         return JSONResponse({"run_id": cat.run_id, **got})
 
     async def clusters(request):
@@ -235,6 +260,11 @@ def create_app(model_path: str, *, outlier_rule: str = "auto", max_body_bytes: i
     async def on_user_error(request, exc: ClusterlakeError):
         return JSONResponse({"error": str(exc)}, status_code=400)
 
+    async def on_bug(request, exc: Exception):  # a bug, not the client: logged with its traceback
+        log.exception("internal error on %s %s", request.method, request.url.path)
+        return JSONResponse({"error": f"internal error ({type(exc).__name__}); see the service log"},
+                            status_code=500)
+
     async def on_starlette(request, exc: StarletteHTTPException):
         return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
@@ -247,9 +277,12 @@ def create_app(model_path: str, *, outlier_rule: str = "auto", max_body_bytes: i
     async def lifespan(app):
         loop = asyncio.get_running_loop()
         tasks = []
+        def on_hup():
+            tasks[:] = [t for t in tasks if not t.done()]
+            tasks.append(loop.create_task(run_in_threadpool(holder.reload, True)))
+
         try:  # SIGHUP -> reload (only possible in the main thread, i.e. `clusterlake serve`)
-            loop.add_signal_handler(signal.SIGHUP, lambda: tasks.append(
-                loop.create_task(run_in_threadpool(holder.reload, True))))
+            loop.add_signal_handler(signal.SIGHUP, on_hup)
         except (ValueError, RuntimeError, NotImplementedError):
             log.debug("SIGHUP reload not available here (not the main thread)")
         if watch_seconds:
@@ -268,7 +301,7 @@ def create_app(model_path: str, *, outlier_rule: str = "auto", max_body_bytes: i
     ]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={
         HTTPError: on_http_error, RowError: on_row_error, ClusterNotFound: on_not_found,
-        ClusterlakeError: on_user_error, StarletteHTTPException: on_starlette,
+        ClusterlakeError: on_user_error, StarletteHTTPException: on_starlette, Exception: on_bug,
     })
     app.state.holder = holder
     return app
@@ -286,6 +319,7 @@ def serve(model_path: str, host: str = "127.0.0.1", port: int = 8080, *, outlier
         threadpool_limits(limits=1)
     except ImportError:  # pragma: no cover (scikit-learn brings threadpoolctl)
         log.warning("threadpoolctl missing: set OPENBLAS_NUM_THREADS=1 for steady latency")
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a SIGHUP while the model loads must not kill us
     app = create_app(model_path, outlier_rule=outlier_rule, max_body_bytes=max_body_bytes, max_rows=max_rows,
                      watch_seconds=watch_seconds)
     log.info("serving %s on http://%s:%d (POST /assign /nearest /similar, GET /clusters/{id} /health)",

@@ -17,7 +17,10 @@ is replaced while it loads is never read half old, half new.
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
+import logging
+import os
 import threading
 from collections import OrderedDict
 from typing import Any, Optional
@@ -28,6 +31,9 @@ from clusterlake.errors import ClusterlakeError
 from clusterlake.io import model_artifact
 from clusterlake.io.fs import Location, location
 from clusterlake.serving.assigner import Assigner, Rows
+
+log = logging.getLogger(__name__)
+CACHE_BYTES = 512 << 20
 
 
 class ClusterNotFound(ClusterlakeError, KeyError):
@@ -45,6 +51,8 @@ def _parent(loc: Location) -> Location:
 def resolve_model_dir(path: str) -> Location:
     """The immutable run directory behind ``path`` (``model/latest`` or a run's directory): the
     sibling named by ``model.json``'s run id when it exists, else ``path`` itself."""
+    if "://" not in path or path.startswith("file://"):  # local: follow symlinks (latest, or a link to it)
+        path = os.path.realpath(path[len("file://"):] if path.startswith("file://") else path)
     loc = location(path)
     mj = loc.child("model.json")
     if not mj.exists():
@@ -67,7 +75,16 @@ def model_run_id(path: str) -> Optional[str]:
 
 
 def _py(v):
-    return v.item() if isinstance(v, np.generic) else v
+    """A JSON-safe id: numbers and strings as they are, dates as ISO text, anything else as text."""
+    if isinstance(v, np.generic):
+        v = v.item()
+    if v is None or isinstance(v, (bool, int, str)) or isinstance(v, float) and np.isfinite(v):
+        return v
+    if isinstance(v, (_dt.date, _dt.datetime)):
+        return v.isoformat()
+    if isinstance(v, bytes):
+        return v.hex()
+    return str(v)
 
 
 class ClusterCatalog:
@@ -78,17 +95,20 @@ class ClusterCatalog:
     model_dir : Location
         The run's model directory (see :func:`resolve_model_dir`).
     assigner : Assigner
-    cache_clusters : int
-        How many clusters' member samples stay in memory.
+    cache_clusters, cache_bytes : int
+        At most this many clusters' member samples, and this many bytes of them (default 512 MiB),
+        stay in memory (least recently used out first; the newest always stays).
     """
 
-    def __init__(self, model_dir: Location, assigner: Assigner, cache_clusters: int = 32):
+    def __init__(self, model_dir: Location, assigner: Assigner, cache_clusters: int = 32,
+                 cache_bytes: int = CACHE_BYTES):
         self.model_dir = model_dir
         self.assigner = assigner
         self.artifact = art = assigner.artifact
         self._model_root = _parent(model_dir)
         self._cache: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self._cache_size = max(1, int(cache_clusters))
+        self._cache_bytes = int(cache_bytes)
         self._lock = threading.Lock()
         st = art.cluster_stats
         self._sizes = np.asarray(st.get("sizes", np.zeros(assigner.k)), dtype=np.float64)
@@ -119,10 +139,10 @@ class ClusterCatalog:
         cid = int(art.cluster_ids[i])
         total = float(self._sizes.sum()) or 1.0
         names = art.prep.feature_names
-        radius = {k.split("_", 1)[1]: float(st[k][i]) for k in
+        radius = {k.split("_", 1)[1]: (float(st[k][i]) if np.isfinite(st[k][i]) else None) for k in
                   ("radius_mean", "radius_rms", "radius_p50", "radius_p90", "radius_p99", "radius_max") if k in st}
         profile = None
-        if "means_x" in st:
+        if "means_x" in st and self._sizes[i] > 0 and np.isfinite(st["means_x"][i]).all():
             mx = np.asarray(st["means_x"][i], dtype=np.float64)
             z = (mx - art.prep.center) / art.prep.scale if art.prep.scaling == "standard" else None
             profile = {f: {"mean": float(mx[j]), **({"z": round(float(z[j]), 4)} if z is not None else {})}
@@ -179,8 +199,10 @@ class ClusterCatalog:
         got = self._read_members(cid)
         with self._lock:
             self._cache[cid] = got
-            while len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
+            used = sum(z.nbytes + ids.nbytes for ids, z in self._cache.values())
+            while len(self._cache) > 1 and (len(self._cache) > self._cache_size or used > self._cache_bytes):
+                ids, z = self._cache.popitem(last=False)[1]
+                used -= z.nbytes + ids.nbytes
         return got
 
     def _read_members(self, cid: int) -> tuple[np.ndarray, np.ndarray]:
@@ -188,17 +210,21 @@ class ClusterCatalog:
         import pyarrow.parquet as pq
 
         p = self.assigner._centroids.shape[1]
-        id_col = self.artifact.meta.get("id_column", "id")
         ids, zs = [], []
         for run in self._members.get("runs", []):
-            folder = self._model_root.child(str(run), "members", f"cluster_id={cid}")
+            root = (self.model_dir if str(run) == self.run_id else self._model_root.child(str(run))).child("members")
+            if not root.exists():
+                log.warning("model %s lists the member sample of run %s, but %s is missing: similar items "
+                            "come from the other runs' samples only", self.run_id, run, root.uri)
+                continue
+            folder = root.child(f"cluster_id={cid}")
             files = sorted(i.path for i in folder.files(recursive=False)
                            if i.base_name.endswith(".parquet") and not i.base_name.startswith((".", "_")))
             for f in files:
-                t = pq.read_table(f, filesystem=folder.fs, columns=[id_col, "z"])
-                ids.append(t.column(id_col).to_numpy())
+                t = pq.read_table(f, filesystem=folder.fs, columns=["id", "z"])
+                ids.append(t.column("id").to_numpy())
                 flat = pa.chunked_array(t.column("z").chunks).combine_chunks().flatten()
-                zs.append(flat.to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, p))
+                zs.append(flat.to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(-1, p))
         if not ids:
             return np.zeros(0, dtype=object), np.zeros((0, p), np.float32)
         return np.concatenate(ids), np.ascontiguousarray(np.concatenate(zs))
