@@ -223,13 +223,6 @@ class _LatestModel:
 # the sink
 
 
-def _finite(c: str):
-    from pyspark.sql import functions as F
-
-    col = F.col(c).cast("double")
-    return col.isNotNull() & ~F.isnan(col) & (F.abs(col) != F.lit(float("inf")))
-
-
 class _Sink:
     """The ``foreachBatch`` function: validate, assign and append one micro-batch idempotently."""
 
@@ -332,14 +325,9 @@ class _Sink:
         constant-column checks: a micro-batch may be one row, and the model decides the scaling."""
         from pyspark.sql import functions as F
 
-        valid = F.col(idc).isNotNull()
-        reasons = {f"{idc}:null": F.col(idc).isNull()}
-        for c in feats:
-            col = F.col(c).cast("double")
-            valid = valid & _finite(c)
-            reasons[f"{c}:null"] = F.col(c).isNull()
-            reasons[f"{c}:nan"] = F.isnan(col)
-            reasons[f"{c}:inf"] = F.abs(col) == F.lit(float("inf"))
+        from clusterlake.io.reader import row_checks
+
+        valid, reasons = row_checks(idc, feats)  # the nightly job's rule (input.invalid_rows)
         names = list(reasons)
         row = rows.agg(
             F.count(F.lit(1)).alias("n"), F.sum(F.when(valid, 0).otherwise(1)).alias("bad"),

@@ -112,6 +112,31 @@ def resolve_columns(df, cfg: InputSection) -> list[str]:
     return feats
 
 
+def row_checks(id_col: str, features: list[str], weight_col: Optional[str] = None):
+    """The invalid-row rule as Spark expressions: ``(valid, reasons)``, ``valid`` true for a row
+    with a non-null id, finite features and a finite non-negative weight; ``reasons`` maps
+    ``"<column>:<null|nan|inf|negative>"`` to the condition (counted per reason)."""
+    from pyspark.sql import functions as F
+
+    def finite(c):
+        col = F.col(c).cast("double")
+        return col.isNotNull() & ~F.isnan(col) & (F.abs(col) != F.lit(float("inf")))
+
+    reasons = {f"{id_col}:null": F.col(id_col).isNull()}
+    valid = F.col(id_col).isNotNull()
+    for c in features + ([weight_col] if weight_col else []):
+        col = F.col(c).cast("double")
+        reasons[f"{c}:null"] = F.col(c).isNull()
+        reasons[f"{c}:nan"] = F.isnan(col)
+        reasons[f"{c}:inf"] = F.abs(col) == F.lit(float("inf"))
+        valid = valid & finite(c)
+    if weight_col:
+        w = F.col(weight_col).cast("double")
+        reasons[f"{weight_col}:negative"] = w < 0
+        valid = valid & (w >= 0)
+    return valid, reasons
+
+
 def validate(df, cfg: InputSection, k: int, keep_constant: bool = False):
     """Validate the input and apply the invalid-row policy.
 
@@ -142,28 +167,7 @@ def validate(df, cfg: InputSection, k: int, keep_constant: bool = False):
 
     feats = resolve_columns(df, cfg)
     idc = cfg.id_column
-
-    def finite(c):
-        col = F.col(c).cast("double")
-        return col.isNotNull() & ~F.isnan(col) & (F.abs(col) != F.lit(float("inf")))
-
-    reasons = {f"{idc}:null": F.col(idc).isNull()}
-    for c in feats:
-        col = F.col(c).cast("double")
-        reasons[f"{c}:null"] = F.col(c).isNull()
-        reasons[f"{c}:nan"] = F.isnan(col)
-        reasons[f"{c}:inf"] = F.abs(col) == F.lit(float("inf"))
-    if cfg.weight_column:
-        w = F.col(cfg.weight_column).cast("double")
-        reasons[f"{cfg.weight_column}:null"] = F.col(cfg.weight_column).isNull()
-        reasons[f"{cfg.weight_column}:nan"] = F.isnan(w)
-        reasons[f"{cfg.weight_column}:inf"] = F.abs(w) == F.lit(float("inf"))
-        reasons[f"{cfg.weight_column}:negative"] = w < 0
-    valid = F.col(idc).isNotNull()
-    for c in feats:
-        valid = valid & finite(c)
-    if cfg.weight_column:
-        valid = valid & finite(cfg.weight_column) & (F.col(cfg.weight_column).cast("double") >= 0)
+    valid, reasons = row_checks(idc, feats, cfg.weight_column)
 
     aggs = [F.count(F.lit(1)).alias("__n"), F.sum(F.when(valid, 0).otherwise(1)).alias("__bad")]
     names = list(reasons)
