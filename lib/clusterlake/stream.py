@@ -205,10 +205,10 @@ class _LatestModel:
         except FileNotFoundError:  # latest swapped away between the two calls
             raise self._missing() from None
         if self.art is None or self.art.run_id != run_id:
+            from clusterlake.serving.query import resolve_model_dir
+
             # the run's own directory, not latest/: never a mix of two models' files
-            run_dir = self.root.child(run_id)
-            src = run_dir if run_dir.child("model.json").exists() else self.root.child("latest")
-            art = model_artifact.load(src.uri)
+            art = model_artifact.load(resolve_model_dir(self.root.child("latest").uri).uri)
             id_col = art.meta.get("id_column") or self.cfg.input.id_column
             if id_col != self.cfg.input.id_column:
                 raise InputDataError(f"input.id_column is '{self.cfg.input.id_column}' but the model "

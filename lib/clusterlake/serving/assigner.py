@@ -129,7 +129,6 @@ class Assigner:
         self._centroids = np.ascontiguousarray(artifact.centroids, dtype=np.float64)
         self._c_sq = np.einsum("ij,ij->i", self._centroids, self._centroids)
         self._ids = np.asarray(artifact.cluster_ids, dtype=np.int32)
-        self._pos = {int(c): i for i, c in enumerate(self._ids)}
         self._density, _ = from_artifact(artifact)
         self._core_sq = None
         if self._density is not None:
@@ -178,10 +177,6 @@ class Assigner:
     @property
     def cluster_ids(self) -> np.ndarray:
         return self._ids.copy()
-
-    def position(self, cluster_id: int) -> Optional[int]:
-        """Row of ``cluster_id`` in the model's arrays (None for an id the model does not have)."""
-        return self._pos.get(int(cluster_id))
 
     # ------------------------------------------------------------------------------------------
     def matrix(self, rows: Rows) -> np.ndarray:

@@ -69,7 +69,6 @@ class ModelHolder:
         self.current = self._load()
         self.reloads = 0
         self.last_error: Optional[str] = None
-        self.last_check: Optional[float] = None
         self._failed_run: Optional[str] = None  # --watch does not retry a run that failed to load
         self._lock = threading.Lock()  # one reload at a time
 
@@ -87,7 +86,6 @@ class ModelHolder:
         if not self._lock.acquire(blocking=False):
             return False  # a reload is running; it reads the newest model anyway
         try:
-            self.last_check = time.time()
             rid = model_run_id(self.path)
             if not force and rid is not None and rid == self.current.run_id:
                 self.last_error = self._failed_run = None  # latest points at the served model again
