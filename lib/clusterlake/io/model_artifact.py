@@ -45,7 +45,7 @@ from typing import Optional
 
 import numpy as np
 
-from clusterlake.errors import ClusterlakeError
+from clusterlake.errors import ClusterlakeError, InputDataError
 from clusterlake.io.fs import Location, location
 from clusterlake.prep.transform import Preprocessor
 
@@ -118,6 +118,34 @@ def _npy(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+_MUST_BE_FINITE = ("center", "scale", "components", "centroids", "tree_centers")
+
+
+def check_finite(arrays: dict, feature_names: list) -> None:
+    """Refuse a model whose defining arrays hold NaN or inf (before anything is written): a
+    non-finite scale silently drops its feature from every distance.
+
+    Raises
+    ------
+    InputDataError
+        a per-feature array (``center``, ``scale``) is not finite: names the feature(s).
+    RuntimeError
+        any other defining array is not finite (a bug: the input was validated finite).
+    """
+    for name in _MUST_BE_FINITE:
+        arr = arrays.get(name)
+        if arr is None or np.isfinite(arr).all():
+            continue
+        if name in ("center", "scale") and len(feature_names) == len(arr):
+            bad = [feature_names[i] for i in np.flatnonzero(~np.isfinite(arr))]
+            raise InputDataError(
+                f"the model's {name} is not finite for feature(s) {bad[:5]}: their values are too large "
+                "for float64 statistics; check the units of those columns upstream"
+            )
+        raise RuntimeError(f"the model's {name} array holds NaN/inf ({int((~np.isfinite(arr)).sum())} entries); "
+                           "nothing was committed")
+
+
 def save(artifact: ModelArtifact, dest: Location) -> None:
     """Write the artifact files under ``dest`` (model.json last, so a complete dir has it)."""
     arrays = {
@@ -142,6 +170,7 @@ def save(artifact: ModelArtifact, dest: Location) -> None:
         if not _EXTRA_NAME.fullmatch(name) or name in arrays:
             raise ValueError(f"bad extra array name {name!r}")
         arrays[name] = np.asarray(arr)
+    check_finite(arrays, list(artifact.prep.feature_names))
     for name, arr in arrays.items():
         dest.child(f"{name}.npy").write_bytes(_npy(arr))
     dest.child("model.json").write_bytes(json.dumps(artifact.to_json(), indent=2).encode())

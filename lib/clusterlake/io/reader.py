@@ -40,31 +40,52 @@ class InputSummary:
     id_column: str = ""
     label_column: Optional[str] = None
     weight_column: Optional[str] = None
+    feature_types: dict[str, str] = field(default_factory=dict)
+    """Spark type of every resolved feature column (constant ones included), e.g. ``"double"``."""
 
 
 def read_table(spark, cfg: InputSection):
-    """Read the input as a DataFrame (parquet, or Delta through Spark or delta-rs)."""
+    """Read the input as a DataFrame (parquet, or Delta through Spark or delta-rs).
+
+    Parquet: every file's footer is checked first (:func:`clusterlake.io.input_files.scan_parquet`:
+    unreadable files, columns missing from some files, conflicting types are InputDataErrors naming
+    the files), and Spark reads with the unified schema when the files' types differ."""
     if cfg.format == "parquet":
+        from clusterlake.io.input_files import scan_parquet
+
+        inp = scan_parquet(cfg)
+        reader = spark.read if inp.spark_schema is None else spark.read.schema(inp.spark_schema)
         try:
-            return spark.read.parquet(cfg.path)
-        except Exception as exc:  # AnalysisException: PATH_NOT_FOUND, unreadable files
-            if "PATH_NOT_FOUND" in str(exc) or "does not exist" in str(exc):
-                raise InputDataError(
-                    f"input path {cfg.path} does not exist; check input.path "
-                    "(for the embedded sample run `make data`)"
-                ) from None
+            return reader.parquet(cfg.path)
+        except Exception as exc:  # AnalysisException: unreadable files, odd layouts
             raise InputDataError(f"cannot read input {cfg.path} as parquet: {_first_line(exc)}") from None
     from clusterlake.io.delta import read_delta
 
     return read_delta(spark, cfg.path)
 
 
+def spark_read_error(exc: Exception, path: str) -> InputDataError:
+    """A Spark job that failed while reading the input, as one line naming the file if Spark did."""
+    import re
+
+    text = str(exc)
+    m = re.search(r"(?:reading file|file) (\S+?\.parquet\S*)", text)
+    where = f"file {m.group(1).rstrip('.,;')}" if m else f"input {path}"
+    return InputDataError(
+        f"Spark could not read {where} ({_first_line(exc)[:300]}); rewrite or remove the damaged file "
+        "upstream, then rerun"
+    )
+
+
 def _first_line(exc: Exception) -> str:
     return str(exc).strip().splitlines()[0][:500] if str(exc).strip() else type(exc).__name__
 
 
-def resolve_columns(df, cfg: InputSection) -> list[str]:
+def resolve_columns(df, cfg: InputSection, model_run: Optional[str] = None) -> list[str]:
     """Check the configured columns exist with usable types; return the feature columns.
+
+    ``model_run``: the features are a model's (the update job), not the user's
+    ``input.feature_columns``; the messages say so and name the run.
 
     Raises
     ------
@@ -87,6 +108,12 @@ def resolve_columns(df, cfg: InputSection) -> list[str]:
     special = {c for c in (cfg.id_column, cfg.label_column, cfg.weight_column) if c}
     if cfg.feature_columns is not None:
         missing = [c for c in cfg.feature_columns if c not in types]
+        if missing and model_run is not None:
+            raise InputDataError(
+                f"the model of run {model_run} was fitted on feature column(s) {missing}, which "
+                f"{cfg.path} lacks (columns are {have}); the new rows need every feature of the model: "
+                "add the column(s) upstream, or run the full job (clusterlake run) to refit without them"
+            )
         if missing:
             raise InputDataError(
                 f"input.feature_columns names {missing}, not columns of {cfg.path}; "
@@ -95,10 +122,10 @@ def resolve_columns(df, cfg: InputSection) -> list[str]:
         bad = {c: types[c] for c in cfg.feature_columns if types[c] not in _NUMERIC}
         if bad:
             desc = ", ".join(f"'{c}' has type {t}" for c, t in bad.items())
-            raise InputDataError(
-                f"input feature column {desc}; features must be numeric: cast upstream or remove "
-                "it from input.feature_columns"
-            )
+            fix = ("the model of run {model_run} was fitted on it as a number: cast it upstream, or run the "
+                   "full job to refit without it").format(model_run=model_run) if model_run is not None else \
+                "cast upstream or remove it from input.feature_columns"
+            raise InputDataError(f"input feature column {desc}; features must be numeric: {fix}")
         return list(cfg.feature_columns)
     feats = [c for c in have if c not in special and types[c] in _NUMERIC]
     if not feats:
@@ -112,32 +139,40 @@ def resolve_columns(df, cfg: InputSection) -> list[str]:
     return feats
 
 
+MAX_ABS_VALUE = 1e100
+"""Finite values beyond this magnitude are invalid (reason ``too_large``): the job sums squares of
+the features in float64 (moments, variances, distances) and 1e100 squared leaves room for the sum
+over any number of rows, while a value near 1e154 squares to inf and silently drops the feature
+from the model. No real feature is that large; it is a unit or parsing error upstream."""
+
+
 def row_checks(id_col: str, features: list[str], weight_col: Optional[str] = None):
     """The invalid-row rule as Spark expressions: ``(valid, reasons)``, ``valid`` true for a row
-    with a non-null id, finite features and a finite non-negative weight; ``reasons`` maps
-    ``"<column>:<null|nan|inf|negative>"`` to the condition (counted per reason)."""
+    with a non-null id, finite features no larger than :data:`MAX_ABS_VALUE` in magnitude and a
+    finite non-negative weight; ``reasons`` maps ``"<column>:<null|nan|inf|too_large|negative>"``
+    to the condition (counted per reason)."""
     from pyspark.sql import functions as F
 
-    def finite(c):
-        col = F.col(c).cast("double")
-        return col.isNotNull() & ~F.isnan(col) & (F.abs(col) != F.lit(float("inf")))
+    from clusterlake.io.columns import col as qcol
 
-    reasons = {f"{id_col}:null": F.col(id_col).isNull()}
-    valid = F.col(id_col).isNotNull()
+    inf = F.lit(float("inf"))
+    reasons = {f"{id_col}:null": qcol(id_col).isNull()}
+    valid = qcol(id_col).isNotNull()
     for c in features + ([weight_col] if weight_col else []):
-        col = F.col(c).cast("double")
-        reasons[f"{c}:null"] = F.col(c).isNull()
-        reasons[f"{c}:nan"] = F.isnan(col)
-        reasons[f"{c}:inf"] = F.abs(col) == F.lit(float("inf"))
-        valid = valid & finite(c)
+        x = qcol(c).cast("double")
+        reasons[f"{c}:null"] = qcol(c).isNull()
+        reasons[f"{c}:nan"] = F.isnan(x)
+        reasons[f"{c}:inf"] = F.abs(x) == inf
+        reasons[f"{c}:too_large"] = (F.abs(x) > F.lit(MAX_ABS_VALUE)) & (F.abs(x) != inf) & ~F.isnan(x)
+        valid = valid & x.isNotNull() & ~F.isnan(x) & (F.abs(x) <= F.lit(MAX_ABS_VALUE))
     if weight_col:
-        w = F.col(weight_col).cast("double")
+        w = qcol(weight_col).cast("double")
         reasons[f"{weight_col}:negative"] = w < 0
         valid = valid & (w >= 0)
     return valid, reasons
 
 
-def validate(df, cfg: InputSection, k: int, keep_constant: bool = False):
+def validate(df, cfg: InputSection, k: int, keep_constant: bool = False, model_run: Optional[str] = None):
     """Validate the input and apply the invalid-row policy.
 
     Parameters
@@ -150,6 +185,8 @@ def validate(df, cfg: InputSection, k: int, keep_constant: bool = False):
     keep_constant : bool, default False
         Keep constant feature columns (the update job: a small batch of new rows may be constant
         in a feature the model uses).
+    model_run : str, optional
+        The run whose model decided ``cfg.feature_columns`` (the update job), for the messages.
 
     Returns
     -------
@@ -165,7 +202,9 @@ def validate(df, cfg: InputSection, k: int, keep_constant: bool = False):
     """
     from pyspark.sql import functions as F
 
-    feats = resolve_columns(df, cfg)
+    from clusterlake.io.columns import col as qcol
+
+    feats = resolve_columns(df, cfg, model_run)
     idc = cfg.id_column
     valid, reasons = row_checks(idc, feats, cfg.weight_column)
 
@@ -173,9 +212,12 @@ def validate(df, cfg: InputSection, k: int, keep_constant: bool = False):
     names = list(reasons)
     aggs += [F.sum(F.when(cond, 1).otherwise(0)).alias(f"r{i}") for i, cond in enumerate(reasons.values())]
     for i, c in enumerate(feats):
-        v = F.when(valid, F.col(c).cast("double"))
+        v = F.when(valid, qcol(c).cast("double"))
         aggs += [F.min(v).alias(f"lo{i}"), F.max(v).alias(f"hi{i}")]
-    row = df.agg(*aggs).collect()[0]
+    try:
+        row = df.agg(*aggs).collect()[0]
+    except Exception as exc:  # the first Spark job that reads every input file
+        raise spark_read_error(exc, cfg.path) from None
     n = int(row["__n"])
     if n == 0:
         raise InputDataError(f"input {cfg.path} has no rows; check input.path and the upstream job")
@@ -184,10 +226,10 @@ def validate(df, cfg: InputSection, k: int, keep_constant: bool = False):
     counts = {k_: v for k_, v in counts.items() if v}
     if n_bad:
         worst = sorted(counts.items(), key=lambda kv: -kv[1])[:5]
-        detail = ", ".join(f"'{k_.split(':')[0]}' {v} {k_.split(':')[1]}" for k_, v in worst)
+        detail = ", ".join(f"'{k_.rsplit(':', 1)[0]}' {v} {k_.rsplit(':', 1)[1]}" for k_, v in worst)
         if cfg.invalid_rows == "fail":
             raise InputDataError(
-                f"input has {n_bad} of {n} rows with invalid values ({detail}; null, NaN, inf, or a negative weight); "
+                f"input has {n_bad} of {n} rows with invalid values ({detail}; null, NaN, inf, |value| > {MAX_ABS_VALUE:g}, or a negative weight); "
                 "set input.invalid_rows: drop to drop them (they are counted), or clean the columns"
             )
         log.warning("dropping %d of %d invalid rows (input.invalid_rows=drop): %s", n_bad, n, detail)
@@ -211,8 +253,8 @@ def validate(df, cfg: InputSection, k: int, keep_constant: bool = False):
         log.warning("dropping constant feature columns %s (zero variance carries no information)", constant)
 
     clean = df.filter(valid) if n_bad else df
-    dups = clean.groupBy(idc).count().filter(F.col("count") > 1)
-    examples = dups.orderBy(F.col("count").desc(), F.col(idc)).limit(5).collect()
+    dups = clean.groupBy(qcol(idc)).count().filter(F.col("count") > 1)
+    examples = dups.orderBy(F.col("count").desc(), qcol(idc)).limit(5).collect()
     if examples:
         n_dup = dups.count()
         shown = ", ".join(f"{r[idc]!r} x{r['count']}" for r in examples)
@@ -221,14 +263,15 @@ def validate(df, cfg: InputSection, k: int, keep_constant: bool = False):
             "ids must be unique: deduplicate the input upstream"
         )
 
-    cols = [F.col(idc)] + [F.col(c).cast("double").alias(c) for c in kept]
+    cols = [qcol(idc)] + [qcol(c).cast("double").alias(c) for c in kept]
     if cfg.label_column:
-        cols.append(F.col(cfg.label_column))
+        cols.append(qcol(cfg.label_column))
     if cfg.weight_column:
-        cols.append(F.col(cfg.weight_column).cast("double").alias(cfg.weight_column))
+        cols.append(qcol(cfg.weight_column).cast("double").alias(cfg.weight_column))
     summary = InputSummary(
         path=cfg.path, format=cfg.format, rows_read=n, rows_used=n_used, rows_dropped=n_bad,
         invalid_counts=counts, feature_columns=kept, dropped_constant_columns=constant,
         id_column=idc, label_column=cfg.label_column, weight_column=cfg.weight_column,
+        feature_types={c: df.schema[c].dataType.simpleString() for c in feats},
     )
     return clean.select(*cols), summary

@@ -1,0 +1,227 @@
+"""The input's files and their schema, read from every parquet footer before Spark reads a row.
+
+Spark takes a parquet directory's schema from one file (whichever it lists first) unless asked to
+merge, and merging refuses ``int`` in one file and ``double`` in another. So a feature column that
+turned into a string in tonight's new file, or a file that lacks a column, silently changed the
+features, and a truncated file surfaced as a Java stack trace deep inside the first Spark job.
+
+:func:`scan_parquet` reads the footer of every data file (a few KB each, in parallel threads on
+the driver; no row is read) and decides once, before Spark starts reading:
+
+* a file that is not readable parquet (truncated, empty, another format) is an
+  :class:`~clusterlake.errors.InputDataError` naming the file;
+* a column the job uses (the id, label, weight and feature columns; with
+  ``input.feature_columns: null`` every column that is numeric in some file) must be in every
+  file, with types that unify: integers of any width -> ``long``, integers and floats ->
+  ``double``. Anything else (a feature that is a string in some files) is an error naming the
+  column, the types and example files;
+* when a column's types differ across files, or a column has a type Spark cannot read (e.g.
+  ``timestamp[ns]``), the read gets an explicit schema of the usable columns, so Spark neither
+  guesses from one file nor trips over a column the job never uses.
+
+Which files: Spark's rules for a directory (recursively; names starting with ``.`` or ``_`` are
+skipped unless they are ``name=value`` partition directories). Partition columns come from the
+directory names and are left to Spark. Runs on the driver only.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Optional
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from clusterlake.config import InputSection
+from clusterlake.errors import InputDataError
+from clusterlake.io.fs import Location, location
+
+log = logging.getLogger(__name__)
+
+_FOOTER_THREADS = 16
+
+
+@dataclass
+class ParquetInput:
+    """What the footers of an input's files say."""
+
+    path: str
+    files: list[str]  # data files, relative to ``path`` ("" for a single file)
+    types: dict[str, pa.DataType] = field(default_factory=dict)  # column -> unified type
+    spark_schema: Optional[str] = None  # DDL to read with; None = Spark's own inference agrees
+    ignored: dict[str, str] = field(default_factory=dict)  # column -> why the read leaves it out
+
+
+def _hidden(name: str) -> bool:
+    """Spark's rule for paths it does not read (HadoopFSUtils.shouldFilterOutPathName)."""
+    return name.startswith(".") or (name.startswith("_") and "=" not in name) or name.endswith("._COPYING_")
+
+
+def list_data_files(loc: Location) -> list[str]:
+    """The files Spark reads under ``loc`` (relative paths, sorted); ``[""]`` for a single file."""
+    if not loc.is_dir():
+        return [""]
+    base = loc.path.rstrip("/") + "/"
+    out = []
+    for info in loc.files(recursive=True):
+        rel = info.path[len(base):]
+        if not any(_hidden(part) for part in rel.split("/")):
+            out.append(rel)
+    return sorted(out)
+
+
+def _footer(loc: Location, rel: str):
+    """``(rel, schema or None, error text or None)`` of one file's parquet footer."""
+    f = loc.child(rel) if rel else loc
+    try:
+        with f.fs.open_input_file(f.path) as fh:
+            return rel, pq.read_schema(fh), None
+    except Exception as exc:  # noqa: BLE001 (any unreadable file is reported by name)
+        text = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        return rel, None, text
+
+
+def _plain(t: pa.DataType) -> pa.DataType:
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    if pa.types.is_large_string(t):
+        return pa.string()
+    return t
+
+
+def _numeric(t: pa.DataType) -> bool:
+    return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)
+
+
+def _unify(types: set) -> Optional[pa.DataType]:
+    """One type for a column seen with ``types`` across files, or None when they conflict."""
+    if len(types) == 1:
+        return next(iter(types))
+    if all(pa.types.is_integer(t) for t in types):
+        return pa.int64()
+    if all(pa.types.is_integer(t) or pa.types.is_floating(t) for t in types):
+        return pa.float64()
+    return None
+
+
+def _spark_type(t: pa.DataType) -> Optional[str]:
+    """The Spark SQL type to read a parquet column of arrow type ``t`` as, or None if Spark
+    cannot read it (nanosecond timestamps, unsigned 64-bit, ...)."""
+    from pyspark.sql.pandas.types import from_arrow_type
+
+    if pa.types.is_timestamp(t) and t.unit == "ns":
+        return None
+    try:
+        return from_arrow_type(t).simpleString()
+    except Exception:  # noqa: BLE001 (unsupported by Spark's Arrow conversion)
+        return None
+
+
+def _example(files: list[str], root: str, n: int = 3) -> str:
+    shown = [f"{root.rstrip('/')}/{f}" if f else root for f in files[:n]]
+    more = f" and {len(files) - n} more" if len(files) > n else ""
+    return ", ".join(shown) + more
+
+
+def _read_footers(loc: Location, files: list[str], path: str) -> list[tuple[str, pa.Schema]]:
+    with ThreadPoolExecutor(max_workers=max(1, min(_FOOTER_THREADS, len(files)))) as pool:
+        results = list(pool.map(lambda rel: _footer(loc, rel), files))
+    bad = [(rel, err) for rel, schema, err in results if schema is None]
+    if bad:
+        rel, err = bad[0]
+        raise InputDataError(
+            f"input file {_example([rel], path, 1)} is not a readable parquet file ({err}); "
+            f"{len(bad)} of {len(files)} files under input.path are unreadable "
+            f"({_example([b[0] for b in bad], path)}): rewrite or remove them upstream, then rerun"
+        )
+    return [(rel, schema) for rel, schema, _ in results]
+
+
+def _columns_used(cfg: InputSection, seen: dict[str, dict]) -> list[str]:
+    """The columns the job reads: configured ones, or every column numeric in some file."""
+    special = [c for c in (cfg.id_column, cfg.label_column, cfg.weight_column) if c]
+    if cfg.feature_columns is not None:
+        feats = list(cfg.feature_columns)
+    else:
+        feats = [c for c, by_type in seen.items() if c not in special and any(_numeric(t) for t in by_type)]
+    return [c for c in special + feats if c in seen]
+
+
+def _check_column(name: str, by_type: dict, files: list[str], path: str) -> pa.DataType:
+    """The unified type of a used column, or an InputDataError naming the conflict."""
+    have = {rel for rels in by_type.values() for rel in rels}
+    lacking = [rel for rel in files if rel not in have]
+    if lacking:
+        raise InputDataError(
+            f"input column '{name}' is missing from {len(lacking)} of {len(files)} files "
+            f"({_example(lacking, path)}) but present in the others (e.g. {_example(sorted(have), path, 1)}); "
+            "every file must have the same columns: fix the files upstream, or leave the column out "
+            "with input.feature_columns"
+        )
+    unified = _unify(set(by_type))
+    if unified is None:
+        desc = "; ".join(f"{t} in {len(rels)} file(s) (e.g. {_example(sorted(rels), path, 1)})"
+                         for t, rels in sorted(by_type.items(), key=lambda kv: -len(kv[1])))
+        raise InputDataError(
+            f"input column '{name}' has conflicting types across files: {desc}; cast it to one numeric "
+            "type upstream, or leave it out with input.feature_columns"
+        )
+    return unified
+
+
+def scan_parquet(cfg: InputSection) -> ParquetInput:
+    """Read every footer under ``cfg.path`` and decide how Spark should read it (see module doc).
+
+    Raises
+    ------
+    InputDataError
+        no such path, no data file, an unreadable file, or a used column missing from some files
+        or with conflicting types; the message names the files and the fix.
+    """
+    loc = location(cfg.path)
+    if not loc.exists():
+        raise InputDataError(
+            f"input path {cfg.path} does not exist; check input.path (for the embedded sample run `make data`)"
+        )
+    files = list_data_files(loc)
+    if not files:
+        raise InputDataError(f"input path {cfg.path} has no data files; check input.path and the upstream job")
+    seen: dict[str, dict] = {}  # column -> {type: [files]}, in first-seen column order
+    for rel, schema in _read_footers(loc, files, cfg.path):
+        for f in schema:
+            seen.setdefault(f.name, {}).setdefault(_plain(f.type), []).append(rel)
+    out = ParquetInput(cfg.path, files)
+    used = set(_columns_used(cfg, seen))
+    for name, by_type in seen.items():
+        out.types[name] = _check_column(name, by_type, files, cfg.path) if name in used else \
+            (_unify(set(by_type)) or next(iter(by_type)))
+    out.spark_schema = _read_schema(out, seen, used)
+    return out
+
+
+def _read_schema(inp: ParquetInput, seen: dict[str, dict], used: set) -> Optional[str]:
+    """None when Spark's own inference reads every column as the footers agree; otherwise the
+    explicit DDL of the readable columns (and ``inp.ignored`` says which were left out)."""
+    from clusterlake.io.columns import quoted
+
+    cols, uniform = [], True
+    for name, t in inp.types.items():
+        st = _spark_type(t)
+        agree = len(seen[name]) == 1
+        if st is None or (not agree and name not in used and _unify(set(seen[name])) is None):
+            if name in used:
+                raise InputDataError(
+                    f"input column '{name}' has type {t}, which Spark cannot read; cast it upstream "
+                    "(e.g. timestamps to microseconds) or leave it out with input.feature_columns"
+                )
+            inp.ignored[name] = f"type {t}" if st is None else "conflicting types across files"
+            uniform = False
+            continue
+        uniform = uniform and agree
+        cols.append(f"{quoted(name)} {st}")
+    if inp.ignored:
+        log.info("input: not reading column(s) the job does not use: %s",
+                 ", ".join(f"'{c}' ({why})" for c, why in inp.ignored.items()))
+    return None if uniform else ", ".join(cols)
