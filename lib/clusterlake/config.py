@@ -56,6 +56,10 @@ class InputSection(_Section):
     weight_column: Optional[str] = None
     invalid_rows: Literal["fail", "drop"] = "fail"
     duplicate_ids: Literal["fail"] = "fail"
+    allow_feature_change: bool = False
+    """The feature columns are a contract across runs: a run whose features differ from the
+    previous model's fails (exit 2) naming the columns gained and lost, unless this is true; the
+    accepted change is recorded in ``runs.feature_change`` and every cluster gets a new id."""
 
     @field_validator("feature_columns")
     @classmethod

@@ -106,6 +106,22 @@ def new_run_id(run_date: str) -> str:
     return f"{run_date.replace('-', '')}-{stamp}-{uuid.uuid4().hex[:8]}"
 
 
+@contextmanager
+def open_output(path: str, run_id: str):
+    """Check ``output.path`` and hold its run lock (exit 2 / 75 before Spark starts); yields the lock."""
+    from clusterlake.io.fs import location
+    from clusterlake.io.lock import RunLock
+    from clusterlake.io.output_check import check_output_path
+
+    check_output_path(path)
+    with RunLock(location(path), run_id) as lock:
+        yield lock
+
+
+def _column_types(df) -> dict[str, str]:
+    return {f.name: f.dataType.simpleString() for f in df.schema.fields}
+
+
 def _versions() -> dict[str, str]:
     import pyspark
     import sklearn
@@ -125,9 +141,8 @@ def run_job(cfg: JobConfig, spark=None) -> RunResult:
     from clusterlake.algorithms.passes import (
         assign_rows, cluster_stats, input_moments, mean_distance_to_means, sample_rows,
     )
-    from clusterlake.io import model_artifact
+    from clusterlake.io import feature_contract, model_artifact
     from clusterlake.io.reader import read_table, validate
-    from clusterlake.io.lock import RunLock
     from clusterlake.io.tables import make_store, recover_interrupted
     from clusterlake.algorithms import sample_passes
     from clusterlake.kernels.hierarchy import centroid_tree
@@ -145,22 +160,27 @@ def run_job(cfg: JobConfig, spark=None) -> RunResult:
     run_id = new_run_id(run_date)
     stage = _Stages()
     log.info("run %s of job %s for run_date %s", run_id, cfg.job.name, run_date)
-    if spark is None:
-        spark = build_session(cfg.spark, f"clusterlake-{cfg.job.name}")
     icfg = cfg.input
     k_auto = cfg.kmeans.k == "auto"
     k = cfg.kmeans.auto.min_k if k_auto else int(cfg.kmeans.k)  # auto: the smallest candidate must fit the rows
 
-    store = make_store(spark, cfg.output, run_date, run_id)
-    # one run per output path: the recovery below must not mistake a live run for a dead one
-    with RunLock(store.root, run_id) as lock:
+    # one run per output path: the recovery below must not mistake a live run for a dead one. The
+    # path and the lock are checked before Spark starts (seconds, not a JVM start-up)
+    with open_output(cfg.output.path, run_id) as lock:
+        if spark is None:
+            spark = build_session(cfg.spark, f"clusterlake-{cfg.job.name}")
+        store = make_store(spark, cfg.output, run_date, run_id)
         recovered = recover_interrupted(store)
         if recovered:
             log.warning("restored tables left by interrupted run(s) %s", recovered)
+        model_root = store.root.child("model")
 
         with stage("read+validate") as note:
             raw = read_table(spark, icfg)
             clean, summary = validate(raw, icfg, k)
+            previous_art = history.previous_artifact(model_root, run_date)
+            feature_change = feature_contract.check(previous_art, summary, _column_types(raw),
+                                                    icfg.allow_feature_change)
             clean = clean.persist(StorageLevel.MEMORY_AND_DISK)
             note.update(rows_read=summary.rows_read, rows_used=summary.rows_used,
                         dropped=summary.rows_dropped, features=len(summary.feature_columns))
@@ -198,8 +218,7 @@ def run_job(cfg: JobConfig, spark=None) -> RunResult:
                     kcfg = cfg.kmeans.model_copy(update={"k": k})
                     note.update(k=k, criterion=a.criterion, stability_ari=round(auto.stability_ari, 4))
 
-            model_root = store.root.child("model")
-            previous = history.load_previous(model_root, prep)
+            previous = history.load_previous(previous_art, prep)
             with stage("kmeans") as note:
                 initial = warm_start_centers(previous, prep, k) if cfg.kmeans.init == "previous" else None
                 fit = fit_kmeans(clean, prep, kcfg, icfg.weight_column, initial)
@@ -320,7 +339,7 @@ def run_job(cfg: JobConfig, spark=None) -> RunResult:
                     runs = _runs_row(cfg, run_id, run_date, started_at, t_start, stage.seconds, summary,
                                      fit, mdict, model_dir.uri, versions, prep, failures,
                                      f"auto:{cfg.kmeans.auto.criterion}" if auto is not None else "fixed",
-                                     lineage=art.lineage)
+                                     lineage=art.lineage, feature_change=feature_change)
                     return store.stage("runs", spark.createDataFrame([runs], _RUNS_DDL), files=1)
 
                 with stage("publish"):
@@ -531,12 +550,12 @@ _RUNS_DDL = (
     "engine string, iterations int, silhouette double, model_path string, table_versions map<string,long>, "
     "config_json string, versions map<string,string>, algorithm string, distance string, init string, "
     "converged boolean, gate_failures array<string>, k_selection string, kind string, previous_run_id string, "
-    "base_run_id string, assignment_run_ids array<string>"
+    "base_run_id string, assignment_run_ids array<string>, feature_change string"
 )
 
 
 def _runs_row(cfg, run_id, run_date, started_at, t_start, stage_seconds, summary, fit, mdict, model_path,
-              versions, prep, gate_failures=(), k_selection="fixed", lineage=None):
+              versions, prep, gate_failures=(), k_selection="fixed", lineage=None, feature_change=None):
     lineage = lineage or {}
     now = dt.datetime.now(dt.timezone.utc)
     return (
@@ -549,6 +568,7 @@ def _runs_row(cfg, run_id, run_date, started_at, t_start, stage_seconds, summary
         cfg.kmeans.algorithm, cfg.kmeans.distance, fit.init, bool(fit.converged),
         [str(f) for f in gate_failures], k_selection, lineage.get("kind", "full"), lineage.get("previous_run_id"),
         lineage.get("base_run_id", run_id), [r for r, _ in lineage.get("assignment_runs", [[run_id, run_date]])],
+        feature_change,
     )
 
 

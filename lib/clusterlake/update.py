@@ -38,7 +38,7 @@ import numpy as np
 
 from clusterlake.config import JobConfig
 from clusterlake.errors import InputDataError
-from clusterlake.pipeline import RunResult, _Stages, new_run_id
+from clusterlake.pipeline import RunResult, _Stages, new_run_id, open_output
 
 log = logging.getLogger("clusterlake")
 
@@ -51,7 +51,6 @@ def run_update(cfg: JobConfig, input_path: str, spark=None) -> RunResult:
     from clusterlake.algorithms import history, lineage, sample_passes
     from clusterlake.algorithms.passes import assign_rows, cluster_stats
     from clusterlake.io import model_artifact
-    from clusterlake.io.lock import RunLock
     from clusterlake.io.reader import read_table, validate
     from clusterlake.io.tables import make_store, recover_interrupted
     from clusterlake.pipeline import _RUNS_DDL, _centroids_df, _metrics_df, _runs_row, discard_on_failure, publish
@@ -65,10 +64,10 @@ def run_update(cfg: JobConfig, input_path: str, spark=None) -> RunResult:
     run_id = new_run_id(run_date)
     stage = _Stages()
     log.info("update %s of job %s with the new rows under %s", run_id, cfg.job.name, input_path)
-    if spark is None:
-        spark = build_session(cfg.spark, f"clusterlake-update-{cfg.job.name}")
-    store = make_store(spark, cfg.output, run_date, run_id)
-    with RunLock(store.root, run_id) as lock:
+    with open_output(cfg.output.path, run_id) as lock:
+        if spark is None:
+            spark = build_session(cfg.spark, f"clusterlake-update-{cfg.job.name}")
+        store = make_store(spark, cfg.output, run_date, run_id)
         recovered = recover_interrupted(store)
         if recovered:
             log.warning("restored tables left by interrupted run(s) %s", recovered)
@@ -91,7 +90,7 @@ def run_update(cfg: JobConfig, input_path: str, spark=None) -> RunResult:
         runs = base.assignment_runs
 
         with stage("read+validate") as note:
-            clean, summary = validate(read_table(spark, icfg), icfg, 1, keep_constant=True)
+            clean, summary = validate(read_table(spark, icfg), icfg, 1, keep_constant=True, model_run=base.run_id)
             clean = clean.persist(StorageLevel.MEMORY_AND_DISK)
             note.update(rows_read=summary.rows_read, rows_used=summary.rows_used, dropped=summary.rows_dropped)
         persisted = [clean]

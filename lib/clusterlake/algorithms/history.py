@@ -73,14 +73,41 @@ def previous_sizes(art: model_artifact.ModelArtifact) -> np.ndarray:
     return np.asarray(s, dtype=np.float64) if s is not None else np.ones(len(art.cluster_ids))
 
 
-def load_previous(model_root, prep: Preprocessor) -> Optional[Previous]:
-    """The previous run's model with its centroids mapped into ``prep``'s model space.
+def previous_artifact(model_root, run_date: str) -> Optional[model_artifact.ModelArtifact]:
+    """The model tonight's run compares with (stable ids, drift, warm start, feature contract).
+
+    Normally the model ``model_root/latest`` shows. When tonight re-runs the date of that model
+    (a re-run replaces the date's rows: the runs of that date, full or update, disappear from the
+    tables), it is the newest model of an *earlier* state: the chain of ``previous_run_id`` is
+    followed back past every run of ``run_date``, so a re-run is compared with what the run it
+    replaces was compared with, and gets the same ids for the same input (new clusters are
+    numbered from that earlier model's next id, as the replaced run's were).
+    """
+    art = load_latest(model_root)
+    while art is not None and art.run_date == run_date:
+        prev_id = art.lineage.get("previous_run_id")
+        if not prev_id:
+            log.info("run_date %s re-runs the first run (%s): there is no previous run to compare with",
+                     run_date, art.run_id)
+            return None
+        prev_dir = model_root.child(prev_id)
+        if not prev_dir.child("model.json").exists():
+            log.warning("run_date %s re-runs run %s, whose previous run %s has no model under %s: "
+                        "comparing with nothing (every cluster gets a new id)", run_date, art.run_id, prev_id,
+                        prev_dir.uri)
+            return None
+        log.info("run_date %s re-runs run %s: comparing with the run before it, %s", run_date, art.run_id, prev_id)
+        art = model_artifact.load(prev_dir.uri)
+    return art
+
+
+def load_previous(art: Optional[model_artifact.ModelArtifact], prep: Preprocessor) -> Optional[Previous]:
+    """The previous run's model ``art`` with its centroids mapped into ``prep``'s model space.
 
     The centroids go back to input units through the previous preprocessor and forward through
     tonight's, so a refitted scaling/PCA does not break the comparison. With other feature columns
     the runs are not comparable: every cluster gets a fresh id (ids are never reused).
     """
-    art = load_latest(model_root)
     if art is None:
         return None
     radius, sizes = previous_radius(art), previous_sizes(art)
@@ -102,14 +129,18 @@ def overlap_counts(store, asg, id_col: str, prev: Previous, ids: np.ndarray) -> 
     """
     from pyspark.sql import functions as F
 
+    from clusterlake.io.columns import col
+
     runs = prev.artifact.assignment_runs
     old = store.spark_read("assignments", [r for r, _ in runs], [d for _, d in runs], columns=[id_col, "cluster_id"])
     if old is None:
         log.info("lineage: no assignments of run %s to join with; splits and merges from centroid distances",
                  prev.run_id)
         return None
-    joined = (asg.select(F.col(id_col), F.col("cluster_id").alias("__cur"))
-              .join(old.select(F.col(id_col), F.col("cluster_id").alias("__prev")), on=id_col, how="inner"))
+    # (the id column under a fixed name: a user's name may hold a dot, a space or a backtick)
+    joined = (asg.select(col(id_col).alias("__id"), F.col("cluster_id").alias("__cur"))
+              .join(old.select(col(id_col).alias("__id"), F.col("cluster_id").alias("__prev")), on="__id",
+                    how="inner"))
     rows = joined.groupBy("__cur", "__prev").count().collect()
     cur_pos = {int(c): i for i, c in enumerate(ids)}
     prev_pos = {int(c): j for j, c in enumerate(prev.ids)}
