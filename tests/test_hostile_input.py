@@ -162,6 +162,17 @@ def test_truncated_parquet_file_is_named(spark, copy, tmp_path):
     assert f"input file {f} is not a readable parquet file" in msg and "1 of 2 files" in msg
 
 
+def test_damaged_page_behind_a_good_footer_is_named(spark, copy, tmp_path):
+    inp = write_dir(tmp_path / "in", *halves(blob_columns()))
+    f = os.path.join(inp, "part-0.parquet")
+    raw = bytearray(open(f, "rb").read())
+    raw[4:200] = b"\xff" * 196  # the first page headers: the footer still reads
+    open(f, "wb").write(bytes(raw))
+    msg = fails_unchanged(spark, config(inp, copy, **{"job.run_date": "2026-11-21"}), copy)
+    assert msg.startswith("Spark could not read file") and "part-0.parquet" in msg
+    assert "rewrite or remove the damaged file" in msg and "collectToPython" not in msg
+
+
 def test_int_and_double_across_files_are_unified(spark, good, copy, tmp_path):
     a, b = halves(blob_columns())
     a = dict(a, age=pa.array(np.round(a["age"].to_numpy()).astype(np.int32)))  # int32 here, double there

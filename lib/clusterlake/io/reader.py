@@ -71,9 +71,10 @@ def spark_read_error(exc: Exception, path: str) -> InputDataError:
     text = str(exc)
     m = re.search(r"(?:reading file|file) (\S+?\.parquet\S*)", text)
     where = f"file {m.group(1).rstrip('.,;')}" if m else f"input {path}"
+    causes = [ln.split("Caused by:", 1)[1].strip() for ln in text.splitlines() if ln.startswith("Caused by:")]
+    detail = causes[0] if causes else _first_line(exc)
     return InputDataError(
-        f"Spark could not read {where} ({_first_line(exc)[:300]}); rewrite or remove the damaged file "
-        "upstream, then rerun"
+        f"Spark could not read {where} ({detail[:300]}); rewrite or remove the damaged file upstream, then rerun"
     )
 
 
