@@ -8,8 +8,19 @@ reports, e.g. the barrier tasks' pids and hosts) and wait until a file ``engine.
 appears there (at most ``CLUSTERLAKE_PAUSE_TIMEOUT`` seconds, default 600). Each point pauses at
 most once per process. Several points: comma-separated.
 
-Points: ``engine.lloyd`` (before each Lloyd iteration of the K-means fit) and ``publish.commit``
-(before each table commit of a run: centroids, assignments, metrics, profiles, lineage, runs).
+Points:
+
+* ``engine.lloyd``: before each Lloyd iteration of the K-means fit.
+* ``write.staged``: after each table is staged, i.e. its parquet files are written where readers
+  do not see them (``TableStore.stage``; a job stages centroids, assignments, metrics, profiles,
+  lineage, then runs inside the publish; an update centroids, assignments, metrics, runs; the
+  stream one table per micro-batch). Reports ``table``, ``run_id`` and ``path`` (the staged
+  directory). ``write.staged@2`` in a full run: centroids and assignments are staged and the
+  run's model directory is saved.
+* ``model.saved``: right after the run's model directory ``<output>/model/<run_id>/`` is saved
+  (before anything is committed). Reports ``run_id`` and ``path``.
+* ``publish.commit``: before each table commit of a run (centroids, assignments, metrics,
+  profiles, lineage, runs).
 """
 
 from __future__ import annotations

@@ -2,19 +2,27 @@
 
 A run writes its tables in two phases so that a failure leaves readers on the previous run:
 
-1. **stage**: Spark writes every table's parquet files where readers do not see them yet (for
-   Delta: files not yet in the Delta log; for parquet: a ``_staging`` directory that readers skip).
-   This is the slow part; a failure here changes nothing visible and the staged files are deleted.
-2. **publish** (:func:`publish_run`): a journal of every table's current version is written, then
-   each table's ``run_date`` partition is replaced in one commit (centroids, assignments, metrics,
-   ...), and the ``runs`` row is committed **last**. It records the Delta version of every table it
-   belongs to, so a reader can read exactly that run with time travel. A failure during publish
-   restores the tables committed so far (Delta ``RESTORE``) and deletes the staged files; a driver
-   killed during publish leaves the journal, and the next run restores from it before it starts.
+1. **stage** (inside :func:`staging`): the run's journal ``_clusterlake/pending/<run_id>.json``
+   (phase ``staging``: the tables it may stage, its model directory) is written first, then Spark
+   writes every table's parquet files where readers do not see them yet (for Delta: files not yet
+   in the Delta log; for parquet: a ``_staging`` directory that readers skip) and the job saves the
+   run's model directory. This is the slow part; a failure here changes nothing visible and the
+   staged files, the model directory and the journal are deleted.
+2. **publish** (:func:`publish_run`): the journal is rewritten with every table's current version
+   (phase ``publish``), then each table's ``run_date`` partition is replaced in one commit
+   (centroids, assignments, metrics, ...), and the ``runs`` row is committed **last**. It records
+   the Delta version of every table it belongs to, so a reader can read exactly that run with time
+   travel. A failure during publish restores the tables committed so far (Delta ``RESTORE``) and
+   deletes the staged files; the journal is removed once the run is committed.
 
    A table staged with ``append=True`` (an incremental job adding rows) is committed by adding its
    files to the table instead of replacing the ``run_date`` partition; a rollback removes exactly
    those files again.
+
+A driver killed at any point leaves the journal (always replaced atomically, never torn), and the
+next run's :func:`recover_interrupted` finishes the dead run before it starts: it deletes what a
+run killed while staging wrote, and restores (delta-rs) the tables a run killed while publishing
+committed.
 
 Three stores implement this: :class:`DeltaRsStore` (Spark writes parquet, the ``deltalake``
 package commits: works without Delta's Spark jars, used here and in CI), :class:`SparkDeltaStore`
@@ -32,9 +40,11 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import logging
+import re
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Optional
+from typing import Callable, Iterable, Iterator, Optional
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -43,12 +53,17 @@ import pyarrow.parquet as pq
 from clusterlake.config import OutputSection
 from clusterlake.errors import OutputError
 from clusterlake.faults import pause_point
-from clusterlake.io.fs import Location, location
+from clusterlake.io.fs import Location, is_temp_name, location
 
 log = logging.getLogger(__name__)
 
 PARTITION = "run_date"
 RUN_ID_KEY = "clusterlake.run_id"
+RUN_TABLES = ("centroids", "assignments", "metrics", "profiles", "lineage", "runs")
+"""Every table a run (full or update) may stage and commit, ``runs`` last."""
+JOURNAL_VERSION = 2
+"""Version 1 journals (no ``phase``) were written by publish_run only: they read as ``publish``."""
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # run ids and table names in paths
 
 
 @dataclass
@@ -91,6 +106,11 @@ class TableStore:
         self.root = location(cfg.path)
         self.run_date = run_date
         self.run_id = run_id
+        # the run's journal state, kept by staging() and publish_run()
+        self.model_dir: Optional[Location] = None  # the run's model directory (staging() sets it)
+        self._in_staging = False  # inside staging(): it removes the journal after the model dir
+        self._published = False  # the runs row is committed: nothing of the run may be discarded
+        self._keep_leftovers = False  # a rollback failed: the next run's recovery needs everything
 
     def table(self, name: str) -> Location:
         return self.root.child(name)
@@ -121,6 +141,16 @@ class TableStore:
 
     def finish(self) -> None:
         """Called once after the whole run is published (cleanup of replaced data)."""
+
+    def last_commit_run_id(self, name: str) -> Optional[str]:
+        """The run id recorded with the latest commit of table ``name``; None when the table does
+        not exist or the store keeps no commit log."""
+        return None
+
+    def committed_by(self, name: str, run_id: str) -> bool:
+        """Whether run ``run_id`` made the latest commit of table ``name`` (recovery asks this
+        about a dead run whose journal is damaged)."""
+        return self.last_commit_run_id(name) == run_id
 
     def discard(self, st: StagedTable) -> None:
         try:
@@ -174,7 +204,9 @@ class TableStore:
             df = df.where(F.col(PARTITION).isin([_dt.date.fromisoformat(d) for d in dates])) if dates else df.where(F.lit(False))
         if columns is None:  # the same order from every store: run_date last
             columns = [c for c in have if c != PARTITION] + [PARTITION]
-        return df.select(*columns)
+        from clusterlake.io.columns import col
+
+        return df.select(*[col(c) for c in columns])
 
     def _spark_write_parquet(self, df, dest: Location, files: Optional[int]) -> None:
         if files is not None:
@@ -224,6 +256,7 @@ class DeltaRsStore(TableStore):
         st = StagedTable(name, t, t.child(f"{PARTITION}={self.run_date}", self.run_id), append=append)
         self._spark_write_parquet(df, st.staged, files)
         self._collect_files(st)
+        pause_point("write.staged", table=name, run_id=self.run_id, path=st.staged.uri)
         return st
 
     def discard(self, st: StagedTable) -> None:
@@ -361,6 +394,20 @@ class DeltaRsStore(TableStore):
             return None
         return dt.history(1)[0].get(RUN_ID_KEY)
 
+    def version_before(self, name: str, run_id: str) -> Optional[int]:
+        """The version of table ``name`` before the latest run of commits by ``run_id`` (a run
+        makes one or two per table); None when that run created the table (the current version
+        when the latest commit is not that run's)."""
+        dt = self._dt(name)
+        first = None
+        for h in dt.history(10) if dt is not None else []:  # newest first
+            if h.get(RUN_ID_KEY) != run_id:
+                break
+            first = h["version"]
+        if first is None:
+            return dt.version() if dt is not None else None
+        return first - 1 if first > 0 else None
+
     def read(self, name: str, version: Optional[int] = None) -> pa.Table:
         dt = self._dt(name, version)
         if dt is None:
@@ -453,6 +500,7 @@ class SparkDeltaStore(TableStore):
         if files is not None:
             df = df.coalesce(files)
         df = df.withColumn(PARTITION, F.lit(self.run_date).cast("date"))
+        pause_point("write.staged", table=name, run_id=self.run_id, path=t.uri)  # (lazy: nothing written yet)
         return StagedTable(name, t, t, df=df, append=append)
 
     def current_version(self, name: str) -> Optional[int]:
@@ -462,6 +510,16 @@ class SparkDeltaStore(TableStore):
             return None
         row = self.spark.sql(f"DESCRIBE HISTORY delta.`{self.table(name).uri}` LIMIT 1").collect()
         return int(row[0]["version"]) if row else None
+
+    def last_commit_run_id(self, name: str) -> Optional[str]:
+        if not self.table(name).child("_delta_log").exists():
+            return None
+        rows = self.spark.sql(f"DESCRIBE HISTORY delta.`{self.table(name).uri}` LIMIT 1").collect()
+        meta = rows[0]["userMetadata"] if rows else None
+        try:
+            return json.loads(meta).get(RUN_ID_KEY) if meta else None
+        except (ValueError, AttributeError):
+            return None
 
     def _created_by(self, name: str, run_id: str) -> bool:
         rows = self.spark.sql(f"DESCRIBE HISTORY delta.`{self.table(name).uri}`").orderBy("version").limit(1).collect()
@@ -555,6 +613,7 @@ class ParquetStore(TableStore):
         st = StagedTable(name, t, t.child("_staging", self.run_id, f"{PARTITION}={self.run_date}"), append=append)
         self._spark_write_parquet(df, st.staged, files)
         self._collect_files(st)
+        pause_point("write.staged", table=name, run_id=self.run_id, path=st.staged.uri)
         return st
 
     def current_version(self, name: str) -> Optional[int]:
@@ -626,6 +685,21 @@ class ParquetStore(TableStore):
         if parent.exists():
             parent.delete()
 
+    def committed_by(self, name: str, run_id: str) -> bool:
+        """There is no log to ask: true when the table shows a commit of ``run_id`` on disk, i.e.
+        the partition it replaced waits in ``_trash/<run_id>/``, or its ``_staging/<run_id>/`` is
+        there but emptied (no ``part-`` file, no Spark ``_temporary`` dir: the commit moved the
+        files into the partition). An append killed halfway, with some files still staged, is
+        not seen."""
+        t = self.table(name)
+        if t.child("_trash", run_id).exists():
+            return True
+        staged = t.child("_staging", run_id)
+        if not staged.is_dir():
+            return False
+        infos = staged.fs.get_file_info(pafs.FileSelector(staged.path, recursive=True))
+        return not any(i.base_name == "_temporary" or i.base_name.startswith("part-") for i in infos)
+
     def read(self, name: str, version: Optional[int] = None) -> pa.Table:
         import pyarrow.dataset as ds
 
@@ -680,9 +754,87 @@ def make_store(spark, cfg: OutputSection, run_date: str, run_id: str) -> TableSt
 
 
 def journal_location(store: TableStore) -> Location:
-    """Where publish_run keeps the run's journal while it commits; it exists after a failure only
-    when a rollback failed (the next run's recover_interrupted finishes the job)."""
+    """The run's journal, ``<output>/_clusterlake/pending/<run_id>.json``: written by
+    :func:`staging` before anything of the run is, rewritten by :func:`publish_run`, removed when
+    the run is committed or cleaned up. Found by a later run, it belongs to a dead run (or to one
+    whose rollback failed) and :func:`recover_interrupted` finishes the job."""
     return store.root.child("_clusterlake", "pending", f"{store.run_id}.json")
+
+
+def _write_journal(store: TableStore, phase: str, pre_versions: Optional[dict] = None) -> Location:
+    """Write (atomically: old or new content, never torn) the run's journal in ``phase``."""
+    data = {"version": JOURNAL_VERSION, "phase": phase, "run_id": store.run_id, "run_date": store.run_date,
+            "store": store.kind, "tables": list(RUN_TABLES),
+            "model_dir": store.model_dir.uri if store.model_dir is not None else None}
+    if pre_versions is not None:
+        data["pre_versions"] = pre_versions
+    loc = journal_location(store)
+    loc.write_bytes_atomic(json.dumps(data, indent=1).encode())
+    return loc
+
+
+@contextmanager
+def staging(store: TableStore, model_dir: Location) -> Iterator[list[StagedTable]]:
+    """The whole life of a run's output under one journal: stage, save the model, publish.
+
+    Writes the run's journal (phase ``staging``: run id, run date, store kind, :data:`RUN_TABLES`
+    and ``model_dir``) before anything of the run is written, then yields the list the caller
+    appends each :class:`StagedTable` to. Call :func:`publish_run` inside the block.
+
+    On any exception inside (or a block left without publishing) the run's staged files, Spark's
+    ``_temporary`` directories of a write that failed halfway, ``model_dir`` and finally the
+    journal are deleted, and the exception propagates. Exception: when publish_run could not roll
+    back a table, everything (journal, staged files, model) stays for the next run's
+    :func:`recover_interrupted`. A driver killed inside the block leaves the journal, and the
+    next run deletes the same things.
+
+    Parameters
+    ----------
+    store : TableStore
+        The run's store (its run id and date).
+    model_dir : Location
+        The run's model directory, ``<output>/model/<run_id>``.
+
+    Yields
+    ------
+    list of StagedTable
+        Append every staged data table to it, in commit order.
+    """
+    staged: list[StagedTable] = []
+    store.model_dir = model_dir
+    _write_journal(store, "staging")
+    store._in_staging = True
+    try:
+        yield staged
+    except BaseException:
+        store._in_staging = False
+        _discard_run(store, staged)
+        raise
+    store._in_staging = False
+    if not store._published:
+        log.warning("run %s left its staging block without publishing: deleting what it staged", store.run_id)
+        _discard_run(store, staged)
+
+
+def _discard_run(store: TableStore, staged: list[StagedTable]) -> None:
+    """Delete what this (failed, unpublished) run wrote, the journal last. Best effort: never
+    raises; what is left the journal names for the next run's recovery."""
+    journal = journal_location(store)
+    if store._published:  # a failure after the runs commit: the staged files are the committed data
+        log.error("run %s is committed; keeping its files and model directory", store.run_id)
+        return
+    if store._keep_leftovers:
+        log.error("keeping the journal %s, the staged files and the model directory of run %s for the "
+                  "next run's recovery", journal.uri, store.run_id)
+        return
+    for st in staged:
+        store.discard(st)
+    try:
+        _discard_leftovers(store, store.run_id, store.run_date, RUN_TABLES, store.model_dir, logging.INFO)
+        journal.delete()
+    except Exception as exc:  # never hide the original error
+        log.warning("could not delete everything run %s wrote (%s); the next run's recovery finishes it "
+                    "(journal %s)", store.run_id, exc, journal.uri)
 
 
 def publish_run(
@@ -693,6 +845,13 @@ def publish_run(
     guard: Optional[Callable[[], None]] = None,
 ) -> dict[str, Optional[int]]:
     """Commit the staged tables, then the ``runs`` row, all-or-nothing for readers of ``runs``.
+
+    The journal is first rewritten (atomically) with every table's current version (phase
+    ``publish``), so that a run killed from here on is rolled back by the next one; it is removed
+    once the ``runs`` row is committed. On a failure the tables committed so far are restored and
+    the staged files deleted; if a restore fails, the journal and the files stay for the next
+    run's :func:`recover_interrupted`. Inside :func:`staging`, that block removes the journal
+    after the model directory; called on its own, publish_run removes it.
 
     Parameters
     ----------
@@ -714,9 +873,7 @@ def publish_run(
     """
     names = [s.name for s in staged] + ["runs"]
     pre = {n: store.current_version(n) for n in names}
-    journal = journal_location(store)
-    journal.write_bytes(json.dumps({"run_id": store.run_id, "run_date": store.run_date,
-                                    "store": store.kind, "pre_versions": pre}).encode())
+    journal = _write_journal(store, "publish", pre)
     # tables whose commit was attempted: a commit that raised may still have landed (e.g. the
     # table reload after it failed), so it is rolled back too (rollback is a no-op if it did not)
     committed: list[str] = []
@@ -736,22 +893,16 @@ def publish_run(
         committed.append("runs")
         versions["runs"] = store.commit(runs_st)
     except BaseException:
-        log.error("publishing run %s failed; restoring %s to their previous versions", store.run_id, committed or "nothing")
-        restored = True
-        for name in reversed(committed):
-            try:
-                store.rollback(name, pre[name])
-            except Exception as err:  # keep going: restore as much as we can
-                restored = False
-                log.error("could not roll back table %s: %s", name, err)
-        if restored:
-            for st in staged + ([runs_st] if runs_st else []):
-                store.discard(st)
-            journal.delete()
-        else:  # the next run's recover_interrupted() tries again; its files may still be referenced
-            log.error("keeping the journal %s and the staged files of run %s", journal.uri, store.run_id)
+        _roll_back(store, committed, pre, staged + ([runs_st] if runs_st else []), journal)
         raise
-    # the run is committed: from here on nothing may raise (the caller would discard committed files)
+    store._published = True
+    _after_publish(store, journal, after_commit)
+    return versions
+
+
+def _after_publish(store: TableStore, journal: Location, after_commit: Optional[Callable[[], None]]) -> None:
+    """The run is committed: remove the journal, clean up, run ``after_commit``. Never raises
+    (a caller would take the exception for a failed run and discard committed files)."""
     for what, step in (("removing the journal", journal.delete), ("cleaning up replaced data", store.finish),
                        ("the post-commit step", after_commit)):
         if step is None:
@@ -760,43 +911,251 @@ def publish_run(
             step()
         except Exception as exc:
             log.error("run %s is committed but %s failed: %s", store.run_id, what, exc)
-    return versions
+
+
+def _roll_back(store: TableStore, committed: list[str], pre: dict, staged: list[StagedTable],
+               journal: Location) -> None:
+    """Restore the tables a failed publish committed (newest first), then delete its staged files
+    and (outside :func:`staging`) the journal; if a restore fails, keep both for the next run."""
+    log.error("publishing run %s failed; restoring %s to their previous versions", store.run_id, committed or "nothing")
+    restored = True
+    for name in reversed(committed):
+        try:
+            store.rollback(name, pre[name])
+        except Exception as err:  # keep going: restore as much as we can
+            restored = False
+            log.error("could not roll back table %s: %s", name, err)
+    if not restored:  # the next run's recover_interrupted() tries again; its files may still be referenced
+        store._keep_leftovers = True
+        log.error("keeping the journal %s and the staged files of run %s", journal.uri, store.run_id)
+        return
+    for st in staged:
+        store.discard(st)
+    if not store._in_staging:
+        journal.delete()
+
+
+# ----------------------------------------------------------------------------------------------
+# recovering from a dead run
+
+
+@dataclass
+class _Journal:
+    loc: Location
+    run_id: str  # from the file name
+    data: Optional[dict]  # None: damaged
+    problem: str = ""  # what is wrong with a damaged one
+    committed: list[str] = field(default_factory=list)  # damaged: tables whose latest commit is the run's
 
 
 def recover_interrupted(store: TableStore) -> list[str]:
-    """Finish off a run whose driver died while publishing (found by its journal).
+    """Finish off the runs whose journal is still in ``_clusterlake/pending/``: their driver died
+    (or, for a publish, a rollback failed). Runs at the start of every job, holding the run lock
+    and before anything is written, so every journal found belongs to a dead run.
 
-    If the run's ``runs`` row was committed, the run is complete and only the journal is removed.
-    Otherwise every table whose latest commit belongs to that run is restored to the version the
-    journal recorded, and the run's leftover files (staged parquet files, its model directory)
-    are deleted. Runs at the start of every job, before anything is written. Returns the run ids
-    found.
+    * phase ``staging`` (any store): nothing was committed. Its staged directories
+      (``<table>/run_date=<date>/<run_id>/``, ``<table>/_staging/<run_id>/``, with Spark's
+      ``_temporary`` inside), the partition and table directories they leave empty, and its model
+      directory are deleted. If its ``runs`` row is committed after all, it is complete: only the
+      journal goes.
+    * phase ``publish``: if the ``runs`` row was committed the run is complete and only the
+      journal is removed. Otherwise (delta-rs) every table whose latest commit belongs to that run
+      is restored to the version the journal recorded, and the run's leftovers are deleted as
+      above. Other stores cannot be restored automatically: a warning names the run.
+    * damaged (empty, not JSON, not a journal's fields): the run id is the file name. If no
+      table's latest commit belongs to that run, it committed nothing: its leftovers are deleted
+      as above (every date searched) with a warning. If its ``runs`` row is committed it is
+      complete. Otherwise :class:`~clusterlake.errors.OutputError` names the journal, the tables
+      that run committed and how to restore them, before anything is changed.
+
+    Every journal found is removed once handled; every path deleted is logged at WARNING.
+    Returns the run ids of the journals handled.
     """
     pending = store.root.child("_clusterlake", "pending")
-    recovered = []
-    for info in pending.files(recursive=False) if pending.exists() else []:
-        if not info.base_name.endswith(".json"):
-            continue
-        loc = pending.child(info.base_name)
-        data = json.loads(loc.read_bytes())
-        run_id, run_date = data["run_id"], data["run_date"]
-        if not isinstance(store, DeltaRsStore):
-            log.warning("interrupted run %s found in %s; %s tables cannot be restored automatically",
-                        run_id, loc.uri, store.kind)
-        elif store.last_commit_run_id("runs") == run_id:
-            log.info("run %s was complete (its runs row is committed); removing its journal", run_id)
+    if not pending.is_dir():
+        return []
+    infos = sorted(pending.files(recursive=False), key=lambda i: i.base_name)
+    journals = [_read_journal(pending.child(i.base_name)) for i in infos
+                if i.base_name.endswith(".json") and not is_temp_name(i.base_name)]
+    for j in journals:  # a damaged journal of a run that committed tables stops the job untouched
+        if j.data is None:
+            _check_damaged(store, j)
+    for i in infos:
+        if is_temp_name(i.base_name):
+            log.warning("deleting %s: a journal write that never finished (its run is dead)",
+                        pending.child(i.base_name).uri)
+            pending.child(i.base_name).delete()
+    for j in journals:
+        if j.data is None:
+            _recover_damaged(store, j)
+        elif j.data.get("phase", "publish") == "staging":
+            _recover_staging(store, j)
         else:
-            for name, version in data["pre_versions"].items():
-                if store.last_commit_run_id(name) == run_id:
-                    log.warning("recovering from interrupted run %s: restoring %s", run_id, name)
-                    store.rollback(name, version, run_id)
-            for name in data["pre_versions"]:
-                leftover = store.table(name).child(f"{PARTITION}={run_date}", run_id)
-                if leftover.exists():
-                    leftover.delete()
-            model_dir = store.root.child("model", run_id)
-            if model_dir.exists():
-                model_dir.delete()
-        loc.delete()
-        recovered.append(run_id)
-    return recovered
+            _recover_publish(store, j)
+        j.loc.delete()
+    return [j.run_id for j in journals]
+
+
+def _read_journal(loc: Location) -> _Journal:
+    """Read and check one journal; a damaged one comes back with ``data=None`` and the problem."""
+    name = loc.path.rsplit("/", 1)[-1]
+    run_id = name[: -len(".json")]
+    if not _SAFE_NAME.match(run_id):
+        raise OutputError(f"{loc.uri} is not a journal clusterlake wrote (its name is not <run_id>.json); "
+                          f"move it out of {loc.uri.rsplit('/', 1)[0]}")
+    raw = loc.read_bytes()
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        return _Journal(loc, run_id, None, "an empty file" if not raw.strip() else f"not JSON: {exc}")
+    problem = _journal_problem(data, run_id)
+    return _Journal(loc, run_id, None if problem else data, problem)
+
+
+def _journal_problem(data, run_id: str) -> str:
+    """What makes ``data`` unusable as the journal of ``run_id`` ('' when it is fine)."""
+    if not isinstance(data, dict):
+        return f"JSON {type(data).__name__}, not an object"
+    if data.get("run_id") != run_id:
+        return f"run_id {data.get('run_id')!r}, not the file name's {run_id!r}"
+    try:
+        _dt.date.fromisoformat(str(data.get("run_date")))
+    except ValueError:
+        return f"run_date {data.get('run_date')!r} is not a date"
+    phase = data.get("phase", "publish")
+    tables = data.get("pre_versions") if phase == "publish" else data.get("tables")
+    if phase not in ("staging", "publish"):
+        return f"unknown phase {phase!r}"
+    if not isinstance(tables, (dict, list)) or not all(isinstance(n, str) and _SAFE_NAME.match(n) for n in tables):
+        return f"bad {'pre_versions' if phase == 'publish' else 'tables'} {tables!r}"[:200]
+    return ""
+
+
+def _check_damaged(store: TableStore, j: _Journal) -> None:
+    """Raise if the run of damaged journal ``j`` committed tables but not its ``runs`` row."""
+    j.committed = [n for n in RUN_TABLES if store.committed_by(n, j.run_id)]
+    if not j.committed or "runs" in j.committed:
+        return
+    hints = "; ".join(f"{n}: {_undo_hint(store, n, j.run_id)}" for n in j.committed)
+    raise OutputError(
+        f"the journal {j.loc.uri} of interrupted run {j.run_id} is damaged ({j.problem}) and that run "
+        f"committed tables {j.committed} without its runs row, so recovery cannot tell what to restore. "
+        f"Restore those tables to their version before run {j.run_id}'s commits (the commits whose "
+        f"{RUN_ID_KEY} is {j.run_id}; {hints}), then delete {j.loc.uri} and run again"
+    )
+
+
+def _undo_hint(store: TableStore, name: str, run_id: str) -> str:
+    uri = store.table(name).uri
+    if isinstance(store, DeltaRsStore):
+        before = store.version_before(name, run_id)
+        if before is None:
+            return f"created by that run, delete {uri}"
+        return f"DeltaTable('{uri}').restore({before})"
+    if isinstance(store, ParquetStore):
+        trash = store.table(name).child("_trash", run_id)
+        if trash.exists():
+            return f"move the partition saved in {trash.uri} back in place of the one it replaced"
+        return f"remove the files that run moved into {uri}"
+    return f"RESTORE TABLE delta.`{uri}` TO VERSION AS OF <the version before that run>"
+
+
+def _recover_damaged(store: TableStore, j: _Journal) -> None:
+    if "runs" in j.committed:
+        log.warning("the journal %s is damaged (%s) but run %s is complete (its runs row is committed): "
+                    "deleting the journal", j.loc.uri, j.problem, j.run_id)
+        return
+    log.warning("the journal %s is damaged (%s); run %s committed no table: deleting what it left "
+                "and the journal", j.loc.uri, j.problem, j.run_id)
+    _discard_leftovers(store, j.run_id, None, RUN_TABLES, store.root.child("model", j.run_id), logging.WARNING)
+
+
+def _recover_staging(store: TableStore, j: _Journal) -> None:
+    if store.committed_by("runs", j.run_id):
+        log.warning("run %s is complete (its runs row is committed); removing its journal %s", j.run_id, j.loc.uri)
+        return
+    log.warning("run %s was interrupted before publishing (journal %s): deleting what it wrote",
+                j.run_id, j.loc.uri)
+    _discard_leftovers(store, j.run_id, j.data["run_date"], j.data["tables"],
+                       _model_location(store, j.data.get("model_dir"), j.run_id), logging.WARNING)
+
+
+def _recover_publish(store: TableStore, j: _Journal) -> None:
+    run_id, run_date, pre = j.run_id, j.data["run_date"], j.data["pre_versions"]
+    if not isinstance(store, DeltaRsStore):
+        log.warning("interrupted run %s found in %s; %s tables cannot be restored automatically",
+                    run_id, j.loc.uri, store.kind)
+    elif store.last_commit_run_id("runs") == run_id:
+        log.info("run %s was complete (its runs row is committed); removing its journal", run_id)
+    else:
+        for name, version in pre.items():
+            if store.last_commit_run_id(name) == run_id:
+                log.warning("recovering from interrupted run %s: restoring %s", run_id, name)
+                store.rollback(name, version, run_id)
+        _discard_leftovers(store, run_id, run_date, list(pre),
+                           _model_location(store, j.data.get("model_dir"), run_id), logging.WARNING)
+
+
+def _model_location(store: TableStore, uri: Optional[str], run_id: str) -> Location:
+    default = store.root.child("model", run_id)
+    return default if uri in (None, default.uri) else location(uri)
+
+
+def _discard_leftovers(store: TableStore, run_id: str, run_date: Optional[str], names: Iterable[str],
+                       model_dir: Optional[Location], level: int) -> list[str]:
+    """Delete what run ``run_id`` wrote and did not commit: each table's staged directories (both
+    layouts: ``run_date=<date>/<run_id>/`` and ``_staging/<run_id>/``; every date when
+    ``run_date`` is None), the directories that leaves empty, and ``model_dir`` (only if it is
+    named after the run and ``model/latest`` is not that run). Logs each path at ``level``."""
+    removed: list[str] = []
+    for name in names:
+        removed += _discard_staged_dirs(store.table(name), run_id, run_date)
+    if model_dir is not None and _model_dir_deletable(store, model_dir, run_id):
+        model_dir.delete()
+        removed.append(model_dir.uri)
+    for uri in removed:
+        log.log(level, "run %s: deleted %s", run_id, uri)
+    return removed
+
+
+def _discard_staged_dirs(t: Location, run_id: str, run_date: Optional[str]) -> list[str]:
+    if not t.is_dir():
+        return []
+    parts = [f"{PARTITION}={run_date}"] if run_date is not None else [
+        i.base_name for i in t.fs.get_file_info(pafs.FileSelector(t.path))
+        if i.type == pafs.FileType.Directory and i.base_name.startswith(f"{PARTITION}=")]
+    candidates = [(t.child("_staging", run_id), t.child("_staging"))] + [(t.child(p, run_id), t.child(p)) for p in parts]
+    infos = t.fs.get_file_info([d.path for d, _ in candidates])
+    removed = []
+    for (d, parent), info in zip(candidates, infos):
+        if info.type != pafs.FileType.Directory:
+            continue
+        d.delete()
+        removed.append(d.uri)
+        if _empty_dir(parent):  # the partition (or _staging) directory the run created
+            parent.delete()
+            removed.append(parent.uri)
+    if removed and _empty_dir(t):  # the table directory of a table the run would have created
+        t.delete()
+        removed.append(t.uri)
+    return removed
+
+
+def _empty_dir(loc: Location) -> bool:
+    return loc.is_dir() and not loc.fs.get_file_info(pafs.FileSelector(loc.path))
+
+
+def _model_dir_deletable(store: TableStore, model_dir: Location, run_id: str) -> bool:
+    if model_dir.uri.rstrip("/").rsplit("/", 1)[-1] != run_id:
+        log.warning("not deleting %s: the model directory of run %s must be named after it", model_dir.uri, run_id)
+        return False
+    if not model_dir.exists():
+        return False
+    try:
+        latest = json.loads(store.root.child("model", "latest", "model.json").read_bytes()).get("run_id")
+    except Exception:  # no latest model (first run), or unreadable: nothing to protect
+        latest = None
+    if latest == run_id:
+        log.warning("not deleting %s: model/latest is that run's model", model_dir.uri)
+        return False
+    return True
