@@ -376,6 +376,29 @@ def test_http_lying_content_length_is_refused_before_reading(server):
     conn.close()
 
 
+def test_client_gone_mid_body_is_one_info_line(served):
+    """A client that closes the connection before its body is complete is not a server error: one
+    INFO line naming the client, no traceback, and the service keeps answering."""
+    proc, client = _start(served["latest"])
+    try:
+        body = json.dumps({"row": {"age": 1.0}}).encode()
+        with socket.create_connection(("127.0.0.1", client.port), timeout=10) as s:
+            s.sendall(b"POST /assign HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: %d\r\n\r\n" % (len(body) + 1000) + body)
+            time.sleep(0.3)  # the server is waiting for the rest of the body
+            local = "%s:%d" % s.getsockname()
+        status, health = client.call("GET", "/health")
+        assert status == 200 and health["status"] == "ok"
+        assert client.call("POST", "/assign", {"row": served["rows"][health["features"]].iloc[0].to_dict()})[0] == 200
+    finally:
+        log = _stop(proc)
+    gone = [ln for ln in log.splitlines() if "disconnected before the request body was complete" in ln]
+    assert len(gone) == 1, log
+    assert " INFO clusterlake.serve: " in gone[0] and local in gone[0] and "/assign" in gone[0], gone
+    assert f"{len(body)} of {len(body) + 1000} bytes" in gone[0], gone
+    assert "Traceback" not in log and " ERROR " not in log and "internal error" not in log, log
+
+
 # ------------------------------------------------------------------------------------------------
 # reloading a new model without downtime
 

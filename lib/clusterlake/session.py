@@ -7,11 +7,19 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
+from pathlib import Path
+from typing import Optional
 
 from clusterlake.config import SparkSection
 
 log = logging.getLogger(__name__)
+
+# The JVM's log configuration for sessions created here in local mode (see the file's header).
+LOG4J2_FILE = Path(__file__).with_name("spark-log4j2.properties")
+_JAVA_OPTIONS = "spark.driver.extraJavaOptions"
+_driver_memory: Optional[str] = None  # of the session build_session returned last
 
 # Sensible local defaults; every one can be overridden by spark.conf in the job config.
 _LOCAL_DEFAULTS = {
@@ -35,7 +43,9 @@ def build_session(cfg: SparkSection, app_name: str):
     Under ``spark-submit`` (or when a session already exists, e.g. in tests) the existing session
     is used as is and ``spark.master`` from the config is ignored; otherwise a session is created
     with ``cfg.master`` (default ``local[*]``). In local mode the Python workers are pointed at this
-    interpreter, so they see the same packages as the driver (a bare ``python3`` on PATH would not).
+    interpreter, so they see the same packages as the driver (a bare ``python3`` on PATH would not),
+    and the JVM logs through :data:`LOG4J2_FILE` from its start (:func:`quiet_java_options`: WARN, no
+    Java stack traces for failed tasks) unless the user configured Spark's logging.
     """
     from pyspark.sql import SparkSession
 
@@ -44,9 +54,11 @@ def build_session(cfg: SparkSection, app_name: str):
         for k, v in cfg.conf.items():
             if not _is_static(k):
                 active.conf.set(k, str(v))
+        _remember_driver_memory(active)
         return active
     builder = SparkSession.builder.appName(cfg.app_name or app_name)
-    if not _under_spark_submit():
+    local = not _under_spark_submit()
+    if local:
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
         builder = builder.master(cfg.master)
@@ -54,8 +66,12 @@ def build_session(cfg: SparkSection, app_name: str):
             builder = builder.config(k, v)
     for k, v in cfg.conf.items():
         builder = builder.config(k, str(v))
+    java_options = quiet_java_options(cfg.conf) if local else None
+    if java_options is not None:
+        builder = builder.config(_JAVA_OPTIONS, java_options)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
+    _remember_driver_memory(spark)
     log.info(
         "spark %s session: master=%s, default parallelism=%d",
         spark.version,
@@ -63,6 +79,79 @@ def build_session(cfg: SparkSection, app_name: str):
         spark.sparkContext.defaultParallelism,
     )
     return spark
+
+
+def driver_memory() -> Optional[str]:
+    """``spark.driver.memory`` of the session :func:`build_session` returned last (Spark's default
+    ``1g`` when the session did not set it), None before any session was built in this process."""
+    return _driver_memory
+
+
+def _remember_driver_memory(spark) -> None:
+    global _driver_memory
+    try:
+        _driver_memory = spark.sparkContext.getConf().get("spark.driver.memory", "1g")
+    except Exception:  # noqa: BLE001 (a remote/Connect session has no SparkContext: nothing to report)
+        _driver_memory = None
+
+
+def quiet_java_options(conf: dict) -> Optional[str]:
+    """The ``spark.driver.extraJavaOptions`` that make a local session's JVM log through
+    :data:`LOG4J2_FILE` (WARN from the start, task failures one line each, no Java traces).
+
+    The user's options (``conf``, else ``spark-defaults.conf`` in the Spark conf directory) are kept
+    and ours appended. None (leave the JVM's logging alone) when those options name a log4j
+    configuration, when the Spark conf directory has a ``log4j2.*`` file, or when the file is not
+    installed.
+
+    Parameters
+    ----------
+    conf : dict
+        The job's ``spark.conf``.
+    """
+    theirs = conf.get(_JAVA_OPTIONS)
+    theirs = str(theirs) if theirs is not None else _spark_defaults().get(_JAVA_OPTIONS, "")
+    conf_dir = _spark_conf_dir()
+    if "log4j.configuration" in theirs or "log4j2.configurationFile" in theirs:
+        return None
+    if conf_dir is not None and any(conf_dir.glob("log4j2.*")):
+        log.debug("Spark's log configuration comes from %s", conf_dir)
+        return None
+    if not LOG4J2_FILE.is_file():
+        log.debug("%s is not installed; Spark logs with its defaults", LOG4J2_FILE)
+        return None
+    ours = f"-Dlog4j2.configurationFile={LOG4J2_FILE}"
+    if re.search(r"\s", ours):  # Spark splits the options like a shell would
+        ours = f'"{ours}"'
+    return f"{theirs} {ours}".strip()
+
+
+def _spark_conf_dir() -> Optional[Path]:
+    """SPARK_CONF_DIR, else SPARK_HOME/conf, else pip pyspark's conf/ (usually absent)."""
+    if os.environ.get("SPARK_CONF_DIR"):
+        return Path(os.environ["SPARK_CONF_DIR"])
+    if os.environ.get("SPARK_HOME"):
+        home = Path(os.environ["SPARK_HOME"])
+    else:
+        import pyspark
+
+        home = Path(pyspark.__file__).parent  # what pyspark's launcher uses for a pip install
+    path = home / "conf"
+    return path if path.is_dir() else None
+
+
+def _spark_defaults() -> dict[str, str]:
+    """``spark-defaults.conf`` of the Spark conf directory (``key value`` or ``key=value`` lines)."""
+    conf_dir = _spark_conf_dir()
+    path = conf_dir / "spark-defaults.conf" if conf_dir is not None else None
+    if path is None or not path.is_file():
+        return {}
+    out = {}
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        m = re.match(r"\s*([^#!\s=:][^\s=:]*)(?:\s*[=:]\s*|\s+)?(.*)$", line)
+        if m:
+            out[m.group(1)] = m.group(2).strip()
+    return out
 
 
 def _is_static(key: str) -> bool:

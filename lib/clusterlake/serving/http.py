@@ -13,7 +13,8 @@ Endpoints (JSON in and out; errors are ``{"error": message, ...}`` with a 4xx st
 * ``GET /health`` -> ``{"status": "ok", "run_id", "k", "features", "loaded_at", ...}``
 
 Limits: a request body over ``max_body_bytes`` gets 413 (checked on Content-Length and while the
-body streams in), more than ``max_rows`` rows 413.
+body streams in), more than ``max_rows`` rows 413. A client that disconnects before its body is
+complete is logged as one INFO line (no traceback: not a server error).
 
 Reloading without downtime: the service holds one loaded model and swaps the reference when a new
 one is fully loaded; requests already running finish on the model they started with, and a model
@@ -48,6 +49,14 @@ class HTTPError(Exception):
     def __init__(self, status: int, message: str, **extra: Any):
         super().__init__(message)
         self.status, self.message, self.extra = status, message, extra
+
+
+class ClientGone(Exception):
+    """The client closed the connection before its request body was complete (not our error)."""
+
+    def __init__(self, received: int, expected: Optional[str]):
+        super().__init__(f"{received} of {expected} bytes" if expected else f"{received} bytes")
+        self.received, self.expected = received, expected
 
 
 @dataclass
@@ -118,12 +127,17 @@ async def _body(request, limit: int) -> Any:
                                      "send fewer rows per request")
         except ValueError:
             raise HTTPError(400, "bad Content-Length header") from None
+    from starlette.requests import ClientDisconnect
+
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise HTTPError(413, f"request body is over the limit of {limit} bytes; send fewer rows per request")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise HTTPError(413, f"request body is over the limit of {limit} bytes; send fewer rows per request")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise ClientGone(size, length) from None
     raw = b"".join(chunks)
     if not raw.strip():
         raise HTTPError(400, "empty request body; send a JSON object such as {\"row\": {...}}")
@@ -177,7 +191,8 @@ def create_app(model_path: str, *, outlier_rule: str = "auto", max_body_bytes: i
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
     from starlette.exceptions import HTTPException as StarletteHTTPException
-    from starlette.responses import JSONResponse
+    from starlette.requests import ClientDisconnect
+    from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
 
     holder = holder or ModelHolder(model_path, outlier_rule)
@@ -258,6 +273,13 @@ def create_app(model_path: str, *, outlier_rule: str = "auto", max_body_bytes: i
     async def on_user_error(request, exc: ClusterlakeError):
         return JSONResponse({"error": str(exc)}, status_code=400)
 
+    async def on_client_gone(request, exc: Exception):  # nobody to answer: one line, no traceback
+        who = f"{request.client.host}:{request.client.port}" if request.client else "unknown"
+        got = f"{exc}, " if str(exc) else ""  # ClientGone says how much came; starlette's ClientDisconnect not
+        log.info("client %s disconnected before the request body was complete (%s%s %s); nothing to answer",
+                 who, got, request.method, request.url.path)
+        return Response(status_code=400)
+
     async def on_bug(request, exc: Exception):  # a bug, not the client: logged with its traceback
         log.exception("internal error on %s %s", request.method, request.url.path)
         return JSONResponse({"error": f"internal error ({type(exc).__name__}); see the service log"},
@@ -298,8 +320,9 @@ def create_app(model_path: str, *, outlier_rule: str = "auto", max_body_bytes: i
         Route("/clusters/{cluster_id}", cluster, methods=["GET"]),
     ]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={
-        HTTPError: on_http_error, RowError: on_row_error, ClusterNotFound: on_not_found,
-        ClusterlakeError: on_user_error, StarletteHTTPException: on_starlette, Exception: on_bug,
+        HTTPError: on_http_error, ClientGone: on_client_gone, ClientDisconnect: on_client_gone,
+        RowError: on_row_error, ClusterNotFound: on_not_found, ClusterlakeError: on_user_error,
+        StarletteHTTPException: on_starlette, Exception: on_bug,
     })
     app.state.holder = holder
     return app
