@@ -110,7 +110,6 @@ class KMeansModel(Model, _KMeansParams, MLWritable, MLReadable):
 
     def _transform(self, dataset):
         import pandas as pd
-        from pyspark.sql import functions as F
         from pyspark.sql.functions import pandas_udf
 
         C = self._centers
@@ -141,12 +140,13 @@ def _as_array(df, col: str):
     """The features column as ``array<double>`` (Spark ML vectors are converted)."""
     from pyspark.ml.functions import vector_to_array
     from pyspark.ml.linalg import VectorUDT
-    from pyspark.sql import functions as F
 
-    dtype = df.schema[col].dataType
+    from clusterlake.io.columns import col as column
+
+    dtype = df.schema[col].dataType  # (a schema looks names up literally)
     if isinstance(dtype, VectorUDT):
-        return vector_to_array(F.col(col), "float64")
-    return F.col(col).cast("array<double>")
+        return vector_to_array(column(col), "float64")
+    return column(col).cast("array<double>")
 
 
 class KMeans(Estimator, _KMeansParams, MLWritable, MLReadable):
@@ -209,9 +209,9 @@ class KMeans(Estimator, _KMeansParams, MLWritable, MLReadable):
         wcol = self.getOrDefault(self.weightCol) if self.isDefined(self.weightCol) and self.getOrDefault(self.weightCol) else None
         cols = [_as_array(dataset, fcol).alias("__features")]
         if wcol:
-            from pyspark.sql import functions as F
+            from clusterlake.io.columns import col
 
-            cols.append(F.col(wcol).cast("double").alias("__weight"))
+            cols.append(col(wcol).cast("double").alias("__weight"))
         df = dataset.select(*cols)
         source = BlockSource(array_column="__features", weight_column="__weight" if wcol else None,
                              normalize=self.getDistanceMeasure() == "cosine")

@@ -260,6 +260,7 @@ class _Sink:
         from pyspark.sql import functions as F
 
         from clusterlake.algorithms.passes import assign_rows
+        from clusterlake.io.columns import col
         from clusterlake.io.tables import make_store
 
         t0 = time.time()
@@ -282,7 +283,7 @@ class _Sink:
             return
 
         idc, feats = self.cfg.input.id_column, list(art.prep.feature_names)
-        rows = batch_df.select(F.col(idc), *[F.col(c) for c in feats], F.col(SOURCE_FILE))
+        rows = batch_df.select(col(idc), *[col(c) for c in feats], F.col(SOURCE_FILE))
         rows = rows.persist(StorageLevel.MEMORY_AND_DISK)  # read once: counted, then assigned
         try:
             n, n_bad, counts, files, valid = self._check_rows(rows, idc, feats, batch_id)
@@ -299,7 +300,7 @@ class _Sink:
                          batch_id, n, files, n_bad, time.time() - t0)
                 return
             clean = rows.filter(valid) if n_bad else rows
-            clean = clean.select(F.col(idc), *[F.col(c).cast("double").alias(c) for c in feats], F.col(SOURCE_FILE))
+            clean = clean.select(col(idc), *[col(c).cast("double").alias(c) for c in feats], F.col(SOURCE_FILE))
             asg = assign_rows(clean, art.prep, art.centroids, art.cluster_ids, idc, density, hierarchy,
                               passthrough=SOURCE_FILE)
             asg = (asg.withColumnRenamed("__passthrough", "source_file")
@@ -340,7 +341,8 @@ class _Sink:
         counts = {k: v for k, v in counts.items() if v}
         if n_bad:
             worst = sorted(counts.items(), key=lambda kv: -kv[1])[:5]
-            detail = ", ".join(f"'{k.split(':')[0]}' {v} {k.split(':')[1]}" for k, v in worst)
+            # (keys are "<column>:<reason>"; a column name may hold a colon)
+            detail = ", ".join(f"'{k.rsplit(':', 1)[0]}' {v} {k.rsplit(':', 1)[1]}" for k, v in worst)
             bad_files = sorted(row["bad_files"])
             shown = ", ".join(bad_files[:3]) + (f" and {len(bad_files) - 3} more" if len(bad_files) > 3 else "")
             if self.cfg.input.invalid_rows == "fail":
@@ -480,6 +482,7 @@ def run_assign_stream(cfg: JobConfig, spark=None, *, landing: Optional[str] = No
     """
     from pyspark.sql import functions as F
 
+    from clusterlake.io.columns import col
     from clusterlake.session import build_session
 
     t0 = time.time()
@@ -504,7 +507,7 @@ def run_assign_stream(cfg: JobConfig, spark=None, *, landing: Optional[str] = No
     src = (spark.readStream.schema(schema)  # explicit: Spark never infers the landing files' schema
            .option("maxFilesPerTrigger", cfg.stream.max_files_per_trigger)
            .parquet(land.uri))
-    src = src.select(*[F.col(f"`{c}`") for c in schema.names], F.col("_metadata.file_path").alias(SOURCE_FILE))
+    src = src.select(*[col(c) for c in schema.names], F.col("_metadata.file_path").alias(SOURCE_FILE))
     query = (src.writeStream.foreachBatch(sink)
              .option("checkpointLocation", ckpt.uri)
              .trigger(**trigger_kw)
@@ -598,7 +601,6 @@ def main(argv: Optional[list[str]] = None) -> int:
         cfg = load_config(args.config, args.overrides)
         result = run_assign_stream(cfg, landing=args.landing, checkpoint=args.checkpoint, trigger=args.trigger)
     except ClusterlakeError as exc:
-        log.error("%s", exc)
         print(f"clusterlake: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:

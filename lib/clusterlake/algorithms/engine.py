@@ -25,7 +25,7 @@ import logging
 import math
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Optional
 
 import numpy as np
@@ -35,7 +35,7 @@ from clusterlake.algorithms.collective import (
     CollectiveError, Coordinator, JobThread, TaskLost, is_cancellation, python_error_line, serve,
 )
 from clusterlake.faults import pause_point
-from clusterlake.algorithms.passes import _block
+from clusterlake.algorithms.passes import _block, arrow_input
 from clusterlake.kernels import kmeans as K
 
 log = logging.getLogger(__name__)
@@ -64,11 +64,25 @@ class BlockSource:
     scale: Optional[np.ndarray] = None
     components: Optional[np.ndarray] = None
     normalize: bool = False
+    labels: tuple[tuple[str, str], ...] = ()
+    """(column as the task sees it, the user's name) pairs, for messages (see :meth:`positional`)."""
 
     @property
     def input_columns(self) -> list[str]:
         cols = [self.array_column] if self.array_column else list(self.columns)
         return cols + ([self.weight_column] if self.weight_column else [])
+
+    def positional(self, pos: dict[str, str]) -> "BlockSource":
+        """This source reading the columns under the names ``pos`` gives them
+        (:func:`~clusterlake.algorithms.passes.arrow_input`); messages keep the user's names."""
+        def p(c):
+            return None if c is None else pos[c]
+
+        return replace(self, columns=tuple(pos[c] for c in self.columns), array_column=p(self.array_column),
+                       weight_column=p(self.weight_column), labels=tuple((a, c) for c, a in pos.items()))
+
+    def _name(self, column: str) -> str:
+        return dict(self.labels).get(column, column)
 
     def block(self, batch: pa.RecordBatch) -> np.ndarray:
         """One batch as a float64 (n, p) block in the model space."""
@@ -76,10 +90,10 @@ class BlockSource:
         if self.array_column:
             col = batch.column(self.array_column)
             if col.null_count:
-                raise ValueError(f"column '{self.array_column}' has {col.null_count} null vectors")
+                raise ValueError(f"column '{self._name(self.array_column)}' has {col.null_count} null vectors")
             flat = col.flatten().to_numpy(zero_copy_only=False)
             if n and flat.size % n:
-                raise ValueError(f"column '{self.array_column}' holds vectors of different lengths")
+                raise ValueError(f"column '{self._name(self.array_column)}' holds vectors of different lengths")
             X = flat.reshape(n, -1 if n else 0).astype(np.float64, copy=False)
         else:
             X = _block(batch, list(self.columns))
@@ -102,7 +116,7 @@ class BlockSource:
         if self.weight_column:
             w = batch.column(self.weight_column).cast(pa.float64()).to_numpy(zero_copy_only=False)
             if w.size and (not np.isfinite(w).all() or (w < 0).any()):
-                raise ValueError(f"weight column '{self.weight_column}' has null, NaN, infinite or negative values")
+                raise ValueError(f"weight column '{self._name(self.weight_column)}' has null, NaN, infinite or negative values")
         return X, w
 
 
@@ -360,7 +374,10 @@ class BlockCluster:
             # a barrier stage needs all its tasks at once: more tasks than slots would never start
             log.warning("engine: %d tasks requested but only %d task slots: using %d", num_tasks, free, free)
         self._shuffled = False
-        packed = df.select(*[f"`{c}`" for c in source.input_columns]).mapInArrow(_pack_task(source), _PACKED_DDL)
+        # the tasks read the columns under positional names: PySpark's mapInArrow cannot take a
+        # column whose name holds a dot or a backtick
+        src, pos = arrow_input(df, source.input_columns)
+        packed = src.mapInArrow(_pack_task(source.positional(pos)), _PACKED_DDL)
         self._packed = packed
         parts = packed.rdd.getNumPartitions()
         self._parts = parts

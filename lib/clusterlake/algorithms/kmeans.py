@@ -135,10 +135,13 @@ def _fit_mllib(df, prep: Preprocessor, cfg: KMeansSection, weight_col: Optional[
     from pyspark.ml.clustering import KMeans
     from pyspark.ml.functions import array_to_vector
 
+    from clusterlake.io.columns import col
+
     k = int(cfg.k)
     t0 = time.time()
+    # the weight under a fixed name: MLlib parses weightCol (a dot would be a struct field)
     vecs = model_space(df, prep, weight_col).select(
-        array_to_vector("z").alias("features"), *([weight_col] if weight_col else [])
+        array_to_vector("z").alias("features"), *([col(weight_col).alias("__weight")] if weight_col else [])
     ).persist(StorageLevel.MEMORY_AND_DISK)
     try:
         est = KMeans(
@@ -149,7 +152,7 @@ def _fit_mllib(df, prep: Preprocessor, cfg: KMeansSection, weight_col: Optional[
             # the data has fewer distinct points than k (k-means|| returns fewer centres)
         )
         if weight_col:
-            est = est.setWeightCol(weight_col)
+            est = est.setWeightCol("__weight")
         model = est.fit(vecs)
     finally:
         vecs.unpersist()

@@ -17,9 +17,27 @@ from typing import Iterator, Optional
 import numpy as np
 import pyarrow as pa
 
+from clusterlake.io.columns import col, quoted
 from clusterlake.prep.transform import Moments, Preprocessor
 
 log = logging.getLogger(__name__)
+
+
+def arrow_input(df, names: list[str], *extra):
+    """``df`` reduced to the user's columns ``names`` under positional names (``_0, _1, ...``)
+    and the column expressions ``extra``, ready for ``mapInArrow``; returns (that DataFrame,
+    {name: positional name}).
+
+    PySpark's ``mapInArrow``/``mapInPandas`` pass every input column as ``df[name]``, which Spark
+    parses: a column named ``spend.monthly`` is read as a struct field and a backtick is a syntax
+    error, even when the DataFrame was built with quoted names. The executors' functions read the
+    positional names; the output schema keeps the original names (``quoted`` in the DDL).
+    """
+    pos: dict[str, str] = {}
+    for name in names:
+        if name not in pos:
+            pos[name] = f"_{len(pos)}"
+    return df.select(*[col(n).alias(a) for n, a in pos.items()], *extra), pos
 
 
 def _block(batch, names: list[str]) -> np.ndarray:
@@ -41,18 +59,20 @@ def input_moments(df, features: list[str]) -> Moments:
     Collected: one (d + d*d) row per partition. Cost O(n d^2) flops on executors.
     """
     d = len(features)
+    src, pos = arrow_input(df, features)
+    names = [pos[c] for c in features]
 
     def part(batches: Iterator["pa.RecordBatch"]) -> Iterator["pa.RecordBatch"]:
         acc = Moments(0, np.zeros(d), np.zeros((d, d)))
         for b in batches:
             if b.num_rows:
-                acc = acc.merge(Moments.of(_block(b, features)))
+                acc = acc.merge(Moments.of(_block(b, names)))
         yield pa.RecordBatch.from_pydict(
             {"n": [acc.n], "mean": [acc.mean.tolist()], "m2": [acc.m2.ravel().tolist()]},
             schema=pa.schema([("n", pa.int64()), ("mean", pa.list_(pa.float64())), ("m2", pa.list_(pa.float64()))]),
         )
 
-    rows = df.select(*features).mapInArrow(part, "n long, mean array<double>, m2 array<double>").collect()
+    rows = src.mapInArrow(part, "n long, mean array<double>, m2 array<double>").collect()
     total = Moments(0, np.zeros(d), np.zeros((d, d)))
     for r in rows:
         total = total.merge(Moments(int(r["n"]), np.asarray(r["mean"]), np.asarray(r["m2"]).reshape(d, d)))
@@ -68,20 +88,21 @@ def model_space(df, prep: Preprocessor, weight_col: Optional[str] = None):
     feats = list(prep.feature_names)
     center, scale, comps, norm = prep.center, prep.scale, prep.components, prep.normalize
     p = prep.n_components
+    src, pos = arrow_input(df, feats + ([weight_col] if weight_col else []))
+    names, wname = [pos[c] for c in feats], pos.get(weight_col) if weight_col else None
 
     def part(batches):
         local = Preprocessor(feats, center, scale, comps, normalize=norm)
         for b in batches:
-            Z = local.transform(_block(b, feats))
+            Z = local.transform(_block(b, names))
             arr = pa.FixedSizeListArray.from_arrays(pa.array(Z.ravel()), p).cast(pa.list_(pa.float64()))
             cols = {"z": arr}
-            if weight_col:
-                cols[weight_col] = b.column(weight_col)
+            if wname:
+                cols[weight_col] = b.column(wname)
             yield pa.RecordBatch.from_pydict(cols)
 
-    cols = feats + ([weight_col] if weight_col else [])
-    schema = "z array<double>" + (f", `{weight_col}` double" if weight_col else "")
-    return df.select(*cols).mapInArrow(part, schema)
+    schema = "z array<double>" + (f", {quoted(weight_col)} double" if weight_col else "")
+    return src.mapInArrow(part, schema)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -109,16 +130,19 @@ def assign_rows(df, prep: Preprocessor, centroids: np.ndarray, cluster_ids: np.n
     k = C.shape[0]
     models = (density, hierarchy)
     bc = df.sparkSession.sparkContext.broadcast(models) if any(m is not None for m in models) else None
+    src, pos = arrow_input(df, [id_col, *feats] + ([passthrough] if passthrough else []))
+    names, id_name = [pos[c] for c in feats], pos[id_col]
+    pt_name = pos[passthrough] if passthrough else None
 
     def part(batches):
         local = Preprocessor(feats, center, scale, comps, normalize=norm)
         dens, hier = bc.value if bc is not None else (None, None)
         for b in batches:
-            Z = local.transform(_block(b, feats))
+            Z = local.transform(_block(b, names))
             lab, dist, sec, sdist = assign(Z, C)
             has2 = k > 1
             cols = {
-                id_col: b.column(id_col),
+                id_col: b.column(id_name),
                 "cluster_id": pa.array(ids[lab], pa.int32()),
                 "distance": pa.array(dist, pa.float64()),
                 "second_cluster_id": pa.array(ids[sec] if has2 else np.zeros(len(lab), np.int32),
@@ -127,19 +151,17 @@ def assign_rows(df, prep: Preprocessor, centroids: np.ndarray, cluster_ids: np.n
                                    mask=None if has2 else np.ones(len(lab), bool)),
             }
             cols.update(pass_columns(Z, dens, hier))
-            if passthrough:
-                cols["__passthrough"] = b.column(passthrough)
+            if pt_name:
+                cols["__passthrough"] = b.column(pt_name)
             yield pa.RecordBatch.from_pydict(cols)
 
+    # the id column keeps its name and type
     id_type = df.schema[id_col].dataType.simpleString()
-    schema = (f"`{id_col}` {id_type}, cluster_id int, distance double, second_cluster_id int, margin double, "
-              + PASS_DDL)
-    cols = [id_col, *feats]
+    schema = (f"{quoted(id_col)} {id_type}, cluster_id int, distance double, second_cluster_id int, "
+              "margin double, " + PASS_DDL)
     if passthrough:
         schema += f", __passthrough {df.schema[passthrough].dataType.simpleString()}"
-        if passthrough not in cols:
-            cols.append(passthrough)
-    return df.select(*cols).mapInArrow(part, schema)
+    return src.mapInArrow(part, schema)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -190,6 +212,8 @@ def cluster_stats(df, prep: Preprocessor, centroids: np.ndarray, label_col: Opti
     C = np.ascontiguousarray(centroids, dtype=np.float64)
     k, p, d = C.shape[0], C.shape[1], len(feats)
     xc = np.zeros(d) if x_center is None else np.asarray(x_center, dtype=np.float64)
+    src, pos = arrow_input(df, feats + ([label_col] if label_col else []))
+    names, label_name = [pos[c] for c in feats], pos[label_col] if label_col else None
 
     def part(batches):
         local = Preprocessor(feats, center, scale, comps, normalize=norm)
@@ -204,7 +228,7 @@ def cluster_stats(df, prep: Preprocessor, centroids: np.ndarray, label_col: Opti
         for b in batches:
             if not b.num_rows:
                 continue
-            X = _block(b, feats)
+            X = _block(b, names)
             Z = local.transform(X)
             lab, _, _, _ = assign(Z, C)
             c1, s1 = cluster_sums(Z, lab, k)
@@ -219,8 +243,8 @@ def cluster_stats(df, prep: Preprocessor, centroids: np.ndarray, label_col: Opti
             sd += mom["sum_dist"]
             ssd += mom["sum_sq_dist"]
             mx = np.maximum(mx, mom["max_dist"])
-            if label_col is not None:
-                labels = b.column(label_col).cast(pa.string()).to_numpy(zero_copy_only=False)
+            if label_name is not None:
+                labels = b.column(label_name).cast(pa.string()).to_numpy(zero_copy_only=False)
                 labels = np.where(labels == None, "<null>", labels).astype(str)  # noqa: E711
                 pairs, counts = np.unique(np.rec.fromarrays([labels, lab]), return_counts=True)
                 for (lv, ci), c in zip(pairs.tolist(), counts.tolist()):
@@ -232,8 +256,7 @@ def cluster_stats(df, prep: Preprocessor, centroids: np.ndarray, label_col: Opti
             "cl": [[kk[0] for kk in keys]], "ci": [[kk[1] for kk in keys]], "cc": [[cont[kk] for kk in keys]],
         }, schema=_STATS_SCHEMA)
 
-    cols = feats + ([label_col] if label_col else [])
-    rows = df.select(*cols).mapInArrow(part, _STATS_DDL).collect()
+    rows = src.mapInArrow(part, _STATS_DDL).collect()
     out = ClusterStats(np.zeros(k), np.zeros((k, p)), np.zeros((k, d)), np.zeros((k, d)), np.zeros(k), np.zeros(k),
                        np.zeros(k), {} if label_col else None)
     for r in rows:
@@ -268,6 +291,8 @@ def mean_distance_to_means(df, prep: Preprocessor, centroids: np.ndarray, means:
     C = np.ascontiguousarray(centroids, dtype=np.float64)
     M = np.nan_to_num(np.asarray(means, dtype=np.float64))
     k = C.shape[0]
+    src, pos = arrow_input(df, feats)
+    names = [pos[c] for c in feats]
 
     def part(batches):
         local = Preprocessor(feats, center, scale, comps, normalize=norm)
@@ -275,13 +300,13 @@ def mean_distance_to_means(df, prep: Preprocessor, centroids: np.ndarray, means:
         for b in batches:
             if not b.num_rows:
                 continue
-            Z = local.transform(_block(b, feats))
+            Z = local.transform(_block(b, names))
             lab, _, _, _ = assign(Z, C)
             dist = np.sqrt(((Z - M[lab]) ** 2).sum(axis=1))
             acc += np.bincount(lab, weights=dist, minlength=k)
         yield pa.RecordBatch.from_pydict({"s": [acc.tolist()]})
 
-    rows = df.select(*feats).mapInArrow(part, "s array<double>").collect()
+    rows = src.mapInArrow(part, "s array<double>").collect()
     return np.sum([np.asarray(r["s"]) for r in rows], axis=0) if rows else np.zeros(k)
 
 
@@ -296,8 +321,8 @@ def sample_rows(df, columns: list[str], n_total: int, size: int, seed: int):
     from pyspark.sql import functions as F
 
     if n_total <= 0 or size <= 0:
-        return df.select(*columns).limit(0).toPandas()
-    sampled = df.select(*columns)
+        return df.select(*[col(c) for c in columns]).limit(0).toPandas()
+    sampled = df.select(*[col(c) for c in columns])
     if size < n_total:
         fraction = min(1.0, 1.15 * size / n_total)
         sampled = (sampled.sample(withReplacement=False, fraction=fraction, seed=seed)
@@ -364,9 +389,10 @@ def member_rows(df, prep: Preprocessor, centroids: np.ndarray, cluster_ids: np.n
     frac = np.asarray(fractions, dtype=np.float64)
     p = prep.n_components
     # 53 random bits of a 64-bit hash -> [0, 1)
-    u = (F.xxhash64(F.lit(int(seed)), F.col(id_col)).bitwiseAND(F.lit((1 << 53) - 1)).cast("double")
+    u = (F.xxhash64(F.lit(int(seed)), col(id_col)).bitwiseAND(F.lit((1 << 53) - 1)).cast("double")
          / float(1 << 53))
-    src = df.select(id_col, *feats, u.alias("__u"))
+    src, pos = arrow_input(df, [id_col, *feats], u.alias("__u"))
+    names, id_name = [pos[c] for c in feats], pos[id_col]
     fmax = float(frac.max()) if len(frac) else 0.0
     if fmax < 1.0:
         src = src.where(F.col("__u") < F.lit(fmax))
@@ -376,7 +402,7 @@ def member_rows(df, prep: Preprocessor, centroids: np.ndarray, cluster_ids: np.n
         for b in batches:
             if not b.num_rows:
                 continue
-            Z = local.transform(_block(b, feats))
+            Z = local.transform(_block(b, names))
             lab, dist, _, _ = assign(Z, C)
             keep = b.column("__u").to_numpy(zero_copy_only=False) < frac[lab]
             if not keep.any():
@@ -384,7 +410,7 @@ def member_rows(df, prep: Preprocessor, centroids: np.ndarray, cluster_ids: np.n
             idx = np.flatnonzero(keep)
             zk = np.ascontiguousarray(Z[idx], dtype=np.float32)
             yield pa.RecordBatch.from_pydict({
-                "id": b.column(id_col).take(pa.array(idx)),
+                "id": b.column(id_name).take(pa.array(idx)),
                 "cluster_id": pa.array(ids[lab[idx]], pa.int32()),
                 "distance": pa.array(dist[idx], pa.float64()),
                 "z": pa.FixedSizeListArray.from_arrays(pa.array(zk.ravel()), p).cast(pa.list_(pa.float32())),

@@ -13,6 +13,7 @@ import logging
 from functools import reduce
 
 from clusterlake.errors import InputDataError
+from clusterlake.io.columns import col
 
 log = logging.getLogger(__name__)
 
@@ -69,5 +70,5 @@ def read_delta(spark, path: str, storage_options: dict | None = None):
         df = spark.read.schema(data_schema).parquet(*files)
         for p, v in zip(parts, key):
             df = df.withColumn(p, F.lit(v).cast(spark_schema[p].dataType))
-        frames.append(df.select(*[f.name for f in spark_schema.fields]))
+        frames.append(df.select(*[col(f.name) for f in spark_schema.fields]))
     return reduce(lambda a, b: a.unionByName(b), frames)
