@@ -22,6 +22,7 @@ import numpy as np
 
 from clusterlake import __version__
 from clusterlake.config import JobConfig
+from clusterlake.stages import Stages
 
 log = logging.getLogger("clusterlake")
 
@@ -53,42 +54,6 @@ class RunResult:
     drift: dict = field(default_factory=dict)  # run-level drift metrics against the previous run
     kind: str = "full"  # full | update
     report_path: Optional[str] = None  # the run's HTML report (None: report.enabled is off, or it failed)
-
-
-class _Stages:
-    """Times the job's stages and logs what each did."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-
-    @contextmanager
-    def __call__(self, name: str):
-        log.info("stage %s: started", name)
-        t0 = time.time()
-        note: dict = {}
-        yield note
-        took = time.time() - t0
-        self.seconds[name] = round(took, 3)
-        extra = ", ".join(f"{k}={v}" for k, v in note.items())
-        log.info("stage %s: done in %.1f s%s", name, took, f" ({extra})" if extra else "")
-
-
-@contextmanager
-def discard_on_failure(store, staged: list, model_dir):
-    """On any failure inside: delete the run's staged files (``staged``, filled inside) and its
-    model directory. A journal left behind means a rollback failed: the tables may still reference
-    the staged files, so they (and the model) stay for recover_interrupted() at the next start."""
-    from clusterlake.io.tables import journal_location
-
-    try:
-        yield
-    except BaseException:
-        if not journal_location(store).exists():
-            for st in staged:
-                store.discard(st)
-            if model_dir.exists():
-                model_dir.delete()
-        raise
 
 
 def publish(store, staged, stage_runs, model_root, lock) -> dict:
@@ -143,7 +108,8 @@ def run_job(cfg: JobConfig, spark=None) -> RunResult:
     )
     from clusterlake.io import feature_contract, model_artifact
     from clusterlake.io.reader import read_table, validate
-    from clusterlake.io.tables import make_store, recover_interrupted
+    from clusterlake.faults import pause_point
+    from clusterlake.io.tables import make_store, recover_interrupted, staging
     from clusterlake.algorithms import sample_passes
     from clusterlake.kernels.hierarchy import centroid_tree
     from clusterlake.memory import check_sample_passes
@@ -158,7 +124,7 @@ def run_job(cfg: JobConfig, spark=None) -> RunResult:
     started_at = dt.datetime.now(dt.timezone.utc)
     run_date = cfg.resolved_run_date.isoformat()
     run_id = new_run_id(run_date)
-    stage = _Stages()
+    stage = Stages()
     log.info("run %s of job %s for run_date %s", run_id, cfg.job.name, run_date)
     icfg = cfg.input
     k_auto = cfg.kmeans.k == "auto"
@@ -172,7 +138,7 @@ def run_job(cfg: JobConfig, spark=None) -> RunResult:
         store = make_store(spark, cfg.output, run_date, run_id)
         recovered = recover_interrupted(store)
         if recovered:
-            log.warning("restored tables left by interrupted run(s) %s", recovered)
+            log.warning("recovered interrupted run(s) %s", recovered)
         model_root = store.root.child("model")
 
         with stage("read+validate") as note:
@@ -277,8 +243,7 @@ def run_job(cfg: JobConfig, spark=None) -> RunResult:
                 report_extras = sample_arrays(Zs, sample_pos, cluster_ids, cfg.report.sample_size, pfit.density)
             del Zs
             model_dir = model_root.child(run_id)
-            staged = []
-            with discard_on_failure(store, staged, model_dir):
+            with staging(store, model_dir) as staged:
                 with stage("write") as note:
                     cs = cluster_table_stats(stats)
                     pass_art = sample_passes.to_artifact(pfit, cfg)
@@ -304,6 +269,7 @@ def run_job(cfg: JobConfig, spark=None) -> RunResult:
                     persisted.append(asg)
                     _serving_layout(art, asg, clean, cfg, model_dir)
                     model_artifact.save(art, model_dir)
+                    pause_point("model.saved", run_id=run_id, path=model_dir.uri)
                     overlap = None
                     if previous is not None and previous.comparable:
                         overlap = history.overlap_counts(store, asg, icfg.id_column, previous, matching.ids)

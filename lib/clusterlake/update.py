@@ -38,7 +38,8 @@ import numpy as np
 
 from clusterlake.config import JobConfig
 from clusterlake.errors import InputDataError
-from clusterlake.pipeline import RunResult, _Stages, new_run_id, open_output
+from clusterlake.pipeline import RunResult, new_run_id, open_output
+from clusterlake.stages import Stages
 
 log = logging.getLogger("clusterlake")
 
@@ -52,8 +53,10 @@ def run_update(cfg: JobConfig, input_path: str, spark=None) -> RunResult:
     from clusterlake.algorithms.passes import assign_rows, cluster_stats
     from clusterlake.io import model_artifact
     from clusterlake.io.reader import read_table, validate
-    from clusterlake.io.tables import make_store, recover_interrupted
-    from clusterlake.pipeline import _RUNS_DDL, _centroids_df, _metrics_df, _runs_row, discard_on_failure, publish
+    from clusterlake.faults import pause_point
+    from clusterlake.io.columns import col
+    from clusterlake.io.tables import make_store, recover_interrupted, staging
+    from clusterlake.pipeline import _RUNS_DDL, _centroids_df, _metrics_df, _runs_row, publish
     from clusterlake.quality import gates
     from clusterlake.quality.metrics import Metric
     from clusterlake.session import build_session
@@ -62,7 +65,7 @@ def run_update(cfg: JobConfig, input_path: str, spark=None) -> RunResult:
     started_at = dt.datetime.now(dt.timezone.utc)
     run_date = cfg.resolved_run_date.isoformat()
     run_id = new_run_id(run_date)
-    stage = _Stages()
+    stage = Stages()
     log.info("update %s of job %s with the new rows under %s", run_id, cfg.job.name, input_path)
     with open_output(cfg.output.path, run_id) as lock:
         if spark is None:
@@ -70,7 +73,7 @@ def run_update(cfg: JobConfig, input_path: str, spark=None) -> RunResult:
         store = make_store(spark, cfg.output, run_date, run_id)
         recovered = recover_interrupted(store)
         if recovered:
-            log.warning("restored tables left by interrupted run(s) %s", recovered)
+            log.warning("recovered interrupted run(s) %s", recovered)
         model_root = store.root.child("model")
         base = history.load_latest(model_root)
         if base is None:
@@ -98,7 +101,7 @@ def run_update(cfg: JobConfig, input_path: str, spark=None) -> RunResult:
             with stage("known-ids") as note:
                 old = store.spark_read("assignments", [r for r, _ in runs], [d for _, d in runs], columns=[id_col])
                 if old is not None:
-                    known = clean.select(id_col).join(old.select(id_col), on=id_col, how="left_semi")
+                    known = clean.select(col(id_col)).join(old.select(col(id_col)), on=id_col, how="left_semi")
                     examples = known.limit(5).collect()
                     if examples:
                         n_known = known.count()
@@ -151,8 +154,7 @@ def run_update(cfg: JobConfig, input_path: str, spark=None) -> RunResult:
                 note.update(shift_max=round(float(shift.max()), 4), psi=round(psi, 4))
 
             model_dir = model_root.child(run_id)
-            staged = []
-            with discard_on_failure(store, staged, model_dir):
+            with staging(store, model_dir) as staged:
                 with stage("write") as note:
                     cs = dict(base.cluster_stats, sizes=N1, means_x=means_x)
                     cs = {k_: v for k_, v in cs.items() if v is not None}
@@ -169,6 +171,7 @@ def run_update(cfg: JobConfig, input_path: str, spark=None) -> RunResult:
                     )
                     _add_members(art, base, clean, prep, C0, ids, id_col, n_new, cfg, model_dir)
                     model_artifact.save(art, model_dir)
+                    pause_point("model.saved", run_id=run_id, path=model_dir.uri)
                     parents = _parents(base)
                     full_cs = {"sizes": N1, "means_x": means_x,
                                "radius_mean": cs.get("radius_mean", np.zeros(len(ids))),
