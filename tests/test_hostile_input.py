@@ -173,9 +173,10 @@ def test_damaged_page_behind_a_good_footer_is_named(spark, copy, tmp_path):
     assert "rewrite or remove the damaged file" in msg and "collectToPython" not in msg
 
 
-def test_int_and_double_across_files_are_unified(spark, good, copy, tmp_path):
+@pytest.mark.parametrize("int_type", [np.int32, np.int64])
+def test_int_and_double_across_files_are_unified(spark, good, copy, tmp_path, int_type):
     a, b = halves(blob_columns())
-    a = dict(a, age=pa.array(np.round(a["age"].to_numpy()).astype(np.int32)))  # int32 here, double there
+    a = dict(a, age=pa.array(np.round(a["age"].to_numpy()).astype(int_type)))  # ints here, doubles there
     inp = write_dir(tmp_path / "in", a, b)
     res = run_job(config(inp, copy, **{"job.run_date": "2026-11-21"}), spark=spark)
     assert res.rows_used == 300 and res.feature_columns == ["age", "income", "visits"]
@@ -184,6 +185,27 @@ def test_int_and_double_across_files_are_unified(spark, good, copy, tmp_path):
     expect = np.concatenate([a["age"].to_numpy().astype(float), b["age"].to_numpy()]).mean()
     assert abs(float(age.population_mean.iloc[0]) - expect) < 1e-9
     assert res.lineage == {"persist": 3}  # same features, same clusters
+
+
+def test_same_features_in_another_column_order_are_no_change(spark, good, copy, tmp_path):
+    cols = blob_columns()
+    inp = write_dir(tmp_path / "in", *halves({k: cols[k] for k in ("visits", "customer_id", "income", "age")}))
+    res = run_job(config(inp, copy, **{"job.run_date": "2026-11-21"}), spark=spark)
+    assert res.feature_columns == ["age", "income", "visits"]  # the model's order
+    assert res.lineage == {"persist": 3}
+
+
+def test_damaged_journal_named_after_a_complete_older_run_deletes_nothing(spark, good, copy, tmp_path):
+    later = run_job(config(good["input"], copy, **{"job.run_date": "2026-11-21"}), spark=spark)
+    pending = os.path.join(copy, "_clusterlake", "pending")
+    os.makedirs(pending, exist_ok=True)
+    open(os.path.join(pending, f"{good['run_id']}.json"), "wb").close()  # 0 bytes, the first run's name
+    before = [f for f in snapshot(copy)["files"] if good["run_id"] in f]
+    run_job(config(good["input"], copy, **{"job.run_date": "2026-11-22"}), spark=spark)
+    after = snapshot(copy)
+    assert [f for f in after["files"] if good["run_id"] in f] == [f for f in before if "pending" not in f]
+    first = DeltaTable(f"{copy}/assignments").to_pandas()
+    assert set(first.run_id) == {good["run_id"], later.run_id, after["latest"]}
 
 
 def test_nanosecond_timestamp_that_is_no_feature_is_ignored(spark, copy, tmp_path):

@@ -38,13 +38,12 @@ import json
 import logging
 import math
 import re
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Optional
 
 from clusterlake.config import JobConfig
-from clusterlake.errors import ClusterlakeError, ConfigError, InputDataError
+from clusterlake.errors import ConfigError, InputDataError
 from clusterlake.io.fs import Location, location
 
 log = logging.getLogger(__name__)
@@ -597,15 +596,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     args = p.parse_args(argv)
     configure_logging(args.log_level)
-    try:
+    from clusterlake.cli import guarded
+
+    def job() -> int:
         cfg = load_config(args.config, args.overrides)
         result = run_assign_stream(cfg, landing=args.landing, checkpoint=args.checkpoint, trigger=args.trigger)
-    except ClusterlakeError as exc:
-        print(f"clusterlake: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("clusterlake: interrupted; committed batches stay committed and the next start resumes "
-              "from the checkpoint", file=sys.stderr)
-        return 130
-    print(stream_summary(result))
-    return 0
+        print(stream_summary(result))
+        return 0
+
+    return guarded(job, interrupted="interrupted; committed batches stay committed and the next start resumes "
+                                    "from the checkpoint")

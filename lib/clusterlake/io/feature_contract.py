@@ -46,8 +46,6 @@ def describe_change(previous_features: list[str], summary, input_types: dict[str
         parts.append("lost " + ", ".join(f"'{c}' ({_why_lost(c, summary, input_types)})" for c in lost))
     if gained:
         parts.append("gained " + ", ".join(f"'{c}' ({summary.feature_types.get(c, '?')})" for c in gained))
-    if not parts:
-        parts.append(f"same columns in another order ({prev} -> {now})")
     return "; ".join(parts)
 
 
@@ -55,7 +53,8 @@ def check(previous, summary, input_types: dict[str, str], allow_change: bool) ->
     """Enforce the contract against the previous model ``previous`` (a ModelArtifact or None).
 
     Returns the change (to record in ``runs``) when ``allow_change`` accepts it, None when the
-    features are unchanged or there is no previous model.
+    features are unchanged or there is no previous model. The same columns in another order are
+    no change: ``summary.feature_columns`` is put in the previous model's order.
 
     Raises
     ------
@@ -64,7 +63,11 @@ def check(previous, summary, input_types: dict[str, str], allow_change: bool) ->
     """
     if previous is None:
         return None
-    change = describe_change(list(previous.prep.feature_names), summary, input_types)
+    prev = list(previous.prep.feature_names)
+    if prev != summary.feature_columns and sorted(prev) == sorted(summary.feature_columns):
+        log.info("input columns come in another order than in run %s; using the model's order", previous.run_id)
+        summary.feature_columns = prev  # the same features: the order of the file's columns is no change
+    change = describe_change(prev, summary, input_types)
     if change is None:
         return None
     if not allow_change:

@@ -51,6 +51,10 @@ class ParquetInput:
     files: list[str]  # data files, relative to ``path`` ("" for a single file)
     types: dict[str, pa.DataType] = field(default_factory=dict)  # column -> unified type
     spark_schema: Optional[str] = None  # DDL to read with; None = Spark's own inference agrees
+    groups: list[tuple[str, list[str]]] = field(default_factory=list)
+    """When a column's type differs across files: (DDL of the files' own types, file URIs) per
+    group of files that agree; each group is read with its DDL and cast to ``spark_schema``'s types
+    (Spark's reader cannot read every file type as every wider type, e.g. int64 as double)."""
     ignored: dict[str, str] = field(default_factory=dict)  # column -> why the read leaves it out
 
 
@@ -189,7 +193,9 @@ def scan_parquet(cfg: InputSection) -> ParquetInput:
     if not files:
         raise InputDataError(f"input path {cfg.path} has no data files; check input.path and the upstream job")
     seen: dict[str, dict] = {}  # column -> {type: [files]}, in first-seen column order
+    per_file: dict[str, dict[str, pa.DataType]] = {}
     for rel, schema in _read_footers(loc, files, cfg.path):
+        per_file[rel] = {f.name: _plain(f.type) for f in schema}
         for f in schema:
             seen.setdefault(f.name, {}).setdefault(_plain(f.type), []).append(rel)
     out = ParquetInput(cfg.path, files)
@@ -198,7 +204,20 @@ def scan_parquet(cfg: InputSection) -> ParquetInput:
         out.types[name] = _check_column(name, by_type, files, cfg.path) if name in used else \
             (_unify(set(by_type)) or next(iter(by_type)))
     out.spark_schema = _read_schema(out, seen, used)
+    if out.spark_schema is not None and any(len(seen[c]) > 1 for c in out.types if c not in out.ignored):
+        out.groups = _file_groups(loc, per_file, [c for c in out.types if c not in out.ignored])
     return out
+
+
+def _file_groups(loc: Location, per_file: dict, columns: list[str]) -> list[tuple[str, list[str]]]:
+    """Files grouped by their own types of ``columns``, each group as (DDL, file URIs)."""
+    from clusterlake.io.columns import quoted
+
+    groups: dict[str, list[str]] = {}
+    for rel, types in per_file.items():
+        ddl = ", ".join(f"{quoted(c)} {_spark_type(types[c])}" for c in columns if c in types)
+        groups.setdefault(ddl, []).append(loc.child(rel).uri if rel else loc.uri)
+    return sorted(groups.items())
 
 
 def _read_schema(inp: ParquetInput, seen: dict[str, dict], used: set) -> Optional[str]:

@@ -22,11 +22,15 @@ from clusterlake.io.fs import location
 def check_output_path(path: str) -> None:
     """Raise :class:`OutputError` naming the problem and the fix when ``output.path`` cannot hold
     the job's tables; leaves nothing behind either way."""
-    loc = location(path)
+    import pyarrow as pa
+
     try:
-        info = loc.fs.get_file_info(loc.path)
-    except Exception as exc:  # noqa: BLE001 (bad URI, unreachable store, credentials)
-        raise OutputError(f"output.path {path} cannot be checked ({_first_line(exc)}); fix output.path") from None
+        loc = location(path)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as exc:  # a URI pyarrow cannot open
+        raise OutputError(f"output.path {path} is not a path or URI this job can write to "
+                          f"({_first_line(exc)}); fix output.path") from None
+    # an unreachable store or a credentials error raises here: infrastructure (exit 1, retried)
+    info = loc.fs.get_file_info(loc.path)
     if info.type == pafs.FileType.File:
         raise OutputError(f"output.path {path} is a regular file, not a directory; point output.path at a "
                           "directory (it is created if missing)")
@@ -62,4 +66,6 @@ def _probe_local(root: str, shown: str) -> None:
 
 
 def _first_line(exc: Exception) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+    from clusterlake.io.reader import _first_line as first
+
+    return first(exc)[:300]

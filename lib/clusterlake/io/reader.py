@@ -54,8 +54,10 @@ def read_table(spark, cfg: InputSection):
         from clusterlake.io.input_files import scan_parquet
 
         inp = scan_parquet(cfg)
-        reader = spark.read if inp.spark_schema is None else spark.read.schema(inp.spark_schema)
         try:
+            if inp.groups:
+                return _read_groups(spark, cfg.path, inp)
+            reader = spark.read if inp.spark_schema is None else spark.read.schema(inp.spark_schema)
             return reader.parquet(cfg.path)
         except Exception as exc:  # AnalysisException: unreadable files, odd layouts
             raise InputDataError(f"cannot read input {cfg.path} as parquet: {_first_line(exc)}") from None
@@ -64,11 +66,36 @@ def read_table(spark, cfg: InputSection):
     return read_delta(spark, cfg.path)
 
 
-def spark_read_error(exc: Exception, path: str) -> InputDataError:
-    """A Spark job that failed while reading the input, as one line naming the file if Spark did."""
+def _read_groups(spark, path: str, inp):
+    """Read each group of files that agree on their types with those types, cast every column to
+    the unified type and union them (partition columns kept: ``basePath`` is the input path)."""
+    from functools import reduce
+
+    from pyspark.sql.types import _parse_datatype_string
+
+    from clusterlake.io.columns import col
+
+    target = {f.name: f.dataType for f in _parse_datatype_string(inp.spark_schema).fields}
+    frames = []
+    for ddl, files in inp.groups:
+        df = spark.read.schema(ddl).option("basePath", path).parquet(*files)
+        frames.append(df.select(*[col(c).cast(target[c]).alias(c) if c in target else col(c) for c in df.columns]))
+    return reduce(lambda a, b: a.unionByName(b, allowMissingColumns=True), frames)
+
+
+_FILE_PROBLEMS = ("FAILED_READ_FILE", "org.apache.parquet", "ParquetDecodingException", "not a Parquet file",
+                  "SchemaColumnConvertNotSupported", "cannot be converted", "Encountered error while reading file")
+
+
+def spark_read_error(exc: Exception, path: str) -> Optional[InputDataError]:
+    """A Spark job that failed while reading the input because of a damaged or unconvertible file,
+    as one line naming the file if Spark did; None for anything else (a lost executor, an
+    unreachable store: infrastructure, exit 1, worth a retry)."""
     import re
 
     text = str(exc)
+    if not any(p in text for p in _FILE_PROBLEMS):
+        return None
     m = re.search(r"(?:reading file|file) (\S+?\.parquet\S*)", text)
     where = f"file {m.group(1).rstrip('.,;')}" if m else f"input {path}"
     causes = [ln.split("Caused by:", 1)[1].strip() for ln in text.splitlines() if ln.startswith("Caused by:")]
@@ -218,7 +245,10 @@ def validate(df, cfg: InputSection, k: int, keep_constant: bool = False, model_r
     try:
         row = df.agg(*aggs).collect()[0]
     except Exception as exc:  # the first Spark job that reads every input file
-        raise spark_read_error(exc, cfg.path) from None
+        err = spark_read_error(exc, cfg.path)
+        if err is None:
+            raise
+        raise err from None
     n = int(row["__n"])
     if n == 0:
         raise InputDataError(f"input {cfg.path} has no rows; check input.path and the upstream job")

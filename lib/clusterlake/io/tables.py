@@ -64,6 +64,7 @@ RUN_TABLES = ("centroids", "assignments", "metrics", "profiles", "lineage", "run
 JOURNAL_VERSION = 2
 """Version 1 journals (no ``phase``) were written by publish_run only: they read as ``publish``."""
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # run ids and table names in paths
+_RUN_ID = re.compile(r"^\d{8}-\d{8}T\d{6}-[0-9a-f]{8}$")  # pipeline.new_run_id's shape: journal names
 
 
 @dataclass
@@ -393,6 +394,15 @@ class DeltaRsStore(TableStore):
         if dt is None:
             return None
         return dt.history(1)[0].get(RUN_ID_KEY)
+
+    def committed_by(self, name: str, run_id: str) -> bool:
+        """The run made the latest commit of ``name``, or the table's current files include the
+        run's (``run_date=<date>/<run_id>/``: a commit of that run that later runs of other dates
+        committed on top of)."""
+        if super().committed_by(name, run_id):
+            return True
+        dt = self._dt(name)
+        return dt is not None and any(f"/{run_id}/" in uri for uri in dt.file_uris())
 
     def version_before(self, name: str, run_id: str) -> Optional[int]:
         """The version of table ``name`` before the latest run of commits by ``run_id`` (a run
@@ -901,10 +911,12 @@ def publish_run(
 
 
 def _after_publish(store: TableStore, journal: Location, after_commit: Optional[Callable[[], None]]) -> None:
-    """The run is committed: remove the journal, clean up, run ``after_commit``. Never raises
-    (a caller would take the exception for a failed run and discard committed files)."""
-    for what, step in (("removing the journal", journal.delete), ("cleaning up replaced data", store.finish),
-                       ("the post-commit step", after_commit)):
+    """The run is committed: run ``after_commit`` (``model/latest`` moves), clean up, and remove
+    the journal last, so a driver killed in between leaves a journal whose complete run the next
+    start recognises. Never raises (a caller would take the exception for a failed run and discard
+    committed files)."""
+    for what, step in (("the post-commit step", after_commit), ("cleaning up replaced data", store.finish),
+                       ("removing the journal", journal.delete)):
         if step is None:
             continue
         try:
@@ -1000,7 +1012,7 @@ def _read_journal(loc: Location) -> _Journal:
     """Read and check one journal; a damaged one comes back with ``data=None`` and the problem."""
     name = loc.path.rsplit("/", 1)[-1]
     run_id = name[: -len(".json")]
-    if not _SAFE_NAME.match(run_id):
+    if not _RUN_ID.match(run_id):
         raise OutputError(f"{loc.uri} is not a journal clusterlake wrote (its name is not <run_id>.json); "
                           f"move it out of {loc.uri.rsplit('/', 1)[0]}")
     raw = loc.read_bytes()
@@ -1031,8 +1043,20 @@ def _journal_problem(data, run_id: str) -> str:
     return ""
 
 
+def run_recorded(store: TableStore, run_id: str) -> bool:
+    """Whether the ``runs`` table holds a row of ``run_id`` (the run completed, whatever ran after)."""
+    try:
+        runs = store.read("runs")
+    except Exception:  # noqa: BLE001 (no runs table yet, or unreadable: not recorded)
+        return False
+    return "run_id" in runs.column_names and run_id in set(runs.column("run_id").to_pylist())
+
+
 def _check_damaged(store: TableStore, j: _Journal) -> None:
     """Raise if the run of damaged journal ``j`` committed tables but not its ``runs`` row."""
+    if run_recorded(store, j.run_id):
+        j.committed = ["runs"]
+        return
     j.committed = [n for n in RUN_TABLES if store.committed_by(n, j.run_id)]
     if not j.committed or "runs" in j.committed:
         return
@@ -1071,7 +1095,7 @@ def _recover_damaged(store: TableStore, j: _Journal) -> None:
 
 
 def _recover_staging(store: TableStore, j: _Journal) -> None:
-    if store.committed_by("runs", j.run_id):
+    if store.committed_by("runs", j.run_id) or run_recorded(store, j.run_id):
         log.warning("run %s is complete (its runs row is committed); removing its journal %s", j.run_id, j.loc.uri)
         return
     log.warning("run %s was interrupted before publishing (journal %s): deleting what it wrote",
