@@ -250,11 +250,11 @@ def test_a_lost_worker_during_kmeans_gives_the_same_tables(cluster, first_run, t
     assert second["run"].run_id != first_run["tables"]["run"].run_id
     assert second["run"].iterations == first_run["tables"]["run"].iterations
     assert_same_tables(first_run["tables"], second)
-    # measured against the first run, the re-run after a lost worker did not move at all
+    # a re-run of the date is compared with what the run it replaces was compared with (here:
+    # nothing, it was the first run), not with the replaced run: same ids, no drift scope
+    assert pd.isna(second["run"].previous_run_id) and pd.isna(first_run["tables"]["run"].previous_run_id)
     m = second["metrics"]
-    drift = dict(m[(m.scope == "drift") & m.cluster_id.isna()][["metric", "value"]].values)
-    assert drift["matched_clusters"] == 7 and drift["new_clusters"] == 0 and drift["retired_clusters"] == 0
-    assert drift["centroid_shift_max"] < 1e-9 and drift["changed_share"] == 0.0 and drift["psi"] < 1e-12
+    assert (m.scope == "drift").sum() == 0
     # a re-run of the date replaced its partition: the latest table holds one run's rows
     latest = DeltaTable(str(cluster["out"] / "assignments")).to_pandas()
     assert len(latest) == ROWS and set(latest.run_id) == {second["run"].run_id}
@@ -280,7 +280,7 @@ def test_a_driver_killed_while_publishing_leaves_the_previous_run(cluster, first
 
     # the next run restores what the dead run committed, then publishes normally
     log = submit(cluster, cluster["base"] / "run4.log")
-    assert f"restored tables left by interrupted run(s) ['{dead_run}']" in log
+    assert f"recovered interrupted run(s) ['{dead_run}']" in log
     assert f"taking over the lock of run {dead_run} (its process is gone" in log
     assert not (out / "_clusterlake" / "pending" / f"{dead_run}.json").exists()
     assert not (out / "model" / dead_run).exists()
