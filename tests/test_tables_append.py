@@ -247,20 +247,22 @@ def test_failed_publish_removes_the_appended_rows(spark, tmp_path, monkeypatch, 
 
 
 def test_interrupted_delta_append_is_recovered(spark, tmp_path):
+    # recovery reads journals named after real run ids (pipeline.new_run_id's shape)
+    R1, R2, R3 = (f"20300101-20300101T00000{i}-0000000{i}" for i in (1, 2, 3))
     out = str(tmp_path / "out")
-    _publish(spark, out, "delta", D1, "r1", range(3), runs=False)
+    _publish(spark, out, "delta", D1, R1, range(3), runs=False)
     before = (_rows(out, "delta"), _files(out, "delta"))
-    store = _store(spark, out, "delta", D1, "r2")
-    st = store.stage("scores", _df(spark, "r2", [9]), files=1, append=True)
+    store = _store(spark, out, "delta", D1, R2)
+    st = store.stage("scores", _df(spark, R2, [9]), files=1, append=True)
     pre = {n: store.current_version(n) for n in ("scores", "runs")}
     tables.journal_location(store).write_bytes(json.dumps(
-        {"run_id": "r2", "run_date": D1, "store": store.kind, "pre_versions": pre}).encode())
+        {"run_id": R2, "run_date": D1, "store": store.kind, "pre_versions": pre}).encode())
     store.commit(st)  # ... and the driver dies
-    assert _rows(out, "delta") == before[0] + _expect(D1, "r2", [9])
+    assert _rows(out, "delta") == before[0] + _expect(D1, R2, [9])
 
-    assert recover_interrupted(_store(spark, out, "delta", D1, "r3")) == ["r2"]
+    assert recover_interrupted(_store(spark, out, "delta", D1, R3)) == [R2]
     assert (_rows(out, "delta"), _files(out, "delta")) == before
-    assert not os.path.exists(os.path.join(out, "scores", f"run_date={D1}", "r2"))
+    assert not os.path.exists(os.path.join(out, "scores", f"run_date={D1}", R2))
     assert _journals(out) == []
 
 
