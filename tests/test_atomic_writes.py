@@ -273,14 +273,14 @@ def test_failure_while_staging_changes_nothing(spark, small_table, baseline, bas
     seen: dict = {}
     real_stage = DeltaRsStore.stage
 
-    def stage(self, name, df, files=None):
+    def stage(self, name, df, files=None, append=False):
         seen["run_id"] = self.run_id
         if name == "metrics":
             seen["staged_dirs"] = {
                 n: os.path.isdir(os.path.join(out, n, f"run_date={D1}", self.run_id)) for n in ("centroids", "assignments")
             }
             raise RuntimeError("injected: staging metrics failed")
-        return real_stage(self, name, df, files)
+        return real_stage(self, name, df, files, append)
 
     monkeypatch.setattr(DeltaRsStore, "stage", stage)
     with pytest.raises(RuntimeError, match="injected"):

@@ -1,4 +1,4 @@
-"""The distributed engine (``clusterlake.algorithms.engine``) on local Spark.
+"""The distributed engine (``clusterlake.engine`` with K-means, ``clusterlake.algorithms.kmeans_engine``) on local Spark.
 
 Real barrier stages on the shared local[2] session; scikit-learn and the single-process kernels
 are the oracles. Data are small separated blobs so each fit takes about a second.
@@ -7,14 +7,14 @@ are the oracles. Data are small separated blobs so each fit takes about a second
 from __future__ import annotations
 
 import numpy as np
-import pyarrow as pa
 import pytest
 from sklearn.datasets import make_blobs
 from sklearn.metrics import adjusted_rand_score
 
-from clusterlake.algorithms import engine
-from clusterlake.algorithms.collective import CollectiveError
-from clusterlake.algorithms.engine import BlockSource, FewerClustersWarning
+from clusterlake.algorithms import kmeans_engine as engine
+from clusterlake.algorithms.kmeans_engine import FewerClustersWarning
+from clusterlake.engine.blocks import BlockSource
+from clusterlake.engine.collective import CollectiveError, TaskLost
 from clusterlake.kernels import kmeans as K
 
 K_TRUE = 5
@@ -193,7 +193,7 @@ def test_empty_partitions_are_fine(spark, blobs):
 def test_wire_format_round_trip_and_refuses_pickle():
     import socket
 
-    from clusterlake.algorithms.collective import recv_msg, send_msg
+    from clusterlake.engine.collective import recv_msg, send_msg
 
     a, b = socket.socketpair()
     arrays = {"x": np.arange(12, dtype=np.float32).reshape(3, 4), "e": np.empty((0, 5)), "i": np.array([1, -2], np.int64)}
@@ -292,11 +292,11 @@ def test_bisecting_replays_its_splits_after_a_lost_task(spark, blobs, tmp_path, 
 def test_a_task_error_is_not_mistaken_for_a_lost_task(spark, blobs):
     """A task that raises reports its error: the fit fails with it at once, no recovery."""
     X, _, _ = blobs
-    bc = engine.BlockCluster(spark, frame(spark, X), source(4))
+    bc = engine.KMeansStage(spark, frame(spark, X), source(4))
     with pytest.raises(CollectiveError, match="unknown command 'nonsense'") as ei:
         with bc:
             bc.call("nonsense")
-    assert not isinstance(ei.value, engine.TaskLost) and bc.recoveries == 0
+    assert not isinstance(ei.value, TaskLost) and bc.recoveries == 0
 
 
 def test_a_second_loss_while_recovering_is_recovered_too(spark, blobs, tmp_path, monkeypatch):
@@ -308,16 +308,16 @@ def test_a_second_loss_while_recovering_is_recovered_too(spark, blobs, tmp_path,
     kw = dict(df=frame(spark, X), source=source(4), k=K_TRUE, initial_centers=C0, max_iter=100, tol=0.0,
               recovery_wait=0.0)
     ref = engine.fit(spark, **kw)
-    real_launch = engine.BlockCluster._launch
+    real_launch = engine.KMeansStage._launch
     calls = []
 
     def flaky_launch(self, register_timeout):
         calls.append(self.recoveries)
         if self.recoveries == 1:
-            raise engine.TaskLost("simulated: an executor died while the stage restarted")
+            raise TaskLost("simulated: an executor died while the stage restarted")
         return real_launch(self, register_timeout)
 
-    monkeypatch.setattr(engine.BlockCluster, "_launch", flaky_launch)
+    monkeypatch.setattr(engine.KMeansStage, "_launch", flaky_launch)
     res, _ = _fit_killing_a_task(spark, tmp_path, monkeypatch, "engine.lloyd@2", victim=0, **kw)
     assert calls == [0, 1, 2] and res.recoveries == 2
     np.testing.assert_allclose(res.centers, ref.centers, rtol=1e-12, atol=1e-12)

@@ -15,7 +15,7 @@ from sklearn.cluster import DBSCAN
 from sklearn.datasets import make_circles, make_moons
 from sklearn.metrics import adjusted_rand_score
 
-from clusterlake.algorithms.sample_passes import from_artifact
+from clusterlake.io.model_artifact import pass_models
 from clusterlake.config import load_config
 from clusterlake.errors import ConfigError
 from clusterlake.io import model_artifact
@@ -122,7 +122,7 @@ def test_hierarchy_levels_are_nested_and_measured(moons):
 def test_the_artifact_extends_like_the_job_and_holds_the_dendrogram(moons):
     """What downstream needs to label new rows as last night's job did: no pickle, same answers."""
     art = model_artifact.load(f"{moons['out']}/model/latest")
-    dens, hier = from_artifact(art)
+    dens, hier = pass_models(art)
     assert dens.algorithm == "hdbscan" and dens.n_clusters == 2 and art.passes["density"]["sample_rows"] == 1500
     assert hier.method == "ward" and hier.levels == [2, 4] and hier.linkage.shape == (799, 4)
     Z = art.prep.transform(moons["X"])

@@ -1,6 +1,5 @@
 """Tests of the pure-numpy kernels (no Spark), with scikit-learn as the oracle."""
 
-import importlib
 import math
 import sys
 from pathlib import Path
@@ -35,8 +34,6 @@ from clusterlake.kernels.metrics import (
     within_ss_from_center_moments,
 )
 from clusterlake.kernels.stats import cluster_moments, cluster_sums, merge_moments
-
-KERNEL_MODULES = ("distance", "stats", "metrics")
 
 
 # --------------------------------------------------------------------------- assign
@@ -410,42 +407,3 @@ def test_ari_nmi_huge_counts_no_overflow():
         normalized_mutual_info_from_contingency(C_small),
         rtol=1e-12,
     )
-
-
-# --------------------------------------------------------------------------- no Spark
-
-
-def test_kernels_do_not_import_pyspark():
-    import clusterlake.kernels as pkg
-
-    kernel_dir = Path(pkg.__file__).resolve().parent
-    sources = sorted(kernel_dir.glob("*.py"))
-    names = {path.stem for path in sources}
-    assert set(KERNEL_MODULES) <= names
-
-    for path in sources:
-        assert "pyspark" not in path.read_text(encoding="utf-8").lower(), path
-
-    # Re-import every kernel module from scratch and record what it pulls in.
-    saved = {
-        name: mod for name, mod in sys.modules.items()
-        if name == "clusterlake.kernels" or name.startswith("clusterlake.kernels.")
-    }
-    parent = sys.modules["clusterlake"]
-    saved_attr = parent.kernels
-    for name in saved:
-        del sys.modules[name]
-    before = set(sys.modules)
-    try:
-        for stem in sorted(names):
-            mod_name = "clusterlake.kernels" if stem == "__init__" else "clusterlake.kernels." + stem
-            importlib.import_module(mod_name)
-        added = set(sys.modules) - before
-    finally:
-        for name in [n for n in sys.modules if n.startswith("clusterlake.kernels")]:
-            del sys.modules[name]
-        sys.modules.update(saved)
-        parent.kernels = saved_attr
-    assert "clusterlake.kernels.distance" in added
-    offending = sorted(n for n in added if n.split(".")[0] in ("pyspark", "py4j"))
-    assert not offending, offending

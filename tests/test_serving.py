@@ -20,7 +20,6 @@ import threading
 import time
 
 import numpy as np
-import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from deltalake import DeltaTable

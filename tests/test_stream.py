@@ -33,7 +33,8 @@ from clusterlake.errors import ConfigError, InputDataError
 from clusterlake.io import model_artifact
 from clusterlake.io.fs import location
 from clusterlake.pipeline import run_job
-from clusterlake.stream import MARKERS, _LatestModel, run_assign_stream
+from clusterlake.io.stream_commit import MARKERS
+from clusterlake.stream import _LatestModel, run_assign_stream
 from tests.conftest import ROOT, job_config
 
 ID = "customer_id"

@@ -247,7 +247,7 @@ def test_failed_publish_removes_the_appended_rows(spark, tmp_path, monkeypatch, 
 
 
 def test_interrupted_delta_append_is_recovered(spark, tmp_path):
-    # recovery reads journals named after real run ids (pipeline.new_run_id's shape)
+    # recovery reads journals named after real run ids (run.scaffold.new_run_id's shape)
     R1, R2, R3 = (f"20300101-20300101T00000{i}-0000000{i}" for i in (1, 2, 3))
     out = str(tmp_path / "out")
     _publish(spark, out, "delta", D1, R1, range(3), runs=False)

@@ -60,10 +60,22 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def configure_logging(level: str = "INFO") -> None:
+    """Log lines to stderr with a time, the level and the logger; py4j/pyspark only from WARNING."""
+    root = logging.getLogger()
+    if not any(getattr(h, "_clusterlake", False) for h in root.handlers):
+        h = logging.StreamHandler(sys.stderr)
+        h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+        h._clusterlake = True  # type: ignore[attr-defined]
+        root.addHandler(h)
+    root.setLevel(level)
+    for noisy in ("py4j", "pyspark"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     args = _parser().parse_args(argv)
-    from clusterlake.pipeline import configure_logging
-
     configure_logging(args.log_level)
     if args.command == "run":
         return _run(args)
@@ -86,7 +98,8 @@ def _run(args, update: bool = False) -> int:
 
         cfg = load_config(args.config, args.overrides)
         if update:
-            from clusterlake.update import run_update, update_summary
+            from clusterlake.run.result import update_summary
+            from clusterlake.update import run_update
 
             print(update_summary(run_update(cfg, args.input)))
             return 0
@@ -293,6 +306,38 @@ def _doubled(memory: Optional[str]) -> str:
         return "8g"
     mib = int(m.group(1)) * 2 * {"k": 1 / 1024, "": 1, "m": 1, "g": 1024, "t": 1 << 20}[m.group(2)]
     return f"{int(mib) // 1024}g" if mib % 1024 == 0 else f"{max(1, round(mib))}m"
+
+
+
+def stream_main(argv: Optional[list[str]] = None) -> int:
+    """``jobs/assign_stream.py --config FILE [--set key=value ...] [--landing PATH]
+    [--checkpoint PATH] [--trigger available_now|"30 seconds"]``. Exit codes as ``clusterlake``:
+    0 done, 2 a user error (one ``clusterlake: error:`` line on stderr), 130 interrupted, 1 a bug."""
+    from clusterlake.config import load_config
+    from clusterlake.stream import run_assign_stream, stream_summary
+
+    p = argparse.ArgumentParser(prog="assign_stream",
+                                description="Assign parquet files dropped in a landing folder with the latest model.")
+    p.add_argument("--config", required=True, help="the job's YAML config (output.path holds the model)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set stream.max_files_per_trigger=10 (repeatable)")
+    p.add_argument("--landing", default=None, metavar="PATH", help="default: stream.landing_path")
+    p.add_argument("--checkpoint", default=None, metavar="PATH", help="default: stream.checkpoint_path")
+    p.add_argument("--trigger", default=None, metavar="WHEN",
+                   help="available_now (process what is there, then stop) or an interval, e.g. '30 seconds'; "
+                        "default: stream.trigger")
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    args = p.parse_args(argv)
+    configure_logging(args.log_level)
+
+    def job() -> int:
+        cfg = load_config(args.config, args.overrides)
+        result = run_assign_stream(cfg, landing=args.landing, checkpoint=args.checkpoint, trigger=args.trigger)
+        print(stream_summary(result))
+        return 0
+
+    return guarded(job, interrupted="interrupted; committed batches stay committed and the next start resumes "
+                                    "from the checkpoint")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -56,6 +56,8 @@ class InputSection(_Section):
     weight_column: Optional[str] = None
     invalid_rows: Literal["fail", "drop"] = "fail"
     duplicate_ids: Literal["fail"] = "fail"
+    """The only sound policy (:func:`clusterlake.io.reader._check_unique_ids` says why); kept so that
+    configs naming it stay valid and ``runs.config_json`` keeps its shape."""
     allow_feature_change: bool = False
     """The feature columns are a contract across runs: a run whose features differ from the
     previous model's fails (exit 2) naming the columns gained and lost, unless this is true; the

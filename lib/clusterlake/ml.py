@@ -14,7 +14,7 @@ not MLlib (absolute centre movement). Persistence writes the params as Spark's m
 the centres as a parquet table: no pickle.
 """
 
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 from pyspark import keyword_only
@@ -23,7 +23,11 @@ from pyspark.ml.param import Param, Params, TypeConverters
 from pyspark.ml.param.shared import HasFeaturesCol, HasMaxIter, HasPredictionCol, HasSeed, HasTol, HasWeightCol
 from pyspark.ml.util import DefaultParamsReader, DefaultParamsWriter, MLReadable, MLReader, MLWritable, MLWriter
 
-from clusterlake.algorithms.engine import BlockSource, EngineFit, fit
+from clusterlake.algorithms.kmeans_engine import EngineFit, fit
+from clusterlake.engine.blocks import BlockSource
+
+if TYPE_CHECKING:
+    from clusterlake.kernels.assignment import Assignment
 
 
 class _KMeansParams(HasFeaturesCol, HasPredictionCol, HasMaxIter, HasTol, HasSeed, HasWeightCol):
@@ -100,13 +104,20 @@ class KMeansModel(Model, _KMeansParams, MLWritable, MLReadable):
             raise RuntimeError("No training summary available for this KMeansModel (it was loaded)")
         return self._summary
 
-    def predict(self, value) -> int:
-        from clusterlake.kernels.kmeans import nearest, normalize_rows
+    def assign(self, vectors) -> "Assignment":
+        """The full assignment of local rows (n, d) or one row (d,), by the one assignment rule
+        (:mod:`clusterlake.kernels.assignment`, as the nightly job and the serving layer apply it):
+        ``cluster_id`` (= the centre's index, what ``transform`` puts in the prediction column),
+        ``distance``, ``second_cluster_id``, ``margin`` (none when there is one centre). Cosine:
+        the rows are L2-normalised first, as in ``transform`` and ``predict``."""
+        from clusterlake.kernels.assignment import assign_points
 
+        X = np.atleast_2d(np.asarray(vectors, dtype=np.float64))
+        return assign_points(_prepared(X, self.getDistanceMeasure() == "cosine"), self._centers)
+
+    def predict(self, value) -> int:
         x = np.asarray(value.toArray() if hasattr(value, "toArray") else value, dtype=np.float64)[None, :]
-        if self.getDistanceMeasure() == "cosine":
-            x = normalize_rows(x)
-        return int(nearest(x, self._centers)[0][0])
+        return int(self.assign(x).cluster_id[0])
 
     def _transform(self, dataset):
         import pandas as pd
@@ -117,14 +128,12 @@ class KMeansModel(Model, _KMeansParams, MLWritable, MLReadable):
 
         @pandas_udf("int")
         def nearest_centre(vecs: pd.Series) -> pd.Series:
-            from clusterlake.kernels.kmeans import nearest, normalize_rows
+            from clusterlake.kernels.assignment import assign_points
 
             if len(vecs) == 0:
                 return pd.Series([], dtype="int32")
             X = np.vstack(vecs.to_numpy()).astype(np.float64)
-            if cosine:
-                X = normalize_rows(X)
-            return pd.Series(nearest(X, C)[0])
+            return pd.Series(assign_points(_prepared(X, cosine), C).cluster_id)
 
         return dataset.withColumn(self.getPredictionCol(), nearest_centre(_as_array(dataset, self.getFeaturesCol())))
 
@@ -134,6 +143,15 @@ class KMeansModel(Model, _KMeansParams, MLWritable, MLReadable):
     @classmethod
     def read(cls) -> MLReader:
         return _ModelReader(cls)
+
+
+def _prepared(X: np.ndarray, cosine: bool) -> np.ndarray:
+    """The rows as the centres see them: L2-normalised under the cosine distance."""
+    if not cosine:
+        return X
+    from clusterlake.kernels.kmeans import normalize_rows
+
+    return normalize_rows(X)
 
 
 def _as_array(df, col: str):

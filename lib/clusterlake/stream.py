@@ -17,7 +17,7 @@ Spark never infers it). Each micro-batch goes to :class:`_Sink` (``foreachBatch`
    (stream id, batch id): Delta records the pair in the commit that adds the files (the Delta
    protocol's ``txn`` action: delta-rs ``CommitProperties(app_transactions=...)``, Spark Delta's
    ``txnAppId``/``txnVersion``) and a batch the table already holds is skipped; plain parquet
-   does the same with marker files (:meth:`_Sink._write_parquet`).
+   does the same with marker files (the protocols: :mod:`clusterlake.io.stream_commit`).
 
 Exactly once: Spark writes a batch's file list to the checkpoint (``offsets/``, ``sources/``)
 before running it and marks it done (``commits/``) after the sink returned. A query killed in
@@ -32,7 +32,6 @@ Everything here runs on the driver except the read, the validation aggregation, 
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import json
 import logging
@@ -44,6 +43,7 @@ from typing import Optional
 
 from clusterlake.config import JobConfig
 from clusterlake.errors import ConfigError, InputDataError
+from clusterlake.io import model_artifact
 from clusterlake.io.fs import Location, location
 
 log = logging.getLogger(__name__)
@@ -52,13 +52,8 @@ SOURCE_FILE = "__clusterlake_source_file"
 """The landing file of each row (``_metadata.file_path``) while the batch is processed."""
 APP_PREFIX = "clusterlake-assign-stream-"
 """The idempotent writer's id: this prefix and the streaming query's id."""
-MARKERS = "_clusterlake_stream"
-"""Parquet output: ``<table>/_clusterlake_stream/<app_id>/<batch>.intent.json|.done.json``."""
 ROWS_PER_FILE = 1_000_000
 """A batch's assignments are written in ceil(rows / this) files (fewer small files)."""
-KEEP_MARKERS = 10
-"""Parquet output: the done markers of this many latest batches are kept (a replay can only be
-of the newest batch; the newest marker alone decides)."""
 _TRIGGER = re.compile(r"^(available_now|[1-9][0-9]* (seconds?|minutes?|hours?))$")
 _NUMERIC = ("ByteType", "ShortType", "IntegerType", "LongType", "FloatType", "DoubleType", "DecimalType")
 
@@ -181,7 +176,7 @@ class _LatestModel:
 
     def __init__(self, cfg: JobConfig):
         self.cfg = cfg
-        self.root = location(cfg.output.path).child("model")
+        self.root = model_artifact.models_dir(location(cfg.output.path))
         self.art = None
         self.passes = (None, None)
 
@@ -193,10 +188,9 @@ class _LatestModel:
 
     def get(self):
         """(artifact, density model, hierarchy model) of the model ``latest`` shows now."""
-        from clusterlake.algorithms import sample_passes
-        from clusterlake.io import model_artifact
+        from clusterlake.run.scaffold import check_model_id_column
 
-        mj = self.root.child("latest", "model.json")
+        mj = model_artifact.latest_dir(self.root).child("model.json")
         if not mj.exists():
             raise self._missing()
         try:
@@ -207,14 +201,11 @@ class _LatestModel:
             from clusterlake.serving.query import resolve_model_dir
 
             # the run's own directory, not latest/: never a mix of two models' files
-            art = model_artifact.load(resolve_model_dir(self.root.child("latest").uri).uri)
-            id_col = art.meta.get("id_column") or self.cfg.input.id_column
-            if id_col != self.cfg.input.id_column:
-                raise InputDataError(f"input.id_column is '{self.cfg.input.id_column}' but the model "
-                                     f"(run {art.run_id}) was fitted with '{id_col}'; use the model's id column")
+            art = model_artifact.load(resolve_model_dir(model_artifact.latest_dir(self.root).uri).uri)
+            check_model_id_column(art, self.cfg.input.id_column)
             if self.art is not None:
                 log.info("stream: new model %s (was %s)", art.run_id, self.art.run_id)
-            self.art, self.passes = art, sample_passes.from_artifact(art)
+            self.art, self.passes = art, model_artifact.pass_models(art)
         return (self.art, *self.passes)
 
 
@@ -258,8 +249,8 @@ class _Sink:
         from pyspark import StorageLevel
         from pyspark.sql import functions as F
 
-        from clusterlake.algorithms.passes import assign_rows
         from clusterlake.io.columns import col
+        from clusterlake.io.stream_commit import committed_batch
         from clusterlake.io.tables import make_store
 
         t0 = time.time()
@@ -269,12 +260,11 @@ class _Sink:
         _check_model_columns(art, self.schema, self.source)
         now = dt.datetime.now(dt.timezone.utc)
         run_date = (self.cfg.job.run_date or now.date()).isoformat()
-        write_id = f"stream-{self.query_id}-b{batch_id}"
         # the batch's own session (a streaming query runs on a clone of the session that started
         # it): the stores set their parquet write options on it
-        store = make_store(batch_df.sparkSession, self.cfg.output, run_date, write_id)
+        store = make_store(batch_df.sparkSession, self.cfg.output, run_date, f"stream-{self.query_id}-b{batch_id}")
         res.batches += 1
-        done = self._committed(store, app_id, batch_id)
+        done = committed_batch(store, self.table, app_id)
         if done is not None and done >= batch_id:
             res.batches_skipped += 1
             log.warning("stream batch %d: already committed to %s (stream %s holds batch %d); a replay "
@@ -285,32 +275,13 @@ class _Sink:
         rows = batch_df.select(col(idc), *[col(c) for c in feats], F.col(SOURCE_FILE))
         rows = rows.persist(StorageLevel.MEMORY_AND_DISK)  # read once: counted, then assigned
         try:
-            n, n_bad, counts, files, valid = self._check_rows(rows, idc, feats, batch_id)
-            res.files += files
-            res.rows_read += n
-            res.rows_dropped += n_bad
-            for k, v in counts.items():
-                res.invalid_counts[k] = res.invalid_counts.get(k, 0) + v
-            if art.run_id not in res.model_run_ids:
-                res.model_run_ids.append(art.run_id)
-            n_ok = n - n_bad
-            if n_ok == 0:
+            n, n_bad, files, valid = self._count(rows, idc, feats, batch_id, art.run_id)
+            if n == n_bad:
                 log.info("stream batch %d: %d rows in %d file(s), %d dropped, nothing to write (%.1f s)",
                          batch_id, n, files, n_bad, time.time() - t0)
                 return
             clean = rows.filter(valid) if n_bad else rows
-            clean = clean.select(col(idc), *[col(c).cast("double").alias(c) for c in feats], F.col(SOURCE_FILE))
-            asg = assign_rows(clean, art.prep, art.centroids, art.cluster_ids, idc, density, hierarchy,
-                              passthrough=SOURCE_FILE)
-            asg = (asg.withColumnRenamed("__passthrough", "source_file")
-                   .withColumn("model_run_id", F.lit(art.run_id))
-                   .withColumn("batch_id", F.lit(batch_id).cast("long"))
-                   .withColumn("assigned_at", F.timestamp_micros(F.lit(int(now.timestamp() * 1_000_000)))))
-            n_files = max(1, math.ceil(n_ok / ROWS_PER_FILE))
-            if store.kind == "parquet":
-                written, version = self._write_parquet(store, asg, n_files, app_id, batch_id, n_ok)
-            else:
-                written, version = self._write_delta(store, asg, n_files, app_id, batch_id, n_ok)
+            written, version = self._write(store, clean, art, density, hierarchy, batch_id, now, n - n_bad)
         finally:
             rows.unpersist()
         res.rows_written += written
@@ -318,6 +289,35 @@ class _Sink:
         log.info("stream batch %d: %d rows in %d file(s), %d dropped, %d written to %s%s with model %s (%.1f s)",
                  batch_id, n, files, n_bad, written, store.table(self.table).uri,
                  f" (Delta version {version})" if version is not None else "", art.run_id, time.time() - t0)
+
+    def _count(self, rows, idc: str, feats: list[str], batch_id: int, model_run_id: str):
+        """Check the batch's rows (:meth:`_check_rows`) and add what was read to the result."""
+        res = self.result
+        n, n_bad, counts, files, valid = self._check_rows(rows, idc, feats, batch_id)
+        res.files += files
+        res.rows_read += n
+        res.rows_dropped += n_bad
+        for k, v in counts.items():
+            res.invalid_counts[k] = res.invalid_counts.get(k, 0) + v
+        if model_run_id not in res.model_run_ids:
+            res.model_run_ids.append(model_run_id)
+        return n, n_bad, files, valid
+
+    def _write(self, store, clean, art, density, hierarchy, batch_id: int, now, n_ok: int):
+        """Assign the valid rows as the nightly job does and append them exactly once."""
+        from clusterlake.algorithms.passes import assign_rows
+        from clusterlake.io import stream_commit
+        from clusterlake.io.columns import col
+        from clusterlake.io.contract import stream_assignments
+
+        idc, feats = self.cfg.input.id_column, list(art.prep.feature_names)
+        clean = clean.select(col(idc), *[col(c).cast("double").alias(c) for c in feats], col(SOURCE_FILE))
+        asg = assign_rows(clean, art.prep, art.centroids, art.cluster_ids, idc, density, hierarchy,
+                          passthrough=SOURCE_FILE)
+        asg = stream_assignments.with_stream_columns(asg, "__passthrough", art.run_id, batch_id, now)
+        n_files = max(1, math.ceil(n_ok / ROWS_PER_FILE))
+        write = stream_commit.write_parquet if store.kind == "parquet" else stream_commit.write_delta
+        return write(store, self.table, asg, n_files, self.app_id(), batch_id, n_ok)
 
     def _check_rows(self, rows, idc: str, feats: list[str], batch_id: int):
         """``input.invalid_rows`` on one batch, in one aggregation (a few counts and the batch's
@@ -354,102 +354,6 @@ class _Sink:
                         batch_id, n_bad, n, detail, shown)
         return n, n_bad, counts, len(row["files"]), valid
 
-    # -- idempotent writes
-    def _committed(self, store, app_id: str, batch_id: int) -> Optional[int]:
-        """The newest batch id of this stream the table holds (None: none)."""
-        if store.kind == "parquet":
-            marks = store.table(self.table).child(MARKERS, app_id)
-            done = [int(i.base_name.split(".")[0]) for i in marks.files(recursive=False)
-                    if i.base_name.endswith(".done.json") and i.base_name.split(".")[0].isdigit()]
-            return max(done) if done else None
-        return store.transaction_version(self.table, app_id)
-
-    def _write_delta(self, store, asg, n_files: int, app_id: str, batch_id: int, n_ok: int):
-        """Stage the files, then one commit adding them with the txn (app_id, batch_id).
-
-        delta-rs (:class:`~clusterlake.io.tables.DeltaRsStore`): the files go to
-        ``<table>/run_date=<date>/stream-<query id>-b<batch>/``; files left there by an earlier
-        attempt at this batch that died before its commit are not in the Delta log (the batch's
-        txn is not: checked before) and are deleted first. Spark's Delta writer
-        (:class:`~clusterlake.io.tables.SparkDeltaStore`, where Delta's jars are on the
-        classpath) writes with ``txnAppId``/``txnVersion`` and skips a committed batch itself;
-        that path cannot run here (no Maven for the jars) and is not tested.
-        """
-        from clusterlake.io.tables import PARTITION, DeltaRsStore
-
-        if isinstance(store, DeltaRsStore):
-            leftover = store.table(self.table).child(f"{PARTITION}={store.run_date}", store.run_id)
-            if leftover.exists():
-                log.warning("stream batch %d: deleting the uncommitted files of an earlier attempt in %s",
-                            batch_id, leftover.uri)
-                leftover.delete()
-        st = store.stage(self.table, asg, files=n_files, append=True)
-        if st.files and st.rows != n_ok:
-            store.discard(st)
-            raise RuntimeError(f"stream batch {batch_id}: {st.rows} assignments written for {n_ok} valid rows")
-        try:
-            version = store.commit(st, app_transaction=(app_id, batch_id))
-        except BaseException:
-            try:  # a commit that raised may have landed: then its files are the table's now
-                held = self._committed(store, app_id, batch_id)
-                landed = held is not None and held >= batch_id
-            except Exception:
-                landed = True  # unknown: leave the files; a replay deletes them if uncommitted
-            if not landed:
-                store.discard(st)
-            raise
-        return (st.rows if st.files else n_ok), version
-
-    def _write_parquet(self, store, asg, n_files: int, app_id: str, batch_id: int, n_ok: int):
-        """Plain parquet has no log: the batch is made idempotent with marker files.
-
-        Under ``<table>/_clusterlake_stream/<app_id>/`` (readers skip ``_`` folders): before the
-        staged files move into ``run_date=<date>/`` (named ``stream-<query id>-b<batch>-<part>``),
-        ``<batch>.intent.json`` lists their destinations; after the last move ``<batch>.done.json``
-        marks the batch committed. A replayed batch whose done marker (or a later one) exists is
-        skipped; one with only an intent deletes the files it lists, then writes the batch again.
-        A reader listing the partition during the moves can see part of a batch (as for every
-        parquet append, see :class:`~clusterlake.io.tables.ParquetStore`).
-        """
-        from clusterlake.io.tables import PARTITION
-
-        t = store.table(self.table)
-        marks = t.child(MARKERS, app_id)
-        intent, done = marks.child(f"{batch_id}.intent.json"), marks.child(f"{batch_id}.done.json")
-        if intent.exists():
-            try:
-                earlier = json.loads(intent.read_bytes())["files"]
-            except (ValueError, KeyError):  # cut short while written: no file had moved yet
-                earlier = []
-            gone = [rel for rel in earlier if t.child(rel).exists()]
-            log.warning("stream batch %d: an earlier attempt moved %d file(s) but did not finish; deleting them",
-                        batch_id, len(gone))
-            for rel in gone:
-                t.child(rel).delete()
-            intent.delete()
-        staging = t.child("_staging", store.run_id)
-        if staging.exists():
-            staging.delete()
-        st = store.stage(self.table, asg, files=n_files, append=True)
-        if st.rows != n_ok:
-            store.discard(st)
-            raise RuntimeError(f"stream batch {batch_id}: {st.rows} assignments written for {n_ok} valid rows")
-        moves = [(rel, f"{PARTITION}={store.run_date}/{store.run_id}-{rel.rsplit('/', 1)[-1]}") for rel, *_ in st.files]
-        intent.write_bytes(json.dumps({"batch_id": batch_id, "files": [d for _, d in moves]}).encode())
-        for src, dest in moves:
-            t.child(src).move_to(t.child(dest))
-        done.write_bytes(json.dumps({"batch_id": batch_id, "rows": st.rows, "files": [d for _, d in moves],
-                                     "committed_at": dt.datetime.now(dt.timezone.utc).isoformat()}).encode())
-        # committed; the rest is tidying up
-        try:
-            store.discard(st)  # the (now empty) staging folders of this batch
-            for info in marks.files(recursive=False):
-                head = info.base_name.split(".")[0]
-                if head.isdigit() and int(head) <= batch_id - KEEP_MARKERS:
-                    marks.child(info.base_name).delete()
-        except Exception as exc:
-            log.warning("stream batch %d: committed, but tidying up failed: %s", batch_id, exc)
-        return st.rows, None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -479,9 +383,6 @@ def run_assign_stream(cfg: JobConfig, spark=None, *, landing: Optional[str] = No
         No model yet, no landing path, a bad schema, invalid rows under ``invalid_rows: fail``
         (the batch is retried, with the same files, at the next start).
     """
-    from pyspark.sql import functions as F
-
-    from clusterlake.io.columns import col
     from clusterlake.session import build_session
 
     t0 = time.time()
@@ -494,23 +395,11 @@ def run_assign_stream(cfg: JobConfig, spark=None, *, landing: Optional[str] = No
         spark = build_session(cfg.spark, f"clusterlake-stream-{cfg.job.name}")
     schema, source = stream_schema(spark, cfg, list(art.prep.feature_names))
     _check_model_columns(art, schema, source)
-    if not land.exists():
-        log.info("stream: creating the landing folder %s (stream.landing_path)", land.uri)
-        land.fs.create_dir(land.path, recursive=True)
-    elif not land.is_dir():
-        raise ConfigError(f"stream.landing_path {land.uri} is a file; it must be a folder")
-
+    _ensure_landing(land)
     table_uri = location(cfg.output.path).child(cfg.stream.table).uri
     result = StreamResult(landing=land.uri, checkpoint=ckpt.uri, table=table_uri, trigger=trig)
     sink = _Sink(cfg, ckpt, model, schema, source, result)
-    src = (spark.readStream.schema(schema)  # explicit: Spark never infers the landing files' schema
-           .option("maxFilesPerTrigger", cfg.stream.max_files_per_trigger)
-           .parquet(land.uri))
-    src = src.select(*[col(c) for c in schema.names], F.col("_metadata.file_path").alias(SOURCE_FILE))
-    query = (src.writeStream.foreachBatch(sink)
-             .option("checkpointLocation", ckpt.uri)
-             .trigger(**trigger_kw)
-             .start())
+    query = _start(spark, cfg, land, ckpt, schema, sink, trigger_kw)
     result.query_id = str(query.id)
     result.app_id = APP_PREFIX + result.query_id
     log.info("stream %s: %s -> %s (checkpoint %s, trigger %s, schema from %s)", result.query_id, land.uri,
@@ -534,6 +423,31 @@ def run_assign_stream(cfg: JobConfig, spark=None, *, landing: Optional[str] = No
              "%d written in %.1f s", result.query_id, result.batches, result.batches_skipped, result.rows_read,
              result.rows_dropped, result.rows_written, result.seconds)
     return result
+
+
+def _ensure_landing(land: Location) -> None:
+    if not land.exists():
+        log.info("stream: creating the landing folder %s (stream.landing_path)", land.uri)
+        land.fs.create_dir(land.path, recursive=True)
+    elif not land.is_dir():
+        raise ConfigError(f"stream.landing_path {land.uri} is a file; it must be a folder")
+
+
+def _start(spark, cfg: JobConfig, land: Location, ckpt: Location, schema, sink: "_Sink", trigger_kw: dict):
+    """Start the streaming query: the landing files with the explicit schema and each row's file
+    name, into the sink, checkpointed."""
+    from pyspark.sql import functions as F
+
+    from clusterlake.io.columns import col
+
+    src = (spark.readStream.schema(schema)  # explicit: Spark never infers the landing files' schema
+           .option("maxFilesPerTrigger", cfg.stream.max_files_per_trigger)
+           .parquet(land.uri))
+    src = src.select(*[col(c) for c in schema.names], F.col("_metadata.file_path").alias(SOURCE_FILE))
+    return (src.writeStream.foreachBatch(sink)
+            .option("checkpointLocation", ckpt.uri)
+            .trigger(**trigger_kw)
+            .start())
 
 
 def _await(query, poll_seconds: float = 2.0) -> None:
@@ -574,35 +488,3 @@ def stream_summary(r: StreamResult) -> str:
         "=" * 78,
     ]
     return "\n".join(lines)
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-    """``jobs/assign_stream.py --config FILE [--set key=value ...] [--landing PATH]
-    [--checkpoint PATH] [--trigger available_now|"30 seconds"]``. Exit codes as ``clusterlake``:
-    0 done, 2 a user error (one ``clusterlake: error:`` line on stderr), 130 interrupted, 1 a bug."""
-    from clusterlake.config import load_config
-    from clusterlake.pipeline import configure_logging
-
-    p = argparse.ArgumentParser(prog="assign_stream",
-                                description="Assign parquet files dropped in a landing folder with the latest model.")
-    p.add_argument("--config", required=True, help="the job's YAML config (output.path holds the model)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set stream.max_files_per_trigger=10 (repeatable)")
-    p.add_argument("--landing", default=None, metavar="PATH", help="default: stream.landing_path")
-    p.add_argument("--checkpoint", default=None, metavar="PATH", help="default: stream.checkpoint_path")
-    p.add_argument("--trigger", default=None, metavar="WHEN",
-                   help="available_now (process what is there, then stop) or an interval, e.g. '30 seconds'; "
-                        "default: stream.trigger")
-    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    args = p.parse_args(argv)
-    configure_logging(args.log_level)
-    from clusterlake.cli import guarded
-
-    def job() -> int:
-        cfg = load_config(args.config, args.overrides)
-        result = run_assign_stream(cfg, landing=args.landing, checkpoint=args.checkpoint, trigger=args.trigger)
-        print(stream_summary(result))
-        return 0
-
-    return guarded(job, interrupted="interrupted; committed batches stay committed and the next start resumes "
-                                    "from the checkpoint")

@@ -59,7 +59,7 @@ import numpy as np
 
 from clusterlake.kernels.kmeans import kmeans_plusplus, lloyd, nearest, row_sq_norms
 from clusterlake.kernels.metrics import calinski_harabasz_from_stats, davies_bouldin_from_stats
-from clusterlake.quality.metrics import Metric
+from clusterlake.io.contract.metrics import Metric
 
 log = logging.getLogger(__name__)
 
@@ -201,9 +201,18 @@ def silhouette_scores(S: np.ndarray, labelings, x_sq: np.ndarray | None = None) 
         x_sq = row_sq_norms(S)
     ks = [int(lab.max()) + 1 for lab in labelings]
     counts = [np.bincount(lab, minlength=k).astype(np.float64) for lab, k in zip(labelings, ks)]
-    valid = [2 <= int((c > 0).sum()) <= m - 1 for c in counts]
-    todo = [i for i in range(len(labelings)) if valid[i]]
-    # Groups of labelings whose stacked one-hot matrices stay small.
+    todo = [i for i, c in enumerate(counts) if 2 <= int((c > 0).sum()) <= m - 1]
+    dist = _BlockDistances(S, x_sq)
+    for group in _silhouette_groups(todo, ks):
+        out[group] = _group_silhouette_sums(dist, [labelings[i] for i in group],
+                                            [counts[i] for i in group]) / m
+    return out
+
+
+def _silhouette_groups(todo: list[int], ks: list[int]) -> list[list[int]]:
+    """Consecutive groups of the labelings ``todo`` whose stacked one-hot matrices stay within
+    :data:`_SIL_GROUP_COLS` columns (a single wider labeling is a group of its own): the pairwise
+    distances, the dominant cost, are computed once per group."""
     groups, cur, cols = [], [], 0
     for i in todo:
         if cur and cols + ks[i] > _SIL_GROUP_COLS:
@@ -213,42 +222,69 @@ def silhouette_scores(S: np.ndarray, labelings, x_sq: np.ndarray | None = None) 
         cols += ks[i]
     if cur:
         groups.append(cur)
-    block = int(max(1, min(m, _SIL_BLOCK_BYTES // (8 * m))))
-    ST = np.ascontiguousarray(S.T)
-    for group in groups:
-        offs = np.cumsum([0] + [ks[i] for i in group])
-        H = np.zeros((m, int(offs[-1])), dtype=np.float64)
-        rows = np.arange(m)
-        for j, i in enumerate(group):
-            H[rows, offs[j] + labelings[i]] = 1.0
-        acc = np.zeros(len(group))
-        for start in range(0, m, block):
-            stop = min(start + block, m)
-            b = stop - start
-            D = S[start:stop] @ ST
-            D *= -2.0
-            D += x_sq[start:stop, None]
-            D += x_sq[None, :]
-            np.maximum(D, 0.0, out=D)
-            np.sqrt(D, out=D)
-            r = np.arange(b)
-            D[r, start + r] = 0.0
-            T = D @ H  # (b, total clusters): summed distance of every row to every cluster
-            for j, i in enumerate(group):
-                sub = T[:, offs[j]:offs[j + 1]]
-                own = labelings[i][start:stop]
-                cnt = counts[i]
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    a = sub[r, own] / (cnt[own] - 1.0)  # 0/0 = NaN for a singleton
-                    mean = sub / cnt
-                mean[:, cnt == 0] = np.inf
-                mean[r, own] = np.inf
-                bb = mean.min(axis=1)
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    s = (bb - a) / np.maximum(a, bb)
-                acc[j] += float(np.nan_to_num(s, nan=0.0, posinf=0.0, neginf=0.0).sum())
-        out[group] = acc / m
-    return out
+    return groups
+
+
+class _BlockDistances:
+    """Euclidean distances from blocks of rows of ``S`` to all its rows, never the full matrix."""
+
+    def __init__(self, S: np.ndarray, x_sq: np.ndarray):
+        self.S, self.x_sq = S, x_sq
+        self.ST = np.ascontiguousarray(S.T)
+        m = S.shape[0]
+        self.block = int(max(1, min(m, _SIL_BLOCK_BYTES // (8 * m))))
+
+    def ranges(self):
+        """``(start, stop)`` of every block of rows."""
+        m = self.S.shape[0]
+        return ((start, min(start + self.block, m)) for start in range(0, m, self.block))
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        """``(stop - start, m)`` distances by the GEMM expansion, clamped at 0, self-distances 0."""
+        x_sq = self.x_sq
+        D = self.S[start:stop] @ self.ST
+        D *= -2.0
+        D += x_sq[start:stop, None]
+        D += x_sq[None, :]
+        np.maximum(D, 0.0, out=D)
+        np.sqrt(D, out=D)
+        r = np.arange(stop - start)
+        D[r, start + r] = 0.0
+        return D
+
+
+def _group_silhouette_sums(dist: _BlockDistances, labelings: list[np.ndarray],
+                           counts: list[np.ndarray]) -> np.ndarray:
+    """Sum over the rows of each labeling's silhouette, one distance pass for them all: one GEMM
+    of each block of distances with the labelings' stacked one-hot matrix."""
+    m = dist.S.shape[0]
+    offs = np.cumsum([0] + [c.shape[0] for c in counts])
+    H = np.zeros((m, int(offs[-1])), dtype=np.float64)
+    rows = np.arange(m)
+    for j, lab in enumerate(labelings):
+        H[rows, offs[j] + lab] = 1.0
+    acc = np.zeros(len(labelings))
+    for start, stop in dist.ranges():
+        T = dist.rows(start, stop) @ H  # (b, total clusters): summed distance of every row to every cluster
+        for j, lab in enumerate(labelings):
+            acc[j] += _block_silhouette_sum(T[:, offs[j]:offs[j + 1]], lab[start:stop], counts[j])
+    return acc
+
+
+def _block_silhouette_sum(sub: np.ndarray, own: np.ndarray, cnt: np.ndarray) -> float:
+    """Sum of the silhouettes of a block of rows given ``sub`` (b, k), each row's summed distance
+    to every cluster, the rows' clusters ``own`` and the cluster sizes ``cnt`` (a singleton's
+    silhouette is 0)."""
+    r = np.arange(sub.shape[0])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        a = sub[r, own] / (cnt[own] - 1.0)  # 0/0 = NaN for a singleton
+        mean = sub / cnt
+    mean[:, cnt == 0] = np.inf
+    mean[r, own] = np.inf
+    bb = mean.min(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        s = (bb - a) / np.maximum(a, bb)
+    return float(np.nan_to_num(s, nan=0.0, posinf=0.0, neginf=0.0).sum())
 
 
 def _ch_db(Z: np.ndarray, labels: np.ndarray, k: int) -> tuple[float, float]:
@@ -428,7 +464,19 @@ def choose_k(Z, min_k=2, max_k=20, criterion="silhouette", seed=42, max_iter=100
         cands = _sweep(Z, x_sq, range(min_k, k_cap + 1), seed, max_iter, tol, spherical)
         chosen = None
     _score(Z, cands, silhouette_size)
-    n_sil = min(int(silhouette_size), n)
+    metrics = _candidate_metrics(cands, n, min(int(silhouette_size), n), criterion == "dynamic")
+    if chosen is None:
+        chosen = _pick(cands, criterion)
+    ari = _stability(Z, x_sq, chosen, seed, max_iter, tol, spherical)
+    metrics.append(Metric("sample", "stability_ari", ari, n, "kmeans", chosen))
+    seconds = time.perf_counter() - t0
+    log.info("auto-k: chose k=%d by %s (stability ARI %.3f, %d candidates, %.1f s)", chosen, criterion, ari,
+             len(cands), seconds)
+    return AutoK(k=int(chosen), criterion=criterion, metrics=metrics, stability_ari=ari, seconds=seconds)
+
+
+def _candidate_metrics(cands: list[_Candidate], n: int, n_sil: int, dynamic: bool) -> list[Metric]:
+    """Every candidate's scores as ``auto_k`` rows (the curve the report plots), each logged."""
     metrics: list[Metric] = []
     for c in cands:
         extra = ""
@@ -438,24 +486,23 @@ def choose_k(Z, min_k=2, max_k=20, criterion="silhouette", seed=42, max_iter=100
             Metric("auto_k", "calinski_harabasz", c.calinski_harabasz, n, "kmeans", c.k),
             Metric("auto_k", "davies_bouldin", c.davies_bouldin, n, "kmeans", c.k),
         ]
-        if criterion == "dynamic":
+        if dynamic:
             metrics.append(Metric("auto_k", "min_cluster_share", c.min_share, n, "kmeans", c.k))
             extra = " min_cluster_share=%.4f" % c.min_share
         log.info("auto-k: k=%d inertia=%.6g silhouette=%.4f calinski_harabasz=%.6g davies_bouldin=%.4f%s",
                  c.k, c.inertia, c.silhouette, c.calinski_harabasz, c.davies_bouldin, extra)
-    if chosen is None:
-        chosen = _pick(cands, criterion)
+    return metrics
 
-    a = _fit(Z, x_sq, chosen, seed + 1, max_iter, tol, spherical)
-    b = _fit(Z, x_sq, chosen, seed + 2, max_iter, tol, spherical)
+
+def _stability(Z, x_sq, k: int, seed: int, max_iter, tol, spherical) -> float:
+    """ARI between two more fits at ``k`` (k-means++ seeded ``seed + 1`` and ``seed + 2``): a
+    chosen k that two seeds split differently is not a stable partition of the data (warned)."""
     from sklearn.metrics import adjusted_rand_score
 
+    a = _fit(Z, x_sq, k, seed + 1, max_iter, tol, spherical)
+    b = _fit(Z, x_sq, k, seed + 2, max_iter, tol, spherical)
     ari = float(adjusted_rand_score(a.labels, b.labels))
-    metrics.append(Metric("sample", "stability_ari", ari, n, "kmeans", chosen))
     if ari < STABILITY_WARN:
         log.warning("auto-k: k=%d is unstable on the sample: two k-means++ fits (seeds %d, %d) agree with "
-                    "ARI %.3f < %.1f", chosen, seed + 1, seed + 2, ari, STABILITY_WARN)
-    seconds = time.perf_counter() - t0
-    log.info("auto-k: chose k=%d by %s (stability ARI %.3f, %d candidates, %.1f s)", chosen, criterion, ari,
-             len(cands), seconds)
-    return AutoK(k=int(chosen), criterion=criterion, metrics=metrics, stability_ari=ari, seconds=seconds)
+                    "ARI %.3f < %.1f", k, seed + 1, seed + 2, ari, STABILITY_WARN)
+    return ari

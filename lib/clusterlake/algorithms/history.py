@@ -45,7 +45,7 @@ class Previous:
 
 def load_latest(model_root) -> Optional[model_artifact.ModelArtifact]:
     """The artifact ``model_root/latest`` shows, or None before the first committed run."""
-    latest = model_root.child("latest")
+    latest = model_artifact.latest_dir(model_root)
     if not latest.child("model.json").exists():
         return None
     return model_artifact.load(latest.uri)

@@ -2,8 +2,9 @@
 
 :func:`fit_kmeans` takes the validated input and the fitted preprocessor and returns model-space
 centroids. ``kmeans.engine: clusterlake`` (the default) runs our engine
-(:mod:`clusterlake.algorithms.engine`: k-means||/k-means++/random/warm start, Lloyd or bisecting,
-euclidean or cosine, weights); ``spark-mllib`` runs Spark MLlib's ``KMeans`` for comparison.
+(:mod:`clusterlake.algorithms.kmeans_engine`: k-means||/k-means++/random/warm start, Lloyd or
+bisecting, euclidean or cosine, weights); ``spark-mllib`` runs Spark MLlib's ``KMeans`` for
+comparison.
 Runs on the driver; the fit is distributed; collected: k x p centroids and per-pass statistics.
 """
 
@@ -17,7 +18,7 @@ from typing import Optional
 
 import numpy as np
 
-from clusterlake.algorithms.engine import FewerClustersWarning
+from clusterlake.algorithms.kmeans_engine import FewerClustersWarning
 from clusterlake.algorithms.passes import model_space
 from clusterlake.config import KMeansSection
 from clusterlake.prep.transform import Preprocessor
@@ -92,7 +93,8 @@ def fit_kmeans(df, prep: Preprocessor, cfg: KMeansSection, weight_col: Optional[
 
 
 def _fit_engine(df, prep, cfg, weight_col, initial_centers) -> KMeansFit:
-    from clusterlake.algorithms.engine import BlockSource, fit
+    from clusterlake.algorithms.kmeans_engine import fit
+    from clusterlake.engine.blocks import BlockSource
 
     k = int(cfg.k)
     t0 = time.time()

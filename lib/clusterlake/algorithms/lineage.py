@@ -25,6 +25,72 @@ then minimises their total cost; chosen pairs that are disallowed are dropped. M
 keep the previous id; unmatched clusters get fresh ids ``next_id, next_id + 1, ...`` in order of
 tonight's position; unmatched previous clusters are retired.
 
+Lineage events (:func:`lineage_rows`)
+-------------------------------------
+For tonight's position ``i`` and previous position ``j`` (pairs are written (tonight, previous)
+throughout), with ``overlap[i, j]`` the number of ids in both tonight's cluster ``i`` and previous
+cluster ``j``:
+
+* ``overlap_previous[i, j] = overlap[i, j] / sum_i' overlap[i', j]``: share of previous
+  cluster ``j``'s joinable rows that landed in tonight's cluster ``i``;
+* ``overlap_current[i, j] = overlap[i, j] / sum_j' overlap[i, j']``: share of tonight's
+  cluster ``i``'s joinable rows that came from previous cluster ``j``.
+
+Rules (exactly as implemented):
+
+1. A matched pair ``(i, j)`` is ``persist``, with the matching distance and, when
+   ``overlap`` is given, both overlaps; ``basis='match'``.
+2. An unmatched tonight's cluster ``i`` takes its *source* ``j``: with ids, the previous
+   cluster with the largest ``overlap_previous[i, j]`` among those with
+   ``overlap_previous[i, j] >= min_overlap`` (and ``> 0``); with centroids, the previous cluster
+   with the smallest ``centroid_dist[i, j]`` among those with ``centroid_dist[i, j] <=
+   split_distance``. If the source ``j`` is matched (necessarily to another of tonight's
+   clusters) the row is ``split`` with ``previous_cluster_id`` = ``j``'s id; otherwise it is
+   ``new``, with ``previous_cluster_id`` = ``j``'s id when a source exists (for
+   information) and ``None`` when none does.
+3. An unmatched previous cluster ``j`` takes its *destination* ``i``: with ids, tonight's
+   cluster with the largest ``overlap_previous[i, j]`` among those with
+   ``overlap_previous[i, j] >= min_overlap`` (and ``> 0``); with centroids, tonight's cluster
+   with the smallest ``centroid_dist[i, j]`` among those with ``centroid_dist[i, j] <=
+   split_distance``. If the destination ``i`` is matched (necessarily to another previous
+   cluster) the row is ``merge`` with ``cluster_id`` = ``i``'s id; otherwise it is
+   ``retired``, with ``cluster_id`` = ``i``'s id when a destination exists and ``None``
+   when none does.
+4. Basis of rules 2-3: the ids (``basis='ids'``) when ``overlap`` is given and the cluster
+   being explained has at least one joined row (tonight's ``i``: ``sum_j overlap[i, j] >
+   0``; previous ``j``: ``sum_i overlap[i, j] > 0``); otherwise the centroids
+   (``basis='centroids'``; with neither ``overlap`` nor ``centroid_dist`` this only happens
+   when the other run has no cluster, so no source/destination exists). When the ids are
+   the basis and no candidate reaches ``min_overlap``, there is no source/destination (no
+   fall back to the centroids).
+5. Ties (equal overlap or distance) go to the lowest position.
+
+``distance`` is the matching distance for ``persist`` and ``centroid_dist`` of the pair
+otherwise (``None`` without ``centroid_dist`` or without a pair); ``overlap_previous`` /
+``overlap_current`` are those of the pair when ``overlap`` is given (``None`` when undefined);
+``size`` / ``previous_size`` are the sizes of the clusters named by ``cluster_id`` /
+``previous_cluster_id``.
+
+Drift metrics (:func:`drift_metrics`)
+-------------------------------------
+``scope='drift'``, ``algorithm='kmeans'``, ``k`` = tonight's k:
+
+* per matched cluster (``cluster_id`` = stable id, ``sample_size`` = tonight's size):
+  ``centroid_shift`` (radius units of the previous cluster) and ``size_change``
+  (``(size - prev_size) / prev_size``, skipped when ``prev_size == 0``);
+* run level (no ``cluster_id``): ``centroid_shift_max`` and ``centroid_shift_mean``
+  (weighted by tonight's sizes; unweighted if those are all 0), ``sample_size`` = rows
+  of the matched clusters tonight, both skipped when nothing matched; ``psi`` of the
+  shares by stable id over the union of both nights' ids (a new id has previous share
+  0, a retired one share 0 tonight; skipped when a night has no row);
+  ``matched_clusters``, ``new_clusters``, ``retired_clusters``; with ``overlap``:
+  ``joined_rows`` (sum of ``overlap``) and ``changed_share`` (share of the joined ids
+  whose stable cluster id differs: an id in previous ``j`` and tonight's ``i`` is
+  unchanged iff ``ids[i] == prev_ids[j]``; ``sample_size`` = joined rows, skipped when
+  there is none); with both quality mappings: ``<name>_change`` = tonight - previous for
+  each of ``silhouette``, ``davies_bouldin``, ``calinski_harabasz`` present and not None
+  in both. Unless stated, ``sample_size`` is tonight's total rows.
+
 Typical nightly use::
 
     D = centroid_distances(C, prev_C, prev_radius)            # (k, m) radius units
@@ -44,7 +110,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 from scipy.spatial.distance import cdist
 
-from clusterlake.quality.metrics import Metric
+from clusterlake.io.contract.metrics import Metric
 
 log = logging.getLogger(__name__)
 
@@ -235,10 +301,40 @@ def match_clusters(C, prev_C, prev_ids, prev_radius, max_distance: float, next_i
     -------
     Matching
         Ids, matched previous positions, distances (radius units), retired previous positions
-        and the next unused id.
+        and the next unused id. The method is :func:`_hungarian`'s; see the module doc.
+    """
+    C = _as_matrix("C", C)
+    prev_C = _as_matrix("prev_C", prev_C, C.shape[1])
+    m = prev_C.shape[0]
+    prev_ids = _as_ids("prev_ids", prev_ids, m)
+    r = _floored_radius(prev_radius, m)
+    max_distance, next_id = _checked_match_limits(max_distance, next_id, prev_ids)
+    prev_index, distance = _hungarian(C, prev_C, r, max_distance)
+    return _allocate_ids(prev_index, distance, prev_ids, next_id)
 
-    Notes
-    -----
+
+def _checked_match_limits(max_distance, next_id, prev_ids: np.ndarray) -> tuple[float, int]:
+    """``max_distance`` as a positive float and ``next_id`` as an int above every previous id:
+    a fresh id equal to an old one would silently merge two clusters' histories."""
+    max_distance = float(max_distance)
+    if not (max_distance > 0):
+        raise ValueError(f"max_distance must be > 0 (in radius units of the previous cluster), "
+                         f"got {max_distance}")
+    if int(next_id) != next_id or next_id < 0:
+        raise ValueError(f"next_id must be a non-negative integer, got {next_id!r}")
+    next_id = int(next_id)
+    if prev_ids.size and next_id <= int(prev_ids.max()):
+        raise ValueError(f"next_id={next_id} is not above the largest previous id "
+                         f"{int(prev_ids.max())}: pass the smallest id never used (e.g. the stored "
+                         "largest id + 1), or fresh ids would collide with old ones")
+    return max_distance, next_id
+
+
+def _hungarian(C: np.ndarray, prev_C: np.ndarray, r: np.ndarray,
+               max_distance: float) -> tuple[np.ndarray, np.ndarray]:
+    """Matched previous position (``-1`` when none) and distance (radius units, NaN when none) of
+    each of tonight's positions.
+
     The Hungarian method (:func:`scipy.optimize.linear_sum_assignment`, rectangular allowed)
     runs on ``cost_ij = ||C_i - prev_C_j|| / prev_radius_j``, with every disallowed pair set to
     one constant ``P > min(k, m) * max(allowed cost)``. Since the solver always assigns
@@ -248,42 +344,35 @@ def match_clusters(C, prev_C, prev_ids, prev_radius, max_distance: float, next_i
     the choice among the allowed ones). Disallowed pairs in the solution are dropped.
     Ties between equal-cost solutions are broken by the solver (deterministically).
     """
-    C = _as_matrix("C", C)
-    k, p = C.shape
-    prev_C = _as_matrix("prev_C", prev_C, p)
-    m = prev_C.shape[0]
-    prev_ids = _as_ids("prev_ids", prev_ids, m)
-    r = _floored_radius(prev_radius, m)
-    max_distance = float(max_distance)
-    if not (max_distance > 0):
-        raise ValueError(f"max_distance must be > 0 (in radius units of the previous cluster), "
-                         f"got {max_distance}")
-    if int(next_id) != next_id or next_id < 0:
-        raise ValueError(f"next_id must be a non-negative integer, got {next_id!r}")
-    next_id = int(next_id)
-    if m and next_id <= int(prev_ids.max()):
-        raise ValueError(f"next_id={next_id} is not above the largest previous id "
-                         f"{int(prev_ids.max())}: pass the smallest id never used (e.g. the stored "
-                         "largest id + 1), or fresh ids would collide with old ones")
-
+    k, m = C.shape[0], prev_C.shape[0]
     prev_index = np.full(k, -1, dtype=np.int64)
     distance = np.full(k, np.nan)
-    if k and m:
-        # one (k, m) float matrix and one boolean mask, updated in place (k, m up to ~10,000)
-        cost = cdist(C, prev_C)
-        allowed = cost <= max_distance * r[None, :]
-        cost /= r[None, :]
-        if allowed.any():
-            max_allowed = float(np.max(cost, where=allowed, initial=0.0))
-            penalty = (min(k, m) + 1) * max(max_allowed, 1.0) + 1.0
-            np.logical_not(allowed, out=allowed)
-            np.copyto(cost, penalty, where=allowed)
-            del allowed
-            rows, cols = linear_sum_assignment(cost)
-            keep = cost[rows, cols] < penalty
-            rows, cols = rows[keep], cols[keep]
-            prev_index[rows] = cols
-            distance[rows] = cost[rows, cols]
+    if not (k and m):
+        return prev_index, distance
+    # one (k, m) float matrix and one boolean mask, updated in place (k, m up to ~10,000)
+    cost = cdist(C, prev_C)
+    allowed = cost <= max_distance * r[None, :]
+    cost /= r[None, :]
+    if not allowed.any():
+        return prev_index, distance
+    max_allowed = float(np.max(cost, where=allowed, initial=0.0))
+    penalty = (min(k, m) + 1) * max(max_allowed, 1.0) + 1.0
+    np.logical_not(allowed, out=allowed)
+    np.copyto(cost, penalty, where=allowed)
+    del allowed
+    rows, cols = linear_sum_assignment(cost)
+    keep = cost[rows, cols] < penalty
+    rows, cols = rows[keep], cols[keep]
+    prev_index[rows] = cols
+    distance[rows] = cost[rows, cols]
+    return prev_index, distance
+
+
+def _allocate_ids(prev_index: np.ndarray, distance: np.ndarray, prev_ids: np.ndarray,
+                  next_id: int) -> Matching:
+    """Matched positions keep the previous id, the others get ``next_id, next_id + 1, ...`` in
+    order of position; previous positions nobody matched are retired."""
+    k, m = prev_index.shape[0], prev_ids.shape[0]
     matched = prev_index >= 0
     ids = np.empty(k, dtype=np.int64)
     ids[matched] = prev_ids[prev_index[matched]]
@@ -310,19 +399,150 @@ def _checked_sides(matching: "Matching", prev_ids, sizes, prev_sizes):
     return ids, prev_ids, sizes, prev_sizes
 
 
-def _opt_int(x) -> Optional[int]:
-    return None if x is None else int(x)
-
-
 def _opt_float(x) -> Optional[float]:
     return None if x is None or not np.isfinite(x) else float(x)
+
+
+def _checked_overlap(overlap, k: int, m: int) -> Optional[np.ndarray]:
+    """``overlap`` as a ``(k, m)`` float array of non-negative counts (None stays None)."""
+    if overlap is None:
+        return None
+    ov = np.asarray(overlap, dtype=np.float64)
+    if ov.shape != (k, m):
+        raise ValueError(f"overlap must have shape (k, m) = ({k}, {m}) (rows: tonight's "
+                         f"positions, columns: previous positions), got {ov.shape}")
+    if not np.all(np.isfinite(ov)) or np.any(ov < 0):
+        raise ValueError("overlap must hold non-negative finite counts")
+    return ov
+
+
+def _lineage_distances(centroid_dist, C, prev_C, prev_radius, k: int, m: int) -> Optional[np.ndarray]:
+    """The ``(k, m)`` centroid distances in radius units, given directly or computed from
+    ``C``/``prev_C``/``prev_radius`` (the two ways exclude each other); None when neither."""
+    given = {"C": C is not None, "prev_C": prev_C is not None, "prev_radius": prev_radius is not None}
+    if any(given.values()):
+        if not all(given.values()):
+            missing = ", ".join(name for name, g in given.items() if not g)
+            raise ValueError(f"lineage_rows: C, prev_C and prev_radius go together, but {missing} "
+                             "is None: pass tonight's centroids, the previous centroids and radii, "
+                             "or centroid_dist=centroid_distances(C, prev_C, prev_radius)")
+        if centroid_dist is not None:
+            raise ValueError("lineage_rows: pass either centroid_dist or C/prev_C/prev_radius, "
+                             "not both")
+        centroid_dist = centroid_distances(C, prev_C, prev_radius)
+    if centroid_dist is None:
+        return None
+    cd = np.asarray(centroid_dist, dtype=np.float64)
+    if cd.shape != (k, m):
+        raise ValueError(f"centroid_dist must have shape (k, m) = ({k}, {m}), got {cd.shape}: "
+                         "use centroid_distances(C, prev_C, prev_radius)")
+    if np.any(np.isnan(cd)) or np.any(cd < 0):
+        raise ValueError("centroid_dist must hold non-negative distances (no NaN)")
+    return cd
+
+
+def _best(scores_ok: np.ndarray, scores: np.ndarray, larger: bool) -> Optional[int]:
+    """Position of the best allowed score (first on ties), None when none is allowed."""
+    if not scores_ok.any():
+        return None
+    s = np.where(scores_ok, scores, -np.inf if larger else np.inf)
+    return int(np.argmax(s) if larger else np.argmin(s))
+
+
+@dataclass
+class _LineageInputs:
+    """Both nights' clusters as :func:`lineage_rows` sees them, so that the per-event helpers
+    share one validated view instead of a dozen arguments."""
+
+    matching: Matching
+    ids: np.ndarray
+    prev_ids: np.ndarray
+    sizes: np.ndarray
+    prev_sizes: np.ndarray
+    ov: Optional[np.ndarray]  # (k, m) joined-id counts
+    cd: Optional[np.ndarray]  # (k, m) centroid distances, radius units
+    min_overlap: float
+    split_distance: float
+
+    def __post_init__(self) -> None:
+        k, m = self.ids.shape[0], self.prev_ids.shape[0]
+        self.col = np.zeros(m) if self.ov is None else self.ov.sum(axis=0)  # joinable rows per previous
+        self.row = np.zeros(k) if self.ov is None else self.ov.sum(axis=1)  # joinable rows per tonight's
+        self.col_has, self.row_has = self.col > 0, self.row > 0
+        self.col_div = np.where(self.col_has, self.col, 1.0)
+        self.matched = self.matching.prev_index >= 0
+        self.prev_matched = np.zeros(m, dtype=bool)
+        self.prev_matched[self.matching.prev_index[self.matched]] = True
+
+    def row_of(self, i: Optional[int], j: Optional[int], event: str, basis: str,
+               distance: Optional[float] = None) -> dict:
+        """The lineage row of the pair (tonight ``i``, previous ``j``), either side may be None."""
+        have_pair = i is not None and j is not None
+        if distance is None and have_pair and self.cd is not None:
+            distance = self.cd[i, j]
+        ov = self.ov
+        return {
+            "cluster_id": None if i is None else int(self.ids[i]),
+            "previous_cluster_id": None if j is None else int(self.prev_ids[j]),
+            "event": event,
+            "distance": _opt_float(distance),
+            "overlap_previous": (float(ov[i, j] / self.col[j]) if have_pair and ov is not None
+                                 and self.col_has[j] else None),
+            "overlap_current": (float(ov[i, j] / self.row[i]) if have_pair and ov is not None
+                                and self.row_has[i] else None),
+            "size": None if i is None else int(round(self.sizes[i])),
+            "previous_size": None if j is None else int(round(self.prev_sizes[j])),
+            "basis": basis,
+        }
+
+    def source(self, i: int) -> tuple[Optional[int], str]:
+        """Rule 2's source of unmatched tonight's cluster ``i`` and the basis of the choice."""
+        if self.ov is not None and self.row_has[i]:
+            v = self.ov[i] / self.col_div  # overlap_previous[i, :], 0 where a previous cluster has no row
+            return _best((v >= self.min_overlap) & (v > 0), v, larger=True), "ids"
+        if self.cd is not None and self.prev_ids.shape[0]:
+            return _best(self.cd[i] <= self.split_distance, self.cd[i], larger=False), "centroids"
+        return None, "centroids"
+
+    def destination(self, j: int) -> tuple[Optional[int], str]:
+        """Rule 3's destination of unmatched previous cluster ``j`` and the basis of the choice."""
+        if self.ov is not None and self.col_has[j]:
+            v = self.ov[:, j] / self.col[j]  # overlap_previous[:, j]
+            return _best((v >= self.min_overlap) & (v > 0), v, larger=True), "ids"
+        if self.cd is not None and self.ids.shape[0]:
+            return _best(self.cd[:, j] <= self.split_distance, self.cd[:, j], larger=False), "centroids"
+        return None, "centroids"
+
+    def current_rows(self) -> list[dict]:
+        """``persist``, ``split`` and ``new`` rows, by tonight's stable id."""
+        out = []
+        for i in range(self.ids.shape[0]):
+            j = int(self.matching.prev_index[i])
+            if j >= 0:
+                out.append(self.row_of(i, j, "persist", "match", self.matching.distance[i]))
+                continue
+            src, basis = self.source(i)
+            event = "split" if src is not None and self.prev_matched[src] else "new"
+            out.append(self.row_of(i, src, event, basis))
+        out.sort(key=lambda r: r["cluster_id"])
+        return out
+
+    def previous_rows(self) -> list[dict]:
+        """``merge`` and ``retired`` rows, by previous stable id."""
+        out = []
+        for j in np.flatnonzero(~self.prev_matched):
+            dst, basis = self.destination(int(j))
+            event = "merge" if dst is not None and self.matched[dst] else "retired"
+            out.append(self.row_of(dst, int(j), event, basis))
+        out.sort(key=lambda r: r["previous_cluster_id"])
+        return out
 
 
 def lineage_rows(matching: Matching, prev_ids, sizes, prev_sizes, overlap=None,
                  min_overlap: float = 0.2, centroid_dist=None,
                  split_distance: float = 2.0, *, C=None, prev_C=None,
                  prev_radius=None) -> list[dict]:
-    """One row per lineage event between the previous run and tonight.
+    """One row per lineage event between the previous run and tonight (rules: the module doc).
 
     Parameters
     ----------
@@ -330,10 +550,8 @@ def lineage_rows(matching: Matching, prev_ids, sizes, prev_sizes, overlap=None,
         Result of :func:`match_clusters` for tonight's ``k`` and the previous ``m`` clusters.
     prev_ids : array_like of int, shape (m,)
         Stable ids of the previous clusters (as passed to :func:`match_clusters`).
-    sizes : array_like, shape (k,)
-        Rows per tonight's cluster position.
-    prev_sizes : array_like, shape (m,)
-        Rows per previous cluster position.
+    sizes, prev_sizes : array_like, shape (k,) and (m,)
+        Rows per tonight's / previous cluster position.
     overlap : array_like, shape (k, m), optional
         ``overlap[i, j]`` = number of ids (rows joined on the id column) in tonight's cluster
         ``i`` and previous cluster ``j``. Give it when the ids are joinable: decisions then use
@@ -341,18 +559,14 @@ def lineage_rows(matching: Matching, prev_ids, sizes, prev_sizes, overlap=None,
     min_overlap : float, default 0.2
         Smallest ``overlap_previous`` for a previous cluster to count as a source/destination.
     centroid_dist : array_like, shape (k, m), optional
-        Distances in radius units of the previous cluster, as returned by
-        :func:`centroid_distances(C, prev_C, prev_radius) <centroid_distances>`. Used for the
-        decisions when ``overlap`` is None (``basis='centroids'``), and as the per-cluster
-        fallback when ``overlap`` is given but the cluster concerned has no joined row; also
-        fills ``distance`` of non-persist rows when given.
+        :func:`centroid_distances` (radius units). Used for the decisions when ``overlap`` is
+        None (``basis='centroids'``), and as the per-cluster fallback when ``overlap`` is given
+        but the cluster concerned has no joined row; also fills ``distance`` of non-persist rows.
     split_distance : float, default 2.0
         Without overlap, the largest centroid distance (radius units) for a source/destination.
     C, prev_C, prev_radius : array_like, optional (keyword only)
-        Instead of ``centroid_dist``: tonight's centroids ``(k, p)``, the previous centroids
-        ``(m, p)`` in tonight's model space and their radii ``(m,)``, from which
-        ``centroid_dist = centroid_distances(C, prev_C, prev_radius)`` is computed here. The
-        three go together, and exclude ``centroid_dist``.
+        Instead of ``centroid_dist`` (the three go together and exclude it): tonight's
+        centroids, the previous ones in tonight's model space and their radii.
 
     Returns
     -------
@@ -367,163 +581,21 @@ def lineage_rows(matching: Matching, prev_ids, sizes, prev_sizes, overlap=None,
     ValueError
         On inconsistent shapes, or when neither ``overlap`` nor ``centroid_dist`` is given while
         there is an unmatched cluster to explain and both runs have clusters.
-
-    Notes
-    -----
-    Definitions, for tonight's position ``i`` and previous position ``j`` (pairs are written
-    (tonight, previous) throughout):
-
-    * ``overlap_previous[i, j] = overlap[i, j] / sum_i' overlap[i', j]``: share of previous
-      cluster ``j``'s joinable rows that landed in tonight's cluster ``i``;
-    * ``overlap_current[i, j] = overlap[i, j] / sum_j' overlap[i, j']``: share of tonight's
-      cluster ``i``'s joinable rows that came from previous cluster ``j``.
-
-    Rules (exactly as implemented):
-
-    1. A matched pair ``(i, j)`` is ``persist``, with the matching distance and, when
-       ``overlap`` is given, both overlaps; ``basis='match'``.
-    2. An unmatched tonight's cluster ``i`` takes its *source* ``j``: with ids, the previous
-       cluster with the largest ``overlap_previous[i, j]`` among those with
-       ``overlap_previous[i, j] >= min_overlap`` (and ``> 0``); with centroids, the previous cluster with the
-       smallest ``centroid_dist[i, j]`` among those with ``centroid_dist[i, j] <=
-       split_distance``. If the source ``j`` is matched (necessarily to another of tonight's
-       clusters) the row is ``split`` with ``previous_cluster_id`` = ``j``'s id; otherwise it is
-       ``new``, with ``previous_cluster_id`` = ``j``'s id when a source exists (for
-       information) and ``None`` when none does.
-    3. An unmatched previous cluster ``j`` takes its *destination* ``i``: with ids, tonight's
-       cluster with the largest ``overlap_previous[i, j]`` among those with
-       ``overlap_previous[i, j] >= min_overlap`` (and ``> 0``); with centroids, tonight's cluster with the
-       smallest ``centroid_dist[i, j]`` among those with ``centroid_dist[i, j] <=
-       split_distance``. If the destination ``i`` is matched (necessarily to another previous
-       cluster) the row is ``merge`` with ``cluster_id`` = ``i``'s id; otherwise it is
-       ``retired``, with ``cluster_id`` = ``i``'s id when a destination exists and ``None``
-       when none does.
-    4. Basis of rules 2-3: the ids (``basis='ids'``) when ``overlap`` is given and the cluster
-       being explained has at least one joined row (tonight's ``i``: ``sum_j overlap[i, j] >
-       0``; previous ``j``: ``sum_i overlap[i, j] > 0``); otherwise the centroids
-       (``basis='centroids'``; with neither ``overlap`` nor ``centroid_dist`` this only happens
-       when the other run has no cluster, so no source/destination exists). When the ids are
-       the basis and no candidate reaches ``min_overlap``, there is no source/destination (no
-       fall back to the centroids).
-    5. Ties (equal overlap or distance) go to the lowest position.
-
-    ``distance`` is the matching distance for ``persist`` and ``centroid_dist`` of the pair
-    otherwise (``None`` without ``centroid_dist`` or without a pair); ``overlap_previous`` /
-    ``overlap_current`` are those of the pair when ``overlap`` is given (``None`` when undefined);
-    ``size`` / ``previous_size`` are the sizes of the clusters named by ``cluster_id`` /
-    ``previous_cluster_id``.
     """
     ids, prev_ids, sizes, prev_sizes = _checked_sides(matching, prev_ids, sizes, prev_sizes)
     k, m = ids.shape[0], prev_ids.shape[0]
     if not (0 <= min_overlap <= 1):
         raise ValueError(f"min_overlap is a share of the previous cluster's rows, in [0, 1]; "
                          f"got {min_overlap}")
-
-    ov = None
-    row = np.zeros(k)
-    col = np.zeros(m)
-    if overlap is not None:
-        ov = np.asarray(overlap, dtype=np.float64)
-        if ov.shape != (k, m):
-            raise ValueError(f"overlap must have shape (k, m) = ({k}, {m}) (rows: tonight's "
-                             f"positions, columns: previous positions), got {ov.shape}")
-        if not np.all(np.isfinite(ov)) or np.any(ov < 0):
-            raise ValueError("overlap must hold non-negative finite counts")
-        col = ov.sum(axis=0)  # joinable rows of each previous cluster
-        row = ov.sum(axis=1)  # joinable rows of each tonight's cluster
-    col_has, row_has = col > 0, row > 0
-    col_div = np.where(col_has, col, 1.0)
-    given = {"C": C is not None, "prev_C": prev_C is not None, "prev_radius": prev_radius is not None}
-    if any(given.values()):
-        if not all(given.values()):
-            missing = ", ".join(name for name, g in given.items() if not g)
-            raise ValueError(f"lineage_rows: C, prev_C and prev_radius go together, but {missing} "
-                             "is None: pass tonight's centroids, the previous centroids and radii, "
-                             "or centroid_dist=centroid_distances(C, prev_C, prev_radius)")
-        if centroid_dist is not None:
-            raise ValueError("lineage_rows: pass either centroid_dist or C/prev_C/prev_radius, "
-                             "not both")
-        centroid_dist = centroid_distances(C, prev_C, prev_radius)
-    cd = None
-    if centroid_dist is not None:
-        cd = np.asarray(centroid_dist, dtype=np.float64)
-        if cd.shape != (k, m):
-            raise ValueError(f"centroid_dist must have shape (k, m) = ({k}, {m}), got {cd.shape}: "
-                             "use centroid_distances(C, prev_C, prev_radius)")
-        if np.any(np.isnan(cd)) or np.any(cd < 0):
-            raise ValueError("centroid_dist must hold non-negative distances (no NaN)")
-
-    matched = matching.prev_index >= 0
-    prev_matched = np.zeros(m, dtype=bool)
-    prev_matched[matching.prev_index[matched]] = True
-    cur_of_prev = np.full(m, -1, dtype=np.int64)
-    cur_of_prev[matching.prev_index[matched]] = np.flatnonzero(matched)
-    if k and m and overlap is None and cd is None and (
-            (~matched).any() or (~prev_matched).any()):
+    ov = _checked_overlap(overlap, k, m)
+    cd = _lineage_distances(centroid_dist, C, prev_C, prev_radius, k, m)
+    view = _LineageInputs(matching, ids, prev_ids, sizes, prev_sizes, ov, cd, min_overlap, split_distance)
+    if k and m and ov is None and cd is None and (
+            (~view.matched).any() or (~view.prev_matched).any()):
         raise ValueError("lineage_rows needs overlap= (counts of joined ids, when the ids are "
                          "joinable) or centroid_dist= centroid_distances(C, prev_C, prev_radius) "
                          "to explain the unmatched clusters")
-
-    def pair_row(i: Optional[int], j: Optional[int], event: str, basis: str,
-                 distance: Optional[float] = None) -> dict:
-        have_pair = i is not None and j is not None
-        if distance is None and have_pair and cd is not None:
-            distance = cd[i, j]
-        return {
-            "cluster_id": None if i is None else int(ids[i]),
-            "previous_cluster_id": None if j is None else int(prev_ids[j]),
-            "event": event,
-            "distance": _opt_float(distance),
-            "overlap_previous": (float(ov[i, j] / col[j]) if have_pair and ov is not None
-                                 and col_has[j] else None),
-            "overlap_current": (float(ov[i, j] / row[i]) if have_pair and ov is not None
-                                and row_has[i] else None),
-            "size": None if i is None else int(round(sizes[i])),
-            "previous_size": None if j is None else int(round(prev_sizes[j])),
-            "basis": basis,
-        }
-
-    def best(scores_ok: np.ndarray, scores: np.ndarray, larger: bool) -> Optional[int]:
-        if not scores_ok.any():
-            return None
-        s = np.where(scores_ok, scores, -np.inf if larger else np.inf)
-        return int(np.argmax(s) if larger else np.argmin(s))
-
-    current: list[dict] = []
-    previous: list[dict] = []
-    for i in range(k):
-        j = int(matching.prev_index[i])
-        if j >= 0:
-            current.append(pair_row(i, j, "persist", "match", matching.distance[i]))
-            continue
-        src: Optional[int] = None
-        if ov is not None and row_has[i]:
-            basis = "ids"
-            v = ov[i] / col_div  # overlap_previous[i, :], 0 where a previous cluster has no row
-            src = best((v >= min_overlap) & (v > 0), v, larger=True)
-        else:
-            basis = "centroids"
-            if cd is not None and m:
-                src = best(cd[i] <= split_distance, cd[i], larger=False)
-        event = "split" if src is not None and prev_matched[src] else "new"
-        current.append(pair_row(i, src, event, basis))
-    for j in range(m):
-        if prev_matched[j]:
-            continue
-        dst: Optional[int] = None
-        if ov is not None and col_has[j]:
-            basis = "ids"
-            v = ov[:, j] / col[j]  # overlap_previous[:, j]
-            dst = best((v >= min_overlap) & (v > 0), v, larger=True)
-        else:
-            basis = "centroids"
-            if cd is not None and k:
-                dst = best(cd[:, j] <= split_distance, cd[:, j], larger=False)
-        event = "merge" if dst is not None and matched[dst] else "retired"
-        previous.append(pair_row(dst, j, event, basis))
-    current.sort(key=lambda r: r["cluster_id"])
-    previous.sort(key=lambda r: r["previous_cluster_id"])
-    return current + previous
+    return view.current_rows() + view.previous_rows()
 
 
 # --------------------------------------------------------------------------------------------
@@ -588,36 +660,39 @@ def drift_metrics(matching: Matching, sizes, prev_sizes, prev_ids, overlap=None,
     Returns
     -------
     list of Metric
-        ``scope='drift'``, ``algorithm='kmeans'``, ``k`` = tonight's k:
-
-        * per matched cluster (``cluster_id`` = stable id, ``sample_size`` = tonight's size):
-          ``centroid_shift`` (radius units of the previous cluster) and ``size_change``
-          (``(size - prev_size) / prev_size``, skipped when ``prev_size == 0``);
-        * run level (no ``cluster_id``): ``centroid_shift_max`` and ``centroid_shift_mean``
-          (weighted by tonight's sizes; unweighted if those are all 0), ``sample_size`` = rows
-          of the matched clusters tonight, both skipped when nothing matched; ``psi`` of the
-          shares by stable id over the union of both nights' ids (a new id has previous share
-          0, a retired one share 0 tonight; skipped when a night has no row);
-          ``matched_clusters``, ``new_clusters``, ``retired_clusters``; with ``overlap``:
-          ``joined_rows`` (sum of ``overlap``) and ``changed_share`` (share of the joined ids
-          whose stable cluster id differs: an id in previous ``j`` and tonight's ``i`` is
-          unchanged iff ``ids[i] == prev_ids[j]``; ``sample_size`` = joined rows, skipped when
-          there is none); with both quality mappings: ``<name>_change`` = tonight - previous for
-          each of ``silhouette``, ``davies_bouldin``, ``calinski_harabasz`` present and not None
-          in both. Unless stated, ``sample_size`` is tonight's total rows.
+        Per matched cluster, then run level: the list and definitions are in the module doc
+        ("Drift metrics"), in the order they are returned.
     """
     ids, prev_ids, sizes, prev_sizes = _checked_sides(matching, prev_ids, sizes, prev_sizes)
-    kk, m = ids.shape[0], prev_ids.shape[0]
-    k_col = kk if k is None else int(k)
+    metric = _DriftMetric(ids.shape[0] if k is None else int(k))
     n_tonight = int(round(sizes.sum()))
+    out = _shift_metrics(metric, matching, ids, sizes, prev_sizes)
+    out += _share_metrics(metric, matching, ids, prev_ids, sizes, prev_sizes, n_tonight)
+    if overlap is not None:
+        out += _overlap_metrics(metric, overlap, ids, prev_ids)
+    if quality is not None and prev_quality is not None:
+        out += _quality_changes(metric, quality, prev_quality, n_tonight)
+    return out
 
-    def metric(name: str, value: float, n: int, cluster_id: Optional[int] = None) -> Metric:
+
+@dataclass
+class _DriftMetric:
+    """Builds one ``scope='drift'`` row of the metrics table with the run's ``k``."""
+
+    k: int
+
+    def __call__(self, name: str, value: float, n: int, cluster_id: Optional[int] = None) -> Metric:
         kw = dict(scope="drift", metric=name, value=float(value), sample_size=int(n),
-                  algorithm="kmeans", k=k_col)
+                  algorithm="kmeans", k=self.k)
         if cluster_id is not None:
             kw["cluster_id"] = int(cluster_id)
         return Metric(**kw)
 
+
+def _shift_metrics(metric: _DriftMetric, matching: Matching, ids: np.ndarray, sizes: np.ndarray,
+                   prev_sizes: np.ndarray) -> list[Metric]:
+    """Per matched cluster ``centroid_shift`` and ``size_change``, then the run's max and
+    size-weighted mean shift (nothing run-level when no cluster matched)."""
     out: list[Metric] = []
     matched = np.flatnonzero(matching.prev_index >= 0)
     pj = matching.prev_index[matched]
@@ -633,7 +708,14 @@ def drift_metrics(matching: Matching, sizes, prev_sizes, prev_ids, overlap=None,
         mean = float(np.average(shift, weights=w)) if w.sum() > 0 else float(shift.mean())
         out.append(metric("centroid_shift_max", shift.max(), n_matched_rows))
         out.append(metric("centroid_shift_mean", mean, n_matched_rows))
+    return out
 
+
+def _share_metrics(metric: _DriftMetric, matching: Matching, ids: np.ndarray, prev_ids: np.ndarray,
+                   sizes: np.ndarray, prev_sizes: np.ndarray, n_tonight: int) -> list[Metric]:
+    """``psi`` of the shares by stable id (when both nights have rows) and the counts of matched,
+    new and retired clusters."""
+    out: list[Metric] = []
     if sizes.sum() > 0 and prev_sizes.sum() > 0:
         union = np.union1d(ids, prev_ids)
         q = np.zeros(union.size)
@@ -641,36 +723,47 @@ def drift_metrics(matching: Matching, sizes, prev_sizes, prev_ids, overlap=None,
         q[np.searchsorted(union, ids)] = sizes
         p[np.searchsorted(union, prev_ids)] = prev_sizes
         out.append(metric("psi", psi(p, q), n_tonight))
-    out.append(metric("matched_clusters", matched.size, n_tonight))
-    out.append(metric("new_clusters", kk - matched.size, n_tonight))
+    n_matched = int(np.count_nonzero(matching.prev_index >= 0))
+    out.append(metric("matched_clusters", n_matched, n_tonight))
+    out.append(metric("new_clusters", ids.shape[0] - n_matched, n_tonight))
     out.append(metric("retired_clusters", matching.retired.size, n_tonight))
+    return out
 
-    if overlap is not None:
-        ov = np.asarray(overlap, dtype=np.float64)
-        if ov.shape != (kk, m):
-            raise ValueError(f"overlap must have shape (k, m) = ({kk}, {m}), got {ov.shape}")
-        if not np.all(np.isfinite(ov)) or np.any(ov < 0):
-            raise ValueError("overlap must hold non-negative finite counts")
-        joined = float(ov.sum())
-        n_joined = int(round(joined))
-        if joined > 0:
-            unchanged = 0.0
-            if m:
-                # the previous position holding each tonight's stable id, if any (ids are distinct)
-                order = np.argsort(prev_ids)
-                sorted_ids = prev_ids[order]
-                pos = np.minimum(np.searchsorted(sorted_ids, ids), m - 1)
-                same = sorted_ids[pos] == ids
-                unchanged = float(ov[np.flatnonzero(same), order[pos][same]].sum())
-            out.append(metric("changed_share", 1.0 - unchanged / joined, n_joined))
-        out.append(metric("joined_rows", joined, n_joined))
 
-    if quality is not None and prev_quality is not None:
-        for name in QUALITY_CHANGES:
-            a, b = quality.get(name), prev_quality.get(name)
-            if a is None or b is None or not np.isfinite(a) or not np.isfinite(b):
-                continue
-            out.append(metric(f"{name}_change", float(a) - float(b), n_tonight))
+def _overlap_metrics(metric: _DriftMetric, overlap, ids: np.ndarray, prev_ids: np.ndarray) -> list[Metric]:
+    """``changed_share`` (when some ids joined) and ``joined_rows`` from the joined-id counts."""
+    k, m = ids.shape[0], prev_ids.shape[0]
+    ov = np.asarray(overlap, dtype=np.float64)
+    if ov.shape != (k, m):
+        raise ValueError(f"overlap must have shape (k, m) = ({k}, {m}), got {ov.shape}")
+    if not np.all(np.isfinite(ov)) or np.any(ov < 0):
+        raise ValueError("overlap must hold non-negative finite counts")
+    joined = float(ov.sum())
+    n_joined = int(round(joined))
+    out: list[Metric] = []
+    if joined > 0:
+        unchanged = 0.0
+        if m:
+            # the previous position holding each tonight's stable id, if any (ids are distinct)
+            order = np.argsort(prev_ids)
+            sorted_ids = prev_ids[order]
+            pos = np.minimum(np.searchsorted(sorted_ids, ids), m - 1)
+            same = sorted_ids[pos] == ids
+            unchanged = float(ov[np.flatnonzero(same), order[pos][same]].sum())
+        out.append(metric("changed_share", 1.0 - unchanged / joined, n_joined))
+    out.append(metric("joined_rows", joined, n_joined))
+    return out
+
+
+def _quality_changes(metric: _DriftMetric, quality: Mapping[str, Optional[float]],
+                     prev_quality: Mapping[str, Optional[float]], n_tonight: int) -> list[Metric]:
+    """``<name>_change`` = tonight - previous for every :data:`QUALITY_CHANGES` score both runs have."""
+    out: list[Metric] = []
+    for name in QUALITY_CHANGES:
+        a, b = quality.get(name), prev_quality.get(name)
+        if a is None or b is None or not np.isfinite(a) or not np.isfinite(b):
+            continue
+        out.append(metric(f"{name}_change", float(a) - float(b), n_tonight))
     return out
 
 

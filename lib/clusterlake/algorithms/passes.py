@@ -1,52 +1,94 @@
 """Distributed passes over the validated input: Spark plumbing around ``kernels/``.
 
 Each public function runs on the driver and builds a function that runs on executors inside
-``mapInArrow``: it turns Arrow batches into a float64 numpy block (n, d), applies the fitted
-:class:`~clusterlake.prep.transform.Preprocessor` and a kernel, and returns either rows (the
-assignments) or one small row of partial statistics per partition (k x p numbers). Closures capture
-plain numpy arrays and strings only; only per-cluster statistics reach the driver, never rows
-(except the explicitly sized samples).
+``mapInArrow``. :func:`map_model_space` is the one place that turns Arrow batches into float64
+numpy blocks and applies the fitted :class:`~clusterlake.prep.transform.Preprocessor`, rebuilt on
+the executor from its arrays; each pass then applies a kernel (for the assignment: the one
+assignment rule, :mod:`clusterlake.kernels.assignment`) and returns either rows (the assignments)
+or one small row of partial statistics per partition (k x p numbers). Closures capture plain
+numpy arrays and strings only; only per-cluster statistics reach the driver, never rows (except
+the explicitly sized samples).
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
 
+from clusterlake.algorithms.cluster_stats import STATS_DDL, ClusterStats, PartitionStats
+from clusterlake.io.batches import arrow_input, feature_block
 from clusterlake.io.columns import col, quoted
+from clusterlake.io.contract import assignments as contract
+from clusterlake.kernels.assignment import AssignmentRule
 from clusterlake.prep.transform import Moments, Preprocessor
 
 log = logging.getLogger(__name__)
 
+__all__ = ["ClusterStats", "ModelBlock", "assign_rows", "cluster_stats", "input_moments",
+           "map_model_space", "mean_distance_to_means", "member_fractions", "member_rows", "model_space",
+           "radius_quantiles", "sample_rows", "write_members"]
 
-def arrow_input(df, names: list[str], *extra):
-    """``df`` reduced to the user's columns ``names`` under positional names (``_0, _1, ...``)
-    and the column expressions ``extra``, ready for ``mapInArrow``; returns (that DataFrame,
-    {name: positional name}).
 
-    PySpark's ``mapInArrow``/``mapInPandas`` pass every input column as ``df[name]``, which Spark
-    parses: a column named ``spend.monthly`` is read as a struct field and a backtick is a syntax
-    error, even when the DataFrame was built with quoted names. The executors' functions read the
-    positional names; the output schema keeps the original names (``quoted`` in the DDL).
+# ----------------------------------------------------------------------------------------------
+# the executor side of every model-space pass
+
+
+@dataclass
+class ModelBlock:
+    """One Arrow batch on an executor: the batch (positional column names), its features in input
+    units ``X`` (n, d) and in the model space ``Z`` (n, p)."""
+
+    batch: pa.RecordBatch
+    X: np.ndarray
+    Z: np.ndarray
+    names: dict  # the user's column name -> its positional name in ``batch``
+
+    @property
+    def n(self) -> int:
+        return self.batch.num_rows
+
+    def column(self, name: str) -> pa.Array:
+        """The user's column ``name`` of this batch."""
+        return self.batch.column(self.names[name])
+
+    def extra(self, alias: str) -> pa.Array:
+        """An extra expression's column, by its alias (never shadowed by a user column's name)."""
+        return self.batch.column(alias)
+
+
+def map_model_space(df, prep: Preprocessor, part: Callable[[Iterator[ModelBlock]], Iterator[pa.RecordBatch]],
+                    ddl: str, columns: Sequence[str] = (), extra: Sequence = (), where=None):
+    """``df.mapInArrow`` of ``part`` over the rows in the model space.
+
+    ``part(blocks)`` runs once per partition on an executor and receives a :class:`ModelBlock`
+    per Arrow batch (empty batches included): the features of ``prep`` transformed by a
+    Preprocessor rebuilt there from ``prep``'s arrays, plus the user's ``columns`` (read with
+    :meth:`ModelBlock.column`) and the ``extra`` column expressions (:meth:`ModelBlock.extra`).
+    ``where``: a filter on those extra columns, applied by Spark before any Python runs. ``ddl``:
+    the output schema.
     """
-    pos: dict[str, str] = {}
-    for name in names:
-        if name not in pos:
-            pos[name] = f"_{len(pos)}"
-    return df.select(*[col(n).alias(a) for n, a in pos.items()], *extra), pos
+    feats = list(prep.feature_names)
+    center, scale, comps, norm = prep.center, prep.scale, prep.components, prep.normalize
+    src, pos = arrow_input(df, feats + [c for c in columns if c], *extra)
+    if where is not None:
+        src = src.where(where)
+    names = [pos[c] for c in feats]
 
+    def run(batches):
+        local = Preprocessor(feats, center, scale, comps, normalize=norm)
 
-def _block(batch, names: list[str]) -> np.ndarray:
-    """Stack the named numeric columns of an Arrow batch into an (n, d) float64 array."""
-    n = batch.num_rows
-    out = np.empty((n, len(names)), dtype=np.float64)
-    for j, name in enumerate(names):
-        out[:, j] = batch.column(name).to_numpy(zero_copy_only=False)
-    return out
+        def blocks():
+            for b in batches:
+                X = feature_block(b, names)
+                yield ModelBlock(b, X, local.transform(X), pos)
+
+        yield from part(blocks())
+
+    return src.mapInArrow(run, ddl)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -66,7 +108,7 @@ def input_moments(df, features: list[str]) -> Moments:
         acc = Moments(0, np.zeros(d), np.zeros((d, d)))
         for b in batches:
             if b.num_rows:
-                acc = acc.merge(Moments.of(_block(b, names)))
+                acc = acc.merge(Moments.of(feature_block(b, names)))
         yield pa.RecordBatch.from_pydict(
             {"n": [acc.n], "mean": [acc.mean.tolist()], "m2": [acc.m2.ravel().tolist()]},
             schema=pa.schema([("n", pa.int64()), ("mean", pa.list_(pa.float64())), ("m2", pa.list_(pa.float64()))]),
@@ -85,24 +127,18 @@ def input_moments(df, features: list[str]) -> Moments:
 
 def model_space(df, prep: Preprocessor, weight_col: Optional[str] = None):
     """DataFrame of model-space vectors ``z: array<double>`` (and the weight column, if any)."""
-    feats = list(prep.feature_names)
-    center, scale, comps, norm = prep.center, prep.scale, prep.components, prep.normalize
     p = prep.n_components
-    src, pos = arrow_input(df, feats + ([weight_col] if weight_col else []))
-    names, wname = [pos[c] for c in feats], pos.get(weight_col) if weight_col else None
 
-    def part(batches):
-        local = Preprocessor(feats, center, scale, comps, normalize=norm)
-        for b in batches:
-            Z = local.transform(_block(b, names))
-            arr = pa.FixedSizeListArray.from_arrays(pa.array(Z.ravel()), p).cast(pa.list_(pa.float64()))
+    def part(blocks):
+        for blk in blocks:
+            arr = pa.FixedSizeListArray.from_arrays(pa.array(blk.Z.ravel()), p).cast(pa.list_(pa.float64()))
             cols = {"z": arr}
-            if wname:
-                cols[weight_col] = b.column(wname)
+            if weight_col:
+                cols[weight_col] = blk.column(weight_col)
             yield pa.RecordBatch.from_pydict(cols)
 
     schema = "z array<double>" + (f", {quoted(weight_col)} double" if weight_col else "")
-    return src.mapInArrow(part, schema)
+    return map_model_space(df, prep, part, schema, [weight_col])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -111,202 +147,81 @@ def model_space(df, prep: Preprocessor, weight_col: Optional[str] = None):
 
 def assign_rows(df, prep: Preprocessor, centroids: np.ndarray, cluster_ids: np.ndarray, id_col: str,
                 density=None, hierarchy=None, passthrough: Optional[str] = None):
-    """Assign every row: ``id, cluster_id, distance, second_cluster_id, margin``, then the columns
-    of the sample passes (``density_label, is_outlier, density_distance, hierarchy``; null when
-    ``density`` / ``hierarchy`` is None: see :mod:`clusterlake.algorithms.extend`).
+    """Assign every row: the ``assignments`` table's row (:mod:`clusterlake.io.contract.assignments`:
+    ``id, cluster_id, distance, second_cluster_id, margin, density_label, is_outlier,
+    density_distance, hierarchy``) by the one assignment rule
+    (:class:`~clusterlake.kernels.assignment.AssignmentRule`; the pass columns are null when
+    ``density`` / ``hierarchy`` is None, second/margin null when k == 1).
 
-    ``distance`` is the Euclidean distance in the model space to the nearest centroid; ``margin``
-    is the distance to the second nearest minus that (null when k == 1). ``passthrough``: one
-    input column carried along as ``__passthrough`` (the label column, for agreement metrics).
-    The pass models are broadcast once. Rows are streamed, never collected.
+    ``passthrough``: one input column carried along as ``__passthrough`` (the label column, for
+    agreement metrics). The pass models are broadcast once. Rows are streamed, never collected.
     """
-    from clusterlake.algorithms.extend import PASS_DDL, pass_columns
-    from clusterlake.kernels.distance import assign
-
-    feats = list(prep.feature_names)
-    center, scale, comps, norm = prep.center, prep.scale, prep.components, prep.normalize
     C = np.ascontiguousarray(centroids, dtype=np.float64)
     ids = np.asarray(cluster_ids, dtype=np.int32)
-    k = C.shape[0]
     models = (density, hierarchy)
     bc = df.sparkSession.sparkContext.broadcast(models) if any(m is not None for m in models) else None
-    src, pos = arrow_input(df, [id_col, *feats] + ([passthrough] if passthrough else []))
-    names, id_name = [pos[c] for c in feats], pos[id_col]
-    pt_name = pos[passthrough] if passthrough else None
 
-    def part(batches):
-        local = Preprocessor(feats, center, scale, comps, normalize=norm)
+    def part(blocks):
         dens, hier = bc.value if bc is not None else (None, None)
-        for b in batches:
-            Z = local.transform(_block(b, names))
-            lab, dist, sec, sdist = assign(Z, C)
-            has2 = k > 1
-            cols = {
-                id_col: b.column(id_name),
-                "cluster_id": pa.array(ids[lab], pa.int32()),
-                "distance": pa.array(dist, pa.float64()),
-                "second_cluster_id": pa.array(ids[sec] if has2 else np.zeros(len(lab), np.int32),
-                                              pa.int32(), mask=None if has2 else np.ones(len(lab), bool)),
-                "margin": pa.array(sdist - dist if has2 else np.zeros(len(lab)), pa.float64(),
-                                   mask=None if has2 else np.ones(len(lab), bool)),
-            }
-            cols.update(pass_columns(Z, dens, hier))
-            if pt_name:
-                cols["__passthrough"] = b.column(pt_name)
+        rule = AssignmentRule(C, ids, dens, hier)
+        for blk in blocks:
+            cols = {id_col: blk.column(id_col), **contract.arrow_columns(rule(blk.Z))}
+            if passthrough:
+                cols["__passthrough"] = blk.column(passthrough)
             yield pa.RecordBatch.from_pydict(cols)
 
     # the id column keeps its name and type
-    id_type = df.schema[id_col].dataType.simpleString()
-    schema = (f"{quoted(id_col)} {id_type}, cluster_id int, distance double, second_cluster_id int, "
-              "margin double, " + PASS_DDL)
+    schema = contract.ddl(id_col, df.schema[id_col].dataType.simpleString())
     if passthrough:
         schema += f", __passthrough {df.schema[passthrough].dataType.simpleString()}"
-    return src.mapInArrow(part, schema)
+    return map_model_space(df, prep, part, schema, [id_col, passthrough])
 
 
 # ----------------------------------------------------------------------------------------------
 # per-cluster statistics for metrics and the centroids table
 
 
-@dataclass
-class ClusterStats:
-    """Exact per-cluster statistics over all rows (index = position in ``centroids``)."""
-
-    counts: np.ndarray  # (k,)
-    sum_z: np.ndarray  # (k, p)
-    sum_x: np.ndarray  # (k, d) original units
-    sum_sq_dx: np.ndarray  # (k, d) sum of (x - x_center)^2, original units (profiles' std)
-    sum_dist: np.ndarray  # (k,) to the fitted centroid
-    sum_sq_dist: np.ndarray  # (k,)
-    max_dist: np.ndarray  # (k,)
-    contingency: Optional[dict] = None  # {(label, cluster_index): count}
-
-    @property
-    def n(self) -> int:
-        return int(self.counts.sum())
-
-    @property
-    def means_z(self) -> np.ndarray:
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return self.sum_z / self.counts[:, None]
-
-    @property
-    def means_x(self) -> np.ndarray:
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return self.sum_x / self.counts[:, None]
-
-
 def cluster_stats(df, prep: Preprocessor, centroids: np.ndarray, label_col: Optional[str] = None,
                   x_center: Optional[np.ndarray] = None) -> ClusterStats:
     """One pass: assign each row and accumulate per-cluster count, sums (model space and original
     units), sums of squares about ``x_center`` (original units; default: zero), distance
-    sums/max, and the (label, cluster) contingency when a label column is given.
+    sums/max, and the (label, cluster) contingency when a label column is given
+    (:class:`~clusterlake.algorithms.cluster_stats.PartitionStats`).
 
     Collected: one row of O(k (p + d)) numbers (plus the contingency pairs) per partition.
     """
-    from clusterlake.kernels.distance import assign
-    from clusterlake.kernels.stats import cluster_moments, cluster_sums
-
-    feats = list(prep.feature_names)
-    center, scale, comps, norm = prep.center, prep.scale, prep.components, prep.normalize
     C = np.ascontiguousarray(centroids, dtype=np.float64)
-    k, p, d = C.shape[0], C.shape[1], len(feats)
+    k, p, d = C.shape[0], C.shape[1], len(prep.feature_names)
     xc = np.zeros(d) if x_center is None else np.asarray(x_center, dtype=np.float64)
-    src, pos = arrow_input(df, feats + ([label_col] if label_col else []))
-    names, label_name = [pos[c] for c in feats], pos[label_col] if label_col else None
 
-    def part(batches):
-        local = Preprocessor(feats, center, scale, comps, normalize=norm)
-        cnt = np.zeros(k)
-        sz = np.zeros((k, p))
-        sx = np.zeros((k, d))
-        sq = np.zeros((k, d))
-        sd = np.zeros(k)
-        ssd = np.zeros(k)
-        mx = np.zeros(k)
-        cont: dict = {}
-        for b in batches:
-            if not b.num_rows:
-                continue
-            X = _block(b, names)
-            Z = local.transform(X)
-            lab, _, _, _ = assign(Z, C)
-            c1, s1 = cluster_sums(Z, lab, k)
-            _, s2 = cluster_sums(X, lab, k)
-            dx = X - xc
-            _, s3 = cluster_sums(dx * dx, lab, k)
-            mom = cluster_moments(Z, lab, C, k)
-            cnt += c1
-            sz += s1
-            sx += s2
-            sq += s3
-            sd += mom["sum_dist"]
-            ssd += mom["sum_sq_dist"]
-            mx = np.maximum(mx, mom["max_dist"])
-            if label_name is not None:
-                labels = b.column(label_name).cast(pa.string()).to_numpy(zero_copy_only=False)
-                labels = np.where(labels == None, "<null>", labels).astype(str)  # noqa: E711
-                pairs, counts = np.unique(np.rec.fromarrays([labels, lab]), return_counts=True)
-                for (lv, ci), c in zip(pairs.tolist(), counts.tolist()):
-                    cont[(lv, int(ci))] = cont.get((lv, int(ci)), 0) + int(c)
-        keys = list(cont)
-        yield pa.RecordBatch.from_pydict({
-            "cnt": [cnt.tolist()], "sz": [sz.ravel().tolist()], "sx": [sx.ravel().tolist()], "sq": [sq.ravel().tolist()],
-            "sd": [sd.tolist()], "ssd": [ssd.tolist()], "mx": [mx.tolist()],
-            "cl": [[kk[0] for kk in keys]], "ci": [[kk[1] for kk in keys]], "cc": [[cont[kk] for kk in keys]],
-        }, schema=_STATS_SCHEMA)
+    def part(blocks):
+        rule, acc = AssignmentRule(C), PartitionStats(C, d, xc)
+        for blk in blocks:
+            if blk.n:
+                acc.add(blk.X, blk.Z, rule(blk.Z).index, blk.column(label_col) if label_col else None)
+        yield acc.batch()
 
-    rows = src.mapInArrow(part, _STATS_DDL).collect()
-    out = ClusterStats(np.zeros(k), np.zeros((k, p)), np.zeros((k, d)), np.zeros((k, d)), np.zeros(k), np.zeros(k),
-                       np.zeros(k), {} if label_col else None)
-    for r in rows:
-        out.counts += np.asarray(r["cnt"])
-        out.sum_z += np.asarray(r["sz"]).reshape(k, p)
-        out.sum_x += np.asarray(r["sx"]).reshape(k, d)
-        out.sum_sq_dx += np.asarray(r["sq"]).reshape(k, d)
-        out.sum_dist += np.asarray(r["sd"])
-        out.sum_sq_dist += np.asarray(r["ssd"])
-        out.max_dist = np.maximum(out.max_dist, np.asarray(r["mx"]))
-        if label_col:
-            for lv, ci, cc in zip(r["cl"], r["ci"], r["cc"]):
-                out.contingency[(lv, ci)] = out.contingency.get((lv, ci), 0) + cc
-    return out
-
-
-_STATS_DDL = ("cnt array<double>, sz array<double>, sx array<double>, sq array<double>, sd array<double>, "
-              "ssd array<double>, mx array<double>, cl array<string>, ci array<long>, cc array<long>")
-_F64S = pa.list_(pa.float64())
-_STATS_SCHEMA = pa.schema([("cnt", _F64S), ("sz", _F64S), ("sx", _F64S), ("sq", _F64S), ("sd", _F64S), ("ssd", _F64S),
-                           ("mx", _F64S), ("cl", pa.list_(pa.string())), ("ci", pa.list_(pa.int64())),
-                           ("cc", pa.list_(pa.int64()))])
+    rows = map_model_space(df, prep, part, STATS_DDL, [label_col]).collect()
+    return ClusterStats.merge(rows, k, p, d, label_col is not None)
 
 
 def mean_distance_to_means(df, prep: Preprocessor, centroids: np.ndarray, means: np.ndarray) -> np.ndarray:
     """One pass: for each cluster (by nearest ``centroids``), the sum of Euclidean distances of its
     rows to the cluster *mean* ``means`` (what Davies-Bouldin needs). Returns (k,) sums."""
-    from clusterlake.kernels.distance import assign
-
-    feats = list(prep.feature_names)
-    center, scale, comps, norm = prep.center, prep.scale, prep.components, prep.normalize
     C = np.ascontiguousarray(centroids, dtype=np.float64)
     M = np.nan_to_num(np.asarray(means, dtype=np.float64))
     k = C.shape[0]
-    src, pos = arrow_input(df, feats)
-    names = [pos[c] for c in feats]
 
-    def part(batches):
-        local = Preprocessor(feats, center, scale, comps, normalize=norm)
-        acc = np.zeros(k)
-        for b in batches:
-            if not b.num_rows:
-                continue
-            Z = local.transform(_block(b, names))
-            lab, _, _, _ = assign(Z, C)
-            dist = np.sqrt(((Z - M[lab]) ** 2).sum(axis=1))
-            acc += np.bincount(lab, weights=dist, minlength=k)
+    def part(blocks):
+        rule, acc = AssignmentRule(C), np.zeros(k)
+        for blk in blocks:
+            if blk.n:
+                lab = rule(blk.Z).index
+                dist = np.sqrt(((blk.Z - M[lab]) ** 2).sum(axis=1))
+                acc += np.bincount(lab, weights=dist, minlength=k)
         yield pa.RecordBatch.from_pydict({"s": [acc.tolist()]})
 
-    rows = src.mapInArrow(part, "s array<double>").collect()
+    rows = map_model_space(df, prep, part, "s array<double>").collect()
     return np.sum([np.asarray(r["s"]) for r in rows], axis=0) if rows else np.zeros(k)
 
 
@@ -380,10 +295,6 @@ def member_rows(df, prep: Preprocessor, centroids: np.ndarray, cluster_ids: np.n
     """
     from pyspark.sql import functions as F
 
-    from clusterlake.kernels.distance import assign
-
-    feats = list(prep.feature_names)
-    center, scale, comps, norm = prep.center, prep.scale, prep.components, prep.normalize
     C = np.ascontiguousarray(centroids, dtype=np.float64)
     ids = np.asarray(cluster_ids, dtype=np.int32)
     frac = np.asarray(fractions, dtype=np.float64)
@@ -391,33 +302,29 @@ def member_rows(df, prep: Preprocessor, centroids: np.ndarray, cluster_ids: np.n
     # 53 random bits of a 64-bit hash -> [0, 1)
     u = (F.xxhash64(F.lit(int(seed)), col(id_col)).bitwiseAND(F.lit((1 << 53) - 1)).cast("double")
          / float(1 << 53))
-    src, pos = arrow_input(df, [id_col, *feats], u.alias("__u"))
-    names, id_name = [pos[c] for c in feats], pos[id_col]
     fmax = float(frac.max()) if len(frac) else 0.0
-    if fmax < 1.0:
-        src = src.where(F.col("__u") < F.lit(fmax))
 
-    def part(batches):
-        local = Preprocessor(feats, center, scale, comps, normalize=norm)
-        for b in batches:
-            if not b.num_rows:
+    def part(blocks):
+        rule = AssignmentRule(C, ids)
+        for blk in blocks:
+            if not blk.n:
                 continue
-            Z = local.transform(_block(b, names))
-            lab, dist, _, _ = assign(Z, C)
-            keep = b.column("__u").to_numpy(zero_copy_only=False) < frac[lab]
+            a = rule(blk.Z)
+            keep = blk.extra("__u").to_numpy(zero_copy_only=False) < frac[a.index]
             if not keep.any():
                 continue
             idx = np.flatnonzero(keep)
-            zk = np.ascontiguousarray(Z[idx], dtype=np.float32)
+            zk = np.ascontiguousarray(blk.Z[idx], dtype=np.float32)
             yield pa.RecordBatch.from_pydict({
-                "id": b.column(id_name).take(pa.array(idx)),
-                "cluster_id": pa.array(ids[lab[idx]], pa.int32()),
-                "distance": pa.array(dist[idx], pa.float64()),
+                "id": blk.column(id_col).take(pa.array(idx)),
+                "cluster_id": pa.array(a.cluster_id[idx], pa.int32()),
+                "distance": pa.array(a.distance[idx], pa.float64()),
                 "z": pa.FixedSizeListArray.from_arrays(pa.array(zk.ravel()), p).cast(pa.list_(pa.float32())),
             })
 
     id_type = df.schema[id_col].dataType.simpleString()
-    return src.mapInArrow(part, f"id {id_type}, cluster_id int, distance double, z array<float>")
+    return map_model_space(df, prep, part, f"id {id_type}, cluster_id int, distance double, z array<float>",
+                           [id_col], [u.alias("__u")], F.col("__u") < F.lit(fmax) if fmax < 1.0 else None)
 
 
 def write_members(df, prep: Preprocessor, centroids: np.ndarray, cluster_ids: np.ndarray, id_col: str,

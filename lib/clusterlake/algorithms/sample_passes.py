@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -21,10 +20,14 @@ from typing import Optional
 
 import numpy as np
 
+from clusterlake.io.contract.metrics import Metric
 from clusterlake.kernels import density as Dk
 from clusterlake.kernels import hierarchy as Hk
-from clusterlake.kernels.metrics import adjusted_rand_from_contingency, normalized_mutual_info_from_contingency
-from clusterlake.quality.metrics import Metric, sample_silhouette
+from clusterlake.kernels.metrics import (
+    adjusted_rand_from_contingency,
+    normalized_mutual_info_from_contingency,
+    silhouette,
+)
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +43,12 @@ class PassFit:
 def _silhouette(Z: np.ndarray, labels: np.ndarray, size: int, algorithm: str, k: int) -> Optional[Metric]:
     """The job's sampled silhouette on the pass's non-noise rows (first ``size`` of them)."""
     keep = labels >= 0
-    m = sample_silhouette(Z[keep][:size], labels[keep][:size], seed=0)
-    return None if m is None else dataclasses.replace(m, algorithm=algorithm, k=k)
+    lab = labels[keep][:size]
+    value = silhouette(Z[keep][:size], lab)
+    if value is None:
+        log.warning("silhouette undefined on a sample of %d rows with %d clusters", len(lab), len(np.unique(lab)))
+        return None
+    return Metric("sample", "silhouette", value, int(len(lab)), algorithm, k)
 
 
 def fit_passes(cfg, Z: np.ndarray, quality_size: int) -> PassFit:
@@ -189,23 +196,3 @@ def to_artifact(fit: PassFit, cfg) -> tuple[dict, dict]:
         for lv in h.levels if h.method == "ward" else ():
             extras[f"hier_centroids_{lv}"] = h.centroids[lv]
     return passes, extras
-
-
-def from_artifact(art) -> tuple[Optional["Dk.DensityModel"], Optional["Hk.HierarchyModel"]]:
-    """The pass models of a loaded artifact (None for a pass that did not run); extend new rows
-    with :func:`clusterlake.kernels.density.extend` / :func:`clusterlake.kernels.hierarchy.extend`.
-    The density model carries no sample labels (they are not saved)."""
-    dens = hier = None
-    x = art.extras
-    if "density" in art.passes:
-        p = art.passes["density"]
-        dens = Dk.DensityModel(p["algorithm"], x["density_core_points"], x["density_core_labels"],
-                               x["density_core_reach"], np.zeros(0, np.int32), p.get("eps"), p["min_samples"],
-                               reach_factor=p.get("reach_factor", 1.0))
-    if "hierarchical" in art.passes:
-        p = art.passes["hierarchical"]
-        levels = [int(v) for v in p["levels"]]
-        labels = {lv: x["hier_sample_labels"][:, j] for j, lv in enumerate(levels)}
-        cents = {lv: x[f"hier_centroids_{lv}"] for lv in levels if f"hier_centroids_{lv}" in x}
-        hier = Hk.HierarchyModel(p["linkage"], x["hier_linkage"], levels, labels, x["hier_sample_points"], cents)
-    return dens, hier

@@ -41,13 +41,17 @@ import json
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
 from clusterlake.errors import ClusterlakeError, InputDataError
 from clusterlake.io.fs import Location, location
 from clusterlake.prep.transform import Preprocessor
+
+if TYPE_CHECKING:
+    from clusterlake.kernels.density import DensityModel
+    from clusterlake.kernels.hierarchy import HierarchyModel
 
 FORMAT_VERSION = 1
 _EXTRA_NAME = re.compile(r"(density|hier|report)_[a-z0-9_]+")
@@ -218,6 +222,54 @@ def load(path: str) -> ModelArtifact:
     )
 
 
+def pass_models(art: ModelArtifact) -> tuple[Optional["DensityModel"], Optional["HierarchyModel"]]:
+    """The density and hierarchical pass models of a loaded artifact (None for a pass that did not
+    run), ready for the assignment rule (:class:`clusterlake.kernels.assignment.AssignmentRule`).
+    Lives here, beside the ``density_*``/``hier_*`` arrays it reads, so serving and the stream
+    rebuild them without the Spark-side algorithms. The density model carries no sample labels
+    (they are not saved)."""
+    from clusterlake.kernels.density import DensityModel
+    from clusterlake.kernels.hierarchy import HierarchyModel
+
+    dens = hier = None
+    x = art.extras
+    if "density" in art.passes:
+        p = art.passes["density"]
+        dens = DensityModel(p["algorithm"], x["density_core_points"], x["density_core_labels"],
+                            x["density_core_reach"], np.zeros(0, np.int32), p.get("eps"), p["min_samples"],
+                            reach_factor=p.get("reach_factor", 1.0))
+    if "hierarchical" in art.passes:
+        p = art.passes["hierarchical"]
+        levels = [int(v) for v in p["levels"]]
+        labels = {lv: x["hier_sample_labels"][:, j] for j, lv in enumerate(levels)}
+        cents = {lv: x[f"hier_centroids_{lv}"] for lv in levels if f"hier_centroids_{lv}" in x}
+        hier = HierarchyModel(p["linkage"], x["hier_linkage"], levels, labels, x["hier_sample_points"], cents)
+    return dens, hier
+
+
+MODELS = "model"
+"""``<output.path>/model/``: one directory per run (``<run_id>/``) and ``latest``."""
+LATEST = "latest"
+
+
+def models_dir(output_root: Location) -> Location:
+    """Where the runs' model directories live under the output root."""
+    return output_root.child(MODELS)
+
+
+def latest_dir(model_root: Location) -> Location:
+    """``model/latest``: the newest committed run's model (moved by :func:`point_latest` only)."""
+    return model_root.child(LATEST)
+
+
+def latest_run_id(model_root: Location) -> Optional[str]:
+    """The run id ``model/latest`` shows now; None before the first run or when unreadable."""
+    try:
+        return json.loads(latest_dir(model_root).child("model.json").read_bytes()).get("run_id")
+    except Exception:  # noqa: BLE001 (no latest model yet, or one being replaced: unknown)
+        return None
+
+
 def point_latest(model_root: Location, run_id: str) -> None:
     """Make ``model_root/latest`` show ``model_root/<run_id>``.
 
@@ -226,7 +278,7 @@ def point_latest(model_root: Location, run_id: str) -> None:
     (model.json last).
     """
     target = model_root.child(run_id)
-    latest = model_root.child("latest")
+    latest = latest_dir(model_root)
     if model_root.is_local:
         tmp = model_root.child(f".latest-{run_id}")
         if os.path.lexists(tmp.path):

@@ -7,7 +7,9 @@ Policy (``input.invalid_rows``): a row is *invalid* when its id is null, any fea
 or +-inf, or its weight is null/NaN/inf/negative. ``fail`` stops the job naming the worst columns
 and their counts; ``drop`` removes those rows. Both count every reason, and the counts land in the
 ``runs`` table. Constant feature columns are dropped with a warning (they carry no information and
-break standard scaling); the job fails when nothing is left.
+break standard scaling); the job fails when nothing is left. Duplicate ids always fail
+(``input.duplicate_ids`` accepts only ``fail``), because no other policy is sound
+(:func:`_check_unique_ids`).
 """
 
 from __future__ import annotations
@@ -228,33 +230,59 @@ def validate(df, cfg: InputSection, k: int, keep_constant: bool = False, model_r
     Two distributed passes; collected to the driver: one row of counts/min/max per column and at
     most 5 duplicate ids.
     """
+    feats = resolve_columns(df, cfg, model_run)
+    valid, reasons = row_checks(cfg.id_column, feats, cfg.weight_column)
+    row = _profile(df, cfg, feats, valid, reasons)
+    n, n_bad, counts = _invalid_counts(row, list(reasons))
+    n_used = _apply_invalid_policy(cfg, n, n_bad, counts, k)
+    constant = [] if keep_constant else [c for i, c in enumerate(feats) if row[f"lo{i}"] == row[f"hi{i}"]]
+    kept = _kept_features(feats, constant)
+    clean = df.filter(valid) if n_bad else df
+    _check_unique_ids(clean, cfg.id_column)
+    summary = InputSummary(
+        path=cfg.path, format=cfg.format, rows_read=n, rows_used=n_used, rows_dropped=n_bad,
+        invalid_counts=counts, feature_columns=kept, dropped_constant_columns=constant,
+        id_column=cfg.id_column, label_column=cfg.label_column, weight_column=cfg.weight_column,
+        feature_types={c: df.schema[c].dataType.simpleString() for c in feats},
+    )
+    return clean.select(*_output_columns(cfg, kept)), summary
+
+
+def _profile(df, cfg: InputSection, feats: list[str], valid, reasons: dict):
+    """The one aggregation pass: rows, invalid rows, rows per invalid reason (``r<i>``) and the
+    min/max of every feature over the valid rows (``lo<i>``/``hi<i>``, for the constant check).
+    It is the first Spark job that reads every input file, so a damaged file surfaces here."""
     from pyspark.sql import functions as F
 
     from clusterlake.io.columns import col as qcol
 
-    feats = resolve_columns(df, cfg, model_run)
-    idc = cfg.id_column
-    valid, reasons = row_checks(idc, feats, cfg.weight_column)
-
     aggs = [F.count(F.lit(1)).alias("__n"), F.sum(F.when(valid, 0).otherwise(1)).alias("__bad")]
-    names = list(reasons)
     aggs += [F.sum(F.when(cond, 1).otherwise(0)).alias(f"r{i}") for i, cond in enumerate(reasons.values())]
     for i, c in enumerate(feats):
         v = F.when(valid, qcol(c).cast("double"))
         aggs += [F.min(v).alias(f"lo{i}"), F.max(v).alias(f"hi{i}")]
     try:
-        row = df.agg(*aggs).collect()[0]
-    except Exception as exc:  # the first Spark job that reads every input file
+        return df.agg(*aggs).collect()[0]
+    except Exception as exc:
         err = spark_read_error(exc, cfg.path)
         if err is None:
             raise
         raise err from None
+
+
+def _invalid_counts(row, names: list[str]) -> tuple[int, int, dict[str, int]]:
+    """``(rows read, invalid rows, {reason: rows})`` from :func:`_profile`'s row, reasons seen only."""
     n = int(row["__n"])
-    if n == 0:
-        raise InputDataError(f"input {cfg.path} has no rows; check input.path and the upstream job")
     n_bad = int(row["__bad"] or 0)
     counts = {name: int(row[f"r{i}"] or 0) for i, name in enumerate(names)}
-    counts = {k_: v for k_, v in counts.items() if v}
+    return n, n_bad, {k_: v for k_, v in counts.items() if v}
+
+
+def _apply_invalid_policy(cfg: InputSection, n: int, n_bad: int, counts: dict[str, int], k: int) -> int:
+    """``input.invalid_rows``: fail naming the worst columns, or warn and go on without the
+    invalid rows; then check enough rows remain. Returns the rows used."""
+    if n == 0:
+        raise InputDataError(f"input {cfg.path} has no rows; check input.path and the upstream job")
     if n_bad:
         worst = sorted(counts.items(), key=lambda kv: -kv[1])[:5]
         detail = ", ".join(f"'{k_.rsplit(':', 1)[0]}' {v} {k_.rsplit(':', 1)[1]}" for k_, v in worst)
@@ -264,17 +292,20 @@ def validate(df, cfg: InputSection, k: int, keep_constant: bool = False, model_r
                 "set input.invalid_rows: drop to drop them (they are counted), or clean the columns"
             )
         log.warning("dropping %d of %d invalid rows (input.invalid_rows=drop): %s", n_bad, n, detail)
+        if n_bad == n:
+            raise InputDataError(f"all {n} input rows are invalid ({detail}); nothing to cluster")
     n_used = n - n_bad
-    if n_used == 0:
-        raise InputDataError(f"all {n} input rows are invalid ({detail}); nothing to cluster")
-
     # before the constant check: with fewer rows than k (e.g. one) every column looks constant
     if n_used < k:
         raise InputDataError(
             f"input has {n_used} valid rows, fewer than kmeans.k={k}; lower kmeans.k or check the input"
         )
+    return n_used
 
-    constant = [] if keep_constant else [c for i, c in enumerate(feats) if row[f"lo{i}"] == row[f"hi{i}"]]
+
+def _kept_features(feats: list[str], constant: list[str]) -> list[str]:
+    """The features without the ``constant`` ones (zero variance carries no information and
+    breaks standard scaling); an error when none is left."""
     kept = [c for c in feats if c not in constant]
     if constant:
         if not kept:
@@ -282,27 +313,37 @@ def validate(df, cfg: InputSection, k: int, keep_constant: bool = False, model_r
                 f"every feature column is constant ({constant}); there is nothing to cluster on"
             )
         log.warning("dropping constant feature columns %s (zero variance carries no information)", constant)
+    return kept
 
-    clean = df.filter(valid) if n_bad else df
-    dups = clean.groupBy(qcol(idc)).count().filter(F.col("count") > 1)
-    examples = dups.orderBy(F.col("count").desc(), qcol(idc)).limit(5).collect()
+
+def _check_unique_ids(df, id_column: str) -> None:
+    """Fail naming up to 5 duplicated ids (the most repeated first) when ``id_column`` is not unique.
+
+    There is no other policy: every table keys its rows by the id (one assignment per id, the
+    id join that carries cluster ids and lineage from one run to the next, the update job's
+    known-id check), and no rule could pick one of two rows with the same id reproducibly."""
+    from pyspark.sql import functions as F
+
+    from clusterlake.io.columns import col as qcol
+
+    dups = df.groupBy(qcol(id_column)).count().filter(F.col("count") > 1)
+    examples = dups.orderBy(F.col("count").desc(), qcol(id_column)).limit(5).collect()
     if examples:
         n_dup = dups.count()
-        shown = ", ".join(f"{r[idc]!r} x{r['count']}" for r in examples)
+        shown = ", ".join(f"{r[id_column]!r} x{r['count']}" for r in examples)
         raise InputDataError(
-            f"input column '{idc}' (input.id_column) has {n_dup} duplicated ids (e.g. {shown}); "
+            f"input column '{id_column}' (input.id_column) has {n_dup} duplicated ids (e.g. {shown}); "
             "ids must be unique: deduplicate the input upstream"
         )
 
-    cols = [qcol(idc)] + [qcol(c).cast("double").alias(c) for c in kept]
+
+def _output_columns(cfg: InputSection, kept: list[str]) -> list:
+    """The validated table's columns: id, kept features as double, label, weight as double."""
+    from clusterlake.io.columns import col as qcol
+
+    cols = [qcol(cfg.id_column)] + [qcol(c).cast("double").alias(c) for c in kept]
     if cfg.label_column:
         cols.append(qcol(cfg.label_column))
     if cfg.weight_column:
         cols.append(qcol(cfg.weight_column).cast("double").alias(cfg.weight_column))
-    summary = InputSummary(
-        path=cfg.path, format=cfg.format, rows_read=n, rows_used=n_used, rows_dropped=n_bad,
-        invalid_counts=counts, feature_columns=kept, dropped_constant_columns=constant,
-        id_column=idc, label_column=cfg.label_column, weight_column=cfg.weight_column,
-        feature_types={c: df.schema[c].dataType.simpleString() for c in feats},
-    )
-    return clean.select(*cols), summary
+    return cols

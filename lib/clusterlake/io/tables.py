@@ -53,18 +53,20 @@ import pyarrow.parquet as pq
 from clusterlake.config import OutputSection
 from clusterlake.errors import OutputError
 from clusterlake.faults import pause_point
+from clusterlake.io import contract
 from clusterlake.io.fs import Location, is_temp_name, location
+from clusterlake.io.model_artifact import latest_run_id, models_dir
 
 log = logging.getLogger(__name__)
 
 PARTITION = "run_date"
 RUN_ID_KEY = "clusterlake.run_id"
-RUN_TABLES = ("centroids", "assignments", "metrics", "profiles", "lineage", "runs")
-"""Every table a run (full or update) may stage and commit, ``runs`` last."""
+RUN_TABLES = contract.TABLES
+"""Every table a run (full or update) may stage and commit, ``runs`` last (the output contract's)."""
 JOURNAL_VERSION = 2
 """Version 1 journals (no ``phase``) were written by publish_run only: they read as ``publish``."""
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # run ids and table names in paths
-_RUN_ID = re.compile(r"^\d{8}-\d{8}T\d{6}-[0-9a-f]{8}$")  # pipeline.new_run_id's shape: journal names
+_RUN_ID = re.compile(r"^\d{8}-\d{8}T\d{6}-[0-9a-f]{8}$")  # run.scaffold.new_run_id's shape: journal names
 
 
 @dataclass
@@ -80,6 +82,12 @@ class StagedTable:
     @property
     def rows(self) -> int:
         return sum(f[3] for f in self.files)
+
+    def check_rows(self, expected: int, what: str) -> None:
+        """One row per validated row, or a RuntimeError (a lost or doubled partition is a bug, never
+        committed). Skipped where the store stages lazily (Spark's Delta writer: no files yet)."""
+        if self.files and self.rows != expected:
+            raise RuntimeError(f"{self.name} has {self.rows} rows but {expected} {what}")
 
 
 def _nullable(schema: pa.Schema) -> pa.Schema:
@@ -1091,7 +1099,7 @@ def _recover_damaged(store: TableStore, j: _Journal) -> None:
         return
     log.warning("the journal %s is damaged (%s); run %s committed no table: deleting what it left "
                 "and the journal", j.loc.uri, j.problem, j.run_id)
-    _discard_leftovers(store, j.run_id, None, RUN_TABLES, store.root.child("model", j.run_id), logging.WARNING)
+    _discard_leftovers(store, j.run_id, None, RUN_TABLES, models_dir(store.root).child(j.run_id), logging.WARNING)
 
 
 def _recover_staging(store: TableStore, j: _Journal) -> None:
@@ -1121,7 +1129,7 @@ def _recover_publish(store: TableStore, j: _Journal) -> None:
 
 
 def _model_location(store: TableStore, uri: Optional[str], run_id: str) -> Location:
-    default = store.root.child("model", run_id)
+    default = models_dir(store.root).child(run_id)
     return default if uri in (None, default.uri) else location(uri)
 
 
@@ -1175,11 +1183,8 @@ def _model_dir_deletable(store: TableStore, model_dir: Location, run_id: str) ->
         return False
     if not model_dir.exists():
         return False
-    try:
-        latest = json.loads(store.root.child("model", "latest", "model.json").read_bytes()).get("run_id")
-    except Exception:  # no latest model (first run), or unreadable: nothing to protect
-        latest = None
-    if latest == run_id:
+    if latest_run_id(models_dir(store.root)) == run_id:  # None: no latest (first run) or unreadable
+
         log.warning("not deleting %s: model/latest is that run's model", model_dir.uri)
         return False
     return True

@@ -26,17 +26,15 @@ def _exact_dist(B, centroids, idx, buf):
 def assign(Z, centroids, block_rows=16384):
     """Nearest and second-nearest centroid of every row, by Euclidean distance.
 
-    Candidates are ranked with the GEMM expansion
-    ``||z||^2 - 2 z.c + ||c||^2`` (the row-constant ``||z||^2`` is dropped as
-    it does not change the ranking), processed in blocks of ``block_rows``
-    rows. The returned distances are then recomputed exactly from the
-    differences ``z - c`` so they do not suffer from the cancellation of the
-    expansion, and the two best candidates are re-ordered on these exact
-    distances (this fixes near-ties that the expansion could mis-rank).
+    Candidates are ranked with the GEMM expansion ``||z||^2 - 2 z.c + ||c||^2``
+    (the row-constant ``||z||^2`` dropped), in blocks of ``block_rows`` rows.
+    The returned distances are recomputed exactly from the differences
+    ``z - c`` (no cancellation), and the two best candidates are re-ordered on
+    them (this fixes near-ties that the expansion could mis-rank). The one
+    assignment rule (:mod:`clusterlake.kernels.assignment`) is built on this.
 
     Prior validation of data is assumed: ``Z`` and ``centroids`` are finite,
-    2-D, with the same number of columns, and ``centroids`` has at least one
-    row.
+    2-D, with the same number of columns; ``centroids`` has at least one row.
 
     Parameters
     ----------
@@ -53,8 +51,7 @@ def assign(Z, centroids, block_rows=16384):
     Returns
     -------
     labels : ndarray of shape (n,), dtype int32
-        Index of the nearest centroid. Ties go to the lowest index (like
-        ``np.argmin``).
+        Index of the nearest centroid; exact ties go to the lowest index.
     dist : ndarray of shape (n,), dtype float64
         Exact Euclidean distance to ``centroids[labels]``.
     second : ndarray of shape (n,), dtype int32
@@ -72,45 +69,42 @@ def assign(Z, centroids, block_rows=16384):
     Z = np.asarray(Z)  # no copy; float32 is converted per block below
     C = np.asarray(centroids, dtype=np.float64)
     n = Z.shape[0]
-    k = C.shape[0]
     block_rows = max(1, int(block_rows))
-
-    labels = np.empty(n, dtype=np.int32)
-    dist = np.empty(n, dtype=np.float64)
-    second = np.full(n, -1, dtype=np.int32)
-    second_dist = np.full(n, np.nan, dtype=np.float64)
-
+    out = (np.empty(n, dtype=np.int32), np.empty(n, dtype=np.float64),
+           np.full(n, -1, dtype=np.int32), np.full(n, np.nan, dtype=np.float64))
     c_sq = np.einsum("ij,ij->i", C, C)
     # -2 C^T: scaling by a power of two is exact, so B @ CTm2 == -2 (B @ C^T).
     CTm2 = np.ascontiguousarray(C.T) * -2.0
     m_max = min(block_rows, n)
-    # Scratch buffers reused across blocks (avoids page-faulting fresh
-    # allocations for every block).
-    S_buf = np.empty((m_max, k), dtype=np.float64)
-    G_buf = np.empty((m_max, C.shape[1]), dtype=np.float64)
-
+    # Scratch buffers reused across blocks (avoids page-faulting fresh allocations for every block).
+    bufs = (np.empty((m_max, C.shape[0]), dtype=np.float64), np.empty((m_max, C.shape[1]), dtype=np.float64))
     for start in range(0, n, block_rows):
         stop = min(start + block_rows, n)
-        m = stop - start
         B = np.asarray(Z[start:stop], dtype=np.float64)
-        G = G_buf[:m]
-        # Ranking scores: -2 z.c + ||c||^2 (same order as squared distance).
-        S = np.matmul(B, CTm2, out=S_buf[:m])
-        S += c_sq
-        lab = np.argmin(S, axis=1)
-        d1 = _exact_dist(B, C, lab, G)
-        if k > 1:
-            S[np.arange(m), lab] = np.inf
-            sec = np.argmin(S, axis=1)
-            d2 = _exact_dist(B, C, sec, G)
-            # Re-order the two best candidates on the exact distances; on an
-            # exact tie the lowest centroid index wins.
-            swap = (d2 < d1) | ((d2 == d1) & (sec < lab))
-            lab, sec = np.where(swap, sec, lab), np.where(swap, lab, sec)
-            d1, d2 = np.where(swap, d2, d1), np.where(swap, d1, d2)
-            second[start:stop] = sec
-            second_dist[start:stop] = d2
-        labels[start:stop] = lab
-        dist[start:stop] = d1
+        _assign_block(B, C, CTm2, c_sq, bufs, [o[start:stop] for o in out])
+    return out
 
-    return labels, dist, second, second_dist
+
+def _assign_block(B, C, CTm2, c_sq, bufs, out):
+    """:func:`assign` of the rows ``B`` (m, p) into the views ``out`` (labels, dist, second,
+    second_dist), with the scratch buffers ``bufs`` (scores, differences)."""
+    m, k = B.shape[0], C.shape[0]
+    G = bufs[1][:m]
+    # Ranking scores: -2 z.c + ||c||^2 (same order as squared distance).
+    S = np.matmul(B, CTm2, out=bufs[0][:m])
+    S += c_sq
+    lab = np.argmin(S, axis=1)
+    d1 = _exact_dist(B, C, lab, G)
+    if k > 1:
+        S[np.arange(m), lab] = np.inf
+        sec = np.argmin(S, axis=1)
+        d2 = _exact_dist(B, C, sec, G)
+        # Re-order the two best candidates on the exact distances; on an
+        # exact tie the lowest centroid index wins.
+        swap = (d2 < d1) | ((d2 == d1) & (sec < lab))
+        lab, sec = np.where(swap, sec, lab), np.where(swap, lab, sec)
+        d1, d2 = np.where(swap, d2, d1), np.where(swap, d1, d2)
+        out[2][:] = sec
+        out[3][:] = d2
+    out[0][:] = lab
+    out[1][:] = d1

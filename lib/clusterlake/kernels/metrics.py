@@ -26,6 +26,7 @@ __all__ = [
     "adjusted_rand_from_contingency",
     "normalized_mutual_info_from_contingency",
     "within_ss_from_center_moments",
+    "silhouette",
 ]
 
 
@@ -320,3 +321,19 @@ def normalized_mutual_info_from_contingency(C):
     h_pred = _entropy_from_counts(C.sum(axis=0))
     normalizer = np.mean([h_true, h_pred])
     return float(mi / normalizer)
+
+
+def silhouette(X, labels):
+    """Mean silhouette of ``labels`` on the rows ``X`` (scikit-learn's Euclidean definition), or
+    None when it is undefined (fewer than 2 clusters, or as many clusters as rows).
+
+    Exact and O(n^2): meant for a sample. Undefined is None rather than scikit-learn's error so
+    that a degenerate sample (one cluster drawn) skips the metric instead of failing the run.
+    """
+    from sklearn.metrics import silhouette_score
+
+    labels = np.asarray(labels)
+    n_labels = len(np.unique(labels))
+    if n_labels < 2 or n_labels >= len(labels):
+        return None
+    return float(silhouette_score(X, labels, metric="euclidean"))

@@ -56,6 +56,7 @@ from clusterlake.kernels.kmeans import nearest, row_sq_norms
 __all__ = ["PointIndex", "build", "query", "default_n_groups"]
 
 _EPS = float(np.finfo(np.float64).eps)
+_EPS32 = float(np.finfo(np.float32).eps)
 
 
 _MAX_GROUPS = 2048  # query() keeps G x G float64 centre-distance tables (32 MiB at the cap)
@@ -264,147 +265,212 @@ def query(index: PointIndex, X: np.ndarray, budget_bytes: int = 64 << 20, *,
         return idx, dist
     if X.shape[1] != index.dim:
         raise ValueError(f"X has {X.shape[1]} columns, the index {index.dim}")
-    dv = index._derived()
-    G = index.n_groups
-    d = index.dim
-    K = _err_coef(d)
-    starts = index.starts
-    sizes = np.diff(starts)
-    max_g = int(sizes.max())
-    block = int(max(64, min(n, (budget_bytes // 2) // (G + 8 * (2 * d + 16)))))
-    sub = int(max(16, min(block, (budget_bytes // 8) // (8 * 2 * G + 8))))
-    # In-group distance chunks: ~1 MiB (cache-resident), more for very large groups (>= 64 rows
-    # per GEMM), at most budget / 32 elements; at least one row.
-    s_elems = int(max(max_g, min(max(_S_ELEMS, 64 * max_g), budget_bytes // 32)))
-    Sbuf = np.empty(s_elems)
-    s_elems32 = 2 * s_elems
-    Sbuf32 = np.empty(s_elems32, np.float32)
-    Ya = np.empty((int(min(block, _YA_ROWS)), d + 1))  # gathered local rows [y - c, 1]
-    Ya[:, d] = 1.0
-    Ya32 = np.empty(Ya.shape, np.float32)
-    low32 = np.empty(len(Ya), np.float32)
-    K32 = 4.0 * (d + 4) * float(np.finfo(np.float32).eps)
-    Cs, CTm2, c_sq, W = dv["Cs"], dv["CTm2"], dv["c_sq"], dv["W"]
-    inv_cc2, aug, c_sq_max = dv["inv_cc2"], dv["aug"], dv["c_sq_max"]
-    aug32, rad2 = dv["aug32"], dv["rad2"]
-    stats = dict(elems=0, elems32=0, pairs=0, pairs32=0, blocks=0, block=block)
-    candT = np.empty((G, block), dtype=bool)
-
-    def search(g, Yl, dc2):
-        """Nearest member of group ``g`` for the local rows ``Yl = [y - c_g, 1]`` (k, d + 1) given
-        ``dc2 = |y - c_g|^2``: (positions into ``points``, squared distances up to round-off)."""
-        lo = int(starts[g])
-        mg = int(sizes[g])
-        k = Yl.shape[0]
-        S = np.matmul(Yl, aug[lo:lo + mg].T, out=Sbuf[: k * mg].reshape(k, mg))
-        j = np.argmin(S, axis=1)
-        d2 = S[np.arange(k), j]
-        d2 += dc2
-        stats["elems"] += k * mg
-        stats["pairs"] += k
-        return j + lo, d2
-
-    for s in range(0, n, block):
-        e = min(n, s + block)
-        nb = e - s
-        Yraw = np.asarray(X[s:e], dtype=np.float64) - index.shift
-        # Nearest centre of every row (expansion: only a choice, not a bound); sort the rows by it.
-        own = np.empty(nb, np.int64)
-        for a in range(0, nb, sub):
-            b = min(nb, a + sub)
-            D2 = Yraw[a:b] @ CTm2
-            D2 += c_sq
-            own[a:b] = np.argmin(D2, axis=1)
-        perm = np.argsort(own, kind="stable")
-        own = own[perm]
-        Yb = np.empty((nb, d + 1))  # [y, 1] in the order of perm
-        np.take(Yraw, perm, axis=0, out=Yb[:, :d])
-        Yb[:, d] = 1.0
-        del Yraw
-        y_sq = row_sq_norms(Yb[:, :d])
-        cnt = np.bincount(own, minlength=G)
-        bnd = np.zeros(G + 1, np.int64)
-        np.cumsum(cnt, out=bnd[1:])
-        groups = np.flatnonzero(cnt)
-        best2 = np.empty(nb)
-        bpos = np.empty(nb, np.int64)
-        d2own = np.empty(nb)
-        # Phase 1: every row in the group of its nearest centre (contiguous slices of Yb).
-        for g in groups:
-            step = max(1, min(len(Ya), s_elems // int(sizes[g])))
-            for a in range(int(bnd[g]), int(bnd[g + 1]), step):
-                b = min(int(bnd[g + 1]), a + step)
-                Yl = Ya[: b - a]
-                np.subtract(Yb[a:b, :d], Cs[g], out=Yl[:, :d])
-                dc2 = np.einsum("ij,ij->i", Yl[:, :d], Yl[:, :d])
-                d2own[a:b] = dc2
-                bpos[a:b], best2[a:b] = search(g, Yl, dc2)
-        np.maximum(best2, 0.0, out=best2)
-        best = np.sqrt(best2)
-        best *= 1 + 1e-12  # best2 carries the in-group round-off: never prune on a too-small best
-        # Candidate pairs, hyperplane bound with the round-off allowances:
-        #   lb[r, g] = (|y - c_g|^2 - slack_g - |y - c_a|^2 - err_r) / (2 |c_g - c_a|)
-        # with [y, 1] @ W + |y|^2 = |y - c_g|^2 - slack_g (one GEMM per own group a and sub-block).
-        cand = candT[:, :nb]
-        rowterm = y_sq - d2own - K * (y_sq + c_sq_max + d2own)
-        for a_g in groups:
-            for a in range(int(bnd[a_g]), int(bnd[a_g + 1]), sub):
-                b = min(int(bnd[a_g + 1]), a + sub)
-                N = Yb[a:b] @ W
-                N += rowterm[a:b, None]
-                N *= inv_cc2[a_g]
-                np.less(N.T, best[a:b], out=cand[:, a:b])
-                cand[a_g, a:b] = False
-        # Phase 2: one loop over the groups. A float32 GEMM screens the pairs: the group's
-        # smallest |y - p|^2 is >= min(S32) + |y - c|^2 - K32 (|y - c|^2 + max |p - c|^2), and
-        # only the rows for which that could beat their best are searched in float64.
-        for g in range(G):
-            rows = np.flatnonzero(cand[g])
-            if rows.size == 0:
-                continue
-            lo = int(starts[g])
-            mg = int(sizes[g])
-            A32 = aug32[lo:lo + mg]
-            step = max(1, min(len(Ya), s_elems32 // mg))
-            low = np.empty(rows.size)
-            dc2 = np.empty(rows.size)
-            for a in range(0, rows.size, step):
-                b = min(rows.size, a + step)
-                k = b - a
-                Yl = Ya[:k]
-                np.take(Yb, rows[a:b], axis=0, out=Yl)
-                Yl[:, :d] -= Cs[g]
-                np.einsum("ij,ij->i", Yl[:, :d], Yl[:, :d], out=dc2[a:b])
-                Yl32 = Ya32[:k]
-                Yl32[...] = Yl
-                S32 = np.matmul(Yl32, A32.T, out=Sbuf32[: k * mg].reshape(k, mg))
-                S32.min(axis=1, out=low32[:k])
-                low[a:b] = low32[:k]
-            stats["elems32"] += rows.size * mg
-            stats["pairs32"] += rows.size
-            low += dc2
-            low -= K32 * (dc2 + rad2[g])
-            need = np.flatnonzero(low < best2[rows])
-            if need.size == 0:
-                continue
-            r = rows[need]
-            dc2 = dc2[need]
-            step = max(1, min(len(Ya), s_elems // mg))
-            for a in range(0, r.size, step):
-                b = min(r.size, a + step)
-                Yl = Ya[: b - a]
-                np.take(Yb, r[a:b], axis=0, out=Yl)
-                Yl[:, :d] -= Cs[g]
-                p, d2 = search(g, Yl, dc2[a:b])
-                better = d2 < best2[r[a:b]]
-                rb = r[a:b][better]
-                best2[rb] = d2[better]
-                bpos[rb] = p[better]
-        stats["blocks"] += 1
+    q = _Workspace.create(index, n, budget_bytes)
+    for s in range(0, n, q.block):
+        e = min(n, s + q.block)
+        perm, bpos = _query_block(q, X[s:e])
+        q.stats["blocks"] += 1
         out = s + perm
         idx[out] = index.order[bpos]
         diff = np.asarray(X[out], dtype=np.float64) - index.points[bpos]
         dist[out] = np.sqrt(np.einsum("ij,ij->i", diff, diff))
     if _stats is not None:
-        _stats.update(stats)
+        _stats.update(q.stats)
     return idx, dist
+
+
+@dataclass(eq=False)
+class _Workspace:
+    """One :func:`query` call's sizes, the index's derived arrays and the scratch buffers reused by
+    every block and group, so that the search allocates nothing per group."""
+
+    index: PointIndex
+    dv: dict  # PointIndex._derived()
+    block: int  # rows per block
+    sub: int  # rows per sub-block of the rows-by-groups bound matrices
+    s_elems: int  # elements of one float64 in-group distance chunk
+    Sbuf: np.ndarray
+    Sbuf32: np.ndarray
+    Ya: np.ndarray  # gathered local rows [y - c, 1]
+    Ya32: np.ndarray
+    low32: np.ndarray
+    candT: np.ndarray  # (G, block) candidate mask
+    stats: dict
+
+    @classmethod
+    def create(cls, index: PointIndex, n: int, budget_bytes: int) -> "_Workspace":
+        """Sizes the blocks and buffers for ``n`` rows within ``budget_bytes`` (see :func:`query`)."""
+        G, d = index.n_groups, index.dim
+        max_g = int(np.diff(index.starts).max())
+        block = int(max(64, min(n, (budget_bytes // 2) // (G + 8 * (2 * d + 16)))))
+        sub = int(max(16, min(block, (budget_bytes // 8) // (8 * 2 * G + 8))))
+        # In-group distance chunks: ~1 MiB (cache-resident), more for very large groups (>= 64 rows
+        # per GEMM), at most budget / 32 elements; at least one row.
+        s_elems = int(max(max_g, min(max(_S_ELEMS, 64 * max_g), budget_bytes // 32)))
+        Ya = np.empty((int(min(block, _YA_ROWS)), d + 1))
+        Ya[:, d] = 1.0
+        return cls(index=index, dv=index._derived(), block=block, sub=sub, s_elems=s_elems,
+                   Sbuf=np.empty(s_elems), Sbuf32=np.empty(2 * s_elems, np.float32), Ya=Ya,
+                   Ya32=np.empty(Ya.shape, np.float32), low32=np.empty(len(Ya), np.float32),
+                   candT=np.empty((G, block), dtype=bool),
+                   stats=dict(elems=0, elems32=0, pairs=0, pairs32=0, blocks=0, block=block))
+
+    def group(self, g: int) -> tuple[int, int]:
+        """``(first position, size)`` of group ``g`` in ``index.points``."""
+        lo = int(self.index.starts[g])
+        return lo, int(self.index.starts[g + 1]) - lo
+
+    def local_rows(self, Yb: np.ndarray, rows: np.ndarray, g: int) -> np.ndarray:
+        """``[y - c_g, 1]`` of ``Yb[rows]`` in the first ``len(rows)`` rows of the scratch ``Ya``."""
+        Yl = self.Ya[: rows.size]
+        np.take(Yb, rows, axis=0, out=Yl)
+        Yl[:, :-1] -= self.dv["Cs"][g]
+        return Yl
+
+
+def _search(q: _Workspace, g: int, Yl: np.ndarray, dc2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest member of group ``g`` for the local rows ``Yl = [y - c_g, 1]`` (k, d + 1) given
+    ``dc2 = |y - c_g|^2``: (positions into ``points``, squared distances up to round-off)."""
+    lo, mg = q.group(g)
+    k = Yl.shape[0]
+    S = np.matmul(Yl, q.dv["aug"][lo:lo + mg].T, out=q.Sbuf[: k * mg].reshape(k, mg))
+    j = np.argmin(S, axis=1)
+    d2 = S[np.arange(k), j]
+    d2 += dc2
+    q.stats["elems"] += k * mg
+    q.stats["pairs"] += k
+    return j + lo, d2
+
+
+def _query_block(q: _Workspace, Xb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The nearest point of each row of one block: ``(perm, bpos)``, ``bpos[r]`` the position in
+    ``index.points`` of the nearest point of row ``perm[r]`` of the block."""
+    perm, own, Yb = _sorted_block(q, Xb)
+    G = q.index.n_groups
+    cnt = np.bincount(own, minlength=G)
+    bnd = np.zeros(G + 1, np.int64)
+    np.cumsum(cnt, out=bnd[1:])
+    groups = np.flatnonzero(cnt)
+    best2, bpos, d2own = _own_group_search(q, Yb, bnd, groups)
+    np.maximum(best2, 0.0, out=best2)
+    best = np.sqrt(best2)
+    best *= 1 + 1e-12  # best2 carries the in-group round-off: never prune on a too-small best
+    cand = _candidates(q, Yb, d2own, best, bnd, groups)
+    for g in range(G):
+        rows = np.flatnonzero(cand[g])
+        if rows.size:
+            _search_other_group(q, g, Yb, rows, best2, bpos)
+    return perm, bpos
+
+
+def _sorted_block(q: _Workspace, Xb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The block's rows sorted by their nearest centre (so that each group's rows are one
+    contiguous slice): ``(perm, own[perm], [y, 1] in the order of perm)``, in the shifted frame.
+
+    The nearest centre comes from the GEMM expansion: it is only a choice, never a bound."""
+    nb, d = Xb.shape[0], q.index.dim
+    Yraw = np.asarray(Xb, dtype=np.float64) - q.index.shift
+    own = np.empty(nb, np.int64)
+    for a in range(0, nb, q.sub):
+        b = min(nb, a + q.sub)
+        D2 = Yraw[a:b] @ q.dv["CTm2"]
+        D2 += q.dv["c_sq"]
+        own[a:b] = np.argmin(D2, axis=1)
+    perm = np.argsort(own, kind="stable")
+    Yb = np.empty((nb, d + 1))
+    np.take(Yraw, perm, axis=0, out=Yb[:, :d])
+    Yb[:, d] = 1.0
+    return perm, own[perm], Yb
+
+
+def _own_group_search(q: _Workspace, Yb: np.ndarray, bnd: np.ndarray,
+                      groups: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Phase 1: every row searched in the group of its nearest centre (rows ``bnd[g]:bnd[g+1]``
+    of ``Yb``): ``(best2, bpos, d2own)``, the upper bound of each row's nearest squared distance,
+    the point reaching it and ``|y - c_own|^2``. A loop over the groups, never over rows."""
+    nb, d = Yb.shape[0], q.index.dim
+    Cs = q.dv["Cs"]
+    best2 = np.empty(nb)
+    bpos = np.empty(nb, np.int64)
+    d2own = np.empty(nb)
+    for g in groups:
+        step = max(1, min(len(q.Ya), q.s_elems // q.group(g)[1]))
+        for a in range(int(bnd[g]), int(bnd[g + 1]), step):
+            b = min(int(bnd[g + 1]), a + step)
+            Yl = q.Ya[: b - a]
+            np.subtract(Yb[a:b, :d], Cs[g], out=Yl[:, :d])
+            dc2 = np.einsum("ij,ij->i", Yl[:, :d], Yl[:, :d])
+            d2own[a:b] = dc2
+            bpos[a:b], best2[a:b] = _search(q, g, Yl, dc2)
+    return best2, bpos, d2own
+
+
+def _candidates(q: _Workspace, Yb: np.ndarray, d2own: np.ndarray, best: np.ndarray,
+                bnd: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """``(G, nb)`` mask of the (group, row) pairs whose hyperplane lower bound is below the row's
+    ``best``, the own group excluded. With the round-off allowances,
+    ``lb[r, g] = (|y - c_g|^2 - slack_g - |y - c_a|^2 - err_r) / (2 |c_g - c_a|)``, where
+    ``[y, 1] @ W + |y|^2 = |y - c_g|^2 - slack_g`` (one GEMM per own group ``a`` and sub-block)."""
+    nb, d = Yb.shape[0], q.index.dim
+    W, inv_cc2 = q.dv["W"], q.dv["inv_cc2"]
+    y_sq = row_sq_norms(Yb[:, :d])
+    cand = q.candT[:, :nb]
+    rowterm = y_sq - d2own - _err_coef(d) * (y_sq + q.dv["c_sq_max"] + d2own)
+    for a_g in groups:
+        for a in range(int(bnd[a_g]), int(bnd[a_g + 1]), q.sub):
+            b = min(int(bnd[a_g + 1]), a + q.sub)
+            N = Yb[a:b] @ W
+            N += rowterm[a:b, None]
+            N *= inv_cc2[a_g]
+            np.less(N.T, best[a:b], out=cand[:, a:b])
+            cand[a_g, a:b] = False
+    return cand
+
+
+def _search_other_group(q: _Workspace, g: int, Yb: np.ndarray, rows: np.ndarray,
+                        best2: np.ndarray, bpos: np.ndarray) -> None:
+    """Phase 2 for group ``g``: the candidate ``rows`` the float32 screen cannot rule out are
+    searched in float64, improving ``best2``/``bpos`` in place."""
+    low, dc2 = _screen32(q, g, Yb, rows)
+    need = np.flatnonzero(low < best2[rows])
+    if need.size == 0:
+        return
+    r = rows[need]
+    dc2 = dc2[need]
+    step = max(1, min(len(q.Ya), q.s_elems // q.group(g)[1]))
+    for a in range(0, r.size, step):
+        b = min(r.size, a + step)
+        Yl = q.local_rows(Yb, r[a:b], g)
+        p, d2 = _search(q, g, Yl, dc2[a:b])
+        better = d2 < best2[r[a:b]]
+        rb = r[a:b][better]
+        best2[rb] = d2[better]
+        bpos[rb] = p[better]
+
+
+def _screen32(q: _Workspace, g: int, Yb: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A float32 GEMM's lower bound of the smallest ``|y - p|^2`` over group ``g`` for each of
+    ``rows``, and ``|y - c_g|^2`` (float64): the group's smallest ``|y - p|^2`` is
+    ``>= min(S32) + |y - c|^2 - K32 (|y - c|^2 + max |p - c|^2)``. Half the cost of a float64
+    search per pair, and it rules out most of them."""
+    d = q.index.dim
+    lo, mg = q.group(g)
+    A32 = q.dv["aug32"][lo:lo + mg]
+    step = max(1, min(len(q.Ya), (2 * q.s_elems) // mg))
+    low = np.empty(rows.size)
+    dc2 = np.empty(rows.size)
+    for a in range(0, rows.size, step):
+        b = min(rows.size, a + step)
+        k = b - a
+        Yl = q.local_rows(Yb, rows[a:b], g)
+        np.einsum("ij,ij->i", Yl[:, :d], Yl[:, :d], out=dc2[a:b])
+        Yl32 = q.Ya32[:k]
+        Yl32[...] = Yl
+        S32 = np.matmul(Yl32, A32.T, out=q.Sbuf32[: k * mg].reshape(k, mg))
+        S32.min(axis=1, out=q.low32[:k])
+        low[a:b] = q.low32[:k]
+    q.stats["elems32"] += rows.size * mg
+    q.stats["pairs32"] += rows.size
+    low += dc2
+    low -= 4.0 * (d + 4) * _EPS32 * (dc2 + q.dv["rad2"][g])  # _err_coef's bound, float32
+    return low, dc2

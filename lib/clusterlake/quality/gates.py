@@ -42,7 +42,7 @@ _GATES = {
 
 
 def check(gates_cfg, metrics) -> list[GateFailure]:
-    """The gates that fail on ``metrics`` (a list of :class:`~clusterlake.quality.metrics.Metric`)."""
+    """The gates that fail on ``metrics`` (a list of :class:`~clusterlake.io.contract.metrics.Metric`)."""
     out = []
     for name, ((algorithm, scope, metric), op) in _GATES.items():
         threshold = getattr(gates_cfg, name)

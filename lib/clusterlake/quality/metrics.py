@@ -10,32 +10,22 @@ Runs on the driver over small arrays.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
 
-from clusterlake.algorithms.passes import ClusterStats
+from clusterlake.algorithms.cluster_stats import ClusterStats
+from clusterlake.io.contract.metrics import Metric  # noqa: F401  (re-exported)
 from clusterlake.kernels.metrics import (
     adjusted_rand_from_contingency,
     calinski_harabasz_from_stats,
     davies_bouldin_from_stats,
     normalized_mutual_info_from_contingency,
+    silhouette,
     within_ss_from_center_moments,
 )
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Metric:
-    scope: str  # full | sample | auto_k | drift
-    metric: str
-    value: float
-    sample_size: int
-    algorithm: str = "kmeans"  # kmeans | dbscan | hdbscan | hierarchical
-    k: Optional[int] = None  # clusters of that algorithm (a hierarchical level); None = the K-means k
-    cluster_id: Optional[int] = None  # a per-cluster metric (scope drift); None = the whole run
 
 
 def full_metrics(stats: ClusterStats, centroids: np.ndarray, sum_dist_to_means: np.ndarray) -> list[Metric]:
@@ -77,11 +67,9 @@ def full_metrics(stats: ClusterStats, centroids: np.ndarray, sum_dist_to_means: 
 
 def sample_silhouette(Z: np.ndarray, labels: np.ndarray, seed: int) -> Optional[Metric]:
     """Silhouette (Euclidean) on the given sample; None with a warning when undefined."""
-    from sklearn.metrics import silhouette_score
-
-    n_labels = len(np.unique(labels))
-    if n_labels < 2 or n_labels >= len(labels):
-        log.warning("silhouette undefined on a sample of %d rows with %d clusters", len(labels), n_labels)
+    value = silhouette(Z, labels)
+    if value is None:
+        log.warning("silhouette undefined on a sample of %d rows with %d clusters", len(labels),
+                    len(np.unique(labels)))
         return None
-    value = silhouette_score(Z, labels, metric="euclidean")
-    return Metric("sample", "silhouette", float(value), int(len(labels)))
+    return Metric("sample", "silhouette", value, int(len(labels)))

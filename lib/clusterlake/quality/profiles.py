@@ -72,17 +72,3 @@ def describe(features: list[str], z: np.ndarray, share: float) -> str:
 def _pct(share: float) -> str:
     pct = 100.0 * float(share)
     return f"{pct:.0f}%" if pct >= 1 or pct == 0 else f"{pct:.1g}%"
-
-
-PROFILES_DDL = ("cluster_id int, feature string, mean double, std double, z double, rank int, "
-                "population_mean double, population_std double, run_id string")
-
-
-def rows(p: Profiles, cluster_ids, run_id: str) -> list[tuple]:
-    out = []
-    for i, cid in enumerate(cluster_ids):
-        for j, f in enumerate(p.features):
-            m, s = p.mean[i, j], p.std[i, j]
-            out.append((int(cid), f, None if np.isnan(m) else float(m), None if np.isnan(s) else float(s),
-                        float(p.z[i, j]), int(p.rank[i, j]), float(p.pop_mean[j]), float(p.pop_std[j]), run_id))
-    return out

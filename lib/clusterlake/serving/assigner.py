@@ -1,9 +1,10 @@
 """Assigning new points to a run's clusters, in-process, exactly as the batch job did.
 
 ``Assigner`` loads the JSON + .npy model artifact (no pickle, no Spark) and applies the same
-``Preprocessor.transform`` and nearest-centroid kernel the job ran on every row, so the same raw
-row gets the same ``cluster_id`` (the stable id), distance, second cluster and margin as in the
-``assignments`` table. ``is_outlier`` follows one rule, chosen when the Assigner is built:
+``Preprocessor.transform`` and the same assignment rule (:mod:`clusterlake.kernels.assignment`)
+the job ran on every row, so the same raw row gets the same ``cluster_id`` (the stable id),
+distance, second cluster and margin as in the ``assignments`` table (k == 1: no second cluster,
+null in JSON as in the table). ``is_outlier`` follows one policy, chosen when the Assigner is built:
 
 * ``density``: the density pass's rule (noise = not within the reach of any core point of the
   sample): exactly the batch job's ``is_outlier`` column. Needs a model with the density pass.
@@ -21,14 +22,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Optional, Union
 
 import numpy as np
 
 from clusterlake.errors import ClusterlakeError
 from clusterlake.io import model_artifact
-from clusterlake.kernels.distance import assign
+from clusterlake.kernels import assignment as rule_kernel
 
 Rows = Union[np.ndarray, Mapping, Sequence]
 OUTLIER_RULES = ("auto", "density", "radius")
@@ -44,35 +44,29 @@ class RowError(ClusterlakeError, ValueError):
         self.feature = feature
 
 
-@dataclass
-class Assignment:
-    """One entry per input row (arrays of length n)."""
+class Assignment(rule_kernel.Assignment):
+    """The assignment rule's result (:class:`clusterlake.kernels.assignment.Assignment`: arrays of
+    length n) with ``is_outlier`` by the Assigner's policy; ``density_label`` is None unless the
+    policy is ``density``."""
 
-    cluster_id: np.ndarray  # int32, the stable cluster id
-    distance: np.ndarray  # float64, Euclidean distance to the centroid in the model space
-    second_cluster_id: np.ndarray  # int32, -1 when k == 1
-    margin: np.ndarray  # float64, distance to the second centroid minus distance; NaN when k == 1
-    is_outlier: np.ndarray  # bool, by the Assigner's outlier rule
-    density_label: Optional[np.ndarray] = None  # int32, -1 = noise; None unless outliers are by density
-
-    def __len__(self) -> int:
-        return len(self.cluster_id)
+    @classmethod
+    def of(cls, result: rule_kernel.Assignment, is_outlier: np.ndarray) -> "Assignment":
+        """``result`` (its arrays shared, not copied) with ``is_outlier`` by the serving policy."""
+        out = cls.__new__(cls)
+        out.__dict__.update(vars(result), is_outlier=is_outlier)
+        return out
 
     def records(self) -> list[dict[str, Any]]:
-        """JSON-ready dicts, one per row."""
-        out = []
-        has2 = not (len(self.second_cluster_id) and self.second_cluster_id[0] < 0)
-        for i in range(len(self.cluster_id)):
-            r = {
-                "cluster_id": int(self.cluster_id[i]),
-                "distance": float(self.distance[i]),
-                "second_cluster_id": int(self.second_cluster_id[i]) if has2 else None,
-                "margin": float(self.margin[i]) if has2 else None,
-                "is_outlier": bool(self.is_outlier[i]),
-            }
-            if self.density_label is not None:
-                r["density_label"] = int(self.density_label[i])
-            out.append(r)
+        """JSON-ready dicts, one per row (no second cluster: ``second_cluster_id``/``margin`` null)."""
+        has2 = self.has_second.tolist()
+        cid, dist, sec, margin = (a.tolist() for a in (self.cluster_id, self.distance, self.second_cluster_id,
+                                                       self.margin))
+        out = [{"cluster_id": cid[i], "distance": dist[i], "second_cluster_id": sec[i] if has2[i] else None,
+                "margin": margin[i] if has2[i] else None, "is_outlier": o}
+               for i, o in enumerate(self.is_outlier.tolist())]
+        if self.density_label is not None:
+            for r, lab in zip(out, self.density_label.tolist()):
+                r["density_label"] = lab
         return out
 
 
@@ -117,8 +111,6 @@ class Assigner:
 
     def __init__(self, artifact: model_artifact.ModelArtifact, outlier_rule: str = "auto",
                  radius_stat: str = "radius_p99"):
-        from clusterlake.algorithms.sample_passes import from_artifact
-
         if outlier_rule not in OUTLIER_RULES:
             raise ClusterlakeError(f"outlier_rule must be one of {OUTLIER_RULES}, got {outlier_rule!r}")
         if radius_stat not in RADIUS_STATS:
@@ -129,32 +121,41 @@ class Assigner:
         self._centroids = np.ascontiguousarray(artifact.centroids, dtype=np.float64)
         self._c_sq = np.einsum("ij,ij->i", self._centroids, self._centroids)
         self._ids = np.asarray(artifact.cluster_ids, dtype=np.int32)
-        self._density, _ = from_artifact(artifact)
-        self._core_sq = None
-        if self._density is not None:
-            self._density.nearest_core(np.zeros((1, self._centroids.shape[1])))  # build its index now
-            self._core_sq = np.einsum("ij,ij->i", self._density.core_points, self._density.core_points)
+        density, _ = model_artifact.pass_models(artifact)
+        self.outlier_rule = self._choose_rule(outlier_rule, density is not None)
+        if self.outlier_rule == "density":
+            density.nearest_core(np.zeros((1, self._centroids.shape[1])))  # build its index now
+        else:
+            density = None  # the radius policy needs no density search
+        self._rule = rule_kernel.AssignmentRule(self._centroids, self._ids, density, small_search=True)
+        self.radius_stat, self._threshold = self._radius_threshold(radius_stat)
+
+    def _choose_rule(self, outlier_rule: str, has_density: bool) -> str:
+        """``auto`` resolved: ``density`` when the model has the density pass, else ``radius``."""
         if outlier_rule == "auto":
-            outlier_rule = "density" if self._density is not None else "radius"
-        if outlier_rule == "density" and self._density is None:
+            return "density" if has_density else "radius"
+        if outlier_rule == "density" and not has_density:
             raise ClusterlakeError(
-                f"model {artifact.run_id} has no density pass: use outlier_rule='radius' or run the "
+                f"model {self.artifact.run_id} has no density pass: use outlier_rule='radius' or run the "
                 "job with density.enabled: true")
-        self.outlier_rule = outlier_rule
-        stats = artifact.cluster_stats
-        self.radius_stat = radius_stat if radius_stat in stats else "radius_max"
-        if self.radius_stat != radius_stat and outlier_rule == "radius":
+        return outlier_rule
+
+    def _radius_threshold(self, radius_stat: str) -> tuple[str, Optional[np.ndarray]]:
+        """(the radius statistic used, its per-cluster threshold): ``radius_max`` for a model saved
+        before the quantiles existed (warned about when the radius policy is in force)."""
+        art, stats = self.artifact, self.artifact.cluster_stats
+        used = radius_stat if radius_stat in stats else "radius_max"
+        if used != radius_stat and self.outlier_rule == "radius":
             import logging
 
             logging.getLogger(__name__).warning(
                 "model %s has no %s (written since issue 9): the radius rule uses radius_max, which flags "
-                "almost nothing; re-run the job for the quantiles", artifact.run_id, radius_stat)
-        if outlier_rule == "radius" and self.radius_stat not in stats:
+                "almost nothing; re-run the job for the quantiles", art.run_id, radius_stat)
+        if self.outlier_rule == "radius" and used not in stats:
             raise ClusterlakeError(
-                f"model {artifact.run_id} has no per-cluster radius statistics (written since clusterlake "
+                f"model {art.run_id} has no per-cluster radius statistics (written since clusterlake "
                 "0.1 issue 7/9); re-run the job, or use outlier_rule='density'")
-        self._threshold = (np.asarray(stats[self.radius_stat], dtype=np.float64) * (1 + 1e-12)
-                           if self.radius_stat in stats else None)
+        return used, (np.asarray(stats[used], dtype=np.float64) * (1 + 1e-12) if used in stats else None)
 
     @classmethod
     def load(cls, path: str, **kw) -> "Assigner":
@@ -328,52 +329,12 @@ class Assigner:
         return self.assign_model_space(self.transform(rows))
 
     def assign_model_space(self, Z: np.ndarray) -> Assignment:
-        lab, dist, sec, sdist = assign(Z, self._centroids)
-        n = len(lab)
-        has2 = self.k > 1
-        dens = None
+        """Model-space rows by the assignment rule (exactly the batch job's columns), with
+        ``is_outlier`` by this Assigner's policy: the rule's own (density) or the radius threshold."""
+        res = self._rule(Z)
         if self.outlier_rule == "density":
-            dens = self._density_labels(Z)
-        if self.outlier_rule == "density":
-            out = dens < 0
-        else:
-            out = dist > self._threshold[lab]
-        return Assignment(
-            cluster_id=self._ids[lab],
-            distance=dist,
-            second_cluster_id=self._ids[sec] if has2 else np.full(n, -1, np.int32),
-            margin=(sdist - dist) if has2 else np.full(n, np.nan),
-            is_outlier=out,
-            density_label=dens,
-        )
-
-    def _density_labels(self, Z: np.ndarray) -> np.ndarray:
-        """The density pass's label of each row (-1 = noise), as the batch job computes it.
-
-        A small request (rows x core points x dimensions <= 2e6, e.g. 3 rows against 9,000 core
-        points of 64 dimensions): one product ranks every core point, then the candidates within
-        round-off of the best are measured exactly (the index's per-query overhead would
-        dominate). Otherwise the model's pruned exact index
-        (:func:`clusterlake.kernels.density.extend`), as in the job."""
-        m = self._density
-        if len(Z) * m.core_points.size > 2_000_000 or len(m.core_points) == 0:
-            from clusterlake.kernels.density import extend
-
-            return extend(Z, m)[0]
-        if self._core_sq is None:
-            self._core_sq = np.einsum("ij,ij->i", m.core_points, m.core_points)
-        P = m.core_points
-        d2 = (self._core_sq[:, None] - 2.0 * (P @ Z.T)).T + np.einsum("ij,ij->i", Z, Z)[:, None]  # (n, m)
-        best = d2.min(axis=1)
-        tol = 1e-9 * (np.einsum("ij,ij->i", Z, Z) + self._core_sq.max()) + 1e-12
-        out = np.empty(len(Z), np.int32)
-        for i in range(len(Z)):  # a few rows: the candidates of each row
-            cand = np.flatnonzero(d2[i] <= best[i] + tol[i])
-            diff = P[cand] - Z[i]
-            dist = np.sqrt(np.einsum("ij,ij->i", diff, diff))
-            j = cand[np.argmin(dist)]
-            out[i] = m.core_labels[j] if dist.min() <= m.core_reach[j] * (1 + 1e-12) else -1
-        return out
+            return Assignment.of(res, res.is_outlier)
+        return Assignment.of(res, res.distance > self._threshold[res.index])
 
     def nearest(self, rows: Rows, n: int = 5) -> tuple[np.ndarray, np.ndarray]:
         """The ``n`` nearest clusters of every row: (cluster ids (rows, n), distances (rows, n)),

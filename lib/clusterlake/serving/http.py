@@ -31,8 +31,16 @@ import logging
 import signal
 import threading
 import time
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Optional
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from clusterlake.errors import ClusterlakeError
 from clusterlake.serving.assigner import RowError
@@ -127,8 +135,6 @@ async def _body(request, limit: int) -> Any:
                                      "send fewer rows per request")
         except ValueError:
             raise HTTPError(400, "bad Content-Length header") from None
-    from starlette.requests import ClientDisconnect
-
     chunks, size = [], 0
     try:
         async for chunk in request.stream():
@@ -182,111 +188,140 @@ def _int(body: dict, key: str, default: Optional[int], lo: int, hi: int) -> Opti
     return v
 
 
-def create_app(model_path: str, *, outlier_rule: str = "auto", max_body_bytes: int = DEFAULT_MAX_BODY,
-               max_rows: int = DEFAULT_MAX_ROWS, watch_seconds: Optional[float] = None,
-               holder: Optional[ModelHolder] = None):
-    """The ASGI app. Loads the model now (a bad path fails here, before the server listens)."""
-    from contextlib import asynccontextmanager
+class _Endpoints:
+    """The route handlers of one app: each reads ``holder.current`` once, so a request runs on one
+    model even if a reload lands meanwhile."""
 
-    from starlette.applications import Starlette
-    from starlette.concurrency import run_in_threadpool
-    from starlette.exceptions import HTTPException as StarletteHTTPException
-    from starlette.requests import ClientDisconnect
-    from starlette.responses import JSONResponse, Response
-    from starlette.routing import Route
+    def __init__(self, holder: ModelHolder, max_body_bytes: int, max_rows: int):
+        self.holder, self.max_body_bytes, self.max_rows = holder, max_body_bytes, max_rows
+        self.started = time.time()
 
-    holder = holder or ModelHolder(model_path, outlier_rule)
-    started = time.time()
+    def routes(self) -> list:
+        return [
+            Route("/health", self.health, methods=["GET"]),
+            Route("/assign", self.assign, methods=["POST"]),
+            Route("/nearest", self.nearest, methods=["POST"]),
+            Route("/similar", self.similar, methods=["POST"]),
+            Route("/clusters", self.clusters, methods=["GET"]),
+            Route("/clusters/{cluster_id}", self.cluster, methods=["GET"]),
+        ]
 
-    async def health(request):
-        cur = holder.current
-        art = cur.catalog.artifact
+    async def health(self, request):
+        holder, cur = self.holder, self.holder.current
+        assigner = cur.catalog.assigner
         return JSONResponse({
-            "status": "ok", "run_id": cur.run_id, "run_date": art.run_date, "k": cur.catalog.assigner.k,
-            "features": cur.catalog.assigner.feature_names, "outlier_rule": cur.catalog.assigner.outlier_rule,
-            "radius_stat": cur.catalog.assigner.radius_stat,
+            "status": "ok", "run_id": cur.run_id, "run_date": cur.catalog.artifact.run_date, "k": assigner.k,
+            "features": assigner.feature_names, "outlier_rule": assigner.outlier_rule,
+            "radius_stat": assigner.radius_stat,
             "model_path": holder.path, "model_dir": cur.catalog.model_dir.uri,
-            "loaded_at": cur.loaded_at, "uptime_s": round(time.time() - started, 3), "reloads": holder.reloads,
-            "last_reload_error": holder.last_error, "max_body_bytes": max_body_bytes, "max_rows": max_rows,
+            "loaded_at": cur.loaded_at, "uptime_s": round(time.time() - self.started, 3), "reloads": holder.reloads,
+            "last_reload_error": holder.last_error, "max_body_bytes": self.max_body_bytes, "max_rows": self.max_rows,
         })
 
-    def matrix(cat, rows):
+    def _matrix(self, cat: ClusterCatalog, rows):
         X = cat.assigner.matrix(rows)  # counted as rows: {"row": {f: [v1, v2, ...]}} is many rows too
-        if len(X) > max_rows:
-            raise HTTPError(413, f"{len(X)} rows in one request, over the limit of {max_rows}; split the batch")
+        if len(X) > self.max_rows:
+            raise HTTPError(413, f"{len(X)} rows in one request, over the limit of {self.max_rows}; split the batch")
         return X
 
-    async def assign(request):
-        body = await _body(request, max_body_bytes)
-        rows, single = _rows(body, max_rows)
-        cat = holder.current.catalog  # one model for the whole request, even if a reload lands now
-        X = matrix(cat, rows)
+    async def _request(self, request) -> tuple[Any, Any, bool, ClusterCatalog]:
+        """(body, rows, single, the model now served) of a POST."""
+        body = await _body(request, self.max_body_bytes)
+        rows, single = _rows(body, self.max_rows)
+        return body, rows, single, self.holder.current.catalog
+
+    async def assign(self, request):
+        _, rows, _, cat = await self._request(request)
+        X = self._matrix(cat, rows)
         if len(X) > _THREAD_ROWS:
             res = await run_in_threadpool(lambda: cat.assigner.assign(X).records())
         else:
             res = cat.assigner.assign(X).records()
         return JSONResponse({"run_id": cat.run_id, "assignments": res})
 
-    async def nearest(request):
-        body = await _body(request, max_body_bytes)
-        rows, single = _rows(body, max_rows)
-        cat = holder.current.catalog
+    async def nearest(self, request):
+        body, rows, single, cat = await self._request(request)
         n = _int(body, "n", min(5, cat.assigner.k), 1, cat.assigner.k)
-        X = matrix(cat, rows)
+        X = self._matrix(cat, rows)
         got = await run_in_threadpool(cat.nearest, X, n) if len(X) > _THREAD_ROWS else cat.nearest(X, n)
         return JSONResponse({"run_id": cat.run_id, **({"clusters": got[0]} if single and len(X) == 1 else {"rows": got})})
 
-    async def similar(request):
-        body = await _body(request, max_body_bytes)
-        rows, single = _rows(body, max_rows)
+    async def similar(self, request):
+        body, rows, single, cat = await self._request(request)
         if not single:
             raise HTTPError(400, "/similar takes one row: {\"row\": {...}, \"n\": 10}")
-        cat = holder.current.catalog
         n = _int(body, "n", 10, 1, 1000)
         cid = _int(body, "cluster_id", None, -(1 << 31), (1 << 31) - 1)
-        X = matrix(cat, rows)
+        X = self._matrix(cat, rows)
         got = await run_in_threadpool(cat.similar, X, n, cid)  # may read a parquet file
         return JSONResponse({"run_id": cat.run_id, **got})
 
-    async def clusters(request):
-        cat = holder.current.catalog
+    async def clusters(self, request):
+        cat = self.holder.current.catalog
         return JSONResponse({"run_id": cat.run_id, "clusters": cat.clusters()})
 
-    async def cluster(request):
+    async def cluster(self, request):
         raw = request.path_params["cluster_id"]
         try:
             cid = int(raw)
         except ValueError:
             raise HTTPError(400, f"cluster id must be an integer, got {raw!r}") from None
-        return JSONResponse(holder.current.catalog.cluster(cid))
+        return JSONResponse(self.holder.current.catalog.cluster(cid))
 
-    async def on_http_error(request, exc: HTTPError):
-        return JSONResponse({"error": exc.message, **exc.extra}, status_code=exc.status)
 
-    async def on_row_error(request, exc: RowError):
-        extra = {k: v for k, v in (("row", exc.row), ("feature", exc.feature)) if v is not None}
-        return JSONResponse({"error": str(exc), **extra}, status_code=400)
+# ----------------------------------------------------------------------------------------------
+# errors: what each exception becomes (never a 500 for anything a client sends)
 
-    async def on_not_found(request, exc: ClusterNotFound):
-        return JSONResponse({"error": str(exc)}, status_code=404)
 
-    async def on_user_error(request, exc: ClusterlakeError):
-        return JSONResponse({"error": str(exc)}, status_code=400)
+async def _on_http_error(request, exc: HTTPError):
+    return JSONResponse({"error": exc.message, **exc.extra}, status_code=exc.status)
 
-    async def on_client_gone(request, exc: Exception):  # nobody to answer: one line, no traceback
-        who = f"{request.client.host}:{request.client.port}" if request.client else "unknown"
-        got = f"{exc}, " if str(exc) else ""  # ClientGone says how much came; starlette's ClientDisconnect not
-        log.info("client %s disconnected before the request body was complete (%s%s %s); nothing to answer",
-                 who, got, request.method, request.url.path)
-        return Response(status_code=400)
 
-    async def on_bug(request, exc: Exception):  # a bug, not the client: logged with its traceback
-        log.exception("internal error on %s %s", request.method, request.url.path)
-        return JSONResponse({"error": f"internal error ({type(exc).__name__}); see the service log"},
-                            status_code=500)
+async def _on_row_error(request, exc: RowError):
+    extra = {k: v for k, v in (("row", exc.row), ("feature", exc.feature)) if v is not None}
+    return JSONResponse({"error": str(exc), **extra}, status_code=400)
 
-    async def on_starlette(request, exc: StarletteHTTPException):
-        return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+async def _on_not_found(request, exc: ClusterNotFound):
+    return JSONResponse({"error": str(exc)}, status_code=404)
+
+
+async def _on_user_error(request, exc: ClusterlakeError):
+    return JSONResponse({"error": str(exc)}, status_code=400)
+
+
+async def _on_client_gone(request, exc: Exception):  # nobody to answer: one line, no traceback
+    who = f"{request.client.host}:{request.client.port}" if request.client else "unknown"
+    got = f"{exc}, " if str(exc) else ""  # ClientGone says how much came; starlette's ClientDisconnect not
+    log.info("client %s disconnected before the request body was complete (%s%s %s); nothing to answer",
+             who, got, request.method, request.url.path)
+    return Response(status_code=400)
+
+
+async def _on_bug(request, exc: Exception):  # a bug, not the client: logged with its traceback
+    log.exception("internal error on %s %s", request.method, request.url.path)
+    return JSONResponse({"error": f"internal error ({type(exc).__name__}); see the service log"},
+                        status_code=500)
+
+
+async def _on_starlette(request, exc):
+    return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+
+def _exception_handlers() -> dict:
+    return {
+        HTTPError: _on_http_error, ClientGone: _on_client_gone, ClientDisconnect: _on_client_gone,
+        RowError: _on_row_error, ClusterNotFound: _on_not_found, ClusterlakeError: _on_user_error,
+        StarletteHTTPException: _on_starlette, Exception: _on_bug,
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# reloading: SIGHUP and --watch
+
+
+def _lifespan(holder: ModelHolder, watch_seconds: Optional[float]):
+    """The app's lifespan: reload on SIGHUP (main thread only) and every ``watch_seconds``."""
 
     async def watch():
         while True:
@@ -297,6 +332,7 @@ def create_app(model_path: str, *, outlier_rule: str = "auto", max_body_bytes: i
     async def lifespan(app):
         loop = asyncio.get_running_loop()
         tasks = []
+
         def on_hup():
             tasks[:] = [t for t in tasks if not t.done()]
             tasks.append(loop.create_task(run_in_threadpool(holder.reload, True)))
@@ -311,19 +347,17 @@ def create_app(model_path: str, *, outlier_rule: str = "auto", max_body_bytes: i
         for t in tasks:
             t.cancel()
 
-    routes = [
-        Route("/health", health, methods=["GET"]),
-        Route("/assign", assign, methods=["POST"]),
-        Route("/nearest", nearest, methods=["POST"]),
-        Route("/similar", similar, methods=["POST"]),
-        Route("/clusters", clusters, methods=["GET"]),
-        Route("/clusters/{cluster_id}", cluster, methods=["GET"]),
-    ]
-    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={
-        HTTPError: on_http_error, ClientGone: on_client_gone, ClientDisconnect: on_client_gone,
-        RowError: on_row_error, ClusterNotFound: on_not_found, ClusterlakeError: on_user_error,
-        StarletteHTTPException: on_starlette, Exception: on_bug,
-    })
+    return lifespan
+
+
+def create_app(model_path: str, *, outlier_rule: str = "auto", max_body_bytes: int = DEFAULT_MAX_BODY,
+               max_rows: int = DEFAULT_MAX_ROWS, watch_seconds: Optional[float] = None,
+               holder: Optional[ModelHolder] = None):
+    """The ASGI app. Loads the model now (a bad path fails here, before the server listens)."""
+    holder = holder or ModelHolder(model_path, outlier_rule)
+    endpoints = _Endpoints(holder, max_body_bytes, max_rows)
+    app = Starlette(routes=endpoints.routes(), lifespan=_lifespan(holder, watch_seconds),
+                    exception_handlers=_exception_handlers())
     app.state.holder = holder
     return app
 

@@ -30,7 +30,7 @@ import numpy as np
 from clusterlake.errors import ClusterlakeError
 from clusterlake.io import model_artifact
 from clusterlake.io.fs import Location, location
-from clusterlake.kernels.distance import assign
+from clusterlake.kernels.assignment import assign_points
 from clusterlake.serving.assigner import Assigner, Rows
 
 log = logging.getLogger(__name__)
@@ -236,9 +236,9 @@ class ClusterCatalog:
         Z = self.assigner.transform(row)
         if len(Z) != 1:
             raise ClusterlakeError(f"similar takes one row, got {len(Z)}")
-        # the nearest centroid only: the outlier rule (a density search) is not needed here
-        lab, dist, _, _ = assign(Z, self.assigner._centroids)
-        cid = int(self.assigner._ids[lab[0]]) if cluster_id is None else int(cluster_id)
+        # the assignment rule without the passes: the outlier rule (a density search) is not needed here
+        near = assign_points(Z, self.assigner._centroids, self.assigner._ids)
+        cid = int(near.cluster_id[0]) if cluster_id is None else int(cluster_id)
         ids, M = self.members(cid)
         n = max(0, min(int(n), len(ids)))
         items: list[dict[str, Any]] = []
@@ -250,7 +250,7 @@ class ClusterCatalog:
             items = [{"id": _py(ids[j]), "distance": float(d[j])} for j in top]
         out = {"cluster_id": cid, "members": int(len(ids)), "items": items}
         if cluster_id is None:
-            out["distance"] = float(dist[0])
+            out["distance"] = float(near.distance[0])
         if not self._members.get("runs"):
             out["note"] = "this model has no member sample (serving.members_per_cluster was 0)"
         return out

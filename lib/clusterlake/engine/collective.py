@@ -20,8 +20,11 @@ Barrier stages need every task scheduled at once: the number of tasks is at most
 free task slots, and they do not run with dynamic allocation. A task that raises sends its error
 first: the fit fails with it (:class:`CollectiveError`). A task that is *lost* (its executor or
 Python worker died: the connection drops, or the Spark job fails without an error frame) raises
-:class:`TaskLost`, which :class:`~clusterlake.algorithms.engine.BlockCluster` answers by starting
+:class:`TaskLost`, which :class:`~clusterlake.engine.stage.BarrierStage` answers by starting
 the stage again on the slots that are left and restoring the tasks' state from the driver.
+
+This module knows nothing of the algorithm: a command is a name, a JSON header and named arrays;
+what a task does with it is its worker's business (:mod:`clusterlake.engine.worker`).
 """
 
 from __future__ import annotations
@@ -164,6 +167,7 @@ class Coordinator:
         self.address = (advertise_host, self._server.getsockname()[1])
         self.conns: list[socket.socket] = []
         self.task_rows: list[int] = []
+        self.task_sum_w: list[float] = []  # per task: the total weight of its rows (rows if unweighted)
         self.tasks: list[dict] = []  # per task, in partition order: partition, rows, pid, host
 
     # -- setup
@@ -211,6 +215,7 @@ class Coordinator:
             conn, hello = by_part[p]
             self.conns.append(conn)
             self.task_rows.append(int(hello["rows"]))
+            self.task_sum_w.append(float(hello.get("sum_w", hello["rows"])))
             self.tasks.append({k: hello.get(k) for k in ("partition", "rows", "pid", "host")})
         for s in pending:
             s.close()
@@ -290,11 +295,13 @@ class Coordinator:
 
 def serve(address: tuple[str, int], token: str, partition: int, rows: int,
           handler: Callable[[dict, dict], tuple[dict, dict]], timeout: float = 3600.0,
-          load_error: Optional[str] = None) -> int:
+          load_error: Optional[str] = None, sum_w: Optional[float] = None) -> int:
     """Connect to the driver and execute its commands until ``stop``. Runs in a barrier task.
 
-    Returns the number of commands served. An exception inside ``handler`` is sent back to the
-    driver (which raises it with the task's number) and re-raised here.
+    The hello carries the task's row count and total weight ``sum_w`` (rows when omitted), so the
+    driver knows the layout after every (re)launch without a command. Returns the number of
+    commands served. An exception inside ``handler`` is sent back to the driver (which raises it
+    with the task's number) and re-raised here.
     """
     sock = None
     last: Optional[OSError] = None
@@ -310,7 +317,7 @@ def serve(address: tuple[str, int], token: str, partition: int, rows: int,
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.settimeout(timeout)
     hello = {"token": token, "partition": partition, "rows": rows, "pid": os.getpid(),
-             "host": socket.gethostname()}
+             "host": socket.gethostname(), "sum_w": float(rows if sum_w is None else sum_w)}
     if load_error:
         hello["error"] = load_error
     send_msg(sock, hello)

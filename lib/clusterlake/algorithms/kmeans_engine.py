@@ -1,0 +1,531 @@
+"""K-means on the engine: the task side (:class:`KMeansWorker`) and the drivers.
+
+:class:`KMeansWorker` is the k-means algorithm's :class:`~clusterlake.engine.worker.Worker`:
+every barrier task holds its rows as one float32 block (model space, optionally L2-normalised for
+cosine) and answers these commands; :class:`KMeansStage` is the
+:class:`~clusterlake.engine.stage.BarrierStage` serving it. The drivers below run on the driver and
+send the commands:
+
+* :func:`init_kmeans_parallel` -- k-means|| (Bahmani et al. 2012): a few rounds that oversample
+  ~``l`` rows each with probability proportional to w * D^2, then a weighted k-means++ recluster
+  (plus local Lloyd) of the candidates on the driver, the same recipe as Spark MLlib's init;
+* :func:`init_kmeans_plusplus_sample` -- greedy k-means++ on a uniform sample;
+* :func:`init_random` -- k distinct random rows;
+* :func:`lloyd` -- Lloyd iterations, one pass each returning k x d sums, counts and inertia;
+  empty clusters re-seeded from the globally farthest rows, so exactly k centres come back;
+* :func:`bisecting` -- bisecting K-means (split the leaf with the largest SSE, like
+  scikit-learn's ``bisecting_strategy="biggest_inertia"``), returning every centre's parent.
+
+Determinism: replies are reduced in partition order and every random draw is seeded from the
+fit's seed (and the partition number), so a fixed seed and partitioning give the same result.
+
+Lost tasks: ``kpar_update`` (k-means|| distances) and ``bisect_split`` (the rows' leaves) build
+state on the tasks, so they are ``stateful`` commands, replayed by the stage after a loss; the
+driver holds everything else (the centres, the split tree).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+from clusterlake.engine.blocks import Block, BlockSource
+from clusterlake.engine.stage import BarrierStage
+from clusterlake.engine.worker import Worker, command
+from clusterlake.faults import pause_point
+from clusterlake.kernels import kmeans as K
+
+log = logging.getLogger(__name__)
+
+
+class FewerClustersWarning(UserWarning):
+    """The fit could not find k distinct centres (the data has fewer distinct points than k)."""
+
+
+# ----------------------------------------------------------------------------------------------
+# the task side
+
+
+def _stats_reply(ps: "K.PartialStats") -> dict:
+    return {"inertia": float(ps.inertia), "sums": ps.sums, "counts": ps.counts,
+            "far_points": ps.far_points, "far_d2": ps.far_d2}
+
+
+class KMeansWorker(Worker):
+    """Executes the k-means drivers' commands against one task's block. Runs in a barrier task."""
+
+    def __init__(self, block: Block):
+        super().__init__(block)
+        X = block.X
+        self.x_sq = K.row_sq_norms(X) if X.size else np.zeros(0)
+        self.d2: Optional[np.ndarray] = None  # k-means|| distances to the candidates so far
+        self.leaf = np.zeros(len(X), dtype=np.int32)  # bisecting: the leaf of every row
+        self._sub: Optional[tuple] = None  # bisecting: (leaf, rows, X, w, x_sq) of the leaf being split
+
+    @property
+    def n(self) -> int:
+        return len(self.X)
+
+    def _rows(self, idx) -> dict:
+        idx = np.asarray(idx, dtype=np.int64)
+        return {"n": int(len(idx)), "x": self.X[idx].astype(np.float64), "w": self.weights(idx)}
+
+    def _leaf_block(self, leaf: int):
+        if self._sub is None or self._sub[0] != leaf:
+            rows = np.flatnonzero(self.leaf == leaf)
+            self._sub = (leaf, rows, np.ascontiguousarray(self.X[rows]),
+                         None if self.w is None else self.w[rows], self.x_sq[rows])
+        return self._sub
+
+    @command("info")
+    def info(self) -> dict:
+        """Row count, total weight, weighted column sums and sums of squares."""
+        n = self.n
+        d = self.X.shape[1] if self.X.size else 0
+        w = self.weights()
+        sx, sxx = np.zeros(d), np.zeros(d)
+        for s0 in range(0, n, 65536):  # float64 in chunks: no full-size copy of the block
+            Xd = self.X[s0:s0 + 65536].astype(np.float64)
+            ws = w[s0:s0 + 65536]
+            sx += ws @ Xd
+            sxx += ws @ (Xd * Xd)
+        return {"n": int(n), "sum_w": float(w.sum()), "sum_wx": sx, "sum_wxx": sxx}
+
+    @command("stats")
+    def stats(self, centers: np.ndarray, n_far: int = 0) -> dict:
+        """One Lloyd pass: per-centre sums, counts, inertia and the farthest rows."""
+        if not self.n:
+            return _stats_reply(K.PartialStats.zeros(*centers.shape))
+        return _stats_reply(K.partial_stats(self.X, centers, self.w, self.x_sq, n_far=int(n_far)))
+
+    @command("pick")
+    def pick(self, u: float) -> dict:
+        """The row where the cumulative weight passes ``u``."""
+        if not self.n:
+            return self._rows([])
+        cw = np.cumsum(self.weights())
+        return self._rows([int(min(np.searchsorted(cw, float(u), side="right"), self.n - 1))])
+
+    @command("sample")
+    def sample(self, fraction: float, seed: int, leaf: Optional[int] = None) -> dict:
+        """A Bernoulli sample of the rows (of one bisecting leaf's rows when ``leaf`` is given)."""
+        rows = np.arange(self.n) if leaf is None else np.flatnonzero(self.leaf == int(leaf))
+        return self._rows(rows[self.rng(seed).random(len(rows)) < float(fraction)])
+
+    @command("kpar_update", stateful=True)
+    def kpar_update(self, centers: np.ndarray) -> dict:
+        """k-means||: fold new candidates into every row's distance; the cost phi."""
+        if self.n:
+            _, d2 = K.nearest(self.X, centers, self.x_sq)
+            self.d2 = d2 if self.d2 is None else np.minimum(self.d2, d2)
+        return {"phi": float(self.weights() @ self.d2) if self.n else 0.0}
+
+    @command("kpar_sample")
+    def kpar_sample(self, l: float, phi: float, seed: int) -> dict:  # noqa: E741 (the paper's name)
+        """k-means||: oversample rows with probability proportional to w * D^2."""
+        if not self.n:
+            return self._rows([])
+        idx = K.kmeans_parallel_sample(self.X, self.d2, self.weights(), float(l), float(phi), self.rng(seed))
+        return self._rows(idx)
+
+    @command("forget_d2")
+    def forget_d2(self) -> None:
+        """k-means|| is over: free the n distances."""
+        self.d2 = None
+
+    @command("cand_weights")
+    def cand_weights(self, centers: np.ndarray) -> dict:
+        """k-means||: the weight of the rows nearest to each candidate."""
+        cw = K.candidate_weights(self.X, centers, self.w, self.x_sq) if self.n else np.zeros(len(centers))
+        return {"weights": cw}
+
+    @command("bisect_stats")
+    def bisect_stats(self, centers: np.ndarray, leaf: int, n_far: int = 0) -> dict:
+        """A Lloyd pass over one leaf's rows."""
+        _, _, Xs, ws, xs = self._leaf_block(int(leaf))
+        if not len(Xs):
+            return _stats_reply(K.PartialStats.zeros(*centers.shape))
+        return _stats_reply(K.partial_stats(Xs, centers, ws, xs, n_far=int(n_far)))
+
+    @command("bisect_split", stateful=True)
+    def bisect_split(self, centers: np.ndarray, leaf: int, left: int, right: int) -> None:
+        """Move a leaf's rows to its two children (the nearer of ``centers``)."""
+        _, rows, Xs, _, xs = self._leaf_block(int(leaf))
+        if len(rows):
+            lab, _ = K.nearest(Xs, centers, xs)
+            self.leaf[rows] = np.where(lab == 0, int(left), int(right))
+        self._sub = None
+
+
+class KMeansStage(BarrierStage):
+    """The barrier stage serving :class:`KMeansWorker`, with the k-means drivers' reductions.
+
+    Runs on the driver; see :class:`~clusterlake.engine.stage.BarrierStage` for the stage's life
+    and its recovery from lost tasks.
+    """
+
+    def __init__(self, spark, df, source: BlockSource, num_tasks: Optional[int] = None, **kw):
+        super().__init__(spark, df, source, KMeansWorker, num_tasks=num_tasks, **kw)
+
+    def stats(self, C: np.ndarray, n_far: int = 0, op: str = "stats", **params) -> "K.PartialStats":
+        """Sum the tasks' partial statistics for centres ``C`` (in partition order)."""
+        total = K.PartialStats.zeros(*C.shape)
+        for head, a in self.call(op, {"centers": np.asarray(C, np.float64)}, n_far=n_far, **params):
+            total = total.merge(K.PartialStats(a["sums"], a["counts"], head["inertia"], a["far_points"], a["far_d2"]))
+        return total
+
+    def gather_rows(self, op: str, **params) -> tuple[np.ndarray, np.ndarray]:
+        """The rows (and weights) the tasks return for ``op``, concatenated in partition order."""
+        xs, ws = [], []
+        for _, a in self.call(op, **params):
+            if len(a["x"]):
+                xs.append(a["x"])
+                ws.append(a["w"])
+        if not xs:
+            return np.empty((0, 0)), np.empty(0)
+        return np.concatenate(xs), np.concatenate(ws)
+
+
+@dataclass
+class DataInfo:
+    n: int
+    sum_w: float
+    mean: np.ndarray
+    var: np.ndarray  # weighted, per column
+    task_sum_w: list[float] = field(default_factory=list)
+
+
+def data_info(bc: KMeansStage) -> DataInfo:
+    """One pass: row count, total weight, weighted column means and variances."""
+    replies = bc.call("info")
+    n = sum(h["n"] for h, _ in replies)
+    sw = sum(h["sum_w"] for h, _ in replies)
+    sx = sum(a["sum_wx"] for h, a in replies if h["n"])  # an empty partition does not know d
+    sxx = sum(a["sum_wxx"] for h, a in replies if h["n"])
+    mean = sx / sw if sw else np.zeros_like(sx)
+    var = np.maximum(sxx / sw - mean * mean, 0.0) if sw else np.zeros_like(sx)
+    bc.task_sum_w = [float(h["sum_w"]) for h, _ in replies]
+    return DataInfo(int(n), float(sw), mean, var, list(bc.task_sum_w))
+
+
+# ----------------------------------------------------------------------------------------------
+# initialisation
+
+
+def _pick(bc: KMeansStage, rng: np.random.Generator) -> np.ndarray:
+    """One row drawn with probability proportional to its weight."""
+    u = rng.random()
+    chosen = {}
+
+    def per_task(cluster: KMeansStage) -> list[dict]:  # again after a recovery: the layout may differ
+        sums_w = cluster.task_sum_w
+        cum = np.cumsum(sums_w)
+        v = u * float(cum[-1])
+        t = int(min(np.searchsorted(cum, v, side="right"), len(cum) - 1))
+        chosen["t"] = t
+        v_local = v - (cum[t - 1] if t else 0.0)
+        return [{"u": v_local} if i == t else {"u": 0.0} for i in range(cluster.n_tasks)]
+
+    replies = bc.call("pick", per_task=per_task)
+    return replies[chosen["t"]][1]["x"][0]
+
+
+def init_random(bc: KMeansStage, k: int, info: DataInfo, seed: int) -> np.ndarray:
+    """k distinct rows chosen uniformly (from a sample of ~20 k rows)."""
+    frac = min(1.0, 20.0 * k / max(info.n, 1))
+    X, _ = bc.gather_rows("sample", fraction=frac, seed=seed)
+    X = np.unique(X, axis=0) if len(X) else X
+    rng = np.random.default_rng(seed)
+    if len(X) < k:
+        X, _ = bc.gather_rows("sample", fraction=1.0, seed=seed)
+        X = np.unique(X, axis=0)
+    idx = rng.choice(len(X), size=min(k, len(X)), replace=False)
+    return X[np.sort(idx)]
+
+
+def init_kmeans_plusplus_sample(bc: KMeansStage, k: int, info: DataInfo, seed: int,
+                                sample_size: int = 200_000) -> np.ndarray:
+    """Greedy (weighted) k-means++ on a uniform sample of about ``sample_size`` rows (driver)."""
+    frac = min(1.0, sample_size / max(info.n, 1))
+    X, w = bc.gather_rows("sample", fraction=frac, seed=seed)
+    if len(X) < k:
+        X, w = bc.gather_rows("sample", fraction=1.0, seed=seed)
+    C, _ = K.kmeans_plusplus(X, k, weights=w, random_state=seed)
+    return C
+
+
+def init_kmeans_parallel(bc: KMeansStage, k: int, info: DataInfo, seed: int, steps: int = 2,
+                         oversampling: float = 2.0, max_candidates: int = 100_000,
+                         restarts: int = 10) -> np.ndarray:
+    """k-means|| (Bahmani et al. 2012): ``steps`` rounds oversampling ~``oversampling * k`` rows
+    each (probability proportional to w * D^2), then the candidates, weighted by the weight of
+    the rows nearest to each, are reclustered on the driver: weighted greedy k-means++ and Lloyd,
+    ``restarts`` times, keeping the lowest weighted inertia. (MLlib reclusters once; on blobs a
+    single recluster lands in a visibly worse optimum for some seeds, ten restarts on a few
+    hundred candidates cost milliseconds -- see the README's performance section.)
+
+    Passes over the data: 2 per round + 2. Collected: the candidates (about
+    ``1 + steps * oversampling * k`` rows).
+    """
+    rng = np.random.default_rng(seed)
+    first = _pick(bc, rng)[None, :]
+    cands = [first]
+    phi = sum(h["phi"] for h, _ in bc.call("kpar_update", {"centers": first}))
+    l = oversampling * k
+    for r in range(steps):
+        if phi <= 0:
+            break
+        new, _ = bc.gather_rows("kpar_sample", l=l, phi=phi, seed=seed * 1000 + r + 1)
+        if not len(new):
+            continue
+        cands.append(new)
+        if sum(len(c) for c in cands) > max_candidates:
+            log.warning("k-means|| stopped after round %d: %d candidates", r + 1, sum(len(c) for c in cands))
+            break
+        phi = sum(h["phi"] for h, _ in bc.call("kpar_update", {"centers": new}))
+    C = np.unique(np.concatenate(cands), axis=0)
+    weights = sum(a["weights"] for _, a in bc.call("cand_weights", {"centers": C}))
+    bc.call("forget_d2")
+    bc.forget("kpar_update")  # a recovery from here on need not rebuild the distances
+    log.info("k-means||: %d candidates from %d rounds", len(C), len(cands) - 1)
+    if len(C) <= k:
+        if len(C) < k:  # top up with uniformly drawn rows
+            extra = init_random(bc, k, info, seed + 7)
+            C = np.unique(np.concatenate([C, extra]), axis=0)[: max(k, len(C))]
+            if len(C) > k:
+                C = C[:k]
+        return C
+    keep = weights > 0
+    C, weights = C[keep], weights[keep]
+    if len(C) <= k:
+        return C
+    best = None
+    for r in range(max(1, restarts)):
+        C0, _ = K.kmeans_plusplus(C, k, weights=weights, random_state=seed * 7919 + r)
+        fit_r = K.lloyd(C, C0, weights=weights, max_iter=50, tol=1e-6)
+        if best is None or fit_r.inertia < best.inertia:
+            best = fit_r
+    return best.centers
+
+
+# ----------------------------------------------------------------------------------------------
+# Lloyd
+
+
+@dataclass
+class LloydFit:
+    centers: np.ndarray
+    counts: np.ndarray  # weighted sizes at the final centres
+    inertia: float  # at the final centres
+    n_iter: int
+    converged: bool
+    n_repaired: int
+    iter_seconds: list[float] = field(default_factory=list)
+    history: list[dict] = field(default_factory=list)
+
+
+def lloyd(bc: KMeansStage, C0: np.ndarray, max_iter: int, tol_abs: float, spherical: bool = False,
+          op: str = "stats", label: str = "kmeans", **params) -> LloydFit:
+    """Distributed Lloyd from ``C0``: one pass per iteration (k x d statistics collected).
+
+    Stops when the summed squared centre shift is at most ``tol_abs`` (scikit-learn's rule; an
+    unchanged assignment gives a zero shift) or after ``max_iter`` iterations. Empty clusters are
+    re-seeded from the farthest rows of the whole data. A last pass computes the sizes and
+    inertia at the returned centres.
+    """
+    C = np.array(C0, dtype=np.float64)
+    k = len(C)
+    n_far = k
+    converged, repaired, it = False, 0, 0
+    times, hist = [], []
+    for it in range(1, max_iter + 1):
+        pause_point("engine.lloyd", label=label, iteration=it, tasks=bc.coord.tasks)
+        t0 = time.time()
+        ps = bc.stats(C, n_far=n_far, op=op, **params)
+        C_new, empty = K.centers_from_stats(ps.sums, ps.counts, C, spherical=spherical)
+        if empty.any():
+            C_new, fixed = K.repair_empty(C_new, empty, ps.far_points, ps.far_d2)
+            repaired += fixed
+            log.info("%s iteration %d: re-seeded %d empty clusters from the farthest rows", label, it, fixed)
+        shift = K.center_shift_sq(C, C_new)
+        C = C_new
+        times.append(time.time() - t0)
+        hist.append({"iteration": it, "inertia": float(ps.inertia), "shift": float(shift)})
+        log.debug("%s iteration %d: inertia %.6g, shift %.3g, %.3f s", label, it, ps.inertia, shift, times[-1])
+        if shift <= tol_abs and not empty.any():
+            converged = True
+            break
+    final = bc.stats(C, n_far=0, op=op, **params)
+    return LloydFit(C, final.counts, float(final.inertia), it, converged, repaired, times, hist)
+
+
+# ----------------------------------------------------------------------------------------------
+# bisecting
+
+
+@dataclass
+class BisectFit:
+    centers: np.ndarray  # (k, d) leaves
+    parents: np.ndarray  # (k,) int: index into ``tree_centers`` of each leaf's parent, -1 for the root
+    tree_centers: np.ndarray  # (2k - 1, d): every node, root first; leaves are tree_centers[leaf_nodes]
+    tree_parents: np.ndarray  # (2k - 1,) parent node of every node (-1 for the root)
+    leaf_nodes: np.ndarray  # (k,) node ids of the leaves, in the order of ``centers``
+    counts: np.ndarray
+    inertia: float
+    n_iter: int  # total Lloyd iterations over all splits
+
+
+def bisecting(bc: KMeansStage, k: int, info: DataInfo, max_iter: int, tol_abs: float, seed: int,
+              spherical: bool = False, sample_size: int = 20_000) -> BisectFit:
+    """Bisecting K-means: start with one cluster, repeatedly split the leaf with the largest SSE
+    in two (2-means++ on a sample of that leaf, then distributed Lloyd on its rows), until k
+    leaves. Every split costs a handful of passes over the leaf's rows only."""
+    root = info.mean.copy()
+    if spherical:
+        nrm = np.linalg.norm(root)
+        root = root / nrm if nrm > 0 else root
+    nodes = [root]
+    parents = [-1]
+    leaves = {0: None}  # node id -> (count, sse); the root's SSE is filled below
+    root_stats = bc.stats(root[None, :], op="bisect_stats", leaf=0)
+    leaves[0] = (float(root_stats.counts[0]), float(root_stats.inertia))
+    total_iter = 0
+    rng = np.random.default_rng(seed)
+    while len(leaves) < k:
+        splittable = {n: v for n, v in leaves.items() if v[0] >= 2 and v[1] > 0}
+        if not splittable:
+            msg = f"bisecting K-means found {len(leaves)} divisible clusters, fewer than k={k}"
+            warnings.warn(msg, FewerClustersWarning, stacklevel=2)
+            log.warning(msg)
+            break
+        node = max(splittable, key=lambda n: (splittable[n][1], -n))
+        count = splittable[node][0]
+        frac = min(1.0, sample_size / max(count, 1.0))
+        S, w = bc.gather_rows("sample", fraction=frac, seed=int(rng.integers(2**31)), leaf=node)
+        if len(np.unique(S, axis=0)) < 2:
+            S, w = bc.gather_rows("sample", fraction=1.0, seed=0, leaf=node)
+        if len(np.unique(S, axis=0)) < 2:
+            leaves[node] = (count, 0.0)  # all rows identical: cannot be split
+            continue
+        C0, _ = K.kmeans_plusplus(S, 2, weights=w, random_state=int(rng.integers(2**31)))
+        fit = lloyd(bc, C0, max_iter, tol_abs, spherical, op="bisect_stats", label=f"bisect node {node}", leaf=node)
+        total_iter += fit.n_iter
+        left, right = len(nodes), len(nodes) + 1
+        bc.call("bisect_split", {"centers": fit.centers}, leaf=node, left=left, right=right)
+        nodes += [fit.centers[0], fit.centers[1]]
+        parents += [node, node]
+        del leaves[node]
+        for child, c in ((left, fit.centers[0]), (right, fit.centers[1])):
+            st = bc.stats(c[None, :], op="bisect_stats", leaf=child)
+            leaves[child] = (float(st.counts[0]), float(st.inertia))
+        log.info("bisecting: split node %d (%d rows) into %d + %d rows", node, int(count),
+                 int(leaves[left][0]), int(leaves[right][0]))
+    leaf_nodes = np.array(sorted(leaves), dtype=np.int64)
+    tree = np.asarray(nodes)
+    tparents = np.asarray(parents, dtype=np.int64)
+    counts = np.array([leaves[n][0] for n in leaf_nodes])
+    inertia = float(sum(leaves[n][1] for n in leaf_nodes))
+    return BisectFit(tree[leaf_nodes], tparents[leaf_nodes], tree, tparents, leaf_nodes, counts, inertia, total_iter)
+
+
+# ----------------------------------------------------------------------------------------------
+# the whole fit
+
+
+@dataclass
+class EngineFit:
+    centers: np.ndarray
+    counts: np.ndarray
+    inertia: float
+    n_iter: int
+    converged: bool
+    init_seconds: float
+    load_seconds: float
+    fit_seconds: float
+    iter_seconds: list[float]
+    n_tasks: int
+    parents: Optional[np.ndarray] = None  # bisecting: parent node of each centre
+    tree_centers: Optional[np.ndarray] = None
+    tree_parents: Optional[np.ndarray] = None
+    leaf_nodes: Optional[np.ndarray] = None
+    n_repaired: int = 0
+    task_peak_rss_mb: float = 0.0  # largest peak RSS of a barrier task's Python worker
+    recoveries: int = 0  # times the stage was restarted after a lost task
+
+
+def fit(spark, df, source: BlockSource, k: int, *, algorithm: str = "kmeans", init: str = "kmeans||",
+        initial_centers: Optional[np.ndarray] = None, max_iter: int = 50, tol: float = 1e-4, seed: int = 42,
+        init_steps: int = 2, num_tasks: Optional[int] = None, recovery_wait: float = 30.0,
+        max_recoveries: int = 3) -> EngineFit:
+    """Fit K-means (or bisecting K-means) with our engine on every row of ``df``.
+
+    ``tol`` is relative, as in scikit-learn: the fit stops when the summed squared centre shift
+    is at most ``tol`` times the mean per-column (weighted) variance. Runs on the driver; the
+    passes are distributed; collected: k x d statistics per pass, samples for initialisation.
+    A lost task (executor or worker died) is recovered from: see
+    :class:`~clusterlake.engine.stage.BarrierStage`.
+    """
+    t0 = time.time()
+    bc = KMeansStage(spark, df, source, num_tasks=num_tasks, recovery_wait=recovery_wait,
+                      max_recoveries=max_recoveries)
+    res = _fit(bc, k, algorithm, init, initial_centers, max_iter, tol, seed, init_steps, t0)
+    res.task_peak_rss_mb = bc.task_peak_rss_mb
+    res.recoveries = bc.recoveries
+    res.n_tasks = bc.n_tasks
+    return res
+
+
+def _fit(bc: KMeansStage, k, algorithm, init, initial_centers, max_iter, tol, seed, init_steps, t0) -> EngineFit:
+    spherical = bc.source.normalize
+    with bc:
+        info = data_info(bc)
+        if info.n < k:
+            raise ValueError(f"n_samples={info.n} should be >= k={k}")
+        tol_abs = float(tol * info.var.mean()) if tol > 0 else 0.0
+        t_init = time.time()
+        if algorithm == "bisecting":
+            b = bisecting(bc, k, info, max_iter, tol_abs, seed, spherical)
+            return EngineFit(b.centers, b.counts, b.inertia, b.n_iter, True, 0.0, bc.load_seconds,
+                             time.time() - t0, [], bc.n_tasks, b.parents, b.tree_centers, b.tree_parents,
+                             b.leaf_nodes)
+        C0 = _initial_centers(bc, k, info, init, initial_centers, seed, init_steps, spherical)
+        init_seconds = time.time() - t_init
+        log.info("engine: init %s took %.2f s", "given centres" if initial_centers is not None else init, init_seconds)
+        lf = lloyd(bc, C0, max_iter, tol_abs, spherical)
+    its = lf.iter_seconds
+    log.info("engine: %d iterations (%s), %.3f s per iteration, inertia %.6g",
+             lf.n_iter, "converged" if lf.converged else "max_iter reached",
+             float(np.median(its)) if its else math.nan, lf.inertia)
+    return EngineFit(lf.centers, lf.counts, lf.inertia, lf.n_iter, lf.converged, init_seconds, bc.load_seconds,
+                     time.time() - t0, its, bc.n_tasks, n_repaired=lf.n_repaired)
+
+
+def _initial_centers(bc: KMeansStage, k: int, info: DataInfo, init: str, initial_centers, seed: int,
+                     init_steps: int, spherical: bool) -> np.ndarray:
+    """Lloyd's starting centres: the given ones (checked) or seeded by ``init``; a warning when
+    the data has fewer than k distinct points."""
+    if initial_centers is not None:
+        C0 = np.asarray(initial_centers, dtype=np.float64)
+        if C0.shape != (k, info.mean.shape[0]):
+            raise ValueError(f"initial centres have shape {C0.shape}, expected {(k, info.mean.shape[0])}")
+        if spherical:
+            C0 = K.normalize_rows(C0)
+    elif init == "kmeans||":
+        C0 = init_kmeans_parallel(bc, k, info, seed, steps=init_steps)
+    elif init == "kmeans++":
+        C0 = init_kmeans_plusplus_sample(bc, k, info, seed)
+    elif init == "random":
+        C0 = init_random(bc, k, info, seed)
+    else:
+        raise ValueError(f"unknown init {init!r}")
+    if len(C0) < k:
+        msg = f"found only {len(C0)} distinct starting centres, fewer than k={k}: the input has too few distinct points"
+        warnings.warn(msg, FewerClustersWarning, stacklevel=3)
+        log.warning(msg)
+    return K.normalize_rows(C0) if spherical else C0

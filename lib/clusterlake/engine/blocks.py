@@ -1,0 +1,168 @@
+"""The engine's resident data: how a partition's rows become the numpy block a barrier task keeps.
+
+Rows cross the JVM -> Python boundary once: :func:`pack_task` turns each Arrow batch of the input
+into one packed row (float32 bytes of the model-space features, float64 bytes of the weights),
+small enough to shuffle when the input has more partitions than the stage has tasks. Each barrier
+task then :func:`unpack` s its packed rows into one :class:`Block`, the data every command of its
+worker runs against until the stage ends.
+
+Carrying more columns (the next step: validation, statistics and the assignment files as commands
+on the resident data): give :class:`BlockSource` the names of the columns to carry, add one
+``binary`` column per carried column to the packed schema holding that batch's values (fixed-width
+numpy bytes for numbers, Arrow IPC bytes for strings), and let :func:`unpack` restore them in the
+same ``(src, seq)`` order into :attr:`Block.columns`, aligned with the rows of ``X``. Workers read
+them as ``self.block.columns["<name>"]``; nothing in the stage or the collective changes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Optional
+
+import numpy as np
+import pyarrow as pa
+
+from clusterlake.io.batches import arrow_input, feature_block
+from clusterlake.kernels import kmeans as K
+
+
+@dataclass
+class Block:
+    """One barrier task's resident rows.
+
+    ``X`` is C-contiguous float32 (n, d) in the model space, ``w`` the float64 row weights (None:
+    every row weighs 1), ``partition`` the task's number (seeds per-task random draws), and
+    ``columns`` further resident columns aligned with the rows of ``X`` (see the module doc; the
+    stage loads none yet).
+    """
+
+    X: np.ndarray
+    w: Optional[np.ndarray]
+    partition: int
+    columns: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        return len(self.X)
+
+    @property
+    def sum_w(self) -> float:
+        """The block's total weight (its row count when unweighted)."""
+        return float(self.n if self.w is None else self.w.sum())
+
+
+@dataclass(frozen=True)
+class BlockSource:
+    """How a task turns Arrow batches into its block. Captured by the task closure: plain values only.
+
+    Either ``array_column`` (one ``array<float|double>`` column, e.g. from ``vector_to_array``)
+    or ``columns`` (numeric columns, transformed by the preprocessor arrays when given).
+    """
+
+    columns: tuple[str, ...] = ()
+    array_column: Optional[str] = None
+    weight_column: Optional[str] = None
+    center: Optional[np.ndarray] = None
+    scale: Optional[np.ndarray] = None
+    components: Optional[np.ndarray] = None
+    normalize: bool = False
+    labels: tuple[tuple[str, str], ...] = ()
+    """(column as the task sees it, the user's name) pairs, for messages (see :meth:`positional`)."""
+
+    @property
+    def input_columns(self) -> list[str]:
+        cols = [self.array_column] if self.array_column else list(self.columns)
+        return cols + ([self.weight_column] if self.weight_column else [])
+
+    def positional(self, pos: dict[str, str]) -> "BlockSource":
+        """This source reading the columns under the names ``pos`` gives them
+        (:func:`~clusterlake.io.batches.arrow_input`); messages keep the user's names."""
+        def p(c):
+            return None if c is None else pos[c]
+
+        return replace(self, columns=tuple(pos[c] for c in self.columns), array_column=p(self.array_column),
+                       weight_column=p(self.weight_column), labels=tuple((a, c) for c, a in pos.items()))
+
+    def arrow_frame(self, df):
+        """``df`` reduced to this source's columns under positional names, and the source reading
+        them: PySpark's ``mapInArrow`` cannot take a column whose name holds a dot or a backtick."""
+        src, pos = arrow_input(df, self.input_columns)
+        return src, self.positional(pos)
+
+    def _name(self, column: str) -> str:
+        return dict(self.labels).get(column, column)
+
+    def block(self, batch: pa.RecordBatch) -> np.ndarray:
+        """One batch as a float64 (n, p) block in the model space."""
+        n = batch.num_rows
+        if self.array_column:
+            col = batch.column(self.array_column)
+            if col.null_count:
+                raise ValueError(f"column '{self._name(self.array_column)}' has {col.null_count} null vectors")
+            flat = col.flatten().to_numpy(zero_copy_only=False)
+            if n and flat.size % n:
+                raise ValueError(f"column '{self._name(self.array_column)}' holds vectors of different lengths")
+            X = flat.reshape(n, -1 if n else 0).astype(np.float64, copy=False)
+        else:
+            X = feature_block(batch, list(self.columns))
+        if self.center is not None:
+            from clusterlake.prep.transform import Preprocessor
+
+            X = Preprocessor(list(self.columns), self.center, self.scale, self.components).transform(X)
+            # (L2 normalisation for cosine happens in pack(), after the float32 cast)
+        return X
+
+    def pack(self, batch: pa.RecordBatch) -> tuple[np.ndarray, Optional[np.ndarray]]:
+        """One batch as a checked float32 model-space block (L2-normalised for cosine) and weights."""
+        X = np.ascontiguousarray(self.block(batch), dtype=np.float32)
+        if X.size and not np.isfinite(X).all():
+            bad = int((~np.isfinite(X)).any(axis=1).sum())
+            raise ValueError(f"{bad} rows have NaN/inf features (in float32); validate or clean the input first")
+        if self.normalize and X.size:
+            X = K.normalize_rows(X)
+        w = None
+        if self.weight_column:
+            w = batch.column(self.weight_column).cast(pa.float64()).to_numpy(zero_copy_only=False)
+            if w.size and (not np.isfinite(w).all() or (w < 0).any()):
+                raise ValueError(f"weight column '{self._name(self.weight_column)}' has null, NaN, infinite or negative values")
+        return X, w
+
+
+# packed blocks: one row per Arrow batch of the input (float32 bytes), small enough to shuffle
+PACKED_DDL = "src long, seq long, n long, d long, x binary, w binary"
+_PACKED_SCHEMA = pa.schema([("src", pa.int64()), ("seq", pa.int64()), ("n", pa.int64()), ("d", pa.int64()),
+                            ("x", pa.binary()), ("w", pa.binary())])
+
+
+def pack_task(source: BlockSource):
+    """Executor function: input rows -> packed float32 blocks (the one JVM -> Python conversion)."""
+
+    def run(batches):
+        from pyspark import TaskContext
+
+        src = TaskContext.get().partitionId()
+        for seq, b in enumerate(batches):
+            if not b.num_rows:
+                continue
+            X, w = source.pack(b)
+            yield pa.RecordBatch.from_pydict(
+                {"src": [src], "seq": [seq], "n": [X.shape[0]], "d": [X.shape[1]], "x": [X.tobytes()],
+                 "w": [None if w is None else w.tobytes()]}, schema=_PACKED_SCHEMA)
+
+    return run
+
+
+def unpack(batches) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """Packed rows -> one C-contiguous float32 block and float64 weights, in (src, seq) order so
+    the block does not depend on the order the shuffle delivered them in."""
+    items = []
+    for b in batches:
+        cols = b.to_pydict()
+        items += list(zip(cols["src"], cols["seq"], cols["n"], cols["d"], cols["x"], cols["w"]))
+    items.sort(key=lambda t: (t[0], t[1]))
+    if not items:
+        return np.empty((0, 0), dtype=np.float32), None
+    X = np.concatenate([np.frombuffer(x, dtype=np.float32).reshape(n, d) for _, _, n, d, x, _ in items])
+    ws = [w for *_, w in items]
+    w = None if ws[0] is None else np.concatenate([np.frombuffer(v, dtype=np.float64) for v in ws])
+    return np.ascontiguousarray(X), w

@@ -1,0 +1,62 @@
+"""What every barrier task runs: load the resident block once, build the algorithm's worker on it,
+then serve the driver's commands until the stage ends."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from clusterlake.engine.blocks import Block, unpack
+from clusterlake.engine.collective import serve
+from clusterlake.engine.worker import Worker
+
+RESULT_DDL = "partition long, rows long, commands long, max_rss_mb double"
+_RESULT_SCHEMA = pa.schema([("partition", pa.int64()), ("rows", pa.int64()), ("commands", pa.int64()),
+                            ("max_rss_mb", pa.float64())])
+
+
+def _max_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+
+def _limit_blas(ctx) -> None:
+    """One BLAS thread per task cpu: the tasks share the executor's cores."""
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=max(1, int(ctx.cpus())), user_api="blas")
+    except Exception:  # threadpoolctl is a scikit-learn dependency; without it, BLAS decides
+        pass
+
+
+def _load_worker(worker_cls: type[Worker], batches, part: int) -> tuple[Worker, str | None]:
+    """The task's worker on its block, or (a worker on an empty block, the error): a task that
+    cannot load reports why to the driver, which raises it with the task number."""
+    try:
+        X, w = unpack(batches)
+        return worker_cls(Block(X, w, part)), None
+    except Exception as exc:
+        empty = Block(np.empty((0, 0), np.float32), None, part)
+        return Worker(empty), f"{type(exc).__name__}: {exc}"
+
+
+def barrier_task(worker_cls: type[Worker], address: tuple[str, int], token: str, timeout: float):
+    """The function each barrier task runs (built on the driver, run on the executors): one result
+    row per task (rows, commands served, peak RSS of its Python worker)."""
+
+    def run(batches):
+        from pyspark import BarrierTaskContext
+
+        ctx = BarrierTaskContext.get()
+        part = ctx.partitionId()
+        _limit_blas(ctx)
+        worker, err = _load_worker(worker_cls, batches, part)
+        block = worker.block
+        served = serve(address, token, part, block.n, worker.handle, timeout=timeout, load_error=err,
+                       sum_w=block.sum_w)
+        yield pa.RecordBatch.from_pydict({"partition": [part], "rows": [block.n], "commands": [served],
+                                          "max_rss_mb": [_max_rss_mb()]}, schema=_RESULT_SCHEMA)
+
+    return run

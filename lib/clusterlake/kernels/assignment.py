@@ -1,0 +1,190 @@
+"""The one assignment rule: what the ``assignments`` table says about a model-space row (pure numpy).
+
+Every consumer goes through :class:`AssignmentRule` (or :func:`assign_points`): the batch pass
+(``algorithms.passes.assign_rows``, which the nightly job, the update job and the stream call),
+the serving ``Assigner`` and the ``ml.KMeansModel`` estimator's ``transform``/``predict``. So a
+row gets the same cluster, distance, second cluster, margin and pass labels wherever it is
+assigned; only the Arrow/JSON encoding differs, and both encode "none" as null.
+
+The rule, with its answer at every edge:
+
+* **nearest centroid** (:func:`clusterlake.kernels.distance.assign`): candidates ranked by the
+  GEMM expansion, the best two re-ranked on exact distances ``sqrt(sum((z - c)^2))``. ``distance``
+  is that exact distance (a row on a centroid: exactly 0.0).
+* **ties**: an exact tie goes to the lowest centroid index (``index`` = row of ``centroids``;
+  ``cluster_id = cluster_ids[index]``); the tied centroid is then the second, with margin 0.0.
+* **k == 1** (no second centroid): ``second_index`` and ``second_cluster_id`` are
+  :data:`NO_CLUSTER` (-1) and ``margin`` is NaN; :attr:`Assignment.has_second` is False. Encoded
+  as null in Arrow (``io.contract.assignments``) and in JSON (``serving``), never as -1/NaN.
+  Cluster ids are >= 0, so -1 never names a real cluster.
+* **density pass** (:func:`density_labels`): the label of the nearest core point of the sample
+  when the row lies within that point's reach (``reach * (1 + 1e-12)``: round-off at the
+  boundary counts as inside), else -1 (noise); ``is_outlier = density_label == -1``;
+  ``density_distance`` = exact distance to the nearest core point (``inf`` when the pass found no
+  core point: every row is noise). Pass off: the three are None (null in the table).
+* **hierarchical pass**: at every level, the label of the nearest sampled point
+  (:func:`clusterlake.kernels.hierarchy.extend`). Pass off: None.
+* **no rows**: empty arrays of the right dtypes.
+
+Serving-only policy (the ``radius`` outlier rule) is applied by the serving layer on top of this
+result (``dataclasses.replace(result, is_outlier=...)``); it is not part of the rule.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple, Optional
+
+import numpy as np
+
+from clusterlake.kernels import density as _density
+from clusterlake.kernels import hierarchy as _hierarchy
+from clusterlake.kernels.distance import assign
+
+__all__ = ["NO_CLUSTER", "Assignment", "AssignmentRule", "assign_points", "density_labels"]
+
+NO_CLUSTER = -1
+"""``second_index`` / ``second_cluster_id`` of a row that has no second cluster (k == 1)."""
+
+_SMALL_DENSITY = 2_000_000  # rows x core points x dims up to which one GEMM beats the pruned index
+
+
+@dataclass
+class Assignment:
+    """The assignment of n rows: arrays of length n (pass fields None when the pass is off)."""
+
+    index: np.ndarray  # int32: row of ``centroids``
+    cluster_id: np.ndarray  # int32: ``cluster_ids[index]``, the stable id
+    distance: np.ndarray  # float64: exact Euclidean distance to the centroid (model space)
+    second_index: np.ndarray  # int32: row of the second-nearest centroid, NO_CLUSTER when k == 1
+    second_cluster_id: np.ndarray  # int32: its id, NO_CLUSTER when k == 1
+    margin: np.ndarray  # float64: distance to the second centroid minus ``distance``; NaN when k == 1
+    density_label: Optional[np.ndarray] = None  # int32, -1 = noise
+    is_outlier: Optional[np.ndarray] = None  # bool: density_label == -1 (serving may apply its own policy)
+    density_distance: Optional[np.ndarray] = None  # float64: to the nearest core point
+    hierarchy: Optional[dict[int, np.ndarray]] = None  # level (number of clusters) -> int32 labels
+
+    def __len__(self) -> int:
+        return len(self.cluster_id)
+
+    @property
+    def has_second(self) -> np.ndarray:
+        """bool per row: there is a second cluster (False exactly when k == 1)."""
+        return self.second_index != NO_CLUSTER
+
+
+class AssignmentRule:
+    """The rule prepared once for one model (centroids, stable ids, pass models), applied to any
+    number of row blocks. It keeps no per-call state: once the pass models' search indexes are
+    built (on their first use, or ahead with ``density.nearest_core``), threads may share it.
+
+    Parameters
+    ----------
+    centroids : ndarray (k, p)
+        Model-space centroids, k >= 1.
+    cluster_ids : ndarray (k,), optional
+        Stable id of each centroid row (default: the row index).
+    density : DensityModel, optional
+        The density pass (:mod:`clusterlake.kernels.density`); None = pass off.
+    hierarchy : HierarchyModel, optional
+        The hierarchical pass (:mod:`clusterlake.kernels.hierarchy`); None = pass off.
+    small_search : bool
+        Serving's latency option: find the nearest core point of small blocks by one GEMM instead
+        of the pruned index (:func:`density_labels`). The two agree except on exact ties between
+        core points; the batch job (and so the ``assignments`` table) always uses the index.
+    """
+
+    def __init__(self, centroids: np.ndarray, cluster_ids: Optional[np.ndarray] = None, density=None,
+                 hierarchy=None, small_search: bool = False):
+        self.centroids = np.ascontiguousarray(centroids, dtype=np.float64)
+        k = self.centroids.shape[0]
+        if k < 1:
+            raise ValueError("the assignment rule needs at least one centroid")
+        ids = np.arange(k) if cluster_ids is None else np.asarray(cluster_ids)
+        if ids.shape != (k,):
+            raise ValueError(f"{len(ids)} cluster ids for {k} centroids")
+        self.cluster_ids = ids.astype(np.int32)
+        self.density = density
+        self.hierarchy = hierarchy
+        self._core = _core_norms(density) if small_search else None
+
+    @property
+    def k(self) -> int:
+        return int(self.centroids.shape[0])
+
+    def __call__(self, Z: np.ndarray) -> Assignment:
+        """Assign the model-space rows ``Z`` (n, p): see the module docstring."""
+        lab, dist, sec, sdist = assign(Z, self.centroids)
+        out = Assignment(
+            index=lab, cluster_id=self.cluster_ids[lab], distance=dist, second_index=sec,
+            # k == 1: sec is NO_CLUSTER everywhere, and so is the id
+            second_cluster_id=self.cluster_ids[sec] if self.k > 1 else sec.copy(),
+            margin=sdist - dist,  # NaN where there is no second (sdist is NaN there)
+        )
+        if self.density is not None:
+            out.density_label, out.density_distance = density_labels(Z, self.density, self._core)
+            out.is_outlier = out.density_label < 0
+        if self.hierarchy is not None:
+            out.hierarchy = _hierarchy.extend(Z, self.hierarchy)
+        return out
+
+
+def assign_points(Z: np.ndarray, centroids: np.ndarray, cluster_ids: Optional[np.ndarray] = None, density=None,
+                  hierarchy=None) -> Assignment:
+    """One-shot :class:`AssignmentRule` ``(centroids, cluster_ids, density, hierarchy)(Z)``."""
+    return AssignmentRule(centroids, cluster_ids, density, hierarchy)(Z)
+
+
+class _CoreNorms(NamedTuple):
+    """The density model's core points' squared norms and their maximum (the small search's
+    round-off allowance), computed once per model by :class:`AssignmentRule`."""
+
+    sq: np.ndarray
+    sq_max: float
+
+
+def _core_norms(density) -> Optional[_CoreNorms]:
+    if density is None or len(density.core_points) == 0:
+        return None
+    P = density.core_points
+    sq = np.einsum("ij,ij->i", P, P)
+    return _CoreNorms(sq, float(sq.max()))
+
+
+def density_labels(Z: np.ndarray, model, _core: Optional[_CoreNorms] = None) -> tuple[np.ndarray, np.ndarray]:
+    """The density pass's label of every row (-1 = noise) and its distance to the nearest core
+    point, by the rule in the module docstring.
+
+    The model's pruned exact index (:func:`clusterlake.kernels.density.extend`) finds the nearest
+    core point. With ``_core`` (serving: ``AssignmentRule(small_search=True)``) and up to ``rows x
+    core points x dims`` = 2e6 (a serving request), one GEMM ranks every core point instead and the
+    candidates within round-off of the best are measured exactly (lowest index on an exact tie):
+    the index's per-query set-up would dominate there. Both recompute the winner's distance as
+    ``sqrt(sum((z - p)^2))``, so they agree up to exact ties between core points (whose winner
+    the index does not define: a deterministic tie rule in the index is open work).
+    """
+    Z = np.asarray(Z, dtype=np.float64)
+    P = model.core_points
+    if _core is None or len(Z) == 0 or len(P) == 0 or len(Z) * P.size > _SMALL_DENSITY:
+        return _density.extend(Z, model)
+    j, dist = _nearest_core_small(Z, P, _core)
+    inside = dist <= model.core_reach[j] * (1 + 1e-12)
+    return np.where(inside, model.core_labels[j], -1).astype(np.int32), dist
+
+
+def _nearest_core_small(Z: np.ndarray, P: np.ndarray, core: _CoreNorms) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest row of ``P`` for every row of ``Z`` by brute force: the expansion selects the
+    candidates within its round-off of the best, their exact distances decide (vectorised over
+    the (row, candidate) pairs; about one pair per row)."""
+    m = len(P)
+    z_sq = np.einsum("ij,ij->i", Z, Z)
+    d2 = (core.sq[:, None] - 2.0 * (P @ Z.T)).T + z_sq[:, None]  # (n, m)
+    tol = 1e-9 * (z_sq + core.sq_max) + 1e-12
+    rows, cand = np.divmod(np.flatnonzero(d2 <= (d2.min(axis=1) + tol)[:, None]), m)  # every row at least once
+    diff = P[cand] - Z[rows]
+    dist = np.sqrt(np.einsum("ij,ij->i", diff, diff))
+    if len(rows) == len(Z):  # one candidate per row (the usual case): it is the nearest
+        return cand, dist
+    order = np.lexsort((cand, dist, rows))  # per row: nearest first, then the lowest index
+    first = order[np.concatenate(([0], np.flatnonzero(np.diff(rows[order])) + 1))]
+    return cand[first], dist[first]

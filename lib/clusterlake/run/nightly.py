@@ -1,0 +1,396 @@
+"""The nightly job's steps: read -> preprocess -> choose k -> fit -> measure -> sample passes ->
+write -> publish. :func:`clusterlake.pipeline.run_job` calls them in order.
+
+Each step is one timed stage of the run (its name in the logs and the ``runs`` table) with typed
+inputs and a typed output; none writes anything visible: the tables are staged under the run's
+journal by :func:`write` and committed by :meth:`~clusterlake.run.scaffold.Run.publish`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+from clusterlake.run import stable_ids
+from clusterlake.run.scaffold import Run
+
+log = logging.getLogger("clusterlake")
+
+
+@dataclass
+class Input:
+    """The validated rows (cached) and what the read found."""
+
+    clean: object  # DataFrame: id, features (double), label/weight when configured
+    summary: object  # clusterlake.io.reader.InputSummary
+    previous_art: object  # the model tonight compares with (None on the first run)
+    feature_change: Optional[str]
+
+    @property
+    def features(self) -> list[str]:
+        return self.summary.feature_columns
+
+    @property
+    def rows(self) -> int:
+        return self.summary.rows_used
+
+
+@dataclass
+class Prepared:
+    moments: object  # clusterlake.prep.transform.Moments of the input
+    prep: object  # the fitted Preprocessor
+
+
+@dataclass
+class Fitted:
+    fit: object  # clusterlake.algorithms.kmeans.KMeansFit
+    previous: object  # clusterlake.algorithms.history.Previous (None on the first run)
+    matching: object  # stable ids: clusterlake.algorithms.lineage match result
+    auto: object = None  # clusterlake.algorithms.auto_k result (k: auto)
+
+    @property
+    def centroids(self) -> np.ndarray:
+        return self.fit.centroids
+
+    @property
+    def cluster_ids(self) -> np.ndarray:
+        return self.matching.ids.astype(np.int32)
+
+    @property
+    def k_selection(self) -> str:
+        return "fixed" if self.auto is None else f"auto:{self.auto.criterion}"
+
+
+@dataclass
+class Measured:
+    stats: object  # clusterlake.algorithms.cluster_stats.ClusterStats over all rows
+    metrics: list  # Metric rows of scope full / sample / auto_k
+    sample_z: np.ndarray  # the quality sample in model space, and its K-means positions
+    sample_pos: np.ndarray
+    profiles: object  # clusterlake.quality.profiles.Profiles
+    descriptions: list[str]
+    tree: Optional[dict]  # the cluster tree, leaves named by stable ids
+    parent_ids: Optional[np.ndarray]
+    by_name: dict[str, float]  # the run's own metrics (full, and the sampled silhouette) by name
+
+    @property
+    def quality(self) -> dict:
+        d = self.by_name
+        return {m: d.get(m) for m in ("silhouette", "davies_bouldin", "calinski_harabasz")}
+
+
+@dataclass
+class Written:
+    """What :func:`write` staged and decided."""
+
+    artifact: object  # the saved ModelArtifact
+    metrics: list  # every metric row of the run
+    events: list[dict]  # lineage events
+    drift: list  # drift metrics
+    gate_failures: list = field(default_factory=list)
+
+
+def _k_before_fit(cfg) -> int:
+    """The k validation checks the row count against: with ``k: auto`` the smallest candidate."""
+    return cfg.kmeans.auto.min_k if cfg.kmeans.k == "auto" else int(cfg.kmeans.k)
+
+
+def _column_types(df) -> dict[str, str]:
+    return {f.name: f.dataType.simpleString() for f in df.schema.fields}
+
+
+def read_input(run: Run) -> Input:
+    """Read and validate the input; check tonight's features against the previous model's."""
+    from clusterlake.algorithms import history
+    from clusterlake.io import feature_contract
+    from clusterlake.io.reader import read_table, validate
+
+    icfg = run.cfg.input
+    with run.step("read+validate") as note:
+        raw = read_table(run.spark, icfg)
+        clean, summary = validate(raw, icfg, _k_before_fit(run.cfg))
+        previous_art = history.previous_artifact(run.model_root, run.run_date)
+        change = feature_contract.check(previous_art, summary, _column_types(raw), icfg.allow_feature_change)
+        clean = run.cache(clean)
+        note.update(rows_read=summary.rows_read, rows_used=summary.rows_used,
+                    dropped=summary.rows_dropped, features=len(summary.feature_columns))
+    return Input(clean, summary, previous_art, change)
+
+
+def preprocess(run: Run, inp: Input) -> Prepared:
+    """Fit the scaling and PCA on the input's moments (one pass); refuse sample passes that would
+    not fit in memory before the K-means fit, not after."""
+    from clusterlake.algorithms.passes import input_moments
+    from clusterlake.memory import check_sample_passes
+    from clusterlake.prep.transform import fit_preprocessor
+
+    cfg = run.cfg
+    with run.step("preprocess") as note:
+        moments = input_moments(inp.clean, inp.features)
+        pcfg = cfg.preprocess
+        prep = fit_preprocessor(moments, inp.features, pcfg.scaling, pcfg.pca.enabled, pcfg.pca.components,
+                                pcfg.pca.variance, normalize=cfg.kmeans.distance == "cosine")
+        if prep.explained_variance_ratio is not None:
+            note.update(components=prep.n_components, variance=round(float(prep.explained_variance_ratio.sum()), 4))
+    if cfg.density.enabled or cfg.hierarchical.enabled:
+        check_sample_passes(cfg, prep.n_components, inp.rows, len(inp.features))
+    return Prepared(moments, prep)
+
+
+def _sample_z(inp: Input, prep, size: int, seed: int, order_seed: Optional[int] = None) -> np.ndarray:
+    """A uniform sample of ``size`` rows in model space (shuffled with ``order_seed`` when given)."""
+    from clusterlake.algorithms.passes import sample_rows
+
+    sample = sample_rows(inp.clean, inp.features, inp.rows, min(size, inp.rows), seed)
+    X = sample[inp.features].to_numpy(dtype=np.float64)
+    if order_seed is not None:
+        X = X[np.random.default_rng(order_seed).permutation(len(X))]
+    return prep.transform(X)
+
+
+def choose_k(run: Run, inp: Input, pre: Prepared):
+    """``kmeans.k: auto``: pick k on a sample (None when k is fixed)."""
+    from clusterlake.algorithms.auto_k import choose_k as choose
+
+    cfg, km = run.cfg, run.cfg.kmeans
+    if km.k != "auto":
+        return None
+    with run.step("auto-k") as note:
+        a = km.auto
+        Zk = _sample_z(inp, pre.prep, a.sample_size, km.seed + 3)
+        auto = choose(Zk, a.min_k, a.max_k, a.criterion, seed=km.seed, max_iter=km.max_iter, tol=km.tol,
+                      silhouette_size=min(cfg.quality.sample_size, 10_000), min_cluster_share=a.min_cluster_share,
+                      percentile=a.percentile, spherical=km.distance == "cosine")
+        note.update(k=auto.k, criterion=a.criterion, stability_ari=round(auto.stability_ari, 4))
+    return auto
+
+
+def fit(run: Run, inp: Input, pre: Prepared, auto=None) -> Fitted:
+    """Fit K-means (or bisecting) on every row; stable ids against the previous model."""
+    from clusterlake.algorithms import history
+    from clusterlake.algorithms.kmeans import fit_kmeans, warm_start_centers
+
+    cfg = run.cfg
+    k = auto.k if auto is not None else int(cfg.kmeans.k)
+    kcfg = cfg.kmeans.model_copy(update={"k": k}) if auto is not None else cfg.kmeans
+    previous = history.load_previous(inp.previous_art, pre.prep)
+    with run.step("kmeans") as note:
+        initial = warm_start_centers(previous, pre.prep, k) if cfg.kmeans.init == "previous" else None
+        f = fit_kmeans(inp.clean, pre.prep, kcfg, cfg.input.weight_column, initial)
+        matching = stable_ids.match(previous, f.centroids, cfg.lineage.max_distance)
+        note.update(k=len(f.centroids), iterations=f.n_iter, engine=f.engine, init=f.init,
+                    algorithm=cfg.kmeans.algorithm,
+                    **{k_ if k_ in ("tasks", "recoveries") else f"{k_}_s": v
+                       for k_, v in f.timings.items() if v is not None})
+    return Fitted(f, previous, matching, auto)
+
+
+def measure(run: Run, inp: Input, pre: Prepared, fitted: Fitted) -> Measured:
+    """Exact metrics from per-cluster statistics (two passes), silhouette on a sample, profiles and
+    archetypes, the cluster tree."""
+    from clusterlake.algorithms.passes import cluster_stats, mean_distance_to_means
+    from clusterlake.kernels.assignment import AssignmentRule
+    from clusterlake.quality import profiles
+    from clusterlake.quality.metrics import full_metrics, sample_silhouette
+
+    cfg, C = run.cfg, fitted.centroids
+    with run.step("metrics") as note:
+        stats = cluster_stats(inp.clean, pre.prep, C, cfg.input.label_column, x_center=pre.moments.mean)
+        sdm = mean_distance_to_means(inp.clean, pre.prep, C, stats.means_z)
+        metrics = full_metrics(stats, C, sdm)
+        Zs = _sample_z(inp, pre.prep, cfg.quality.sample_size, cfg.kmeans.seed)
+        sample_pos = AssignmentRule(C)(Zs).index
+        sil = sample_silhouette(Zs, sample_pos, cfg.kmeans.seed)
+        metrics += [sil] if sil is not None else []
+        by_name = {m.metric: m.value for m in metrics}
+        note.update({m: round(v, 4) for m, v in by_name.items() if m in ("silhouette", "ari", "davies_bouldin")})
+        if fitted.auto is not None:
+            metrics += fitted.auto.metrics  # every candidate's scores (scope auto_k) and the stability
+        m = pre.moments
+        prof = profiles.compute(stats.counts, stats.sum_x, stats.sum_sq_dx, m.mean, np.diag(m.m2) / max(m.n, 1),
+                                inp.features)
+        descriptions = prof.descriptions()
+        for cid, text in zip(fitted.cluster_ids, descriptions):
+            log.info("cluster %d: %s", cid, text)
+        tree, parent_ids = stable_ids.relabel_tree(_tree(fitted.fit, C, stats.counts), fitted.cluster_ids)
+    return Measured(stats, metrics, Zs, sample_pos, prof, descriptions, tree, parent_ids, by_name)
+
+
+def _tree(fit, centroids: np.ndarray, counts: np.ndarray) -> Optional[dict]:
+    """Bisecting's split tree, or Ward's tree over the sized centroids (no extra pass)."""
+    from clusterlake.kernels.hierarchy import centroid_tree
+
+    if fit.tree is None and len(centroids) >= 2:
+        return centroid_tree(centroids, counts)
+    return fit.tree
+
+
+def sample_passes(run: Run, inp: Input, pre: Prepared):
+    """The density and hierarchical passes on one sample (a :class:`PassFit`; empty when off)."""
+    from clusterlake.algorithms import sample_passes as sp
+
+    cfg = run.cfg
+    if not (cfg.density.enabled or cfg.hierarchical.enabled):
+        return sp.PassFit()
+    with run.step("sample-passes") as note:
+        size = max(cfg.density.sample_size if cfg.density.enabled else 0,
+                   cfg.hierarchical.sample_size if cfg.hierarchical.enabled else 0)
+        Zp = _sample_z(inp, pre.prep, size, cfg.kmeans.seed + 7, order_seed=cfg.kmeans.seed)
+        pfit = sp.fit_passes(cfg, Zp, min(cfg.quality.sample_size, inp.rows))
+        note.update(rows=len(Zp), **{f"{k_}_s": v for k_, v in pfit.seconds.items()})
+    return pfit
+
+
+def _artifact(run: Run, inp: Input, pre: Prepared, fitted: Fitted, measured: Measured, pfit):
+    """The run's model artifact (what serving and the next run read), before the serving layout."""
+    from clusterlake.algorithms import sample_passes as sp
+    from clusterlake.io import model_artifact
+    from clusterlake.io.contract.centroids import cluster_figures
+
+    cfg, prev = run.cfg, fitted.previous
+    passes, extras = sp.to_artifact(pfit, cfg)
+    if cfg.report.enabled:  # the report's sample lives in the model: the report needs no Spark
+        from clusterlake.report.build import sample_arrays
+
+        extras = {**extras, **sample_arrays(measured.sample_z, measured.sample_pos, fitted.cluster_ids,
+                                            cfg.report.sample_size, pfit.density)}
+    return model_artifact.ModelArtifact(
+        run_id=run.run_id, run_date=run.run_date, prep=pre.prep, centroids=fitted.centroids,
+        cluster_ids=fitted.cluster_ids, distance=cfg.kmeans.distance, algorithm=cfg.kmeans.algorithm,
+        meta={"job": cfg.job.name, "id_column": cfg.input.id_column, "engine": fitted.fit.engine,
+              "init": fitted.fit.init, "descriptions": measured.descriptions},
+        tree=measured.tree, passes=passes, extras=extras, cluster_stats=cluster_figures(measured.stats),
+        lineage={"kind": "full", "previous_run_id": prev.run_id if prev else None, "base_run_id": run.run_id,
+                 "assignment_runs": [[run.run_id, run.run_date]], "next_cluster_id": fitted.matching.next_id},
+        quality=measured.quality,
+    )
+
+
+def serving_layout(art, asg, clean, cfg, model_dir) -> None:
+    """What real-time serving reads (docs/serving.md), added to ``art`` before it is saved: each
+    cluster's radius quantiles (for the radius outlier rule) and, under ``<model>/members/``, a
+    sample of each cluster's rows (for similar-item queries), one parquet file per cluster."""
+    import time
+
+    from clusterlake.algorithms.passes import member_fractions, radius_quantiles, write_members
+
+    art.cluster_stats.update(radius_quantiles(asg, art.cluster_ids))
+    per = cfg.serving.members_per_cluster
+    if per == 0:
+        art.meta["members"] = {"per_cluster": 0, "runs": []}
+        return
+    t0 = time.time()
+    kept = write_members(clean, art.prep, art.centroids, art.cluster_ids, cfg.input.id_column,
+                         member_fractions(art.cluster_stats["sizes"], per), cfg.kmeans.seed,
+                         model_dir.child("members").uri)
+    art.cluster_stats["members"] = kept
+    art.meta["members"] = {"per_cluster": per, "runs": [art.run_id]}
+    log.info("serving layout: %d member rows (about %s per cluster) under %s in %.1f s", int(kept.sum()),
+             "all" if per is None else per, model_dir.child("members").uri, time.time() - t0)
+
+
+def _assign_and_save(run: Run, inp: Input, pre: Prepared, fitted: Fitted, pfit, art):
+    """Assign every row (cached: summarised for serving, passes and lineage, then written) and
+    save the model with its serving layout."""
+    from clusterlake.algorithms.passes import assign_rows
+    from clusterlake.faults import pause_point
+    from clusterlake.io import model_artifact
+
+    cfg = run.cfg
+    label = cfg.input.label_column if (cfg.density.enabled or cfg.hierarchical.enabled) else None
+    asg = run.cache(assign_rows(inp.clean, pre.prep, fitted.centroids, fitted.cluster_ids, cfg.input.id_column,
+                                pfit.density, pfit.hierarchy, label))
+    serving_layout(art, asg, inp.clean, cfg, run.model_dir)
+    model_artifact.save(art, run.model_dir)
+    pause_point("model.saved", run_id=run.run_id, path=run.model_dir.uri)
+    return asg, label
+
+
+def _lineage(run: Run, asg, fitted: Fitted, measured: Measured):
+    """Lineage events and drift metrics against the previous model (row overlap where comparable)."""
+    from clusterlake.algorithms import history
+
+    prev, overlap = fitted.previous, None
+    if prev is not None and prev.comparable:
+        overlap = history.overlap_counts(run.store, asg, run.cfg.input.id_column, prev, fitted.matching.ids)
+    counts = np.asarray(measured.stats.counts, dtype=np.float64)
+    return stable_ids.events_and_drift(prev, fitted.matching, fitted.centroids, counts, overlap, measured.quality,
+                                       run.cfg.lineage, len(fitted.centroids))
+
+
+def _gates(cfg, metrics: list) -> list:
+    """Quality gates, then drift thresholds: ``fail`` raises (nothing is committed), ``warn``
+    returns the failures for the runs row."""
+    from clusterlake.quality import gates
+
+    failures = gates.check(cfg.quality.gates, metrics)
+    if failures:
+        gates.act(failures, cfg.quality.on_gate_failure)
+    drifted = gates.check_drift(cfg.quality.drift, metrics)
+    if drifted:
+        gates.act(drifted, cfg.quality.drift.on_failure, what="drift check")
+    return failures + drifted
+
+
+def write(run: Run, staged: list, inp: Input, pre: Prepared, fitted: Fitted, measured: Measured, pfit) -> Written:
+    """Save the model and stage every table of the run (centroids, assignments, metrics,
+    profiles, lineage); the gates decide before anything is committed."""
+    from pyspark.sql import functions as F
+
+    from clusterlake.algorithms import sample_passes as sp
+    from clusterlake.io.contract import centroids, lineage, metrics as metrics_table, profiles
+
+    cfg, ids = run.cfg, fitted.cluster_ids
+    with run.step("write") as note:
+        art = _artifact(run, inp, pre, fitted, measured, pfit)
+        staged.append(run.stage_rows("centroids", centroids.rows(
+            run.run_id, art.cluster_stats, fitted.centroids, ids, measured.parent_ids, measured.descriptions),
+            centroids.DDL))
+        asg, label = _assign_and_save(run, inp, pre, fitted, pfit, art)
+        events, drift = _lineage(run, asg, fitted, measured)
+        metrics = measured.metrics + drift
+        if cfg.density.enabled or cfg.hierarchical.enabled:
+            metrics = metrics + pfit.metrics + sp.full_pass_metrics(asg, pfit, cfg.density.algorithm, label is not None)
+            asg = asg.drop("__passthrough")
+        staged.append(run.store.stage("assignments", asg.withColumn("run_id", F.lit(run.run_id))))
+        prev_id = fitted.previous.run_id if fitted.previous is not None else None
+        staged.append(run.stage_rows("metrics", metrics_table.rows(run.run_id, metrics, len(ids)), metrics_table.DDL))
+        staged.append(run.stage_rows("profiles", profiles.rows(measured.profiles, ids, run.run_id), profiles.DDL))
+        staged.append(run.stage_rows("lineage", lineage.rows(run.run_id, prev_id, events), lineage.DDL))
+        failures = _gates(cfg, metrics)
+        note.update(assignments=staged[1].rows)
+        # (SparkDeltaStore stages lazily: its files, and their row count, exist only at commit)
+        staged[1].check_rows(inp.rows, "rows were validated")
+    return Written(art, metrics, events, drift, failures)
+
+
+def runs_record(run: Run, pre: Prepared, fitted: Fitted, measured: Measured, written: Written, inp: Input):
+    """What the ``runs`` row says of this run."""
+    from clusterlake.io.contract.runs import FitFacts, RunRecord
+
+    return RunRecord(kind="full", fit=FitFacts.of(fitted.fit), n_components=pre.prep.n_components,
+                     model_path=run.model_dir.uri, silhouette=measured.by_name.get("silhouette"),
+                     gate_failures=written.gate_failures, k_selection=fitted.k_selection,
+                     lineage=written.artifact.lineage, feature_change=inp.feature_change)
+
+
+def result(run: Run, versions: dict, inp: Input, pre: Prepared, fitted: Fitted, measured: Measured,
+           written: Written):
+    """The :class:`~clusterlake.run.result.RunResult` of a committed run."""
+    from clusterlake.run.result import RunResult, pass_summary
+
+    s, prev = inp.summary, fitted.previous
+    return RunResult(
+        run_id=run.run_id, run_date=run.run_date, output_path=run.store.root.uri, model_path=run.model_dir.uri,
+        k=len(fitted.centroids), sizes=[int(c) for c in measured.stats.counts], metrics=measured.by_name,
+        table_versions=versions, rows_read=s.rows_read, rows_used=s.rows_used, rows_dropped=s.rows_dropped,
+        seconds=round(run.seconds, 2), stage_seconds=run.step.seconds, feature_columns=inp.features,
+        n_components=pre.prep.n_components, passes=pass_summary(written.metrics),
+        descriptions=measured.descriptions, k_selection=fitted.k_selection,
+        gate_failures=[str(f) for f in written.gate_failures], cluster_ids=[int(c) for c in fitted.cluster_ids],
+        previous_run_id=prev.run_id if prev else None, lineage=stable_ids.event_counts(written.events),
+        drift={m.metric: m.value for m in written.drift if m.cluster_id is None},
+    )
