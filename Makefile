@@ -12,7 +12,7 @@ DATA   := data/sample/customers.parquet
 DIST   := dist
 ENV_ARCHIVE := $(DIST)/clusterlake-env.tar.gz
 
-.PHONY: help setup data run test test-cluster dist clean
+.PHONY: help setup data run test test-fast test-cluster dist clean
 
 help:  ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -35,6 +35,10 @@ run: $(STAMP) $(DATA)  ## run the nightly job locally with conf/local.yaml (CONF
 
 test: $(STAMP)  ## run the whole test suite (local Spark)
 	$(BIN)/pytest -q
+
+# Spark tests are marked automatically (tests/conftest.py); this run fails a test that starts a JVM.
+test-fast: $(STAMP)  ## run the tests that need no JVM (no Spark): about 500, in a minute or so
+	$(BIN)/pytest -q -m "not spark and not cluster"
 
 # The executors need numpy, pyarrow, scikit-learn... which cannot travel with --py-files: the wheel
 # and its pinned dependencies go into a fresh venv (dist/venv, also the client-mode driver's
