@@ -186,3 +186,14 @@ def test_summary_names_k_sizes_and_paths(run):
     text = summary_text(run["result"])
     assert f"k = {K}" in text and "silhouette" in text and run["out"] in text
     assert "6,000 read" in text
+
+
+def test_every_spark_pass_is_named_under_its_stage(run):
+    # the passes over the rows, as the log and RunResult.spark_passes name them (bench_job prints them)
+    passes = run["result"].spark_passes
+    assert {"validate", "unique ids"} <= set(passes["read+validate"])
+    assert set(passes["preprocess"]) == {"moments"}
+    assert set(passes["kmeans"]) == {"kmeans fit (clusterlake)"}
+    assert {"cluster statistics", "mean distances", "quality sample"} <= set(passes["metrics"])
+    assert {"write centroids", "radius quantiles", "write assignments", "write metrics"} <= set(passes["write"])
+    assert all(s >= 0 for ps in passes.values() for s in ps.values())

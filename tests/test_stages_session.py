@@ -9,7 +9,7 @@ import threading
 import pytest
 
 from clusterlake import session
-from clusterlake.stages import Stages, current_stage, stage_of
+from clusterlake.stages import Stages, current_stage, spark_pass, stage_of
 
 
 def test_stages_time_log_and_know_the_running_stage(caplog):
@@ -27,6 +27,28 @@ def test_stages_time_log_and_know_the_running_stage(caplog):
     msgs = [r.getMessage() for r in caplog.records]
     assert "stage read+validate: started" in msgs and "stage inner: started" in msgs
     assert any(m.startswith("stage read+validate: done in ") and m.endswith(" s (rows=10, features=3)") for m in msgs)
+
+
+def test_spark_passes_are_logged_and_listed_on_their_stage(caplog):
+    stage = Stages()
+    with caplog.at_level(logging.INFO, logger="clusterlake"):
+        with spark_pass("outside"):  # outside every stage: only logged
+            pass
+        with stage("metrics"):
+            with spark_pass("cluster statistics"):
+                pass
+            for _ in range(2):  # the same pass twice in one stage: summed
+                with spark_pass("sample"):
+                    pass
+        with stage("write"):
+            pass
+    assert list(stage.passes) == ["metrics", "write"]
+    assert list(stage.passes["metrics"]) == ["cluster statistics", "sample"] and stage.passes["write"] == {}
+    msgs = [r.getMessage() for r in caplog.records]
+    assert sum(m.startswith("spark pass sample: ") for m in msgs) == 2 and any(m.startswith("spark pass outside: ") for m in msgs)
+    done = next(m for m in msgs if m.startswith("stage metrics: done in "))
+    assert "spark passes: cluster statistics " in done and ", sample " in done
+    assert next(m for m in msgs if m.startswith("stage write: done in ")).endswith(" s")  # no passes, no list
 
 
 def test_a_failure_names_its_innermost_stage_and_is_not_timed():

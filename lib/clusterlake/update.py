@@ -39,6 +39,7 @@ from clusterlake.config import JobConfig
 from clusterlake.errors import InputDataError
 from clusterlake.run.result import RunResult
 from clusterlake.run.scaffold import Run, check_model_id_column, open_run
+from clusterlake.stages import spark_pass
 
 log = logging.getLogger("clusterlake")
 
@@ -105,7 +106,8 @@ def _refuse_known_ids(run: Run, clean, base, rows_used: int, input_path: str) ->
         old = run.store.spark_read("assignments", [r for r, _ in runs], [d for _, d in runs], columns=[id_col])
         if old is not None:
             known = clean.select(col(id_col)).join(old.select(col(id_col)), on=id_col, how="left_semi")
-            examples = known.limit(5).collect()
+            with spark_pass("known ids"):
+                examples = known.limit(5).collect()
             if examples:
                 shown = ", ".join(repr(r[id_col]) for r in examples)
                 raise InputDataError(
@@ -130,7 +132,8 @@ def _assign(run: Run, clean, base):
         asg = run.cache(assign_rows(clean, base.prep, C0, base.cluster_ids, run.cfg.input.id_column,
                                     density, hierarchy))
         stats = cluster_stats(clean, base.prep, C0)
-        outliers = asg.agg(F.sum(F.col("is_outlier").cast("long")).alias("o")).collect()[0]["o"]
+        with spark_pass("assign + outlier count"):
+            outliers = asg.agg(F.sum(F.col("is_outlier").cast("long")).alias("o")).collect()[0]["o"]
         note.update(rows=int(np.asarray(stats.counts).sum()))
     return asg, stats, outliers
 
@@ -261,7 +264,7 @@ def _result(run: Run, versions: dict, base, summary, folded: Folded, drifted: li
         run_id=run.run_id, run_date=run.run_date, output_path=run.store.root.uri, model_path=run.model_dir.uri,
         k=len(base.cluster_ids), sizes=[int(round(v)) for v in folded.sizes], metrics={}, table_versions=versions,
         rows_read=summary.rows_read, rows_used=summary.rows_used, rows_dropped=summary.rows_dropped,
-        seconds=round(run.seconds, 2), stage_seconds=run.step.seconds,
+        seconds=round(run.seconds, 2), stage_seconds=run.step.seconds, spark_passes=run.step.passes,
         feature_columns=list(base.prep.feature_names), n_components=base.prep.n_components,
         descriptions=list(base.meta.get("descriptions") or []), k_selection="model",
         gate_failures=[str(f) for f in drifted], cluster_ids=[int(c) for c in base.cluster_ids],

@@ -16,6 +16,7 @@ import numpy as np
 
 from clusterlake.io import model_artifact
 from clusterlake.prep.transform import Preprocessor
+from clusterlake.stages import spark_pass
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +142,8 @@ def overlap_counts(store, asg, id_col: str, prev: Previous, ids: np.ndarray) -> 
     joined = (asg.select(col(id_col).alias("__id"), F.col("cluster_id").alias("__cur"))
               .join(old.select(col(id_col).alias("__id"), F.col("cluster_id").alias("__prev")), on="__id",
                     how="inner"))
-    rows = joined.groupBy("__cur", "__prev").count().collect()
+    with spark_pass("lineage join"):
+        rows = joined.groupBy("__cur", "__prev").count().collect()
     cur_pos = {int(c): i for i, c in enumerate(ids)}
     prev_pos = {int(c): j for j, c in enumerate(prev.ids)}
     out = np.zeros((len(ids), len(prev.ids)), dtype=np.float64)

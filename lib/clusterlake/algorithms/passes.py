@@ -25,6 +25,7 @@ from clusterlake.io.columns import col, quoted
 from clusterlake.io.contract import assignments as contract
 from clusterlake.kernels.assignment import AssignmentRule
 from clusterlake.prep.transform import Moments, Preprocessor
+from clusterlake.stages import spark_pass
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +115,8 @@ def input_moments(df, features: list[str]) -> Moments:
             schema=pa.schema([("n", pa.int64()), ("mean", pa.list_(pa.float64())), ("m2", pa.list_(pa.float64()))]),
         )
 
-    rows = src.mapInArrow(part, "n long, mean array<double>, m2 array<double>").collect()
+    with spark_pass("moments"):
+        rows = src.mapInArrow(part, "n long, mean array<double>, m2 array<double>").collect()
     total = Moments(0, np.zeros(d), np.zeros((d, d)))
     for r in rows:
         total = total.merge(Moments(int(r["n"]), np.asarray(r["mean"]), np.asarray(r["m2"]).reshape(d, d)))
@@ -201,7 +203,8 @@ def cluster_stats(df, prep: Preprocessor, centroids: np.ndarray, label_col: Opti
                 acc.add(blk.X, blk.Z, rule(blk.Z).index, blk.column(label_col) if label_col else None)
         yield acc.batch()
 
-    rows = map_model_space(df, prep, part, STATS_DDL, [label_col]).collect()
+    with spark_pass("cluster statistics"):
+        rows = map_model_space(df, prep, part, STATS_DDL, [label_col]).collect()
     return ClusterStats.merge(rows, k, p, d, label_col is not None)
 
 
@@ -221,17 +224,19 @@ def mean_distance_to_means(df, prep: Preprocessor, centroids: np.ndarray, means:
                 acc += np.bincount(lab, weights=dist, minlength=k)
         yield pa.RecordBatch.from_pydict({"s": [acc.tolist()]})
 
-    rows = map_model_space(df, prep, part, "s array<double>").collect()
+    with spark_pass("mean distances"):
+        rows = map_model_space(df, prep, part, "s array<double>").collect()
     return np.sum([np.asarray(r["s"]) for r in rows], axis=0) if rows else np.zeros(k)
 
 
-def sample_rows(df, columns: list[str], n_total: int, size: int, seed: int):
+def sample_rows(df, columns: list[str], n_total: int, size: int, seed: int, purpose: str = "sample"):
     """A uniform random sample of ``min(size, n_total)`` rows (slightly fewer when the Bernoulli
     draw falls short), as a pandas DataFrame.
 
     A Bernoulli sample of ~1.15 x size rows is drawn, then ``size`` of them are kept by a random
     order (a plain ``limit`` would keep the first partitions' rows and bias the sample).
     Collected: at most ``size`` rows of the given columns; the sort touches the sample only.
+    ``purpose`` names the pass in the log (:func:`clusterlake.stages.spark_pass`).
     """
     from pyspark.sql import functions as F
 
@@ -242,7 +247,8 @@ def sample_rows(df, columns: list[str], n_total: int, size: int, seed: int):
         fraction = min(1.0, 1.15 * size / n_total)
         sampled = (sampled.sample(withReplacement=False, fraction=fraction, seed=seed)
                    .orderBy(F.rand(seed + 1)).limit(size))
-    return sampled.toPandas()
+    with spark_pass(purpose):
+        return sampled.toPandas()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -261,9 +267,10 @@ def radius_quantiles(asg, cluster_ids: np.ndarray, accuracy: int = 10_000) -> di
     from pyspark.sql import functions as F
 
     names = list(RADIUS_QUANTILES)
-    rows = (asg.groupBy("cluster_id")
-            .agg(F.percentile_approx("distance", list(RADIUS_QUANTILES.values()), accuracy).alias("q"))
-            .collect())
+    with spark_pass("radius quantiles"):
+        rows = (asg.groupBy("cluster_id")
+                .agg(F.percentile_approx("distance", list(RADIUS_QUANTILES.values()), accuracy).alias("q"))
+                .collect())
     pos = {int(c): i for i, c in enumerate(cluster_ids)}
     out = {n: np.zeros(len(cluster_ids)) for n in names}
     for r in rows:
@@ -340,12 +347,15 @@ def write_members(df, prep: Preprocessor, centroids: np.ndarray, cluster_ids: np
 
     spark = df.sparkSession
     rows = member_rows(df, prep, centroids, cluster_ids, id_col, fractions, seed)
-    rows.repartition(F.col("cluster_id")).write.mode("errorifexists").partitionBy("cluster_id").parquet(dest_uri)
+    with spark_pass("member sample"):
+        rows.repartition(F.col("cluster_id")).write.mode("errorifexists").partitionBy("cluster_id").parquet(dest_uri)
     kept = np.zeros(len(cluster_ids))
     if not any("/cluster_id=" in i.path for i in location(dest_uri).files()):
         return kept  # no row was kept (nothing to read back)
     pos = {int(c): i for i, c in enumerate(cluster_ids)}
     # the partition column and the files' row counts: a listing and the parquet footers
-    for r in spark.read.parquet(dest_uri).groupBy("cluster_id").count().collect():
+    with spark_pass("member counts"):
+        counted = spark.read.parquet(dest_uri).groupBy("cluster_id").count().collect()
+    for r in counted:
         kept[pos[int(r["cluster_id"])]] = r["count"]
     return kept

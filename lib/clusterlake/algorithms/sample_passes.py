@@ -28,6 +28,7 @@ from clusterlake.kernels.metrics import (
     normalized_mutual_info_from_contingency,
     silhouette,
 )
+from clusterlake.stages import spark_pass
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +134,8 @@ def _count(asg, key_expr, has_label: bool) -> dict:
     keys = [F.col("cluster_id"), key_expr.alias("__pass")]
     if has_label:
         keys.append(F.col("__passthrough").cast("string").alias("__label"))
-    rows = asg.groupBy(*keys).count().collect()
+    with spark_pass("pass metrics"):
+        rows = asg.groupBy(*keys).count().collect()
     return {(r["cluster_id"], r["__pass"], ("<null>" if r["__label"] is None else r["__label"]) if has_label else None):
             int(r["count"]) for r in rows}
 

@@ -20,6 +20,7 @@ from typing import Optional
 
 from clusterlake.config import InputSection
 from clusterlake.errors import InputDataError
+from clusterlake.stages import spark_pass
 
 log = logging.getLogger(__name__)
 
@@ -262,7 +263,8 @@ def _profile(df, cfg: InputSection, feats: list[str], valid, reasons: dict):
         v = F.when(valid, qcol(c).cast("double"))
         aggs += [F.min(v).alias(f"lo{i}"), F.max(v).alias(f"hi{i}")]
     try:
-        return df.agg(*aggs).collect()[0]
+        with spark_pass("validate"):
+            return df.agg(*aggs).collect()[0]
     except Exception as exc:
         err = spark_read_error(exc, cfg.path)
         if err is None:
@@ -327,7 +329,8 @@ def _check_unique_ids(df, id_column: str) -> None:
     from clusterlake.io.columns import col as qcol
 
     dups = df.groupBy(qcol(id_column)).count().filter(F.col("count") > 1)
-    examples = dups.orderBy(F.col("count").desc(), qcol(id_column)).limit(5).collect()
+    with spark_pass("unique ids"):
+        examples = dups.orderBy(F.col("count").desc(), qcol(id_column)).limit(5).collect()
     if examples:
         n_dup = dups.count()
         shown = ", ".join(f"{r[id_column]!r} x{r['count']}" for r in examples)

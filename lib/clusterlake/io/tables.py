@@ -56,6 +56,7 @@ from clusterlake.faults import pause_point
 from clusterlake.io import contract
 from clusterlake.io.fs import Location, is_temp_name, location
 from clusterlake.io.model_artifact import latest_run_id, models_dir
+from clusterlake.stages import spark_pass
 
 log = logging.getLogger(__name__)
 
@@ -217,12 +218,13 @@ class TableStore:
 
         return df.select(*[col(c) for c in columns])
 
-    def _spark_write_parquet(self, df, dest: Location, files: Optional[int]) -> None:
+    def _spark_write_parquet(self, name: str, df, dest: Location, files: Optional[int]) -> None:
         if files is not None:
             df = df.coalesce(files)
         # Delta's timestamp is microseconds since the epoch in UTC; Spark's default INT96 is not
         self.spark.conf.set("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
-        df.write.mode("errorifexists").parquet(dest.uri)
+        with spark_pass(f"write {name}"):
+            df.write.mode("errorifexists").parquet(dest.uri)
 
     def _collect_files(self, st: StagedTable) -> None:
         infos = sorted(
@@ -263,7 +265,7 @@ class DeltaRsStore(TableStore):
     def stage(self, name: str, df, files: Optional[int] = None, append: bool = False) -> StagedTable:
         t = self.table(name)
         st = StagedTable(name, t, t.child(f"{PARTITION}={self.run_date}", self.run_id), append=append)
-        self._spark_write_parquet(df, st.staged, files)
+        self._spark_write_parquet(name, df, st.staged, files)
         self._collect_files(st)
         pause_point("write.staged", table=name, run_id=self.run_id, path=st.staged.uri)
         return st
@@ -629,7 +631,7 @@ class ParquetStore(TableStore):
     def stage(self, name: str, df, files: Optional[int] = None, append: bool = False) -> StagedTable:
         t = self.table(name)
         st = StagedTable(name, t, t.child("_staging", self.run_id, f"{PARTITION}={self.run_date}"), append=append)
-        self._spark_write_parquet(df, st.staged, files)
+        self._spark_write_parquet(name, df, st.staged, files)
         self._collect_files(st)
         pause_point("write.staged", table=name, run_id=self.run_id, path=st.staged.uri)
         return st

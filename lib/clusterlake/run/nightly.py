@@ -16,6 +16,7 @@ import numpy as np
 
 from clusterlake.run import stable_ids
 from clusterlake.run.scaffold import Run
+from clusterlake.stages import spark_pass
 
 log = logging.getLogger("clusterlake")
 
@@ -140,11 +141,12 @@ def preprocess(run: Run, inp: Input) -> Prepared:
     return Prepared(moments, prep)
 
 
-def _sample_z(inp: Input, prep, size: int, seed: int, order_seed: Optional[int] = None) -> np.ndarray:
-    """A uniform sample of ``size`` rows in model space (shuffled with ``order_seed`` when given)."""
+def _sample_z(inp: Input, prep, size: int, seed: int, purpose: str, order_seed: Optional[int] = None) -> np.ndarray:
+    """A uniform sample of ``size`` rows in model space (shuffled with ``order_seed`` when given);
+    ``purpose`` names its Spark pass in the log."""
     from clusterlake.algorithms.passes import sample_rows
 
-    sample = sample_rows(inp.clean, inp.features, inp.rows, min(size, inp.rows), seed)
+    sample = sample_rows(inp.clean, inp.features, inp.rows, min(size, inp.rows), seed, purpose)
     X = sample[inp.features].to_numpy(dtype=np.float64)
     if order_seed is not None:
         X = X[np.random.default_rng(order_seed).permutation(len(X))]
@@ -160,7 +162,7 @@ def choose_k(run: Run, inp: Input, pre: Prepared):
         return None
     with run.step("auto-k") as note:
         a = km.auto
-        Zk = _sample_z(inp, pre.prep, a.sample_size, km.seed + 3)
+        Zk = _sample_z(inp, pre.prep, a.sample_size, km.seed + 3, "auto-k sample")
         auto = choose(Zk, a.min_k, a.max_k, a.criterion, seed=km.seed, max_iter=km.max_iter, tol=km.tol,
                       silhouette_size=min(cfg.quality.sample_size, 10_000), min_cluster_share=a.min_cluster_share,
                       percentile=a.percentile, spherical=km.distance == "cosine")
@@ -179,7 +181,8 @@ def fit(run: Run, inp: Input, pre: Prepared, auto=None) -> Fitted:
     previous = history.load_previous(inp.previous_art, pre.prep)
     with run.step("kmeans") as note:
         initial = warm_start_centers(previous, pre.prep, k) if cfg.kmeans.init == "previous" else None
-        f = fit_kmeans(inp.clean, pre.prep, kcfg, cfg.input.weight_column, initial)
+        with spark_pass(f"kmeans fit ({cfg.kmeans.engine})"):
+            f = fit_kmeans(inp.clean, pre.prep, kcfg, cfg.input.weight_column, initial)
         matching = stable_ids.match(previous, f.centroids, cfg.lineage.max_distance)
         note.update(k=len(f.centroids), iterations=f.n_iter, engine=f.engine, init=f.init,
                     algorithm=cfg.kmeans.algorithm,
@@ -201,7 +204,7 @@ def measure(run: Run, inp: Input, pre: Prepared, fitted: Fitted) -> Measured:
         stats = cluster_stats(inp.clean, pre.prep, C, cfg.input.label_column, x_center=pre.moments.mean)
         sdm = mean_distance_to_means(inp.clean, pre.prep, C, stats.means_z)
         metrics = full_metrics(stats, C, sdm)
-        Zs = _sample_z(inp, pre.prep, cfg.quality.sample_size, cfg.kmeans.seed)
+        Zs = _sample_z(inp, pre.prep, cfg.quality.sample_size, cfg.kmeans.seed, "quality sample")
         sample_pos = AssignmentRule(C)(Zs).index
         sil = sample_silhouette(Zs, sample_pos, cfg.kmeans.seed)
         metrics += [sil] if sil is not None else []
@@ -238,7 +241,7 @@ def sample_passes(run: Run, inp: Input, pre: Prepared):
     with run.step("sample-passes") as note:
         size = max(cfg.density.sample_size if cfg.density.enabled else 0,
                    cfg.hierarchical.sample_size if cfg.hierarchical.enabled else 0)
-        Zp = _sample_z(inp, pre.prep, size, cfg.kmeans.seed + 7, order_seed=cfg.kmeans.seed)
+        Zp = _sample_z(inp, pre.prep, size, cfg.kmeans.seed + 7, "pass sample", order_seed=cfg.kmeans.seed)
         pfit = sp.fit_passes(cfg, Zp, min(cfg.quality.sample_size, inp.rows))
         note.update(rows=len(Zp), **{f"{k_}_s": v for k_, v in pfit.seconds.items()})
     return pfit
@@ -387,7 +390,8 @@ def result(run: Run, versions: dict, inp: Input, pre: Prepared, fitted: Fitted, 
         run_id=run.run_id, run_date=run.run_date, output_path=run.store.root.uri, model_path=run.model_dir.uri,
         k=len(fitted.centroids), sizes=[int(c) for c in measured.stats.counts], metrics=measured.by_name,
         table_versions=versions, rows_read=s.rows_read, rows_used=s.rows_used, rows_dropped=s.rows_dropped,
-        seconds=round(run.seconds, 2), stage_seconds=run.step.seconds, feature_columns=inp.features,
+        seconds=round(run.seconds, 2), stage_seconds=run.step.seconds, spark_passes=run.step.passes,
+        feature_columns=inp.features,
         n_components=pre.prep.n_components, passes=pass_summary(written.metrics),
         descriptions=measured.descriptions, k_selection=fitted.k_selection,
         gate_failures=[str(f) for f in written.gate_failures], cluster_ids=[int(c) for c in fitted.cluster_ids],

@@ -23,6 +23,7 @@ class RunResult:
     rows_dropped: int
     seconds: float
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    spark_passes: dict[str, dict[str, float]] = field(default_factory=dict)  # stage -> {Spark pass: seconds}
     feature_columns: list[str] = field(default_factory=list)
     n_components: int = 0
     passes: dict = field(default_factory=dict)  # "dbscan"/"hdbscan"/"hierarchical@L" -> {metric: value}
