@@ -386,6 +386,25 @@ def test_constant_column_is_dropped_with_warning(spark, tmp_path, caplog):
     _assert_blobs_recovered(asg, data)
 
 
+def test_constant_over_the_valid_rows_is_constant_when_invalid_rows_are_dropped(spark, tmp_path):
+    # 'store' varies only through a row that is dropped for a NaN elsewhere: over the rows used it
+    # is constant (the min/max of the constant check are taken over the valid rows)
+    data = blobs(seed=9)
+    store = np.full(300, 4.0)
+    store[7] = 99.0
+    age = np.asarray(data["age"], dtype=np.float64).copy()
+    age[7] = np.nan
+    path = write_table(tmp_path / "t.parquet", {**data, "age": age, "store": store})
+    out = str(tmp_path / "out")
+
+    result = run_job(job_config(path, out, **{"kmeans.k": 3, "input.invalid_rows": "drop"}), spark=spark)
+
+    assert sorted(result.feature_columns) == ["age", "income", "visits"]
+    runs = _runs_row(out)
+    assert runs["dropped_columns"] == ["store"] and runs["rows_dropped"] == 1 and runs["rows_used"] == 299
+    assert dict(runs["invalid_counts"]) == {"age:nan": 1}
+
+
 def test_fewer_distinct_points_than_k_warns_and_records_k(spark, tmp_path, caplog):
     """12 rows but only 2 distinct points with k=3: a degraded but valid result (like
     scikit-learn's ConvergenceWarning): the run goes on with 2 clusters, says so in the logs and

@@ -249,22 +249,34 @@ def validate(df, cfg: InputSection, k: int, keep_constant: bool = False, model_r
     return clean.select(*_output_columns(cfg, kept)), summary
 
 
-def _profile(df, cfg: InputSection, feats: list[str], valid, reasons: dict):
-    """The one aggregation pass: rows, invalid rows, rows per invalid reason (``r<i>``) and the
-    min/max of every feature over the valid rows (``lo<i>``/``hi<i>``, for the constant check).
-    It is the first Spark job that reads every input file, so a damaged file surfaces here."""
+def _profile(df, cfg: InputSection, feats: list[str], valid, reasons: dict) -> dict:
+    """Rows, invalid rows, rows per invalid reason (``r<i>``) and the min/max of every feature over
+    the valid rows (``lo<i>``/``hi<i>``, for the constant check).
+
+    One aggregation when every row is valid (the usual night): rows, invalid rows and the plain
+    min/max of each column, which are then the valid rows' min/max. Only when some row is invalid
+    does a second aggregation count the reasons and take the min/max over the valid rows (one
+    aggregation doing both every night, the validity condition copied into each of its 2d + 2
+    aggregates, cost 11 s instead of 2 on 1M x 32 rows). This is the first Spark job that reads
+    every input file, so a damaged file surfaces here."""
     from pyspark.sql import functions as F
 
     from clusterlake.io.columns import col as qcol
 
+    xs = [qcol(c).cast("double") for c in feats]
     aggs = [F.count(F.lit(1)).alias("__n"), F.sum(F.when(valid, 0).otherwise(1)).alias("__bad")]
-    aggs += [F.sum(F.when(cond, 1).otherwise(0)).alias(f"r{i}") for i, cond in enumerate(reasons.values())]
-    for i, c in enumerate(feats):
-        v = F.when(valid, qcol(c).cast("double"))
-        aggs += [F.min(v).alias(f"lo{i}"), F.max(v).alias(f"hi{i}")]
+    aggs += [a for i, x in enumerate(xs) for a in (F.min(x).alias(f"lo{i}"), F.max(x).alias(f"hi{i}"))]
     try:
         with spark_pass("validate"):
-            return df.agg(*aggs).collect()[0]
+            row = df.agg(*aggs).collect()[0].asDict()
+        row.update({f"r{i}": 0 for i in range(len(reasons))})
+        if row["__bad"]:
+            aggs = [F.sum(F.when(cond, 1).otherwise(0)).alias(f"r{i}") for i, cond in enumerate(reasons.values())]
+            aggs += [a for i, x in enumerate(xs)
+                     for a in (F.min(F.when(valid, x)).alias(f"lo{i}"), F.max(F.when(valid, x)).alias(f"hi{i}"))]
+            with spark_pass("invalid rows"):
+                row.update(df.agg(*aggs).collect()[0].asDict())
+        return row
     except Exception as exc:
         err = spark_read_error(exc, cfg.path)
         if err is None:
