@@ -159,20 +159,17 @@ def test_layer_imports_nothing_above_it(layer, why, forbidden):
     assert not bad, f"{why}:\n" + "\n".join(bad)
 
 
-def test_kernels_import_only_kernels_and_errors():
+@pytest.mark.parametrize("layer, allowed, why", [
+    ("clusterlake.kernels", KERNELS_MAY_IMPORT, "kernels are the bottom layer (numpy only)"),
+    ("clusterlake.serving", SERVING_MAY_IMPORT,
+     "serving assigns with the model artifact alone (no Spark drivers, no jobs)"),
+])
+def test_layer_imports_only_what_it_may(layer, allowed, why):
     bad = [f"{_where(path, line)} {module} imports {target}"
-           for module, (path, found) in _all_imports().items() if _within(module, "clusterlake.kernels")
+           for module, (path, found) in _all_imports().items() if _within(module, layer)
            for target, line in found
-           if _within(target, "clusterlake") and not any(_within(target, ok) for ok in KERNELS_MAY_IMPORT)]
-    assert not bad, "kernels are the bottom layer (numpy only):\n" + "\n".join(bad)
-
-
-def test_serving_imports_only_kernels_prep_io_and_errors():
-    bad = [f"{_where(path, line)} {module} imports {target}"
-           for module, (path, found) in _all_imports().items() if _within(module, "clusterlake.serving")
-           for target, line in found
-           if _within(target, "clusterlake") and not any(_within(target, ok) for ok in SERVING_MAY_IMPORT)]
-    assert not bad, "serving assigns with the model artifact alone (no Spark drivers, no jobs):\n" + "\n".join(bad)
+           if _within(target, "clusterlake") and not any(_within(target, ok) for ok in allowed)]
+    assert not bad, f"{why}:\n" + "\n".join(bad)
 
 
 _FRESH_IMPORT = """
