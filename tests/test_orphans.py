@@ -282,7 +282,7 @@ def test_staging_journal_of_a_complete_run_only_loses_the_journal(spark, small_t
 # 4. a driver killed for real (needs pipeline.py's `with staging(...)` and its model.saved point)
 
 
-KILLS = {"delta": ("write.staged@2", ["centroids", "assignments"]), "parquet": ("model.saved@1", ["centroids"])}
+KILLS = {"delta": ("write.staged@2", ["assignments", "centroids"]), "parquet": ("model.saved@1", ["assignments"])}
 """Output format -> where its driver is killed, and the tables staged by then."""
 
 

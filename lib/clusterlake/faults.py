@@ -10,12 +10,15 @@ most once per process. Several points: comma-separated.
 
 Points:
 
+* ``rows.loaded``: the nightly job's validated rows are loaded into the engine's tasks (from here
+  on nothing reads the input again, unless a lost task makes the stage load it again). Reports
+  ``run_id`` and ``rows``.
 * ``engine.lloyd``: before each Lloyd iteration of the K-means fit.
 * ``write.staged``: after each table is staged, i.e. its parquet files are written where readers
-  do not see them (``TableStore.stage``; a job stages centroids, assignments, metrics, profiles,
-  lineage, then runs inside the publish; an update centroids, assignments, metrics, runs; the
+  do not see them (``TableStore.stage``/``stage_files``; a job stages assignments, centroids,
+  metrics, profiles, lineage, then runs inside the publish; an update centroids, assignments, metrics, runs; the
   stream one table per micro-batch). Reports ``table``, ``run_id`` and ``path`` (the staged
-  directory). ``write.staged@2`` in a full run: centroids and assignments are staged and the
+  directory). ``write.staged@2`` in a full run: assignments and centroids are staged and the
   run's model directory is saved.
 * ``model.saved``: right after the run's model directory ``<output>/model/<run_id>/`` is saved
   (before anything is committed). Reports ``run_id`` and ``path``.

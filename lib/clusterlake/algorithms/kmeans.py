@@ -81,33 +81,40 @@ def _distinct(centers: np.ndarray, k: int) -> np.ndarray:
 
 
 def fit_kmeans(df, prep: Preprocessor, cfg: KMeansSection, weight_col: Optional[str] = None,
-               initial_centers: Optional[np.ndarray] = None) -> KMeansFit:
+               initial_centers: Optional[np.ndarray] = None, stage=None) -> KMeansFit:
     """Fit K-means with ``cfg.k`` clusters on every row of ``df`` in the model space.
+
+    ``stage``: a :class:`~clusterlake.algorithms.kmeans_engine.KMeansStage` already holding the
+    rows in the model space (the nightly job's resident rows); our engine then fits on it
+    instead of loading ``df`` again.
 
     Returns fewer than k centroids only when the data has fewer than k distinct points; that is a
     :class:`FewerClustersWarning`, and the job carries on with what was found.
     """
     if cfg.engine == "spark-mllib":
         return _fit_mllib(df, prep, cfg, weight_col)
-    return _fit_engine(df, prep, cfg, weight_col, initial_centers)
+    return _fit_engine(df, prep, cfg, weight_col, initial_centers, stage)
 
 
-def _fit_engine(df, prep, cfg, weight_col, initial_centers) -> KMeansFit:
-    from clusterlake.algorithms.kmeans_engine import fit
+def _fit_engine(df, prep, cfg, weight_col, initial_centers, stage=None) -> KMeansFit:
+    from clusterlake.algorithms.kmeans_engine import fit, fit_on
     from clusterlake.engine.blocks import BlockSource
 
     k = int(cfg.k)
     t0 = time.time()
-    source = BlockSource(columns=tuple(prep.feature_names), weight_column=weight_col, center=prep.center,
-                         scale=prep.scale, components=prep.components, normalize=cfg.distance == "cosine")
     seeding = "kmeans||" if cfg.init == "previous" else cfg.init  # previous without a usable model
     init = "previous" if initial_centers is not None else seeding
+    params = dict(algorithm=cfg.algorithm, init=seeding, initial_centers=initial_centers, max_iter=cfg.max_iter,
+                  tol=cfg.tol, seed=cfg.seed, init_steps=cfg.init_steps)
     with warnings.catch_warnings():  # the engine's own warning is replaced by the job's below
         warnings.simplefilter("ignore", FewerClustersWarning)
-        res = fit(df.sparkSession, df, source, k, algorithm=cfg.algorithm, init=seeding,
-                  initial_centers=initial_centers, max_iter=cfg.max_iter, tol=cfg.tol, seed=cfg.seed,
-                  init_steps=cfg.init_steps, num_tasks=cfg.num_tasks,
-                  recovery_wait=cfg.recovery_wait_seconds)
+        if stage is not None:
+            res = fit_on(stage, k, spherical=cfg.distance == "cosine", **params)
+        else:
+            source = BlockSource(columns=tuple(prep.feature_names), weight_column=weight_col, center=prep.center,
+                                 scale=prep.scale, components=prep.components, normalize=cfg.distance == "cosine")
+            res = fit(df.sparkSession, df, source, k, num_tasks=cfg.num_tasks,
+                      recovery_wait=cfg.recovery_wait_seconds, **params)
     centers = _distinct(res.centers, k)
     parent_ids = tree = None
     if res.tree_centers is not None:

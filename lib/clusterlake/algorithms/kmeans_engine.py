@@ -170,8 +170,9 @@ class KMeansStage(BarrierStage):
     and its recovery from lost tasks.
     """
 
-    def __init__(self, spark, df, source: BlockSource, num_tasks: Optional[int] = None, **kw):
-        super().__init__(spark, df, source, KMeansWorker, num_tasks=num_tasks, **kw)
+    def __init__(self, spark, df, source: BlockSource, num_tasks: Optional[int] = None,
+                 worker: type[KMeansWorker] = KMeansWorker, **kw):
+        super().__init__(spark, df, source, worker, num_tasks=num_tasks, **kw)
 
     def stats(self, C: np.ndarray, n_far: int = 0, op: str = "stats", **params) -> "K.PartialStats":
         """Sum the tasks' partial statistics for centres ``C`` (in partition order)."""
@@ -474,30 +475,41 @@ def fit(spark, df, source: BlockSource, k: int, *, algorithm: str = "kmeans", in
     t0 = time.time()
     bc = KMeansStage(spark, df, source, num_tasks=num_tasks, recovery_wait=recovery_wait,
                       max_recoveries=max_recoveries)
-    res = _fit(bc, k, algorithm, init, initial_centers, max_iter, tol, seed, init_steps, t0)
+    with bc:
+        res = fit_on(bc, k, algorithm=algorithm, init=init, initial_centers=initial_centers, max_iter=max_iter,
+                     tol=tol, seed=seed, init_steps=init_steps, spherical=source.normalize, t0=t0)
     res.task_peak_rss_mb = bc.task_peak_rss_mb
+    return res
+
+
+def fit_on(bc: KMeansStage, k: int, *, algorithm: str = "kmeans", init: str = "kmeans||",
+           initial_centers: Optional[np.ndarray] = None, max_iter: int = 50, tol: float = 1e-4, seed: int = 42,
+           init_steps: int = 2, spherical: bool = False, t0: Optional[float] = None) -> EngineFit:
+    """:func:`fit` on a stage already holding the rows in the model space (``spherical``: they
+    are L2-normalised, the fit is cosine)."""
+    res = _fit(bc, k, algorithm, init, initial_centers, max_iter, tol, seed, init_steps,
+               time.time() if t0 is None else t0, spherical)
     res.recoveries = bc.recoveries
     res.n_tasks = bc.n_tasks
     return res
 
 
-def _fit(bc: KMeansStage, k, algorithm, init, initial_centers, max_iter, tol, seed, init_steps, t0) -> EngineFit:
-    spherical = bc.source.normalize
-    with bc:
-        info = data_info(bc)
-        if info.n < k:
-            raise ValueError(f"n_samples={info.n} should be >= k={k}")
-        tol_abs = float(tol * info.var.mean()) if tol > 0 else 0.0
-        t_init = time.time()
-        if algorithm == "bisecting":
-            b = bisecting(bc, k, info, max_iter, tol_abs, seed, spherical)
-            return EngineFit(b.centers, b.counts, b.inertia, b.n_iter, True, 0.0, bc.load_seconds,
-                             time.time() - t0, [], bc.n_tasks, b.parents, b.tree_centers, b.tree_parents,
-                             b.leaf_nodes)
-        C0 = _initial_centers(bc, k, info, init, initial_centers, seed, init_steps, spherical)
-        init_seconds = time.time() - t_init
-        log.info("engine: init %s took %.2f s", "given centres" if initial_centers is not None else init, init_seconds)
-        lf = lloyd(bc, C0, max_iter, tol_abs, spherical)
+def _fit(bc: KMeansStage, k, algorithm, init, initial_centers, max_iter, tol, seed, init_steps, t0,
+         spherical) -> EngineFit:
+    info = data_info(bc)
+    if info.n < k:
+        raise ValueError(f"n_samples={info.n} should be >= k={k}")
+    tol_abs = float(tol * info.var.mean()) if tol > 0 else 0.0
+    t_init = time.time()
+    if algorithm == "bisecting":
+        b = bisecting(bc, k, info, max_iter, tol_abs, seed, spherical)
+        return EngineFit(b.centers, b.counts, b.inertia, b.n_iter, True, 0.0, bc.load_seconds,
+                         time.time() - t0, [], bc.n_tasks, b.parents, b.tree_centers, b.tree_parents,
+                         b.leaf_nodes)
+    C0 = _initial_centers(bc, k, info, init, initial_centers, seed, init_steps, spherical)
+    init_seconds = time.time() - t_init
+    log.info("engine: init %s took %.2f s", "given centres" if initial_centers is not None else init, init_seconds)
+    lf = lloyd(bc, C0, max_iter, tol_abs, spherical)
     its = lf.iter_seconds
     log.info("engine: %d iterations (%s), %.3f s per iteration, inertia %.6g",
              lf.n_iter, "converged" if lf.converged else "max_iter reached",

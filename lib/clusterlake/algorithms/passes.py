@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 from clusterlake.algorithms.cluster_stats import STATS_DDL, ClusterStats, PartitionStats
+from clusterlake.algorithms.members import member_fractions
 from clusterlake.io.batches import arrow_input, feature_block
 from clusterlake.io.columns import col, quoted
 from clusterlake.io.contract import assignments as contract
@@ -278,16 +279,6 @@ def radius_quantiles(asg, cluster_ids: np.ndarray, accuracy: int = 10_000) -> di
         for j, n in enumerate(names):
             out[n][i] = float(r["q"][j])
     return out
-
-
-def member_fractions(counts: np.ndarray, per_cluster: Optional[int]) -> np.ndarray:
-    """Share of each cluster's rows kept as members: about ``per_cluster`` rows of each
-    (``None``: all of them; empty clusters: 0)."""
-    counts = np.asarray(counts, dtype=np.float64)
-    if per_cluster is None:
-        return np.where(counts > 0, 1.0, 0.0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(counts > 0, np.minimum(1.0, per_cluster / np.maximum(counts, 1.0)), 0.0)
 
 
 def member_rows(df, prep: Preprocessor, centroids: np.ndarray, cluster_ids: np.ndarray, id_col: str,

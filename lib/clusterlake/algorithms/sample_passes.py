@@ -4,9 +4,9 @@
    ``density.sample_size`` rows and agglomerative clustering on its first
    ``hierarchical.sample_size`` rows (the sample is in random order, so every prefix is uniform),
    plus their sampled silhouettes.
-2. The assignment pass labels every row (:func:`clusterlake.algorithms.passes.assign_rows`).
-3. :func:`full_pass_metrics`: from the (persisted) assignments, one small aggregation per pass:
-   noise share and cluster count over all rows, ARI between each pass and K-means, ARI/NMI
+2. The assignment labels every row: the engine's tasks, as they write the ``assignments`` files
+   (:mod:`clusterlake.algorithms.assignment_files`), count (cluster, pass label, label) per pass.
+3. :func:`full_pass_metrics`: from those counts: noise share and cluster count over all rows, ARI between each pass and K-means, ARI/NMI
    against the label column. Noise (-1) counts as one more label in the ARI, as scikit-learn
    would count it.
 """
@@ -128,47 +128,33 @@ def _agreement(counts: dict, algorithm: str, k: int, has_label: bool) -> list[Me
     return out
 
 
-def _count(asg, key_expr, has_label: bool) -> dict:
-    from pyspark.sql import functions as F
-
-    keys = [F.col("cluster_id"), key_expr.alias("__pass")]
-    if has_label:
-        keys.append(F.col("__passthrough").cast("string").alias("__label"))
-    with spark_pass("pass metrics"):
-        rows = asg.groupBy(*keys).count().collect()
-    return {(r["cluster_id"], r["__pass"], ("<null>" if r["__label"] is None else r["__label"]) if has_label else None):
-            int(r["count"]) for r in rows}
-
-
-def full_pass_metrics(asg, fit: PassFit, algorithm: Optional[str], has_label: bool) -> list[Metric]:
-    """Metrics of the passes over all rows of the assignments ``asg`` (with ``__passthrough`` =
-    the label column when ``has_label``). One groupBy per pass (per level): k x clusters x labels
-    rows reach the driver."""
-    from pyspark.sql import functions as F
-
+def full_pass_metrics(counts: dict, fit: PassFit, algorithm: Optional[str], has_label: bool) -> list[Metric]:
+    """Metrics of the passes over all rows, from the counts the tasks that wrote the assignments
+    returned (:func:`clusterlake.algorithms.assignment_files.merge_pass_counts`:
+    ``{"density": {(cluster id, pass label, label text or None): rows}, "levels": {level: {...}}}``)."""
     out: list[Metric] = []
     if fit.density is not None:
-        counts = _count(asg, F.col("density_label"), has_label)
-        n = int(sum(counts.values()))
-        noise = sum(c for (_, lab, _), c in counts.items() if lab < 0)
-        k = len({lab for (_, lab, _) in counts if lab >= 0})
+        dc = counts["density"]
+        n = int(sum(dc.values()))
+        noise = sum(c for (_, lab, _), c in dc.items() if lab < 0)
+        k = len({lab for (_, lab, _) in dc if lab >= 0})
         out += [Metric("full", "noise_share", noise / max(n, 1), n, algorithm, k),
                 Metric("full", "n_clusters", float(k), n, algorithm, k)]
         if k == 0:
             log.warning("density pass: all %d rows are noise", n)
-        out += _agreement(counts, algorithm, k, has_label)
+        out += _agreement(dc, algorithm, k, has_label)
     if fit.hierarchy is not None:
         for lv in fit.hierarchy.levels:
-            counts = _count(asg, F.col("hierarchy").getItem(lv), has_label)
-            n = int(sum(counts.values()))
+            lc = counts["levels"].get(int(lv), {})
+            n = int(sum(lc.values()))
             per = {}
-            for (_, lab, _), c in counts.items():
+            for (_, lab, _), c in lc.items():
                 per[lab] = per.get(lab, 0) + c
             sizes = np.array(list(per.values()), dtype=np.float64)
             out += [Metric("full", "n_clusters", float(len(per)), n, "hierarchical", lv),
                     Metric("full", "min_cluster_share", float(sizes.min() / n), n, "hierarchical", lv),
                     Metric("full", "max_cluster_share", float(sizes.max() / n), n, "hierarchical", lv)]
-            out += _agreement(counts, "hierarchical", lv, has_label)
+            out += _agreement(lc, "hierarchical", lv, has_label)
     return out
 
 

@@ -6,17 +6,17 @@ small enough to shuffle when the input has more partitions than the stage has ta
 task then :func:`unpack` s its packed rows into one :class:`Block`, the data every command of its
 worker runs against until the stage ends.
 
-Carrying more columns (the next step: validation, statistics and the assignment files as commands
-on the resident data): give :class:`BlockSource` the names of the columns to carry, add one
-``binary`` column per carried column to the packed schema holding that batch's values (fixed-width
-numpy bytes for numbers, Arrow IPC bytes for strings), and let :func:`unpack` restore them in the
-same ``(src, seq)`` order into :attr:`Block.columns`, aligned with the rows of ``X``. Workers read
-them as ``self.block.columns["<name>"]``; nothing in the stage or the collective changes.
+Carried columns (the id, the label): :attr:`BlockSource.carry` names them; each packed row holds
+that batch's values of them as Arrow IPC bytes, and :func:`unpack` restores them in the same
+``(src, seq)`` order as one Arrow table, :attr:`Block.columns`, aligned with the rows of ``X``.
+Without ``center`` the block holds the features in input units, in :attr:`BlockSource.dtype`
+(float32 where that is exact, float64 otherwise): the run's resident rows
+(:mod:`clusterlake.algorithms.resident`) derive the model space from them on the tasks.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import numpy as np
@@ -32,14 +32,14 @@ class Block:
 
     ``X`` is C-contiguous float32 (n, d) in the model space, ``w`` the float64 row weights (None:
     every row weighs 1), ``partition`` the task's number (seeds per-task random draws), and
-    ``columns`` further resident columns aligned with the rows of ``X`` (see the module doc; the
-    stage loads none yet).
+    ``columns`` the carried columns (an Arrow table under the user's names, aligned with the rows
+    of ``X``; None when nothing is carried).
     """
 
     X: np.ndarray
     w: Optional[np.ndarray]
     partition: int
-    columns: dict[str, np.ndarray] = field(default_factory=dict)
+    columns: Optional[pa.Table] = None
 
     @property
     def n(self) -> int:
@@ -66,13 +66,17 @@ class BlockSource:
     scale: Optional[np.ndarray] = None
     components: Optional[np.ndarray] = None
     normalize: bool = False
+    carry: tuple[str, ...] = ()
+    """Columns carried along as Arrow (ids, labels), not features."""
+    dtype: str = "float32"
+    """The block's float type (float64 keeps input units exact when they are not float32)."""
     labels: tuple[tuple[str, str], ...] = ()
     """(column as the task sees it, the user's name) pairs, for messages (see :meth:`positional`)."""
 
     @property
     def input_columns(self) -> list[str]:
         cols = [self.array_column] if self.array_column else list(self.columns)
-        return cols + ([self.weight_column] if self.weight_column else [])
+        return cols + ([self.weight_column] if self.weight_column else []) + list(self.carry)
 
     def positional(self, pos: dict[str, str]) -> "BlockSource":
         """This source reading the columns under the names ``pos`` gives them
@@ -81,7 +85,8 @@ class BlockSource:
             return None if c is None else pos[c]
 
         return replace(self, columns=tuple(pos[c] for c in self.columns), array_column=p(self.array_column),
-                       weight_column=p(self.weight_column), labels=tuple((a, c) for c, a in pos.items()))
+                       weight_column=p(self.weight_column), carry=tuple(pos[c] for c in self.carry),
+                       labels=tuple((a, c) for c, a in pos.items()))
 
     def arrow_frame(self, df):
         """``df`` reduced to this source's columns under positional names, and the source reading
@@ -113,8 +118,9 @@ class BlockSource:
         return X
 
     def pack(self, batch: pa.RecordBatch) -> tuple[np.ndarray, Optional[np.ndarray]]:
-        """One batch as a checked float32 model-space block (L2-normalised for cosine) and weights."""
-        X = np.ascontiguousarray(self.block(batch), dtype=np.float32)
+        """One batch as a checked block (model space, L2-normalised for cosine, when the source
+        transforms; else input units) in :attr:`dtype`, and weights."""
+        X = np.ascontiguousarray(self.block(batch), dtype=self.dtype)
         if X.size and not np.isfinite(X).all():
             bad = int((~np.isfinite(X)).any(axis=1).sum())
             raise ValueError(f"{bad} rows have NaN/inf features (in float32); validate or clean the input first")
@@ -127,11 +133,21 @@ class BlockSource:
                 raise ValueError(f"weight column '{self._name(self.weight_column)}' has null, NaN, infinite or negative values")
         return X, w
 
+    def carried(self, batch: pa.RecordBatch) -> Optional[bytes]:
+        """The batch's carried columns under the user's names, as Arrow IPC stream bytes."""
+        if not self.carry:
+            return None
+        t = pa.table({self._name(c): batch.column(c) for c in self.carry})
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, t.schema) as w:
+            w.write_table(t)
+        return sink.getvalue().to_pybytes()
+
 
 # packed blocks: one row per Arrow batch of the input (float32 bytes), small enough to shuffle
-PACKED_DDL = "src long, seq long, n long, d long, x binary, w binary"
+PACKED_DDL = "src long, seq long, n long, d long, x binary, w binary, c binary"
 _PACKED_SCHEMA = pa.schema([("src", pa.int64()), ("seq", pa.int64()), ("n", pa.int64()), ("d", pa.int64()),
-                            ("x", pa.binary()), ("w", pa.binary())])
+                            ("x", pa.binary()), ("w", pa.binary()), ("c", pa.binary())])
 
 
 def pack_task(source: BlockSource):
@@ -147,22 +163,28 @@ def pack_task(source: BlockSource):
             X, w = source.pack(b)
             yield pa.RecordBatch.from_pydict(
                 {"src": [src], "seq": [seq], "n": [X.shape[0]], "d": [X.shape[1]], "x": [X.tobytes()],
-                 "w": [None if w is None else w.tobytes()]}, schema=_PACKED_SCHEMA)
+                 "w": [None if w is None else w.tobytes()], "c": [source.carried(b)]}, schema=_PACKED_SCHEMA)
 
     return run
 
 
-def unpack(batches) -> tuple[np.ndarray, Optional[np.ndarray]]:
-    """Packed rows -> one C-contiguous float32 block and float64 weights, in (src, seq) order so
-    the block does not depend on the order the shuffle delivered them in."""
+def unpack(batches, partition: int = 0) -> Block:
+    """Packed rows -> one :class:`Block` (C-contiguous features, float64 weights, carried columns),
+    in (src, seq) order so the block does not depend on the order the shuffle delivered them in."""
     items = []
     for b in batches:
         cols = b.to_pydict()
-        items += list(zip(cols["src"], cols["seq"], cols["n"], cols["d"], cols["x"], cols["w"]))
+        items += list(zip(cols["src"], cols["seq"], cols["n"], cols["d"], cols["x"], cols["w"], cols["c"]))
     items.sort(key=lambda t: (t[0], t[1]))
     if not items:
-        return np.empty((0, 0), dtype=np.float32), None
-    X = np.concatenate([np.frombuffer(x, dtype=np.float32).reshape(n, d) for _, _, n, d, x, _ in items])
-    ws = [w for *_, w in items]
+        return Block(np.empty((0, 0), dtype=np.float32), None, partition)
+    size = items[0][2] * items[0][3]
+    dtype = np.float64 if size and len(items[0][4]) == 8 * size else np.float32
+    X = np.concatenate([np.frombuffer(x, dtype=dtype).reshape(n, d) for _, _, n, d, x, _, _ in items])
+    ws = [it[5] for it in items]
     w = None if ws[0] is None else np.concatenate([np.frombuffer(v, dtype=np.float64) for v in ws])
-    return np.ascontiguousarray(X), w
+    cs = [it[6] for it in items]
+    columns = None
+    if cs[0] is not None:
+        columns = pa.concat_tables([pa.ipc.open_stream(pa.py_buffer(c)).read_all() for c in cs])
+    return Block(np.ascontiguousarray(X), w, partition, columns)

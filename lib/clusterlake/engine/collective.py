@@ -46,7 +46,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 MAGIC = b"CLK1"
-_DTYPES = {"float64", "float32", "int64", "int32", "bool"}
+_DTYPES = {"float64", "float32", "int64", "int32", "bool", "uint8"}  # uint8: opaque bytes (Arrow IPC)
 _MAX_FRAME = 1 << 34  # 16 GiB: a sanity bound, not a limit anyone should hit
 
 

@@ -258,6 +258,11 @@ class BarrierStage:
             self.coord.call(op, arrays, None, **params)
         self._restore_needed = False
 
+    def resume_after_restart(self) -> None:
+        """The next :meth:`__enter__` starts the stage again after it was ended on purpose: the
+        journal is replayed before the next command, as after a lost task."""
+        self._restore_needed = bool(self._journal)
+
     def forget(self, op: str) -> None:
         """Drop ``op`` from the journal: the state it built is no longer needed."""
         self._journal = [j for j in self._journal if j[0] != op]

@@ -35,8 +35,7 @@ def _load_worker(worker_cls: type[Worker], batches, part: int) -> tuple[Worker, 
     """The task's worker on its block, or (a worker on an empty block, the error): a task that
     cannot load reports why to the driver, which raises it with the task number."""
     try:
-        X, w = unpack(batches)
-        return worker_cls(Block(X, w, part)), None
+        return worker_cls(unpack(batches, part)), None
     except Exception as exc:
         empty = Block(np.empty((0, 0), np.float32), None, part)
         return Worker(empty), f"{type(exc).__name__}: {exc}"

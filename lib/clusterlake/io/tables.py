@@ -132,6 +132,20 @@ class TableStore:
         replacing the store's ``run_date`` partition."""
         raise NotImplementedError
 
+    def stage_files(self, name: str, write: Callable[[Location], object], append: bool = False):
+        """Stage files that ``write(folder)`` writes itself into ``folder`` (parquet files named
+        ``part-*.parquet``, e.g. by the engine's tasks), where readers do not see them yet, as
+        :meth:`stage` does for a DataFrame. Returns (the StagedTable, what ``write`` returned)."""
+        st = self._new_staged(name, append)
+        result = write(st.staged)
+        self._collect_files(st)
+        pause_point("write.staged", table=name, run_id=self.run_id, path=st.staged.uri)
+        return st, result
+
+    def _new_staged(self, name: str, append: bool) -> StagedTable:
+        """Where this run's files of table ``name`` are staged."""
+        raise NotImplementedError
+
     def current_version(self, name: str) -> Optional[int]:
         raise NotImplementedError
 
@@ -262,9 +276,12 @@ class DeltaRsStore(TableStore):
 
     kind = "delta-rs"
 
-    def stage(self, name: str, df, files: Optional[int] = None, append: bool = False) -> StagedTable:
+    def _new_staged(self, name: str, append: bool) -> StagedTable:
         t = self.table(name)
-        st = StagedTable(name, t, t.child(f"{PARTITION}={self.run_date}", self.run_id), append=append)
+        return StagedTable(name, t, t.child(f"{PARTITION}={self.run_date}", self.run_id), append=append)
+
+    def stage(self, name: str, df, files: Optional[int] = None, append: bool = False) -> StagedTable:
+        st = self._new_staged(name, append)
         self._spark_write_parquet(name, df, st.staged, files)
         self._collect_files(st)
         pause_point("write.staged", table=name, run_id=self.run_id, path=st.staged.uri)
@@ -523,6 +540,15 @@ class SparkDeltaStore(TableStore):
         pause_point("write.staged", table=name, run_id=self.run_id, path=t.uri)  # (lazy: nothing written yet)
         return StagedTable(name, t, t, df=df, append=append)
 
+    def stage_files(self, name: str, write: Callable[[Location], object], append: bool = False):
+        """The files are written under ``<table>/_staging/<run_id>/`` (which Delta ignores) and
+        committed by Spark's Delta writer reading them (its commit writes its own files)."""
+        folder = self.table(name).child("_staging", self.run_id)
+        result = write(folder)
+        st = self.stage(name, self.spark.read.parquet(folder.uri), append=append)
+        st.staged = folder
+        return st, result
+
     def current_version(self, name: str) -> Optional[int]:
         # None only when there is no Delta log; any other error propagates (a None would make a
         # rollback treat an existing table as created by this run)
@@ -560,6 +586,7 @@ class SparkDeltaStore(TableStore):
         else:
             w = w.mode("overwrite").option("replaceWhere", f"{PARTITION} = DATE'{self.run_date}'")
         w.save(st.table.uri)
+        self.discard(st)  # the files stage_files wrote: Delta's writer made its own copies
         return self.current_version(st.name)
 
     def transaction_version(self, name: str, app_id: str) -> Optional[int]:
@@ -581,7 +608,8 @@ class SparkDeltaStore(TableStore):
             self.spark.sql(f"RESTORE TABLE delta.`{uri}` TO VERSION AS OF {int(version)}")
 
     def discard(self, st: StagedTable) -> None:
-        pass
+        if st.staged.uri != st.table.uri:  # stage_files' folder (nothing else is staged eagerly)
+            super().discard(st)
 
     def read(self, name: str, version: Optional[int] = None) -> pa.Table:
         return DeltaRsStore.read(self, name, version)  # type: ignore[arg-type]
@@ -628,9 +656,12 @@ class ParquetStore(TableStore):
     def _trash(self, name: str) -> Location:
         return self.table(name).child("_trash", self.run_id, f"{PARTITION}={self.run_date}")
 
-    def stage(self, name: str, df, files: Optional[int] = None, append: bool = False) -> StagedTable:
+    def _new_staged(self, name: str, append: bool) -> StagedTable:
         t = self.table(name)
-        st = StagedTable(name, t, t.child("_staging", self.run_id, f"{PARTITION}={self.run_date}"), append=append)
+        return StagedTable(name, t, t.child("_staging", self.run_id, f"{PARTITION}={self.run_date}"), append=append)
+
+    def stage(self, name: str, df, files: Optional[int] = None, append: bool = False) -> StagedTable:
+        st = self._new_staged(name, append)
         self._spark_write_parquet(name, df, st.staged, files)
         self._collect_files(st)
         pause_point("write.staged", table=name, run_id=self.run_id, path=st.staged.uri)

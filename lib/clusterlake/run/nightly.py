@@ -23,12 +23,23 @@ log = logging.getLogger("clusterlake")
 
 @dataclass
 class Input:
-    """The validated rows (cached) and what the read found."""
+    """The validated rows, resident in the engine's tasks, and what the read found."""
 
-    clean: object  # DataFrame: id, features (double), label/weight when configured
+    clean: object  # DataFrame: id, features (double), label/weight when configured (not cached)
     summary: object  # clusterlake.io.reader.InputSummary
     previous_art: object  # the model tonight compares with (None on the first run)
     feature_change: Optional[str]
+    rows_held: object = None  # clusterlake.algorithms.resident.ResidentRows, open from the read to the write
+    draw_size: int = 0  # the one uniform sample's size: the largest any step needs
+    _draw: Optional[np.ndarray] = None
+
+    def sample(self, size: int, seed: int) -> np.ndarray:
+        """The first ``size`` rows (input units) of the run's one seeded uniform draw, taken on the
+        first call: each prefix of it is itself a uniform sample."""
+        if self._draw is None:
+            with spark_pass("sample"):
+                self._draw = self.rows_held.sample(max(self.draw_size, size), seed)
+        return self._draw[:size]
 
     @property
     def features(self) -> list[str]:
@@ -103,37 +114,61 @@ def _column_types(df) -> dict[str, str]:
     return {f.name: f.dataType.simpleString() for f in df.schema.fields}
 
 
+def _draw_size(cfg) -> int:
+    """The largest sample a step of the run takes (quality, auto-k, the sample passes)."""
+    sizes = [cfg.quality.sample_size]
+    if cfg.kmeans.k == "auto":
+        sizes.append(cfg.kmeans.auto.sample_size)
+    if cfg.density.enabled:
+        sizes.append(cfg.density.sample_size)
+    if cfg.hierarchical.enabled:
+        sizes.append(cfg.hierarchical.sample_size)
+    return int(max(sizes))
+
+
 def read_input(run: Run) -> Input:
-    """Read and validate the input; check tonight's features against the previous model's."""
+    """Read and validate the input; check tonight's features against the previous model's; load
+    the validated rows into the engine's tasks, where they stay until the assignments are
+    written (:mod:`clusterlake.algorithms.resident`)."""
     from clusterlake.algorithms import history
+    from clusterlake.algorithms.resident import ResidentRows, exact_in_float32
+    from clusterlake.faults import pause_point
     from clusterlake.io import feature_contract
     from clusterlake.io.reader import read_table, validate
 
-    icfg = run.cfg.input
+    cfg, icfg = run.cfg, run.cfg.input
     with run.step("read+validate") as note:
         raw = read_table(run.spark, icfg)
-        clean, summary = validate(raw, icfg, _k_before_fit(run.cfg))
+        clean, summary = validate(raw, icfg, _k_before_fit(cfg))
         previous_art = history.previous_artifact(run.model_root, run.run_date)
         change = feature_contract.check(previous_art, summary, _column_types(raw), icfg.allow_feature_change)
-        clean = run.cache(clean)
+        if cfg.kmeans.engine == "spark-mllib":
+            clean = run.cache(clean)  # MLlib's fit reads the rows again
+        feats = summary.feature_columns
+        rows = ResidentRows(run.spark, clean, feats, icfg.id_column, icfg.label_column, icfg.weight_column,
+                            exact_in_float32([summary.feature_types[c] for c in feats]), cfg.kmeans.num_tasks,
+                            cfg.kmeans.recovery_wait_seconds)
+        with spark_pass("load rows"):
+            run.hold(rows)
+        pause_point("rows.loaded", run_id=run.run_id, rows=rows.rows)
         note.update(rows_read=summary.rows_read, rows_used=summary.rows_used,
-                    dropped=summary.rows_dropped, features=len(summary.feature_columns))
-    return Input(clean, summary, previous_art, change)
+                    dropped=summary.rows_dropped, features=len(feats), tasks=rows.stage.n_tasks)
+    return Input(clean, summary, previous_art, change, rows, _draw_size(cfg))
 
 
 def preprocess(run: Run, inp: Input) -> Prepared:
     """Fit the scaling and PCA on the input's moments (one pass); refuse sample passes that would
     not fit in memory before the K-means fit, not after."""
-    from clusterlake.algorithms.passes import input_moments
     from clusterlake.memory import check_sample_passes
     from clusterlake.prep.transform import fit_preprocessor
 
     cfg = run.cfg
     with run.step("preprocess") as note:
-        moments = input_moments(inp.clean, inp.features)
+        moments = inp.rows_held.moments()
         pcfg = cfg.preprocess
         prep = fit_preprocessor(moments, inp.features, pcfg.scaling, pcfg.pca.enabled, pcfg.pca.components,
                                 pcfg.pca.variance, normalize=cfg.kmeans.distance == "cosine")
+        inp.rows_held.prepare(prep)
         if prep.explained_variance_ratio is not None:
             note.update(components=prep.n_components, variance=round(float(prep.explained_variance_ratio.sum()), 4))
     if cfg.density.enabled or cfg.hierarchical.enabled:
@@ -141,13 +176,10 @@ def preprocess(run: Run, inp: Input) -> Prepared:
     return Prepared(moments, prep)
 
 
-def _sample_z(inp: Input, prep, size: int, seed: int, purpose: str, order_seed: Optional[int] = None) -> np.ndarray:
-    """A uniform sample of ``size`` rows in model space (shuffled with ``order_seed`` when given);
-    ``purpose`` names its Spark pass in the log."""
-    from clusterlake.algorithms.passes import sample_rows
-
-    sample = sample_rows(inp.clean, inp.features, inp.rows, min(size, inp.rows), seed, purpose)
-    X = sample[inp.features].to_numpy(dtype=np.float64)
+def _sample_z(run: Run, inp: Input, prep, size: int, order_seed: Optional[int] = None) -> np.ndarray:
+    """A uniform sample of ``size`` rows in model space (the first rows of the run's one draw,
+    shuffled with ``order_seed`` when given)."""
+    X = inp.sample(min(size, inp.rows), run.cfg.kmeans.seed)
     if order_seed is not None:
         X = X[np.random.default_rng(order_seed).permutation(len(X))]
     return prep.transform(X)
@@ -162,7 +194,7 @@ def choose_k(run: Run, inp: Input, pre: Prepared):
         return None
     with run.step("auto-k") as note:
         a = km.auto
-        Zk = _sample_z(inp, pre.prep, a.sample_size, km.seed + 3, "auto-k sample")
+        Zk = _sample_z(run, inp, pre.prep, a.sample_size)
         auto = choose(Zk, a.min_k, a.max_k, a.criterion, seed=km.seed, max_iter=km.max_iter, tol=km.tol,
                       silhouette_size=min(cfg.quality.sample_size, 10_000), min_cluster_share=a.min_cluster_share,
                       percentile=a.percentile, spherical=km.distance == "cosine")
@@ -182,7 +214,7 @@ def fit(run: Run, inp: Input, pre: Prepared, auto=None) -> Fitted:
     with run.step("kmeans") as note:
         initial = warm_start_centers(previous, pre.prep, k) if cfg.kmeans.init == "previous" else None
         with spark_pass(f"kmeans fit ({cfg.kmeans.engine})"):
-            f = fit_kmeans(inp.clean, pre.prep, kcfg, cfg.input.weight_column, initial)
+            f = _fit_held(inp, pre, kcfg, cfg.input.weight_column, initial)
         matching = stable_ids.match(previous, f.centroids, cfg.lineage.max_distance)
         note.update(k=len(f.centroids), iterations=f.n_iter, engine=f.engine, init=f.init,
                     algorithm=cfg.kmeans.algorithm,
@@ -191,20 +223,32 @@ def fit(run: Run, inp: Input, pre: Prepared, auto=None) -> Fitted:
     return Fitted(f, previous, matching, auto)
 
 
+def _fit_held(inp: Input, pre: Prepared, kcfg, weight_col, initial):
+    """Our engine fits on the resident rows; MLlib (for comparison) reads them through Spark,
+    with the tasks' slots free meanwhile."""
+    from clusterlake.algorithms.kmeans import fit_kmeans
+
+    if kcfg.engine != "spark-mllib":
+        return fit_kmeans(inp.clean, pre.prep, kcfg, weight_col, initial, stage=inp.rows_held.stage)
+    with inp.rows_held.released():
+        return fit_kmeans(inp.clean, pre.prep, kcfg, weight_col, initial)
+
+
 def measure(run: Run, inp: Input, pre: Prepared, fitted: Fitted) -> Measured:
     """Exact metrics from per-cluster statistics (two passes), silhouette on a sample, profiles and
     archetypes, the cluster tree."""
-    from clusterlake.algorithms.passes import cluster_stats, mean_distance_to_means
     from clusterlake.kernels.assignment import AssignmentRule
     from clusterlake.quality import profiles
     from clusterlake.quality.metrics import full_metrics, sample_silhouette
 
     cfg, C = run.cfg, fitted.centroids
     with run.step("metrics") as note:
-        stats = cluster_stats(inp.clean, pre.prep, C, cfg.input.label_column, x_center=pre.moments.mean)
-        sdm = mean_distance_to_means(inp.clean, pre.prep, C, stats.means_z)
+        held = inp.rows_held
+        held.assign(C)
+        stats = held.cluster_stats(C, pre.moments.mean)
+        sdm = held.mean_distances(stats.means_z)
         metrics = full_metrics(stats, C, sdm)
-        Zs = _sample_z(inp, pre.prep, cfg.quality.sample_size, cfg.kmeans.seed, "quality sample")
+        Zs = _sample_z(run, inp, pre.prep, cfg.quality.sample_size)
         sample_pos = AssignmentRule(C)(Zs).index
         sil = sample_silhouette(Zs, sample_pos, cfg.kmeans.seed)
         metrics += [sil] if sil is not None else []
@@ -241,7 +285,7 @@ def sample_passes(run: Run, inp: Input, pre: Prepared):
     with run.step("sample-passes") as note:
         size = max(cfg.density.sample_size if cfg.density.enabled else 0,
                    cfg.hierarchical.sample_size if cfg.hierarchical.enabled else 0)
-        Zp = _sample_z(inp, pre.prep, size, cfg.kmeans.seed + 7, "pass sample", order_seed=cfg.kmeans.seed)
+        Zp = _sample_z(run, inp, pre.prep, size, order_seed=cfg.kmeans.seed)
         pfit = sp.fit_passes(cfg, Zp, min(cfg.quality.sample_size, inp.rows))
         note.update(rows=len(Zp), **{f"{k_}_s": v for k_, v in pfit.seconds.items()})
     return pfit
@@ -272,52 +316,60 @@ def _artifact(run: Run, inp: Input, pre: Prepared, fitted: Fitted, measured: Mea
     )
 
 
-def serving_layout(art, asg, clean, cfg, model_dir) -> None:
+def serving_layout(art, held, cfg, model_dir) -> None:
     """What real-time serving reads (docs/serving.md), added to ``art`` before it is saved: each
     cluster's radius quantiles (for the radius outlier rule) and, under ``<model>/members/``, a
-    sample of each cluster's rows (for similar-item queries), one parquet file per cluster."""
+    sample of each cluster's rows (for similar-item queries), one parquet file per cluster. Both
+    from the resident rows (``held``), whose assignment is the model's."""
     import time
 
-    from clusterlake.algorithms.passes import member_fractions, radius_quantiles, write_members
+    from clusterlake.algorithms.members import member_fractions, write_member_files
 
-    art.cluster_stats.update(radius_quantiles(asg, art.cluster_ids))
+    with spark_pass("radius quantiles"):
+        art.cluster_stats.update(held.radius_quantiles(art.cluster_stats["sizes"]))
     per = cfg.serving.members_per_cluster
     if per == 0:
         art.meta["members"] = {"per_cluster": 0, "runs": []}
         return
     t0 = time.time()
-    kept = write_members(clean, art.prep, art.centroids, art.cluster_ids, cfg.input.id_column,
-                         member_fractions(art.cluster_stats["sizes"], per), cfg.kmeans.seed,
-                         model_dir.child("members").uri)
+    with spark_pass("member sample"):
+        ids, pos, dist, z = held.members(member_fractions(art.cluster_stats["sizes"], per), cfg.kmeans.seed)
+        kept = write_member_files(model_dir.child("members"), art.cluster_ids, ids, pos, dist, z)
     art.cluster_stats["members"] = kept
     art.meta["members"] = {"per_cluster": per, "runs": [art.run_id]}
     log.info("serving layout: %d member rows (about %s per cluster) under %s in %.1f s", int(kept.sum()),
              "all" if per is None else per, model_dir.child("members").uri, time.time() - t0)
 
 
-def _assign_and_save(run: Run, inp: Input, pre: Prepared, fitted: Fitted, pfit, art):
-    """Assign every row (cached: summarised for serving, passes and lineage, then written) and
-    save the model with its serving layout."""
-    from clusterlake.algorithms.passes import assign_rows
+def _assign_and_save(run: Run, staged: list, inp: Input, fitted: Fitted, pfit, art) -> dict:
+    """The tasks write every row's assignment (staged: ``assignments``), the model is saved with
+    its serving layout, and the resident rows are released. Returns the pass counts."""
     from clusterlake.faults import pause_point
     from clusterlake.io import model_artifact
 
-    cfg = run.cfg
-    label = cfg.input.label_column if (cfg.density.enabled or cfg.hierarchical.enabled) else None
-    asg = run.cache(assign_rows(inp.clean, pre.prep, fitted.centroids, fitted.cluster_ids, cfg.input.id_column,
-                                pfit.density, pfit.hierarchy, label))
-    serving_layout(art, asg, inp.clean, cfg, run.model_dir)
+    held = inp.rows_held
+    serving_layout(art, held, run.cfg, run.model_dir)
+
+    def write(folder):
+        return held.write_assignments(folder, fitted.centroids, fitted.cluster_ids, run.run_id,
+                                      pfit.density, pfit.hierarchy)
+
+    with spark_pass("write assignments"):
+        st, counts = run.store.stage_files("assignments", write)
+    staged.append(st)
     model_artifact.save(art, run.model_dir)
     pause_point("model.saved", run_id=run.run_id, path=run.model_dir.uri)
-    return asg, label
+    run.release(held)  # the task slots are Spark's again: the small tables and the lineage join
+    return counts
 
 
-def _lineage(run: Run, asg, fitted: Fitted, measured: Measured):
+def _lineage(run: Run, staged_asg, fitted: Fitted, measured: Measured):
     """Lineage events and drift metrics against the previous model (row overlap where comparable)."""
     from clusterlake.algorithms import history
 
     prev, overlap = fitted.previous, None
     if prev is not None and prev.comparable:
+        asg = run.spark.read.parquet(staged_asg.staged.uri)  # tonight's ids and clusters, as staged
         overlap = history.overlap_counts(run.store, asg, run.cfg.input.id_column, prev, fitted.matching.ids)
     counts = np.asarray(measured.stats.counts, dtype=np.float64)
     return stable_ids.events_and_drift(prev, fitted.matching, fitted.centroids, counts, overlap, measured.quality,
@@ -339,34 +391,32 @@ def _gates(cfg, metrics: list) -> list:
 
 
 def write(run: Run, staged: list, inp: Input, pre: Prepared, fitted: Fitted, measured: Measured, pfit) -> Written:
-    """Save the model and stage every table of the run (centroids, assignments, metrics,
+    """Save the model and stage every table of the run (assignments, centroids, metrics,
     profiles, lineage); the gates decide before anything is committed."""
-    from pyspark.sql import functions as F
-
     from clusterlake.algorithms import sample_passes as sp
     from clusterlake.io.contract import centroids, lineage, metrics as metrics_table, profiles
 
     cfg, ids = run.cfg, fitted.cluster_ids
     with run.step("write") as note:
         art = _artifact(run, inp, pre, fitted, measured, pfit)
+        counts = _assign_and_save(run, staged, inp, fitted, pfit, art)
+        staged_asg = staged[0]
         staged.append(run.stage_rows("centroids", centroids.rows(
             run.run_id, art.cluster_stats, fitted.centroids, ids, measured.parent_ids, measured.descriptions),
             centroids.DDL))
-        asg, label = _assign_and_save(run, inp, pre, fitted, pfit, art)
-        events, drift = _lineage(run, asg, fitted, measured)
+        events, drift = _lineage(run, staged_asg, fitted, measured)
         metrics = measured.metrics + drift
         if cfg.density.enabled or cfg.hierarchical.enabled:
-            metrics = metrics + pfit.metrics + sp.full_pass_metrics(asg, pfit, cfg.density.algorithm, label is not None)
-            asg = asg.drop("__passthrough")
-        staged.append(run.store.stage("assignments", asg.withColumn("run_id", F.lit(run.run_id))))
+            metrics = metrics + pfit.metrics + sp.full_pass_metrics(counts, pfit, cfg.density.algorithm,
+                                                                    cfg.input.label_column is not None)
         prev_id = fitted.previous.run_id if fitted.previous is not None else None
         staged.append(run.stage_rows("metrics", metrics_table.rows(run.run_id, metrics, len(ids)), metrics_table.DDL))
         staged.append(run.stage_rows("profiles", profiles.rows(measured.profiles, ids, run.run_id), profiles.DDL))
         staged.append(run.stage_rows("lineage", lineage.rows(run.run_id, prev_id, events), lineage.DDL))
         failures = _gates(cfg, metrics)
-        note.update(assignments=staged[1].rows)
+        note.update(assignments=staged_asg.rows)
         # (SparkDeltaStore stages lazily: its files, and their row count, exist only at commit)
-        staged[1].check_rows(inp.rows, "rows were validated")
+        staged_asg.check_rows(inp.rows, "rows were validated")
     return Written(art, metrics, events, drift, failures)
 
 

@@ -69,6 +69,7 @@ class Run:
     store: object = None
     step: Stages = field(default_factory=Stages)
     cached: list = field(default_factory=list)
+    held: list = field(default_factory=list)  # ResidentRows open on the engine's tasks
 
     @property
     def model_root(self):
@@ -92,6 +93,19 @@ class Run:
         df = df.persist(StorageLevel.MEMORY_AND_DISK)
         self.cached.append(df)
         return df
+
+    def hold(self, rows):
+        """Load ``rows`` (:class:`~clusterlake.algorithms.resident.ResidentRows`) into the
+        engine's tasks for this run; released by :meth:`release` or when the run ends."""
+        rows.open()
+        self.held.append(rows)
+        return rows
+
+    def release(self, rows) -> None:
+        """Free the tasks holding ``rows`` (their slots serve Spark's jobs again)."""
+        if rows in self.held:
+            self.held.remove(rows)
+        rows.close()
 
     @contextmanager
     def staging(self) -> Iterator[list]:
@@ -159,9 +173,24 @@ def open_run(cfg: JobConfig, spark=None, *, kind: str = "full", app: str = "clus
             log.warning("recovered interrupted run(s) %s", recovered)
         try:
             yield run
+        except BaseException as exc:
+            _release_all(run, exc)
+            raise
         finally:
+            _release_all(run, None)
             for df in run.cached:
                 df.unpersist()
+
+
+def _release_all(run: Run, exc: Optional[BaseException]) -> None:
+    while run.held:
+        rows = run.held.pop()
+        try:
+            rows.close(exc)
+        except Exception as err:  # noqa: BLE001 (the run's own outcome matters more)
+            if exc is None:
+                raise
+            log.warning("could not stop the engine's tasks after the failure: %s", err)
 
 
 def write_report(output_path: str, run_id: str, history_runs: int) -> Optional[str]:

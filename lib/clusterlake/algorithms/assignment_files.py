@@ -1,0 +1,136 @@
+"""The ``assignments`` parquet files, written by the engine's tasks from their resident rows.
+
+Each barrier task applies the one assignment rule (:class:`~clusterlake.kernels.assignment.AssignmentRule`,
+passes included) to its rows and writes one parquet file of the ``assignments`` contract
+(:mod:`clusterlake.io.contract.assignments`, then ``run_id``) into the table's staging directory:
+first under a ``_tmp-`` name (which no commit picks up: the stores collect ``part-*.parquet``
+only), renamed when complete. It replies with the file's name, its rows and the counts the pass
+metrics need (k-means cluster x pass label x label), so no Spark job reads the rows again.
+
+After the command :func:`keep_only` deletes every other file in the directory: what a task lost
+mid-write (and an earlier attempt's tasks, if the stage restarted with fewer tasks) left behind.
+"""
+
+from __future__ import annotations
+
+import pickle
+from typing import Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from clusterlake.io.contract import assignments as contract
+from clusterlake.kernels.assignment import AssignmentRule
+
+NULL_LABEL = "<null>"
+
+
+def _arrow_type(id_type: pa.DataType) -> pa.DataType:
+    """The id column's type in the file (large strings as Spark's plain strings)."""
+    if pa.types.is_large_string(id_type):
+        return pa.string()
+    if pa.types.is_large_binary(id_type):
+        return pa.binary()
+    return id_type
+
+
+def file_schema(id_column: str, id_type: pa.DataType) -> pa.Schema:
+    fields = [pa.field(id_column, _arrow_type(id_type))] + list(contract.SCHEMA) + [pa.field("run_id", pa.string())]
+    return pa.schema(fields)
+
+
+def pack_passes(density, hierarchy) -> Optional[np.ndarray]:
+    """The pass models for the tasks (the driver's own objects, as Spark's broadcast would ship
+    them; never read from user files)."""
+    if density is None and hierarchy is None:
+        return None
+    return np.frombuffer(pickle.dumps((density, hierarchy), protocol=pickle.HIGHEST_PROTOCOL), dtype=np.uint8)
+
+
+def _labels_text(col: pa.Array) -> np.ndarray:
+    text = col.cast(pa.string()).to_numpy(zero_copy_only=False)
+    return np.where(text == None, NULL_LABEL, text).astype(str)  # noqa: E711
+
+
+class _PassCounts:
+    """(k-means cluster id, pass label, label text or None) -> rows, per pass (density, each level)."""
+
+    def __init__(self, levels):
+        self.density: dict = {}
+        self.levels: dict = {int(lv): {} for lv in levels}
+
+    @staticmethod
+    def _add(acc: dict, cluster: np.ndarray, lab: np.ndarray, text: Optional[np.ndarray]) -> None:
+        cols = [cluster.astype(np.int64), lab.astype(np.int64)] + ([text] if text is not None else [])
+        keys, counts = np.unique(np.rec.fromarrays(cols), return_counts=True)
+        for key, c in zip(keys.tolist(), counts.tolist()):
+            key = tuple(key) if text is not None else (*key, None)
+            acc[key] = acc.get(key, 0) + int(c)
+
+    def add(self, a, text: Optional[np.ndarray]) -> None:
+        if a.density_label is not None:
+            self._add(self.density, a.cluster_id, a.density_label, text)
+        for lv, labs in (a.hierarchy or {}).items():
+            self._add(self.levels[int(lv)], a.cluster_id, labs, text)
+
+    def reply(self) -> dict:
+        def rows(acc):
+            return [[int(k[0]), int(k[1]), k[2], int(c)] for k, c in acc.items()]
+
+        return {"density": rows(self.density), "levels": {str(lv): rows(acc) for lv, acc in self.levels.items()}}
+
+
+def write_task_file(worker, dest: str, prefix: str, centers: np.ndarray, cluster_ids: np.ndarray, id_column: str,
+                    run_id: str, label: Optional[str], passes: Optional[np.ndarray]) -> dict:
+    """The task side (runs in a barrier task, on a :class:`~clusterlake.algorithms.resident.RowsWorker`)."""
+    from clusterlake.io.fs import location
+
+    dens, hier = pickle.loads(passes.tobytes()) if passes is not None else (None, None)
+    rule = AssignmentRule(centers, cluster_ids, dens, hier)
+    counts = _PassCounts(hier.levels if hier is not None else ())
+    n = len(worker.raw)
+    if not n:
+        return {"file": None, "rows": 0, **counts.reply()}
+    ids = worker.table.column(id_column)
+    schema = file_schema(id_column, ids.type)
+    folder = location(dest)
+    name = f"part-{worker.partition:05d}-{prefix}.parquet"
+    tmp, final = folder.child(f"_tmp-{name}"), folder.child(name)
+    folder.fs.create_dir(folder.path, recursive=True)
+    run = pa.array([run_id], pa.string())
+    with folder.fs.open_output_stream(tmp.path) as out, pq.ParquetWriter(out, schema) as writer:
+        for s0, s1 in worker.chunks():
+            a = rule(worker.z64(s0, s1))
+            cols = {id_column: worker.column(id_column, s0, s1).cast(schema.field(0).type),
+                    **contract.arrow_columns(a), "run_id": run.take(pa.array(np.zeros(s1 - s0, np.int32)))}
+            writer.write_batch(pa.RecordBatch.from_pydict(cols, schema=schema))
+            counts.add(a, _labels_text(worker.column(label, s0, s1)) if label else None)
+    folder.fs.move(tmp.path, final.path)
+    return {"file": name, "rows": int(n), **counts.reply()}
+
+
+def keep_only(folder, names: set[str]) -> list[str]:
+    """Delete every file in ``folder`` (a Location) not named in ``names``; returns the deleted."""
+    gone = []
+    for info in folder.files(recursive=False):
+        if info.base_name not in names:
+            folder.fs.delete_file(info.path)
+            gone.append(info.base_name)
+    return gone
+
+
+def merge_pass_counts(replies) -> dict:
+    """The tasks' pass counts added up: {"density": {key: n}, "levels": {lv: {key: n}}}."""
+    out = {"density": {}, "levels": {}}
+
+    def add(acc, rows):
+        for cid, lab, text, c in rows:
+            key = (int(cid), int(lab), text)
+            acc[key] = acc.get(key, 0) + int(c)
+
+    for head, _ in replies:
+        add(out["density"], head["density"])
+        for lv, rows in head["levels"].items():
+            add(out["levels"].setdefault(int(lv), {}), rows)
+    return out

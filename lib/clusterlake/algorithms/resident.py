@@ -1,0 +1,465 @@
+"""The run's rows resident in the engine: read once, every later pass a command.
+
+The nightly job loads its validated rows into the engine's barrier tasks once
+(:class:`ResidentRows`): each task keeps its rows' features in input units (``raw``, float32 when
+every feature column is float32 or a small integer, else float64), the id and label columns as
+Arrow, and the weights. Everything the run then needs from all rows is a command on that data
+(:class:`RowsWorker`), answered with O(k d) numbers per task, instead of one more Spark job that
+reads, converts and ships the rows again:
+
+* ``moments`` -- the input's mean and centred scatter (scaling, PCA);
+* ``prepare`` -- the model space (float32, what the K-means fit runs on);
+* the K-means/bisecting fit itself (the commands of :class:`~clusterlake.algorithms.kmeans_engine.KMeansWorker`);
+* ``sample`` -- one seeded uniform draw (quality, auto-k, the sample passes, the report);
+* ``assign`` -- every row's centroid and distance under the one assignment rule, kept by the tasks;
+* ``cluster_stats``, ``mean_distances`` -- the exact per-cluster statistics the metrics need;
+* ``radius_counts`` / ``radius_values`` -- exact per-cluster radius quantiles;
+* ``members`` -- the serving layer's per-cluster member sample;
+* ``write_assignments`` -- the ``assignments`` parquet files, written by the tasks themselves.
+
+The assignment-side commands work in float64 on the model space recomputed from ``raw`` chunk by
+chunk: the same numbers the Spark passes they replace produced. ``prepare`` and ``assign`` change
+the tasks' state and are replayed after a lost task (:class:`~clusterlake.engine.stage.BarrierStage`).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from contextlib import contextmanager
+import math
+import time
+from typing import Optional
+
+import numpy as np
+import pyarrow as pa
+
+from clusterlake.algorithms.cluster_stats import ClusterStats, PartitionStats
+from clusterlake.algorithms.kmeans_engine import KMeansStage, KMeansWorker
+from clusterlake.engine.blocks import Block, BlockSource
+from clusterlake.engine.worker import command
+from clusterlake.kernels import kmeans as K
+from clusterlake.kernels.assignment import AssignmentRule
+from clusterlake.prep.transform import Moments, Preprocessor
+
+log = logging.getLogger(__name__)
+
+CHUNK = 65_536
+"""Rows per float64 chunk of the assignment-side commands (bounded temporary memory)."""
+RADIUS_QUANTILES = {"radius_p50": 0.5, "radius_p90": 0.9, "radius_p99": 0.99}
+_SELECT_LIMIT = 50_000  # values per (cluster, quantile) a task may send in the last round
+_GRID = 2048  # thresholds per (cluster, quantile) in a counting round
+
+
+# ----------------------------------------------------------------------------------------------
+# Arrow through the collective (which carries numpy arrays): IPC stream bytes as uint8
+
+
+def table_bytes(table: pa.Table) -> np.ndarray:
+    sink = io.BytesIO()
+    with pa.ipc.new_stream(sink, table.schema) as w:
+        w.write_table(table)
+    return np.frombuffer(sink.getvalue(), dtype=np.uint8)
+
+
+def bytes_table(buf: np.ndarray) -> pa.Table:
+    return pa.ipc.open_stream(pa.py_buffer(np.ascontiguousarray(buf).tobytes())).read_all()
+
+
+def id_hash_uniform(ids: pa.Array, seed: int) -> np.ndarray:
+    """A uniform [0, 1) number per id from a hash of the id and ``seed``: the same for the same id
+    whatever the partitioning (pandas' vectorised hash, then a 64-bit mix with the seed)."""
+    import pandas as pd
+
+    values = ids.to_numpy(zero_copy_only=False)
+    h = pd.util.hash_array(np.asarray(values), categorize=False).astype(np.uint64)
+    h = _mix64(h ^ _mix64(np.array([int(seed) & (2**64 - 1)], dtype=np.uint64))[0])
+    return (h >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+def _mix64(h: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser, vectorised."""
+    with np.errstate(over="ignore"):
+        h = h.astype(np.uint64, copy=True)
+        h ^= h >> np.uint64(30)
+        h *= np.uint64(0xBF58476D1CE4E5B9)
+        h ^= h >> np.uint64(27)
+        h *= np.uint64(0x94D049BB133111EB)
+        h ^= h >> np.uint64(31)
+    return h
+
+
+# ----------------------------------------------------------------------------------------------
+# the task side
+
+
+class RowsWorker(KMeansWorker):
+    """One barrier task's rows for the whole run. Runs in a barrier task."""
+
+    def __init__(self, block: Block):
+        super().__init__(block)
+        self.raw = block.X  # input units; block.X becomes the float32 model space on `prepare`
+        self.table = block.columns if block.columns is not None else pa.table({})
+        self.prep: Optional[Preprocessor] = None
+        self.lab: Optional[np.ndarray] = None  # `assign`: each row's centroid (index) and distance
+        self.dist: Optional[np.ndarray] = None
+        self._by_cluster: Optional[tuple] = None  # (order, starts): rows sorted by (centroid, distance)
+
+    # -- helpers
+    def chunks(self):
+        for s0 in range(0, len(self.raw), CHUNK):
+            yield s0, min(s0 + CHUNK, len(self.raw))
+
+    def raw64(self, s0: int, s1: int) -> np.ndarray:
+        return np.asarray(self.raw[s0:s1], dtype=np.float64)
+
+    def z64(self, s0: int, s1: int) -> np.ndarray:
+        """Rows s0:s1 in the model space, float64 (as the Spark passes computed it)."""
+        return self.prep.transform(self.raw64(s0, s1))
+
+    def column(self, name: str, s0: int = 0, s1: Optional[int] = None) -> pa.Array:
+        c = self.table.column(name)
+        c = c.slice(s0, (s1 if s1 is not None else len(c)) - s0)
+        return c.combine_chunks() if isinstance(c, pa.ChunkedArray) else c
+
+    # -- preprocessing
+    @command("moments")
+    def moments(self) -> dict:
+        """The rows' mean and centred scatter, float64, chunk by chunk."""
+        d = self.raw.shape[1] if self.raw.ndim == 2 else 0
+        acc = Moments(0, np.zeros(d), np.zeros((d, d)))
+        for s0, s1 in self.chunks():
+            acc = acc.merge(Moments.of(self.raw64(s0, s1)))
+        return {"n": int(acc.n), "mean": acc.mean, "m2": acc.m2}
+
+    @command("prepare", stateful=True)
+    def prepare(self, center: np.ndarray, scale: np.ndarray, components: Optional[np.ndarray] = None,
+                normalize: bool = False) -> dict:
+        """Keep the rows in the model space (float32, L2-normalised for cosine) for the fit."""
+        names = [str(j) for j in range(len(center))]
+        self.prep = Preprocessor(names, center, scale, components, normalize=bool(normalize))
+        plain = Preprocessor(names, center, scale, components)
+        p = plain.transform(np.zeros((1, len(center)))).shape[1]
+        Z = np.empty((len(self.raw), p), dtype=np.float32)
+        for s0, s1 in self.chunks():
+            Z[s0:s1] = plain.transform(self.raw64(s0, s1))
+        if normalize and Z.size:
+            Z = K.normalize_rows(Z)
+        self.block = Block(np.ascontiguousarray(Z), self.block.w, self.block.partition, self.block.columns)
+        self.x_sq = K.row_sq_norms(self.X) if self.X.size else np.zeros(0)
+        self.leaf = np.zeros(len(self.X), dtype=np.int32)
+        self._sub = None
+        return {}
+
+    @command("sample_raw")
+    def sample_raw(self, fraction: float, seed: int) -> dict:
+        """Rows kept by a seeded Bernoulli draw, with their random keys (input units, float64)."""
+        u = self.rng(seed).random(len(self.raw))
+        idx = np.flatnonzero(u < float(fraction))
+        return {"key": u[idx], "x": np.asarray(self.raw[idx], dtype=np.float64)}
+
+    # -- the assignment and what is measured on it
+    @command("assign", stateful=True)
+    def assign(self, centers: np.ndarray) -> dict:
+        """Every row's nearest centroid (index) and distance, kept for the commands below."""
+        rule = AssignmentRule(centers)
+        self.lab = np.empty(len(self.raw), dtype=np.int32)
+        self.dist = np.empty(len(self.raw), dtype=np.float64)
+        for s0, s1 in self.chunks():
+            a = rule(self.z64(s0, s1))
+            self.lab[s0:s1], self.dist[s0:s1] = a.index, a.distance
+        self._by_cluster = None
+        k = len(centers)
+        far = np.full(k, -np.inf)
+        np.maximum.at(far, self.lab, self.dist)
+        return {"max": far}
+
+    @command("cluster_stats")
+    def cluster_stats(self, centers: np.ndarray, x_center: np.ndarray, label: Optional[str] = None) -> dict:
+        acc = PartitionStats(np.asarray(centers, np.float64), len(x_center), np.asarray(x_center, np.float64))
+        for s0, s1 in self.chunks():
+            acc.add(self.raw64(s0, s1), self.z64(s0, s1), self.lab[s0:s1],
+                    self.column(label, s0, s1) if label else None)
+        a = acc.acc
+        keys = list(a.contingency)
+        return {"cnt": a.counts, "sz": a.sum_z, "sx": a.sum_x, "sq": a.sum_sq_dx, "sd": a.sum_dist,
+                "ssd": a.sum_sq_dist, "mx": a.max_dist, "cl": [kk[0] for kk in keys],
+                "ci": [int(kk[1]) for kk in keys], "cc": [int(a.contingency[kk]) for kk in keys]}
+
+    @command("mean_distances")
+    def mean_distances(self, means: np.ndarray) -> dict:
+        """Per cluster, the sum of its rows' distances to the cluster mean ``means`` (Davies-Bouldin)."""
+        k = len(means)
+        acc = np.zeros(k)
+        for s0, s1 in self.chunks():
+            lab = self.lab[s0:s1]
+            dist = np.sqrt(((self.z64(s0, s1) - means[lab]) ** 2).sum(axis=1))
+            acc += np.bincount(lab, weights=dist, minlength=k)
+        return {"s": acc}
+
+    def _sorted(self) -> tuple[np.ndarray, np.ndarray]:
+        """The distances sorted within each cluster, and where each cluster starts."""
+        if self._by_cluster is None:
+            order = np.lexsort((self.dist, self.lab))
+            k = int(self.lab.max()) + 1 if len(self.lab) else 0
+            starts = np.searchsorted(self.lab[order], np.arange(k + 1))
+            self._by_cluster = (self.dist[order], starts)
+        return self._by_cluster
+
+    def _cluster_dists(self, c: int) -> np.ndarray:
+        d, starts = self._sorted()
+        return d[starts[c]:starts[c + 1]] if c + 1 < len(starts) else d[:0]
+
+    @command("radius_counts")
+    def radius_counts(self, clusters: np.ndarray, thresholds: np.ndarray) -> dict:
+        """For each request i: how many rows of cluster ``clusters[i]`` lie at distance <= each of
+        ``thresholds[i]``."""
+        out = np.zeros(thresholds.shape, dtype=np.int64)
+        for i, c in enumerate(clusters):
+            out[i] = np.searchsorted(self._cluster_dists(int(c)), thresholds[i], side="right")
+        return {"counts": out}
+
+    @command("radius_values")
+    def radius_values(self, clusters: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> dict:
+        """For each request i: the distances in (lo[i], hi[i]] of cluster ``clusters[i]``."""
+        vals, sizes = [], []
+        for c, a, b in zip(clusters, lo, hi):
+            d = self._cluster_dists(int(c))
+            v = d[np.searchsorted(d, a, side="right"):np.searchsorted(d, b, side="right")]
+            vals.append(v)
+            sizes.append(len(v))
+        return {"values": np.concatenate(vals) if vals else np.zeros(0), "sizes": np.asarray(sizes, np.int64)}
+
+    @command("members")
+    def members(self, fractions: np.ndarray, seed: int, id_column: str) -> dict:
+        """The rows kept as serving members: ``u(id) < fractions[cluster]``."""
+        if not len(self.raw):
+            return {"n": 0}
+        keep = id_hash_uniform(self.column(id_column), seed) < fractions[self.lab]
+        idx = np.flatnonzero(keep)
+        z = np.concatenate([self.z64(s0, s1)[keep[s0:s1]] for s0, s1 in self.chunks()]).astype(np.float32)
+        ids = pa.table({"id": self.column(id_column).take(pa.array(idx))})
+        return {"n": int(len(idx)), "ids": table_bytes(ids), "pos": self.lab[idx], "distance": self.dist[idx],
+                "z": np.ascontiguousarray(z)}
+
+    @command("write_assignments")
+    def write_assignments(self, dest: str, prefix: str, centers: np.ndarray, cluster_ids: np.ndarray,
+                          id_column: str, run_id: str, label: Optional[str] = None,
+                          passes: Optional[np.ndarray] = None) -> dict:
+        """Write this task's ``assignments`` rows as one parquet file under ``dest`` (a temporary
+        name renamed into place when complete); returns its name, rows and the pass counts."""
+        from clusterlake.algorithms.assignment_files import write_task_file
+
+        return write_task_file(self, dest, prefix, centers, cluster_ids, id_column, run_id, label, passes)
+
+
+
+# ----------------------------------------------------------------------------------------------
+# the driver side
+
+
+def exact_in_float32(spark_types: list[str]) -> bool:
+    """Whether float32 holds every value of columns of these Spark types exactly."""
+    return all(t in ("float", "tinyint", "smallint") for t in spark_types)
+
+
+class ResidentRows:
+    """The run's validated rows loaded once into the engine's barrier tasks (runs on the driver).
+
+    ``df``: the validated rows (id, features as double, label, weight). Use as a context manager
+    (or :meth:`open` / :meth:`close`): the rows stay on the tasks until it closes. Then
+    :meth:`moments`, :meth:`prepare` (the model space), the fit (``stage`` is a
+    :class:`~clusterlake.algorithms.kmeans_engine.KMeansStage`), :meth:`sample`, :meth:`assign`
+    and what is measured and written on the assignment.
+    """
+
+    def __init__(self, spark, df, features: list[str], id_column: str, label_column: Optional[str] = None,
+                 weight_column: Optional[str] = None, exact_float32: bool = False, num_tasks: Optional[int] = None,
+                 recovery_wait: float = 30.0):
+        carry = tuple(dict.fromkeys(c for c in (id_column, label_column) if c))
+        source = BlockSource(columns=tuple(features), weight_column=weight_column, carry=carry,
+                             dtype="float32" if exact_float32 else "float64")
+        self.stage = KMeansStage(spark, df, source, num_tasks=num_tasks, worker=RowsWorker, recovery_wait=recovery_wait)
+        self.features = list(features)
+        self.id_column, self.label_column = id_column, label_column
+        self.rows = 0
+        self._max_dist: Optional[np.ndarray] = None
+        self._open = False
+
+    # -- life
+    def open(self) -> "ResidentRows":
+        self.stage.__enter__()
+        self._open = True
+        self.rows = int(sum(self.stage.rows))
+        return self
+
+    def close(self, exc: Optional[BaseException] = None) -> None:
+        if self._open:
+            self._open = False
+            self.stage.__exit__(type(exc) if exc else None, exc, None)
+
+    def __enter__(self) -> "ResidentRows":
+        return self.open()
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close(exc)
+
+    @contextmanager
+    def released(self):
+        """Free the task slots for a while (a Spark job must run meanwhile, e.g. MLlib's fit),
+        then load the rows again and replay what was done to them."""
+        self.close()
+        try:
+            yield
+        finally:
+            self.stage.resume_after_restart()
+            self.open()
+
+    @property
+    def load_seconds(self) -> float:
+        return self.stage.load_seconds
+
+    # -- before the fit
+    def moments(self) -> Moments:
+        d = len(self.features)
+        total = Moments(0, np.zeros(d), np.zeros((d, d)))
+        for h, a in self.stage.call("moments"):
+            if h["n"]:
+                total = total.merge(Moments(int(h["n"]), a["mean"], a["m2"]))
+        return total
+
+    def prepare(self, prep) -> None:
+        """The tasks keep the rows in ``prep``'s model space (float32) for the fit."""
+        arrays = {"center": np.asarray(prep.center, np.float64), "scale": np.asarray(prep.scale, np.float64)}
+        if prep.components is not None:
+            arrays["components"] = np.asarray(prep.components, np.float64)
+        self.stage.call("prepare", arrays, normalize=bool(prep.normalize))
+
+    def sample(self, size: int, seed: int) -> np.ndarray:
+        """A uniform random sample of ``min(size, rows)`` rows in input units (float64), in a
+        random order: its first m rows are themselves a uniform sample of m rows. Each row gets a
+        uniform key from a generator seeded by ``seed`` and its task; the ``size`` smallest keys
+        win (a Bernoulli pre-selection keeps what the tasks send small)."""
+        size = min(int(size), self.rows)
+        d = len(self.features)
+        if size <= 0:
+            return np.zeros((0, d))
+        frac = 1.0 if size >= self.rows else min(1.0, (size + 8 * math.sqrt(size) + 64) / self.rows)
+        keys, xs = [], []
+        for _, a in self.stage.call("sample_raw", fraction=frac, seed=int(seed)):
+            if len(a["key"]):
+                keys.append(a["key"])
+                xs.append(a["x"])
+        if not keys:
+            return np.zeros((0, d))
+        key, X = np.concatenate(keys), np.concatenate(xs)
+        return X[np.argsort(key, kind="stable")[:size]]
+
+    # -- on the fitted model
+    def assign(self, centroids: np.ndarray) -> None:
+        """Every row's nearest centroid and distance, kept on the tasks."""
+        far = None
+        for _, a in self.stage.call("assign", {"centers": np.asarray(centroids, np.float64)}):
+            far = a["max"] if far is None else np.maximum(far, a["max"])
+        self._max_dist = far
+
+    def cluster_stats(self, centroids: np.ndarray, x_center: np.ndarray) -> ClusterStats:
+        """:class:`ClusterStats` of the assignment (with the label contingency when a label column
+        is carried)."""
+        C = np.asarray(centroids, np.float64)
+        k, p, d = C.shape[0], C.shape[1], len(self.features)
+        replies = self.stage.call("cluster_stats", {"centers": C, "x_center": np.asarray(x_center, np.float64)},
+                                  label=self.label_column)
+        return ClusterStats.merge(({**h, **a} for h, a in replies), k, p, d, self.label_column is not None)
+
+    def mean_distances(self, means: np.ndarray) -> np.ndarray:
+        M = np.nan_to_num(np.asarray(means, dtype=np.float64))
+        return np.sum([a["s"] for _, a in self.stage.call("mean_distances", {"means": M})], axis=0)
+
+    def radius_quantiles(self, counts: np.ndarray) -> dict[str, np.ndarray]:
+        """Exact per-cluster quantiles of the rows' distance to their centroid
+        (``radius_p50/p90/p99``, row i = centroid i; 0 for an empty cluster): the value of rank
+        ``ceil(q n)`` (Spark's ``percentile_approx`` rule, without its approximation), found by
+        counting rounds on the tasks' sorted distances and one last round that ships the few
+        values of the bracket holding that rank."""
+        return exact_quantiles(self.stage, np.asarray(counts, np.float64), self._max_dist, RADIUS_QUANTILES)
+
+    def members(self, fractions: np.ndarray, seed: int) -> tuple[pa.Table, np.ndarray, np.ndarray, np.ndarray]:
+        """The serving member sample: (ids, centroid index, distance, z float32)."""
+        ids, pos, dist, zs = [], [], [], []
+        for h, a in self.stage.call("members", {"fractions": np.asarray(fractions, np.float64)}, seed=int(seed),
+                                    id_column=self.id_column):
+            if h["n"]:
+                ids.append(bytes_table(a["ids"]))
+                pos.append(a["pos"])
+                dist.append(a["distance"])
+                zs.append(a["z"])
+        if not ids:
+            return pa.table({"id": pa.array([])}), np.zeros(0, np.int32), np.zeros(0), np.zeros((0, 0), np.float32)
+        return pa.concat_tables(ids), np.concatenate(pos), np.concatenate(dist), np.concatenate(zs)
+
+    def write_assignments(self, folder, centroids: np.ndarray, cluster_ids: np.ndarray, run_id: str,
+                          density=None, hierarchy=None) -> dict:
+        """Every task writes its ``assignments`` file into ``folder`` (a Location); returns the
+        pass counts (:func:`~clusterlake.algorithms.assignment_files.merge_pass_counts`)."""
+        import uuid
+
+        from clusterlake.algorithms import assignment_files as files
+
+        arrays = {"centers": np.asarray(centroids, np.float64), "cluster_ids": np.asarray(cluster_ids, np.int32)}
+        passes = files.pack_passes(density, hierarchy)
+        if passes is not None:
+            arrays["passes"] = passes
+        t0 = time.time()
+        replies = self.stage.call("write_assignments", arrays, dest=folder.uri, prefix=uuid.uuid4().hex[:12],
+                                  id_column=self.id_column, run_id=run_id, label=self.label_column)
+        names = {h["file"] for h, _ in replies if h["file"]}
+        stale = files.keep_only(folder, names)
+        if stale:
+            log.warning("assignments: removed %d files a lost task left in %s: %s", len(stale), folder.uri, stale)
+        log.info("assignments: %d tasks wrote %s rows in %.1f s", len(names), f"{sum(h['rows'] for h, _ in replies):,}",
+                 time.time() - t0)
+        return files.merge_pass_counts(replies)
+
+
+def exact_quantiles(stage, counts: np.ndarray, max_dist: np.ndarray, quantiles: dict[str, float]) -> dict:
+    """See :meth:`ResidentRows.radius_quantiles`."""
+    k = len(counts)
+    out = {name: np.zeros(k) for name in quantiles}
+    reqs = [(c, name, max(1, math.ceil(q * counts[c]))) for c in range(k) if counts[c] > 0
+            for name, q in quantiles.items()]
+    if not reqs:
+        return out
+    cl = np.array([c for c, _, _ in reqs], dtype=np.int64)
+    rank = np.array([r for _, _, r in reqs], dtype=np.int64)
+    lo = np.full(len(reqs), -1e-300)
+    hi = np.asarray(max_dist, np.float64)[cl]
+    below = np.zeros(len(reqs), dtype=np.int64)  # rows at distance <= lo
+    inside = counts[cl].astype(np.int64)  # rows in (lo, hi]
+    done = np.zeros(len(reqs), dtype=bool)
+    for _ in range(8):
+        todo = np.flatnonzero(~done & (inside > _SELECT_LIMIT))
+        if not len(todo):
+            break
+        t = np.linspace(lo[todo], hi[todo], _GRID + 1, axis=1)[:, 1:]
+        t[:, -1] = hi[todo]
+        cum = sum(a["counts"] for _, a in stage.call("radius_counts", {"clusters": cl[todo], "thresholds": t}))
+        for j, i in enumerate(todo):
+            b = int(np.searchsorted(cum[j], rank[i], side="left"))  # first threshold with >= rank rows
+            new_below = int(cum[j][b - 1]) if b else int(below[i])
+            new_lo = float(t[j][b - 1]) if b else float(lo[i])
+            lo[i], hi[i], inside[i], below[i] = new_lo, float(t[j][b]), int(cum[j][b]) - new_below, new_below
+            if np.nextafter(lo[i], np.inf) >= hi[i]:  # (lo, hi] holds one float: every row in it is hi
+                done[i] = True
+                out[reqs[i][1]][cl[i]] = hi[i]
+    todo = np.flatnonzero(~done)
+    if len(todo):
+        replies = stage.call("radius_values", {"clusters": cl[todo], "lo": lo[todo], "hi": hi[todo]})
+        parts: list[list[np.ndarray]] = [[] for _ in todo]
+        for _, a in replies:
+            for j, chunk in enumerate(np.split(a["values"], np.cumsum(a["sizes"])[:-1])):
+                parts[j].append(chunk)
+        for j, i in enumerate(todo):
+            vals = np.sort(np.concatenate(parts[j]))
+            out[reqs[i][1]][cl[i]] = float(vals[rank[i] - below[i] - 1])
+    return out
