@@ -14,6 +14,7 @@ from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score, silho
 
 from clusterlake.algorithms import auto_k as A
 from clusterlake.algorithms.auto_k import AutoK, choose_k, elbow, silhouette_scores
+from clusterlake.kernels import silhouette as silhouette_kernel
 
 SCORES = ("inertia", "silhouette", "calinski_harabasz", "davies_bouldin")
 CASES = [(k, s) for k in (3, 5, 8) for s in range(3)]  # 9 cases: k_true x seed
@@ -229,8 +230,8 @@ def test_silhouette_scores_match_scikit_learn(monkeypatch):
     ref = [silhouette_score(X, lab) for lab in labelings]
     np.testing.assert_allclose(silhouette_scores(X, labelings), ref, rtol=0, atol=1e-12)
     # Several row blocks and several groups of labelings give the same result.
-    monkeypatch.setattr(A, "_SIL_BLOCK_BYTES", 8 * 400 * 37)
-    monkeypatch.setattr(A, "_SIL_GROUP_COLS", 9)
+    monkeypatch.setattr(silhouette_kernel, "_SIL_BLOCK_BYTES", 8 * 400 * 37)
+    monkeypatch.setattr(silhouette_kernel, "_SIL_GROUP_COLS", 9)
     np.testing.assert_allclose(silhouette_scores(X, labelings), ref, rtol=0, atol=1e-12)
     # Undefined (one cluster / every row its own cluster): NaN where scikit-learn raises.
     out = silhouette_scores(X[:5], [np.zeros(5, int), np.arange(5), np.array([0, 0, 1, 1, 1])])

@@ -407,3 +407,17 @@ def test_ari_nmi_huge_counts_no_overflow():
         normalized_mutual_info_from_contingency(C_small),
         rtol=1e-12,
     )
+
+
+def test_silhouette_equals_scikit_learn_with_any_label_values():
+    from sklearn.metrics import silhouette_score
+
+    from clusterlake.kernels.metrics import silhouette
+
+    rng = np.random.default_rng(4)
+    X = np.vstack([rng.normal(c, 1.0, size=(150, 3)) for c in (0.0, 4.0, 9.0)])
+    labels = np.repeat([-1, 7, 3], 150)  # noise-like and sparse label values
+    labels[::17] = 7
+    assert silhouette(X, labels) == pytest.approx(silhouette_score(X, labels), abs=1e-12)
+    assert silhouette(X, np.zeros(len(X), int)) is None  # one cluster: undefined
+    assert silhouette(X[:3], np.arange(3)) is None  # as many clusters as rows

@@ -95,10 +95,22 @@ def fit_passes(cfg, Z: np.ndarray, quality_size: int) -> PassFit:
         out.hierarchy = hm = Hk.fit_sample(S, h.linkage, h.levels)
         out.seconds["hierarchy_fit"] = round(time.time() - t0, 3)
         log.info("hierarchical pass: linkage and cuts in %.1f s", out.seconds["hierarchy_fit"])
-        for lv in hm.levels:
-            sil = _silhouette(S, hm.sample_labels[lv], quality_size, "hierarchical", lv)
-            if sil:
-                out.metrics.append(sil)
+        out.metrics += _level_silhouettes(S, hm, quality_size)
+    return out
+
+
+def _level_silhouettes(S: np.ndarray, hm, size: int) -> list[Metric]:
+    """The sampled silhouette of every level of the hierarchy, one distance pass for them all."""
+    from clusterlake.kernels.silhouette import silhouette_scores
+
+    m = min(size, len(S))
+    codes = [np.unique(hm.sample_labels[lv][:m], return_inverse=True)[1] for lv in hm.levels]
+    out = []
+    for lv, value, lab in zip(hm.levels, silhouette_scores(S[:m], codes), codes):
+        if np.isnan(value):
+            log.warning("silhouette undefined on a sample of %d rows with %d clusters", m, len(np.unique(lab)))
+            continue
+        out.append(Metric("sample", "silhouette", float(value), int(m), "hierarchical", lv))
     return out
 
 

@@ -330,10 +330,10 @@ def silhouette(X, labels):
     Exact and O(n^2): meant for a sample. Undefined is None rather than scikit-learn's error so
     that a degenerate sample (one cluster drawn) skips the metric instead of failing the run.
     """
-    from sklearn.metrics import silhouette_score
+    from clusterlake.kernels.silhouette import silhouette_scores
 
     labels = np.asarray(labels)
-    n_labels = len(np.unique(labels))
-    if n_labels < 2 or n_labels >= len(labels):
+    uniq, codes = np.unique(labels, return_inverse=True)
+    if len(uniq) < 2 or len(uniq) >= len(labels):
         return None
-    return float(silhouette_score(X, labels, metric="euclidean"))
+    return float(silhouette_scores(np.asarray(X, dtype=np.float64), [codes])[0])
