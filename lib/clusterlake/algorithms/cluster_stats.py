@@ -106,12 +106,19 @@ class PartitionStats:
 
     def _count_pairs(self, labels: pa.Array, lab: np.ndarray) -> None:
         """(label as text, "<null>" for null; cluster index) -> rows."""
+        import pyarrow.compute as pc
+
         cont = self.acc.contingency
-        text = labels.cast(pa.string()).to_numpy(zero_copy_only=False)
-        text = np.where(text == None, "<null>", text).astype(str)  # noqa: E711
-        pairs, counts = np.unique(np.rec.fromarrays([text, lab]), return_counts=True)
-        for (lv, ci), c in zip(pairs.tolist(), counts.tolist()):
-            cont[(lv, int(ci))] = cont.get((lv, int(ci)), 0) + int(c)
+        if isinstance(labels, pa.ChunkedArray):
+            labels = labels.combine_chunks()
+        enc = pc.dictionary_encode(labels.cast(pa.string()))  # one code per distinct text, null stays null
+        codes = enc.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64) + 1  # 0: null
+        names = ["<null>"] + enc.dictionary.to_pylist()
+        k = self.k
+        pairs = np.bincount(codes * k + lab, minlength=len(names) * k)
+        for key in np.flatnonzero(pairs):
+            lv, ci = names[key // k], int(key % k)
+            cont[(lv, ci)] = cont.get((lv, ci), 0) + int(pairs[key])
 
     def batch(self) -> pa.RecordBatch:
         a = self.acc
