@@ -271,22 +271,22 @@ def test_failure_while_staging_changes_nothing(spark, small_table, baseline, bas
     out, old = base_copy, baseline["run_id"]
     before = _snapshot(out)
     seen: dict = {}
-    real_stage = DeltaRsStore.stage
+    real_stage = DeltaRsStore.stage_files
 
-    def stage(self, name, df, files=None, append=False):
+    def stage_files(self, name, write, append=False):
         seen["run_id"] = self.run_id
         if name == "metrics":
             seen["staged_dirs"] = {
                 n: os.path.isdir(os.path.join(out, n, f"run_date={D1}", self.run_id)) for n in ("centroids", "assignments")
             }
             raise RuntimeError("injected: staging metrics failed")
-        return real_stage(self, name, df, files, append)
+        return real_stage(self, name, write, append)
 
-    monkeypatch.setattr(DeltaRsStore, "stage", stage)
+    monkeypatch.setattr(DeltaRsStore, "stage_files", stage_files)
     with pytest.raises(RuntimeError, match="injected"):
         run_job(_cfg(small_table, out), spark=spark)
     failed = seen["run_id"]
-    assert seen["staged_dirs"] == {"centroids": True, "assignments": True}  # Spark really wrote them
+    assert seen["staged_dirs"] == {"centroids": True, "assignments": True}  # their files were really written
 
     for n in TABLES:
         assert _delta(out, n).version() == before[n]["version"], n

@@ -117,7 +117,7 @@ class Run:
 
     def stage_rows(self, name: str, rows: list, ddl: str, append: bool = False):
         """Stage a small table built from contract rows (:mod:`clusterlake.io.contract`), one file."""
-        return self.store.stage(name, self.spark.createDataFrame(rows, ddl), files=1, append=append)
+        return self.store.stage_rows(name, rows, ddl, append=append)
 
     def publish(self, staged: list, runs_row: Callable[[dict], tuple]) -> dict:
         """Commit the staged tables, then the ``runs`` row built by ``runs_row(versions)``, then
