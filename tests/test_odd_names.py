@@ -91,14 +91,12 @@ def odd_df(spark):
 def test_passes_take_odd_column_names(spark, odd_df, tmp_path):
     """Every pass on its own (the fit with MLlib here: the job below uses the clusterlake engine)."""
     from clusterlake.algorithms.kmeans import fit_kmeans
-    from clusterlake.algorithms.passes import (
-        assign_rows, cluster_stats, input_moments, mean_distance_to_means, member_rows, sample_rows,
-    )
-    from clusterlake.prep.transform import fit_preprocessor
+    from clusterlake.algorithms.passes import assign_rows, cluster_stats, member_rows
+    from clusterlake.prep.transform import Moments, fit_preprocessor
 
     cfg = _cfg("unused", str(tmp_path), **{"kmeans.engine": "spark-mllib", "density.enabled": "false",
                                            "hierarchical.enabled": "false"})
-    moments = input_moments(odd_df, FEATS)
+    moments = Moments.of(odd_df.toPandas()[FEATS].to_numpy())
     assert moments.n == N
     prep = fit_preprocessor(moments, FEATS, "standard", False)
     fit = fit_kmeans(odd_df, prep, cfg.kmeans, WEIGHT)
@@ -106,9 +104,6 @@ def test_passes_take_odd_column_names(spark, odd_df, tmp_path):
     assert C.shape == (3, 3)
     stats = cluster_stats(odd_df, prep, C, LABEL, x_center=moments.mean)
     assert stats.n == N and sum(stats.contingency.values()) == N
-    assert len(mean_distance_to_means(odd_df, prep, C, stats.means_z)) == 3
-    sample = sample_rows(odd_df, FEATS, N, 50, 3)
-    assert list(sample.columns) == FEATS and 0 < len(sample) <= 50
 
     asg = assign_rows(odd_df, prep, C, np.array([7, 8, 9]), ID, passthrough=LABEL)
     assert asg.columns[0] == ID and dict(asg.dtypes)[ID] == "bigint"

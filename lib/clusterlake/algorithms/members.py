@@ -5,7 +5,9 @@ Serving's similar-item queries read ``<model>/members/cluster_id=<id>/*.parquet`
 (:mod:`clusterlake.serving.query`). The nightly job draws the rows on its resident rows
 (:meth:`clusterlake.algorithms.resident.ResidentRows.members`) and writes them here, on the driver
 (at most ``members_per_cluster`` x k rows); the update job draws them with a Spark pass
-(:func:`clusterlake.algorithms.passes.write_members`), same layout.
+(:func:`clusterlake.algorithms.passes.write_members`), same layout. Both keep a row when
+:func:`id_hash_uniform` of its id is below its cluster's fraction: the same rows for the same ids,
+whatever the partitioning.
 """
 
 from __future__ import annotations
@@ -25,6 +27,29 @@ def member_fractions(counts: np.ndarray, per_cluster: Optional[int]) -> np.ndarr
         return np.where(counts > 0, 1.0, 0.0)
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(counts > 0, np.minimum(1.0, per_cluster / np.maximum(counts, 1.0)), 0.0)
+
+
+def id_hash_uniform(ids: pa.Array, seed: int) -> np.ndarray:
+    """A uniform [0, 1) number per id from a hash of the id and ``seed``: the same for the same id
+    whatever the partitioning (pandas' vectorised hash, then a 64-bit mix with the seed)."""
+    import pandas as pd
+
+    values = ids.to_numpy(zero_copy_only=False)
+    h = pd.util.hash_array(np.asarray(values), categorize=False).astype(np.uint64)
+    h = _mix64(h ^ _mix64(np.array([int(seed) & (2**64 - 1)], dtype=np.uint64))[0])
+    return (h >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+def _mix64(h: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser, vectorised."""
+    with np.errstate(over="ignore"):
+        h = h.astype(np.uint64, copy=True)
+        h ^= h >> np.uint64(30)
+        h *= np.uint64(0xBF58476D1CE4E5B9)
+        h ^= h >> np.uint64(27)
+        h *= np.uint64(0x94D049BB133111EB)
+        h ^= h >> np.uint64(31)
+    return h
 
 
 def write_member_files(dest, cluster_ids: np.ndarray, ids: pa.Table, pos: np.ndarray, distance: np.ndarray,

@@ -1,4 +1,6 @@
-"""Distributed passes over the validated input: Spark plumbing around ``kernels/``.
+"""Spark passes over validated rows held by Spark, not by the engine: the update job and the
+stream (which assign new rows to a saved model) and MLlib's fit. The nightly job holds its rows in
+the engine's tasks instead (:mod:`clusterlake.algorithms.resident`), with the same kernels.
 
 Each public function runs on the driver and builds a function that runs on executors inside
 ``mapInArrow``. :func:`map_model_space` is the one place that turns Arrow batches into float64
@@ -22,17 +24,16 @@ import pyarrow as pa
 from clusterlake.algorithms.cluster_stats import STATS_DDL, ClusterStats, PartitionStats
 from clusterlake.algorithms.members import member_fractions
 from clusterlake.io.batches import arrow_input, feature_block
-from clusterlake.io.columns import col, quoted
+from clusterlake.io.columns import quoted
 from clusterlake.io.contract import assignments as contract
 from clusterlake.kernels.assignment import AssignmentRule
-from clusterlake.prep.transform import Moments, Preprocessor
+from clusterlake.prep.transform import Preprocessor
 from clusterlake.stages import spark_pass
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ClusterStats", "ModelBlock", "assign_rows", "cluster_stats", "input_moments",
-           "map_model_space", "mean_distance_to_means", "member_fractions", "member_rows", "model_space",
-           "radius_quantiles", "sample_rows", "write_members"]
+__all__ = ["ClusterStats", "ModelBlock", "assign_rows", "cluster_stats", "map_model_space", "member_fractions",
+           "member_rows", "model_space", "write_members"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -91,37 +92,6 @@ def map_model_space(df, prep: Preprocessor, part: Callable[[Iterator[ModelBlock]
         yield from part(blocks())
 
     return src.mapInArrow(run, ddl)
-
-
-# ----------------------------------------------------------------------------------------------
-# preprocessing statistics
-
-
-def input_moments(df, features: list[str]) -> Moments:
-    """One pass: per-partition mean and centred scatter (d x d), merged on the driver.
-
-    Collected: one (d + d*d) row per partition. Cost O(n d^2) flops on executors.
-    """
-    d = len(features)
-    src, pos = arrow_input(df, features)
-    names = [pos[c] for c in features]
-
-    def part(batches: Iterator["pa.RecordBatch"]) -> Iterator["pa.RecordBatch"]:
-        acc = Moments(0, np.zeros(d), np.zeros((d, d)))
-        for b in batches:
-            if b.num_rows:
-                acc = acc.merge(Moments.of(feature_block(b, names)))
-        yield pa.RecordBatch.from_pydict(
-            {"n": [acc.n], "mean": [acc.mean.tolist()], "m2": [acc.m2.ravel().tolist()]},
-            schema=pa.schema([("n", pa.int64()), ("mean", pa.list_(pa.float64())), ("m2", pa.list_(pa.float64()))]),
-        )
-
-    with spark_pass("moments"):
-        rows = src.mapInArrow(part, "n long, mean array<double>, m2 array<double>").collect()
-    total = Moments(0, np.zeros(d), np.zeros((d, d)))
-    for r in rows:
-        total = total.merge(Moments(int(r["n"]), np.asarray(r["mean"]), np.asarray(r["m2"]).reshape(d, d)))
-    return total
 
 
 # ----------------------------------------------------------------------------------------------
@@ -209,77 +179,8 @@ def cluster_stats(df, prep: Preprocessor, centroids: np.ndarray, label_col: Opti
     return ClusterStats.merge(rows, k, p, d, label_col is not None)
 
 
-def mean_distance_to_means(df, prep: Preprocessor, centroids: np.ndarray, means: np.ndarray) -> np.ndarray:
-    """One pass: for each cluster (by nearest ``centroids``), the sum of Euclidean distances of its
-    rows to the cluster *mean* ``means`` (what Davies-Bouldin needs). Returns (k,) sums."""
-    C = np.ascontiguousarray(centroids, dtype=np.float64)
-    M = np.nan_to_num(np.asarray(means, dtype=np.float64))
-    k = C.shape[0]
-
-    def part(blocks):
-        rule, acc = AssignmentRule(C), np.zeros(k)
-        for blk in blocks:
-            if blk.n:
-                lab = rule(blk.Z).index
-                dist = np.sqrt(((blk.Z - M[lab]) ** 2).sum(axis=1))
-                acc += np.bincount(lab, weights=dist, minlength=k)
-        yield pa.RecordBatch.from_pydict({"s": [acc.tolist()]})
-
-    with spark_pass("mean distances"):
-        rows = map_model_space(df, prep, part, "s array<double>").collect()
-    return np.sum([np.asarray(r["s"]) for r in rows], axis=0) if rows else np.zeros(k)
-
-
-def sample_rows(df, columns: list[str], n_total: int, size: int, seed: int, purpose: str = "sample"):
-    """A uniform random sample of ``min(size, n_total)`` rows (slightly fewer when the Bernoulli
-    draw falls short), as a pandas DataFrame.
-
-    A Bernoulli sample of ~1.15 x size rows is drawn, then ``size`` of them are kept by a random
-    order (a plain ``limit`` would keep the first partitions' rows and bias the sample).
-    Collected: at most ``size`` rows of the given columns; the sort touches the sample only.
-    ``purpose`` names the pass in the log (:func:`clusterlake.stages.spark_pass`).
-    """
-    from pyspark.sql import functions as F
-
-    if n_total <= 0 or size <= 0:
-        return df.select(*[col(c) for c in columns]).limit(0).toPandas()
-    sampled = df.select(*[col(c) for c in columns])
-    if size < n_total:
-        fraction = min(1.0, 1.15 * size / n_total)
-        sampled = (sampled.sample(withReplacement=False, fraction=fraction, seed=seed)
-                   .orderBy(F.rand(seed + 1)).limit(size))
-    with spark_pass(purpose):
-        return sampled.toPandas()
-
-
 # ----------------------------------------------------------------------------------------------
-# what the serving layer reads: per-cluster radius quantiles and a per-cluster member sample
-
-RADIUS_QUANTILES = {"radius_p50": 0.5, "radius_p90": 0.9, "radius_p99": 0.99}
-
-
-def radius_quantiles(asg, cluster_ids: np.ndarray, accuracy: int = 10_000) -> dict[str, np.ndarray]:
-    """Per-cluster quantiles of the rows' distance to their centroid (``radius_p50/p90/p99``,
-    model space, row i = ``cluster_ids[i]``; 0 for an empty cluster), from the assignments.
-
-    One aggregation (``percentile_approx``: rank error at most 1/``accuracy`` of the cluster's
-    rows); collected: k rows of 3 numbers.
-    """
-    from pyspark.sql import functions as F
-
-    names = list(RADIUS_QUANTILES)
-    with spark_pass("radius quantiles"):
-        rows = (asg.groupBy("cluster_id")
-                .agg(F.percentile_approx("distance", list(RADIUS_QUANTILES.values()), accuracy).alias("q"))
-                .collect())
-    pos = {int(c): i for i, c in enumerate(cluster_ids)}
-    out = {n: np.zeros(len(cluster_ids)) for n in names}
-    for r in rows:
-        i = pos[int(r["cluster_id"])]
-        for j, n in enumerate(names):
-            out[n][i] = float(r["q"][j])
-    return out
-
+# what the serving layer reads: a per-cluster member sample
 
 def member_rows(df, prep: Preprocessor, centroids: np.ndarray, cluster_ids: np.ndarray, id_col: str,
                 fractions: np.ndarray, seed: int):
@@ -288,19 +189,15 @@ def member_rows(df, prep: Preprocessor, centroids: np.ndarray, cluster_ids: np.n
     of cluster i's rows.
 
     A row is kept when ``u(id) < fractions[its cluster]``, ``u`` uniform in [0, 1) from a hash of
-    the id and ``seed``: the same rows every time for the same ids, independent of partitioning.
-    Rows with ``u >= max(fractions)`` are filtered out by Spark before any Python runs.
+    the id and ``seed`` (:func:`clusterlake.algorithms.members.id_hash_uniform`, the nightly job's
+    rule): the same rows every time for the same ids, independent of partitioning.
     """
-    from pyspark.sql import functions as F
+    from clusterlake.algorithms.members import id_hash_uniform
 
     C = np.ascontiguousarray(centroids, dtype=np.float64)
     ids = np.asarray(cluster_ids, dtype=np.int32)
     frac = np.asarray(fractions, dtype=np.float64)
     p = prep.n_components
-    # 53 random bits of a 64-bit hash -> [0, 1)
-    u = (F.xxhash64(F.lit(int(seed)), col(id_col)).bitwiseAND(F.lit((1 << 53) - 1)).cast("double")
-         / float(1 << 53))
-    fmax = float(frac.max()) if len(frac) else 0.0
 
     def part(blocks):
         rule = AssignmentRule(C, ids)
@@ -308,7 +205,7 @@ def member_rows(df, prep: Preprocessor, centroids: np.ndarray, cluster_ids: np.n
             if not blk.n:
                 continue
             a = rule(blk.Z)
-            keep = blk.extra("__u").to_numpy(zero_copy_only=False) < frac[a.index]
+            keep = id_hash_uniform(blk.column(id_col), seed) < frac[a.index]
             if not keep.any():
                 continue
             idx = np.flatnonzero(keep)
@@ -321,8 +218,7 @@ def member_rows(df, prep: Preprocessor, centroids: np.ndarray, cluster_ids: np.n
             })
 
     id_type = df.schema[id_col].dataType.simpleString()
-    return map_model_space(df, prep, part, f"id {id_type}, cluster_id int, distance double, z array<float>",
-                           [id_col], [u.alias("__u")], F.col("__u") < F.lit(fmax) if fmax < 1.0 else None)
+    return map_model_space(df, prep, part, f"id {id_type}, cluster_id int, distance double, z array<float>", [id_col])
 
 
 def write_members(df, prep: Preprocessor, centroids: np.ndarray, cluster_ids: np.ndarray, id_col: str,
