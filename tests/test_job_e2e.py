@@ -192,10 +192,10 @@ def test_every_spark_pass_is_named_under_its_stage(run):
     # the passes over the rows, as the log and RunResult.spark_passes name them (bench_job prints them)
     passes = run["result"].spark_passes
     # (the rows are read once, by "load rows"; the later passes are commands on the resident rows)
-    assert set(passes["read+validate"]) == {"validate", "unique ids", "load rows"}
-    assert not passes.get("preprocess")  # the moments are a command on the resident rows
+    assert set(passes["read+validate"]) == {"unique ids", "load rows"}  # the load validates the rows
+    assert set(passes["preprocess"]) == {"moments", "model space"}
     assert set(passes["kmeans"]) == {"kmeans fit (clusterlake)"}
-    assert set(passes["metrics"]) == {"sample"}  # the run's one uniform draw
+    assert set(passes["metrics"]) == {"assign", "cluster statistics", "sample"}  # sample: the run's one draw
     assert {"radius quantiles", "member sample", "write assignments", "write centroids",
             "write metrics"} <= set(passes["write"])
     assert all(s >= 0 for ps in passes.values() for s in ps.values())

@@ -12,7 +12,8 @@ import pytest
 from sklearn.metrics import pairwise_distances_argmin_min
 
 from clusterlake.algorithms import resident
-from clusterlake.algorithms.resident import ResidentRows, RowsWorker, id_hash_uniform
+from clusterlake.algorithms.members import id_hash_uniform
+from clusterlake.algorithms.resident import ResidentRows, RowsWorker
 from clusterlake.engine.blocks import Block
 from clusterlake.prep.transform import Moments, fit_preprocessor
 
@@ -144,3 +145,35 @@ def test_members_hash_ids_whatever_the_partitioning(data):
     assert z.dtype == np.float32
     u = id_hash_uniform(pa.array(ids), 9)
     assert ((u >= 0) & (u < 1)).all() and abs(u.mean() - 0.5) < 0.03
+
+
+def test_file_slices_cover_every_row_once_in_order(tmp_path):
+    import pyarrow.parquet as pq
+
+    from clusterlake.config import InputSection
+    from clusterlake.io.input_files import plain_file_scan
+
+    folder = tmp_path / "in.parquet"
+    folder.mkdir()
+    start = 0
+    for name, sizes in (("part-0.parquet", (10, 7, 13)), ("part-1.parquet", (5,))):
+        n = sum(sizes)
+        t = pa.table({"id": pa.array(np.arange(start, start + n)), "a": pa.array(np.arange(n, dtype=np.int32)),
+                      "b": pa.array(np.ones(n, np.float32))})
+        with pq.ParquetWriter(folder / name, t.schema) as w:
+            at = 0
+            for size in sizes:
+                w.write_table(t.slice(at, size))
+                at += size
+        start += n
+    scan = plain_file_scan(InputSection(path=str(folder), id_column="id"), ["id", "a", "b"], ["a"])
+    assert scan.rows == 35 and [len(rgs) for _, rgs in scan.files] == [3, 1]
+    for n in (1, 2, 4, 35, 50):
+        parts = scan.split(n)
+        sizes = [sum(stop - s for _, _, s, stop in p) for p in parts]
+        assert sum(sizes) == 35 and max(sizes) - min(sizes) <= 1 and len(parts) == min(n, 35)
+        ids = [i for p in parts for b in scan.read(p, 4) for i in b.column("id").to_pylist()]
+        assert ids == list(range(35))  # every row once, in file and row order
+    batch = next(scan.read(scan.split(1)[0], 100))
+    assert batch.schema.field("a").type == pa.float64() and batch.schema.field("b").type == pa.float32()
+    assert plain_file_scan(InputSection(path="hdfs://nn/x", id_column="id"), ["id"], []) is None

@@ -56,8 +56,13 @@ class InputSection(_Section):
     weight_column: Optional[str] = None
     invalid_rows: Literal["fail", "drop"] = "fail"
     duplicate_ids: Literal["fail"] = "fail"
-    """The only sound policy (:func:`clusterlake.io.reader._check_unique_ids` says why); kept so that
+    """The only sound policy (:func:`clusterlake.io.reader.duplicate_ids` says why); kept so that
     configs naming it stay valid and ``runs.config_json`` keeps its shape."""
+    read_in_tasks: bool = True
+    """The nightly job's engine tasks read a plain parquet input themselves (pyarrow), skipping
+    Spark's scan and its JVM -> Arrow conversion; the executors must reach ``path`` (a shared or
+    object-store path; any path in local mode). False, or an input Spark must read (Delta, hive
+    partition columns, types differing across files): Spark reads it."""
     allow_feature_change: bool = False
     """The feature columns are a contract across runs: a run whose features differ from the
     previous model's fails (exit 2) naming the columns gained and lost, unless this is true; the

@@ -83,7 +83,8 @@ class Stages:
 
 @contextmanager
 def spark_pass(name: str) -> Iterator[None]:
-    """Time one Spark pass over the rows (one or more Spark jobs run by the code inside): log it
+    """Time one pass over the rows (one or more Spark jobs run by the code inside, or commands
+    on the rows resident in the engine's tasks, :mod:`clusterlake.algorithms.resident`): log it
     with its seconds, show ``name`` as the job description in Spark's UI, and add the seconds to
     the innermost running stage (summed when the same pass runs twice). Outside every stage it
     only logs. Knows no Spark when pyspark was never imported (kernels and serving)."""

@@ -36,6 +36,7 @@ import pyarrow as pa
 
 from clusterlake.algorithms.cluster_stats import ClusterStats, PartitionStats
 from clusterlake.algorithms.kmeans_engine import KMeansStage, KMeansWorker
+from clusterlake.algorithms.members import id_hash_uniform
 from clusterlake.engine.blocks import Block, BlockSource
 from clusterlake.engine.worker import command
 from clusterlake.kernels import kmeans as K
@@ -64,29 +65,6 @@ def table_bytes(table: pa.Table) -> np.ndarray:
 
 def bytes_table(buf: np.ndarray) -> pa.Table:
     return pa.ipc.open_stream(pa.py_buffer(np.ascontiguousarray(buf).tobytes())).read_all()
-
-
-def id_hash_uniform(ids: pa.Array, seed: int) -> np.ndarray:
-    """A uniform [0, 1) number per id from a hash of the id and ``seed``: the same for the same id
-    whatever the partitioning (pandas' vectorised hash, then a 64-bit mix with the seed)."""
-    import pandas as pd
-
-    values = ids.to_numpy(zero_copy_only=False)
-    h = pd.util.hash_array(np.asarray(values), categorize=False).astype(np.uint64)
-    h = _mix64(h ^ _mix64(np.array([int(seed) & (2**64 - 1)], dtype=np.uint64))[0])
-    return (h >> np.uint64(11)).astype(np.float64) / float(1 << 53)
-
-
-def _mix64(h: np.ndarray) -> np.ndarray:
-    """splitmix64's finaliser, vectorised."""
-    with np.errstate(over="ignore"):
-        h = h.astype(np.uint64, copy=True)
-        h ^= h >> np.uint64(30)
-        h *= np.uint64(0xBF58476D1CE4E5B9)
-        h ^= h >> np.uint64(27)
-        h *= np.uint64(0x94D049BB133111EB)
-        h ^= h >> np.uint64(31)
-    return h
 
 
 # ----------------------------------------------------------------------------------------------
@@ -122,6 +100,20 @@ class RowsWorker(KMeansWorker):
         c = c.slice(s0, (s1 if s1 is not None else len(c)) - s0)
         return c.combine_chunks() if isinstance(c, pa.ChunkedArray) else c
 
+    # -- the read
+    @command("validity")
+    def validity(self) -> dict:
+        """What validating the rows while loading them counted (JSON of a Validity)."""
+        return {"validity": self.block.validity}
+
+    @command("keep_features", stateful=True)
+    def keep_features(self, columns: np.ndarray) -> dict:
+        """Keep only these feature columns (the constant ones are dropped after the read)."""
+        if self.raw.ndim == 2 and self.raw.shape[1]:
+            self.raw = np.ascontiguousarray(self.raw[:, np.asarray(columns, dtype=np.int64)])
+            self.block = Block(self.raw, self.block.w, self.block.partition, self.block.columns, self.block.validity)
+        return {}
+
     # -- preprocessing
     @command("moments")
     def moments(self) -> dict:
@@ -145,7 +137,8 @@ class RowsWorker(KMeansWorker):
             Z[s0:s1] = plain.transform(self.raw64(s0, s1))
         if normalize and Z.size:
             Z = K.normalize_rows(Z)
-        self.block = Block(np.ascontiguousarray(Z), self.block.w, self.block.partition, self.block.columns)
+        self.block = Block(np.ascontiguousarray(Z), self.block.w, self.block.partition, self.block.columns,
+                           self.block.validity)
         self.x_sq = K.row_sq_norms(self.X) if self.X.size else np.zeros(0)
         self.leaf = np.zeros(len(self.X), dtype=np.int32)
         self._sub = None
@@ -275,13 +268,14 @@ class ResidentRows:
 
     def __init__(self, spark, df, features: list[str], id_column: str, label_column: Optional[str] = None,
                  weight_column: Optional[str] = None, exact_float32: bool = False, num_tasks: Optional[int] = None,
-                 recovery_wait: float = 30.0):
+                 recovery_wait: float = 30.0, validate: bool = False):
         carry = tuple(dict.fromkeys(c for c in (id_column, label_column) if c))
         source = BlockSource(columns=tuple(features), weight_column=weight_column, carry=carry,
-                             dtype="float32" if exact_float32 else "float64")
+                             dtype="float32" if exact_float32 else "float64",
+                             validate_id=id_column if validate else None)
         self.stage = KMeansStage(spark, df, source, num_tasks=num_tasks, worker=RowsWorker, recovery_wait=recovery_wait)
         self.features = list(features)
-        self.id_column, self.label_column = id_column, label_column
+        self.id_column, self.label_column, self.weight_column = id_column, label_column, weight_column
         self.rows = 0
         self._max_dist: Optional[np.ndarray] = None
         self._open = False
@@ -318,6 +312,28 @@ class ResidentRows:
     @property
     def load_seconds(self) -> float:
         return self.stage.load_seconds
+
+    # -- the read
+    def validity(self):
+        """The validation counts of every task's load, merged (a
+        :class:`~clusterlake.io.validity.Validity`, reasons in the rule's order)."""
+        from clusterlake.io.validity import Validity, reason_names
+
+        total = Validity.empty(len(self.features))
+        for h, _ in self.stage.call("validity"):
+            if h["validity"] is not None:
+                total = total.merge(Validity.from_json(h["validity"]))
+        order = reason_names(self.id_column, self.features, self.weight_column)
+        total.counts = {k: total.counts[k] for k in order if total.counts.get(k)}
+        return total
+
+    def keep_features(self, kept: list[str]) -> None:
+        """Keep the feature columns ``kept``, in that order, on the tasks' rows."""
+        if kept == self.features:
+            return
+        idx = np.array([self.features.index(c) for c in kept], dtype=np.int64)
+        self.stage.call("keep_features", {"columns": idx})
+        self.features = list(kept)
 
     # -- before the fit
     def moments(self) -> Moments:

@@ -40,6 +40,7 @@ class Block:
     w: Optional[np.ndarray]
     partition: int
     columns: Optional[pa.Table] = None
+    validity: Optional[dict] = None  # the load's validation counts (Validity JSON), when it validated
 
     @property
     def n(self) -> int:
@@ -70,6 +71,10 @@ class BlockSource:
     """Columns carried along as Arrow (ids, labels), not features."""
     dtype: str = "float32"
     """The block's float type (float64 keeps input units exact when they are not float32)."""
+    validate_id: Optional[str] = None
+    """Set (to the id column, carried): the rows are validated as they are packed
+    (:func:`clusterlake.io.validity.check_batch`): invalid rows are counted by reason and left
+    out, instead of failing the load."""
     labels: tuple[tuple[str, str], ...] = ()
     """(column as the task sees it, the user's name) pairs, for messages (see :meth:`positional`)."""
 
@@ -86,6 +91,7 @@ class BlockSource:
 
         return replace(self, columns=tuple(pos[c] for c in self.columns), array_column=p(self.array_column),
                        weight_column=p(self.weight_column), carry=tuple(pos[c] for c in self.carry),
+                       validate_id=p(self.validate_id),
                        labels=tuple((a, c) for c, a in pos.items()))
 
     def arrow_frame(self, df):
@@ -117,10 +123,31 @@ class BlockSource:
             # (L2 normalisation for cosine happens in pack(), after the float32 cast)
         return X
 
-    def pack(self, batch: pa.RecordBatch) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    def validated(self, batch: pa.RecordBatch):
+        """``(the batch's valid rows, their Validity, their features)`` under :attr:`validate_id`."""
+        from clusterlake.io.validity import check_batch
+
+        def nulls(c):
+            col = batch.column(c)
+            return col.is_null().to_numpy(zero_copy_only=False) if col.null_count else np.zeros(len(col), bool)
+
+        X = feature_block(batch, list(self.columns))
+        w = w_null = None
+        if self.weight_column:
+            w = batch.column(self.weight_column).to_numpy(zero_copy_only=False).astype(np.float64)
+            w_null = nulls(self.weight_column)
+        valid, v = check_batch(X, [nulls(c) for c in self.columns], nulls(self.validate_id), w, w_null,
+                               [self._name(c) for c in self.columns], self._name(self.validate_id),
+                               self._name(self.weight_column) if self.weight_column else "weight")
+        if valid.all():
+            return batch, v, X
+        return batch.filter(pa.array(valid)), v, X[valid]
+
+    def pack(self, batch: pa.RecordBatch, X: Optional[np.ndarray] = None) -> tuple[np.ndarray, Optional[np.ndarray]]:
         """One batch as a checked block (model space, L2-normalised for cosine, when the source
-        transforms; else input units) in :attr:`dtype`, and weights."""
-        X = np.ascontiguousarray(self.block(batch), dtype=self.dtype)
+        transforms; else input units) in :attr:`dtype`, and weights. ``X``: the batch's features
+        in input units, when already read."""
+        X = np.ascontiguousarray(self.block(batch) if X is None or self.center is not None else X, dtype=self.dtype)
         if X.size and not np.isfinite(X).all():
             bad = int((~np.isfinite(X)).any(axis=1).sum())
             raise ValueError(f"{bad} rows have NaN/inf features (in float32); validate or clean the input first")
@@ -145,27 +172,64 @@ class BlockSource:
 
 
 # packed blocks: one row per Arrow batch of the input (float32 bytes), small enough to shuffle
-PACKED_DDL = "src long, seq long, n long, d long, x binary, w binary, c binary"
+PACKED_DDL = "src long, seq long, n long, d long, x binary, w binary, c binary, v string"
 _PACKED_SCHEMA = pa.schema([("src", pa.int64()), ("seq", pa.int64()), ("n", pa.int64()), ("d", pa.int64()),
-                            ("x", pa.binary()), ("w", pa.binary()), ("c", pa.binary())])
+                            ("x", pa.binary()), ("w", pa.binary()), ("c", pa.binary()), ("v", pa.string())])
+
+
+def _packed(source: BlockSource, src: int, batches):
+    """Input batches -> packed rows (validated on the way when the source says so)."""
+    import json
+
+    for seq, b in enumerate(batches):
+        if not b.num_rows:
+            continue
+        v = X = None
+        if source.validate_id is not None:
+            b, validity, X = source.validated(b)
+            v = json.dumps(validity.to_json())
+        X, w = source.pack(b, X)
+        yield pa.RecordBatch.from_pydict(
+            {"src": [src], "seq": [seq], "n": [X.shape[0]], "d": [X.shape[1]], "x": [X.tobytes()],
+             "w": [None if w is None else w.tobytes()], "c": [source.carried(b)], "v": [v]},
+            schema=_PACKED_SCHEMA)
 
 
 def pack_task(source: BlockSource):
-    """Executor function: input rows -> packed float32 blocks (the one JVM -> Python conversion)."""
+    """Executor function: input rows -> packed blocks (the one JVM -> Python conversion)."""
 
     def run(batches):
         from pyspark import TaskContext
 
-        src = TaskContext.get().partitionId()
-        for seq, b in enumerate(batches):
-            if not b.num_rows:
-                continue
-            X, w = source.pack(b)
-            yield pa.RecordBatch.from_pydict(
-                {"src": [src], "seq": [seq], "n": [X.shape[0]], "d": [X.shape[1]], "x": [X.tobytes()],
-                 "w": [None if w is None else w.tobytes()], "c": [source.carried(b)]}, schema=_PACKED_SCHEMA)
+        yield from _packed(source, TaskContext.get().partitionId(), batches)
 
     return run
+
+
+def batch_rows(width: int) -> int:
+    """Rows per Arrow batch for a load of ``width`` columns (bigger batches load faster)."""
+    return int(min(200_000, max(10_000, 4_000_000 // max(1, width))))
+
+
+def files_frame(spark, scan, source: BlockSource, n_tasks: int):
+    """The packed rows of a :class:`~clusterlake.io.input_files.FileSlices` input, read by the
+    tasks themselves (pyarrow), one partition per task: (DataFrame, the number of tasks)."""
+    from clusterlake.io.batches import positions
+
+    pos = positions(source.input_columns)
+    local = source.positional(pos)
+    slices = scan.split(n_tasks)
+    names = {c: pos[c] for c in scan.columns}
+    rows = batch_rows(len(source.input_columns))
+
+    def run(batches):
+        for b in batches:
+            for task in b.column(0).to_pylist():
+                data = (t.rename_columns([names[c] for c in t.schema.names]) for t in scan.read(slices[task], rows))
+                yield from _packed(local, task, data)
+
+    tasks = spark.sparkContext.parallelize([(i,) for i in range(len(slices))], len(slices))
+    return spark.createDataFrame(tasks, "task int").mapInArrow(run, PACKED_DDL), len(slices)
 
 
 def unpack(batches, partition: int = 0) -> Block:
@@ -174,17 +238,33 @@ def unpack(batches, partition: int = 0) -> Block:
     items = []
     for b in batches:
         cols = b.to_pydict()
-        items += list(zip(cols["src"], cols["seq"], cols["n"], cols["d"], cols["x"], cols["w"], cols["c"]))
+        items += list(zip(cols["src"], cols["seq"], cols["n"], cols["d"], cols["x"], cols["w"], cols["c"], cols["v"]))
     items.sort(key=lambda t: (t[0], t[1]))
     if not items:
         return Block(np.empty((0, 0), dtype=np.float32), None, partition)
-    size = items[0][2] * items[0][3]
-    dtype = np.float64 if size and len(items[0][4]) == 8 * size else np.float32
-    X = np.concatenate([np.frombuffer(x, dtype=dtype).reshape(n, d) for _, _, n, d, x, _, _ in items])
+    sized = [it for it in items if it[2] * it[3]]
+    dtype = np.float64 if sized and len(sized[0][4]) == 8 * sized[0][2] * sized[0][3] else np.float32
+    X = np.concatenate([np.frombuffer(x, dtype=dtype).reshape(n, d) for _, _, n, d, x, *_ in items])
     ws = [it[5] for it in items]
     w = None if ws[0] is None else np.concatenate([np.frombuffer(v, dtype=np.float64) for v in ws])
     cs = [it[6] for it in items]
     columns = None
     if cs[0] is not None:
         columns = pa.concat_tables([pa.ipc.open_stream(pa.py_buffer(c)).read_all() for c in cs])
-    return Block(np.ascontiguousarray(X), w, partition, columns)
+    return Block(np.ascontiguousarray(X), w, partition, columns, _validity([it[7] for it in items]))
+
+
+def _validity(texts: list) -> Optional[dict]:
+    """The packed batches' validation counts merged (JSON), in (src, seq) order; None when the
+    rows were not validated while loading."""
+    import json
+
+    from clusterlake.io.validity import Validity
+
+    if not texts or texts[0] is None:
+        return None
+    out = None
+    for t in texts:
+        v = Validity.from_json(json.loads(t))
+        out = v if out is None else out.merge(v)
+    return out.to_json()

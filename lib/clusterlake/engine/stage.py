@@ -14,7 +14,7 @@ import logging
 import time
 from typing import Callable, Optional, Union
 
-from clusterlake.engine.blocks import PACKED_DDL, BlockSource, pack_task
+from clusterlake.engine.blocks import PACKED_DDL, BlockSource, batch_rows, files_frame, pack_task
 from clusterlake.engine.collective import (
     CollectiveError, Coordinator, JobThread, TaskLost, is_cancellation, python_error_line,
 )
@@ -109,8 +109,15 @@ class BarrierStage:
         return min(num_tasks, free) if num_tasks else free
 
     def _plan(self, df, slots: int) -> None:
-        """The packed input and its layout: one partition per task."""
+        """The packed input and its layout: one partition per task. ``df`` may also be a
+        :class:`~clusterlake.io.input_files.FileSlices`: the tasks read the files themselves."""
+        from clusterlake.io.input_files import FileSlices
+
         self._shuffled = False
+        if isinstance(df, FileSlices):
+            self._packed, self._parts = files_frame(self.spark, df, self.source, slots)
+            self.n_tasks, self.df = self._parts, self._packed
+            return
         src, source = self.source.arrow_frame(df)
         packed = src.mapInArrow(pack_task(source), PACKED_DDL)
         self._packed = packed
@@ -159,8 +166,7 @@ class BarrierStage:
         # bigger Arrow batches load faster (10k rows is Spark's default); restored once loaded
         conf_key = "spark.sql.execution.arrow.maxRecordsPerBatch"
         old_batch = self.spark.conf.get(conf_key, None)
-        width = max(1, len(self.source.columns) or 64)
-        self.spark.conf.set(conf_key, str(int(min(200_000, max(10_000, 4_000_000 // width)))))
+        self.spark.conf.set(conf_key, str(batch_rows(len(self.source.columns) or 64)))
         self._thread = JobThread(self.spark, job.collect)
         self._thread.start()
         try:

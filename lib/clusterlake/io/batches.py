@@ -11,7 +11,7 @@ import numpy as np
 
 from clusterlake.io.columns import col
 
-__all__ = ["arrow_input", "feature_block"]
+__all__ = ["arrow_input", "feature_block", "positions"]
 
 
 def arrow_input(df, names: list[str], *extra):
@@ -24,11 +24,17 @@ def arrow_input(df, names: list[str], *extra):
     error, even when the DataFrame was built with quoted names. The executors' functions read the
     positional names; the output schema keeps the original names (``quoted`` in the DDL).
     """
+    pos = positions(names)
+    return df.select(*[col(n).alias(a) for n, a in pos.items()], *extra), pos
+
+
+def positions(names: list[str]) -> dict[str, str]:
+    """{name: positional name} (``_0, _1, ...``) of the distinct ``names``, in order."""
     pos: dict[str, str] = {}
     for name in names:
         if name not in pos:
             pos[name] = f"_{len(pos)}"
-    return df.select(*[col(n).alias(a) for n, a in pos.items()], *extra), pos
+    return pos
 
 
 def feature_block(batch, names: list[str]) -> np.ndarray:

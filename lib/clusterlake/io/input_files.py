@@ -244,3 +244,88 @@ def _read_schema(inp: ParquetInput, seen: dict[str, dict], used: set) -> Optiona
         log.info("input: not reading column(s) the job does not use: %s",
                  ", ".join(f"'{c}' ({why})" for c, why in inp.ignored.items()))
     return None if uniform else ", ".join(cols)
+
+
+# ----------------------------------------------------------------------------------------------
+# the input read by the engine's tasks themselves
+
+
+@dataclass(frozen=True)
+class FileSlices:
+    """A plain parquet input (every column the job needs is in every file, with one type) as the
+    engine's tasks read it themselves with pyarrow: no JVM scan, no JVM -> Arrow conversion (on
+    1M x 32 rows pyarrow reads the files in 0.2 s, Spark's scan and conversion take 7-15 s).
+    The executors must reach ``root`` (a shared or object-store path; a local path in local mode).
+
+    ``files``: (path relative to ``root``, rows of each row group); ``columns``: what to read;
+    ``as_double``: columns cast to float64 on the way (the features that are not float/double,
+    the weight). :meth:`split` cuts the rows into contiguous, equal ranges, one per task.
+    """
+
+    root: str
+    files: tuple
+    columns: tuple
+    as_double: tuple = ()
+
+    @property
+    def rows(self) -> int:
+        return sum(sum(rgs) for _, rgs in self.files)
+
+    def split(self, n: int) -> list[list[tuple[str, int, int, int]]]:
+        """``n`` (or fewer, never empty) lists of (file, row group, start, stop) slices of about
+        ``rows / n`` rows each, in file and row order."""
+        total = self.rows
+        n = max(1, min(n, total)) if total else 1
+        bounds = [total * i // n for i in range(n + 1)]
+        out: list[list] = [[] for _ in range(n)]
+        at, task = 0, 0
+        for rel, rgs in self.files:
+            for g, size in enumerate(rgs):
+                start = 0
+                while start < size:
+                    while at + start >= bounds[task + 1] and task < n - 1:
+                        task += 1
+                    stop = min(size, bounds[task + 1] - at)
+                    out[task].append((rel, g, start, stop))
+                    start = stop
+                at += size
+        return [t for t in out if t] or [[]]
+
+    def read(self, slices, batch_rows: int):
+        """The Arrow batches of ``slices`` (columns as documented), at most ``batch_rows`` rows each."""
+        import pyarrow.compute as pc
+
+        root = location(self.root)
+        current, pf = None, None
+        for rel, g, start, stop in slices:
+            if rel != current:
+                f = root.child(rel) if rel else root
+                pf, current = pq.ParquetFile(f.fs.open_input_file(f.path)), rel
+            t = pf.read_row_group(g, columns=list(self.columns)).slice(start, stop - start)
+            for c in self.as_double:
+                i = t.schema.get_field_index(c)
+                t = t.set_column(i, c, pc.cast(t.column(c), pa.float64()))
+            yield from t.to_batches(max_chunksize=batch_rows)
+
+
+_TASK_SCHEMES = ("file://", "s3://", "s3a://", "gs://", "gcs://")
+"""Where the tasks read with pyarrow: local paths and the object stores pyarrow reaches with the
+executors' own credentials; anything else (hdfs://, dbfs:/, abfss://) is read by Spark."""
+
+
+def plain_file_scan(cfg: InputSection, columns: list[str], as_double: list[str]) -> Optional[FileSlices]:
+    """The input as :class:`FileSlices` when it is a plain parquet scan (format parquet, every one
+    of ``columns`` in the files' footers with one type across files), else None (Spark reads it)."""
+    if cfg.format != "parquet" or ("://" in cfg.path and not cfg.path.startswith(_TASK_SCHEMES)):
+        return None
+    inp = scan_parquet(cfg)
+    if inp.groups or inp.spark_schema is not None or any(c not in inp.types for c in columns):
+        return None
+    loc = location(cfg.path)
+    files = []
+    for rel in inp.files:
+        f = loc.child(rel) if rel else loc
+        with f.fs.open_input_file(f.path) as fh:
+            md = pq.read_metadata(fh)
+        files.append((rel, tuple(md.row_group(g).num_rows for g in range(md.num_row_groups))))
+    return FileSlices(loc.uri, tuple(files), tuple(dict.fromkeys(columns)), tuple(as_double))

@@ -9,7 +9,7 @@ and their counts; ``drop`` removes those rows. Both count every reason, and the 
 ``runs`` table. Constant feature columns are dropped with a warning (they carry no information and
 break standard scaling); the job fails when nothing is left. Duplicate ids always fail
 (``input.duplicate_ids`` accepts only ``fail``), because no other policy is sound
-(:func:`_check_unique_ids`).
+(:func:`duplicate_ids`).
 """
 
 from __future__ import annotations
@@ -18,8 +18,11 @@ import logging
 from dataclasses import dataclass, field
 from typing import Optional
 
+import numpy as np
+
 from clusterlake.config import InputSection
 from clusterlake.errors import InputDataError
+from clusterlake.io.validity import MAX_ABS_VALUE, Validity
 from clusterlake.stages import spark_pass
 
 log = logging.getLogger(__name__)
@@ -170,15 +173,11 @@ def resolve_columns(df, cfg: InputSection, model_run: Optional[str] = None) -> l
     return feats
 
 
-MAX_ABS_VALUE = 1e100
-"""Finite values beyond this magnitude are invalid (reason ``too_large``): the job sums squares of
-the features in float64 (moments, variances, distances) and 1e100 squared leaves room for the sum
-over any number of rows, while a value near 1e154 squares to inf and silently drops the feature
-from the model. No real feature is that large; it is a unit or parsing error upstream."""
 
 
 def row_checks(id_col: str, features: list[str], weight_col: Optional[str] = None):
-    """The invalid-row rule as Spark expressions: ``(valid, reasons)``, ``valid`` true for a row
+    """The invalid-row rule (:mod:`clusterlake.io.validity`, whose numpy form the nightly job's
+    load applies) as Spark expressions: ``(valid, reasons)``, ``valid`` true for a row
     with a non-null id, finite features no larger than :data:`MAX_ABS_VALUE` in magnitude and a
     finite non-negative weight; ``reasons`` maps ``"<column>:<null|nan|inf|too_large|negative>"``
     to the condition (counted per reason)."""
@@ -235,18 +234,57 @@ def validate(df, cfg: InputSection, k: int, keep_constant: bool = False, model_r
     valid, reasons = row_checks(cfg.id_column, feats, cfg.weight_column)
     row = _profile(df, cfg, feats, valid, reasons)
     n, n_bad, counts = _invalid_counts(row, list(reasons))
-    n_used = _apply_invalid_policy(cfg, n, n_bad, counts, k)
-    constant = [] if keep_constant else [c for i, c in enumerate(feats) if row[f"lo{i}"] == row[f"hi{i}"]]
+    v = Validity(n, n_bad, counts, np.array([row[f"lo{i}"] for i in range(len(feats))], dtype=np.float64),
+                 np.array([row[f"hi{i}"] for i in range(len(feats))], dtype=np.float64))
+    clean, summary = decide(df, cfg, feats, v, k, keep_constant)
+    return clean.select(*output_columns(cfg, summary.feature_columns)), summary
+
+
+def decide(df, cfg: InputSection, feats: list[str], v: Validity, k: int, keep_constant: bool = False,
+           dups=None, spark_free=None):
+    """What validation concludes from the counts ``v`` over the input ``df``: the invalid-row
+    policy (an error under ``fail``), at least ``k`` valid rows, constant features dropped, unique
+    ids among the valid rows. Returns (the valid rows of ``df``, the summary). The nightly job
+    counts ``v`` as it loads the rows, the update job by :func:`validate`.
+
+    ``dups``: :func:`duplicate_ids` of every row's id, found before (the nightly job: no Spark job
+    can run while the engine's tasks hold the rows); only when some are found and some rows are
+    invalid is the check made again over the valid rows, inside ``spark_free()`` (a context that
+    frees the task slots meanwhile). None: one Spark pass over the valid rows' ids here."""
+    n_used = _apply_invalid_policy(cfg, v.rows, v.invalid, v.counts, k)
+    constant = [] if keep_constant else [c for i, c in enumerate(feats) if v.lo[i] == v.hi[i]]
     kept = _kept_features(feats, constant)
-    clean = df.filter(valid) if n_bad else df
-    _check_unique_ids(clean, cfg.id_column)
+    clean = df.filter(row_checks(cfg.id_column, feats, cfg.weight_column)[0]) if v.invalid else df
+    if dups is None:
+        dups = duplicate_ids(clean, cfg.id_column)
+    elif dups and v.invalid:  # are they among the valid rows?
+        with spark_free():
+            dups = duplicate_ids(clean, cfg.id_column)
+    if dups:
+        _raise_duplicates(cfg.id_column, *dups)
     summary = InputSummary(
-        path=cfg.path, format=cfg.format, rows_read=n, rows_used=n_used, rows_dropped=n_bad,
-        invalid_counts=counts, feature_columns=kept, dropped_constant_columns=constant,
+        path=cfg.path, format=cfg.format, rows_read=v.rows, rows_used=n_used, rows_dropped=v.invalid,
+        invalid_counts=dict(v.counts), feature_columns=kept, dropped_constant_columns=constant,
         id_column=cfg.id_column, label_column=cfg.label_column, weight_column=cfg.weight_column,
         feature_types={c: df.schema[c].dataType.simpleString() for c in feats},
     )
-    return clean.select(*_output_columns(cfg, kept)), summary
+    return clean, summary
+
+
+def load_columns(df, cfg: InputSection, feats: list[str]):
+    """The input's columns the nightly job loads, as the engine's tasks validate them: id, the
+    features (float columns as they are, half the bytes of a double; other numbers as double),
+    label, weight (double). Nothing is filtered: the tasks count and drop invalid rows."""
+    from clusterlake.io.columns import col as qcol
+
+    types = {f.name: f.dataType.simpleString() for f in df.schema.fields}
+    cols = [qcol(cfg.id_column)]
+    cols += [qcol(c) if types[c] in ("float", "double") else qcol(c).cast("double").alias(c) for c in feats]
+    if cfg.label_column and cfg.label_column != cfg.id_column:
+        cols.append(qcol(cfg.label_column))
+    if cfg.weight_column:
+        cols.append(qcol(cfg.weight_column).cast("double").alias(cfg.weight_column))
+    return df.select(*cols)
 
 
 def _profile(df, cfg: InputSection, feats: list[str], valid, reasons: dict) -> dict:
@@ -330,29 +368,36 @@ def _kept_features(feats: list[str], constant: list[str]) -> list[str]:
     return kept
 
 
-def _check_unique_ids(df, id_column: str) -> None:
-    """Fail naming up to 5 duplicated ids (the most repeated first) when ``id_column`` is not unique.
+def duplicate_ids(df, id_column: str):
+    """``(how many ids occur more than once, up to 5 of them with their counts, the most repeated
+    first)``, or an empty tuple when ``id_column`` is unique in ``df`` (null ids are not counted:
+    they are invalid rows). One Spark pass over the id column alone.
 
-    There is no other policy: every table keys its rows by the id (one assignment per id, the
-    id join that carries cluster ids and lineage from one run to the next, the update job's
-    known-id check), and no rule could pick one of two rows with the same id reproducibly."""
+    Duplicates always fail (:func:`decide`); there is no other policy: every table keys its rows
+    by the id (one assignment per id, the id join that carries cluster ids and lineage from one run
+    to the next, the update job's known-id check), and no rule could pick one of two rows with the
+    same id reproducibly."""
     from pyspark.sql import functions as F
 
     from clusterlake.io.columns import col as qcol
 
-    dups = df.groupBy(qcol(id_column)).count().filter(F.col("count") > 1)
+    dups = df.where(qcol(id_column).isNotNull()).groupBy(qcol(id_column)).count().filter(F.col("count") > 1)
     with spark_pass("unique ids"):
         examples = dups.orderBy(F.col("count").desc(), qcol(id_column)).limit(5).collect()
-    if examples:
-        n_dup = dups.count()
-        shown = ", ".join(f"{r[id_column]!r} x{r['count']}" for r in examples)
-        raise InputDataError(
-            f"input column '{id_column}' (input.id_column) has {n_dup} duplicated ids (e.g. {shown}); "
-            "ids must be unique: deduplicate the input upstream"
-        )
+    if not examples:
+        return ()
+    return dups.count(), [(r[id_column], r["count"]) for r in examples]
 
 
-def _output_columns(cfg: InputSection, kept: list[str]) -> list:
+def _raise_duplicates(id_column: str, n_dup: int, examples: list) -> None:
+    shown = ", ".join(f"{v!r} x{c}" for v, c in examples)
+    raise InputDataError(
+        f"input column '{id_column}' (input.id_column) has {n_dup} duplicated ids (e.g. {shown}); "
+        "ids must be unique: deduplicate the input upstream"
+    )
+
+
+def output_columns(cfg: InputSection, kept: list[str]) -> list:
     """The validated table's columns: id, kept features as double, label, weight as double."""
     from clusterlake.io.columns import col as qcol
 

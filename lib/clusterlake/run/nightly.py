@@ -127,33 +127,73 @@ def _draw_size(cfg) -> int:
 
 
 def read_input(run: Run) -> Input:
-    """Read and validate the input; check tonight's features against the previous model's; load
-    the validated rows into the engine's tasks, where they stay until the assignments are
-    written (:mod:`clusterlake.algorithms.resident`)."""
+    """Read the input once: the engine's tasks load and validate its rows together
+    (:mod:`clusterlake.algorithms.resident`) and keep the valid ones until the assignments are
+    written; then the invalid-row policy, constant columns and unique ids (a pass over the id
+    column) are decided, and tonight's features checked against the previous model's."""
     from clusterlake.algorithms import history
-    from clusterlake.algorithms.resident import ResidentRows, exact_in_float32
     from clusterlake.faults import pause_point
     from clusterlake.io import feature_contract
-    from clusterlake.io.reader import read_table, validate
+    from clusterlake.io.reader import decide, duplicate_ids, read_table, resolve_columns
 
     cfg, icfg = run.cfg, run.cfg.input
     with run.step("read+validate") as note:
         raw = read_table(run.spark, icfg)
-        clean, summary = validate(raw, icfg, _k_before_fit(cfg))
+        feats = resolve_columns(raw, icfg)
+        dups = _read_errors(lambda: duplicate_ids(raw, icfg.id_column), icfg.path)  # before the tasks hold the slots
+        rows = _read_errors(lambda: _load(run, raw, feats), icfg.path)
+        pause_point("rows.loaded", run_id=run.run_id, rows=rows.rows)
+        clean, summary = decide(raw, icfg, feats, rows.validity(), _k_before_fit(cfg), dups=dups,
+                                spark_free=rows.released)
         previous_art = history.previous_artifact(run.model_root, run.run_date)
         change = feature_contract.check(previous_art, summary, _column_types(raw), icfg.allow_feature_change)
-        if cfg.kmeans.engine == "spark-mllib":
-            clean = run.cache(clean)  # MLlib's fit reads the rows again
-        feats = summary.feature_columns
-        rows = ResidentRows(run.spark, clean, feats, icfg.id_column, icfg.label_column, icfg.weight_column,
-                            exact_in_float32([summary.feature_types[c] for c in feats]), cfg.kmeans.num_tasks,
-                            cfg.kmeans.recovery_wait_seconds)
-        with spark_pass("load rows"):
-            run.hold(rows)
-        pause_point("rows.loaded", run_id=run.run_id, rows=rows.rows)
+        rows.keep_features(summary.feature_columns)  # without the constant ones, in the model's order
+        if cfg.kmeans.engine == "spark-mllib":  # MLlib's fit reads the rows again, through Spark
+            from clusterlake.io.reader import output_columns
+
+            clean = run.cache(clean.select(*output_columns(icfg, summary.feature_columns)))
         note.update(rows_read=summary.rows_read, rows_used=summary.rows_used,
-                    dropped=summary.rows_dropped, features=len(feats), tasks=rows.stage.n_tasks)
+                    dropped=summary.rows_dropped, features=len(summary.feature_columns), tasks=rows.stage.n_tasks)
     return Input(clean, summary, previous_art, change, rows, _draw_size(cfg))
+
+
+def _load(run: Run, raw, feats: list[str]):
+    """The input's rows loaded into the engine's tasks, validated on the way."""
+    from clusterlake.algorithms.resident import ResidentRows, exact_in_float32
+    from clusterlake.io.input_files import plain_file_scan
+    from clusterlake.io.reader import load_columns
+
+    cfg, icfg = run.cfg, run.cfg.input
+    types = {f.name: f.dataType.simpleString() for f in raw.schema.fields}
+    needed = [icfg.id_column, *feats] + [c for c in (icfg.label_column, icfg.weight_column) if c]
+    doubles = [c for c in feats if types[c] not in ("float", "double")] + ([icfg.weight_column] if icfg.weight_column else [])
+    source = plain_file_scan(icfg, needed, doubles) if icfg.read_in_tasks else None
+    log.info("the engine's tasks read %s", f"the {len(source.files)} parquet files themselves" if source
+             else "the input through Spark")
+    rows = ResidentRows(run.spark, source or load_columns(raw, icfg, feats), feats, icfg.id_column,
+                        icfg.label_column, icfg.weight_column, exact_in_float32([types[c] for c in feats]),
+                        cfg.kmeans.num_tasks, cfg.kmeans.recovery_wait_seconds, validate=True)
+    with spark_pass("load rows"):
+        return run.hold(rows)
+
+
+def _read_errors(read, path: str):
+    """``read()``; a damaged input file is an input error naming it (exit 2), as any read says."""
+    from clusterlake.io.reader import spark_read_error
+
+    try:
+        return read()
+    except Exception as exc:
+        err = next((e for e in (spark_read_error(c, path) for c in _causes(exc)) if e is not None), None)
+        if err is None:
+            raise
+        raise err from None
+
+
+def _causes(exc: BaseException):
+    while exc is not None:
+        yield exc
+        exc = exc.__cause__ or exc.__context__
 
 
 def preprocess(run: Run, inp: Input) -> Prepared:
@@ -164,11 +204,13 @@ def preprocess(run: Run, inp: Input) -> Prepared:
 
     cfg = run.cfg
     with run.step("preprocess") as note:
-        moments = inp.rows_held.moments()
+        with spark_pass("moments"):
+            moments = inp.rows_held.moments()
         pcfg = cfg.preprocess
         prep = fit_preprocessor(moments, inp.features, pcfg.scaling, pcfg.pca.enabled, pcfg.pca.components,
                                 pcfg.pca.variance, normalize=cfg.kmeans.distance == "cosine")
-        inp.rows_held.prepare(prep)
+        with spark_pass("model space"):
+            inp.rows_held.prepare(prep)
         if prep.explained_variance_ratio is not None:
             note.update(components=prep.n_components, variance=round(float(prep.explained_variance_ratio.sum()), 4))
     if cfg.density.enabled or cfg.hierarchical.enabled:
@@ -244,9 +286,11 @@ def measure(run: Run, inp: Input, pre: Prepared, fitted: Fitted) -> Measured:
     cfg, C = run.cfg, fitted.centroids
     with run.step("metrics") as note:
         held = inp.rows_held
-        held.assign(C)
-        stats = held.cluster_stats(C, pre.moments.mean)
-        sdm = held.mean_distances(stats.means_z)
+        with spark_pass("assign"):
+            held.assign(C)
+        with spark_pass("cluster statistics"):
+            stats = held.cluster_stats(C, pre.moments.mean)
+            sdm = held.mean_distances(stats.means_z)
         metrics = full_metrics(stats, C, sdm)
         Zs = _sample_z(run, inp, pre.prep, cfg.quality.sample_size)
         sample_pos = AssignmentRule(C)(Zs).index
