@@ -128,6 +128,7 @@ def test_sample_is_uniform_distinct_seeded_and_nested(data):
     assert all(tuple(r) in rows for r in a)
     big = held.sample(10_000, seed=3)  # more than there are: every row once
     assert len(big) == 3000 and len(np.unique(big, axis=0)) == 3000
+    np.testing.assert_array_equal(_rows(X, ids, y, (10,)).sample(500, seed=3), a)  # whatever the layout
 
 
 def test_members_hash_ids_whatever_the_partitioning(data):

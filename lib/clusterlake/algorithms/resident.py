@@ -145,9 +145,10 @@ class RowsWorker(KMeansWorker):
         return {}
 
     @command("sample_raw")
-    def sample_raw(self, fraction: float, seed: int) -> dict:
-        """Rows kept by a seeded Bernoulli draw, with their random keys (input units, float64)."""
-        u = self.rng(seed).random(len(self.raw))
+    def sample_raw(self, fraction: float, seed: int, id_column: str) -> dict:
+        """The rows whose key, uniform from a hash of the id and ``seed``, is below ``fraction``,
+        with their keys (input units, float64): the same rows whatever the tasks' layout."""
+        u = id_hash_uniform(self.column(id_column), seed) if len(self.raw) else np.zeros(0)
         idx = np.flatnonzero(u < float(fraction))
         return {"key": u[idx], "x": np.asarray(self.raw[idx], dtype=np.float64)}
 
@@ -354,15 +355,17 @@ class ResidentRows:
     def sample(self, size: int, seed: int) -> np.ndarray:
         """A uniform random sample of ``min(size, rows)`` rows in input units (float64), in a
         random order: its first m rows are themselves a uniform sample of m rows. Each row gets a
-        uniform key from a generator seeded by ``seed`` and its task; the ``size`` smallest keys
-        win (a Bernoulli pre-selection keeps what the tasks send small)."""
+        uniform key from a hash of its id and ``seed`` (:func:`~clusterlake.algorithms.members.id_hash_uniform`),
+        so the sample depends on the ids and the seed only, not on how the rows are spread over
+        the tasks (a run that lost a task draws the same sample); the ``size`` smallest keys win
+        (a pre-selection below a threshold keeps what the tasks send small)."""
         size = min(int(size), self.rows)
         d = len(self.features)
         if size <= 0:
             return np.zeros((0, d))
         frac = 1.0 if size >= self.rows else min(1.0, (size + 8 * math.sqrt(size) + 64) / self.rows)
         keys, xs = [], []
-        for _, a in self.stage.call("sample_raw", fraction=frac, seed=int(seed)):
+        for _, a in self.stage.call("sample_raw", fraction=frac, seed=int(seed), id_column=self.id_column):
             if len(a["key"]):
                 keys.append(a["key"])
                 xs.append(a["x"])

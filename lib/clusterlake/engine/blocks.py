@@ -12,6 +12,16 @@ that batch's values of them as Arrow IPC bytes, and :func:`unpack` restores them
 Without ``center`` the block holds the features in input units, in :attr:`BlockSource.dtype`
 (float32 where that is exact, float64 otherwise): the run's resident rows
 (:mod:`clusterlake.algorithms.resident`) derive the model space from them on the tasks.
+
+Validation (:attr:`BlockSource.validate_id`): each batch's invalid rows are counted by reason and
+left out as it is packed (:mod:`clusterlake.io.validity`); the counts ride along and
+:attr:`Block.validity` holds them merged.
+
+Files read by the tasks (:func:`files_frame`): for a plain parquet input
+(:class:`~clusterlake.io.input_files.FileSlices`) there is no packing job at all: each barrier
+task reads its share of the row groups with pyarrow in its own process (:func:`file_loader`),
+validates and packs them there, and unpacks them into its block; the rows never pass through the
+JVM.
 """
 
 from __future__ import annotations
@@ -212,24 +222,34 @@ def batch_rows(width: int) -> int:
 
 
 def files_frame(spark, scan, source: BlockSource, n_tasks: int):
-    """The packed rows of a :class:`~clusterlake.io.input_files.FileSlices` input, read by the
-    tasks themselves (pyarrow), one partition per task: (DataFrame, the number of tasks)."""
+    """A :class:`~clusterlake.io.input_files.FileSlices` input for a barrier stage of up to
+    ``n_tasks`` tasks: (a DataFrame of one row per task, the number of tasks, the loader each
+    barrier task runs on its row). The barrier task reads its files itself (pyarrow), validates
+    and packs in its own process: the rows never pass through the JVM."""
+    slices = scan.split(n_tasks)
+    tasks = spark.sparkContext.parallelize([(i,) for i in range(len(slices))], len(slices))
+    return spark.createDataFrame(tasks, "task int"), len(slices), file_loader(scan, source, slices)
+
+
+def file_loader(scan, source: BlockSource, slices):
+    """The barrier task's loader (``loader(batches, partition) -> Block``) for ``slices`` of
+    ``scan``: ``batches`` hold the task's number."""
     from clusterlake.io.batches import positions
 
     pos = positions(source.input_columns)
     local = source.positional(pos)
-    slices = scan.split(n_tasks)
     names = {c: pos[c] for c in scan.columns}
     rows = batch_rows(len(source.input_columns))
 
-    def run(batches):
-        for b in batches:
-            for task in b.column(0).to_pylist():
-                data = (t.rename_columns([names[c] for c in t.schema.names]) for t in scan.read(slices[task], rows))
-                yield from _packed(local, task, data)
+    def load(batches, partition: int) -> Block:
+        tasks = [t for b in batches for t in b.column(0).to_pylist()]
+        packed = []
+        for task in tasks:
+            data = (t.rename_columns([names[c] for c in t.schema.names]) for t in scan.read(slices[task], rows))
+            packed += list(_packed(local, task, data))
+        return unpack(packed, partition)
 
-    tasks = spark.sparkContext.parallelize([(i,) for i in range(len(slices))], len(slices))
-    return spark.createDataFrame(tasks, "task int").mapInArrow(run, PACKED_DDL), len(slices)
+    return load
 
 
 def unpack(batches, partition: int = 0) -> Block:

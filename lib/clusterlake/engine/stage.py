@@ -114,9 +114,11 @@ class BarrierStage:
         from clusterlake.io.input_files import FileSlices
 
         self._shuffled = False
+        self._files, self._loader = None, None
         if isinstance(df, FileSlices):
-            self._packed, self._parts = files_frame(self.spark, df, self.source, slots)
-            self.n_tasks, self.df = self._parts, self._packed
+            self._files = df
+            self.df, self.n_tasks, self._loader = files_frame(self.spark, df, self.source, slots)
+            self._parts = self.n_tasks
             return
         src, source = self.source.arrow_frame(df)
         packed = src.mapInArrow(pack_task(source), PACKED_DDL)
@@ -161,7 +163,7 @@ class BarrierStage:
         self._thread = None
         self.coord = Coordinator(self.n_tasks, host, lambda: self._thread.error if self._thread else None,
                                  register_timeout=register_timeout, failed_job_is_loss=self.recoveries > 0)
-        fn = barrier_task(self.worker, self.coord.address, self.coord.token, self.command_timeout)
+        fn = barrier_task(self.worker, self.coord.address, self.coord.token, self.command_timeout, self._loader)
         job = self.df.mapInArrow(fn, RESULT_DDL, barrier=True)
         # bigger Arrow batches load faster (10k rows is Spark's default); restored once loaded
         conf_key = "spark.sql.execution.arrow.maxRecordsPerBatch"
@@ -254,6 +256,9 @@ class BarrierStage:
         if n_new != self.n_tasks:
             log.warning("engine: continuing with %d barrier tasks instead of %d (%d task slots now)",
                         n_new, self.n_tasks, slots)
+            if self._files is not None:  # the tasks read their files again, cut for n_new tasks
+                self.df, self.n_tasks, self._loader = files_frame(self.spark, self._files, self.source, n_new)
+                return
             self.df = self._packed.repartition(n_new)
             self._shuffled = True
             self.n_tasks = n_new

@@ -31,17 +31,18 @@ def _limit_blas(ctx) -> None:
         pass
 
 
-def _load_worker(worker_cls: type[Worker], batches, part: int) -> tuple[Worker, str | None]:
-    """The task's worker on its block, or (a worker on an empty block, the error): a task that
-    cannot load reports why to the driver, which raises it with the task number."""
+def _load_worker(worker_cls: type[Worker], batches, part: int, loader=None) -> tuple[Worker, str | None]:
+    """The task's worker on its block (``loader(batches, part)``, default :func:`unpack` of packed
+    rows), or (a worker on an empty block, the error): a task that cannot load reports why to
+    the driver, which raises it with the task number."""
     try:
-        return worker_cls(unpack(batches, part)), None
+        return worker_cls((loader or unpack)(batches, part)), None
     except Exception as exc:
         empty = Block(np.empty((0, 0), np.float32), None, part)
         return Worker(empty), f"{type(exc).__name__}: {exc}"
 
 
-def barrier_task(worker_cls: type[Worker], address: tuple[str, int], token: str, timeout: float):
+def barrier_task(worker_cls: type[Worker], address: tuple[str, int], token: str, timeout: float, loader=None):
     """The function each barrier task runs (built on the driver, run on the executors): one result
     row per task (rows, commands served, peak RSS of its Python worker)."""
 
@@ -51,7 +52,7 @@ def barrier_task(worker_cls: type[Worker], address: tuple[str, int], token: str,
         ctx = BarrierTaskContext.get()
         part = ctx.partitionId()
         _limit_blas(ctx)
-        worker, err = _load_worker(worker_cls, batches, part)
+        worker, err = _load_worker(worker_cls, batches, part, loader)
         block = worker.block
         served = serve(address, token, part, block.n, worker.handle, timeout=timeout, load_error=err,
                        sum_w=block.sum_w)
