@@ -178,3 +178,25 @@ def test_file_slices_cover_every_row_once_in_order(tmp_path):
     batch = next(scan.read(scan.split(1)[0], 100))
     assert batch.schema.field("a").type == pa.float64() and batch.schema.field("b").type == pa.float32()
     assert plain_file_scan(InputSection(path="hdfs://nn/x", id_column="id"), ["id"], []) is None
+
+
+def test_file_slices_cast_big_integers_like_spark_and_carry_plain_strings(tmp_path):
+    import pyarrow.parquet as pq
+
+    from clusterlake.config import InputSection
+    from clusterlake.engine.blocks import BlockSource
+    from clusterlake.io.input_files import plain_file_scan
+
+    folder = tmp_path / "in.parquet"
+    folder.mkdir()
+    big = 2**53 + 1  # not a float64: Spark's cast rounds it, pyarrow's safe cast would refuse it
+    pq.write_table(pa.table({"id": pa.array(["a", "b"]), "x": pa.array([big, 1], pa.int64()),
+                             "lab": pa.array(["p", "q"]).dictionary_encode()}), folder / "part-0.parquet")
+    pq.write_table(pa.table({"id": pa.array(["c"]), "x": pa.array([2], pa.int64()),
+                             "lab": pa.array(["p"])}), folder / "part-1.parquet")
+    scan = plain_file_scan(InputSection(path=str(folder), id_column="id"), ["id", "x", "lab"], ["x"])
+    batches = [b for b in scan.read(scan.split(1)[0], 10)]
+    assert batches[0].column("x").to_pylist()[0] == float(big)
+    src = BlockSource(columns=("x",), carry=("id", "lab"))
+    carried = [pa.ipc.open_stream(pa.py_buffer(src.carried(b))).read_all() for b in batches]
+    assert pa.concat_tables(carried).column("lab").to_pylist() == ["p", "q", "p"]  # dictionary and plain

@@ -105,7 +105,8 @@ def write_task_file(worker, dest: str, prefix: str, centers: np.ndarray, cluster
             cols = {id_column: worker.column(id_column, s0, s1).cast(schema.field(0).type),
                     **contract.arrow_columns(a), "run_id": run.take(pa.array(np.zeros(s1 - s0, np.int32)))}
             writer.write_batch(pa.RecordBatch.from_pydict(cols, schema=schema))
-            counts.add(a, _labels_text(worker.column(label, s0, s1)) if label else None)
+            if dens is not None or hier is not None:
+                counts.add(a, _labels_text(worker.column(label, s0, s1)) if label else None)
     folder.fs.move(tmp.path, final.path)
     return {"file": name, "rows": int(n), **counts.reply()}
 

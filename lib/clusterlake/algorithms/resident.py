@@ -274,7 +274,10 @@ class ResidentRows:
         source = BlockSource(columns=tuple(features), weight_column=weight_column, carry=carry,
                              dtype="float32" if exact_float32 else "float64",
                              validate_id=id_column if validate else None)
-        self.stage = KMeansStage(spark, df, source, num_tasks=num_tasks, worker=RowsWorker, recovery_wait=recovery_wait)
+        # the tasks wait for the driver through every step of the run, driver-only ones included
+        # (auto-k, HDBSCAN on the sample, ...): a generous idle limit (a dead driver ends them anyway)
+        self.stage = KMeansStage(spark, df, source, num_tasks=num_tasks, worker=RowsWorker, recovery_wait=recovery_wait,
+                                 command_timeout=12 * 3600.0)
         self.features = list(features)
         self.id_column, self.label_column, self.weight_column = id_column, label_column, weight_column
         self.rows = 0
@@ -302,13 +305,12 @@ class ResidentRows:
     @contextmanager
     def released(self):
         """Free the task slots for a while (a Spark job must run meanwhile, e.g. MLlib's fit),
-        then load the rows again and replay what was done to them."""
+        then load the rows again and replay what was done to them; not when the block raised
+        (the run is failing: its error must not wait for, or be replaced by, a reload)."""
         self.close()
-        try:
-            yield
-        finally:
-            self.stage.resume_after_restart()
-            self.open()
+        yield
+        self.stage.resume_after_restart()
+        self.open()
 
     @property
     def load_seconds(self) -> float:

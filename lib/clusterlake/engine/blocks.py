@@ -174,11 +174,23 @@ class BlockSource:
         """The batch's carried columns under the user's names, as Arrow IPC stream bytes."""
         if not self.carry:
             return None
-        t = pa.table({self._name(c): batch.column(c) for c in self.carry})
+        t = pa.table({self._name(c): _plain_column(batch.column(c)) for c in self.carry})
         sink = pa.BufferOutputStream()
         with pa.ipc.new_stream(sink, t.schema) as w:
             w.write_table(t)
         return sink.getvalue().to_pybytes()
+
+
+def _plain_column(col: pa.Array) -> pa.Array:
+    """Dictionary-encoded and large string/binary columns as their plain type: files written
+    differently (a pandas Categorical here, plain strings there) concatenate into one column."""
+    if pa.types.is_dictionary(col.type):
+        col = col.dictionary_decode()
+    if pa.types.is_large_string(col.type):
+        col = col.cast(pa.string())
+    elif pa.types.is_large_binary(col.type):
+        col = col.cast(pa.binary())
+    return col
 
 
 # packed blocks: one row per Arrow batch of the input (float32 bytes), small enough to shuffle

@@ -297,15 +297,25 @@ class FileSlices:
 
         root = location(self.root)
         current, pf = None, None
-        for rel, g, start, stop in slices:
-            if rel != current:
+        try:
+            for rel, g, start, stop in slices:
                 f = root.child(rel) if rel else root
-                pf, current = pq.ParquetFile(f.fs.open_input_file(f.path)), rel
-            t = pf.read_row_group(g, columns=list(self.columns)).slice(start, stop - start)
-            for c in self.as_double:
-                i = t.schema.get_field_index(c)
-                t = t.set_column(i, c, pc.cast(t.column(c), pa.float64()))
-            yield from t.to_batches(max_chunksize=batch_rows)
+                if rel != current:
+                    if pf is not None:
+                        pf.close()
+                    pf, current = pq.ParquetFile(f.fs.open_input_file(f.path)), rel
+                try:
+                    t = pf.read_row_group(g, columns=list(self.columns)).slice(start, stop - start)
+                except Exception as exc:  # a damaged file: named, as Spark's read names it (exit 2)
+                    raise OSError(f"Encountered error while reading file {f.uri} (row group {g}): "
+                                  f"{type(exc).__name__}: {exc}") from exc
+                for c in self.as_double:  # unsafe: int64 beyond 2**53 rounds, as Spark's cast does
+                    i = t.schema.get_field_index(c)
+                    t = t.set_column(i, c, pc.cast(t.column(c), pa.float64(), safe=False))
+                yield from t.to_batches(max_chunksize=batch_rows)
+        finally:
+            if pf is not None:
+                pf.close()
 
 
 _TASK_SCHEMES = ("file://", "s3://", "s3a://", "gs://", "gcs://")

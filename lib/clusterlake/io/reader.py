@@ -260,6 +260,8 @@ def decide(df, cfg: InputSection, feats: list[str], v: Validity, k: int, keep_co
     elif dups and v.invalid:  # are they among the valid rows?
         with spark_free():
             dups = duplicate_ids(clean, cfg.id_column)
+            if dups:  # raised with the rows released: a failing run loads nothing again
+                _raise_duplicates(cfg.id_column, *dups)
     if dups:
         _raise_duplicates(cfg.id_column, *dups)
     summary = InputSummary(

@@ -568,10 +568,17 @@ class SparkDeltaStore(TableStore):
     def stage_files(self, name: str, write: Callable[[Location], object], append: bool = False):
         """The files are written under ``<table>/_staging/<run_id>/`` (which Delta ignores) and
         committed by Spark's Delta writer reading them (its commit writes its own files)."""
+        from pyspark.sql import functions as F
+
         folder = self.table(name).child("_staging", self.run_id)
         result = write(folder)
-        st = self.stage(name, self.spark.read.parquet(folder.uri), append=append)
-        st.staged = folder
+        t = self.table(name)
+        # the DataFrame is made at commit: reading the files' schema is a Spark job, and the
+        # engine's tasks may still hold every task slot now (they wrote these files)
+        st = StagedTable(name, t, folder, append=append, df=lambda: self.spark.read.parquet(folder.uri).withColumn(
+            PARTITION, F.lit(self.run_date).cast("date")))
+        self._collect_files(st)  # the rows, for check_rows
+        pause_point("write.staged", table=name, run_id=self.run_id, path=folder.uri)
         return st, result
 
     def current_version(self, name: str) -> Optional[int]:
@@ -601,7 +608,8 @@ class SparkDeltaStore(TableStore):
         ``txnVersion`` writer options, as documented for ``foreachBatch``): Delta records the pair
         in the commit and skips the write when ``app_id`` has committed ``version`` already.
         Not exercised here (no Delta jars without Maven); :class:`DeltaRsStore` is tested."""
-        w = st.df.write.format("delta").partitionBy(PARTITION).option("userMetadata", json.dumps({RUN_ID_KEY: self.run_id}))
+        df = st.df() if callable(st.df) else st.df
+        w = df.write.format("delta").partitionBy(PARTITION).option("userMetadata", json.dumps({RUN_ID_KEY: self.run_id}))
         if app_transaction is not None:
             if not st.append:
                 raise ValueError("app_transaction is only supported for append commits")
