@@ -323,12 +323,14 @@ _TASK_SCHEMES = ("file://", "s3://", "s3a://", "gs://", "gcs://")
 executors' own credentials; anything else (hdfs://, dbfs:/, abfss://) is read by Spark."""
 
 
-def plain_file_scan(cfg: InputSection, columns: list[str], as_double: list[str]) -> Optional[FileSlices]:
+def plain_file_scan(cfg: InputSection, columns: list[str], as_double: list[str],
+                    scanned: Optional[ParquetInput] = None) -> Optional[FileSlices]:
     """The input as :class:`FileSlices` when it is a plain parquet scan (format parquet, every one
-    of ``columns`` in the files' footers with one type across files), else None (Spark reads it)."""
+    of ``columns`` in the files' footers with one type across files), else None (Spark reads it).
+    ``scanned``: :func:`scan_parquet` of it, when the caller made it already."""
     if cfg.format != "parquet" or ("://" in cfg.path and not cfg.path.startswith(_TASK_SCHEMES)):
         return None
-    inp = scan_parquet(cfg)
+    inp = scanned or scan_parquet(cfg)
     if inp.groups or inp.spark_schema is not None or any(c not in inp.types for c in columns):
         return None
     loc = location(cfg.path)

@@ -50,16 +50,17 @@ class InputSummary:
     """Spark type of every resolved feature column (constant ones included), e.g. ``"double"``."""
 
 
-def read_table(spark, cfg: InputSection):
+def read_table(spark, cfg: InputSection, scanned=None):
     """Read the input as a DataFrame (parquet, or Delta through Spark or delta-rs).
 
     Parquet: every file's footer is checked first (:func:`clusterlake.io.input_files.scan_parquet`:
     unreadable files, columns missing from some files, conflicting types are InputDataErrors naming
-    the files), and Spark reads with the unified schema when the files' types differ."""
+    the files), and Spark reads with the unified schema when the files' types differ. ``scanned``:
+    that scan, when the caller made it already."""
     if cfg.format == "parquet":
         from clusterlake.io.input_files import scan_parquet
 
-        inp = scan_parquet(cfg)
+        inp = scanned or scan_parquet(cfg)
         try:
             if inp.groups:
                 return _read_groups(spark, cfg.path, inp)

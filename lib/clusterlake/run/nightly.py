@@ -134,14 +134,16 @@ def read_input(run: Run) -> Input:
     from clusterlake.algorithms import history
     from clusterlake.faults import pause_point
     from clusterlake.io import feature_contract
+    from clusterlake.io.input_files import scan_parquet
     from clusterlake.io.reader import decide, duplicate_ids, read_table, resolve_columns
 
     cfg, icfg = run.cfg, run.cfg.input
     with run.step("read+validate") as note:
-        raw = read_table(run.spark, icfg)
+        scanned = scan_parquet(icfg) if icfg.format == "parquet" else None  # every footer, once
+        raw = read_table(run.spark, icfg, scanned)
         feats = resolve_columns(raw, icfg)
         dups = _read_errors(lambda: duplicate_ids(raw, icfg.id_column), icfg.path)  # before the tasks hold the slots
-        rows = _read_errors(lambda: _load(run, raw, feats), icfg.path)
+        rows = _read_errors(lambda: _load(run, raw, feats, scanned), icfg.path)
         pause_point("rows.loaded", run_id=run.run_id, rows=rows.rows)
         clean, summary = decide(raw, icfg, feats, rows.validity(), _k_before_fit(cfg), dups=dups,
                                 spark_free=rows.released)
@@ -157,7 +159,7 @@ def read_input(run: Run) -> Input:
     return Input(clean, summary, previous_art, change, rows, _draw_size(cfg))
 
 
-def _load(run: Run, raw, feats: list[str]):
+def _load(run: Run, raw, feats: list[str], scanned=None):
     """The input's rows loaded into the engine's tasks, validated on the way."""
     from clusterlake.algorithms.resident import ResidentRows, exact_in_float32
     from clusterlake.io.input_files import plain_file_scan
@@ -167,7 +169,7 @@ def _load(run: Run, raw, feats: list[str]):
     types = {f.name: f.dataType.simpleString() for f in raw.schema.fields}
     needed = [icfg.id_column, *feats] + [c for c in (icfg.label_column, icfg.weight_column) if c]
     doubles = [c for c in feats if types[c] not in ("float", "double")] + ([icfg.weight_column] if icfg.weight_column else [])
-    source = plain_file_scan(icfg, needed, doubles) if icfg.read_in_tasks else None
+    source = plain_file_scan(icfg, needed, doubles, scanned) if icfg.read_in_tasks else None
     log.info("the engine's tasks read %s", f"the {len(source.files)} parquet files themselves" if source
              else "the input through Spark")
     rows = ResidentRows(run.spark, source or load_columns(raw, icfg, feats), feats, icfg.id_column,
