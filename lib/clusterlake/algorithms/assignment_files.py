@@ -20,11 +20,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from clusterlake.algorithms.cluster_stats import label_text
 from clusterlake.io.contract import assignments as contract
 from clusterlake.kernels.assignment import AssignmentRule
-
-NULL_LABEL = "<null>"
-
 
 def _arrow_type(id_type: pa.DataType) -> pa.DataType:
     """The id column's type in the file (large strings as Spark's plain strings)."""
@@ -46,11 +44,6 @@ def pack_passes(density, hierarchy) -> Optional[np.ndarray]:
     if density is None and hierarchy is None:
         return None
     return np.frombuffer(pickle.dumps((density, hierarchy), protocol=pickle.HIGHEST_PROTOCOL), dtype=np.uint8)
-
-
-def _labels_text(col: pa.Array) -> np.ndarray:
-    text = col.cast(pa.string()).to_numpy(zero_copy_only=False)
-    return np.where(text == None, NULL_LABEL, text).astype(str)  # noqa: E711
 
 
 class _PassCounts:
@@ -106,7 +99,7 @@ def write_task_file(worker, dest: str, prefix: str, centers: np.ndarray, cluster
                     **contract.arrow_columns(a), "run_id": run.take(pa.array(np.zeros(s1 - s0, np.int32)))}
             writer.write_batch(pa.RecordBatch.from_pydict(cols, schema=schema))
             if dens is not None or hier is not None:
-                counts.add(a, _labels_text(worker.column(label, s0, s1)) if label else None)
+                counts.add(a, label_text(worker.column(label, s0, s1)) if label else None)
     folder.fs.move(tmp.path, final.path)
     return {"file": name, "rows": int(n), **counts.reply()}
 

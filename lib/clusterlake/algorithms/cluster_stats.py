@@ -75,6 +75,16 @@ class ClusterStats:
         return out
 
 
+NULL_LABEL = "<null>"
+"""A null label's text in every (label, cluster) count (the label column as Arrow casts it to text)."""
+
+
+def label_text(col: pa.Array) -> np.ndarray:
+    """The labels as text, :data:`NULL_LABEL` for null: the key of every label count."""
+    text = col.cast(pa.string()).to_numpy(zero_copy_only=False)
+    return np.where(text == None, NULL_LABEL, text).astype(str)  # noqa: E711
+
+
 class PartitionStats:
     """One partition's running sums (runs on an executor), sent as one :data:`STATS_SCHEMA` row."""
 
@@ -105,7 +115,7 @@ class PartitionStats:
             self._count_pairs(labels, lab)
 
     def _count_pairs(self, labels: pa.Array, lab: np.ndarray) -> None:
-        """(label as text, "<null>" for null; cluster index) -> rows."""
+        """(label as text, :data:`NULL_LABEL` for null; cluster index) -> rows."""
         import pyarrow.compute as pc
 
         cont = self.acc.contingency
@@ -113,7 +123,7 @@ class PartitionStats:
             labels = labels.combine_chunks()
         enc = pc.dictionary_encode(labels.cast(pa.string()))  # one code per distinct text, null stays null
         codes = enc.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64) + 1  # 0: null
-        names = ["<null>"] + enc.dictionary.to_pylist()
+        names = [NULL_LABEL] + enc.dictionary.to_pylist()
         k = self.k
         pairs = np.bincount(codes * k + lab, minlength=len(names) * k)
         for key in np.flatnonzero(pairs):
