@@ -79,10 +79,16 @@ NULL_LABEL = "<null>"
 """A null label's text in every (label, cluster) count (the label column as Arrow casts it to text)."""
 
 
-def label_text(col: pa.Array) -> np.ndarray:
-    """The labels as text, :data:`NULL_LABEL` for null: the key of every label count."""
-    text = col.cast(pa.string()).to_numpy(zero_copy_only=False)
-    return np.where(text == None, NULL_LABEL, text).astype(str)  # noqa: E711
+def label_codes(col) -> tuple[np.ndarray, list]:
+    """The labels as codes into their texts (``codes`` int64, ``names[code]``), :data:`NULL_LABEL`
+    for null (code 0): the key of every label count. By dictionary encoding, not per-row strings."""
+    import pyarrow.compute as pc
+
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    enc = pc.dictionary_encode(col.cast(pa.string()))  # one code per distinct text, null stays null
+    codes = enc.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64) + 1
+    return codes, [NULL_LABEL] + enc.dictionary.to_pylist()
 
 
 class PartitionStats:
@@ -116,14 +122,8 @@ class PartitionStats:
 
     def _count_pairs(self, labels: pa.Array, lab: np.ndarray) -> None:
         """(label as text, :data:`NULL_LABEL` for null; cluster index) -> rows."""
-        import pyarrow.compute as pc
-
         cont = self.acc.contingency
-        if isinstance(labels, pa.ChunkedArray):
-            labels = labels.combine_chunks()
-        enc = pc.dictionary_encode(labels.cast(pa.string()))  # one code per distinct text, null stays null
-        codes = enc.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64) + 1  # 0: null
-        names = [NULL_LABEL] + enc.dictionary.to_pylist()
+        codes, names = label_codes(labels)
         k = self.k
         pairs = np.bincount(codes * k + lab, minlength=len(names) * k)
         for key in np.flatnonzero(pairs):
