@@ -150,7 +150,8 @@ class TableStore:
         """Stage a small table of contract rows (:mod:`clusterlake.io.contract`, tuples in the
         order of ``ddl``) as one parquet file written by the driver: the types of ``ddl`` as
         Spark would write them, without a Spark job (half a second per table saved)."""
-        table = pa.Table.from_pylist([dict(zip(_ddl_names(ddl), r)) for r in rows], schema=arrow_schema(ddl))
+        names = _ddl_names(ddl)  # Spark's DDL parser: once, not per row (1 s on 700 profile rows)
+        table = pa.Table.from_pylist([dict(zip(names, r)) for r in rows], schema=arrow_schema(ddl))
 
         def write(folder: Location) -> None:
             folder.fs.create_dir(folder.path, recursive=True)
