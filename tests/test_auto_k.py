@@ -239,6 +239,22 @@ def test_silhouette_scores_match_scikit_learn(monkeypatch):
     assert out[2] == pytest.approx(silhouette_score(X[:5], [0, 0, 1, 1, 1]), abs=1e-12)
 
 
+def test_silhouette_samples_match_scikit_learn(monkeypatch):
+    from sklearn.metrics import silhouette_samples as sk_samples
+
+    X, y = make_blobs(700, n_features=5, centers=6, random_state=3)
+    lab = y * 10 - 7  # any integers
+    lab[3] = 99  # a singleton: 0
+    want = sk_samples(X, lab)
+    np.testing.assert_allclose(silhouette_kernel.silhouette_samples(X, lab), want, rtol=0, atol=1e-12)
+    monkeypatch.setattr(silhouette_kernel, "_SIL_BLOCK_BYTES", 8 * 700 * 13)  # 54 blocks on the threads
+    got = silhouette_kernel.silhouette_samples(X, lab)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+    assert got[3] == 0.0
+    with pytest.raises(ValueError, match="2 <= labels <= rows - 1; got 1 labels on 700 rows"):
+        silhouette_kernel.silhouette_samples(X, np.zeros(700, int))
+
+
 def test_calinski_harabasz_and_davies_bouldin_match_scikit_learn():
     X, y = make_blobs(500, n_features=4, centers=5, random_state=2)
     lab = y.copy()

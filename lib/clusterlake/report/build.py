@@ -29,10 +29,11 @@ def sample_arrays(Z: np.ndarray, positions: np.ndarray, cluster_ids: np.ndarray,
     """The report's sample (artifact extras) from the metrics sample ``Z`` (model space, already
     a uniform random sample) and each row's nearest-centroid position.
 
-    Per-point silhouette is scikit-learn's ``silhouette_samples`` on the first ``size`` rows
-    (O(size^2) distances, chunked by scikit-learn); noise is the density pass's extension of
+    Per-point silhouette is scikit-learn's ``silhouette_samples`` on the first ``size`` rows, by
+    the GEMM kernel (:func:`clusterlake.kernels.silhouette.silhouette_samples`, 1.4 s -> 0.1 s on
+    5,000 rows); noise is the density pass's extension of
     those rows (``density`` = its model, or None)."""
-    from sklearn.metrics import silhouette_samples
+    from clusterlake.kernels.silhouette import silhouette_samples
 
     m = min(int(size), len(Z))
     Zr = np.asarray(Z[:m], dtype=np.float64)
@@ -41,7 +42,7 @@ def sample_arrays(Z: np.ndarray, positions: np.ndarray, cluster_ids: np.ndarray,
     pts[:, : min(2, Zr.shape[1])] = Zr[:, :2]
     out = {"report_points": pts, "report_cluster": np.asarray(cluster_ids, dtype=np.int32)[pos]}
     if 2 <= len(np.unique(pos)) < m:
-        out["report_silhouette"] = silhouette_samples(Zr, pos, metric="euclidean")
+        out["report_silhouette"] = silhouette_samples(Zr, pos)
     if density is not None:
         from clusterlake.kernels.density import extend
 
