@@ -108,6 +108,52 @@ def loo_reach_factor(core_points: np.ndarray, core_distance: np.ndarray, quantil
     return float(max(1.0, np.quantile(ratio, quantile)))
 
 
+def hdbscan(X: np.ndarray, min_samples: int, min_cluster_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's HDBSCAN labels of ``X`` (Euclidean, excess of mass), and every row's
+    distances to its ``max(2, min_samples)`` nearest neighbours (itself included).
+
+    The same tree as ``HDBSCAN(min_cluster_size, min_samples).fit(X)``, built faster: the core
+    distances come from one neighbour search (which also gives the extension its reach), the
+    mutual-reachability minimum spanning tree from :func:`clusterlake.kernels.mst.mutual_reachability_mst`,
+    and scikit-learn condenses that tree and selects the clusters, given the tree as a sparse
+    precomputed graph: with ``min_samples=1`` every point's core distance there is its lightest
+    tree edge, so the mutual-reachability weights come back unchanged and the graph's spanning
+    tree is the tree itself. The clusters are numbered in the order the rows first show them. (A zero weight, from ``min_samples`` identical rows, is stored as the
+    smallest positive double: a sparse graph drops explicit zeros; its 1 / distance is infinite
+    either way.)
+    """
+    from scipy.sparse import csr_matrix
+    from sklearn.cluster import HDBSCAN
+    from sklearn.neighbors import NearestNeighbors
+
+    from clusterlake.kernels.mst import mutual_reachability_mst
+
+    n = len(X)
+    if min_samples > n:
+        raise ValueError(f"density.min_samples={min_samples} is more than the {n} rows of the density sample; "
+                         "lower density.min_samples or raise density.sample_size")
+    kk = int(min(max(2, min_samples), n))
+    knn, _ = NearestNeighbors(n_neighbors=kk).fit(X).kneighbors(X)
+    a, b, w = mutual_reachability_mst(X, knn[:, min_samples - 1])
+    w = np.maximum(w, np.finfo(np.float64).smallest_subnormal)
+    G = csr_matrix((np.r_[w, w], (np.r_[a, b], np.r_[b, a])), shape=(n, n))
+    hd = HDBSCAN(min_cluster_size=min_cluster_size, min_samples=1, metric="precomputed", copy=False).fit(G)
+    return first_seen_order(hd.labels_), knn
+
+
+def first_seen_order(labels: np.ndarray) -> np.ndarray:
+    """``labels`` renumbered 0, 1, ... in the order the rows first show them (-1 stays -1): the
+    numbering no longer depends on how a tree with tied weights was built."""
+    labels = np.asarray(labels)
+    out = np.full(len(labels), -1, np.int32)
+    kept = labels >= 0
+    uniq, first, inv = np.unique(labels[kept], return_index=True, return_inverse=True)
+    rank = np.empty(len(uniq), np.int32)
+    rank[np.argsort(first, kind="stable")] = np.arange(len(uniq), dtype=np.int32)
+    out[kept] = rank[inv]
+    return out
+
+
 def fit_sample(X: np.ndarray, algorithm: str = "hdbscan", eps: Optional[float] = None, min_samples: int = 10,
                min_cluster_size: Optional[int] = None,
                before_dbscan: Optional[Callable[[float], None]] = None) -> DensityModel:
@@ -139,16 +185,10 @@ def fit_sample(X: np.ndarray, algorithm: str = "hdbscan", eps: Optional[float] =
         core = np.asarray(db.core_sample_indices_, dtype=np.int64)
         reach = np.full(len(core), float(eps))
     elif algorithm == "hdbscan":
-        from sklearn.cluster import HDBSCAN
-        from sklearn.neighbors import NearestNeighbors
-
         mcs = int(min_cluster_size or max(5, min_samples))
-        hd = HDBSCAN(min_cluster_size=mcs, min_samples=min_samples, copy=True).fit(X)
-        labels = hd.labels_.astype(np.int32)
+        labels, knn = hdbscan(X, min_samples, mcs)
         core = np.flatnonzero(labels >= 0)
-        kk = int(min(max(2, min_samples), len(X)))  # min_samples=1 would make every reach 0 (itself)
-        d, _ = NearestNeighbors(n_neighbors=kk).fit(X).kneighbors(X[core]) if len(core) else (np.zeros((0, 1)), None)
-        reach = d[:, -1].astype(np.float64) if len(core) else np.zeros(0)
+        reach = knn[core, -1]  # distance to the max(2, min_samples)-th neighbour, itself included
         factor = loo_reach_factor(X[core], reach)
         reach = reach * factor
     else:
