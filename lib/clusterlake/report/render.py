@@ -646,7 +646,9 @@ def _dendrogram(d: ReportData, colors: dict) -> str:
     n = Z.shape[0] + 1
     fig = _new_figure(7.0, 4.6)
     ax = fig.add_subplot()
-    scipy_dendrogram(Z, truncate_mode="lastp", p=DENDROGRAM_LEAVES, ax=ax, show_contracted=True,
+    # show_contracted would draw one marker per merge hidden in a contracted branch, one artist
+    # each (1.8 s of the report for 5,000 rows); the "(n)" leaf labels already say what they hold.
+    scipy_dendrogram(Z, truncate_mode="lastp", p=DENDROGRAM_LEAVES, ax=ax, show_contracted=False,
                      link_color_func=lambda _: "#4d4d4d", leaf_rotation=90, leaf_font_size=9)
     styles = ["--", "-.", ":", (0, (5, 2, 1, 2))]
     line_colors = ["#000000", "#444444", "#000000", "#444444"]
