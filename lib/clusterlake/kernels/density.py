@@ -133,7 +133,7 @@ def hdbscan(X: np.ndarray, min_samples: int, min_cluster_size: int) -> tuple[np.
         raise ValueError(f"density.min_samples={min_samples} is more than the {n} rows of the density sample; "
                          "lower density.min_samples or raise density.sample_size")
     kk = int(min(max(2, min_samples), n))
-    knn, _ = NearestNeighbors(n_neighbors=kk).fit(X).kneighbors(X)
+    knn, _ = NearestNeighbors(n_neighbors=kk, n_jobs=-1).fit(X).kneighbors(X)  # the driver's cores
     a, b, w = mutual_reachability_mst(X, knn[:, min_samples - 1])
     w = np.maximum(w, np.finfo(np.float64).smallest_subnormal)
     G = csr_matrix((np.r_[w, w], (np.r_[a, b], np.r_[b, a])), shape=(n, n))
