@@ -239,6 +239,19 @@ def test_silhouette_scores_match_scikit_learn(monkeypatch):
     assert out[2] == pytest.approx(silhouette_score(X[:5], [0, 0, 1, 1, 1]), abs=1e-12)
 
 
+def test_silhouette_scores_of_nested_subsets_share_one_pass():
+    """-1 leaves a row out of a labeling: the score is scikit-learn's on the other rows alone."""
+    rng = np.random.default_rng(5)
+    X, y = make_blobs(900, n_features=4, centers=5, random_state=5)
+    noise = rng.random(900) < 0.1
+    dens = np.where(noise, -1, y)
+    prefix = np.where(np.arange(900) < 300, rng.integers(0, 3, 900), -1)
+    got = silhouette_scores(X, [y, dens, prefix, np.full(900, -1), np.where(np.arange(900) < 2, 0, -1)])
+    want = [silhouette_score(X, y), silhouette_score(X[~noise], y[~noise]), silhouette_score(X[:300], prefix[:300])]
+    np.testing.assert_allclose(got[:3], want, rtol=0, atol=1e-12)
+    assert np.isnan(got[3]) and np.isnan(got[4])  # no row; one cluster
+
+
 def test_silhouette_samples_match_scikit_learn(monkeypatch):
     from sklearn.metrics import silhouette_samples as sk_samples
 

@@ -31,7 +31,7 @@ def run_job(cfg: JobConfig, spark=None) -> RunResult:
         auto = nightly.choose_k(run, inp, pre)
         fitted = nightly.fit(run, inp, pre, auto)
         measured = nightly.measure(run, inp, pre, fitted)
-        pfit = nightly.sample_passes(run, inp, pre)
+        pfit = nightly.sample_passes(run, inp, pre, measured)
         with run.staging() as staged:
             written = nightly.write(run, staged, inp, pre, fitted, measured, pfit)
             record = nightly.runs_record(run, pre, fitted, measured, written, inp)

@@ -2,8 +2,9 @@
 
 1. :func:`fit_passes` (driver): one uniform sample of the model space, DBSCAN/HDBSCAN on its first
    ``density.sample_size`` rows and agglomerative clustering on its first
-   ``hierarchical.sample_size`` rows (the sample is in random order, so every prefix is uniform),
-   plus their sampled silhouettes.
+   ``hierarchical.sample_size`` rows (the run's one draw is in random order, so every prefix is
+   uniform); :func:`sampled_silhouettes`: the sampled silhouettes of K-means and of the passes, in
+   one distance pass over the quality sample, of which the passes' samples are prefixes.
 2. The assignment labels every row: the engine's tasks, as they write the ``assignments`` files
    (:mod:`clusterlake.algorithms.assignment_files`), count (cluster, pass label, label) per pass.
 3. :func:`full_pass_metrics`: from those counts: noise share and cluster count over all rows, ARI between each pass and K-means, ARI/NMI
@@ -23,12 +24,7 @@ import numpy as np
 from clusterlake.io.contract.metrics import Metric
 from clusterlake.kernels import density as Dk
 from clusterlake.kernels import hierarchy as Hk
-from clusterlake.kernels.metrics import (
-    adjusted_rand_from_contingency,
-    normalized_mutual_info_from_contingency,
-    silhouette,
-)
-from clusterlake.stages import spark_pass
+from clusterlake.kernels.metrics import adjusted_rand_from_contingency, normalized_mutual_info_from_contingency
 
 log = logging.getLogger(__name__)
 
@@ -41,19 +37,8 @@ class PassFit:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-def _silhouette(Z: np.ndarray, labels: np.ndarray, size: int, algorithm: str, k: int) -> Optional[Metric]:
-    """The job's sampled silhouette on the pass's non-noise rows (first ``size`` of them)."""
-    keep = labels >= 0
-    lab = labels[keep][:size]
-    value = silhouette(Z[keep][:size], lab)
-    if value is None:
-        log.warning("silhouette undefined on a sample of %d rows with %d clusters", len(lab), len(np.unique(lab)))
-        return None
-    return Metric("sample", "silhouette", value, int(len(lab)), algorithm, k)
-
-
-def fit_passes(cfg, Z: np.ndarray, quality_size: int) -> PassFit:
-    """Fit the enabled passes on the model-space sample ``Z`` (rows in random order)."""
+def fit_passes(cfg, Z: np.ndarray) -> PassFit:
+    """Fit the enabled passes on the model-space sample ``Z`` (the first rows of the run's draw)."""
     from clusterlake.memory import check_dbscan_neighbourhoods
 
     out = PassFit()
@@ -85,8 +70,7 @@ def fit_passes(cfg, Z: np.ndarray, quality_size: int) -> PassFit:
             ms.append(Metric("sample", "eps", float(m.eps), len(S), d.algorithm, k))
         if d.algorithm == "hdbscan":
             ms.append(Metric("sample", "reach_factor", float(m.reach_factor), len(S), d.algorithm, k))
-        sil = _silhouette(S, m.sample_labels, quality_size, d.algorithm, k)
-        out.metrics += ms + ([sil] if sil else [])
+        out.metrics += ms
     if cfg.hierarchical.enabled:
         h = cfg.hierarchical
         S = Z[: h.sample_size]
@@ -95,23 +79,58 @@ def fit_passes(cfg, Z: np.ndarray, quality_size: int) -> PassFit:
         out.hierarchy = hm = Hk.fit_sample(S, h.linkage, h.levels)
         out.seconds["hierarchy_fit"] = round(time.time() - t0, 3)
         log.info("hierarchical pass: linkage and cuts in %.1f s", out.seconds["hierarchy_fit"])
-        out.metrics += _level_silhouettes(S, hm, quality_size)
     return out
 
 
-def _level_silhouettes(S: np.ndarray, hm, size: int) -> list[Metric]:
-    """The sampled silhouette of every level of the hierarchy, one distance pass for them all."""
+def sampled_silhouettes(Zs: np.ndarray, kmeans_pos: np.ndarray, fit: PassFit, Zp: Optional[np.ndarray] = None,
+                        density_algorithm: str = "hdbscan") -> tuple[Optional[Metric], list[Metric]]:
+    """The sampled silhouettes of the run: K-means' on the quality sample ``Zs`` (positions
+    ``kmeans_pos``), the density pass's on its sample's non-noise rows (the first ``len(Zs)`` of
+    them) and each hierarchy level's on the first ``len(Zs)`` rows of its sample.
+
+    ``Zs`` and the passes' samples are prefixes of the run's one draw, so every labeling whose
+    rows lie within ``Zs`` is scored in the same distance pass (a row outside a labeling is -1);
+    only a density sample longer than ``Zs`` (``density.sample_size`` above
+    ``quality.sample_size``) takes a pass of its own, on ``Zp``, the passes' sample. Returns
+    ``(K-means' metric or None, the passes' metrics)``; an undefined silhouette is left out with a
+    warning.
+    """
     from clusterlake.kernels.silhouette import silhouette_scores
 
-    m = min(size, len(S))
-    codes = [np.unique(hm.sample_labels[lv][:m], return_inverse=True)[1] for lv in hm.levels]
-    out = []
-    for lv, value, lab in zip(hm.levels, silhouette_scores(S[:m], codes), codes):
+    n = len(Zs)
+    shared = [("kmeans", None, np.unique(kmeans_pos, return_inverse=True)[1])]
+    own = []  # (algorithm, k, rows, labels): labelings scored apart
+    if fit.density is not None:
+        m = fit.density
+        lab, k = m.sample_labels, m.n_clusters
+        if len(lab) <= n:
+            shared.append((density_algorithm, k, np.r_[lab, np.full(n - len(lab), -1)]))
+        else:
+            keep = np.flatnonzero(lab >= 0)[:n]
+            own.append((density_algorithm, k, Zp[keep], lab[keep]))
+    if fit.hierarchy is not None:
+        hm = fit.hierarchy
+        for lv in hm.levels:
+            lab = np.asarray(hm.sample_labels[lv])[:n]
+            shared.append(("hierarchical", lv, np.r_[np.unique(lab, return_inverse=True)[1],
+                                                    np.full(n - len(lab), -1)]))
+    values = list(silhouette_scores(Zs, [lab for _, _, lab in shared]))
+    rows = [int((lab >= 0).sum()) for _, _, lab in shared]
+    for algorithm, k, X, lab in own:
+        values.append(silhouette_scores(X, [np.unique(lab, return_inverse=True)[1]])[0])
+        rows.append(len(lab))
+    named = [(a, k) for a, k, _ in shared] + [(a, k) for a, k, _, _ in own]
+    metrics: list[Optional[Metric]] = []
+    for (algorithm, k), value, n_rows in zip(named, values, rows):
         if np.isnan(value):
-            log.warning("silhouette undefined on a sample of %d rows with %d clusters", m, len(np.unique(lab)))
-            continue
-        out.append(Metric("sample", "silhouette", float(value), int(m), "hierarchical", lv))
-    return out
+            log.warning("%s silhouette undefined on a sample of %d rows (fewer than 2 clusters, or one per row)",
+                        "K-means'" if algorithm == "kmeans" else f"the {algorithm} pass's", n_rows)
+            metrics.append(None)
+        elif algorithm == "kmeans":
+            metrics.append(Metric("sample", "silhouette", float(value), n_rows))
+        else:
+            metrics.append(Metric("sample", "silhouette", float(value), n_rows, algorithm, k))
+    return metrics[0], [m_ for m_ in metrics[1:] if m_ is not None]
 
 
 # ----------------------------------------------------------------------------------------------

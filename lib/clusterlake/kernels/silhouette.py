@@ -41,15 +41,17 @@ def silhouette_scores(S: np.ndarray, labelings, x_sq: np.ndarray | None = None) 
     ----------
     S : ndarray of shape (m, p), float64
     labelings : sequence of ndarray of shape (m,)
-        Integer labels in ``[0, k)`` (absent labels are ignored).
+        Integer labels in ``[0, k)`` (absent labels are ignored); -1 leaves a row out of that
+        labeling (neither scored nor in any cluster: the score of the other rows alone), so that
+        labelings of nested subsets of one sample share its distance pass.
     x_sq : ndarray of shape (m,), optional
         ``row_sq_norms(S)``.
 
     Returns
     -------
     scores : ndarray of shape (len(labelings),)
-        NaN where a labeling has fewer than 2 or more than ``m - 1`` distinct labels (undefined,
-        where scikit-learn raises).
+        NaN where a labeling has fewer than 2 or more than ``n - 1`` distinct labels on its ``n``
+        rows (undefined, where scikit-learn raises).
 
     Notes
     -----
@@ -65,12 +67,14 @@ def silhouette_scores(S: np.ndarray, labelings, x_sq: np.ndarray | None = None) 
         return out
     if x_sq is None:
         x_sq = row_sq_norms(S)
-    ks = [int(lab.max()) + 1 for lab in labelings]
-    counts = [np.bincount(lab, minlength=k).astype(np.float64) for lab, k in zip(labelings, ks)]
-    todo = [i for i, c in enumerate(counts) if 2 <= int((c > 0).sum()) <= m - 1]
+    ks = [max(int(lab.max()) + 1, 0) for lab in labelings]
+    counts = [np.bincount(lab[lab >= 0], minlength=k).astype(np.float64) for lab, k in zip(labelings, ks)]
+    rows = [c.sum() for c in counts]
+    todo = [i for i, c in enumerate(counts) if 2 <= int((c > 0).sum()) <= rows[i] - 1]
     dist = _BlockDistances(S, x_sq)
     for group in _silhouette_groups(todo, ks):
-        out[group] = _group_silhouettes(dist, [labelings[i] for i in group], [counts[i] for i in group]).mean(axis=1)
+        sums = _group_silhouettes(dist, [labelings[i] for i in group], [counts[i] for i in group]).sum(axis=1)
+        out[group] = sums / np.array([rows[i] for i in group])
     return out
 
 
@@ -146,7 +150,8 @@ def _group_silhouettes(dist: _BlockDistances, labelings: list[np.ndarray], count
     H = np.zeros((m, int(offs[-1])), dtype=np.float64)
     rows = np.arange(m)
     for j, lab in enumerate(labelings):
-        H[rows, offs[j] + lab] = 1.0
+        inside = lab >= 0
+        H[rows[inside], offs[j] + lab[inside]] = 1.0
     local = threading.local()
 
     def block(span: tuple[int, int]) -> np.ndarray:
@@ -170,10 +175,12 @@ def _group_silhouettes(dist: _BlockDistances, labelings: list[np.ndarray], count
 
 
 def _block_silhouettes(sub: np.ndarray, own: np.ndarray, cnt: np.ndarray) -> np.ndarray:
-    """The silhouettes of a block of rows given ``sub`` (b, k), each row's summed distance
-    to every cluster, the rows' clusters ``own`` and the cluster sizes ``cnt`` (a singleton's
-    silhouette is 0)."""
+    """The silhouettes of a block of rows given ``sub`` (b, k), each row's summed distance to every
+    cluster, the rows' clusters ``own`` and the cluster sizes ``cnt`` (a singleton's silhouette is
+    0, and so is a row left out, ``own`` -1)."""
     r = np.arange(sub.shape[0])
+    out = own < 0
+    own = np.where(out, 0, own)
     with np.errstate(divide="ignore", invalid="ignore"):
         a = sub[r, own] / (cnt[own] - 1.0)  # 0/0 = NaN for a singleton
         mean = sub / cnt
@@ -182,4 +189,6 @@ def _block_silhouettes(sub: np.ndarray, own: np.ndarray, cnt: np.ndarray) -> np.
     bb = mean.min(axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
         s = (bb - a) / np.maximum(a, bb)
-    return np.nan_to_num(s, nan=0.0, posinf=0.0, neginf=0.0)
+    s = np.nan_to_num(s, nan=0.0, posinf=0.0, neginf=0.0)
+    s[out] = 0.0
+    return s

@@ -3,14 +3,14 @@
 Exact on all rows, from per-cluster statistics (no O(n^2)): inertia, Calinski-Harabasz,
 Davies-Bouldin (both with scikit-learn's definitions, labels = the assignment), cluster share
 min/max, and ARI / NMI against the label column from the (label x cluster) contingency table.
-On a sample: silhouette (scikit-learn's Euclidean definition, not Spark's squared one).
+The sampled silhouettes (scikit-learn's Euclidean definition, not Spark's squared one) are
+:func:`clusterlake.algorithms.sample_passes.sampled_silhouettes`.
 Runs on the driver over small arrays.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Optional
 
 import numpy as np
 
@@ -21,7 +21,6 @@ from clusterlake.kernels.metrics import (
     calinski_harabasz_from_stats,
     davies_bouldin_from_stats,
     normalized_mutual_info_from_contingency,
-    silhouette,
     within_ss_from_center_moments,
 )
 
@@ -64,12 +63,3 @@ def full_metrics(stats: ClusterStats, centroids: np.ndarray, sum_dist_to_means: 
         out.append(Metric("full", "nmi", float(normalized_mutual_info_from_contingency(C)), n))
     return out
 
-
-def sample_silhouette(Z: np.ndarray, labels: np.ndarray, seed: int) -> Optional[Metric]:
-    """Silhouette (Euclidean) on the given sample; None with a warning when undefined."""
-    value = silhouette(Z, labels)
-    if value is None:
-        log.warning("silhouette undefined on a sample of %d rows with %d clusters", len(labels),
-                    len(np.unique(labels)))
-        return None
-    return Metric("sample", "silhouette", value, int(len(labels)))

@@ -9,6 +9,7 @@ journal by :func:`write` and committed by :meth:`~clusterlake.run.scaffold.Run.p
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -220,13 +221,10 @@ def preprocess(run: Run, inp: Input) -> Prepared:
     return Prepared(moments, prep)
 
 
-def _sample_z(run: Run, inp: Input, prep, size: int, order_seed: Optional[int] = None) -> np.ndarray:
-    """A uniform sample of ``size`` rows in model space (the first rows of the run's one draw,
-    shuffled with ``order_seed`` when given)."""
-    X = inp.sample(min(size, inp.rows), run.cfg.kmeans.seed)
-    if order_seed is not None:
-        X = X[np.random.default_rng(order_seed).permutation(len(X))]
-    return prep.transform(X)
+def _sample_z(run: Run, inp: Input, prep, size: int) -> np.ndarray:
+    """A uniform sample of ``size`` rows in model space: the first rows of the run's one draw, so
+    the samples of the steps are prefixes of one another."""
+    return prep.transform(inp.sample(min(size, inp.rows), run.cfg.kmeans.seed))
 
 
 def choose_k(run: Run, inp: Input, pre: Prepared):
@@ -281,9 +279,10 @@ def _fit_held(inp: Input, pre: Prepared, kcfg, weight_col, initial):
 def measure(run: Run, inp: Input, pre: Prepared, fitted: Fitted) -> Measured:
     """Exact metrics from per-cluster statistics (two passes), silhouette on a sample, profiles and
     archetypes, the cluster tree."""
+    from clusterlake.algorithms.sample_passes import PassFit, sampled_silhouettes
     from clusterlake.kernels.assignment import AssignmentRule
     from clusterlake.quality import profiles
-    from clusterlake.quality.metrics import full_metrics, sample_silhouette
+    from clusterlake.quality.metrics import full_metrics
 
     cfg, C = run.cfg, fitted.centroids
     with run.step("metrics") as note:
@@ -296,8 +295,9 @@ def measure(run: Run, inp: Input, pre: Prepared, fitted: Fitted) -> Measured:
         metrics = full_metrics(stats, C, sdm)
         Zs = _sample_z(run, inp, pre.prep, cfg.quality.sample_size)
         sample_pos = AssignmentRule(C)(Zs).index
-        sil = sample_silhouette(Zs, sample_pos, cfg.kmeans.seed)
-        metrics += [sil] if sil is not None else []
+        if not _passes_on(cfg):  # else in the passes' step, with theirs: one distance pass
+            sil, _ = sampled_silhouettes(Zs, sample_pos, PassFit())
+            metrics += [sil] if sil is not None else []
         by_name = {m.metric: m.value for m in metrics}
         note.update({m: round(v, 4) for m, v in by_name.items() if m in ("silhouette", "ari", "davies_bouldin")})
         if fitted.auto is not None:
@@ -321,19 +321,31 @@ def _tree(fit, centroids: np.ndarray, counts: np.ndarray) -> Optional[dict]:
     return fit.tree
 
 
-def sample_passes(run: Run, inp: Input, pre: Prepared):
-    """The density and hierarchical passes on one sample (a :class:`PassFit`; empty when off)."""
+def _passes_on(cfg) -> bool:
+    return bool(cfg.density.enabled or cfg.hierarchical.enabled)
+
+
+def sample_passes(run: Run, inp: Input, pre: Prepared, measured: Measured):
+    """The density and hierarchical passes on one sample (a :class:`PassFit`; empty when off), and
+    the sampled silhouettes of K-means and of the passes (added to ``measured`` and the fit)."""
     from clusterlake.algorithms import sample_passes as sp
 
     cfg = run.cfg
-    if not (cfg.density.enabled or cfg.hierarchical.enabled):
+    if not _passes_on(cfg):
         return sp.PassFit()
     with run.step("sample-passes") as note:
         size = max(cfg.density.sample_size if cfg.density.enabled else 0,
                    cfg.hierarchical.sample_size if cfg.hierarchical.enabled else 0)
-        Zp = _sample_z(run, inp, pre.prep, size, order_seed=cfg.kmeans.seed)
-        pfit = sp.fit_passes(cfg, Zp, min(cfg.quality.sample_size, inp.rows))
-        note.update(rows=len(Zp), **{f"{k_}_s": v for k_, v in pfit.seconds.items()})
+        Zp = _sample_z(run, inp, pre.prep, size)
+        pfit = sp.fit_passes(cfg, Zp)
+        t0 = time.time()
+        sil, pass_sils = sp.sampled_silhouettes(measured.sample_z, measured.sample_pos, pfit, Zp, cfg.density.algorithm)
+        if sil is not None:
+            measured.metrics.append(sil)
+            measured.by_name["silhouette"] = sil.value
+        pfit.metrics += pass_sils
+        note.update(rows=len(Zp), silhouettes_s=round(time.time() - t0, 3),
+                    **{f"{k_}_s": v for k_, v in pfit.seconds.items()})
     return pfit
 
 
