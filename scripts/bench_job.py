@@ -4,6 +4,7 @@
     .venv/bin/python scripts/bench_job.py --modes off        # passes off only
     .venv/bin/python scripts/bench_job.py --rows 200000      # a smaller table
     .venv/bin/python scripts/bench_job.py --make-run         # also `make run`'s job (conf/local.yaml)
+    .venv/bin/python scripts/bench_job.py --repeat 3         # each side 3 times, alternately: medians
 
 Generates (once, cached under data/bench/) float32 Gaussian blobs as a parquet table of named
 columns ``f00..f31``, an ``id`` and the true ``label`` (the blobs of scripts/bench_kmeans.py).
@@ -156,6 +157,9 @@ def main() -> None:
     ap.add_argument("--master", default="local[2]")
     ap.add_argument("--driver-memory", default="8g")
     ap.add_argument("--no-warmup", action="store_true", help="measure from a cold session (the first run pays it)")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="run both pipelines this many times each, alternately, and compare medians "
+                         "(MLlib's time varies a lot from run to run on this machine)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -173,13 +177,24 @@ def main() -> None:
         if not args.no_warmup:
             warm_up(spark, data, root)
         for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
-            ours = run_clusterlake(spark, data, mode, args.rows, root)
-            print(f"\n== passes {mode}\n  clusterlake {ours['total']:7.1f} s  ({_stages(ours['stages'])})\n"
-                  f"  its Spark passes (s):\n{_passes(ours['passes'])}", flush=True)
-            theirs = run_mllib(spark, data, mode, ours["components"], root)
-            print(f"  MLlib       {theirs['total']:7.1f} s  ({theirs['iters']} iterations"
-                  f"{', PCA to %d' % ours['components'] if mode == 'on' and ours['components'] else ''})")
-            print(f"  MLlib / clusterlake = {theirs['total'] / ours['total']:.2f}x", flush=True)
+            runs = []
+            for r in range(max(1, args.repeat)):
+                for name in (f"clusterlake-{mode}", f"mllib-{mode}"):
+                    shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+                ours = run_clusterlake(spark, data, mode, args.rows, root)
+                if r == 0:
+                    print(f"\n== passes {mode}\n  clusterlake {ours['total']:7.1f} s  ({_stages(ours['stages'])})\n"
+                          f"  its Spark passes (s):\n{_passes(ours['passes'])}", flush=True)
+                theirs = run_mllib(spark, data, mode, ours["components"], root)
+                print(f"  MLlib       {theirs['total']:7.1f} s  ({theirs['iters']} iterations"
+                      f"{', PCA to %d' % ours['components'] if mode == 'on' and ours['components'] else ''})")
+                print(f"  MLlib / clusterlake = {theirs['total'] / ours['total']:.2f}x", flush=True)
+                runs.append((ours["total"], theirs["total"]))
+            if len(runs) > 1:
+                a, b = (float(np.median([r_[i] for r_ in runs])) for i in (0, 1))
+                print(f"  {len(runs)} runs each: clusterlake {', '.join(f'{r_[0]:.1f}' for r_ in runs)} s; "
+                      f"MLlib {', '.join(f'{r_[1]:.1f}' for r_ in runs)} s; medians {a:.1f} vs {b:.1f} s = "
+                      f"{b / a:.2f}x", flush=True)
         if args.make_run:
             mr = make_run(spark, root)
             print(f"\n== make run's job (200,000 rows, conf/local.yaml)\n  {mr['total']:.1f} s  "
