@@ -98,7 +98,8 @@ class BarrierStage:
     def _slots(self, num_tasks: Optional[int]) -> int:
         """The number of tasks to start: ``num_tasks`` or the free slots, whichever is fewer."""
         free = task_slots(self.spark)
-        if free < (num_tasks or 1):  # executors may still be registering
+        local = str(self.spark.sparkContext.master).startswith("local")  # its slots are all there already
+        if free < (num_tasks or 1) and not (local and free >= 1):  # executors may still be registering
             free = self._wait_for_slots(num_tasks or 1, min(self.register_timeout, 60.0))
         if free < 1:
             raise CollectiveError("no executor has registered a task slot; the fit needs at least one "
