@@ -131,7 +131,7 @@ def spark(request):
     os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
     from pyspark.sql import SparkSession
 
-    session = (
+    builder = (
         SparkSession.builder.master("local[2]")
         .appName("clusterlake-tests")
         .config("spark.sql.shuffle.partitions", "4")
@@ -142,10 +142,36 @@ def spark(request):
         .config("spark.task.maxFailures", "1")
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.driver.memory", "2g")
-        .getOrCreate()
     )
+    from clusterlake.session import delta_jars_conf
+
+    for k, v in delta_jars_conf({}).items():  # Delta's Spark writer and reader, as local jobs have them
+        builder = builder.config(k, v)
+    session = builder.getOrCreate()
     session.sparkContext.setLogLevel("ERROR")
     yield session
+
+
+DELTA_WRITERS = ("delta-rs", "spark")
+"""``output.delta_writer`` values every table test runs with (issue 20): delta-rs committing the
+files Spark wrote, and Spark's own Delta writer (Delta's jars in .venv/jars, ``make setup``)."""
+
+
+def store_class(writer: str):
+    """The TableStore class of an ``output.delta_writer``."""
+    from clusterlake.io.tables import DeltaRsStore, SparkDeltaStore
+
+    return {"delta-rs": DeltaRsStore, "spark": SparkDeltaStore}[writer]
+
+
+def require_writer(spark, writer: str) -> str:
+    """``writer``, or a skip naming the fix when it is Spark's and the session has no Delta jars."""
+    from clusterlake.session import delta_spark_available
+
+    if writer == "spark" and not delta_spark_available(spark):
+        pytest.skip("Delta's Spark jars are not on the session's classpath: run `make setup` (fetches them "
+                    "into .venv/jars with mvn)")
+    return writer
 
 
 @pytest.fixture(scope="session")

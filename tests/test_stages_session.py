@@ -116,3 +116,38 @@ def test_quiet_java_options_leave_the_users_log_config_alone(no_spark_conf_dir, 
 def test_quiet_java_options_leave_the_conf_dirs_log_config_alone(no_spark_conf_dir):
     (no_spark_conf_dir / "log4j2.properties").write_text("rootLogger.level = info\n")
     assert session.quiet_java_options({}) is None
+
+
+# ----------------------------------------------------------------------------------------------
+# Delta's Spark jars for local sessions (issue 20)
+
+
+def test_delta_jars_conf_loads_the_folder_make_setup_filled(tmp_path, monkeypatch):
+    from clusterlake.session import DELTA_CATALOG, DELTA_EXTENSION, JARS_ENV, delta_jars_conf
+
+    jars = tmp_path / "jars"
+    jars.mkdir()
+    monkeypatch.setenv(JARS_ENV, str(jars))
+    assert delta_jars_conf({}) == {}  # an empty folder: no Delta
+    (jars / "delta-storage-4.0.1.jar").write_bytes(b"")
+    assert delta_jars_conf({}) == {}  # no delta-spark jar among them
+    (jars / "delta-spark_2.13-4.0.1.jar").write_bytes(b"")
+    conf = delta_jars_conf({})
+    assert conf["spark.jars"] == f"{jars}/delta-spark_2.13-4.0.1.jar,{jars}/delta-storage-4.0.1.jar"
+    assert conf["spark.sql.extensions"] == DELTA_EXTENSION and conf["spark.sql.catalog.spark_catalog"] == DELTA_CATALOG
+    # the user's own jars, packages or extensions win
+    assert delta_jars_conf({"spark.jars.packages": "io.delta:delta-spark_2.13:4.0.1"}) == {}
+    assert "spark.sql.extensions" not in delta_jars_conf({"spark.sql.extensions": "x.Y"})
+    monkeypatch.setenv(JARS_ENV, "")  # explicitly none
+    assert delta_jars_conf({}) == {}
+
+
+def test_auto_picks_spark_delta_writer_when_the_session_has_the_jars(spark, tmp_path):
+    from clusterlake.config import OutputSection
+    from clusterlake.io.tables import DeltaRsStore, SparkDeltaStore, make_store
+    from clusterlake.session import delta_spark_available
+
+    store = make_store(spark, OutputSection(path=str(tmp_path)), "2026-11-20", "r1")
+    assert type(store) is (SparkDeltaStore if delta_spark_available(spark) else DeltaRsStore)
+    assert type(make_store(spark, OutputSection(path=str(tmp_path), delta_writer="delta-rs"), "2026-11-20", "r1")) \
+        is DeltaRsStore

@@ -63,6 +63,10 @@ class InputSection(_Section):
     Spark's scan and its JVM -> Arrow conversion; the executors must reach ``path`` (a shared or
     object-store path; any path in local mode). False, or an input Spark must read (Delta, hive
     partition columns, types differing across files): Spark reads it."""
+    version: Optional[int] = Field(None, ge=0)
+    """Delta input only: the table version to read (time travel). null: the version current when
+    the run starts. Either way ``runs.input_version`` records the version read, so a re-run of a
+    date can pin the same rows (``--set input.version=<that version>``)."""
     allow_feature_change: bool = False
     """The feature columns are a contract across runs: a run whose features differ from the
     previous model's fails (exit 2) naming the columns gained and lost, unless this is true; the
@@ -79,6 +83,13 @@ class InputSection(_Section):
         if dup:
             raise ValueError(f"lists {dup} more than once")
         return v
+
+    @model_validator(mode="after")
+    def _version_needs_delta(self) -> "InputSection":
+        if self.version is not None and self.format != "delta":
+            raise ValueError(f"version={self.version} pins a Delta table's snapshot, but format is {self.format!r}; "
+                             "remove input.version or set input.format: delta")
+        return self
 
     @model_validator(mode="after")
     def _vector_xor_features(self) -> "InputSection":
@@ -347,6 +358,12 @@ class SparkSection(_Section):
     master: str = "local[*]"
     app_name: Optional[str] = None
     conf: dict[str, Union[str, int, float, bool]] = {}
+    delta_jars: bool = True
+    """A session started here (local mode) loads Delta Lake's Spark jars that ``make setup``
+    fetched into ``<virtualenv>/jars`` (``$CLUSTERLAKE_JARS`` elsewhere), with Delta's SQL
+    extension; then ``output.delta_writer: auto`` commits with Spark's Delta writer. Ignored under
+    spark-submit (the cluster's ``--jars``/``--packages`` decide) and when ``conf`` sets
+    ``spark.jars`` or ``spark.jars.packages``."""
 
 
 class JobConfig(_Section):

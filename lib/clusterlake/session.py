@@ -32,6 +32,42 @@ _LOCAL_DEFAULTS = {
 }
 
 
+# Delta Lake's Spark SQL extension and catalog (what delta-spark's docs configure).
+DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
+DELTA_CATALOG = "org.apache.spark.sql.delta.catalog.DeltaCatalog"
+JARS_ENV = "CLUSTERLAKE_JARS"
+
+
+def spark_jars_dir() -> Optional[Path]:
+    """The folder of Spark packages ``make setup`` fetched (``jars/pom.xml``: Delta Lake's Spark
+    jars), ``$CLUSTERLAKE_JARS`` if set (empty: none), else ``<the virtualenv>/jars``; None when
+    it does not exist."""
+    env = os.environ.get(JARS_ENV)
+    path = Path(env) if env else (None if env == "" else Path(sys.prefix) / "jars")
+    return path if path is not None and path.is_dir() else None
+
+
+def delta_jars_conf(conf: dict) -> dict[str, str]:
+    """The confs that load Delta Lake's Spark jars (:func:`spark_jars_dir`) into a session
+    started here, with Delta's SQL extension and catalog; ``{}`` when the folder has no
+    delta-spark jar, or when ``conf`` (the job's ``spark.conf``) brings its own jars or packages."""
+    folder = spark_jars_dir()
+    jars = sorted(folder.glob("*.jar")) if folder is not None else []
+    if not any(j.name.startswith("delta-spark") for j in jars):
+        return {}
+    if any(k in conf for k in ("spark.jars", "spark.jars.packages")):
+        return {}
+    out = {"spark.jars": ",".join(str(j) for j in jars)}
+    if "spark.sql.extensions" not in conf:
+        out["spark.sql.extensions"] = DELTA_EXTENSION
+    if "spark.sql.catalog.spark_catalog" not in conf:
+        out["spark.sql.catalog.spark_catalog"] = DELTA_CATALOG
+    # Delta rebuilds a table's state with 50 tasks by default: seconds of scheduling per small
+    # table on a laptop's local session
+    out.setdefault("spark.databricks.delta.snapshotPartitions", str(conf.get("spark.databricks.delta.snapshotPartitions", 2)))
+    return out
+
+
 def _under_spark_submit() -> bool:
     # spark-submit starts the Python driver with these set; a plain `python` has neither.
     return "SPARK_SUBMIT_OPTS" in os.environ or os.environ.get("PYSPARK_GATEWAY_PORT") is not None
@@ -64,6 +100,9 @@ def build_session(cfg: SparkSection, app_name: str):
         builder = builder.master(cfg.master)
         for k, v in _LOCAL_DEFAULTS.items():
             builder = builder.config(k, v)
+        if cfg.delta_jars:
+            for k, v in delta_jars_conf(cfg.conf).items():
+                builder = builder.config(k, v)
     for k, v in cfg.conf.items():
         builder = builder.config(k, str(v))
     java_options = quiet_java_options(cfg.conf) if local else None
@@ -161,8 +200,7 @@ def _is_static(key: str) -> bool:
 def delta_spark_available(spark) -> bool:
     """True when Delta Lake's Spark classes are on the classpath (e.g. Databricks, or a cluster
     started with delta-spark jars); then Spark's own Delta writer can be used."""
-    try:
-        spark.sparkContext._jvm.java.lang.Class.forName("io.delta.tables.DeltaTable")
-        return True
-    except Exception:  # py4j wraps ClassNotFoundException
+    try:  # Spark's class loader: jars added by spark.jars are not on the system class path
+        return bool(spark.sparkContext._jvm.org.apache.spark.util.Utils.classIsLoadable("io.delta.tables.DeltaTable"))
+    except Exception:  # noqa: BLE001 (no JVM to ask, e.g. Spark Connect: not available)
         return False
