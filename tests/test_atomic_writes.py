@@ -6,7 +6,9 @@ monkeypatching one store method so that it raises at a precise point; everything
 point (Spark writes, Delta commits) really happens.
 
 The baseline run (k=7 on the 6,000-row ``small_table``, run_date D1) is done once per module and
-copied with ``shutil.copytree`` for each test that changes it.
+writer and copied with ``shutil.copytree`` for each test that changes it. Every Delta test runs
+with both writers (``output.delta_writer``: delta-rs, and Spark's Delta writer), the module's
+``writer`` parameter.
 """
 
 from __future__ import annotations
@@ -28,9 +30,9 @@ import clusterlake.io.model_artifact
 import clusterlake.io.reader
 from clusterlake.errors import OutputError
 from clusterlake.io import tables
-from clusterlake.io.tables import DeltaRsStore, ParquetStore, publish_run, recover_interrupted
+from clusterlake.io.tables import ParquetStore, publish_run, recover_interrupted
 from clusterlake.pipeline import new_run_id, run_job
-from tests.conftest import job_config
+from tests.conftest import DELTA_WRITERS, job_config, require_writer, store_class
 
 K = 7
 N = 6000
@@ -43,9 +45,34 @@ TABLES = DATA_TABLES + ("runs",)
 # helpers
 
 
+_WRITER = {"name": "delta-rs"}  # the module's current writer (set by the `writer` fixture)
+
+
 def _cfg(small_table, out, run_date=D1, **over):
     # max_iter only shortens the fit; nothing here depends on convergence
-    return job_config(small_table, out, **{"kmeans.k": K, "kmeans.max_iter": 10, "job.run_date": run_date, **over})
+    return job_config(small_table, out, **{"kmeans.k": K, "kmeans.max_iter": 10, "job.run_date": run_date,
+                                           "output.delta_writer": _WRITER["name"], **over})
+
+
+def Store():  # noqa: N802 (a class, chosen by the module's writer)
+    return store_class(_WRITER["name"])
+
+
+def _staged_dir(out, name, run_id, run_date=D1) -> str:
+    """Where the store stages a run's files of table ``name`` (delta-rs: inside the partition,
+    Spark's writer: ``_staging/<run_id>/``, copied into the table by its commit)."""
+    if _WRITER["name"] == "spark":
+        return os.path.join(out, name, "_staging", run_id)
+    return os.path.join(out, name, f"run_date={run_date}", run_id)
+
+
+def _in_run_dir(f: str, run_date: str, run_id: str) -> bool:
+    """A data file of the run: delta-rs commits the files Spark wrote under
+    ``run_date=<date>/<run_id>/``; Spark's writer names them ``run_date=<date>/part-*`` (the run
+    is then known from the table's log and the rows' run_id)."""
+    if _WRITER["name"] == "spark":
+        return f.startswith(f"run_date={run_date}/part-")
+    return f.startswith(f"run_date={run_date}/{run_id}/")
 
 
 def _sorted(t: pa.Table) -> pa.Table:
@@ -139,8 +166,15 @@ def _files_under(out, sub) -> list[str]:
 # fixtures
 
 
+@pytest.fixture(scope="module", autouse=True, params=DELTA_WRITERS)
+def writer(request, spark):
+    _WRITER["name"] = require_writer(spark, request.param)
+    yield request.param
+    _WRITER["name"] = "delta-rs"
+
+
 @pytest.fixture(scope="module")
-def baseline(spark, small_table, tmp_path_factory):
+def baseline(spark, small_table, tmp_path_factory, writer):
     out = str(tmp_path_factory.mktemp("baseline") / "out")
     result = run_job(_cfg(small_table, out), spark=spark)
     return {"out": out, "result": result, "run_id": result.run_id}
@@ -154,7 +188,7 @@ def base_copy(baseline, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def reruns(spark, small_table, baseline, tmp_path_factory):
+def reruns(spark, small_table, baseline, tmp_path_factory, writer):
     """baseline (D1, run r1) -> D1 again (r2) -> D2 (r3), in one output directory."""
     out = str(tmp_path_factory.mktemp("reruns") / "out")
     shutil.copytree(baseline["out"], out, symlinks=True)
@@ -196,8 +230,8 @@ def test_baseline_run_writes_consistent_tables_and_model(baseline, small_table):
 
     for n in TABLES:  # one commit per table, tagged with the run id
         (h,) = _history(out, n)
-        assert h[tables.RUN_ID_KEY] == run_id
-        assert _rel_files(out, n) and all(f.startswith(f"run_date={D1}/{run_id}/") for f in _rel_files(out, n))
+        assert tables.commit_run_id(h) == run_id
+        assert _rel_files(out, n) and all(_in_run_dir(f, D1, run_id) for f in _rel_files(out, n))
 
     assert os.path.isfile(os.path.join(out, "model", run_id, "model.json"))
     assert os.path.islink(os.path.join(out, "model", "latest"))
@@ -213,7 +247,7 @@ def test_failure_while_publishing_restores_previous_run(spark, small_table, base
     out, old = base_copy, baseline["run_id"]
     before = _snapshot(out)
     seen: dict = {}
-    real_commit = DeltaRsStore.commit
+    real_commit = Store().commit
 
     def commit(self, st):
         seen["run_id"] = self.run_id
@@ -224,7 +258,7 @@ def test_failure_while_publishing_restores_previous_run(spark, small_table, base
             raise RuntimeError("injected: metrics commit failed")
         return real_commit(self, st)
 
-    monkeypatch.setattr(DeltaRsStore, "commit", commit)
+    monkeypatch.setattr(Store(), "commit", commit)
     with pytest.raises(RuntimeError, match="injected"):
         run_job(_cfg(small_table, out), spark=spark)
     failed = seen["run_id"]
@@ -242,7 +276,7 @@ def test_failure_while_publishing_restores_previous_run(spark, small_table, base
         dt = _delta(out, n)
         assert dt.version() == before[n]["version"] + 2
         hist = _history(out, n)
-        assert hist[-2][tables.RUN_ID_KEY] == failed
+        assert tables.commit_run_id(hist[-2]) == failed
         assert hist[-1]["operation"] == "RESTORE"
         assert _run_ids(_read(out, n)) == {old}
     for n in ("metrics", "runs"):  # never committed
@@ -259,8 +293,8 @@ def test_failure_while_publishing_restores_previous_run(spark, small_table, base
 
     # nothing of the failed run referenced or left on disk
     for n in TABLES:
-        assert all(f.startswith(f"run_date={D1}/{old}/") for f in _rel_files(out, n)), n
-        assert not os.path.exists(os.path.join(out, n, f"run_date={D1}", failed)), n
+        assert all(_in_run_dir(f, D1, old) for f in _rel_files(out, n)), n
+        assert not os.path.exists(_staged_dir(out, n, failed)), n
 
 
 # ----------------------------------------------------------------------------------------------
@@ -271,18 +305,18 @@ def test_failure_while_staging_changes_nothing(spark, small_table, baseline, bas
     out, old = base_copy, baseline["run_id"]
     before = _snapshot(out)
     seen: dict = {}
-    real_stage = DeltaRsStore.stage_files
+    real_stage = Store().stage_files
 
     def stage_files(self, name, write, append=False):
         seen["run_id"] = self.run_id
         if name == "metrics":
             seen["staged_dirs"] = {
-                n: os.path.isdir(os.path.join(out, n, f"run_date={D1}", self.run_id)) for n in ("centroids", "assignments")
+                n: os.path.isdir(_staged_dir(out, n, self.run_id)) for n in ("centroids", "assignments")
             }
             raise RuntimeError("injected: staging metrics failed")
         return real_stage(self, name, write, append)
 
-    monkeypatch.setattr(DeltaRsStore, "stage_files", stage_files)
+    monkeypatch.setattr(Store(), "stage_files", stage_files)
     with pytest.raises(RuntimeError, match="injected"):
         run_job(_cfg(small_table, out), spark=spark)
     failed = seen["run_id"]
@@ -291,7 +325,7 @@ def test_failure_while_staging_changes_nothing(spark, small_table, baseline, bas
     for n in TABLES:
         assert _delta(out, n).version() == before[n]["version"], n
         assert len(_delta(out, n).history()) == before[n]["commits"], n
-        assert not os.path.exists(os.path.join(out, n, f"run_date={D1}", failed)), n
+        assert not os.path.exists(_staged_dir(out, n, failed)), n
     _assert_content_unchanged(out, before)
     assert _latest_model_run_id(out) == old
     assert not os.path.exists(os.path.join(out, "model", failed))
@@ -305,7 +339,7 @@ def test_failure_while_staging_changes_nothing(spark, small_table, baseline, bas
 def test_failure_on_first_run_leaves_no_tables(spark, small_table, tmp_path, monkeypatch):
     out = str(tmp_path / "out")
     seen: dict = {}
-    real_commit = DeltaRsStore.commit
+    real_commit = Store().commit
 
     def commit(self, st):
         seen["run_id"] = self.run_id
@@ -314,7 +348,7 @@ def test_failure_on_first_run_leaves_no_tables(spark, small_table, tmp_path, mon
             raise RuntimeError("injected: metrics commit failed")
         return real_commit(self, st)
 
-    monkeypatch.setattr(DeltaRsStore, "commit", commit)
+    monkeypatch.setattr(Store(), "commit", commit)
     with pytest.raises(RuntimeError, match="injected"):
         run_job(_cfg(small_table, out), spark=spark)
     # centroids and assignments had been created as Delta tables
@@ -357,10 +391,11 @@ def test_rerun_replaces_date_and_other_date_is_added(reruns):
     # one commit per table per run, tagged with the run ids in order
     for n in TABLES:
         hist = _history(out, n)
-        assert [h[tables.RUN_ID_KEY] for h in hist] == [r1, r2, r3], n
-        assert [h["operation"] for h in hist] == ["CREATE TABLE", "WRITE", "WRITE"], n
+        assert [tables.commit_run_id(h) for h in hist] == [r1, r2, r3], n
+        first = "CREATE TABLE" if _WRITER["name"] == "delta-rs" else "WRITE"  # Spark's writer: a WRITE creates it
+        assert [h["operation"] for h in hist] == [first, "WRITE", "WRITE"], n
         # nothing of r1 is referenced any more
-        assert all(f.startswith((f"run_date={D1}/{r2}/", f"run_date={D2}/{r3}/")) for f in _rel_files(out, n)), n
+        assert all(_in_run_dir(f, D1, r2) or _in_run_dir(f, D2, r3) for f in _rel_files(out, n)), n
     assert reruns["r2"].table_versions == {n: 1 for n in TABLES}
     assert reruns["r3"].table_versions == {n: 2 for n in TABLES}
     assert _latest_model_run_id(out) == r3
@@ -397,11 +432,12 @@ def test_time_travel_reads_exactly_the_run(reruns):
 # 7. a driver killed while publishing
 
 
-def _restage_centroids(spark, store: DeltaRsStore, out, from_run_id):
+def _restage_centroids(spark, store, out, from_run_id):
     """Stage the centroids of an earlier run as the store's run (real Spark write)."""
     from pyspark.sql import functions as F
 
-    df = spark.read.parquet(os.path.join(out, "centroids", f"run_date={D1}", from_run_id))
+    files = [os.path.join(out, "centroids", f) for f in _rel_files(out, "centroids")]  # only from_run_id's now
+    df = spark.read.parquet(*files).where(F.col("run_id") == from_run_id)
     return store.stage("centroids", df.withColumn("run_id", F.lit(store.run_id)), files=1)
 
 
@@ -416,7 +452,7 @@ def test_interrupted_publish_is_restored_at_next_start(spark, small_table, basel
     out, old = base_copy, baseline["run_id"]
     before = _snapshot(out)
     cfg = _cfg(small_table, out)
-    store = DeltaRsStore(spark, cfg.output, D1, new_run_id(D1))
+    store = Store()(spark, cfg.output, D1, new_run_id(D1))
     st = _restage_centroids(spark, store, out, old)
     _write_journal(store)
     store.commit(st)
@@ -450,13 +486,13 @@ def test_interrupted_publish_is_restored_at_next_start(spark, small_table, basel
 def test_interrupted_first_run_is_removed(spark, small_table, tmp_path):
     out = str(tmp_path / "out")
     cfg = _cfg(small_table, out)
-    store = DeltaRsStore(spark, cfg.output, D1, new_run_id(D1))
+    store = Store()(spark, cfg.output, D1, new_run_id(D1))
     _write_journal(store)  # no table exists: every pre-version is None
     st = store.stage("centroids", spark.createDataFrame([(0, store.run_id)], "cluster_id int, run_id string"), files=1)
     store.commit(st)
     assert DeltaTable.is_deltatable(os.path.join(out, "centroids"))
 
-    assert recover_interrupted(DeltaRsStore(spark, cfg.output, D1, new_run_id(D1))) == [store.run_id]
+    assert recover_interrupted(Store()(spark, cfg.output, D1, new_run_id(D1))) == [store.run_id]
     for n in TABLES:
         assert not DeltaTable.is_deltatable(os.path.join(out, n)), n
     assert _journals(out) == []
@@ -468,20 +504,20 @@ def test_commit_that_landed_but_raised_is_rolled_back(spark, small_table, baseli
     out, old = base_copy, baseline["run_id"]
     before = _snapshot(out)
     cfg = _cfg(small_table, out)
-    store = DeltaRsStore(spark, cfg.output, D1, new_run_id(D1))
+    store = Store()(spark, cfg.output, D1, new_run_id(D1))
     st = _restage_centroids(spark, store, out, old)
-    real_commit = DeltaRsStore.commit
+    real_commit = Store().commit
 
     def commit(self, s):
         version = real_commit(self, s)
         raise OSError(f"injected: lost the response for version {version}")
 
-    monkeypatch.setattr(DeltaRsStore, "commit", commit)
+    monkeypatch.setattr(Store(), "commit", commit)
     with pytest.raises(OSError, match="injected"):
         publish_run(store, [st], stage_runs=lambda versions: pytest.fail("runs must not be staged"))
     _assert_content_unchanged(out, before)
-    assert _history(out, "centroids")[-2][tables.RUN_ID_KEY] == store.run_id  # it did land
-    assert not os.path.exists(os.path.join(out, "centroids", f"run_date={D1}", store.run_id))
+    assert tables.commit_run_id(_history(out, "centroids")[-2]) == store.run_id  # it did land
+    assert not os.path.exists(_staged_dir(out, "centroids", store.run_id))
     assert _journals(out) == []
 
 
@@ -490,7 +526,7 @@ def test_failed_rollback_keeps_journal_for_next_start(spark, small_table, baseli
     out, old = base_copy, baseline["run_id"]
     before = _snapshot(out)
     cfg = _cfg(small_table, out)
-    store = DeltaRsStore(spark, cfg.output, D1, new_run_id(D1))
+    store = Store()(spark, cfg.output, D1, new_run_id(D1))
     st = _restage_centroids(spark, store, out, old)
 
     def stage_runs(versions):
@@ -500,13 +536,13 @@ def test_failed_rollback_keeps_journal_for_next_start(spark, small_table, baseli
         raise OSError("injected: restore failed")
 
     with monkeypatch.context() as m:
-        m.setattr(DeltaRsStore, "rollback", rollback)
+        m.setattr(Store(), "rollback", rollback)
         with pytest.raises(RuntimeError, match="injected: staging runs"):
             publish_run(store, [st], stage_runs)
-    assert _history(out, "centroids")[-1][tables.RUN_ID_KEY] == store.run_id  # not restored
+    assert tables.commit_run_id(_history(out, "centroids")[-1]) == store.run_id  # not restored
     assert [os.path.basename(p) for p in _journals(out)] == [f"{store.run_id}.json"]
 
-    assert recover_interrupted(DeltaRsStore(spark, cfg.output, D1, new_run_id(D1))) == [store.run_id]
+    assert recover_interrupted(Store()(spark, cfg.output, D1, new_run_id(D1))) == [store.run_id]
     _assert_content_unchanged(out, before)
     assert _journals(out) == []
 
@@ -518,12 +554,12 @@ def test_failed_first_commit_into_foreign_directory_deletes_nothing(spark, small
     os.makedirs(os.path.join(out, "centroids"))
     with open(os.path.join(out, "centroids", "notes.txt"), "w") as f:
         f.write("not ours")
-    store = DeltaRsStore(spark, _cfg(small_table, out).output, D1, new_run_id(D1))
+    store = Store()(spark, _cfg(small_table, out).output, D1, new_run_id(D1))
     st = store.stage("centroids", spark.createDataFrame([(0, store.run_id)], "cluster_id int, run_id string"), files=1)
     with pytest.raises(OutputError, match="not a Delta table"):
         publish_run(store, [st], stage_runs=lambda versions: pytest.fail("runs must not be staged"))
     assert open(os.path.join(out, "centroids", "notes.txt")).read() == "not ours"
-    assert not os.path.exists(os.path.join(out, "centroids", f"run_date={D1}", store.run_id))
+    assert not os.path.exists(_staged_dir(out, "centroids", store.run_id))
     assert _journals(out) == []
 
 
@@ -531,7 +567,9 @@ def test_failed_first_commit_into_foreign_directory_deletes_nothing(spark, small
 # 8. output.format: parquet
 
 
-def test_parquet_output_replaces_partitions_and_restores_on_failure(spark, small_table, tmp_path, monkeypatch):
+def test_parquet_output_replaces_partitions_and_restores_on_failure(spark, small_table, tmp_path, monkeypatch, writer):
+    if writer != DELTA_WRITERS[0]:
+        pytest.skip("plain parquet output has no Delta writer: run once")
     out = str(tmp_path / "out")
 
     def run(date):
@@ -583,15 +621,16 @@ def test_parquet_output_replaces_partitions_and_restores_on_failure(spark, small
 def test_interrupted_publish_cleans_the_dead_runs_leftovers(spark, small_table, baseline, base_copy):
     out, old = base_copy, baseline["run_id"]
     cfg = _cfg(small_table, out)
-    store = DeltaRsStore(spark, cfg.output, D1, new_run_id(D1))
+    store = Store()(spark, cfg.output, D1, new_run_id(D1))
     st = _restage_centroids(spark, store, out, old)
     _write_journal(store)
     store.commit(st)
     os.makedirs(os.path.join(out, "model", store.run_id))
-    staged_dir = os.path.join(out, "centroids", f"run_date={D1}", store.run_id)
-    assert os.path.isdir(staged_dir)
+    staged_dir = _staged_dir(out, "centroids", store.run_id)
+    # delta-rs committed the files where Spark staged them; Spark's writer staged nothing (lazy)
+    assert os.path.isdir(staged_dir) == (_WRITER["name"] == "delta-rs")
 
-    recover_interrupted(DeltaRsStore(spark, cfg.output, D1, new_run_id(D1)))
+    recover_interrupted(Store()(spark, cfg.output, D1, new_run_id(D1)))
     assert not os.path.exists(staged_dir)  # no longer referenced after the restore: deleted
     assert not os.path.exists(os.path.join(out, "model", store.run_id))
     assert _run_ids(_read(out, "centroids")) == {old}
@@ -609,7 +648,7 @@ def test_journal_of_a_complete_run_is_not_rolled_back(spark, small_table, baseli
         json.dump({"run_id": run_id, "run_date": D1, "store": "delta-rs",
                    "pre_versions": {n: None for n in TABLES}}, f)
     cfg = _cfg(small_table, out)
-    assert recover_interrupted(DeltaRsStore(spark, cfg.output, D1, new_run_id(D1))) == [run_id]
+    assert recover_interrupted(Store()(spark, cfg.output, D1, new_run_id(D1))) == [run_id]
     assert {n: _delta(out, n).version() for n in TABLES} == versions
     assert _journals(out) == []
     assert os.path.isdir(os.path.join(out, "model", run_id))
@@ -624,7 +663,7 @@ def test_rollback_never_deletes_a_table_this_run_did_not_create(spark, small_tab
     a rollback delete a table another run created."""
     out = base_copy
     before = _snapshot(out)
-    store = DeltaRsStore(spark, _cfg(small_table, out).output, D1, new_run_id(D1))
+    store = Store()(spark, _cfg(small_table, out).output, D1, new_run_id(D1))
     for n in TABLES:
         store.rollback(n, None)
     _assert_content_unchanged(out, before)
@@ -638,7 +677,7 @@ def test_failure_after_the_runs_commit_keeps_the_committed_run(spark, small_tabl
     def boom(*a, **kw):
         raise OSError("injected: cleanup failed")
 
-    monkeypatch.setattr(DeltaRsStore, "finish", boom)
+    monkeypatch.setattr(Store(), "finish", boom)
     monkeypatch.setattr(clusterlake.io.model_artifact, "point_latest", boom)
     result = run_job(_cfg(small_table, out), spark=spark)
     runs = _read(out, "runs").to_pylist()

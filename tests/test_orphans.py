@@ -6,8 +6,9 @@ a journal naming what to delete. The next run's ``recover_interrupted`` deletes 
 (Spark's ``_temporary`` directories inside), the model directory and the journal; a damaged
 journal is handled by the run id in its file name.
 
-Everything is real: Spark writes the staged files, delta-rs commits, and the kill tests SIGKILL a
-``clusterlake run`` subprocess (the Python driver and its Spark JVM) at a pause point.
+Everything is real: Spark (or the engine's tasks) writes the staged files, delta-rs or Spark's
+Delta writer commits, and the kill tests SIGKILL a ``clusterlake run`` subprocess (the Python
+driver and its Spark JVM) at a pause point, once per Delta writer and once for parquet.
 """
 
 from __future__ import annotations
@@ -34,14 +35,15 @@ from clusterlake.io import tables
 from clusterlake.io.fs import location
 from clusterlake.io.tables import DeltaRsStore, ParquetStore, recover_interrupted, staging
 from clusterlake.pipeline import new_run_id, run_job
-from tests.conftest import job_config
+from tests.conftest import DELTA_WRITERS, job_config, require_writer, store_class
 
 K = 5
 N = 6000
 D1, D2 = "2026-11-20", "2026-11-21"
 TABLES = tables.RUN_TABLES
 FAST = {"kmeans.k": K, "kmeans.max_iter": 10, "report.enabled": "false", "density.enabled": "false",
-        "hierarchical.enabled": "false", "serving.members_per_cluster": 200}
+        "hierarchical.enabled": "false", "serving.members_per_cluster": 200,
+        "output.delta_writer": "delta-rs"}  # its run-id directories: the tests below look for them
 
 
 # ----------------------------------------------------------------------------------------------
@@ -66,7 +68,7 @@ def _latest(out) -> str:
 
 
 def _run_ids(out, name, fmt="delta") -> set:
-    if fmt == "delta":
+    if fmt != "parquet":
         t = DeltaTable(os.path.join(out, name)).to_pyarrow_table(columns=["run_id"])
     else:
         t = ds.dataset(os.path.join(out, name), format="parquet", partitioning="hive").to_table(columns=["run_id"])
@@ -239,27 +241,40 @@ def test_damaged_journal_of_a_run_that_committed_stops_the_job_untouched(spark, 
 # 3. a staging-phase journal (written by hand where the kill tests below kill a real driver)
 
 
-@pytest.mark.parametrize("fmt", ["delta", "parquet"])
+def _stage_tiny(spark, store, name) -> str:
+    """Stage two rows of table ``name``; the staged directory. Spark's Delta writer stages a
+    DataFrame lazily (nothing on disk before its commit): it gets files written the way the
+    engine's tasks write the assignments (``stage_files``)."""
+    if isinstance(store, store_class("spark")):
+        def write(folder):
+            os.makedirs(folder.path, exist_ok=True)
+            _tiny(spark, store.run_id).toPandas().to_parquet(os.path.join(folder.path, "part-00000-t.parquet"))
+        return store.stage_files(name, write)[0].staged.path
+    return store.stage(name, _tiny(spark, store.run_id), files=1).staged.path
+
+
+@pytest.mark.parametrize("fmt", [*DELTA_WRITERS, "parquet"])
 def test_recovery_of_a_staging_journal_deletes_staged_files_and_model(spark, small_table, baseline, tmp_path, fmt):
     out = str(tmp_path / "out")
-    if fmt == "delta":  # on top of a committed run, staging a new date
+    if fmt != "parquet":  # on top of a committed run, staging a new date
         shutil.copytree(baseline["out"], out, symlinks=True)
-    cfg = _cfg(small_table, out, **{"output.format": fmt})
-    store_cls = DeltaRsStore if fmt == "delta" else ParquetStore
+    over = {"output.format": "parquet"} if fmt == "parquet" else {"output.delta_writer": require_writer(spark, fmt)}
+    cfg = _cfg(small_table, out, **over)
+    store_cls = ParquetStore if fmt == "parquet" else store_class(fmt)
     dead = store_cls(spark, cfg.output, D2, new_run_id(D2))
     _write_staging_journal(dead, os.path.join(out, "model", dead.run_id))
-    staged = [dead.stage(n, _tiny(spark, dead.run_id), files=1).staged.path for n in ("centroids", "assignments")]
+    staged = [_stage_tiny(spark, dead, n) for n in ("centroids", "assignments")]
     # a third table whose Spark write died halfway: only its _temporary directory is there
     temporary = _fake_temporary(staged[0].replace(f"{os.sep}centroids{os.sep}", f"{os.sep}metrics{os.sep}"))
     model = _save_model_dir(out, dead.run_id)
     assert all(os.path.exists(p) for p in staged + [temporary, model])
-    before = _versions(out) if fmt == "delta" else None
+    before = _versions(out) if fmt != "parquet" else None
 
     assert recover_interrupted(store_cls(spark, cfg.output, D2, new_run_id(D2))) == [dead.run_id]
 
     assert _paths_naming(out, dead.run_id, "_temporary") == []
     assert _journals(out) == []
-    if fmt == "delta":
+    if fmt != "parquet":
         assert _versions(out) == before and _latest(out) == baseline["run_id"]
         assert glob.glob(os.path.join(out, "*", f"run_date={D2}")) == []  # the dates it created
     else:
@@ -282,8 +297,10 @@ def test_staging_journal_of_a_complete_run_only_loses_the_journal(spark, small_t
 # 4. a driver killed for real (needs pipeline.py's `with staging(...)` and its model.saved point)
 
 
-KILLS = {"delta": ("write.staged@2", ["assignments", "centroids"]), "parquet": ("model.saved@1", ["assignments"])}
-"""Output format -> where its driver is killed, and the tables staged by then."""
+KILLS = {"delta-rs": ("write.staged@2", ["assignments", "centroids"]),
+         "spark": ("write.staged@2", ["assignments", "centroids"]),
+         "parquet": ("model.saved@1", ["assignments"])}
+"""Output (a Delta writer, or parquet) -> where its driver is killed, and the tables staged by then."""
 
 
 @dataclass
@@ -301,7 +318,8 @@ def _start(small_table, folder: Path, fmt: str) -> _Driver:
             "input": {"path": small_table, "id_column": "customer_id", "label_column": "true_segment"},
             "kmeans": {"k": K, "seed": 3, "max_iter": 10}, "quality": {"sample_size": 2000},
             "report": {"enabled": False}, "serving": {"members_per_cluster": 200},
-            "output": {"path": out, "format": fmt},
+            "output": {"path": out, **({"format": "parquet"} if fmt == "parquet"
+                                        else {"format": "delta", "delta_writer": fmt})},
             "spark": {"master": "local[2]", "conf": {"spark.sql.shuffle.partitions": 4, "spark.ui.enabled": "false",
                                                       "spark.driver.memory": "1g"}}}
     (folder / "job.yaml").write_text(yaml.safe_dump(conf))
@@ -345,18 +363,21 @@ def drivers(small_table, tmp_path_factory):
 
 @pytest.mark.parametrize("fmt", list(KILLS))
 def test_next_run_removes_what_a_killed_driver_left(spark, small_table, drivers, fmt):
+    if fmt == "spark":
+        require_writer(spark, fmt)
     d, tables_staged = drivers[fmt], KILLS[fmt][1]
     out = d.out
     dead = _paused(d)["run_id"]
     assert _journals(out) == [f"{dead}.json"], "no journal while staging: pipeline.py must stage inside staging()"
     for n in tables_staged:
-        staged = (os.path.join(out, n, f"run_date={D1}", dead) if fmt == "delta"
-                  else os.path.join(out, n, "_staging", dead, f"run_date={D1}"))
+        staged = {"delta-rs": os.path.join(out, n, f"run_date={D1}", dead),
+                  "spark": os.path.join(out, n, "_staging", dead)}.get(fmt, os.path.join(out, n, "_staging", dead, f"run_date={D1}"))
         assert glob.glob(os.path.join(staged, "part-*.parquet")), staged
     assert os.path.isfile(os.path.join(out, "model", dead, "model.json"))
     _kill(d.proc)
 
-    result = run_job(_cfg(small_table, out, **{"output.format": fmt}), spark=spark)
+    over = {"output.format": "parquet"} if fmt == "parquet" else {"output.delta_writer": fmt}
+    result = run_job(_cfg(small_table, out, **over), spark=spark)
 
     assert _paths_naming(out, dead) == []
     assert _paths_naming(out, "_temporary") == [] and _journals(out) == []
@@ -364,7 +385,7 @@ def test_next_run_removes_what_a_killed_driver_left(spark, small_table, drivers,
     for n in TABLES:
         assert _run_ids(out, n, fmt) == {result.run_id}, n
     asg = os.path.join(out, "assignments")
-    rows = (DeltaTable(asg).to_pyarrow_table(columns=["customer_id"]) if fmt == "delta"
+    rows = (DeltaTable(asg).to_pyarrow_table(columns=["customer_id"]) if fmt != "parquet"
             else ds.dataset(asg, format="parquet", partitioning="hive").to_table(columns=["customer_id"]))
     assert rows.num_rows == N == len(set(rows.column("customer_id").to_pylist()))
     if fmt == "parquet":

@@ -35,7 +35,7 @@ from clusterlake.io.fs import location
 from clusterlake.pipeline import run_job
 from clusterlake.io.stream_commit import MARKERS
 from clusterlake.stream import _LatestModel, run_assign_stream
-from tests.conftest import ROOT, job_config
+from tests.conftest import DELTA_WRITERS, ROOT, job_config, require_writer
 
 ID = "customer_id"
 
@@ -110,25 +110,27 @@ def _exactly_once(tbl: pa.Table, ids: list[int]) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
-def test_two_waves_with_a_restart_write_each_row_once_with_the_batch_jobs_clusters(spark, nightly, tmp_path):
+@pytest.mark.parametrize("writer", DELTA_WRITERS)
+def test_two_waves_with_a_restart_write_each_row_once_with_the_batch_jobs_clusters(spark, nightly, tmp_path, writer):
     out = nightly["out"]  # next to the nightly tables, as in production
-    cfg = _cfg(nightly, out, tmp_path)
+    table = f"assignments_stream_{writer.replace('-', '_')}"  # one table per writer next to the nightly ones
+    cfg = _cfg(nightly, out, tmp_path, table=table, **{"output.delta_writer": require_writer(spark, writer)})
     landing = tmp_path / "landing"
     wave1 = _wave(nightly, landing, 0, [150, 150, 100], "w1")
     r1 = run_assign_stream(cfg, spark=spark)
     assert (r1.batches, r1.batches_skipped, r1.files) == (2, 0, 3)  # 2 files per trigger
     assert (r1.rows_read, r1.rows_dropped, r1.rows_written) == (400, 0, 400)
     assert r1.model_run_ids == [nightly["run_id"]]
-    _exactly_once(_delta(out, "assignments_stream"), wave1)
+    _exactly_once(_delta(out, table), wave1)
 
     wave2 = _wave(nightly, landing, 1000, [120, 80], "w2")
     r2 = run_assign_stream(cfg, spark=spark)  # a new query from the same checkpoint: a restart
     assert r2.query_id == r1.query_id and r2.app_id == r1.app_id  # the query id survives restarts
     assert (r2.batches, r2.rows_written) == (1, 200)  # only the new files
 
-    tbl = _delta(out, "assignments_stream")
+    tbl = _delta(out, table)
     _exactly_once(tbl, wave1 + wave2)
-    dt = DeltaTable(os.path.join(out, "assignments_stream"))
+    dt = DeltaTable(os.path.join(out, table))
     assert dt.transaction_version(r2.app_id) == 2  # batches 0, 1, 2
     rows = tbl.to_pylist()
     for r in rows:  # the cluster the nightly job gave the same row
@@ -146,9 +148,10 @@ def test_two_waves_with_a_restart_write_each_row_once_with_the_batch_jobs_cluste
     assert {str(r["run_date"]) for r in rows} == {"2026-11-20"}  # job.run_date of the config
 
 
-def test_replayed_batch_after_a_crash_is_skipped_and_an_idle_run_writes_nothing(spark, nightly, tmp_path):
+@pytest.mark.parametrize("writer", DELTA_WRITERS)
+def test_replayed_batch_after_a_crash_is_skipped_and_an_idle_run_writes_nothing(spark, nightly, tmp_path, writer):
     out = _own_output(nightly, tmp_path)
-    cfg = _cfg(nightly, out, tmp_path)
+    cfg = _cfg(nightly, out, tmp_path, **{"output.delta_writer": require_writer(spark, writer)})
     ids = _wave(nightly, tmp_path / "landing", 2000, [60, 60, 60], "a")
     r1 = run_assign_stream(cfg, spark=spark)
     assert (r1.batches, r1.rows_written) == (2, 180)

@@ -1,6 +1,7 @@
 """Append commits and ``spark_read`` of the table stores (``clusterlake.io.tables``), on real Spark.
 
-Every test stages tiny DataFrames with a real store (``DeltaRsStore`` or ``ParquetStore``), commits
+Every test stages tiny DataFrames with a real store (``DeltaRsStore``, ``SparkDeltaStore`` or
+``ParquetStore``: formats ``delta-rs``, ``spark`` and ``parquet`` here), commits
 them with ``publish_run`` (or ``commit`` + ``finish``, one Spark write less) and reads the tables
 back independently (``deltalake`` / pyarrow). Failures are injected by monkeypatching one store
 method, as in test_atomic_writes.py.
@@ -19,11 +20,12 @@ from deltalake import DeltaTable
 
 from clusterlake.config import OutputSection
 from clusterlake.io import tables
-from clusterlake.io.tables import DeltaRsStore, ParquetStore, make_store, publish_run, recover_interrupted
+from clusterlake.io.tables import ParquetStore, make_store, publish_run, recover_interrupted
+from tests.conftest import DELTA_WRITERS, require_writer, store_class
 
 D1, D2, D3 = "2026-11-20", "2026-11-21", "2026-11-22"
-FORMATS = ["delta", "parquet"]
-STORE_CLASS = {"delta": DeltaRsStore, "parquet": ParquetStore}
+FORMATS = [*DELTA_WRITERS, "parquet"]  # a Delta table by each writer, or plain parquet
+STORE_CLASS = {**{w: store_class(w) for w in DELTA_WRITERS}, "parquet": ParquetStore}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -31,7 +33,10 @@ STORE_CLASS = {"delta": DeltaRsStore, "parquet": ParquetStore}
 
 
 def _store(spark, out, fmt, run_date, run_id):
-    cfg = OutputSection(path=out, format=fmt, delta_writer="delta-rs")
+    if fmt == "parquet":
+        cfg = OutputSection(path=out, format="parquet")
+    else:
+        cfg = OutputSection(path=out, format="delta", delta_writer=require_writer(spark, fmt))
     store = make_store(spark, cfg, run_date, run_id)
     assert isinstance(store, STORE_CLASS[fmt])
     return store
@@ -60,7 +65,7 @@ def _publish(spark, out, fmt, run_date, run_id, ids, append=False, extra=False, 
 def _rows(out, fmt, name="scores") -> list[tuple]:
     """The table's content as sorted (run_date, run_id, id) tuples, read without clusterlake."""
     path = os.path.join(out, name)
-    if fmt == "delta":
+    if fmt != "parquet":
         t = DeltaTable(path).to_pyarrow_table()
     else:
         t = ds.dataset(path, format="parquet", partitioning="hive").to_table()
@@ -76,7 +81,7 @@ def _expect(run_date, run_id, ids) -> list[tuple]:
 def _files(out, fmt, name="scores") -> set[str]:
     """Data files readers see, relative to the table root (Delta: referenced by the log)."""
     root = os.path.join(out, name)
-    if fmt == "delta":
+    if fmt != "parquet":
         uris = DeltaTable(root).file_uris()
         return {os.path.relpath(u[len("file://"):] if u.startswith("file://") else u, root) for u in uris}
     return {os.path.relpath(f, root) for f in ds.dataset(root, format="parquet", partitioning="hive").files}
@@ -115,12 +120,13 @@ def test_append_adds_rows_replace_still_replaces_and_spark_read_sees_the_committ
     files_r2 = _files(out, fmt)
     assert files_r1 < files_r2  # nothing removed, only added
     assert all(f.startswith(f"run_date={D1}/") for f in files_r2)
-    if fmt == "delta":
+    if fmt != "parquet":
         dt_ = DeltaTable(os.path.join(out, "scores"))
         hist = dt_.history(1)[0]
-        assert hist["operationParameters"]["mode"] == "Append" and hist[tables.RUN_ID_KEY] == "r2"
+        assert hist["operationParameters"]["mode"] == "Append" and tables.commit_run_id(hist) == "r2"
         assert versions["scores"] == hist["version"]
-        assert {f.split("/")[1] for f in files_r2} == {"r1", "r2"}
+        if fmt == "delta-rs":  # its files stay in <date>/<run id>/, where Spark staged them
+            assert {f.split("/")[1] for f in files_r2} == {"r1", "r2"}
         t = dt_.to_pyarrow_table()  # delta-rs alone would have kept the old schema, hiding x
         assert sorted(zip(t.column("id").to_pylist(), t.column("x").to_pylist())) == [
             (0, None), (1, None), (2, None), (3, None), (4, None), (10, 10.0), (11, 11.0)]
@@ -146,10 +152,13 @@ def test_append_adds_rows_replace_still_replaces_and_spark_read_sees_the_committ
     assert _journals(out) == []
 
     # staged, never committed
+    on_disk = _disk_files(out)
     _store(spark, out, fmt, D1, "r5").stage("scores", _df(spark, "r5", [40], extra=True), files=1, append=True)
-    if fmt == "delta":  # r3's files are still on disk, only no longer in the table; so are r5's
+    if fmt == "delta-rs":  # r3's files are still on disk, only no longer in the table; so are r5's
         assert glob.glob(os.path.join(out, "scores", f"run_date={D2}", "r3", "part-*.parquet"))
         assert glob.glob(os.path.join(out, "scores", f"run_date={D1}", "r5", "part-*.parquet"))
+    elif fmt == "spark":  # staging is lazy: nothing of r5 was written
+        assert _disk_files(out) == on_disk
     else:
         assert glob.glob(os.path.join(out, "scores", "_staging", "r5", "*", "part-*.parquet"))
 
@@ -213,7 +222,7 @@ def test_failed_publish_removes_the_appended_rows(spark, tmp_path, monkeypatch, 
     _publish(spark, out, fmt, D1, "r1", range(4))
     before = {n: (_rows(out, fmt, n), _files(out, fmt, n)) for n in ("scores", "runs")}
     disk_before = _disk_files(out)
-    versions_before = {n: DeltaTable(os.path.join(out, n)).version() for n in ("scores", "runs")} if fmt == "delta" else {}
+    versions_before = {n: DeltaTable(os.path.join(out, n)).version() for n in ("scores", "runs")} if fmt != "parquet" else {}
     cls = STORE_CLASS[fmt]
     real_commit = cls.commit
     seen = {}
@@ -237,7 +246,7 @@ def test_failed_publish_removes_the_appended_rows(spark, tmp_path, monkeypatch, 
         assert _disk_files(out) == disk_before  # staged, moved and appended files all deleted
         assert not os.path.exists(os.path.join(out, "scores", f"run_date={D2}"))
         assert _journals(out) == []
-        if fmt == "delta":
+        if fmt != "parquet":
             dt_ = DeltaTable(os.path.join(out, "scores"))
             assert dt_.history(1)[0]["operation"] == "RESTORE"
             assert "x" not in pa.schema(dt_.schema().to_arrow()).names  # the added column is undone too
@@ -246,22 +255,24 @@ def test_failed_publish_removes_the_appended_rows(spark, tmp_path, monkeypatch, 
             assert not glob.glob(os.path.join(out, "*", "_staging", "*"))
 
 
-def test_interrupted_delta_append_is_recovered(spark, tmp_path):
+@pytest.mark.parametrize("fmt", DELTA_WRITERS)
+def test_interrupted_delta_append_is_recovered(spark, tmp_path, fmt):
     # recovery reads journals named after real run ids (run.scaffold.new_run_id's shape)
     R1, R2, R3 = (f"20300101-20300101T00000{i}-0000000{i}" for i in (1, 2, 3))
     out = str(tmp_path / "out")
-    _publish(spark, out, "delta", D1, R1, range(3), runs=False)
-    before = (_rows(out, "delta"), _files(out, "delta"))
-    store = _store(spark, out, "delta", D1, R2)
+    _publish(spark, out, fmt, D1, R1, range(3), runs=False)
+    before = (_rows(out, fmt), _files(out, fmt))
+    store = _store(spark, out, fmt, D1, R2)
     st = store.stage("scores", _df(spark, R2, [9]), files=1, append=True)
     pre = {n: store.current_version(n) for n in ("scores", "runs")}
     tables.journal_location(store).write_bytes(json.dumps(
         {"run_id": R2, "run_date": D1, "store": store.kind, "pre_versions": pre}).encode())
     store.commit(st)  # ... and the driver dies
-    assert _rows(out, "delta") == before[0] + _expect(D1, R2, [9])
+    assert _rows(out, fmt) == before[0] + _expect(D1, R2, [9])
 
-    assert recover_interrupted(_store(spark, out, "delta", D1, R3)) == [R2]
-    assert (_rows(out, "delta"), _files(out, "delta")) == before
+    assert recover_interrupted(_store(spark, out, fmt, D1, R3)) == [R2]
+    assert (_rows(out, fmt), _files(out, fmt)) == before
+    assert _disk_files(out) == before[1]  # the dead run's files are gone from disk too
     assert not os.path.exists(os.path.join(out, "scores", f"run_date={D1}", R2))
     assert _journals(out) == []
 

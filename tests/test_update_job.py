@@ -16,13 +16,19 @@ from deltalake import DeltaTable
 
 from clusterlake import cli
 from clusterlake.errors import InputDataError
-from clusterlake.io import model_artifact, tables
+from clusterlake.io import model_artifact
 from clusterlake.kernels.distance import assign
 from clusterlake.pipeline import run_job
 from clusterlake.update import run_update
+from tests.conftest import DELTA_WRITERS, require_writer, store_class
 from tests.test_job_lineage import N_BLOB, _blob, _cfg, _of_run, _table, _write
 
 TABLES = ("centroids", "assignments", "metrics", "lineage", "runs")
+_WRITER = {"name": "delta-rs"}  # the module's current Delta writer (the `updated` fixture's parameter)
+
+
+def _ucfg(inp, out, run_date, **over):
+    return _cfg(inp, out, run_date, **{"output.delta_writer": _WRITER["name"], **over})
 
 
 def _night(rng):
@@ -35,22 +41,24 @@ def _state(out):
                 len(DeltaTable(os.path.join(out, n)).to_pyarrow_table())) for n in TABLES}
 
 
-@pytest.fixture(scope="module")
-def updated(spark, tmp_path_factory):
+@pytest.fixture(scope="module", params=DELTA_WRITERS)
+def updated(spark, tmp_path_factory, request):
     """A full run, then an update with 300 new rows (250 near blob A shifted by +1.0 in f1, 50
-    near C). Returns the paths, results and inputs."""
+    near C), committed by each Delta writer in turn (an update appends). Returns the paths,
+    results and inputs."""
+    _WRITER["name"] = require_writer(spark, request.param)
     tmp = tmp_path_factory.mktemp("update")
     rng = np.random.default_rng(5)
     night = _night(rng)
     inp = _write(night, str(tmp / "night"))
     out = str(tmp / "out")
-    cfg = _cfg(inp, out, "2026-11-20", **{"kmeans.k": 3})
+    cfg = _ucfg(inp, out, "2026-11-20", **{"kmeans.k": 3})
     full = run_job(cfg, spark=spark)
     new = pd.concat([_blob("A", np.arange(50_000, 50_250), rng, shift=(0.0, 1.0, 0.0, 0.0)),
                      _blob("C", np.arange(60_000, 60_050), rng)])
     new_path = _write(new, str(tmp / "new1"), n_files=1)
     before = _state(out)
-    up = run_update(_cfg(inp, out, "2026-11-20", **{"kmeans.k": 3}), new_path, spark=spark)
+    up = run_update(_ucfg(inp, out, "2026-11-20", **{"kmeans.k": 3}), new_path, spark=spark)
     return dict(out=out, inp=inp, night=night, new=new, new_path=new_path, full=full, up=up, before=before,
                 tmp=tmp, rng=rng)
 
@@ -114,7 +122,7 @@ def test_update_refuses_rows_it_has_already_folded_in(updated, spark):
     out, inp = updated["out"], updated["inp"]
     state = _state(out)
     with pytest.raises(InputDataError, match=r"300 of 300 rows under .* have ids already assigned .*item_id"):
-        run_update(_cfg(inp, out, "2026-11-20", **{"kmeans.k": 3}), updated["new_path"], spark=spark)
+        run_update(_ucfg(inp, out, "2026-11-20", **{"kmeans.k": 3}), updated["new_path"], spark=spark)
     assert _state(out) == state
 
 
@@ -124,23 +132,24 @@ def test_update_failing_mid_way_leaves_model_and_tables_intact(updated, spark, m
     state = _state(out)
     latest = os.readlink(os.path.join(out, "model", "latest"))
     models = sorted(os.listdir(os.path.join(out, "model")))
-    real = tables.DeltaRsStore.commit
+    Store = store_class(_WRITER["name"])
+    real = Store.commit
 
     def commit(self, st):
         if st.name == "metrics":  # after centroids and assignments were committed
             raise OSError("injected: storage went away")
         return real(self, st)
 
-    monkeypatch.setattr(tables.DeltaRsStore, "commit", commit)
+    monkeypatch.setattr(Store, "commit", commit)
     with pytest.raises(OSError, match="injected"):
-        run_update(_cfg(inp, out, "2026-11-20", **{"kmeans.k": 3}), more, spark=spark)
+        run_update(_ucfg(inp, out, "2026-11-20", **{"kmeans.k": 3}), more, spark=spark)
     monkeypatch.undo()
     after = _state(out)
     assert {n: v[1] for n, v in after.items()} == {n: v[1] for n, v in state.items()}  # same rows
     assert os.readlink(os.path.join(out, "model", "latest")) == latest
     assert sorted(os.listdir(os.path.join(out, "model"))) == models
     # and the update goes through once the storage is back
-    up2 = run_update(_cfg(inp, out, "2026-11-20", **{"kmeans.k": 3}), more, spark=spark)
+    up2 = run_update(_ucfg(inp, out, "2026-11-20", **{"kmeans.k": 3}), more, spark=spark)
     assert len(_of_run(out, "assignments", up2.run_id)) == 100
 
 
@@ -149,7 +158,7 @@ def test_next_full_run_starts_from_the_updated_model(updated, spark):
     latest = model_artifact.load(os.path.join(out, "model", "latest"))
     both = pd.concat([updated["night"], updated["new"]])
     inp2 = _write(both, str(tmp / "night2"))
-    r = run_job(_cfg(inp2, out, "2026-11-21", **{"kmeans.k": 3, "kmeans.init": "previous"}), spark=spark)
+    r = run_job(_ucfg(inp2, out, "2026-11-21", **{"kmeans.k": 3, "kmeans.init": "previous"}), spark=spark)
     runs = _table(out, "runs").sort_values("finished_at")
     assert runs.init.iloc[-1] == "previous" and runs.previous_run_id.iloc[-1] == latest.run_id
     lin = _of_run(out, "lineage", r.run_id)
@@ -165,7 +174,7 @@ def test_update_without_a_model_says_run_the_full_job(spark, tmp_path):
     rng = np.random.default_rng(9)
     p = _write(_blob("A", np.arange(10), rng), str(tmp_path / "new"), n_files=1)
     with pytest.raises(InputDataError, match="no model under .* run the full job first"):
-        run_update(_cfg(p, str(tmp_path / "out"), "2026-11-20"), p, spark=spark)
+        run_update(_ucfg(p, str(tmp_path / "out"), "2026-11-20"), p, spark=spark)
 
 
 def test_update_cli(updated, capsys):

@@ -51,12 +51,12 @@ def write_delta(store, table: str, asg, n_files: int, app_id: str, batch_id: int
     attempt at this batch that died before its commit are not in the Delta log (the batch's
     txn is not: checked before) and are deleted first. Spark's Delta writer
     (:class:`~clusterlake.io.tables.SparkDeltaStore`, where Delta's jars are on the
-    classpath) writes with ``txnAppId``/``txnVersion`` and skips a committed batch itself;
-    that path cannot run here (no Maven for the jars) and is not tested.
+    classpath) writes with ``txnAppId``/``txnVersion`` and skips a committed batch itself
+    (tests/test_stream.py runs both).
     """
-    from clusterlake.io.tables import PARTITION, DeltaRsStore
+    from clusterlake.io.tables import PARTITION
 
-    if isinstance(store, DeltaRsStore):
+    if store.kind == "delta-rs":
         leftover = store.table(table).child(f"{PARTITION}={store.run_date}", store.run_id)
         if leftover.exists():
             log.warning("stream batch %d: deleting the uncommitted files of an earlier attempt in %s",

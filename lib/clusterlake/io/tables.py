@@ -70,6 +70,26 @@ _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # run ids and table na
 _RUN_ID = re.compile(r"^\d{8}-\d{8}T\d{6}-[0-9a-f]{8}$")  # run.scaffold.new_run_id's shape: journal names
 
 
+def commit_metadata(tag: str) -> dict[str, str]:
+    """What every commit of clusterlake records about the run that made it (``tag``: the run id,
+    or ``rollback-of-<run id>``), readable by both writers' readers: ``clusterlake.run_id`` in
+    the commit info (delta-rs' custom metadata) and Delta's ``userMetadata`` (what Spark's writer
+    records and ``DESCRIBE HISTORY`` shows), a JSON object with the same key."""
+    return {RUN_ID_KEY: tag, "userMetadata": json.dumps({RUN_ID_KEY: tag})}
+
+
+def commit_run_id(info: dict) -> Optional[str]:
+    """The run id a commit recorded (:func:`commit_metadata`; a commit info from delta-rs'
+    ``history()``), whichever writer made it; None for a commit not made by clusterlake."""
+    if info.get(RUN_ID_KEY):
+        return str(info[RUN_ID_KEY])
+    try:
+        meta = json.loads(info.get("userMetadata") or "{}")
+    except ValueError:
+        return None
+    return str(meta[RUN_ID_KEY]) if isinstance(meta, dict) and meta.get(RUN_ID_KEY) else None
+
+
 @dataclass
 class StagedTable:
     name: str
@@ -349,7 +369,7 @@ class DeltaRsStore(TableStore):
             AddAction(rel, size, {PARTITION: self.run_date}, mtime, True, json.dumps({"numRecords": rows}))
             for rel, size, mtime, rows in st.files
         ]
-        props = CommitProperties(custom_metadata={RUN_ID_KEY: self.run_id})
+        props = CommitProperties(custom_metadata=commit_metadata(self.run_id))
         # the commit that adds the files: with the writer's txn action, if any (never the
         # ADD COLUMNS commit before it, or a crash between the two would skip the rows)
         data_props = props
@@ -357,7 +377,7 @@ class DeltaRsStore(TableStore):
             if not st.append:
                 raise ValueError("app_transaction is only supported for append commits")
             app_id, txn_version = app_transaction
-            data_props = CommitProperties(custom_metadata={RUN_ID_KEY: self.run_id},
+            data_props = CommitProperties(custom_metadata=commit_metadata(self.run_id),
                                           app_transactions=[Transaction(str(app_id), int(txn_version))])
         dt = self._dt(st.name)
         if dt is None:
@@ -427,7 +447,7 @@ class DeltaRsStore(TableStore):
             # first commit carries our run id), never a table someone else created meanwhile
             dt = self._dt(name)
             if dt is not None:
-                if dt.history()[-1].get(RUN_ID_KEY) == owner:
+                if commit_run_id(dt.history()[-1]) == owner:
                     log.warning("rolling back %s: deleting the table run %s created", name, owner)
                     t.delete()
                 else:
@@ -436,7 +456,7 @@ class DeltaRsStore(TableStore):
         dt = self._dt(name)
         if dt is not None and dt.version() != version:
             log.warning("rolling back %s from version %d to %d", name, dt.version(), version)
-            dt.restore(version, commit_properties=_props({RUN_ID_KEY: f"rollback-of-{self.run_id}"}))
+            dt.restore(version, commit_properties=_props(commit_metadata(f"rollback-of-{self.run_id}")))
 
     def transaction_version(self, name: str, app_id: str) -> Optional[int]:
         dt = self._dt(name)
@@ -446,7 +466,7 @@ class DeltaRsStore(TableStore):
         dt = self._dt(name)
         if dt is None:
             return None
-        return dt.history(1)[0].get(RUN_ID_KEY)
+        return commit_run_id(dt.history(1)[0])
 
     def committed_by(self, name: str, run_id: str) -> bool:
         """The run made the latest commit of ``name``, or the table's current files include the
@@ -464,7 +484,7 @@ class DeltaRsStore(TableStore):
         dt = self._dt(name)
         first = None
         for h in dt.history(10) if dt is not None else []:  # newest first
-            if h.get(RUN_ID_KEY) != run_id:
+            if commit_run_id(h) != run_id:
                 break
             first = h["version"]
         if first is None:
@@ -544,73 +564,70 @@ def _same_type(a: pa.DataType, b: pa.DataType) -> bool:
     return a == b
 
 
-class SparkDeltaStore(TableStore):
-    """Spark's own Delta writer (where Delta's Spark jars are on the classpath, e.g. Databricks).
+class SparkDeltaStore(DeltaRsStore):
+    """Spark's own Delta writer and reader (delta-spark's jars on the classpath: ``make setup``
+    fetches them for local sessions; Databricks and delta-spark clusters have them).
 
-    Staging is lazy (the DataFrame is written at commit, with ``replaceWhere`` on the run date:
-    one atomic replace per table, or ``mode("append")`` for an append); rollback uses
-    ``RESTORE TABLE ... TO VERSION AS OF``.
-    It cannot be exercised here (no Maven to fetch the jars); :class:`DeltaRsStore` is the tested
-    path and writes the same table layout.
+    :meth:`stage` is lazy: the DataFrame is written at commit, by Spark's Delta writer, with
+    ``replaceWhere`` on the run date (one atomic replace of that date per table) or
+    ``mode("append")``. :meth:`stage_files` keeps files written by others (the engine's tasks)
+    under ``<table>/_staging/<run_id>/``, which Delta ignores, and the commit has Spark's writer
+    copy them into the table. Every commit carries :func:`commit_metadata` (Delta's
+    ``userMetadata``); a rollback is ``RESTORE TABLE ... TO VERSION AS OF``, tagged the same way.
+    The log is read (versions, the commits' run ids, transactions) through delta-rs, as
+    :class:`DeltaRsStore` does, without a Spark job: the engine's tasks may hold every task slot.
+    Schema rules are the same as delta-rs' (:meth:`DeltaRsStore._evolve`): new columns are added
+    (``mergeSchema``), an existing column never changes type.
     """
 
     kind = "spark-delta"
 
     def stage(self, name: str, df, files: Optional[int] = None, append: bool = False) -> StagedTable:
         from pyspark.sql import functions as F
+        from pyspark.sql.pandas.types import to_arrow_schema
 
         t = self.table(name)
         if files is not None:
             df = df.coalesce(files)
         df = df.withColumn(PARTITION, F.lit(self.run_date).cast("date"))
+        schema = _nullable(to_arrow_schema(df.schema))
         pause_point("write.staged", table=name, run_id=self.run_id, path=t.uri)  # (lazy: nothing written yet)
-        return StagedTable(name, t, t, df=df, append=append)
+        return StagedTable(name, t, t, schema=schema, df=df, append=append)
+
+    def _new_staged(self, name: str, append: bool) -> StagedTable:
+        t = self.table(name)
+        return StagedTable(name, t, t.child("_staging", self.run_id), append=append)
 
     def stage_files(self, name: str, write: Callable[[Location], object], append: bool = False):
-        """The files are written under ``<table>/_staging/<run_id>/`` (which Delta ignores) and
-        committed by Spark's Delta writer reading them (its commit writes its own files)."""
+        """The files are written under ``<table>/_staging/<run_id>/``; the commit has Spark's Delta
+        writer read them (a DataFrame made then: reading their schema is a Spark job, and the
+        engine's tasks that wrote them may still hold every task slot now)."""
         from pyspark.sql import functions as F
 
-        folder = self.table(name).child("_staging", self.run_id)
-        result = write(folder)
-        t = self.table(name)
-        # the DataFrame is made at commit: reading the files' schema is a Spark job, and the
-        # engine's tasks may still hold every task slot now (they wrote these files)
-        st = StagedTable(name, t, folder, append=append, df=lambda: self.spark.read.parquet(folder.uri).withColumn(
-            PARTITION, F.lit(self.run_date).cast("date")))
-        self._collect_files(st)  # the rows, for check_rows
-        pause_point("write.staged", table=name, run_id=self.run_id, path=folder.uri)
+        st, result = super().stage_files(name, write, append)
+        folder = st.staged
+        st.df = lambda: self.spark.read.parquet(folder.uri).withColumn(PARTITION, F.lit(self.run_date).cast("date"))
         return st, result
-
-    def current_version(self, name: str) -> Optional[int]:
-        # None only when there is no Delta log; any other error propagates (a None would make a
-        # rollback treat an existing table as created by this run)
-        if not self.table(name).child("_delta_log").exists():
-            return None
-        row = self.spark.sql(f"DESCRIBE HISTORY delta.`{self.table(name).uri}` LIMIT 1").collect()
-        return int(row[0]["version"]) if row else None
-
-    def last_commit_run_id(self, name: str) -> Optional[str]:
-        if not self.table(name).child("_delta_log").exists():
-            return None
-        rows = self.spark.sql(f"DESCRIBE HISTORY delta.`{self.table(name).uri}` LIMIT 1").collect()
-        meta = rows[0]["userMetadata"] if rows else None
-        try:
-            return json.loads(meta).get(RUN_ID_KEY) if meta else None
-        except (ValueError, AttributeError):
-            return None
-
-    def _created_by(self, name: str, run_id: str) -> bool:
-        rows = self.spark.sql(f"DESCRIBE HISTORY delta.`{self.table(name).uri}`").orderBy("version").limit(1).collect()
-        return bool(rows) and run_id in (rows[0]["userMetadata"] or "")
 
     def commit(self, st: StagedTable, app_transaction: Optional[tuple[str, int]] = None) -> Optional[int]:
         """``app_transaction=(app_id, version)``: Delta's idempotent writes (the ``txnAppId`` /
         ``txnVersion`` writer options, as documented for ``foreachBatch``): Delta records the pair
-        in the commit and skips the write when ``app_id`` has committed ``version`` already.
-        Not exercised here (no Delta jars without Maven); :class:`DeltaRsStore` is tested."""
+        in the commit and skips the write when ``app_id`` has committed ``version`` already."""
+        dt = self._dt(st.name)
+        if dt is None and st.table.child("_delta_log").exists():
+            raise OutputError(f"{st.table.uri} has a Delta log delta-rs cannot read; write to a new output.path")
+        if dt is not None:
+            if dt.metadata().partition_columns != [PARTITION]:
+                raise OutputError(
+                    f"Delta table {st.table.uri} is partitioned by {dt.metadata().partition_columns}, "
+                    f"expected ['{PARTITION}']; it was not written by clusterlake")
+            self._evolve(st, pa.schema(dt.schema().to_arrow()))
+        elif st.table.exists() and any(i.base_name not in ("", "_staging") for i in st.table.files(recursive=False)):
+            raise OutputError(f"{st.table.uri} exists and is not a Delta table; point output.path elsewhere "
+                              "or set output.format: parquet")
         df = st.df() if callable(st.df) else st.df
-        w = df.write.format("delta").partitionBy(PARTITION).option("userMetadata", json.dumps({RUN_ID_KEY: self.run_id}))
+        w = (df.write.format("delta").partitionBy(PARTITION).option("mergeSchema", "true")
+             .option("userMetadata", commit_metadata(self.run_id)["userMetadata"]))
         if app_transaction is not None:
             if not st.append:
                 raise ValueError("app_transaction is only supported for append commits")
@@ -619,44 +636,78 @@ class SparkDeltaStore(TableStore):
             w = w.mode("append")
         else:
             w = w.mode("overwrite").option("replaceWhere", f"{PARTITION} = DATE'{self.run_date}'")
-        w.save(st.table.uri)
+        with spark_pass(f"commit {st.name}"):
+            w.save(st.table.uri)
         self.discard(st)  # the files stage_files wrote: Delta's writer made its own copies
-        return self.current_version(st.name)
-
-    def transaction_version(self, name: str, app_id: str) -> Optional[int]:
-        # read through delta-rs; a table it cannot read (newer Delta features) answers None, and
-        # Spark's writer still skips a committed (txnAppId, txnVersion) itself
-        try:
-            return DeltaRsStore.transaction_version(self, name, app_id)  # type: ignore[arg-type]
-        except Exception as exc:
-            log.debug("delta-rs cannot read the txn of %s: %s", name, exc)
-            return None
+        version = self.current_version(st.name)
+        log.info("committed %s with Spark's Delta writer: %s %s rows, Delta version %s", st.name,
+                 "appended" if st.append else "replaced run_date partition with",
+                 st.rows if st.files else "the", version)
+        return version
 
     def rollback(self, name: str, version: Optional[int], run_id: Optional[str] = None) -> None:
-        uri = self.table(name).uri
-        current = self.current_version(name)
+        owner = run_id or self.run_id
+        dt = self._dt(name)
         if version is None:
-            if current is not None and self._created_by(name, run_id or self.run_id):
+            if dt is not None and commit_run_id(dt.history()[-1]) == owner:
+                log.warning("rolling back %s: deleting the table run %s created", name, owner)
                 self.table(name).delete()
-        elif current != version:
-            self.spark.sql(f"RESTORE TABLE delta.`{uri}` TO VERSION AS OF {int(version)}")
+            elif dt is not None:
+                log.error("not deleting %s: it was not created by run %s", self.table(name).uri, owner)
+            return
+        if dt is not None and dt.version() != version:
+            log.warning("rolling back %s from version %d to %d (RESTORE)", name, dt.version(), version)
+            # the files the undone commits added: unreferenced once restored, deleted (no VACUUM
+            # needed to keep a failed run's rows off the disk)
+            added = set(dt.file_uris()) - set(self._dt(name, int(version)).file_uris())
+            key = "spark.databricks.delta.commitInfo.userMetadata"  # tags the RESTORE commit
+            self.spark.conf.set(key, commit_metadata(f"rollback-of-{self.run_id}")["userMetadata"])
+            try:
+                self.spark.sql(f"RESTORE TABLE delta.`{self.table(name).uri}` TO VERSION AS OF {int(version)}")
+            finally:
+                self.spark.conf.unset(key)
+            self._delete_files(name, added)
+
+    def _delete_files(self, name: str, uris: set[str]) -> None:
+        """Delete data files of table ``name`` (delta-rs URIs) and the partition directories that
+        leaves empty; best effort, each logged."""
+        t = self.table(name)
+        base = t.uri.rstrip("/")
+        for uri in sorted(uris):
+            rel = _spark_path(uri, self._dt(name).table_uri, base)[len(base) + 1:]
+            f = t.child(*rel.split("/"))
+            folder, base_name = rel.rsplit("/", 1) if "/" in rel else ("", rel)
+            crc = t.child(*(folder.split("/") if folder else []), f".{base_name}.crc")  # Hadoop's checksum
+            try:
+                f.delete()
+                crc.delete()
+                log.warning("rollback of %s: deleted %s", name, f.uri)
+                parent = t.child(*folder.split("/")) if folder else None
+                if parent is not None and parent.exists() and not parent.files(recursive=True):
+                    parent.delete()
+            except Exception as exc:  # noqa: BLE001 (an orphan file is harmless: never referenced)
+                log.warning("rollback of %s: could not delete %s: %s", name, f.uri, exc)
 
     def discard(self, st: StagedTable) -> None:
-        if st.staged.uri != st.table.uri:  # stage_files' folder (nothing else is staged eagerly)
-            super().discard(st)
-
-    def read(self, name: str, version: Optional[int] = None) -> pa.Table:
-        return DeltaRsStore.read(self, name, version)  # type: ignore[arg-type]
+        if st.staged.uri != st.table.uri:  # stage_files' folder (stage() writes nothing before commit)
+            TableStore.discard(self, st)
+            parent = st.table.child("_staging")
+            try:
+                if parent.exists() and not parent.files(recursive=True):
+                    parent.delete()
+            except Exception as exc:  # best effort
+                log.warning("could not tidy %s: %s", parent.uri, exc)
 
     def spark_read(self, name: str, run_ids: Iterable[str], run_dates: Optional[Iterable[str]] = None,
                    columns: Optional[list[str]] = None):
+        """See :meth:`TableStore.spark_read`: Spark's Delta reader at the version current when
+        this is called (``versionAsOf``: a later commit does not change the result)."""
         ids, dates = self._read_args(run_ids, run_dates)
-        if not self.table(name).child("_delta_log").exists():
+        version = self.current_version(name)
+        if version is None:
             return None
-        df = self.spark.read.format("delta").load(self.table(name).uri)  # run_date filter prunes
+        df = self.spark.read.format("delta").option("versionAsOf", version).load(self.table(name).uri)
         return self._select(df, name, ids, dates, columns)
-
-    _dt = DeltaRsStore._dt
 
 
 class ParquetStore(TableStore):
