@@ -17,10 +17,22 @@ ENV_ARCHIVE := $(DIST)/clusterlake-env.tar.gz
 help:  ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml constraints.txt
+JARS   := $(VENV)/jars
+
+# Delta Lake's Spark jars (jars/pom.xml) are copied into .venv/jars/ by Maven, once; Maven caches
+# the downloads in ~/.m2/repository. Local sessions load them from there (clusterlake.session).
+$(STAMP): pyproject.toml constraints.txt jars/pom.xml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[test,dist]'
+	@command -v mvn >/dev/null 2>&1 || { echo "make: mvn (Apache Maven) is needed to fetch Delta Lake's Spark" \
+	    "jars (jars/pom.xml) from Maven Central: install it (apt-get install maven), then run make setup" >&2; exit 1; }
+	@echo "Fetching Delta Lake's Spark jars (jars/pom.xml) into $(JARS)/ with mvn..."
+	@rm -rf $(JARS).tmp
+	@mvn -q -B -f jars/pom.xml dependency:copy-dependencies -DincludeScope=runtime \
+	    -DoutputDirectory="$(abspath $(JARS)).tmp" || { echo "make: mvn could not fetch the jars of" \
+	    "jars/pom.xml (see its messages above: is Maven Central reachable?); retry with: make setup" >&2; exit 1; }
+	@rm -rf $(JARS) && mv $(JARS).tmp $(JARS) && ls $(JARS)
 	@touch $(STAMP)
 
 setup: $(STAMP)  ## create .venv/ and install clusterlake (editable) with pinned dependencies
@@ -43,7 +55,8 @@ test-fast: $(STAMP)  ## run the tests that need no JVM (no Spark): about 500, in
 # The executors need numpy, pyarrow, scikit-learn... which cannot travel with --py-files: the wheel
 # and its pinned dependencies go into a fresh venv (dist/venv, also the client-mode driver's
 # Python), packed with venv-pack for `spark-submit --archives dist/clusterlake-env.tar.gz#environment`.
-# pyspark's jars stay out of the archive: the executors' JVM has its own.
+# pyspark's jars stay out of the archive: the executors' JVM has its own. Delta's Spark jars go to
+# dist/jars, which scripts/submit.sh passes to --jars (the driver's and the executors' classpath).
 dist: $(STAMP)  ## build dist/*.whl and the packed virtualenv dist/clusterlake-env.tar.gz for spark-submit
 	rm -rf $(DIST)
 	$(BIN)/pip wheel --quiet --no-deps -w $(DIST) .
@@ -52,6 +65,7 @@ dist: $(STAMP)  ## build dist/*.whl and the packed virtualenv dist/clusterlake-e
 	$(DIST)/venv/bin/pip install --quiet -c constraints.txt $(DIST)/clusterlake-*.whl
 	$(BIN)/venv-pack --prefix $(DIST)/venv --output $(ENV_ARCHIVE) --force --quiet \
 	    --exclude 'lib/python*/site-packages/pyspark/jars/*'
+	cp -r $(JARS) $(DIST)/jars  # Delta's Spark jars: scripts/submit.sh ships them with --jars
 	@ls -lh $(DIST)/*.whl $(ENV_ARCHIVE)
 
 test-cluster: dist $(DATA)  ## start a 2-worker Spark standalone cluster, submit the job to it, kill a worker and the driver

@@ -11,8 +11,13 @@
 # dependencies. The config file travels with --files as well (for cluster deploy modes, where the
 # driver runs elsewhere: pass DEPLOY_MODE=cluster and the job reads it from its working directory).
 #
+# Delta Lake's Spark jars (dist/jars, from `make dist`) go with --jars, with Delta's SQL extension
+# and catalog, so `output.delta_writer: auto` commits with Spark's Delta writer; DELTA_JARS=none
+# leaves them out (a cluster that has its own, e.g. started with --packages; or delta-rs commits).
+#
 # Environment: SPARK_HOME (default: the pyspark of dist/venv), DEPLOY_MODE (client),
-# ENV_ARCHIVE (dist/clusterlake-env.tar.gz), DRIVER_PYTHON (dist/venv/bin/python).
+# ENV_ARCHIVE (dist/clusterlake-env.tar.gz), DRIVER_PYTHON (dist/venv/bin/python),
+# DELTA_JARS (dist/jars, or none).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -47,6 +52,16 @@ if [[ -z ${SPARK_HOME:-} ]]; then  # pip's pyspark is a complete Spark (bin/, ja
   export SPARK_HOME
 fi
 
+DELTA_JARS=${DELTA_JARS:-dist/jars}
+DELTA_CONF=()
+if [[ $DELTA_JARS != none ]]; then
+  jars=$(ls "$DELTA_JARS"/*.jar 2>/dev/null | paste -sd, -) || true
+  [[ -n $jars ]] || { echo "submit.sh: no jars in $DELTA_JARS (run 'make dist'; or DELTA_JARS=none)" >&2; exit 2; }
+  DELTA_CONF=(--jars "$jars"
+    --conf spark.sql.extensions=io.delta.sql.DeltaSparkSessionExtension
+    --conf spark.sql.catalog.spark_catalog=org.apache.spark.sql.delta.catalog.DeltaCatalog)
+fi
+
 JOB_CONFIG=$CONFIG
 DRIVER_CONF=(--conf "spark.pyspark.driver.python=$DRIVER_PYTHON")
 if [[ $DEPLOY_MODE == cluster ]]; then
@@ -61,6 +76,7 @@ CMD=("$SPARK_HOME/bin/spark-submit"
   --files "$CONFIG"
   --conf spark.pyspark.python=./environment/bin/python
   ${DRIVER_CONF[@]+"${DRIVER_CONF[@]}"}
+  ${DELTA_CONF[@]+"${DELTA_CONF[@]}"}
   ${SPARK_OPTS[@]+"${SPARK_OPTS[@]}"}
   jobs/cluster.py --config "$JOB_CONFIG" ${JOB_OPTS[@]+"${JOB_OPTS[@]}"})
 # the command, for the log, with the values of secret-looking settings masked

@@ -8,7 +8,8 @@ must find their dependencies in the archive, and nothing can be read from the dr
 
 In order (one cluster for the module):
 
-1. a plain run: tables complete, and the Spark event log shows tasks (the engine's barrier stage
+1. a plain run, its tables committed by Spark's Delta writer (Delta's jars shipped with
+   ``--jars``): tables complete, and the Spark event log shows tasks (the engine's barrier stage
    included) on both executors;
 2. the same date again, with worker 1 (and its executor) SIGKILLed before the 3rd Lloyd
    iteration: the fit continues on the remaining executor and the tables equal run 1's (the
@@ -211,6 +212,9 @@ def test_the_job_runs_on_both_executors(cluster, first_run):
     t = first_run["tables"]
     run = t["run"]
     assert run.rows_used == ROWS and run.k == 7 and run.engine == "clusterlake"
+    # Delta's jars went to the driver and the executors with --jars: Spark's Delta writer committed
+    assert run.table_writer == "spark-delta"
+    assert "Spark's Delta writer commits them" in first_run["log"]
     assert len(t["centroids"]) == 7 and t["centroids"]["size"].sum() == ROWS
     assert len(t["assignments"]) == ROWS and t["assignments"].customer_id.is_unique
     km = t["metrics"][t["metrics"].algorithm == "kmeans"]
