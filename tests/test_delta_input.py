@@ -1,4 +1,5 @@
-"""Delta input through delta-rs (no Delta Spark jars here): partitioned, with a replaced partition."""
+"""Delta input, read by Spark's Delta reader (the session has Delta's jars) and by delta-rs (the
+path for sessions without them): partitioned, with a replaced partition, pinned to a version."""
 
 from __future__ import annotations
 
@@ -10,7 +11,19 @@ from deltalake import DeltaTable, write_deltalake
 from clusterlake.errors import InputDataError
 from clusterlake.io.delta import read_delta
 from clusterlake.pipeline import run_job
-from tests.conftest import job_config
+from tests.conftest import job_config, require_writer
+
+READERS = ("spark", "delta-rs")
+
+
+@pytest.fixture(params=READERS)
+def reader(request, spark, monkeypatch):
+    """Which path read_delta takes: Spark's Delta reader, or delta-rs' file list read by Spark."""
+    if request.param == "spark":
+        require_writer(spark, "spark")
+    else:
+        monkeypatch.setattr("clusterlake.session.delta_spark_available", lambda _spark: False)
+    return request.param
 
 
 def _blobs(n_per, seed, id_offset):
@@ -23,7 +36,7 @@ def _blobs(n_per, seed, id_offset):
                          "region": np.where(lab % 2 == 0, "north", "south")})
 
 
-def test_partitioned_delta_input_reads_the_current_snapshot(spark, tmp_path):
+def test_partitioned_delta_input_reads_the_current_snapshot(spark, tmp_path, reader):
     path = str(tmp_path / "features")
     write_deltalake(path, _blobs(50, 0, 0), partition_by=["region"])
     write_deltalake(path, _blobs(40, 1, 10_000), partition_by=["region"], mode="overwrite")  # v1 replaces v0
@@ -45,6 +58,31 @@ def test_partitioned_delta_input_reads_the_current_snapshot(spark, tmp_path):
     assert res.metrics["ari"] == pytest.approx(1.0)
 
 
-def test_missing_delta_table_is_a_clear_error(spark, tmp_path):
+def test_missing_delta_table_is_a_clear_error(spark, tmp_path, reader):
     with pytest.raises(InputDataError, match="not a readable Delta table"):
         read_delta(spark, str(tmp_path / "nope"))
+
+
+def test_a_pinned_version_reads_that_snapshot_and_runs_records_it(spark, tmp_path, reader):
+    path = str(tmp_path / "features")
+    write_deltalake(path, _blobs(50, 0, 0))  # version 0: 150 rows
+    write_deltalake(path, _blobs(40, 1, 10_000), mode="overwrite")  # version 1: 120 other rows
+    assert sorted(read_delta(spark, path, version=0).toPandas()["customer_id"]) == list(range(150))
+
+    out = str(tmp_path / "out")
+    over = {"input.format": "delta", "input.label_column": "seg", "kmeans.k": 3, "quality.sample_size": 100,
+            "report.enabled": False, "density.enabled": False, "hierarchical.enabled": False}
+    pinned = run_job(job_config(path, out, **{**over, "input.version": 0}), spark=spark)
+    latest = run_job(job_config(path, out, **{**over, "job.run_date": "2026-11-21"}), spark=spark)
+    assert (pinned.rows_used, latest.rows_used) == (150, 120)
+    runs = {r["run_id"]: r for r in DeltaTable(f"{out}/runs").to_pyarrow_table().to_pylist()}
+    assert runs[pinned.run_id]["input_version"] == 0 and runs[latest.run_id]["input_version"] == 1
+    asg = DeltaTable(f"{out}/assignments").to_pandas()
+    assert set(asg[asg["run_id"] == pinned.run_id]["customer_id"]) == set(range(150))
+
+
+def test_a_version_on_parquet_input_is_refused(tmp_path):
+    from clusterlake.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"version=3 pins a Delta table's snapshot, but format is 'parquet'"):
+        job_config(str(tmp_path / "in"), str(tmp_path / "out"), **{"input.version": 3})

@@ -87,9 +87,10 @@ def _input_section(cfg: JobConfig, base, input_path: str):
 
 
 def _read_new_rows(run: Run, icfg, base):
-    from clusterlake.io.reader import read_table, validate
+    from clusterlake.io.reader import pin_version, read_table, validate
 
     with run.step("read+validate") as note:
+        icfg = pin_version(run.spark, icfg)
         clean, summary = validate(read_table(run.spark, icfg), icfg, 1, keep_constant=True, model_run=base.run_id)
         clean = run.cache(clean)
         note.update(rows_read=summary.rows_read, rows_used=summary.rows_used, dropped=summary.rows_dropped)

@@ -1,7 +1,7 @@
 """Reading a Delta table as a Spark DataFrame, with or without Delta's Spark jars.
 
-With the jars (Databricks, delta-spark clusters): ``spark.read.format("delta")``. Without them
-(here, CI): delta-rs resolves the current snapshot's data files from the Delta log and Spark reads
+With the jars (Databricks, delta-spark clusters, local sessions after ``make setup``):
+``spark.read.format("delta")`` at a given version (``versionAsOf``). Without them: delta-rs resolves the current snapshot's data files from the Delta log and Spark reads
 exactly those parquet files, adding partition columns back as literals. Tables whose snapshot
 needs more than the file list to be read correctly (deletion vectors, column mapping) are refused
 with a clear error on that path. Runs on the driver; the data is read by Spark.
@@ -20,11 +20,41 @@ log = logging.getLogger(__name__)
 _UNSUPPORTED = {"deletionVectors", "columnMapping", "v2Checkpoint"}
 
 
-def read_delta(spark, path: str, storage_options: dict | None = None):
+def current_version(spark, path: str, storage_options: dict | None = None) -> int:
+    """The table's latest version: from its log through delta-rs, or through Spark's Delta
+    (``DESCRIBE HISTORY``) for a table delta-rs cannot open; an InputDataError naming the path
+    when neither can."""
+    from deltalake import DeltaTable
+
+    from clusterlake.session import delta_spark_available
+
+    try:
+        return int(DeltaTable(path, storage_options=storage_options).version())
+    except Exception as exc:  # noqa: BLE001 (not a table, or features delta-rs lacks)
+        problem = str(exc).splitlines()[0][:300]
+    if delta_spark_available(spark):
+        try:
+            return int(spark.sql(f"DESCRIBE HISTORY delta.`{path}` LIMIT 1").collect()[0]["version"])
+        except Exception as exc:  # noqa: BLE001
+            problem = str(exc).splitlines()[0][:300]
+    raise InputDataError(f"input path {path} is not a readable Delta table ({problem}); "
+                         "check input.path and input.format")
+
+
+def read_delta(spark, path: str, storage_options: dict | None = None, version: int | None = None):
+    """The table at ``version`` (default: the latest) as a DataFrame."""
     from clusterlake.session import delta_spark_available
 
     if delta_spark_available(spark):
-        return spark.read.format("delta").load(path)
+        reader = spark.read.format("delta")
+        if version is not None:
+            reader = reader.option("versionAsOf", int(version))
+        try:
+            return reader.load(path)
+        except Exception as exc:  # noqa: BLE001 (AnalysisException: not a Delta table, no such version)
+            raise InputDataError(
+                f"input path {path} is not a readable Delta table{f' at version {version}' if version is not None else ''} "
+                f"({str(exc).splitlines()[0][:300]}); check input.path, input.format and input.version") from None
 
     from deltalake import DeltaTable
     from pyspark.sql import functions as F
@@ -32,7 +62,7 @@ def read_delta(spark, path: str, storage_options: dict | None = None):
     from pyspark.sql.types import StructType
 
     try:
-        dt = DeltaTable(path, storage_options=storage_options)
+        dt = DeltaTable(path, version=version, storage_options=storage_options)
     except Exception as exc:
         raise InputDataError(
             f"input path {path} is not a readable Delta table ({str(exc).splitlines()[0][:300]}); "

@@ -48,6 +48,20 @@ class InputSummary:
     weight_column: Optional[str] = None
     feature_types: dict[str, str] = field(default_factory=dict)
     """Spark type of every resolved feature column (constant ones included), e.g. ``"double"``."""
+    version: Optional[int] = None
+    """The Delta version read (None for parquet)."""
+
+
+def pin_version(spark, cfg: InputSection) -> InputSection:
+    """``cfg`` with a Delta input's ``version`` resolved (the latest when the config names none):
+    every read of the run sees the same snapshot, and ``runs.input_version`` records it."""
+    if cfg.format != "delta" or cfg.version is not None:
+        return cfg
+    from clusterlake.io.delta import current_version
+
+    version = current_version(spark, cfg.path)
+    log.info("input %s: Delta version %d", cfg.path, version)
+    return cfg.model_copy(update={"version": version})
 
 
 def read_table(spark, cfg: InputSection, scanned=None):
@@ -70,7 +84,7 @@ def read_table(spark, cfg: InputSection, scanned=None):
             raise InputDataError(f"cannot read input {cfg.path} as parquet: {_first_line(exc)}") from None
     from clusterlake.io.delta import read_delta
 
-    return read_delta(spark, cfg.path)
+    return read_delta(spark, cfg.path, version=cfg.version)
 
 
 def _read_groups(spark, path: str, inp):
@@ -269,7 +283,7 @@ def decide(df, cfg: InputSection, feats: list[str], v: Validity, k: int, keep_co
         path=cfg.path, format=cfg.format, rows_read=v.rows, rows_used=n_used, rows_dropped=v.invalid,
         invalid_counts=dict(v.counts), feature_columns=kept, dropped_constant_columns=constant,
         id_column=cfg.id_column, label_column=cfg.label_column, weight_column=cfg.weight_column,
-        feature_types={c: df.schema[c].dataType.simpleString() for c in feats},
+        feature_types={c: df.schema[c].dataType.simpleString() for c in feats}, version=cfg.version,
     )
     return clean, summary
 

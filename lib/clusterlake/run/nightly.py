@@ -136,9 +136,9 @@ def read_input(run: Run) -> Input:
     from clusterlake.faults import pause_point
     from clusterlake.io import feature_contract
     from clusterlake.io.input_files import scan_parquet
-    from clusterlake.io.reader import decide, duplicate_ids, read_table, resolve_columns
+    from clusterlake.io.reader import decide, duplicate_ids, pin_version, read_table, resolve_columns
 
-    cfg, icfg = run.cfg, run.cfg.input
+    cfg, icfg = run.cfg, pin_version(run.spark, run.cfg.input)
     with run.step("read+validate") as note:
         scanned = scan_parquet(icfg) if icfg.format == "parquet" else None  # every footer, once
         raw = read_table(run.spark, icfg, scanned)

@@ -139,7 +139,7 @@ class Run:
         from clusterlake.io.contract import runs
 
         return runs.row(cfg or self.cfg, self.run_id, self.run_date, self.started_at, self.seconds,
-                        self.step.seconds, summary, record, versions)
+                        self.step.seconds, summary, record, versions, table_writer=self.store.kind)
 
     def report(self) -> Optional[str]:
         """Write the run's HTML report (after the commit, outside the lock); None when off or failed."""
@@ -168,6 +168,10 @@ def open_run(cfg: JobConfig, spark=None, *, kind: str = "full", app: str = "clus
         run = Run(cfg, kind, run_id, run_date, started_at, t_start, lock)
         run.spark = spark if spark is not None else build_session(cfg.spark, f"{app}-{cfg.job.name}")
         run.store = make_store(run.spark, cfg.output, run_date, run_id)
+        log.info("tables: %s under %s (%s)", cfg.output.format, cfg.output.path, {
+            "delta-rs": "delta-rs commits the files Spark and the engine's tasks write",
+            "spark-delta": "Spark's Delta writer commits them",
+            "parquet": "partition directories swapped by rename"}.get(run.store.kind, run.store.kind))
         recovered = recover_interrupted(run.store)
         if recovered:
             log.warning("recovered interrupted run(s) %s", recovered)

@@ -20,7 +20,8 @@ DDL = (
     "engine string, iterations int, silhouette double, model_path string, table_versions map<string,long>, "
     "config_json string, versions map<string,string>, algorithm string, distance string, init string, "
     "converged boolean, gate_failures array<string>, k_selection string, kind string, previous_run_id string, "
-    "base_run_id string, assignment_run_ids array<string>, feature_change string"
+    "base_run_id string, assignment_run_ids array<string>, feature_change string, input_version long, "
+    "table_writer string"
 )
 
 
@@ -75,9 +76,11 @@ def library_versions() -> dict[str, str]:
 
 
 def row(cfg, run_id: str, run_date: str, started_at: dt.datetime, duration_s: float, stage_seconds: dict,
-        summary, record: RunRecord, versions: dict) -> tuple:
+        summary, record: RunRecord, versions: dict, table_writer: str = "") -> tuple:
     """The run's row. ``summary`` is the :class:`~clusterlake.io.reader.InputSummary` of what was
-    read; ``versions`` the Delta versions the publish committed (None for parquet: left out)."""
+    read (its ``version``: the Delta input's); ``versions`` the Delta versions the publish
+    committed (None for parquet: left out); ``table_writer`` the store that committed them
+    (``delta-rs``, ``spark-delta`` or ``parquet``)."""
     lin, fit = record.lineage, record.fit
     now = dt.datetime.now(dt.timezone.utc)
     return (
@@ -91,4 +94,5 @@ def row(cfg, run_id: str, run_date: str, started_at: dt.datetime, duration_s: fl
         [str(f) for f in record.gate_failures], record.k_selection, lin.get("kind", record.kind),
         lin.get("previous_run_id"), lin.get("base_run_id", run_id),
         [r for r, _ in lin.get("assignment_runs", [[run_id, run_date]])], record.feature_change,
+        getattr(summary, "version", None), table_writer or None,
     )
