@@ -45,6 +45,7 @@ sys.path.insert(0, os.path.join(ROOT, "lib"))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 D, K, MAX_ITER, SEED = 32, 20, 50, 42
+DELTA_WRITER = {"name": "delta-rs"}  # --delta-writer; scripts/bench_writers.py compares the two
 
 
 def dataset(rows: int) -> str:
@@ -71,7 +72,7 @@ def job_config(data: str, out: str, mode: str, rows: int):
             f"kmeans.k={K}", f"kmeans.max_iter={MAX_ITER}", f"kmeans.seed={SEED}", "job.run_date=2026-12-01",
             f"preprocess.pca.enabled={str(on).lower()}", f"density.enabled={str(on).lower()}",
             f"hierarchical.enabled={str(on).lower()}", f"report.enabled={str(on).lower()}",
-            "quality.drift.on_failure=warn"]
+            "quality.drift.on_failure=warn", f"output.delta_writer={DELTA_WRITER['name']}"]
     return load_config(os.path.join(ROOT, "conf", "local.yaml"), sets)
 
 
@@ -157,10 +158,14 @@ def main() -> None:
     ap.add_argument("--master", default="local[2]")
     ap.add_argument("--driver-memory", default="8g")
     ap.add_argument("--no-warmup", action="store_true", help="measure from a cold session (the first run pays it)")
+    ap.add_argument("--delta-writer", default="delta-rs", choices=["delta-rs", "spark"],
+                    help="who commits the job's Delta tables (Spark's writer rewrites them at publish: "
+                         "see scripts/bench_writers.py)")
     ap.add_argument("--repeat", type=int, default=1,
                     help="run both pipelines this many times each, alternately, and compare medians "
                          "(MLlib's time varies a lot from run to run on this machine)")
     args = ap.parse_args()
+    DELTA_WRITER["name"] = args.delta_writer
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     from clusterlake.config import SparkSection
