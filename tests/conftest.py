@@ -196,6 +196,8 @@ def job_config(input_path: str, output_path: str, **over):
         "input": {"path": input_path, "id_column": "customer_id", "label_column": "true_segment"},
         "kmeans": {"k": 7, "seed": 3, "max_iter": 30},
         "quality": {"sample_size": 2000},
-        "output": {"path": output_path},
+        # delta-rs unless a test asks for a writer: the table tests run with both (DELTA_WRITERS),
+        # and every other test gets the same, faster commit whatever jars the machine has
+        "output": {"path": output_path, "delta_writer": "delta-rs"},
     }
     return load_config(data=data, overrides=[f"{k}={v}" for k, v in over.items()])

@@ -623,15 +623,23 @@ def test_interrupted_publish_cleans_the_dead_runs_leftovers(spark, small_table, 
     cfg = _cfg(small_table, out)
     store = Store()(spark, cfg.output, D1, new_run_id(D1))
     st = _restage_centroids(spark, store, out, old)
+    before_asg = _rel_files(out, "assignments")
     _write_journal(store)
     store.commit(st)
     os.makedirs(os.path.join(out, "model", store.run_id))
     staged_dir = _staged_dir(out, "centroids", store.run_id)
     # delta-rs committed the files where Spark staged them; Spark's writer staged nothing (lazy)
     assert os.path.isdir(staged_dir) == (_WRITER["name"] == "delta-rs")
+    # ... and the dead run's next commit (Spark's writer) had written its files, never committed
+    time.sleep(0.01)
+    unlanded = os.path.join(out, "assignments", f"run_date={D1}", "part-00000-dead.c000.snappy.parquet")
+    shutil.copy(glob.glob(os.path.join(out, "assignments", f"run_date={D1}", "**", "*.parquet"), recursive=True)[0],
+                unlanded)
 
     recover_interrupted(Store()(spark, cfg.output, D1, new_run_id(D1)))
     assert not os.path.exists(staged_dir)  # no longer referenced after the restore: deleted
+    assert not os.path.exists(unlanded)  # written after the journal, referenced by no version
+    assert _rel_files(out, "assignments") == before_asg  # the committed files stay
     assert not os.path.exists(os.path.join(out, "model", store.run_id))
     assert _run_ids(_read(out, "centroids")) == {old}
 

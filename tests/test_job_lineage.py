@@ -58,7 +58,7 @@ def _cfg(inp, out, run_date, **over):
         "preprocess": {"pca": {"enabled": False}},
         "kmeans": {"k": 4, "seed": 1, "max_iter": 50, "init": "kmeans||"},
         "quality": {"sample_size": 1000},
-        "output": {"path": out},
+        "output": {"path": out, "delta_writer": "delta-rs"},  # the table tests cover Spark's writer
     }
     return load_config(data=data, overrides=[f"{k}={v}" for k, v in over.items()])
 

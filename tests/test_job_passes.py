@@ -44,7 +44,7 @@ def _config(src, out, **over):
         "preprocess": {"pca": {"enabled": False}},
         "kmeans": {"k": 2, "seed": 3},
         "quality": {"sample_size": 1000},
-        "output": {"path": out},
+        "output": {"path": out, "delta_writer": "delta-rs"},  # the table tests cover Spark's writer
     }
     return load_config(data=data, overrides=[f"{k}={v}" for k, v in over.items()])
 

@@ -59,7 +59,7 @@ def _cfg(inp, out, run_date="2026-11-20", **over):
         "hierarchical": {"enabled": True, "sample_size": 200, "levels": [3, 2]},
         "report": {"enabled": False},
         "serving": {"members_per_cluster": 20},
-        "output": {"path": out},
+        "output": {"path": out, "delta_writer": "delta-rs"},  # the table tests cover Spark's writer
     }
     return load_config(data=data, overrides=[f"{k}={v}" for k, v in over.items()])
 

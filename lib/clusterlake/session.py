@@ -58,8 +58,9 @@ def delta_jars_conf(conf: dict) -> dict[str, str]:
     if any(k in conf for k in ("spark.jars", "spark.jars.packages")):
         return {}
     out = {"spark.jars": ",".join(str(j) for j in jars)}
-    if "spark.sql.extensions" not in conf:
-        out["spark.sql.extensions"] = DELTA_EXTENSION
+    theirs = [e.strip() for e in str(conf.get("spark.sql.extensions", "")).split(",") if e.strip()]
+    if DELTA_EXTENSION not in theirs:  # added to the user's extensions, never replacing them
+        out["spark.sql.extensions"] = ",".join([*theirs, DELTA_EXTENSION])
     if "spark.sql.catalog.spark_catalog" not in conf:
         out["spark.sql.catalog.spark_catalog"] = DELTA_CATALOG
     # Delta rebuilds a table's state with 50 tasks by default: seconds of scheduling per small
@@ -198,9 +199,18 @@ def _is_static(key: str) -> bool:
 
 
 def delta_spark_available(spark) -> bool:
-    """True when Delta Lake's Spark classes are on the classpath (e.g. Databricks, or a cluster
-    started with delta-spark jars); then Spark's own Delta writer can be used."""
+    """True when Spark's own Delta writer and reader can be used: Delta Lake's Spark classes are on
+    the classpath and its SQL extension is on (Databricks has Delta built in; elsewhere, e.g. a
+    cluster started with ``--packages`` but without the extension, ``RESTORE`` and Delta's SQL
+    would fail, so ``auto`` keeps delta-rs there)."""
     try:  # Spark's class loader: jars added by spark.jars are not on the system class path
-        return bool(spark.sparkContext._jvm.org.apache.spark.util.Utils.classIsLoadable("io.delta.tables.DeltaTable"))
+        loadable = bool(spark.sparkContext._jvm.org.apache.spark.util.Utils.classIsLoadable(
+            "io.delta.tables.DeltaTable"))
     except Exception:  # noqa: BLE001 (no JVM to ask, e.g. Spark Connect: not available)
         return False
+    if not loadable:
+        return False
+    if os.environ.get("DATABRICKS_RUNTIME_VERSION"):
+        return True
+    extensions = spark.conf.get("spark.sql.extensions", "") or ""
+    return DELTA_EXTENSION in [e.strip() for e in extensions.split(",")]

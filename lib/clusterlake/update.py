@@ -83,7 +83,8 @@ def _load_base(run: Run):
 def _input_section(cfg: JobConfig, base, input_path: str):
     """The model decides the features; labels and weights play no part in an update."""
     return cfg.input.model_copy(update={"path": input_path, "feature_columns": list(base.prep.feature_names),
-                                        "label_column": None, "weight_column": None})
+                                        "label_column": None, "weight_column": None,
+                                        "version": None})  # the full job's pinned version is not the new rows
 
 
 def _read_new_rows(run: Run, icfg, base):

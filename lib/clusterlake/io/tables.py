@@ -477,6 +477,32 @@ class DeltaRsStore(TableStore):
         dt = self._dt(name)
         return dt is not None and any(f"/{run_id}/" in uri for uri in dt.file_uris())
 
+    def discard_unreferenced(self, name: str, since_ms: int) -> list[str]:
+        """Delete the data files directly in the table's ``run_date=<date>/`` directories (Spark's
+        Delta writer's layout) written at or after ``since_ms`` that the current snapshot does not
+        reference: a commit of Spark's writer that failed or was killed before it landed (one run
+        at a time holds the output path, so they are that run's). Their ``.crc`` files go too;
+        files without a modification time are kept. Returns the URIs deleted."""
+        t = self.table(name)
+        dt = self._dt(name)
+        if not t.is_dir():
+            return []
+        base = t.uri.rstrip("/")
+        referenced = {_spark_path(u, dt.table_uri, base)[len(base) + 1:] for u in dt.file_uris()} if dt else set()
+        root = t.path.rstrip("/")
+        removed = []
+        for info in t.fs.get_file_info(pafs.FileSelector(t.path, recursive=True)):
+            rel = info.path[len(root) + 1:]
+            parts = rel.split("/")
+            if (len(parts) != 2 or not parts[0].startswith(f"{PARTITION}=") or not parts[1].startswith("part-")
+                    or info.mtime_ns is None or info.mtime_ns // 1_000_000 < since_ms or rel in referenced):
+                continue
+            t.child(*parts).delete()
+            t.child(parts[0], f".{parts[1]}.crc").delete()
+            removed.append(t.child(*parts).uri)
+            log.warning("%s: deleted %s (written by a commit that never landed)", name, removed[-1])
+        return removed
+
     def version_before(self, name: str, run_id: str) -> Optional[int]:
         """The version of table ``name`` before the latest run of commits by ``run_id`` (a run
         makes one or two per table); None when that run created the table (the current version
@@ -614,8 +640,13 @@ class SparkDeltaStore(DeltaRsStore):
         ``txnVersion`` writer options, as documented for ``foreachBatch``): Delta records the pair
         in the commit and skips the write when ``app_id`` has committed ``version`` already."""
         dt = self._dt(st.name)
-        if dt is None and st.table.child("_delta_log").exists():
-            raise OutputError(f"{st.table.uri} has a Delta log delta-rs cannot read; write to a new output.path")
+        log_dir = st.table.child("_delta_log")
+        if dt is None and log_dir.exists():
+            if any(i.base_name.endswith(".json") for i in log_dir.files(recursive=False)):
+                raise OutputError(f"{st.table.uri} has a Delta log delta-rs cannot read (newer Delta features?); "
+                                  "write to a new output.path")
+            log.warning("deleting %s: a Delta log without a commit (a first commit that died)", log_dir.uri)
+            log_dir.delete()
         if dt is not None:
             if dt.metadata().partition_columns != [PARTITION]:
                 raise OutputError(
@@ -636,8 +667,16 @@ class SparkDeltaStore(DeltaRsStore):
             w = w.mode("append")
         else:
             w = w.mode("overwrite").option("replaceWhere", f"{PARTITION} = DATE'{self.run_date}'")
-        with spark_pass(f"commit {st.name}"):
-            w.save(st.table.uri)
+        # Delta's timestamp is microseconds since the epoch in UTC; Spark's default INT96 is not
+        self.spark.conf.set("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
+        before, started_ms = (dt.version() if dt is not None else None), int(time.time() * 1000)
+        try:
+            with spark_pass(f"commit {st.name}"):
+                w.save(st.table.uri)
+        except BaseException:
+            if self.current_version(st.name) == before:  # it did not land: its files are nobody's
+                self.discard_unreferenced(st.name, started_ms)
+            raise
         self.discard(st)  # the files stage_files wrote: Delta's writer made its own copies
         version = self.current_version(st.name)
         log.info("committed %s with Spark's Delta writer: %s %s rows, Delta version %s", st.name,
@@ -659,22 +698,25 @@ class SparkDeltaStore(DeltaRsStore):
             log.warning("rolling back %s from version %d to %d (RESTORE)", name, dt.version(), version)
             # the files the undone commits added: unreferenced once restored, deleted (no VACUUM
             # needed to keep a failed run's rows off the disk)
+            from delta.tables import DeltaTable as SparkDeltaTable
+
             added = set(dt.file_uris()) - set(self._dt(name, int(version)).file_uris())
             key = "spark.databricks.delta.commitInfo.userMetadata"  # tags the RESTORE commit
+            theirs = self.spark.conf.get(key, None)
             self.spark.conf.set(key, commit_metadata(f"rollback-of-{self.run_id}")["userMetadata"])
-            try:
-                self.spark.sql(f"RESTORE TABLE delta.`{self.table(name).uri}` TO VERSION AS OF {int(version)}")
+            try:  # RESTORE through Delta's API: no SQL extension needed
+                SparkDeltaTable.forPath(self.spark, self.table(name).uri).restoreToVersion(int(version))
             finally:
-                self.spark.conf.unset(key)
-            self._delete_files(name, added)
+                self.spark.conf.unset(key) if theirs is None else self.spark.conf.set(key, theirs)
+            self._delete_files(name, added, dt.table_uri)
 
-    def _delete_files(self, name: str, uris: set[str]) -> None:
-        """Delete data files of table ``name`` (delta-rs URIs) and the partition directories that
-        leaves empty; best effort, each logged."""
+    def _delete_files(self, name: str, uris: set[str], table_uri: str) -> None:
+        """Delete data files of table ``name`` (delta-rs URIs; ``table_uri`` as delta-rs names the
+        table) and the partition directories that leaves empty; best effort, each logged."""
         t = self.table(name)
         base = t.uri.rstrip("/")
         for uri in sorted(uris):
-            rel = _spark_path(uri, self._dt(name).table_uri, base)[len(base) + 1:]
+            rel = _spark_path(uri, table_uri, base)[len(base) + 1:]
             f = t.child(*rel.split("/"))
             folder, base_name = rel.rsplit("/", 1) if "/" in rel else ("", rel)
             crc = t.child(*(folder.split("/") if folder else []), f".{base_name}.crc")  # Hadoop's checksum
@@ -1242,6 +1284,9 @@ def _recover_publish(store: TableStore, j: _Journal) -> None:
             if store.last_commit_run_id(name) == run_id:
                 log.warning("recovering from interrupted run %s: restoring %s", run_id, name)
                 store.rollback(name, version, run_id)
+        since = j.loc.fs.get_file_info(j.loc.path).mtime_ns  # the journal's publish phase began then
+        for name in pre if since is not None else ():  # files of a Spark commit killed before it landed
+            store.discard_unreferenced(name, since // 1_000_000)
         _discard_leftovers(store, run_id, run_date, list(pre),
                            _model_location(store, j.data.get("model_dir"), run_id), logging.WARNING)
 
