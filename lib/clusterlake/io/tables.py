@@ -456,7 +456,11 @@ class DeltaRsStore(TableStore):
         dt = self._dt(name)
         if dt is not None and dt.version() != version:
             log.warning("rolling back %s from version %d to %d", name, dt.version(), version)
-            dt.restore(version, commit_properties=_props(commit_metadata(f"rollback-of-{self.run_id}")))
+            self._restore(name, dt, int(version))
+
+    def _restore(self, name: str, dt, version: int) -> None:
+        """Restore table ``name`` (its delta-rs handle ``dt``) to ``version``, tagged as this run's rollback."""
+        dt.restore(version, commit_properties=_props(commit_metadata(f"rollback-of-{self.run_id}")))
 
     def transaction_version(self, name: str, app_id: str) -> Optional[int]:
         dt = self._dt(name)
@@ -684,31 +688,21 @@ class SparkDeltaStore(DeltaRsStore):
                  st.rows if st.files else "the", version)
         return version
 
-    def rollback(self, name: str, version: Optional[int], run_id: Optional[str] = None) -> None:
-        owner = run_id or self.run_id
-        dt = self._dt(name)
-        if version is None:
-            if dt is not None and commit_run_id(dt.history()[-1]) == owner:
-                log.warning("rolling back %s: deleting the table run %s created", name, owner)
-                self.table(name).delete()
-            elif dt is not None:
-                log.error("not deleting %s: it was not created by run %s", self.table(name).uri, owner)
-            return
-        if dt is not None and dt.version() != version:
-            log.warning("rolling back %s from version %d to %d (RESTORE)", name, dt.version(), version)
-            # the files the undone commits added: unreferenced once restored, deleted (no VACUUM
-            # needed to keep a failed run's rows off the disk)
-            from delta.tables import DeltaTable as SparkDeltaTable
+    def _restore(self, name: str, dt, version: int) -> None:
+        """``RESTORE`` through Delta's API (no SQL extension needed), tagged as this run's
+        rollback; then the files the undone commits added, unreferenced now, are deleted (no
+        VACUUM needed to keep a failed run's rows off the disk)."""
+        from delta.tables import DeltaTable as SparkDeltaTable
 
-            added = set(dt.file_uris()) - set(self._dt(name, int(version)).file_uris())
-            key = "spark.databricks.delta.commitInfo.userMetadata"  # tags the RESTORE commit
-            theirs = self.spark.conf.get(key, None)
-            self.spark.conf.set(key, commit_metadata(f"rollback-of-{self.run_id}")["userMetadata"])
-            try:  # RESTORE through Delta's API: no SQL extension needed
-                SparkDeltaTable.forPath(self.spark, self.table(name).uri).restoreToVersion(int(version))
-            finally:
-                self.spark.conf.unset(key) if theirs is None else self.spark.conf.set(key, theirs)
-            self._delete_files(name, added, dt.table_uri)
+        added = set(dt.file_uris()) - set(self._dt(name, version).file_uris())
+        key = "spark.databricks.delta.commitInfo.userMetadata"  # tags the RESTORE commit
+        theirs = self.spark.conf.get(key, None)
+        self.spark.conf.set(key, commit_metadata(f"rollback-of-{self.run_id}")["userMetadata"])
+        try:
+            SparkDeltaTable.forPath(self.spark, self.table(name).uri).restoreToVersion(version)
+        finally:
+            self.spark.conf.unset(key) if theirs is None else self.spark.conf.set(key, theirs)
+        self._delete_files(name, added, dt.table_uri)
 
     def _delete_files(self, name: str, uris: set[str], table_uri: str) -> None:
         """Delete data files of table ``name`` (delta-rs URIs; ``table_uri`` as delta-rs names the
