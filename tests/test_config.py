@@ -395,9 +395,23 @@ def test_unsupported_options_all_named(tmp_path):
     assert "preprocess.normalize" in msg and str(p) in msg
 
 
-def test_vector_column_is_refused():
-    msg = error_of(data=base(), overrides=["input.vector_column=vec"])
-    assert "vector_column" in msg and "feature_columns" in msg
+def test_vector_column_accepted_with_or_without_named_features():
+    from clusterlake.config import load_config
+
+    assert load_config(data=base(), overrides=["input.vector_column=vec"]).input.vector_column == "vec"
+    cfg = load_config(data=base(), overrides=["input.vector_column=vec", "input.feature_columns=[a, b]",
+                                              "input.vector_size=8"])
+    assert (cfg.input.feature_columns, cfg.input.vector_size) == (["a", "b"], 8)
+
+
+@pytest.mark.parametrize("overrides, hint", [
+    (["input.vector_column=vec", "input.feature_columns=[vec, a]"], "must not list the vector_column 'vec'"),
+    (["input.vector_column=id"], "is also the id/label/weight column"),
+    (["input.vector_size=8"], "vector_size needs input.vector_column"),
+    (["input.vector_column=vec", "input.vector_size=0"], "vector_size"),
+])
+def test_vector_column_mistakes_named(overrides, hint):
+    assert hint in error_of(data=base(), overrides=overrides)
 
 
 @pytest.mark.parametrize("overrides, hint", [

@@ -195,7 +195,7 @@ def test_every_spark_pass_is_named_under_its_stage(run):
     assert set(passes["read+validate"]) == {"unique ids", "load rows"}  # the load validates the rows
     assert set(passes["preprocess"]) == {"moments", "model space"}
     assert set(passes["kmeans"]) == {"kmeans fit (clusterlake)"}
-    assert set(passes["metrics"]) == {"assign", "cluster statistics", "sample"}  # sample: the run's one draw
+    assert set(passes["metrics"]) == {"assign", "cluster statistics", "exemplars", "sample"}  # sample: the run's one draw
     assert {"radius quantiles", "member sample", "write assignments", "write centroids",
             "write metrics"} <= set(passes["write"])
     assert all(s >= 0 for ps in passes.values() for s in ps.values())

@@ -52,6 +52,13 @@ class InputSection(_Section):
     id_column: str = Field(..., min_length=1)
     feature_columns: Optional[list[str]] = None
     vector_column: Optional[str] = None
+    """One column of embeddings (``array<float|double>`` or a dense Spark ML ``Vector``) whose
+    elements are features named ``<column>[0]``, ``<column>[1]``, ... With it, the named
+    features are only those in ``feature_columns`` (none when null). A null vector, one of
+    another length or holding a null/NaN/inf is an invalid row (``invalid_rows``)."""
+    vector_size: Optional[int] = Field(None, ge=1)
+    """The length every vector must have; null: the most common length among the first 1,000
+    non-null vectors of the input (logged)."""
     label_column: Optional[str] = None
     weight_column: Optional[str] = None
     invalid_rows: Literal["fail", "drop"] = "fail"
@@ -93,12 +100,15 @@ class InputSection(_Section):
 
     @model_validator(mode="after")
     def _vector_xor_features(self) -> "InputSection":
-        if self.vector_column is not None:
-            raise ValueError(
-                "vector_column is not supported yet by this version; "
-                "list the numeric columns in input.feature_columns instead"
-            )
         special = [c for c in (self.id_column, self.label_column, self.weight_column) if c]
+        if self.vector_column is not None:
+            if self.vector_column in special:
+                raise ValueError(f"vector_column '{self.vector_column}' is also the id/label/weight column")
+            if self.feature_columns and self.vector_column in self.feature_columns:
+                raise ValueError(f"feature_columns must not list the vector_column '{self.vector_column}': "
+                                 "its elements are features already")
+        elif self.vector_size is not None:
+            raise ValueError("vector_size needs input.vector_column")
         if self.feature_columns:
             clash = [c for c in special if c in self.feature_columns]
             if clash:
@@ -288,6 +298,9 @@ class DriftSection(_Section):
 
 class QualitySection(_Section):
     sample_size: int = Field(20_000, ge=100, le=200_000)
+    exemplars: int = Field(5, ge=0, le=100)
+    """Per cluster, the ids of this many rows nearest its centroid (``centroids.exemplar_ids``, the
+    report, and the descriptions of clusters of vectors); 0: none."""
     gates: GatesSection = GatesSection()
     on_gate_failure: Literal["warn", "fail"] = "warn"
     """fail: exit non-zero before the run is committed, so readers keep the previous run."""

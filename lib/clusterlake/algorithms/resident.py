@@ -191,17 +191,18 @@ class RowsWorker(KMeansWorker):
             acc += np.bincount(lab, weights=dist, minlength=k)
         return {"s": acc}
 
-    def _sorted(self) -> tuple[np.ndarray, np.ndarray]:
-        """The distances sorted within each cluster, and where each cluster starts."""
+    def _sorted(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The distances sorted within each cluster, where each cluster starts, and the rows in
+        that order."""
         if self._by_cluster is None:
             order = np.lexsort((self.dist, self.lab))
             k = int(self.lab.max()) + 1 if len(self.lab) else 0
             starts = np.searchsorted(self.lab[order], np.arange(k + 1))
-            self._by_cluster = (self.dist[order], starts)
+            self._by_cluster = (self.dist[order], starts, order)
         return self._by_cluster
 
     def _cluster_dists(self, c: int) -> np.ndarray:
-        d, starts = self._sorted()
+        d, starts, _ = self._sorted()
         return d[starts[c]:starts[c + 1]] if c + 1 < len(starts) else d[:0]
 
     @command("radius_counts")
@@ -223,6 +224,17 @@ class RowsWorker(KMeansWorker):
             vals.append(v)
             sizes.append(len(v))
         return {"values": np.concatenate(vals) if vals else np.zeros(0), "sizes": np.asarray(sizes, np.int64)}
+
+    @command("exemplars")
+    def exemplars(self, per_cluster: int, id_column: str) -> dict:
+        """Each cluster's ``per_cluster`` rows nearest its centroid here: (centroid index, distance,
+        id as text), by cluster then distance."""
+        d, starts, order = self._sorted()
+        picks = [np.arange(starts[c], min(starts[c + 1], starts[c] + per_cluster)) for c in range(len(starts) - 1)]
+        at = np.concatenate(picks) if picks else np.zeros(0, np.int64)
+        rows = order[at]
+        ids = self.column(id_column).take(pa.array(rows)).cast(pa.string()) if len(rows) else pa.array([], pa.string())
+        return {"pos": self.lab[rows].astype(np.int64), "distance": d[at], "ids": table_bytes(pa.table({"id": ids}))}
 
     @command("members")
     def members(self, fractions: np.ndarray, seed: int, id_column: str) -> dict:
@@ -269,16 +281,18 @@ class ResidentRows:
 
     def __init__(self, spark, df, features: list[str], id_column: str, label_column: Optional[str] = None,
                  weight_column: Optional[str] = None, exact_float32: bool = False, num_tasks: Optional[int] = None,
-                 recovery_wait: float = 30.0, validate: bool = False):
+                 recovery_wait: float = 30.0, validate: bool = False, vector: Optional[tuple[str, int]] = None):
         carry = tuple(dict.fromkeys(c for c in (id_column, label_column) if c))
+        vcol, vdim = vector or (None, 0)
         source = BlockSource(columns=tuple(features), weight_column=weight_column, carry=carry,
-                             dtype="float32" if exact_float32 else "float64",
+                             vector=vcol, vector_dim=int(vdim), dtype="float32" if exact_float32 else "float64",
                              validate_id=id_column if validate else None)
         # the tasks wait for the driver through every step of the run, driver-only ones included
         # (auto-k, HDBSCAN on the sample, ...): a generous idle limit (a dead driver ends them anyway)
         self.stage = KMeansStage(spark, df, source, num_tasks=num_tasks, worker=RowsWorker, recovery_wait=recovery_wait,
                                  command_timeout=12 * 3600.0)
-        self.features = list(features)
+        self.features = list(source.features.names)
+        self.vector = vcol
         self.id_column, self.label_column, self.weight_column = id_column, label_column, weight_column
         self.rows = 0
         self._max_dist: Optional[np.ndarray] = None
@@ -326,7 +340,7 @@ class ResidentRows:
         for h, _ in self.stage.call("validity"):
             if h["validity"] is not None:
                 total = total.merge(Validity.from_json(h["validity"]))
-        order = reason_names(self.id_column, self.features, self.weight_column)
+        order = reason_names(self.id_column, self.features, self.weight_column, self.vector)
         total.counts = {k: total.counts[k] for k in order if total.counts.get(k)}
         return total
 
@@ -404,6 +418,25 @@ class ResidentRows:
         counting rounds on the tasks' sorted distances and one last round that ships the few
         values of the bracket holding that rank."""
         return exact_quantiles(self.stage, np.asarray(counts, np.float64), self._max_dist, RADIUS_QUANTILES)
+
+    def exemplars(self, k: int, per_cluster: int) -> list[list[str]]:
+        """The ids (as text) of each centroid's ``per_cluster`` nearest rows, nearest first (ties:
+        in task order); row i = centroid i. Needs :meth:`assign`. Ships k x per_cluster rows per
+        task at most."""
+        pos, dist, ids = [], [], []
+        if per_cluster > 0:
+            for h, a in self.stage.call("exemplars", per_cluster=int(per_cluster), id_column=self.id_column):
+                pos.append(a["pos"])
+                dist.append(a["distance"])
+                ids += bytes_table(a["ids"]).column("id").to_pylist()
+        out: list[list[str]] = [[] for _ in range(k)]
+        if pos:
+            p, d = np.concatenate(pos), np.concatenate(dist)
+            order = np.lexsort((d, p))
+            starts = np.searchsorted(p[order], np.arange(k + 1))
+            for c in range(k):
+                out[c] = [ids[i] for i in order[starts[c]:min(starts[c + 1], starts[c] + per_cluster)]]
+        return out
 
     def members(self, fractions: np.ndarray, seed: int) -> tuple[pa.Table, np.ndarray, np.ndarray, np.ndarray]:
         """The serving member sample: (ids, centroid index, distance, z float32)."""

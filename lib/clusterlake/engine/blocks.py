@@ -67,11 +67,15 @@ class BlockSource:
     """How a task turns Arrow batches into its block. Captured by the task closure: plain values only.
 
     Either ``array_column`` (one ``array<float|double>`` column, e.g. from ``vector_to_array``)
-    or ``columns`` (numeric columns, transformed by the preprocessor arrays when given).
+    or ``columns`` (numeric columns, transformed by the preprocessor arrays when given) and/or the
+    vector column ``vector`` of ``vector_dim`` elements (:mod:`clusterlake.io.vectors`: its rows
+    are checked, not assumed, and it follows the named columns).
     """
 
     columns: tuple[str, ...] = ()
     array_column: Optional[str] = None
+    vector: Optional[str] = None
+    vector_dim: int = 0
     weight_column: Optional[str] = None
     center: Optional[np.ndarray] = None
     scale: Optional[np.ndarray] = None
@@ -90,8 +94,21 @@ class BlockSource:
 
     @property
     def input_columns(self) -> list[str]:
-        cols = [self.array_column] if self.array_column else list(self.columns)
+        cols = [self.array_column] if self.array_column else list(self.columns) + ([self.vector] if self.vector else [])
         return cols + ([self.weight_column] if self.weight_column else []) + list(self.carry)
+
+    @property
+    def width(self) -> int:
+        """Values per input row (a vector counts its elements), for sizing batches."""
+        return len(self.input_columns) + max(0, self.vector_dim - 1)
+
+    @property
+    def features(self):
+        """The block's features (:class:`~clusterlake.io.vectors.Features`): the named columns, then
+        the vector's elements."""
+        from clusterlake.io.vectors import Features
+
+        return Features.of(list(self.columns), self.vector, self.vector_dim)
 
     def positional(self, pos: dict[str, str]) -> "BlockSource":
         """This source reading the columns under the names ``pos`` gives them
@@ -100,7 +117,7 @@ class BlockSource:
             return None if c is None else pos[c]
 
         return replace(self, columns=tuple(pos[c] for c in self.columns), array_column=p(self.array_column),
-                       weight_column=p(self.weight_column), carry=tuple(pos[c] for c in self.carry),
+                       vector=p(self.vector), weight_column=p(self.weight_column), carry=tuple(pos[c] for c in self.carry),
                        validate_id=p(self.validate_id),
                        labels=tuple((a, c) for c, a in pos.items()))
 
@@ -124,31 +141,54 @@ class BlockSource:
             if n and flat.size % n:
                 raise ValueError(f"column '{self._name(self.array_column)}' holds vectors of different lengths")
             X = flat.reshape(n, -1 if n else 0).astype(np.float64, copy=False)
+        elif self.vector:
+            X = self._vector_block(batch)
         else:
             X = feature_block(batch, list(self.columns))
         if self.center is not None:
             from clusterlake.prep.transform import Preprocessor
 
-            X = Preprocessor(list(self.columns), self.center, self.scale, self.components).transform(X)
+            X = Preprocessor([str(j) for j in range(X.shape[1])], self.center, self.scale, self.components).transform(X)
             # (L2 normalisation for cosine happens in pack(), after the float32 cast)
         return X
+
+    def _vector_block(self, batch: pa.RecordBatch, rows=None) -> np.ndarray:
+        """The named columns and the vector's elements; a row whose vector is not ``vector_dim``
+        floats fails here (the nightly load validates instead: :meth:`validated`)."""
+        from clusterlake.io.vectors import vector_rows
+
+        if rows is None:
+            rows = vector_rows(batch.column(self.vector), self.vector_dim)
+            if not rows.valid.all():
+                bad = {r: int(m.sum()) for r, m in rows.reasons.items() if m.any()}
+                raise ValueError(f"column '{self._name(self.vector)}' has invalid vectors {bad} "
+                                 f"(expected {self.vector_dim} finite floats per row)")
+        return self.features.block(batch.column, rows)
 
     def validated(self, batch: pa.RecordBatch):
         """``(the batch's valid rows, their Validity, their features)`` under :attr:`validate_id`."""
         from clusterlake.io.validity import check_batch
+        from clusterlake.io.vectors import vector_rows
 
         def nulls(c):
             col = batch.column(c)
             return col.is_null().to_numpy(zero_copy_only=False) if col.null_count else np.zeros(len(col), bool)
 
-        X = feature_block(batch, list(self.columns))
+        vector = None
+        if self.vector:
+            rows = vector_rows(batch.column(self.vector), self.vector_dim)
+            vector = (self._name(self.vector), rows)
+            X = self._vector_block(batch, rows)
+        else:
+            X = feature_block(batch, list(self.columns))
         w = w_null = None
         if self.weight_column:
             w = batch.column(self.weight_column).to_numpy(zero_copy_only=False).astype(np.float64)
             w_null = nulls(self.weight_column)
         valid, v = check_batch(X, [nulls(c) for c in self.columns], nulls(self.validate_id), w, w_null,
                                [self._name(c) for c in self.columns], self._name(self.validate_id),
-                               self._name(self.weight_column) if self.weight_column else "weight")
+                               self._name(self.weight_column) if self.weight_column else "weight",
+                               vector=vector, ids=batch.column(self.validate_id))
         if valid.all():
             return batch, v, X
         return batch.filter(pa.array(valid)), v, X[valid]
@@ -251,7 +291,7 @@ def file_loader(scan, source: BlockSource, slices):
     pos = positions(source.input_columns)
     local = source.positional(pos)
     names = {c: pos[c] for c in scan.columns}
-    rows = batch_rows(len(source.input_columns))
+    rows = batch_rows(source.width)
 
     def load(batches, partition: int) -> Block:
         tasks = [t for b in batches for t in b.column(0).to_pylist()]

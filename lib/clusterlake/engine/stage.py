@@ -169,7 +169,7 @@ class BarrierStage:
         # bigger Arrow batches load faster (10k rows is Spark's default); restored once loaded
         conf_key = "spark.sql.execution.arrow.maxRecordsPerBatch"
         old_batch = self.spark.conf.get(conf_key, None)
-        self.spark.conf.set(conf_key, str(batch_rows(len(self.source.columns) or 64)))
+        self.spark.conf.set(conf_key, str(batch_rows(self.source.width if (self.source.columns or self.source.vector) else 64)))
         self._thread = JobThread(self.spark, job.collect)
         self._thread.start()
         try:

@@ -92,6 +92,8 @@ def _plain(t: pa.DataType) -> pa.DataType:
         t = t.value_type
     if pa.types.is_large_string(t):
         return pa.string()
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        return pa.list_(_plain(t.value_type))  # the item field's name differs between writers
     return t
 
 
@@ -145,9 +147,11 @@ def _read_footers(loc: Location, files: list[str], path: str) -> list[tuple[str,
 
 def _columns_used(cfg: InputSection, seen: dict[str, dict]) -> list[str]:
     """The columns the job reads: configured ones, or every column numeric in some file."""
-    special = [c for c in (cfg.id_column, cfg.label_column, cfg.weight_column) if c]
+    special = [c for c in (cfg.id_column, cfg.label_column, cfg.weight_column, cfg.vector_column) if c]
     if cfg.feature_columns is not None:
         feats = list(cfg.feature_columns)
+    elif cfg.vector_column is not None:
+        feats = []
     else:
         feats = [c for c, by_type in seen.items() if c not in special and any(_numeric(t) for t in by_type)]
     return [c for c in special + feats if c in seen]

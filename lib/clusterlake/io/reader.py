@@ -155,6 +155,8 @@ def resolve_columns(df, cfg: InputSection, model_run: Optional[str] = None) -> l
             f"{types[cfg.weight_column]}, expected a numeric type; cast it upstream"
         )
     special = {c for c in (cfg.id_column, cfg.label_column, cfg.weight_column) if c}
+    if cfg.feature_columns is None and cfg.vector_column is not None:
+        return []  # the vector's elements are the features (resolve_vector)
     if cfg.feature_columns is not None:
         missing = [c for c in cfg.feature_columns if c not in types]
         if missing and model_run is not None:
@@ -190,20 +192,130 @@ def resolve_columns(df, cfg: InputSection, model_run: Optional[str] = None) -> l
 
 
 
-def row_checks(id_col: str, features: list[str], weight_col: Optional[str] = None):
+@dataclass(frozen=True)
+class VectorInput:
+    """The input's vector column: its name, length, element type (``float``/``double``) and
+    whether it is a Spark ML ``Vector`` (read through Spark as ``array<double>``)."""
+
+    column: str
+    dim: int
+    element_type: str
+    ml_vector: bool = False
+
+    @property
+    def names(self) -> list[str]:
+        from clusterlake.io.vectors import element_names
+
+        return element_names(self.column, self.dim)
+
+
+_VECTOR_PROBE_ROWS = 1000
+
+
+def resolve_vector(df, cfg: InputSection, dim: Optional[int] = None) -> Optional[VectorInput]:
+    """``input.vector_column``'s type and length (None without one). The length is ``dim`` (the
+    model's, in the update job), else ``input.vector_size``, else the most common length among
+    the first 1,000 non-null vectors (one small Spark job reading the first rows only).
+
+    Raises
+    ------
+    InputDataError
+        the column is missing, is not an array of floats or an ML vector, or has no non-null vector.
+    """
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import ArrayType, DoubleType, FloatType
+
+    from clusterlake.io.columns import col as qcol
+
+    name = cfg.vector_column
+    if name is None:
+        return None
+    fields = {f.name: f.dataType for f in df.schema.fields}
+    if name not in fields:
+        raise InputDataError(f"input.vector_column '{name}' is not a column of {cfg.path}; columns are {list(fields)}")
+    t = fields[name]
+    ml = type(t).__name__ == "VectorUDT"
+    if not ml and not (isinstance(t, ArrayType) and isinstance(t.elementType, (FloatType, DoubleType))):
+        raise InputDataError(
+            f"input column '{name}' (input.vector_column) has type {t.simpleString()}, expected array<float>, "
+            "array<double> or a Spark ML vector; cast it upstream (e.g. .cast('array<float>'))")
+    elem = "double" if ml else t.elementType.simpleString()
+    dim = dim or cfg.vector_size
+    if dim is None:
+        size = F.size(_as_array(name, ml))
+        with spark_pass("vector length"):
+            rows = (df.where(qcol(name).isNotNull()).limit(_VECTOR_PROBE_ROWS).select(size.alias("n"))
+                    .groupBy("n").count().collect())
+        rows = [r for r in rows if r["n"] is not None and r["n"] > 0]
+        if not rows:
+            raise InputDataError(f"input column '{name}' (input.vector_column) has no non-empty vector in its "
+                                 f"first {_VECTOR_PROBE_ROWS} non-null rows; check the column, or set input.vector_size")
+        best = max(rows, key=lambda r: (r["count"], -r["n"]))
+        dim = int(best["n"])
+        others = {int(r["n"]): int(r["count"]) for r in rows if r["n"] != dim}
+        log.info("input.vector_column '%s': vectors of %d %ss%s", name, dim, elem,
+                 f" (the first rows also hold lengths {others}: invalid rows)" if others else "")
+    return VectorInput(name, int(dim), elem, ml)
+
+
+def _as_array(name: str, ml_vector: bool):
+    """The vector column as an array column (ML vectors converted to ``array<double>``)."""
+    from clusterlake.io.columns import col as qcol
+
+    if not ml_vector:
+        return qcol(name)
+    from pyspark.ml.functions import vector_to_array
+
+    return vector_to_array(qcol(name), "float64")
+
+
+def feature_column(name: str, vector: Optional[str] = None, ml_vector: bool = False):
+    """The Spark column of feature ``name``: a named column, or element ``j`` of the vector column
+    for ``vector[j]`` (:mod:`clusterlake.io.vectors`), as double, named ``name``."""
+    from clusterlake.io.columns import col as qcol
+    from clusterlake.io.vectors import element_index
+
+    j = element_index(name, vector)
+    if j is None:
+        return qcol(name).cast("double").alias(name)
+    return _as_array(vector, ml_vector).getItem(j).cast("double").alias(name)
+
+
+def _vector_checks(vector: str, dim: int, ml_vector: bool = False) -> dict:
+    """The vector column's reasons (:data:`clusterlake.io.vectors.VECTOR_REASONS`) as Spark conditions."""
+    from pyspark.sql import functions as F
+
+    v = _as_array(vector, ml_vector)
+    inf = F.lit(float("inf"))
+    present = v.isNotNull() & ~F.exists(v, lambda x: x.isNull())
+    right = present & (F.size(v) == dim)
+    return {
+        f"{vector}:null": ~present,
+        f"{vector}:length": present & (F.size(v) != dim),
+        f"{vector}:nan": right & F.exists(v, lambda x: F.isnan(x)),
+        f"{vector}:inf": right & F.exists(v, lambda x: F.abs(x) == inf),
+        f"{vector}:too_large": right & F.exists(v, lambda x: (F.abs(x) > F.lit(MAX_ABS_VALUE)) & (F.abs(x) != inf)
+                                                & ~F.isnan(x)),  # Spark orders NaN above every number
+    }
+
+
+def row_checks(id_col: str, features: list[str], weight_col: Optional[str] = None, vector=None):
     """The invalid-row rule (:mod:`clusterlake.io.validity`, whose numpy form the nightly job's
     load applies) as Spark expressions: ``(valid, reasons)``, ``valid`` true for a row
     with a non-null id, finite features no larger than :data:`MAX_ABS_VALUE` in magnitude and a
     finite non-negative weight; ``reasons`` maps ``"<column>:<null|nan|inf|too_large|negative>"``
-    to the condition (counted per reason)."""
+    to the condition (counted per reason). ``vector``: the :class:`VectorInput` whose elements
+    ``vector[j]`` are among ``features``: checked once per row as a vector."""
     from pyspark.sql import functions as F
 
     from clusterlake.io.columns import col as qcol
+    from clusterlake.io.vectors import element_index
 
     inf = F.lit(float("inf"))
     reasons = {f"{id_col}:null": qcol(id_col).isNull()}
     valid = qcol(id_col).isNotNull()
-    for c in features + ([weight_col] if weight_col else []):
+    named = [c for c in features if element_index(c, vector.column if vector else None) is None]
+    for c in named + ([weight_col] if weight_col else []):
         x = qcol(c).cast("double")
         reasons[f"{c}:null"] = qcol(c).isNull()
         reasons[f"{c}:nan"] = F.isnan(x)
@@ -214,6 +326,11 @@ def row_checks(id_col: str, features: list[str], weight_col: Optional[str] = Non
         w = qcol(weight_col).cast("double")
         reasons[f"{weight_col}:negative"] = w < 0
         valid = valid & (w >= 0)
+    if vector is not None and len(named) < len(features):
+        checks = _vector_checks(vector.column, vector.dim, vector.ml_vector)
+        reasons.update(checks)
+        for cond in checks.values():
+            valid = valid & ~cond
     return valid, reasons
 
 
@@ -256,7 +373,7 @@ def validate(df, cfg: InputSection, k: int, keep_constant: bool = False, model_r
 
 
 def decide(df, cfg: InputSection, feats: list[str], v: Validity, k: int, keep_constant: bool = False,
-           dups=None, spark_free=None):
+           dups=None, spark_free=None, vector: Optional[VectorInput] = None):
     """What validation concludes from the counts ``v`` over the input ``df``: the invalid-row
     policy (an error under ``fail``), at least ``k`` valid rows, constant features dropped, unique
     ids among the valid rows. Returns (the valid rows of ``df``, the summary). The nightly job
@@ -265,11 +382,14 @@ def decide(df, cfg: InputSection, feats: list[str], v: Validity, k: int, keep_co
     ``dups``: :func:`duplicate_ids` of every row's id, found before (the nightly job: no Spark job
     can run while the engine's tasks hold the rows); only when some are found and some rows are
     invalid is the check made again over the valid rows, inside ``spark_free()`` (a context that
-    frees the task slots meanwhile). None: one Spark pass over the valid rows' ids here."""
-    n_used = _apply_invalid_policy(cfg, v.rows, v.invalid, v.counts, k)
+    frees the task slots meanwhile). None: one Spark pass over the valid rows' ids here.
+    ``vector``: the input's vector column, whose elements are among ``feats``."""
+    from clusterlake.io.vectors import element_index
+
+    n_used = _apply_invalid_policy(cfg, v.rows, v.invalid, v.counts, k, v.examples)
     constant = [] if keep_constant else [c for i, c in enumerate(feats) if v.lo[i] == v.hi[i]]
     kept = _kept_features(feats, constant)
-    clean = df.filter(row_checks(cfg.id_column, feats, cfg.weight_column)[0]) if v.invalid else df
+    clean = df.filter(row_checks(cfg.id_column, feats, cfg.weight_column, vector)[0]) if v.invalid else df
     if dups is None:
         dups = duplicate_ids(clean, cfg.id_column)
     elif dups and v.invalid:  # are they among the valid rows?
@@ -283,20 +403,24 @@ def decide(df, cfg: InputSection, feats: list[str], v: Validity, k: int, keep_co
         path=cfg.path, format=cfg.format, rows_read=v.rows, rows_used=n_used, rows_dropped=v.invalid,
         invalid_counts=dict(v.counts), feature_columns=kept, dropped_constant_columns=constant,
         id_column=cfg.id_column, label_column=cfg.label_column, weight_column=cfg.weight_column,
-        feature_types={c: df.schema[c].dataType.simpleString() for c in feats}, version=cfg.version,
+        feature_types={c: (df.schema[c].dataType.simpleString() if element_index(c, vector and vector.column) is None
+                           else vector.element_type) for c in feats}, version=cfg.version,
     )
     return clean, summary
 
 
-def load_columns(df, cfg: InputSection, feats: list[str]):
+def load_columns(df, cfg: InputSection, feats: list[str], vector: Optional[VectorInput] = None):
     """The input's columns the nightly job loads, as the engine's tasks validate them: id, the
-    features (float columns as they are, half the bytes of a double; other numbers as double),
-    label, weight (double). Nothing is filtered: the tasks count and drop invalid rows."""
+    named features (float columns as they are, half the bytes of a double; other numbers as
+    double), the vector column (an ML vector as ``array<double>``), label, weight (double).
+    Nothing is filtered: the tasks count and drop invalid rows."""
     from clusterlake.io.columns import col as qcol
 
     types = {f.name: f.dataType.simpleString() for f in df.schema.fields}
     cols = [qcol(cfg.id_column)]
     cols += [qcol(c) if types[c] in ("float", "double") else qcol(c).cast("double").alias(c) for c in feats]
+    if vector is not None:
+        cols.append(_as_array(vector.column, vector.ml_vector).alias(vector.column))
     if cfg.label_column and cfg.label_column != cfg.id_column:
         cols.append(qcol(cfg.label_column))
     if cfg.weight_column:
@@ -347,7 +471,8 @@ def _invalid_counts(row, names: list[str]) -> tuple[int, int, dict[str, int]]:
     return n, n_bad, {k_: v for k_, v in counts.items() if v}
 
 
-def _apply_invalid_policy(cfg: InputSection, n: int, n_bad: int, counts: dict[str, int], k: int) -> int:
+def _apply_invalid_policy(cfg: InputSection, n: int, n_bad: int, counts: dict[str, int], k: int,
+                          examples: Optional[dict] = None) -> int:
     """``input.invalid_rows``: fail naming the worst columns, or warn and go on without the
     invalid rows; then check enough rows remain. Returns the rows used."""
     if n == 0:
@@ -355,9 +480,14 @@ def _apply_invalid_policy(cfg: InputSection, n: int, n_bad: int, counts: dict[st
     if n_bad:
         worst = sorted(counts.items(), key=lambda kv: -kv[1])[:5]
         detail = ", ".join(f"'{k_.rsplit(':', 1)[0]}' {v} {k_.rsplit(':', 1)[1]}" for k_, v in worst)
+        eg = "; ".join(f"e.g. {t}" for r, t in (examples or {}).items() if r in dict(worst))
+        detail += f" ({eg})" if eg else ""
         if cfg.invalid_rows == "fail":
+            what = "null, NaN, inf, |value| > %g, or a negative weight" % MAX_ABS_VALUE
+            if cfg.vector_column:
+                what += f"; a '{cfg.vector_column}' vector null or of another length"
             raise InputDataError(
-                f"input has {n_bad} of {n} rows with invalid values ({detail}; null, NaN, inf, |value| > {MAX_ABS_VALUE:g}, or a negative weight); "
+                f"input has {n_bad} of {n} rows with invalid values ({detail}; {what}); "
                 "set input.invalid_rows: drop to drop them (they are counted), or clean the columns"
             )
         log.warning("dropping %d of %d invalid rows (input.invalid_rows=drop): %s", n_bad, n, detail)
@@ -414,11 +544,13 @@ def _raise_duplicates(id_column: str, n_dup: int, examples: list) -> None:
     )
 
 
-def output_columns(cfg: InputSection, kept: list[str]) -> list:
-    """The validated table's columns: id, kept features as double, label, weight as double."""
+def output_columns(cfg: InputSection, kept: list[str], vector: Optional[VectorInput] = None) -> list:
+    """The validated table's columns: id, kept features as double (a vector's elements as
+    columns ``vector[j]``), label, weight as double."""
     from clusterlake.io.columns import col as qcol
 
-    cols = [qcol(cfg.id_column)] + [qcol(c).cast("double").alias(c) for c in kept]
+    vcol, ml = (vector.column, vector.ml_vector) if vector else (None, False)
+    cols = [qcol(cfg.id_column)] + [feature_column(c, vcol, ml) for c in kept]
     if cfg.label_column:
         cols.append(qcol(cfg.label_column))
     if cfg.weight_column:

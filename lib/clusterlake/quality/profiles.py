@@ -34,8 +34,11 @@ class Profiles:
     pop_std: np.ndarray  # (d,)
     share: np.ndarray  # (k,)
 
-    def descriptions(self) -> list[str]:
-        return [describe(self.features, self.z[i], self.share[i]) for i in range(len(self.share))]
+    def descriptions(self, exemplars=None) -> list[str]:
+        """One text per cluster; ``exemplars`` (ids per cluster) are named in it when given (the
+        clusters of a vector column, whose elements say nothing by name)."""
+        return [describe(self.features, self.z[i], self.share[i], exemplars[i] if exemplars else None)
+                for i in range(len(self.share))]
 
 
 def compute(counts: np.ndarray, sum_x: np.ndarray, sum_sq_dx: np.ndarray, pop_mean: np.ndarray,
@@ -60,13 +63,17 @@ def compute(counts: np.ndarray, sum_x: np.ndarray, sum_sq_dx: np.ndarray, pop_me
                     counts / n if n > 0 else counts)
 
 
-def describe(features: list[str], z: np.ndarray, share: float) -> str:
-    """The cluster's (at most 3) most distinctive features with ``|z| >= 0.5``, and its share."""
+def describe(features: list[str], z: np.ndarray, share: float, exemplars=None) -> str:
+    """The cluster's (at most 3) most distinctive features with ``|z| >= 0.5``, and its share;
+    then its most central rows' ids when ``exemplars`` is given."""
     order = np.argsort(-np.abs(z), kind="stable")[:TOP]
     parts = [f"{'high' if z[j] > 0 else 'low'} {features[j]} ({z[j]:+.1f} sd)" for j in order if abs(z[j]) >= MIN_Z]
-    if not parts:
+    if not parts and len(features):
         parts = ["close to the population average on every feature"]
-    return ", ".join(parts) + f", {_pct(share)} of rows"
+    text = ", ".join(parts + [f"{_pct(share)} of rows"])
+    if exemplars:
+        text += "; most central: " + ", ".join(str(e) for e in exemplars[:TOP])
+    return text
 
 
 def _pct(share: float) -> str:

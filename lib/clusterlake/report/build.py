@@ -161,7 +161,7 @@ def load_report_data(output_path: str, run_id: Optional[str] = None, history_run
         gate_failures=list(row.gate_failures) if row.get("gate_failures") is not None else [],
         gates_configured=_config_gates(row.config_json), stage_seconds=stage_s,
         seconds=float(row.duration_seconds),
-        clusters=cen[["cluster_id", "size", "share", "description"]],
+        clusters=cen[["cluster_id", "size", "share", "description"] + (["exemplar_ids"] if "exemplar_ids" in cen else [])],
         metrics=metrics,
         sample_points=pts, sample_cluster=cl, sample_silhouette=x.get("report_silhouette"),
         sample_noise=x.get("report_noise").astype(bool) if x.get("report_noise") is not None else None,

@@ -462,12 +462,18 @@ def _sizes(d: ReportData, colors: dict) -> str:
     _style(ax, f"Cluster sizes (k = {k}, {int(c['size'].sum()):,} rows)", "rows", "")
     img = _img(fig, "Horizontal bar chart of cluster sizes")
     rows = []
-    for cid, n, s, desc in zip(c["cluster_id"], c["size"], c["share"], c["description"]):
+    central = "exemplar_ids" in c and c["exemplar_ids"].notna().any()
+    for i, (cid, n, s, desc) in enumerate(zip(c["cluster_id"], c["size"], c["share"], c["description"])):
         text = "—" if desc is None or (isinstance(desc, float) and math.isnan(desc)) else _e(desc)
         col = colors[int(cid)]
-        rows.append((f' data-cluster="{int(cid)}" data-color="{_e(col)}"',
-                     [_swatch(col, f"cluster {int(cid)}"), str(int(cid)), _int(n), _pct(s), text]))
-    table = _table(["", "cluster", "rows", "share", "description"], rows, "clusters")
+        cells = [_swatch(col, f"cluster {int(cid)}"), str(int(cid)), _int(n), _pct(s), text]
+        if central:
+            ex = c["exemplar_ids"].iloc[i]
+            cells.append("—" if ex is None or (isinstance(ex, float) and math.isnan(ex)) else
+                         _e(", ".join(str(v) for v in list(ex))))
+        rows.append((f' data-cluster="{int(cid)}" data-color="{_e(col)}"', cells))
+    head = ["", "cluster", "rows", "share", "description"] + (["most central rows (ids)"] if central else [])
+    table = _table(head, rows, "clusters")
     return "<h2>Cluster sizes</h2>" + f'<figure>{img}</figure>' + table
 
 

@@ -32,6 +32,7 @@ class Input:
     feature_change: Optional[str]
     rows_held: object = None  # clusterlake.algorithms.resident.ResidentRows, open from the read to the write
     draw_size: int = 0  # the one uniform sample's size: the largest any step needs
+    vector: object = None  # clusterlake.io.reader.VectorInput: the input's vector column, if any
     _draw: Optional[np.ndarray] = None
 
     def sample(self, size: int, seed: int) -> np.ndarray:
@@ -49,6 +50,14 @@ class Input:
     @property
     def rows(self) -> int:
         return self.summary.rows_used
+
+    @property
+    def vector_meta(self) -> Optional[dict]:
+        """The vector column in the model's metadata (serving and the update job read it)."""
+        if self.vector is None:
+            return None
+        return {"vector_column": self.vector.column, "vector_dim": self.vector.dim,
+                "vector_type": self.vector.element_type}
 
 
 @dataclass
@@ -88,6 +97,7 @@ class Measured:
     tree: Optional[dict]  # the cluster tree, leaves named by stable ids
     parent_ids: Optional[np.ndarray]
     by_name: dict[str, float]  # the run's own metrics (full, and the sampled silhouette) by name
+    exemplars: list = field(default_factory=list)  # ids (text) of each cluster's most central rows
 
     @property
     def quality(self) -> dict:
@@ -136,46 +146,53 @@ def read_input(run: Run) -> Input:
     from clusterlake.faults import pause_point
     from clusterlake.io import feature_contract
     from clusterlake.io.input_files import scan_parquet
-    from clusterlake.io.reader import decide, duplicate_ids, pin_version, read_table, resolve_columns
+    from clusterlake.io.reader import decide, duplicate_ids, pin_version, read_table, resolve_columns, resolve_vector
 
     cfg, icfg = run.cfg, pin_version(run.spark, run.cfg.input)
     with run.step("read+validate") as note:
         scanned = scan_parquet(icfg) if icfg.format == "parquet" else None  # every footer, once
         raw = read_table(run.spark, icfg, scanned)
-        feats = resolve_columns(raw, icfg)
+        named = resolve_columns(raw, icfg)
+        vector = _read_errors(lambda: resolve_vector(raw, icfg), icfg.path)
+        feats = named + (vector.names if vector else [])
         dups = _read_errors(lambda: duplicate_ids(raw, icfg.id_column), icfg.path)  # before the tasks hold the slots
-        rows = _read_errors(lambda: _load(run, raw, feats, scanned), icfg.path)
+        rows = _read_errors(lambda: _load(run, raw, named, scanned, vector), icfg.path)
         pause_point("rows.loaded", run_id=run.run_id, rows=rows.rows)
         clean, summary = decide(raw, icfg, feats, rows.validity(), _k_before_fit(cfg), dups=dups,
-                                spark_free=rows.released)
+                                spark_free=rows.released, vector=vector)
         previous_art = history.previous_artifact(run.model_root, run.run_date)
         change = feature_contract.check(previous_art, summary, _column_types(raw), icfg.allow_feature_change)
         rows.keep_features(summary.feature_columns)  # without the constant ones, in the model's order
         if cfg.kmeans.engine == "spark-mllib":  # MLlib's fit reads the rows again, through Spark
             from clusterlake.io.reader import output_columns
 
-            clean = run.cache(clean.select(*output_columns(icfg, summary.feature_columns)))
+            clean = run.cache(clean.select(*output_columns(icfg, summary.feature_columns, vector)))
         note.update(rows_read=summary.rows_read, rows_used=summary.rows_used,
                     dropped=summary.rows_dropped, features=len(summary.feature_columns), tasks=rows.stage.n_tasks)
-    return Input(clean, summary, previous_art, change, rows, _draw_size(cfg))
+    return Input(clean, summary, previous_art, change, rows, _draw_size(cfg), vector)
 
 
-def _load(run: Run, raw, feats: list[str], scanned=None):
-    """The input's rows loaded into the engine's tasks, validated on the way."""
+def _load(run: Run, raw, feats: list[str], scanned=None, vector=None):
+    """The input's rows loaded into the engine's tasks, validated on the way: the named features
+    ``feats`` and the vector column's elements (``vector``, a VectorInput)."""
     from clusterlake.algorithms.resident import ResidentRows, exact_in_float32
     from clusterlake.io.input_files import plain_file_scan
     from clusterlake.io.reader import load_columns
 
     cfg, icfg = run.cfg, run.cfg.input
     types = {f.name: f.dataType.simpleString() for f in raw.schema.fields}
-    needed = [icfg.id_column, *feats] + [c for c in (icfg.label_column, icfg.weight_column) if c]
+    needed = [icfg.id_column, *feats] + ([vector.column] if vector else []) + \
+        [c for c in (icfg.label_column, icfg.weight_column) if c]
     doubles = [c for c in feats if types[c] not in ("float", "double")] + ([icfg.weight_column] if icfg.weight_column else [])
-    source = plain_file_scan(icfg, needed, doubles, scanned) if icfg.read_in_tasks else None
+    in_tasks = icfg.read_in_tasks and not (vector and vector.ml_vector)  # an ML vector is Spark's to decode
+    source = plain_file_scan(icfg, needed, doubles, scanned) if in_tasks else None
     log.info("the engine's tasks read %s", f"the {len(source.files)} parquet files themselves" if source
              else "the input through Spark")
-    rows = ResidentRows(run.spark, source or load_columns(raw, icfg, feats), feats, icfg.id_column,
-                        icfg.label_column, icfg.weight_column, exact_in_float32([types[c] for c in feats]),
-                        cfg.kmeans.num_tasks, cfg.kmeans.recovery_wait_seconds, validate=True)
+    elem_types = [vector.element_type] if vector else []
+    rows = ResidentRows(run.spark, source or load_columns(raw, icfg, feats, vector), feats, icfg.id_column,
+                        icfg.label_column, icfg.weight_column, exact_in_float32([types[c] for c in feats] + elem_types),
+                        cfg.kmeans.num_tasks, cfg.kmeans.recovery_wait_seconds, validate=True,
+                        vector=(vector.column, vector.dim) if vector else None)
     with spark_pass("load rows"):
         return run.hold(rows)
 
@@ -281,7 +298,6 @@ def measure(run: Run, inp: Input, pre: Prepared, fitted: Fitted) -> Measured:
     archetypes, the cluster tree."""
     from clusterlake.algorithms.sample_passes import PassFit, sampled_silhouettes
     from clusterlake.kernels.assignment import AssignmentRule
-    from clusterlake.quality import profiles
     from clusterlake.quality.metrics import full_metrics
 
     cfg, C = run.cfg, fitted.centroids
@@ -302,14 +318,27 @@ def measure(run: Run, inp: Input, pre: Prepared, fitted: Fitted) -> Measured:
         note.update({m: round(v, 4) for m, v in by_name.items() if m in ("silhouette", "ari", "davies_bouldin")})
         if fitted.auto is not None:
             metrics += fitted.auto.metrics  # every candidate's scores (scope auto_k) and the stability
-        m = pre.moments
-        prof = profiles.compute(stats.counts, stats.sum_x, stats.sum_sq_dx, m.mean, np.diag(m.m2) / max(m.n, 1),
-                                inp.features)
-        descriptions = prof.descriptions()
+        with spark_pass("exemplars"):
+            exemplars = held.exemplars(len(C), cfg.quality.exemplars)
+        prof = _profiles(inp, pre, stats)
+        descriptions = prof.descriptions(exemplars if inp.vector is not None else None)
         for cid, text in zip(fitted.cluster_ids, descriptions):
             log.info("cluster %d: %s", cid, text)
         tree, parent_ids = stable_ids.relabel_tree(_tree(fitted.fit, C, stats.counts), fitted.cluster_ids)
-    return Measured(stats, metrics, Zs, sample_pos, prof, descriptions, tree, parent_ids, by_name)
+    return Measured(stats, metrics, Zs, sample_pos, prof, descriptions, tree, parent_ids, by_name, exemplars)
+
+
+def _profiles(inp: Input, pre: Prepared, stats):
+    """Profiles of the named features (a vector's elements, one z-score per dimension, tell
+    nobody anything: the clusters of vectors are described by their exemplars)."""
+    from clusterlake.io.vectors import element_index
+    from clusterlake.quality import profiles
+
+    vcol = inp.vector.column if inp.vector is not None else None
+    j = np.array([i for i, f in enumerate(inp.features) if element_index(f, vcol) is None], dtype=np.int64)
+    m = pre.moments
+    return profiles.compute(stats.counts, stats.sum_x[:, j], stats.sum_sq_dx[:, j], m.mean[j],
+                            np.diag(m.m2)[j] / max(m.n, 1), [inp.features[i] for i in j])
 
 
 def _tree(fit, centroids: np.ndarray, counts: np.ndarray) -> Optional[dict]:
@@ -366,7 +395,8 @@ def _artifact(run: Run, inp: Input, pre: Prepared, fitted: Fitted, measured: Mea
         run_id=run.run_id, run_date=run.run_date, prep=pre.prep, centroids=fitted.centroids,
         cluster_ids=fitted.cluster_ids, distance=cfg.kmeans.distance, algorithm=cfg.kmeans.algorithm,
         meta={"job": cfg.job.name, "id_column": cfg.input.id_column, "engine": fitted.fit.engine,
-              "init": fitted.fit.init, "descriptions": measured.descriptions},
+              "init": fitted.fit.init, "descriptions": measured.descriptions, "exemplars": measured.exemplars,
+              **(inp.vector_meta or {})},
         tree=measured.tree, passes=passes, extras=extras, cluster_stats=cluster_figures(measured.stats),
         lineage={"kind": "full", "previous_run_id": prev.run_id if prev else None, "base_run_id": run.run_id,
                  "assignment_runs": [[run.run_id, run.run_date]], "next_cluster_id": fitted.matching.next_id},
@@ -460,8 +490,8 @@ def write(run: Run, staged: list, inp: Input, pre: Prepared, fitted: Fitted, mea
         counts = _assign_and_save(run, staged, inp, fitted, pfit, art)
         staged_asg = staged[0]
         staged.append(run.stage_rows("centroids", centroids.rows(
-            run.run_id, art.cluster_stats, fitted.centroids, ids, measured.parent_ids, measured.descriptions),
-            centroids.DDL))
+            run.run_id, art.cluster_stats, fitted.centroids, ids, measured.parent_ids, measured.descriptions,
+            measured.exemplars or None), centroids.DDL))
         events, drift = _lineage(run, staged_asg, fitted, measured)
         metrics = measured.metrics + drift
         if cfg.density.enabled or cfg.hierarchical.enabled:

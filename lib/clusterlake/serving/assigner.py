@@ -16,6 +16,12 @@ Input: an (n, d) or (d,) array in :attr:`Assigner.feature_names` order, a mappin
 name to value (one row) or to a column of values, or a list of such one-row mappings (records,
 e.g. parsed JSON). Extra keys are ignored. A missing feature, a null, a bool or string, NaN/inf,
 or a wrong row length raises :class:`RowError` naming the row and the feature.
+
+A model fitted on a vector column (``input.vector_column``, e.g. ``emb``) takes the vector under
+its column name, as the table holds it: ``{"emb": [0.1, ...], "price": 3.0}`` (a list, or an
+(n, dim) array for n rows), or records of such mappings; a vector of another length is a
+:class:`RowError` naming the row and the length. The (n, d) array form takes the features in
+:attr:`Assigner.feature_names` order (``emb[0]``, ``emb[1]``, ...).
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from clusterlake.io import model_artifact
 from clusterlake.kernels import assignment as rule_kernel
 
 Rows = Union[np.ndarray, Mapping, Sequence]
+_NONE = object()
 OUTLIER_RULES = ("auto", "density", "radius")
 RADIUS_STATS = ("radius_p99", "radius_p90", "radius_max")
 
@@ -118,6 +125,8 @@ class Assigner:
         self.artifact = artifact
         self._prep = artifact.prep
         self._names = list(self._prep.feature_names)
+        self._vector = artifact.meta.get("vector_column")
+        self._vector_dim = int(artifact.meta.get("vector_dim") or 0)
         self._centroids = np.ascontiguousarray(artifact.centroids, dtype=np.float64)
         self._c_sq = np.einsum("ij,ij->i", self._centroids, self._centroids)
         self._ids = np.asarray(artifact.cluster_ids, dtype=np.int32)
@@ -191,6 +200,11 @@ class Assigner:
         names = self._names
         if isinstance(rows, np.ndarray):
             return self._check(self._array(rows))
+        if self._vector is not None and not isinstance(rows, (str, bytes)):
+            if isinstance(rows, Mapping) and self._vector in rows:
+                return self._check(self._vector_rows([rows], one_mapping=True))
+            if isinstance(rows, Sequence) and len(rows) and all(isinstance(r, Mapping) for r in rows):
+                return self._check(self._vector_rows(rows))
         if isinstance(rows, Mapping) or hasattr(rows, "columns"):  # a dict or a pandas DataFrame
             return self._check(self._columns(rows))
         if isinstance(rows, (str, bytes)):
@@ -243,8 +257,8 @@ class Assigner:
                                    row=i, feature=names[j])
         return np.asarray(rows, dtype=np.float64)
 
-    def _columns(self, rows) -> np.ndarray:
-        names = self._names
+    def _columns(self, rows, names: Optional[list] = None) -> np.ndarray:
+        names = self._names if names is None else names
         missing = [c for c in names if c not in rows]
         if missing:
             raise RowError(f"missing feature(s) {missing}; the model expects {names}", feature=missing[0])
@@ -298,6 +312,65 @@ class Assigner:
                         raise RowError(f"row {i} feature '{names[j]}' is {_describe(v)}; features must be numbers",
                                        row=i, feature=names[j])
         return np.array(vals, dtype=np.float64)
+
+    def _vector_rows(self, rows: Sequence[Mapping], one_mapping: bool = False) -> np.ndarray:
+        """Rows of a vector model: mappings holding the vector column (and the named features).
+        ``one_mapping``: ``rows[0]`` is one mapping whose values may be columns (n rows)."""
+        from clusterlake.io.vectors import element_index
+
+        vec, dim = self._vector, self._vector_dim
+        named = [c for c in self._names if element_index(c, vec) is None]
+        elem = [(i, element_index(c, vec)) for i, c in enumerate(self._names) if element_index(c, vec) is not None]
+        vectors, scalars = [], []
+        for i, r in enumerate(rows):
+            if not isinstance(r, Mapping):
+                raise RowError(f"row {i} is {_describe(r)}, expected a mapping of feature -> value", row=i)
+            missing = [c for c in [vec] + named if c not in r]
+            if missing:
+                raise RowError(f"row {i}: missing feature(s) {missing}; the model expects {[vec] + named}",
+                               row=i, feature=missing[0])
+            vectors.append(self._vector_of(r[vec], i, one_mapping))
+            scalars.append(self._columns(r, named) if named else None)
+        V = np.concatenate(vectors) if one_mapping else np.stack([v[0] for v in vectors])
+        n = len(V)
+        X = np.empty((n, len(self._names)), dtype=np.float64)
+        if named:
+            S = np.concatenate(scalars)
+            if len(S) != n:
+                raise RowError(f"'{vec}' holds {n} vectors but the named features {len(S)} rows")
+            X[:, [self._names.index(c) for c in named]] = S
+        X[:, [i for i, _ in elem]] = V[:, [j for _, j in elem]]
+        return X
+
+    def _vector_of(self, v, row: int, many: bool) -> np.ndarray:
+        """One row's vector (or, ``many``, a column of them) as an (m, dim) float64 array."""
+        vec, dim = self._vector, self._vector_dim
+        if hasattr(v, "to_numpy"):
+            v = v.to_numpy()
+        if isinstance(v, np.ndarray) and v.dtype.kind in "iuf":
+            a = v.astype(np.float64)
+        elif isinstance(v, (list, tuple, np.ndarray)) and not isinstance(v, (str, bytes)):
+            items = list(v)
+            flat = [x for it in items for x in (it if isinstance(it, (list, tuple, np.ndarray)) else [it])]
+            bad = next((x for x in flat if not _is_number(x)), _NONE)
+            if bad is not _NONE:
+                raise RowError(f"row {row} feature '{vec}' holds {_describe(bad)}; its values must be numbers",
+                               row=row, feature=vec)
+            try:
+                a = np.asarray(items, dtype=np.float64)
+            except ValueError:
+                raise RowError(f"row {row} feature '{vec}' holds vectors of different lengths; each must have "
+                               f"{dim} values", row=row, feature=vec) from None
+        else:
+            raise RowError(f"row {row} feature '{vec}' is {_describe(v)}, expected a list of {dim} numbers",
+                           row=row, feature=vec)
+        a = a.reshape(1, -1) if a.ndim == 1 else a
+        if a.ndim != 2 or a.shape[1] != dim:
+            raise RowError(f"row {row} feature '{vec}' has length {a.shape[-1] if a.ndim else 0}, expected {dim}",
+                           row=row, feature=vec)
+        if not many and len(a) != 1:
+            raise RowError(f"row {row} feature '{vec}' holds {len(a)} vectors, expected one", row=row, feature=vec)
+        return a
 
     def _check(self, X: np.ndarray) -> np.ndarray:
         if X.shape[0] == 0:

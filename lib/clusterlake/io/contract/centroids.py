@@ -8,7 +8,7 @@ import numpy as np
 
 DDL = ("cluster_id int, size long, share double, centroid array<double>, centroid_model array<double>, "
        "radius_mean double, radius_rms double, radius_max double, parent_id int, run_id string, "
-       "description string")
+       "description string, exemplar_ids array<string>")
 
 
 def cluster_figures(stats) -> dict:
@@ -24,9 +24,10 @@ def cluster_figures(stats) -> dict:
 
 
 def rows(run_id: str, figures: dict, centroids: np.ndarray, cluster_ids, parent_ids: Optional[np.ndarray] = None,
-         descriptions: Optional[list[str]] = None) -> list[tuple]:
+         descriptions: Optional[list[str]] = None, exemplars: Optional[list] = None) -> list[tuple]:
     """One row per cluster from :func:`cluster_figures`-shaped arrays; an empty cluster has no
-    mean and no radii (null), its model-space centroid is kept."""
+    mean and no radii (null), its model-space centroid is kept. ``exemplars``: the ids (text) of
+    each cluster's rows nearest its centroid, nearest first (null when not computed)."""
     sizes = figures["sizes"]
     n = float(sizes.sum())
     out = []
@@ -39,5 +40,6 @@ def rows(run_id: str, figures: dict, centroids: np.ndarray, cluster_ids, parent_
             [float(v) for v in centroids[i]], *radius,
             int(parent_ids[i]) if parent_ids is not None and parent_ids[i] >= 0 else None, run_id,
             descriptions[i] if descriptions is not None else None,
+            list(exemplars[i]) if exemplars is not None else None,
         ))
     return out

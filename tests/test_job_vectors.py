@@ -1,0 +1,158 @@
+"""The nightly job on an embeddings table (``input.vector_column``): the tables read back, the
+exemplars against a brute-force search, serving equal to the batch, the invalid-row policy for
+vectors (counted, or an error naming an id and the length), ML vectors and Spark's read path."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from deltalake import DeltaTable
+from sklearn.metrics import adjusted_rand_score
+
+from clusterlake.errors import InputDataError
+from clusterlake.pipeline import run_job
+from clusterlake.serving import Assigner
+from tests.conftest import job_config
+
+N, D, K = 3000, 16, 4
+
+
+def embeddings(n=N, d=D, k=K, seed=0):
+    """Unit vectors around k directions, a named feature ``price`` and the true topic."""
+    rng = np.random.default_rng(seed)
+    dirs = rng.normal(size=(k, d))
+    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+    y = rng.integers(0, k, n)
+    X = dirs[y] + rng.normal(scale=0.15, size=(n, d))
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    return X.astype(np.float32), rng.gamma(2.0, 10.0, n), y
+
+
+def write(path, X, price, y, vectors=None):
+    n, d = X.shape
+    emb = vectors if vectors is not None else \
+        pa.FixedSizeListArray.from_arrays(pa.array(X.ravel()), d).cast(pa.list_(pa.float32()))
+    pq.write_table(pa.table({"doc_id": pa.array(np.arange(n, dtype=np.int64) + 100), "emb": emb,
+                             "price": pa.array(price), "topic": pa.array(y.astype(np.int32))}),
+                   str(path), row_group_size=1000)
+    return str(path)
+
+
+def vector_config(path, out, **over):
+    base = {"input.id_column": "doc_id", "input.label_column": "topic", "input.vector_column": "emb",
+            "input.feature_columns": "[price]", "kmeans.k": K, "kmeans.distance": "cosine",
+            "density.enabled": "false", "hierarchical.enabled": "false", "report.enabled": "false"}
+    return job_config(path, out, **{**base, **over})
+
+
+@pytest.fixture(scope="module")
+def run(spark, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("vectors")
+    X, price, y = embeddings()
+    path = write(tmp / "emb.parquet", X, price, y)
+    out = str(tmp / "out")
+    result = run_job(vector_config(path, out, **{"report.enabled": "true"}), spark=spark)
+    asg = DeltaTable(f"{out}/assignments").to_pandas().set_index("doc_id").sort_index()
+    return {"result": result, "out": out, "X": X, "price": price, "y": y, "asg": asg, "path": path, "tmp": tmp}
+
+
+def _table(run, name):
+    return DeltaTable(f"{run['out']}/{name}").to_pandas()
+
+
+def test_every_row_clustered_on_the_vector_and_the_named_column(run):
+    asg, res = run["asg"], run["result"]
+    assert len(asg) == N and list(asg.index) == list(range(100, 100 + N))
+    assert res.feature_columns == ["price"] + [f"emb[{j}]" for j in range(D)]
+    # the topics are the vectors' directions: price (noise) must not break them
+    assert adjusted_rand_score(run["y"], asg["cluster_id"]) > 0.95
+    assert Assigner.load(f"{run['out']}/model/latest").artifact.meta["vector_dim"] == D
+
+
+def test_exemplars_are_the_rows_nearest_each_centroid(run):
+    asg = run["asg"].reset_index()
+    cen = _table(run, "centroids").sort_values("cluster_id")
+    for cid, ex, desc in zip(cen["cluster_id"], cen["exemplar_ids"], cen["description"]):
+        mine = asg[asg["cluster_id"] == cid].sort_values("distance")
+        assert list(ex) == [str(v) for v in mine["doc_id"][:5]]  # brute force over the table
+        assert desc.endswith("most central: " + ", ".join(list(ex)[:3]))
+
+
+def test_profiles_describe_the_named_columns_not_each_dimension(run):
+    prof = _table(run, "profiles")
+    assert set(prof["feature"]) == {"price"} and len(prof) == K
+    html = open(os.path.join(run["out"], "reports", f"{run['result'].run_id}.html")).read()
+    assert "most central rows (ids)" in html
+
+
+def test_serving_takes_the_vector_and_equals_the_batch(run):
+    a = Assigner.load(f"{run['out']}/model/latest")
+    rows = [{"emb": run["X"][i].tolist(), "price": float(run["price"][i])} for i in range(200)]
+    got = a.assign(rows)
+    want = run["asg"].iloc[:200]
+    np.testing.assert_array_equal(got.cluster_id, want["cluster_id"])
+    np.testing.assert_allclose(got.distance, want["distance"], rtol=1e-6, atol=1e-9)
+    cols = a.assign({"emb": run["X"][:200], "price": run["price"][:200]})  # columns: an (n, dim) array
+    np.testing.assert_array_equal(cols.cluster_id, want["cluster_id"])
+    from clusterlake.serving.assigner import RowError
+
+    with pytest.raises(RowError, match=r"row 1 feature 'emb' has length 15, expected 16"):
+        a.assign([rows[0], {**rows[1], "emb": rows[1]["emb"][:15]}])
+
+
+def test_spark_read_path_and_ml_vectors_give_the_same_clusters(run, spark):
+    from pyspark.ml.functions import array_to_vector
+
+    same = run_job(vector_config(run["path"], str(run["tmp"] / "spark"), **{"input.read_in_tasks": "false"}),
+                   spark=spark)
+    asg = DeltaTable(same.output_path + "/assignments").to_pandas().set_index("doc_id").sort_index()
+    # other tasks hold other rows (the seeding draws differ): the same clusters, maybe numbered otherwise
+    assert adjusted_rand_score(asg["cluster_id"], run["asg"]["cluster_id"]) > 0.999
+    ml_path = str(run["tmp"] / "ml.parquet")
+    spark.read.parquet(run["path"]).withColumn("emb", array_to_vector("emb")).write.parquet(ml_path)
+    ml = run_job(vector_config(ml_path, str(run["tmp"] / "ml")), spark=spark)
+    asg_ml = DeltaTable(ml.output_path + "/assignments").to_pandas().set_index("doc_id").sort_index()
+    assert adjusted_rand_score(asg_ml["cluster_id"], run["asg"]["cluster_id"]) > 0.999
+    assert ml.feature_columns == run["result"].feature_columns
+
+
+def _bad_table(tmp_path):
+    X, price, y = embeddings(n=600)
+    vecs = [list(map(float, v)) for v in X]
+    vecs[17] = vecs[17][:15]  # doc_id 117: one element short
+    vecs[40] = None
+    vecs[41] = vecs[41][:3] + [float("nan")] + vecs[41][4:]
+    return write(tmp_path / "bad.parquet", X, price, y, vectors=pa.array(vecs, pa.list_(pa.float32())))
+
+
+def test_a_bad_vector_fails_naming_an_id_and_its_length(spark, tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(InputDataError) as ei:
+        run_job(vector_config(_bad_table(tmp_path), str(out)), spark=spark)
+    msg = str(ei.value)
+    assert "3 of 600 rows" in msg and "'emb' 1 length" in msg and "'emb' 1 null" in msg and "'emb' 1 nan" in msg
+    assert "e.g. doc_id 117 has length 15, expected 16" in msg and "input.invalid_rows: drop" in msg
+    assert not os.path.exists(out)
+
+
+def test_bad_vectors_dropped_and_counted(spark, tmp_path):
+    out = str(tmp_path / "out")
+    res = run_job(vector_config(_bad_table(tmp_path), out, **{"input.invalid_rows": "drop"}), spark=spark)
+    assert (res.rows_read, res.rows_used, res.rows_dropped) == (600, 597, 3)
+    runs = DeltaTable(f"{out}/runs").to_pandas()
+    counts = dict(runs["invalid_counts"].iloc[0])
+    assert counts == {"emb:null": 1, "emb:length": 1, "emb:nan": 1}
+    asg = DeltaTable(f"{out}/assignments").to_pandas()
+    assert len(asg) == 597 and not {117, 140, 141} & set(asg["doc_id"])
+
+
+def test_vector_column_of_another_type_is_named(spark, tmp_path):
+    X, price, y = embeddings(n=50)
+    path = write(tmp_path / "t.parquet", X, price, y, vectors=pa.array([str(v) for v in range(50)]))
+    with pytest.raises(InputDataError, match=r"input column 'emb' \(input.vector_column\) has type string, "
+                                             r"expected array<float>"):
+        run_job(vector_config(path, str(tmp_path / "out")), spark=spark)
