@@ -156,3 +156,45 @@ def test_vector_column_of_another_type_is_named(spark, tmp_path):
     with pytest.raises(InputDataError, match=r"input column 'emb' \(input.vector_column\) has type string, "
                                              r"expected array<float>"):
         run_job(vector_config(path, str(tmp_path / "out")), spark=spark)
+
+
+def test_the_update_job_folds_in_new_vectors_as_serving_assigns_them(run, spark, tmp_path):
+    import shutil
+
+    from clusterlake.update import run_update
+
+    out = str(tmp_path / "out")
+    shutil.copytree(run["out"], out, symlinks=True)
+    X, price, y = embeddings(n=300, seed=1)
+    new = write(tmp_path / "new.parquet", X, price, y)  # ids 100..399 are taken: renumber them
+    t = pq.read_table(new)
+    t = t.set_column(0, "doc_id", pa.array(np.arange(300, dtype=np.int64) + 50_000))
+    pq.write_table(t, new)
+    before = Assigner.load(f"{out}/model/latest")
+    up = run_update(vector_config(run["path"], out), new, spark=spark)
+    asg = DeltaTable(f"{out}/assignments").to_pandas()
+    mine = asg[asg["run_id"] == up.run_id].set_index("doc_id").sort_index()
+    assert list(mine.index) == list(range(50_000, 50_300))
+    want = before.assign([{"emb": X[i].tolist(), "price": float(price[i])} for i in range(300)])
+    np.testing.assert_array_equal(mine["cluster_id"], want.cluster_id)
+    assert up.feature_columns == run["result"].feature_columns
+
+
+def test_the_stream_assigns_landing_vectors_as_the_batch_did(run, spark, tmp_path):
+    from clusterlake.stream import run_assign_stream
+
+    landing = tmp_path / "landing"
+    os.makedirs(landing)
+    part = pq.read_table(run["path"]).slice(0, 400)
+    bad = part.slice(0, 1).set_column(1, "emb", pa.array([[0.5] * 3], pa.list_(pa.float32())))
+    pq.write_table(part, str(landing / "a.parquet"))
+    pq.write_table(bad.set_column(0, "doc_id", pa.array([99_999])), str(landing / "b.parquet"))
+    cfg = vector_config(run["path"], run["out"], **{"stream.landing_path": str(landing), "stream.table": "emb_stream",
+                                                    "stream.checkpoint_path": str(tmp_path / "ckpt"),
+                                                    "input.invalid_rows": "drop"})
+    res = run_assign_stream(cfg, spark=spark)
+    assert (res.rows_read, res.rows_dropped, res.rows_written) == (401, 1, 400)
+    assert res.invalid_counts == {"emb:length": 1}
+    got = DeltaTable(f"{run['out']}/emb_stream").to_pandas().set_index("doc_id").sort_index()
+    np.testing.assert_array_equal(got["cluster_id"], run["asg"]["cluster_id"].iloc[:400])
+    np.testing.assert_allclose(got["distance"], run["asg"]["distance"].iloc[:400], rtol=1e-9, atol=1e-12)

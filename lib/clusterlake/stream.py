@@ -150,7 +150,8 @@ def stream_schema(spark, cfg: JobConfig, feature_names: Optional[list[str]] = No
         except InputDataError as exc:
             raise InputDataError(f"{exc} (the stream takes the landing files' schema from input.path; "
                                  "set stream.schema_ddl to give it explicitly)") from None
-        names = [idc, *feats] + [c for c in feature_names or [] if c not in feats and c in df.columns]
+        wanted = [*feats] + ([cfg.input.vector_column] if cfg.input.vector_column else []) + list(feature_names or [])
+        names = list(dict.fromkeys([idc] + [c for c in wanted if c in df.columns]))
         schema = StructType([df.schema[c] for c in names])
     if idc not in schema.names:
         raise ConfigError(f"the stream's schema ({source}) has no id column '{idc}' (input.id_column); "
@@ -159,13 +160,21 @@ def stream_schema(spark, cfg: JobConfig, feature_names: Optional[list[str]] = No
 
 
 def _check_model_columns(art, schema, source: str) -> None:
-    feats = list(art.prep.feature_names)
+    from clusterlake.io.reader import input_columns, model_vector
+
+    vec = model_vector(art)
+    feats = input_columns(list(art.prep.feature_names), vec)
     missing = [c for c in feats if c not in schema.names]
     if missing:
         raise InputDataError(
             f"the model of run {art.run_id} uses feature column(s) {missing} that the stream's schema "
             f"({source}) does not have; add them (stream.schema_ddl) and restart the stream")
-    bad = {c: type(schema[c].dataType).__name__ for c in feats if type(schema[c].dataType).__name__ not in _NUMERIC}
+    bad = {c: type(schema[c].dataType).__name__ for c in feats
+           if type(schema[c].dataType).__name__ not in _NUMERIC and not (vec and c == vec.column)}
+    if vec is not None and vec.column in feats:
+        t = schema[vec.column].dataType
+        if type(t).__name__ != "ArrayType" or type(t.elementType).__name__ not in ("FloatType", "DoubleType"):
+            bad[vec.column] = t.simpleString() + " (the model's vector column needs array<float|double>)"
     if bad:
         desc = ", ".join(f"'{c}' has type {t}" for c, t in bad.items())
         raise InputDataError(f"the stream's schema ({source}): feature column {desc}; features must be numeric")
@@ -271,11 +280,14 @@ class _Sink:
                         "after a restart, skipped", batch_id, store.table(self.table).uri, app_id, done)
             return
 
+        from clusterlake.io.reader import input_columns, model_vector
+
         idc, feats = self.cfg.input.id_column, list(art.prep.feature_names)
-        rows = batch_df.select(col(idc), *[col(c) for c in feats], F.col(SOURCE_FILE))
+        rows = batch_df.select(col(idc), *[col(c) for c in input_columns(feats, model_vector(art))],
+                               F.col(SOURCE_FILE))
         rows = rows.persist(StorageLevel.MEMORY_AND_DISK)  # read once: counted, then assigned
         try:
-            n, n_bad, files, valid = self._count(rows, idc, feats, batch_id, art.run_id)
+            n, n_bad, files, valid = self._count(rows, idc, feats, batch_id, art)
             if n == n_bad:
                 log.info("stream batch %d: %d rows in %d file(s), %d dropped, nothing to write (%.1f s)",
                          batch_id, n, files, n_bad, time.time() - t0)
@@ -290,10 +302,12 @@ class _Sink:
                  batch_id, n, files, n_bad, written, store.table(self.table).uri,
                  f" (Delta version {version})" if version is not None else "", art.run_id, time.time() - t0)
 
-    def _count(self, rows, idc: str, feats: list[str], batch_id: int, model_run_id: str):
+    def _count(self, rows, idc: str, feats: list[str], batch_id: int, art):
         """Check the batch's rows (:meth:`_check_rows`) and add what was read to the result."""
-        res = self.result
-        n, n_bad, counts, files, valid = self._check_rows(rows, idc, feats, batch_id)
+        from clusterlake.io.reader import model_vector
+
+        res, model_run_id = self.result, art.run_id
+        n, n_bad, counts, files, valid = self._check_rows(rows, idc, feats, batch_id, model_vector(art))
         res.files += files
         res.rows_read += n
         res.rows_dropped += n_bad
@@ -310,8 +324,10 @@ class _Sink:
         from clusterlake.io.columns import col
         from clusterlake.io.contract import stream_assignments
 
-        idc, feats = self.cfg.input.id_column, list(art.prep.feature_names)
-        clean = clean.select(col(idc), *[col(c).cast("double").alias(c) for c in feats], col(SOURCE_FILE))
+        from clusterlake.io.reader import feature_column, model_vector
+
+        idc, feats, vec = self.cfg.input.id_column, list(art.prep.feature_names), model_vector(art)
+        clean = clean.select(col(idc), *[feature_column(c, vec and vec.column) for c in feats], col(SOURCE_FILE))
         asg = assign_rows(clean, art.prep, art.centroids, art.cluster_ids, idc, density, hierarchy,
                           passthrough=SOURCE_FILE)
         asg = stream_assignments.with_stream_columns(asg, "__passthrough", art.run_id, batch_id, now)
@@ -319,7 +335,7 @@ class _Sink:
         write = stream_commit.write_parquet if store.kind == "parquet" else stream_commit.write_delta
         return write(store, self.table, asg, n_files, self.app_id(), batch_id, n_ok)
 
-    def _check_rows(self, rows, idc: str, feats: list[str], batch_id: int):
+    def _check_rows(self, rows, idc: str, feats: list[str], batch_id: int, vector=None):
         """``input.invalid_rows`` on one batch, in one aggregation (a few counts and the batch's
         file names, at most ``max_files_per_trigger`` of them, reach the driver). No duplicate or
         constant-column checks: a micro-batch may be one row, and the model decides the scaling."""
@@ -327,7 +343,7 @@ class _Sink:
 
         from clusterlake.io.reader import row_checks
 
-        valid, reasons = row_checks(idc, feats)  # the nightly job's rule (input.invalid_rows)
+        valid, reasons = row_checks(idc, feats, None, vector)  # the nightly job's rule (input.invalid_rows)
         names = list(reasons)
         row = rows.agg(
             F.count(F.lit(1)).alias("n"), F.sum(F.when(valid, 0).otherwise(1)).alias("bad"),

@@ -212,6 +212,23 @@ class VectorInput:
 _VECTOR_PROBE_ROWS = 1000
 
 
+def model_vector(art) -> Optional[VectorInput]:
+    """The vector column a model (a ModelArtifact) was fitted on, from its metadata; None for a
+    model of named columns only."""
+    meta = art.meta or {}
+    if not meta.get("vector_column"):
+        return None
+    return VectorInput(meta["vector_column"], int(meta["vector_dim"]), meta.get("vector_type") or "float")
+
+
+def input_columns(features: list[str], vector: Optional[VectorInput]) -> list[str]:
+    """The input columns ``features`` come from: the named ones, then the vector column."""
+    from clusterlake.io.vectors import element_index
+
+    named = [c for c in features if element_index(c, vector.column if vector else None) is None]
+    return named + ([vector.column] if vector is not None and len(named) < len(features) else [])
+
+
 def resolve_vector(df, cfg: InputSection, dim: Optional[int] = None) -> Optional[VectorInput]:
     """``input.vector_column``'s type and length (None without one). The length is ``dim`` (the
     model's, in the update job), else ``input.vector_size``, else the most common length among
@@ -363,13 +380,15 @@ def validate(df, cfg: InputSection, k: int, keep_constant: bool = False, model_r
     most 5 duplicate ids.
     """
     feats = resolve_columns(df, cfg, model_run)
-    valid, reasons = row_checks(cfg.id_column, feats, cfg.weight_column)
-    row = _profile(df, cfg, feats, valid, reasons)
+    vector = resolve_vector(df, cfg)
+    feats = feats + (vector.names if vector else [])
+    valid, reasons = row_checks(cfg.id_column, feats, cfg.weight_column, vector)
+    row = _profile(df, cfg, feats, valid, reasons, vector)
     n, n_bad, counts = _invalid_counts(row, list(reasons))
     v = Validity(n, n_bad, counts, np.array([row[f"lo{i}"] for i in range(len(feats))], dtype=np.float64),
                  np.array([row[f"hi{i}"] for i in range(len(feats))], dtype=np.float64))
-    clean, summary = decide(df, cfg, feats, v, k, keep_constant)
-    return clean.select(*output_columns(cfg, summary.feature_columns)), summary
+    clean, summary = decide(df, cfg, feats, v, k, keep_constant, vector=vector)
+    return clean.select(*output_columns(cfg, summary.feature_columns, vector)), summary
 
 
 def decide(df, cfg: InputSection, feats: list[str], v: Validity, k: int, keep_constant: bool = False,
@@ -428,7 +447,7 @@ def load_columns(df, cfg: InputSection, feats: list[str], vector: Optional[Vecto
     return df.select(*cols)
 
 
-def _profile(df, cfg: InputSection, feats: list[str], valid, reasons: dict) -> dict:
+def _profile(df, cfg: InputSection, feats: list[str], valid, reasons: dict, vector=None) -> dict:
     """Rows, invalid rows, rows per invalid reason (``r<i>``) and the min/max of every feature over
     the valid rows (``lo<i>``/``hi<i>``, for the constant check).
 
@@ -442,7 +461,8 @@ def _profile(df, cfg: InputSection, feats: list[str], valid, reasons: dict) -> d
 
     from clusterlake.io.columns import col as qcol
 
-    xs = [qcol(c).cast("double") for c in feats]
+    vcol, ml = (vector.column, vector.ml_vector) if vector else (None, False)
+    xs = [feature_column(c, vcol, ml) for c in feats]
     aggs = [F.count(F.lit(1)).alias("__n"), F.sum(F.when(valid, 0).otherwise(1)).alias("__bad")]
     aggs += [a for i, x in enumerate(xs) for a in (F.min(x).alias(f"lo{i}"), F.max(x).alias(f"hi{i}"))]
     try:
