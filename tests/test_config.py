@@ -409,6 +409,9 @@ def test_vector_column_accepted_with_or_without_named_features():
     (["input.vector_column=id"], "is also the id/label/weight column"),
     (["input.vector_size=8"], "vector_size needs input.vector_column"),
     (["input.vector_column=vec", "input.vector_size=0"], "vector_size"),
+    (["input.vector_column=vec", "input.profile_columns=[price, vec]"], "profile_columns ['vec'] are already"),
+    (["input.feature_columns=[a]", "input.profile_columns=[a]"], "profile_columns ['a'] are already"),
+    (["input.profile_columns=[p, p]"], "lists a column more than once"),
 ])
 def test_vector_column_mistakes_named(overrides, hint):
     assert hint in error_of(data=base(), overrides=overrides)

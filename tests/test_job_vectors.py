@@ -198,3 +198,31 @@ def test_the_stream_assigns_landing_vectors_as_the_batch_did(run, spark, tmp_pat
     got = DeltaTable(f"{run['out']}/emb_stream").to_pandas().set_index("doc_id").sort_index()
     np.testing.assert_array_equal(got["cluster_id"], run["asg"]["cluster_id"].iloc[:400])
     np.testing.assert_allclose(got["distance"], run["asg"]["distance"].iloc[:400], rtol=1e-9, atol=1e-12)
+
+
+def test_profile_columns_are_profiled_not_clustered_and_their_nulls_drop_nothing(spark, tmp_path):
+    import pandas as pd
+
+    X, price, y = embeddings(n=1500)
+    price = price + 40.0 * (y == 2)  # topic 2 is expensive
+    path = write(tmp_path / "t.parquet", X, price, y)
+    t = pq.read_table(path)
+    visits = pa.array([None if i % 7 == 0 else float(i % 13) for i in range(1500)], pa.float64())
+    pq.write_table(t.append_column("visits", visits), path)
+    out = str(tmp_path / "out")
+    res = run_job(vector_config(path, out, **{"input.feature_columns": "null",
+                                              "input.profile_columns": "[price, visits]"}), spark=spark)
+    assert res.feature_columns == [f"emb[{j}]" for j in range(D)] and res.rows_used == 1500
+    prof = _table({"out": out}, "profiles").set_index(["cluster_id", "feature"]).sort_index()
+    asg = DeltaTable(f"{out}/assignments").to_pandas()
+    df = pq.read_table(path).to_pandas().merge(asg[["doc_id", "cluster_id"]], on="doc_id")
+    for col in ("price", "visits"):
+        g = df.groupby("cluster_id")[col]
+        mine = prof.xs(col, level="feature")
+        np.testing.assert_allclose(mine["mean"], g.mean(), rtol=1e-12)
+        np.testing.assert_allclose(mine["std"], g.std(ddof=0), rtol=1e-9)
+        np.testing.assert_allclose(mine["population_std"], df[col].std(ddof=0), rtol=1e-9)
+    expensive = int(pd.Series(asg["cluster_id"].to_numpy())[df.sort_values("doc_id")["topic"].to_numpy() == 2].mode()[0])
+    cen = _table({"out": out}, "centroids").set_index("cluster_id")
+    assert cen.loc[expensive, "description"].startswith("high price (+")
+    assert "most central: " in cen.loc[expensive, "description"]

@@ -421,3 +421,19 @@ def test_silhouette_equals_scikit_learn_with_any_label_values():
     assert silhouette(X, labels) == pytest.approx(silhouette_score(X, labels), abs=1e-12)
     assert silhouette(X, np.zeros(len(X), int)) is None  # one cluster: undefined
     assert silhouette(X[:3], np.arange(3)) is None  # as many clusters as rows
+
+
+def test_merge_mean_m2_equals_one_pass_over_all_rows():
+    from clusterlake.kernels.stats import merge_mean_m2
+
+    rng = np.random.default_rng(4)
+    parts = [rng.normal(1e6, 3.0, size=(n, 3)) for n in (0, 5, 1, 40)]
+    total = None
+    for x in parts:
+        part = (np.full(3, len(x), float), x.mean(axis=0) if len(x) else np.zeros(3),
+                ((x - x.mean(axis=0)) ** 2).sum(axis=0) if len(x) else np.zeros(3))
+        total = part if total is None else merge_mean_m2(total, part)
+    allx = np.vstack(parts)
+    np.testing.assert_array_equal(total[0], len(allx))
+    np.testing.assert_allclose(total[1], allx.mean(axis=0), rtol=1e-14)
+    np.testing.assert_allclose(total[2] / len(allx), allx.var(axis=0), rtol=1e-9)  # no cancellation at 1e6

@@ -56,6 +56,10 @@ class InputSection(_Section):
     elements are features named ``<column>[0]``, ``<column>[1]``, ... With it, the named
     features are only those in ``feature_columns`` (none when null). A null vector, one of
     another length or holding a null/NaN/inf is an invalid row (``invalid_rows``)."""
+    profile_columns: Optional[list[str]] = None
+    """Numeric columns profiled per cluster but not clustered on (e.g. price, order counts): their
+    per-cluster mean, std and z-score join the ``profiles`` table and the descriptions. Nulls and
+    NaN in them are left out of their statistics, never dropping a row."""
     vector_size: Optional[int] = Field(None, ge=1)
     """The length every vector must have; null: the most common length among the first 1,000
     non-null vectors of the input (logged)."""
@@ -109,6 +113,14 @@ class InputSection(_Section):
                                  "its elements are features already")
         elif self.vector_size is not None:
             raise ValueError("vector_size needs input.vector_column")
+        if self.profile_columns is not None:
+            taken = set(special) | set(self.feature_columns or []) | {self.vector_column}
+            clash = [c for c in self.profile_columns if c in taken]
+            if clash:
+                raise ValueError(f"profile_columns {clash} are already the id/label/weight/vector or feature "
+                                 "columns; list only attributes that are not clustered on")
+            if len(set(self.profile_columns)) != len(self.profile_columns):
+                raise ValueError("profile_columns lists a column more than once")
         if self.feature_columns:
             clash = [c for c in special if c in self.feature_columns]
             if clash:

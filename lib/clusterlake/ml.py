@@ -155,15 +155,20 @@ def _prepared(X: np.ndarray, cosine: bool) -> np.ndarray:
 
 
 def _as_array(df, col: str):
-    """The features column as ``array<double>`` (Spark ML vectors are converted)."""
+    """The features column as ``array<float>`` (kept: the engine holds float32, and a cast to
+    double would double the bytes Spark converts) or ``array<double>`` (Spark ML vectors and other
+    arrays are converted)."""
     from pyspark.ml.functions import vector_to_array
     from pyspark.ml.linalg import VectorUDT
+    from pyspark.sql.types import ArrayType, FloatType
 
     from clusterlake.io.columns import col as column
 
     dtype = df.schema[col].dataType  # (a schema looks names up literally)
     if isinstance(dtype, VectorUDT):
         return vector_to_array(column(col), "float64")
+    if isinstance(dtype, ArrayType) and isinstance(dtype.elementType, FloatType):
+        return column(col)
     return column(col).cast("array<double>")
 
 

@@ -29,7 +29,7 @@ import logging
 from contextlib import contextmanager
 import math
 import time
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -225,6 +225,21 @@ class RowsWorker(KMeansWorker):
             sizes.append(len(v))
         return {"values": np.concatenate(vals) if vals else np.zeros(0), "sizes": np.asarray(sizes, np.int64)}
 
+    @command("column_moments")
+    def column_moments(self, k: int, columns: list) -> dict:
+        """Per cluster (k) and carried numeric column: count, mean and sum of squared deviations
+        of its valid (non-null, finite) values."""
+        n, mean, m2 = (np.zeros((k, len(columns))) for _ in range(3))
+        for j, c in enumerate(columns):
+            x = self.column(c).cast(pa.float64()).to_numpy(zero_copy_only=False)
+            ok = np.isfinite(x)
+            lab, v = self.lab[ok], x[ok]
+            n[:, j] = np.bincount(lab, minlength=k)
+            s = np.bincount(lab, weights=v, minlength=k)
+            mean[:, j] = np.divide(s, n[:, j], out=np.zeros(k), where=n[:, j] > 0)
+            m2[:, j] = np.bincount(lab, weights=(v - mean[lab, j]) ** 2, minlength=k)
+        return {"n": n, "mean": mean, "m2": m2}
+
     @command("exemplars")
     def exemplars(self, per_cluster: int, id_column: str) -> dict:
         """Each cluster's ``per_cluster`` rows nearest its centroid here: (centroid index, distance,
@@ -281,8 +296,9 @@ class ResidentRows:
 
     def __init__(self, spark, df, features: list[str], id_column: str, label_column: Optional[str] = None,
                  weight_column: Optional[str] = None, exact_float32: bool = False, num_tasks: Optional[int] = None,
-                 recovery_wait: float = 30.0, validate: bool = False, vector: Optional[tuple[str, int]] = None):
-        carry = tuple(dict.fromkeys(c for c in (id_column, label_column) if c))
+                 recovery_wait: float = 30.0, validate: bool = False, vector: Optional[tuple[str, int]] = None,
+                 profile_columns: Sequence[str] = ()):
+        carry = tuple(dict.fromkeys([c for c in (id_column, label_column) if c] + list(profile_columns)))
         vcol, vdim = vector or (None, 0)
         source = BlockSource(columns=tuple(features), weight_column=weight_column, carry=carry,
                              vector=vcol, vector_dim=int(vdim), dtype="float32" if exact_float32 else "float64",
@@ -418,6 +434,18 @@ class ResidentRows:
         counting rounds on the tasks' sorted distances and one last round that ships the few
         values of the bracket holding that rank."""
         return exact_quantiles(self.stage, np.asarray(counts, np.float64), self._max_dist, RADIUS_QUANTILES)
+
+    def column_moments(self, k: int, columns: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per cluster and carried column (``input.profile_columns``): the count of its non-null,
+        non-NaN values, their mean and sum of squared deviations (k, c) each, merged over the
+        tasks exactly (Chan et al.'s pairwise rule). Needs :meth:`assign`."""
+        from clusterlake.kernels.stats import merge_mean_m2
+
+        total = None
+        for h, a in self.stage.call("column_moments", k=int(k), columns=list(columns)):
+            part = (a["n"], a["mean"], a["m2"])
+            total = part if total is None else merge_mean_m2(total, part)
+        return total
 
     def exemplars(self, k: int, per_cluster: int) -> list[list[str]]:
         """The ids (as text) of each centroid's ``per_cluster`` nearest rows, nearest first (ties:

@@ -147,7 +147,8 @@ def _read_footers(loc: Location, files: list[str], path: str) -> list[tuple[str,
 
 def _columns_used(cfg: InputSection, seen: dict[str, dict]) -> list[str]:
     """The columns the job reads: configured ones, or every column numeric in some file."""
-    special = [c for c in (cfg.id_column, cfg.label_column, cfg.weight_column, cfg.vector_column) if c]
+    special = [c for c in (cfg.id_column, cfg.label_column, cfg.weight_column, cfg.vector_column) if c] + \
+        list(cfg.profile_columns or [])
     if cfg.feature_columns is not None:
         feats = list(cfg.feature_columns)
     elif cfg.vector_column is not None:

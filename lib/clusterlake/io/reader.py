@@ -154,7 +154,13 @@ def resolve_columns(df, cfg: InputSection, model_run: Optional[str] = None) -> l
             f"input column '{cfg.weight_column}' (input.weight_column) has type "
             f"{types[cfg.weight_column]}, expected a numeric type; cast it upstream"
         )
-    special = {c for c in (cfg.id_column, cfg.label_column, cfg.weight_column) if c}
+    for c in cfg.profile_columns or []:
+        if c not in types:
+            raise InputDataError(f"input.profile_columns names '{c}', not a column of {cfg.path}; columns are {have}")
+        if types[c] not in _NUMERIC:
+            raise InputDataError(f"input column '{c}' (input.profile_columns) has type {types[c]}, expected a "
+                                 "numeric type; cast it upstream or leave it out of input.profile_columns")
+    special = {c for c in (cfg.id_column, cfg.label_column, cfg.weight_column) if c} | set(cfg.profile_columns or [])
     if cfg.feature_columns is None and cfg.vector_column is not None:
         return []  # the vector's elements are the features (resolve_vector)
     if cfg.feature_columns is not None:
@@ -444,6 +450,7 @@ def load_columns(df, cfg: InputSection, feats: list[str], vector: Optional[Vecto
         cols.append(qcol(cfg.label_column))
     if cfg.weight_column:
         cols.append(qcol(cfg.weight_column).cast("double").alias(cfg.weight_column))
+    cols += [qcol(c).cast("double").alias(c) for c in cfg.profile_columns or []]
     return df.select(*cols)
 
 

@@ -185,3 +185,16 @@ def merge_moments(parts):
         else:
             out[key] = np.sum(arrays, axis=0) if len(arrays) > 1 else arrays[0].copy()
     return out
+
+
+def merge_mean_m2(a, b):
+    """Combine two ``(count, mean, m2)`` summaries of disjoint row sets, element-wise (any shape):
+    ``m2`` is the sum of squared deviations from the mean. Chan, Golub and LeVeque's pairwise
+    update, exact up to round-off and stable where ``sum x^2 - n mean^2`` would cancel."""
+    na, ma, sa = (np.asarray(v, dtype=np.float64) for v in a)
+    nb, mb, sb = (np.asarray(v, dtype=np.float64) for v in b)
+    n = na + nb
+    delta = mb - ma
+    with np.errstate(invalid="ignore", divide="ignore"):
+        frac = np.where(n > 0, nb / np.where(n > 0, n, 1.0), 0.0)
+    return n, ma + delta * frac, sa + sb + delta * delta * na * frac

@@ -79,3 +79,35 @@ def describe(features: list[str], z: np.ndarray, share: float, exemplars=None) -
 def _pct(share: float) -> str:
     pct = 100.0 * float(share)
     return f"{pct:.0f}%" if pct >= 1 or pct == 0 else f"{pct:.1g}%"
+
+
+def from_moments(n: np.ndarray, mean: np.ndarray, m2: np.ndarray, features: list[str]) -> Profiles:
+    """Profiles of columns summarised per cluster as (count, mean, sum of squared deviations),
+    each (k, c), counting each column's own valid values (``input.profile_columns``: a null
+    leaves the row out of that column only). The population figures are the clusters' merged."""
+    from clusterlake.kernels.stats import merge_mean_m2
+
+    n, mean, m2 = (np.asarray(v, dtype=np.float64) for v in (n, mean, m2))
+    pop = (n[0], mean[0], m2[0])
+    for i in range(1, len(n)):
+        pop = merge_mean_m2(pop, (n[i], mean[i], m2[i]))
+    pn, pmean, pm2 = pop
+    with np.errstate(invalid="ignore", divide="ignore"):
+        pop_var = np.where(pn > 0, pm2 / np.where(pn > 0, pn, 1.0), 0.0)
+    # compute() takes sums: the centred sum of squares of a cluster about the population mean
+    sum_x = mean * n
+    sum_sq_dx = m2 + n * (mean - pmean) ** 2
+    p = compute(np.ones(len(n)), sum_x / np.where(n > 0, n, 1.0), sum_sq_dx / np.where(n > 0, n, 1.0), pmean,
+                pop_var, features)
+    p.mean[n <= 0], p.std[n <= 0], p.z[n <= 0] = np.nan, np.nan, 0.0
+    return p
+
+
+def combine(a: Profiles, b: Profiles) -> Profiles:
+    """The features of ``a`` then ``b`` (same clusters; ``a``'s shares), ranks recomputed over both."""
+    z = np.hstack([a.z, b.z])
+    order = np.argsort(-np.abs(z), axis=1, kind="stable")
+    rank = np.empty_like(order)
+    rank[np.arange(len(z))[:, None], order] = np.arange(1, z.shape[1] + 1)[None, :]
+    return Profiles(a.features + b.features, np.hstack([a.mean, b.mean]), np.hstack([a.std, b.std]), z, rank,
+                    np.concatenate([a.pop_mean, b.pop_mean]), np.concatenate([a.pop_std, b.pop_std]), a.share)

@@ -181,9 +181,11 @@ def _load(run: Run, raw, feats: list[str], scanned=None, vector=None):
 
     cfg, icfg = run.cfg, run.cfg.input
     types = {f.name: f.dataType.simpleString() for f in raw.schema.fields}
+    profile = list(icfg.profile_columns or [])
     needed = [icfg.id_column, *feats] + ([vector.column] if vector else []) + \
-        [c for c in (icfg.label_column, icfg.weight_column) if c]
-    doubles = [c for c in feats if types[c] not in ("float", "double")] + ([icfg.weight_column] if icfg.weight_column else [])
+        [c for c in (icfg.label_column, icfg.weight_column) if c] + profile
+    doubles = [c for c in feats + profile if types[c] not in ("float", "double")] + \
+        ([icfg.weight_column] if icfg.weight_column else [])
     in_tasks = icfg.read_in_tasks and not (vector and vector.ml_vector)  # an ML vector is Spark's to decode
     source = plain_file_scan(icfg, needed, doubles, scanned) if in_tasks else None
     log.info("the engine's tasks read %s", f"the {len(source.files)} parquet files themselves" if source
@@ -192,7 +194,7 @@ def _load(run: Run, raw, feats: list[str], scanned=None, vector=None):
     rows = ResidentRows(run.spark, source or load_columns(raw, icfg, feats, vector), feats, icfg.id_column,
                         icfg.label_column, icfg.weight_column, exact_in_float32([types[c] for c in feats] + elem_types),
                         cfg.kmeans.num_tasks, cfg.kmeans.recovery_wait_seconds, validate=True,
-                        vector=(vector.column, vector.dim) if vector else None)
+                        vector=(vector.column, vector.dim) if vector else None, profile_columns=profile)
     with spark_pass("load rows"):
         return run.hold(rows)
 
@@ -320,7 +322,7 @@ def measure(run: Run, inp: Input, pre: Prepared, fitted: Fitted) -> Measured:
             metrics += fitted.auto.metrics  # every candidate's scores (scope auto_k) and the stability
         with spark_pass("exemplars"):
             exemplars = held.exemplars(len(C), cfg.quality.exemplars)
-        prof = _profiles(inp, pre, stats)
+        prof = _profiles(inp, pre, stats, list(cfg.input.profile_columns or []))
         descriptions = prof.descriptions(exemplars if inp.vector is not None else None)
         for cid, text in zip(fitted.cluster_ids, descriptions):
             log.info("cluster %d: %s", cid, text)
@@ -328,17 +330,23 @@ def measure(run: Run, inp: Input, pre: Prepared, fitted: Fitted) -> Measured:
     return Measured(stats, metrics, Zs, sample_pos, prof, descriptions, tree, parent_ids, by_name, exemplars)
 
 
-def _profiles(inp: Input, pre: Prepared, stats):
+def _profiles(inp: Input, pre: Prepared, stats, extra_columns: list[str]):
     """Profiles of the named features (a vector's elements, one z-score per dimension, tell
-    nobody anything: the clusters of vectors are described by their exemplars)."""
+    nobody anything: the clusters of vectors are described by their exemplars), then of
+    ``input.profile_columns`` (``extra_columns``: not clustered on, one more pass)."""
     from clusterlake.io.vectors import element_index
     from clusterlake.quality import profiles
 
     vcol = inp.vector.column if inp.vector is not None else None
     j = np.array([i for i, f in enumerate(inp.features) if element_index(f, vcol) is None], dtype=np.int64)
     m = pre.moments
-    return profiles.compute(stats.counts, stats.sum_x[:, j], stats.sum_sq_dx[:, j], m.mean[j],
+    prof = profiles.compute(stats.counts, stats.sum_x[:, j], stats.sum_sq_dx[:, j], m.mean[j],
                             np.diag(m.m2)[j] / max(m.n, 1), [inp.features[i] for i in j])
+    if not extra_columns:
+        return prof
+    with spark_pass("profile columns"):
+        n, mean, m2 = inp.rows_held.column_moments(len(stats.counts), extra_columns)
+    return profiles.combine(prof, profiles.from_moments(n, mean, m2, extra_columns))
 
 
 def _tree(fit, centroids: np.ndarray, counts: np.ndarray) -> Optional[dict]:
