@@ -53,6 +53,45 @@ def test_weighted_ward_equals_scipy_ward_on_replicated_points():
     np.testing.assert_allclose(H.weighted_ward(C, np.ones(7)), linkage(C, method="ward"), rtol=1e-9)
 
 
+def _greedy_ward(C, w):
+    """The plain O(k^3) greedy: the cheapest merge by a full argmin every time (the oracle)."""
+    nodes = {i: (np.asarray(C[i], float), float(w[i])) for i in range(len(C))}
+    Z = []
+    while len(nodes) > 1:
+        keys = sorted(nodes)
+        best = None
+        for i, a in enumerate(keys):
+            for b in keys[i + 1:]:
+                (ca, wa), (cb, wb) = nodes[a], nodes[b]
+                cost = wa * wb / (wa + wb) * float((ca - cb) @ (ca - cb))
+                if best is None or cost < best[0]:
+                    best = (cost, a, b)
+        _, a, b = best
+        (ca, wa), (cb, wb) = nodes.pop(a), nodes.pop(b)
+        nw = wa + wb
+        Z.append([a, b, np.sqrt(2 * wa * wb / nw * float((ca - cb) @ (ca - cb))), nw])
+        nodes[len(C) + len(Z) - 1] = ((wa * ca + wb * cb) / nw, nw)
+    return np.array(Z)
+
+
+@pytest.mark.parametrize("grid", [False, True])
+def test_weighted_ward_equals_the_plain_greedy(grid):
+    rng = np.random.default_rng(11)
+    if grid:  # many equal costs: ties must go the same way
+        C, w = rng.integers(0, 4, size=(40, 2)).astype(float) + rng.normal(size=(40, 2)) * 1e-3, np.ones(40)
+    else:
+        C, w = rng.normal(size=(60, 5)), rng.integers(1, 50, size=60).astype(float)
+    Z = H.weighted_ward(C, w)
+    ref = _greedy_ward(C, w)
+    np.testing.assert_array_equal(Z[:, [0, 1]], ref[:, [0, 1]])
+    np.testing.assert_allclose(Z[:, 2:], ref[:, 2:], rtol=1e-9)
+
+
+def test_weighted_ward_of_many_centroids_is_scipys_ward():
+    C = np.random.default_rng(2).normal(size=(1500, 8))
+    np.testing.assert_allclose(H.weighted_ward(C, np.ones(1500)), linkage(C, method="ward"), rtol=1e-9)
+
+
 def test_parents_from_linkage():
     Z = H.weighted_ward(np.array([[0.0], [1.0], [10.0]]), np.array([1, 1, 1]))
     np.testing.assert_array_equal(H.parents_from_linkage(Z, 3), [3, 3, 4, 4, -1])

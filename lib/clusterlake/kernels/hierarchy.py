@@ -124,8 +124,10 @@ def extend(X: np.ndarray, model: HierarchyModel, budget_bytes: int = 64 << 20) -
 def weighted_ward(C: np.ndarray, sizes: np.ndarray) -> np.ndarray:
     """Ward's linkage of centroids ``C`` weighted by ``sizes`` (scipy format: row i merges
     clusters Z[i,0] and Z[i,1] (ids >= k are earlier merges) at height Z[i,2] into a cluster of
-    Z[i,3] weight). A k x k cost matrix updated one row per merge: O(k^2) memory, O(k^2 d) per
-    merge at most (k = 1,000 centroids: ~1 s)."""
+    Z[i,3] weight). A k x k cost matrix updated one row per merge, with each row's minimum kept
+    so that finding the cheapest merge costs O(k), not O(k^2): O(k^2) memory, O(k (k + d)) per
+    merge (rows whose nearest cluster merged away are searched again). The merges are the
+    greedy global argmin's, ties included (first row, then first column)."""
     C = np.asarray(C, dtype=np.float64)
     w = np.asarray(sizes, dtype=np.float64)
     k = len(C)
@@ -142,9 +144,11 @@ def weighted_ward(C: np.ndarray, sizes: np.ndarray) -> np.ndarray:
     d2 = np.maximum(sq[:, None] + sq[None, :] - 2.0 * (C @ C.T), 0.0)
     cost = (w[:, None] * w[None, :]) / (w[:, None] + w[None, :]) * d2
     np.fill_diagonal(cost, np.inf)
+    rmin, rarg = cost.min(axis=1), cost.argmin(axis=1)
     Z = np.zeros((k - 1, 4))
     for step in range(k - 1):
-        a, b = np.unravel_index(np.argmin(cost), cost.shape)
+        a = int(np.argmin(rmin))
+        b = int(rarg[a])
         if slot[a] > slot[b]:
             a, b = b, a
         ia, ib = slot[a], slot[b]
@@ -166,7 +170,23 @@ def weighted_ward(C: np.ndarray, sizes: np.ndarray) -> np.ndarray:
             row = ww * nw / (ww + nw) * np.einsum("ij,ij->i", dv, dv)
             cost[a, others] = cost[others, a] = row
         cost[a, a] = np.inf
+        _update_row_minima(cost, rmin, rarg, a, b, others)
     return Z
+
+
+def _update_row_minima(cost, rmin, rarg, a: int, b: int, others: np.ndarray) -> None:
+    """After row/column ``a`` changed and ``b`` retired: each row's minimum and its (first) column."""
+    rmin[b], rarg[b] = np.inf, 0
+    rmin[a], rarg[a] = cost[a].min(), cost[a].argmin()
+    if not len(others):
+        return
+    stale = others[(rarg[others] == a) | (rarg[others] == b)]  # their nearest changed or left
+    if len(stale):
+        rmin[stale], rarg[stale] = cost[stale].min(axis=1), cost[stale].argmin(axis=1)
+    rest = others[(rarg[others] != a) & (rarg[others] != b)]
+    v = cost[rest, a]
+    better = (v < rmin[rest]) | ((v == rmin[rest]) & (a < rarg[rest]))
+    rmin[rest[better]], rarg[rest[better]] = v[better], a
 
 
 def parents_from_linkage(Z: np.ndarray, k: int) -> np.ndarray:
