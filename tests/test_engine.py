@@ -359,3 +359,12 @@ def test_a_cancelled_fit_is_not_recovered(spark, blobs, tmp_path, monkeypatch):
     assert not t.is_alive()
     assert isinstance(out.get("error"), CollectiveError), out
     assert "the fit was cancelled" in str(out["error"])
+
+
+def test_the_recluster_of_kmeans_parallel_candidates_stays_within_its_budget():
+    from clusterlake.algorithms.kmeans_engine import RECLUSTER_FLOPS, recluster_budget
+
+    assert recluster_budget(401, 20, 17, 10) == (10, 50)  # the usual case: untouched
+    r, it = recluster_budget(10_001, 1000, 384, 10)
+    assert (r, it) == (1, 25) and r * 2.0 * 10_001 * 1000 * 384 * (it + 1) <= RECLUSTER_FLOPS
+    assert recluster_budget(50_001, 5000, 1536, 10) == (1, 10)  # never below one restart of 10 iterations

@@ -306,13 +306,37 @@ def init_kmeans_parallel(bc: KMeansStage, k: int, info: DataInfo, seed: int, ste
     C, weights = C[keep], weights[keep]
     if len(C) <= k:
         return C
+    restarts, iters = recluster_budget(len(C), k, C.shape[1], restarts)
     best = None
-    for r in range(max(1, restarts)):
+    for r in range(restarts):
         C0, _ = K.kmeans_plusplus(C, k, weights=weights, random_state=seed * 7919 + r)
-        fit_r = K.lloyd(C, C0, weights=weights, max_iter=50, tol=1e-6)
+        fit_r = K.lloyd(C, C0, weights=weights, max_iter=iters, tol=1e-6)
         if best is None or fit_r.inertia < best.inertia:
             best = fit_r
     return best.centers
+
+
+RECLUSTER_FLOPS = 2e11
+"""The driver's budget for reclustering the k-means|| candidates (~4 s of BLAS on 2 cores)."""
+
+
+def recluster_budget(m: int, k: int, d: int, restarts: int, max_iter: int = 50) -> tuple[int, int]:
+    """(restarts, Lloyd iterations) for reclustering ``m`` candidates of ``d`` dimensions into
+    ``k``: ``restarts`` x ``max_iter`` while that fits :data:`RECLUSTER_FLOPS` (every case up to
+    k ~ 100 on 100 dimensions), then fewer restarts, then fewer iterations (never below one
+    restart of 10): one Lloyd iteration costs ~2 m k d flops, k-means++ about as much, so k=1,000
+    on 384 dimensions (~10,000 candidates) would otherwise take ~80 s per restart."""
+    per_iter = 2.0 * m * k * d
+    restarts = max(1, restarts)
+    fit = int(RECLUSTER_FLOPS // (per_iter * (max_iter + 1)))
+    if fit >= 1:
+        chosen = (min(restarts, fit), max_iter)
+    else:
+        chosen = (1, max(10, min(max_iter, int(RECLUSTER_FLOPS // per_iter) - 1)))
+    if chosen != (restarts, max_iter):
+        log.info("k-means||: %d candidates x k=%d x %d dimensions: recluster with %d restart(s) of up to %d "
+                 "iterations (budget %.0e flops)", m, k, d, chosen[0], chosen[1], RECLUSTER_FLOPS)
+    return chosen
 
 
 # ----------------------------------------------------------------------------------------------
