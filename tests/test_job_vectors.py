@@ -226,3 +226,18 @@ def test_profile_columns_are_profiled_not_clustered_and_their_nulls_drop_nothing
     cen = _table({"out": out}, "centroids").set_index("cluster_id")
     assert cen.loc[expensive, "description"].startswith("high price (+")
     assert "most central: " in cen.loc[expensive, "description"]
+
+
+def test_http_service_takes_vectors_and_names_a_wrong_length(run):
+    from tests.test_serving import _start, _stop
+
+    proc, client = _start(f"{run['out']}/model/latest")
+    try:
+        rows = [{"emb": run["X"][i].tolist(), "price": float(run["price"][i])} for i in range(50)]
+        status, got = client.call("POST", "/assign", {"rows": rows})
+        assert status == 200
+        assert [a["cluster_id"] for a in got["assignments"]] == run["asg"]["cluster_id"].iloc[:50].tolist()
+        status, err = client.call("POST", "/assign", {"row": {**rows[0], "emb": rows[0]["emb"][:7]}})
+        assert status == 400 and err["feature"] == "emb" and "has length 7, expected 16" in err["error"]
+    finally:
+        _stop(proc)

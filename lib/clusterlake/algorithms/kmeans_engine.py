@@ -355,6 +355,13 @@ class LloydFit:
     history: list[dict] = field(default_factory=list)
 
 
+MAX_FAR_ROWS = 256
+"""Each task's farthest rows shipped per iteration to re-seed empty clusters: k of them at most,
+and no more than this (k=5,000 on 1,536 dimensions would ship 61 MB per task and iteration);
+more empty clusters than that are re-seeded over the next iterations (the fit does not stop while
+one is empty)."""
+
+
 def lloyd(bc: KMeansStage, C0: np.ndarray, max_iter: int, tol_abs: float, spherical: bool = False,
           op: str = "stats", label: str = "kmeans", **params) -> LloydFit:
     """Distributed Lloyd from ``C0``: one pass per iteration (k x d statistics collected).
@@ -366,7 +373,7 @@ def lloyd(bc: KMeansStage, C0: np.ndarray, max_iter: int, tol_abs: float, spheri
     """
     C = np.array(C0, dtype=np.float64)
     k = len(C)
-    n_far = k
+    n_far = min(k, MAX_FAR_ROWS)
     converged, repaired, it = False, 0, 0
     times, hist = [], []
     for it in range(1, max_iter + 1):
