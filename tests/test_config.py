@@ -412,6 +412,8 @@ def test_vector_column_accepted_with_or_without_named_features():
     (["input.vector_column=vec", "input.profile_columns=[price, vec]"], "profile_columns ['vec'] are already"),
     (["input.feature_columns=[a]", "input.profile_columns=[a]"], "profile_columns ['a'] are already"),
     (["input.profile_columns=[p, p]"], "lists a column more than once"),
+    (["kmeans.max_iter=0", "kmeans.algorithm=bisecting"], "kmeans.max_iter=0 (seeding only) needs"),
+    (["kmeans.max_iter=0", "kmeans.engine=spark-mllib"], "kmeans.max_iter=0 (seeding only) needs"),
 ])
 def test_vector_column_mistakes_named(overrides, hint):
     assert hint in error_of(data=base(), overrides=overrides)

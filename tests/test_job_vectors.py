@@ -241,3 +241,18 @@ def test_http_service_takes_vectors_and_names_a_wrong_length(run):
         assert status == 400 and err["feature"] == "emb" and "has length 7, expected 16" in err["error"]
     finally:
         _stop(proc)
+
+
+def test_seeding_only_assigns_every_row_to_its_nearest_seed(spark, tmp_path):
+    X, price, y = embeddings(n=2000, seed=3)
+    path = write(tmp_path / "t.parquet", X, price, y)
+    out = str(tmp_path / "out")
+    res = run_job(vector_config(path, out, **{"kmeans.max_iter": 0, "kmeans.init": "kmeans||"}), spark=spark)
+    runs = DeltaTable(f"{out}/runs").to_pandas()
+    assert int(runs["iterations"].iloc[0]) == 0 and not bool(runs["converged"].iloc[0])
+    asg = DeltaTable(f"{out}/assignments").to_pandas().set_index("doc_id").sort_index()
+    a = Assigner.load(f"{out}/model/latest")  # the seeds are the model: the batch is their nearest-centre rule
+    got = a.assign([{"emb": X[i].tolist(), "price": float(price[i])} for i in range(300)])
+    np.testing.assert_array_equal(got.cluster_id, asg["cluster_id"].iloc[:300])
+    assert adjusted_rand_score(y, asg["cluster_id"]) > 0.8  # k-means|| alone, on well separated topics
+    assert res.k == K

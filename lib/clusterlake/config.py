@@ -182,7 +182,10 @@ class KMeansSection(_Section):
     first run), or its features or k differ. Bisecting and the spark-mllib engine cannot warm
     start: for them the default is kmeans||."""
     init_steps: int = Field(5, ge=1, le=20)  # MLlib: 2; 5 finds the good optimum of the sample for 5 of 5 seeds, 2 for 3 of 5
-    max_iter: int = Field(50, ge=1, le=10_000)
+    max_iter: int = Field(50, ge=0, le=10_000)
+    """Lloyd iterations at most. 0: seeding only (k-means|| or k-means++, then one pass that
+    assigns every row to its seed): the "approximate clustering" of very large tables, at a
+    measured quality cost (docs/scaling.md); the kmeans algorithm on our engine only."""
     tol: float = Field(1.0e-4, ge=0.0)
     """Relative, as in scikit-learn: stop when the summed squared centre shift is at most tol x
     the mean per-dimension variance of the model space."""
@@ -211,6 +214,9 @@ class KMeansSection(_Section):
             if bad:
                 raise ValueError(f"kmeans.engine=spark-mllib does not support {', '.join(bad)}; "
                                  "use kmeans.engine: clusterlake")
+        if self.max_iter == 0 and (self.algorithm != "kmeans" or self.engine != "clusterlake"):
+            raise ValueError("kmeans.max_iter=0 (seeding only) needs kmeans.algorithm: kmeans and "
+                             "kmeans.engine: clusterlake")
         if self.algorithm == "bisecting" and self.init != "kmeans||":
             raise ValueError(f"kmeans.init={self.init} does not apply to kmeans.algorithm=bisecting "
                              "(each split starts from 2-means++); remove kmeans.init")
