@@ -153,7 +153,7 @@ def test_wrong_type_from_yaml_names_key_and_file(tmp_path):
     ("kmeans.k=0", "kmeans.k", ">= 2"),
     ("kmeans.k=-3", "kmeans.k", ">= 2"),
     ("kmeans.k=true", "kmeans.k", "not a boolean"),
-    ("kmeans.max_iter=0", "kmeans.max_iter", "greater than or equal to 1"),
+    ("kmeans.max_iter=-1", "kmeans.max_iter", "greater than or equal to 0"),
     ("input.invalid_rows=skip", "input.invalid_rows", "'fail' or 'drop'"),
     ("preprocess.pca.variance=2", "preprocess.pca.variance", "less than or equal to 1"),
     ("preprocess.pca.variance=0", "preprocess.pca.variance", "greater than 0"),
