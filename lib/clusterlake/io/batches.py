@@ -37,10 +37,11 @@ def positions(names: list[str]) -> dict[str, str]:
     return pos
 
 
-def feature_block(batch, names: list[str]) -> np.ndarray:
-    """Stack the named numeric columns of an Arrow batch into an (n, d) float64 array."""
+def feature_block(batch, names: list[str], dtype=np.float64) -> np.ndarray:
+    """Stack the named numeric columns of an Arrow batch into an (n, d) array (float64, or
+    ``dtype`` when the caller knows its values are exact in it); nulls are NaN."""
     n = batch.num_rows
-    out = np.empty((n, len(names)), dtype=np.float64)
+    out = np.empty((n, len(names)), dtype=dtype)
     for j, name in enumerate(names):
         out[:, j] = batch.column(name).to_numpy(zero_copy_only=False)
     return out

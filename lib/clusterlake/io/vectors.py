@@ -170,10 +170,11 @@ class Features:
         """The input column a feature comes from."""
         return self.vector if self.element(name) is not None else name
 
-    def block(self, column: Callable[[str], "pa.Array"], vectors: Optional[VectorRows] = None) -> np.ndarray:
-        """The ``(n, d)`` float64 features of a batch (``column(name)`` gives an input column;
-        ``vectors``: :func:`vector_rows` of the vector column, when already checked). Rows whose
-        vector is invalid hold NaN."""
+    def block(self, column: Callable[[str], "pa.Array"], vectors: Optional[VectorRows] = None,
+              dtype=np.float64) -> np.ndarray:
+        """The ``(n, d)`` features of a batch, float64 or ``dtype`` (``column(name)`` gives an input
+        column; ``vectors``: :func:`vector_rows` of the vector column, when already checked). Rows
+        whose vector is invalid hold NaN."""
         named, pos = [], []
         el_pos, el_idx = [], []
         for i, c in enumerate(self.names):
@@ -185,7 +186,7 @@ class Features:
                 el_pos.append(i)
                 el_idx.append(j)
         n = len(column(self.input_columns[0])) if self.input_columns else 0
-        X = np.empty((n, len(self.names)), dtype=np.float64)
+        X = np.empty((n, len(self.names)), dtype=dtype)
         for i, c in zip(pos, named):
             X[:, i] = column(c).to_numpy(zero_copy_only=False)
         if el_pos:
