@@ -507,3 +507,22 @@ def test_no_figure_is_left_behind(small_data):
 
     if "matplotlib.pyplot" in sys.modules:  # pyplot is never used: nothing registered there
         assert sys.modules["matplotlib.pyplot"].get_fignums() == []
+
+
+def test_thousands_of_clusters_draw_the_largest_and_list_them_all():
+    from clusterlake.report.render import MAX_DRAWN
+
+    k = 400
+    data = make_data(6000, k, n_features=5, seed=2)
+    html = render(data)
+    p = check(html)
+    assert p.sections == list(SECTION_IDS) and 'class="error"' not in html
+    sizes = section_html(html, "sizes")
+    assert sizes.count("data-cluster=") == k  # the table lists every cluster
+    prof = section_html(html, "profiles")
+    assert len(pngs(prof)) == 1
+    from clusterlake.report import render as mod
+
+    top = mod._largest(data)
+    assert len(top) == MAX_DRAWN and max(data.clusters["size"][~data.clusters["cluster_id"].isin(top)]) <= \
+        min(data.clusters["size"][data.clusters["cluster_id"].isin(top)])

@@ -58,6 +58,9 @@ SECTION_IDS = ("header", "sizes", "projection", "silhouette", "auto-k", "dendrog
                "drift")
 #: at most this many points are drawn in the projection / silhouette plots (deterministic subsample)
 MAX_POINTS = 20_000
+MAX_DRAWN = 50
+"""Clusters a chart draws one by one (bars, bands, labels, heat-map rows): with more (k up to
+5,000) the charts show the largest ``MAX_DRAWN`` and say so; the sizes table keeps every cluster."""
 #: the drift plots show at most this many runs (the newest)
 MAX_DRIFT_RUNS = 30
 #: the dendrogram shows the last this many merges
@@ -446,8 +449,19 @@ def _clusters_frame(d: ReportData) -> pd.DataFrame:
     return c.sort_values("cluster_id").reset_index(drop=True)
 
 
-def _sizes(d: ReportData, colors: dict) -> str:
+def _largest(d: ReportData) -> Optional[set]:
+    """The ids of the :data:`MAX_DRAWN` largest clusters, or None when every cluster is drawn."""
     c = _clusters_frame(d)
+    if len(c) <= MAX_DRAWN:
+        return None
+    return {int(v) for v in c.sort_values(["size", "cluster_id"], ascending=[False, True])["cluster_id"][:MAX_DRAWN]}
+
+
+def _sizes(d: ReportData, colors: dict) -> str:
+    c = full = _clusters_frame(d)
+    top = _largest(d)
+    if top is not None:
+        c = c[c["cluster_id"].isin(top)].reset_index(drop=True)
     k = len(c)
     fig = _new_figure(7.0, float(np.clip(0.32 * k + 1.4, 2.6, 14.0)))
     ax = fig.add_subplot()
@@ -459,8 +473,10 @@ def _sizes(d: ReportData, colors: dict) -> str:
     for yi, (n, s) in enumerate(zip(c["size"], c["share"])):
         ax.text(n, yi, f"  {n:,} ({_pct(s)})", va="center", ha="left", fontsize=9, color=_INK)
     ax.set_xlim(0, top * 1.3)
-    _style(ax, f"Cluster sizes (k = {k}, {int(c['size'].sum()):,} rows)", "rows", "")
+    what = f"k = {k}" if top is None else f"the {k} largest of k = {len(full)}"
+    _style(ax, f"Cluster sizes ({what}, {int(full['size'].sum()):,} rows)", "rows", "")
     img = _img(fig, "Horizontal bar chart of cluster sizes")
+    c = full
     rows = []
     central = "exemplar_ids" in c and c["exemplar_ids"].notna().any()
     for i, (cid, n, s, desc) in enumerate(zip(c["cluster_id"], c["size"], c["share"], c["description"])):
@@ -532,15 +548,15 @@ def _projection(d: ReportData, colors: dict) -> str:
         # row i of centroids_2d is clusters.cluster_id[i], in the frame's own order
         raw_ids = [int(v) for v in d.clusters["cluster_id"]] if _has_rows(d.clusters) else []
         m = min(len(C), len(raw_ids))
-        for i in range(m):
-            cx, cy = float(C[i, 0]), float(C[i, 1])
-            if not (math.isfinite(cx) and math.isfinite(cy)):
-                continue
-            cid = raw_ids[i]
-            col = colors.get(cid, _INK)
-            ax.scatter([cx], [cy], s=340, c=[col], edgecolors="black", linewidths=1.3, zorder=5)
-            ax.text(cx, cy, str(cid), ha="center", va="center", fontsize=9, fontweight="bold",
-                    color=_text_on(col), zorder=6)
+        top = _largest(d)
+        drawn = [i for i in range(m) if math.isfinite(float(C[i, 0])) and math.isfinite(float(C[i, 1]))
+                 and (top is None or raw_ids[i] in top)]
+        if drawn:
+            cols = [colors.get(raw_ids[i], _INK) for i in drawn]
+            ax.scatter(C[drawn, 0], C[drawn, 1], s=340, c=cols, edgecolors="black", linewidths=1.3, zorder=5)
+        for i, col in zip(drawn, cols if drawn else []):
+            ax.text(float(C[i, 0]), float(C[i, 1]), str(raw_ids[i]), ha="center", va="center", fontsize=9,
+                    fontweight="bold", color=_text_on(col), zorder=6)
         handles.append(Line2D([], [], ls="none", marker="o", ms=12, mfc="white", mec="black",
                               mew=1.3, label="centroid (id)"))
     ax.set_aspect("equal", adjustable="datalim")
@@ -568,6 +584,9 @@ def _silhouette(d: ReportData, colors: dict) -> str:
     ok = np.isfinite(sil)
     sil, lab = sil[ok], lab[ok]
     ids = sorted(int(i) for i in np.unique(lab))
+    top = _largest(d)
+    if top is not None:
+        ids = [i for i in ids if i in top]
     k = len(ids)
     fig = _new_figure(7.0, float(np.clip(0.28 * k + 2.8, 4.0, 12.0)))
     ax = fig.add_subplot()
@@ -595,7 +614,8 @@ def _silhouette(d: ReportData, colors: dict) -> str:
         ax.set_yticks(mids, [str(c) for c in ids])
     else:
         ax.set_yticks([])
-    _style(ax, f"Silhouette per point, sorted within each cluster ({len(sil):,} points)",
+    shown = "" if top is None else f"; the {k} largest clusters"
+    _style(ax, f"Silhouette per point, sorted within each cluster ({len(sil):,} points{shown})",
            "silhouette coefficient", "cluster")
     img = _img(fig, "Silhouette plot: per-point silhouette sorted within each cluster")
     table = _table(["", "cluster", "points", "mean silhouette", "below 0"], rows, "clusters")
@@ -687,7 +707,8 @@ def _profiles(d: ReportData, colors: dict) -> str:
     p["feature"] = p["feature"].astype(str)
     p["z"] = pd.to_numeric(p["z"], errors="coerce")
     features = list(dict.fromkeys(p["feature"]))
-    ids = sorted(set(p["cluster_id"]))
+    top = _largest(d)
+    ids = sorted(set(p["cluster_id"]) & (top if top is not None else set(p["cluster_id"])))
     M = (p.groupby(["cluster_id", "feature"])["z"].first().unstack("feature")
          .reindex(index=ids, columns=features).to_numpy(dtype=np.float64))
     nk, nf = M.shape
@@ -721,7 +742,8 @@ def _profiles(d: ReportData, colors: dict) -> str:
                 if math.isfinite(z):
                     ax.text(j, i, f"{z:.1f}", ha="center", va="center", fontsize=9,
                             color="white" if abs(z) >= 1.8 else "black")
-    ax.set_title("Cluster profiles: z-score of each feature's cluster mean", fontsize=11)
+    ax.set_title("Cluster profiles: z-score of each feature's cluster mean"
+                 + ("" if top is None else f" (the {nk} largest clusters)"), fontsize=11)
     cb = fig.colorbar(im, ax=ax, shrink=0.9, pad=0.01)
     cb.set_label("z-score (clipped at ±3)", fontsize=10)
     cb.ax.tick_params(labelsize=9)
