@@ -395,6 +395,12 @@ def test_unsupported_options_all_named(tmp_path):
     assert "preprocess.normalize" in msg and str(p) in msg
 
 
+def test_seeding_only_seeds_by_default():
+    from clusterlake.config import load_config
+
+    assert load_config(data=base(), overrides=["kmeans.max_iter=0"]).kmeans.init == "kmeans||"
+
+
 def test_vector_column_accepted_with_or_without_named_features():
     from clusterlake.config import load_config
 
@@ -414,6 +420,7 @@ def test_vector_column_accepted_with_or_without_named_features():
     (["input.profile_columns=[p, p]"], "lists a column more than once"),
     (["kmeans.max_iter=0", "kmeans.algorithm=bisecting"], "kmeans.max_iter=0 (seeding only) needs"),
     (["kmeans.max_iter=0", "kmeans.engine=spark-mllib"], "kmeans.max_iter=0 (seeding only) needs"),
+    (["kmeans.max_iter=0", "kmeans.init=previous"], "would keep yesterday's centroids unchanged forever"),
 ])
 def test_vector_column_mistakes_named(overrides, hint):
     assert hint in error_of(data=base(), overrides=overrides)

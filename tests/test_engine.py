@@ -364,7 +364,9 @@ def test_a_cancelled_fit_is_not_recovered(spark, blobs, tmp_path, monkeypatch):
 def test_the_recluster_of_kmeans_parallel_candidates_stays_within_its_budget():
     from clusterlake.algorithms.kmeans_engine import RECLUSTER_FLOPS, recluster_budget
 
-    assert recluster_budget(401, 20, 17, 10) == (10, 50)  # the usual case: untouched
-    r, it = recluster_budget(10_001, 1000, 384, 10)
-    assert (r, it) == (1, 25) and r * 2.0 * 10_001 * 1000 * 384 * (it + 1) <= RECLUSTER_FLOPS
-    assert recluster_budget(50_001, 5000, 1536, 10) == (1, 10)  # never below one restart of 10 iterations
+    assert recluster_budget(401, 20, 17, 10) == (10, 50, 401)  # the usual case: untouched
+    r, it, m = recluster_budget(10_001, 1000, 384, 10)
+    assert (r, it, m) == (1, 25, 10_001) and r * 2.0 * m * 1000 * 384 * (it + 1) <= RECLUSTER_FLOPS
+    r, it, m = recluster_budget(20_001, 1000, 768, 10)  # fewer iterations than 10 would not do: fewer candidates
+    assert (r, it) == (1, 10) and m < 20_001 and 2.0 * m * 1000 * 768 * (it + 1) <= RECLUSTER_FLOPS
+    assert recluster_budget(50_001, 5000, 1536, 10)[2] == 10_000  # never fewer than 2k candidates

@@ -54,31 +54,42 @@ def test_weighted_ward_equals_scipy_ward_on_replicated_points():
 
 
 def _greedy_ward(C, w):
-    """The plain O(k^3) greedy: the cheapest merge by a full argmin every time (the oracle)."""
-    nodes = {i: (np.asarray(C[i], float), float(w[i])) for i in range(len(C))}
-    Z = []
-    while len(nodes) > 1:
-        keys = sorted(nodes)
-        best = None
-        for i, a in enumerate(keys):
-            for b in keys[i + 1:]:
-                (ca, wa), (cb, wb) = nodes[a], nodes[b]
-                cost = wa * wb / (wa + wb) * float((ca - cb) @ (ca - cb))
-                if best is None or cost < best[0]:
-                    best = (cost, a, b)
-        _, a, b = best
-        (ca, wa), (cb, wb) = nodes.pop(a), nodes.pop(b)
-        nw = wa + wb
-        Z.append([a, b, np.sqrt(2 * wa * wb / nw * float((ca - cb) @ (ca - cb))), nw])
-        nodes[len(C) + len(Z) - 1] = ((wa * ca + wb * cb) / nw, nw)
-    return np.array(Z)
+    """The version the row minima replaced: the cheapest merge by a full argmin of the k x k cost
+    matrix every time (ties: first row, then first column), O(k^3): the oracle."""
+    C, w = np.asarray(C, float), np.maximum(np.asarray(w, float), 1e-12)
+    k = len(C)
+    cent, wt = np.zeros((2 * k - 1, C.shape[1])), np.zeros(2 * k - 1)
+    cent[:k], wt[:k] = C, w
+    slot, active = np.arange(k), np.ones(k, bool)
+    sq = (C * C).sum(1)
+    cost = (w[:, None] * w[None, :]) / (w[:, None] + w[None, :]) * np.maximum(
+        sq[:, None] + sq[None, :] - 2.0 * (C @ C.T), 0.0)
+    np.fill_diagonal(cost, np.inf)
+    Z = np.zeros((k - 1, 4))
+    for step in range(k - 1):
+        a, b = np.unravel_index(np.argmin(cost), cost.shape)
+        a, b = (b, a) if slot[a] > slot[b] else (a, b)
+        ia, ib = slot[a], slot[b]
+        nw = wt[ia] + wt[ib]
+        diff = cent[ia] - cent[ib]
+        Z[step] = [ia, ib, np.sqrt(2.0 * wt[ia] * wt[ib] / nw * float(diff @ diff)), nw]
+        cent[k + step], wt[k + step] = (wt[ia] * cent[ia] + wt[ib] * cent[ib]) / nw, nw
+        slot[a], active[b] = k + step, False
+        cost[b, :] = cost[:, b] = np.inf
+        others = np.flatnonzero(active)
+        others = others[others != a]
+        dv = cent[slot[others]] - cent[k + step]
+        ww = wt[slot[others]]
+        cost[a, others] = cost[others, a] = ww * nw / (ww + nw) * np.einsum("ij,ij->i", dv, dv)
+        cost[a, a] = np.inf
+    return Z
 
 
 @pytest.mark.parametrize("grid", [False, True])
 def test_weighted_ward_equals_the_plain_greedy(grid):
     rng = np.random.default_rng(11)
-    if grid:  # many equal costs: ties must go the same way
-        C, w = rng.integers(0, 4, size=(40, 2)).astype(float) + rng.normal(size=(40, 2)) * 1e-3, np.ones(40)
+    if grid:  # points on a small grid, equal weights: many exactly equal costs, ties must go the same way
+        C, w = rng.integers(0, 5, size=(60, 2)).astype(float), np.ones(60)
     else:
         C, w = rng.normal(size=(60, 5)), rng.integers(1, 50, size=60).astype(float)
     Z = H.weighted_ward(C, w)

@@ -102,6 +102,9 @@ def test_serving_takes_the_vector_and_equals_the_batch(run):
 
     with pytest.raises(RowError, match=r"row 1 feature 'emb' has length 15, expected 16"):
         a.assign([rows[0], {**rows[1], "emb": rows[1]["emb"][:15]}])
+    with pytest.raises(RowError, match=r"^row 2 feature 'price' is 'x' \(str\)") as ei:
+        a.assign([rows[0], rows[1], {**rows[2], "price": "x"}])
+    assert ei.value.row == 2
 
 
 def test_spark_read_path_and_ml_vectors_give_the_same_clusters(run, spark):
@@ -171,7 +174,8 @@ def test_the_update_job_folds_in_new_vectors_as_serving_assigns_them(run, spark,
     t = t.set_column(0, "doc_id", pa.array(np.arange(300, dtype=np.int64) + 50_000))
     pq.write_table(t, new)
     before = Assigner.load(f"{out}/model/latest")
-    up = run_update(vector_config(run["path"], out), new, spark=spark)
+    # (profile columns play no part in an update: one the new rows lack is no error)
+    up = run_update(vector_config(run["path"], out, **{"input.profile_columns": "[visits]"}), new, spark=spark)
     asg = DeltaTable(f"{out}/assignments").to_pandas()
     mine = asg[asg["run_id"] == up.run_id].set_index("doc_id").sort_index()
     assert list(mine.index) == list(range(50_000, 50_300))

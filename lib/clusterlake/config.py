@@ -58,8 +58,9 @@ class InputSection(_Section):
     another length or holding a null/NaN/inf is an invalid row (``invalid_rows``)."""
     profile_columns: Optional[list[str]] = None
     """Numeric columns profiled per cluster but not clustered on (e.g. price, order counts): their
-    per-cluster mean, std and z-score join the ``profiles`` table and the descriptions. Nulls and
-    NaN in them are left out of their statistics, never dropping a row."""
+    per-cluster mean, std and z-score join the ``profiles`` table and the descriptions. Null, NaN
+    and +-inf values are left out of their column's statistics, never dropping a row (the nightly
+    job; the update job ignores them)."""
     vector_size: Optional[int] = Field(None, ge=1)
     """The length every vector must have; null: the most common length among the first 1,000
     non-null vectors of the input (logged)."""
@@ -217,6 +218,12 @@ class KMeansSection(_Section):
         if self.max_iter == 0 and (self.algorithm != "kmeans" or self.engine != "clusterlake"):
             raise ValueError("kmeans.max_iter=0 (seeding only) needs kmeans.algorithm: kmeans and "
                              "kmeans.engine: clusterlake")
+        if self.max_iter == 0 and self.init == "previous":
+            if "init" in self.model_fields_set:
+                raise ValueError("kmeans.max_iter=0 (seeding only) with kmeans.init=previous would keep "
+                                 "yesterday's centroids unchanged forever; use kmeans.init: kmeans|| (or "
+                                 "kmeans++), or max_iter >= 1 for a warm start")
+            self.__dict__["init"] = "kmeans||"  # seeding only means seeding
         if self.algorithm == "bisecting" and self.init != "kmeans||":
             raise ValueError(f"kmeans.init={self.init} does not apply to kmeans.algorithm=bisecting "
                              "(each split starts from 2-means++); remove kmeans.init")
@@ -316,7 +323,7 @@ class DriftSection(_Section):
 
 class QualitySection(_Section):
     sample_size: int = Field(20_000, ge=100, le=200_000)
-    exemplars: int = Field(5, ge=0, le=100)
+    exemplars: int = Field(5, ge=0, le=20)
     """Per cluster, the ids of this many rows nearest its centroid (``centroids.exemplar_ids``, the
     report, and the descriptions of clusters of vectors); 0: none."""
     gates: GatesSection = GatesSection()

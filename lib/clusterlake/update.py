@@ -81,15 +81,15 @@ def _load_base(run: Run):
 
 
 def _input_section(cfg: JobConfig, base, input_path: str):
-    """The model decides the features (named columns, and a vector column's length); labels and
-    weights play no part in an update."""
+    """The model decides the features (named columns, and a vector column's length); labels,
+    weights and profile columns play no part in an update."""
     from clusterlake.io.reader import input_columns, model_vector
 
     vec = model_vector(base)
     named = [c for c in input_columns(list(base.prep.feature_names), vec) if vec is None or c != vec.column]
     return cfg.input.model_copy(update={"path": input_path, "feature_columns": (named or None) if vec else named,
                                         "vector_column": vec and vec.column, "vector_size": vec and vec.dim,
-                                        "label_column": None, "weight_column": None,
+                                        "label_column": None, "weight_column": None, "profile_columns": None,
                                         "version": None})  # the full job's pinned version is not the new rows
 
 

@@ -306,7 +306,10 @@ def init_kmeans_parallel(bc: KMeansStage, k: int, info: DataInfo, seed: int, ste
     C, weights = C[keep], weights[keep]
     if len(C) <= k:
         return C
-    restarts, iters = recluster_budget(len(C), k, C.shape[1], restarts)
+    restarts, iters, m = recluster_budget(len(C), k, C.shape[1], restarts)
+    if m < len(C):  # too many candidates for the budget: a weighted draw of them
+        pick = np.sort(rng.choice(len(C), size=m, replace=False, p=weights / weights.sum()))
+        C, weights = C[pick], weights[pick]
     best = None
     for r in range(restarts):
         C0, _ = K.kmeans_plusplus(C, k, weights=weights, random_state=seed * 7919 + r)
@@ -320,22 +323,27 @@ RECLUSTER_FLOPS = 2e11
 """The driver's budget for reclustering the k-means|| candidates (~4 s of BLAS on 2 cores)."""
 
 
-def recluster_budget(m: int, k: int, d: int, restarts: int, max_iter: int = 50) -> tuple[int, int]:
-    """(restarts, Lloyd iterations) for reclustering ``m`` candidates of ``d`` dimensions into
-    ``k``: ``restarts`` x ``max_iter`` while that fits :data:`RECLUSTER_FLOPS` (every case up to
-    k ~ 100 on 100 dimensions), then fewer restarts, then fewer iterations (never below one
-    restart of 10): one Lloyd iteration costs ~2 m k d flops, k-means++ about as much, so k=1,000
-    on 384 dimensions (~10,000 candidates) would otherwise take ~80 s per restart."""
+def recluster_budget(m: int, k: int, d: int, restarts: int, max_iter: int = 50,
+                     min_iter: int = 10) -> tuple[int, int, int]:
+    """(restarts, Lloyd iterations, candidates kept) for reclustering ``m`` candidates of ``d``
+    dimensions into ``k``, within :data:`RECLUSTER_FLOPS`: ``restarts`` x ``max_iter`` on every
+    candidate while that fits (every case up to k ~ 100 on 100 dimensions), then fewer restarts,
+    then fewer iterations down to ``min_iter``, then a weighted draw of the candidates (never fewer
+    than 2k). One Lloyd iteration costs ~2 m k d flops and k-means++ about as much: k=1,000 on
+    384 dimensions (~10,000 candidates) would otherwise take ~80 s per restart."""
     per_iter = 2.0 * m * k * d
     restarts = max(1, restarts)
     fit = int(RECLUSTER_FLOPS // (per_iter * (max_iter + 1)))
     if fit >= 1:
-        chosen = (min(restarts, fit), max_iter)
+        chosen = (min(restarts, fit), max_iter, m)
+    elif RECLUSTER_FLOPS // per_iter - 1 >= min_iter:
+        chosen = (1, int(min(max_iter, RECLUSTER_FLOPS // per_iter - 1)), m)
     else:
-        chosen = (1, max(10, min(max_iter, int(RECLUSTER_FLOPS // per_iter) - 1)))
-    if chosen != (restarts, max_iter):
-        log.info("k-means||: %d candidates x k=%d x %d dimensions: recluster with %d restart(s) of up to %d "
-                 "iterations (budget %.0e flops)", m, k, d, chosen[0], chosen[1], RECLUSTER_FLOPS)
+        keep = int(RECLUSTER_FLOPS // (2.0 * k * d * (min_iter + 1)))
+        chosen = (1, min_iter, int(min(m, max(2 * k, keep))))
+    if chosen != (restarts, max_iter, m):
+        log.info("k-means||: %d candidates x k=%d x %d dimensions: recluster %d of them with %d restart(s) of up "
+                 "to %d iterations (budget %.0e flops)", m, k, d, chosen[2], chosen[0], chosen[1], RECLUSTER_FLOPS)
     return chosen
 
 

@@ -41,12 +41,31 @@ def describe_change(previous_features: list[str], summary, input_types: dict[str
         return None
     lost = [c for c in prev if c not in now]
     gained = [c for c in now if c not in prev]
-    parts = []
+    parts, lost, gained = _vector_changes(prev, now, lost, gained)
     if lost:
         parts.append("lost " + ", ".join(f"'{c}' ({_why_lost(c, summary, input_types)})" for c in lost))
     if gained:
         parts.append("gained " + ", ".join(f"'{c}' ({summary.feature_types.get(c, '?')})" for c in gained))
     return "; ".join(parts)
+
+
+def _vector_changes(prev: list, now: list, lost: list, gained: list) -> tuple[list, list, list]:
+    """A vector column's elements (``emb[0]``, ...) lost or gained, said once per vector
+    (``vector 'emb' had 384 elements, now 768``) instead of one name per element; returns
+    (those parts, the other lost names, the other gained names)."""
+    import re
+
+    def base(c):
+        m = re.match(r"^(.*)\[[0-9]+\]$", c, re.S)
+        return m.group(1) if m else None
+
+    bases = {base(c) for c in lost + gained} - {None}
+    parts = []
+    for b in sorted(bases):
+        before, after = sum(base(c) == b for c in prev), sum(base(c) == b for c in now)
+        parts.append(f"vector '{b}' had {before} element features, now {after}"
+                     + (" (its length changed, or constant elements were dropped)" if before and after else ""))
+    return parts, [c for c in lost if base(c) not in bases], [c for c in gained if base(c) not in bases]
 
 
 def check(previous, summary, input_types: dict[str, str], allow_change: bool) -> Optional[str]:

@@ -263,6 +263,12 @@ def resolve_vector(df, cfg: InputSection, dim: Optional[int] = None) -> Optional
             f"input column '{name}' (input.vector_column) has type {t.simpleString()}, expected array<float>, "
             "array<double> or a Spark ML vector; cast it upstream (e.g. .cast('array<float>'))")
     elem = "double" if ml else t.elementType.simpleString()
+    from clusterlake.io.vectors import element_index
+
+    clash = [c for c in cfg.feature_columns or [] if element_index(c, name) is not None]
+    if clash:
+        raise InputDataError(f"input.feature_columns {clash} are named like elements of input.vector_column "
+                             f"'{name}' (its elements are the features '{name}[0]', '{name}[1]', ...); rename them")
     dim = dim or cfg.vector_size
     if dim is None:
         size = F.size(_as_array(name, ml))

@@ -114,7 +114,8 @@ def check_batch(X: np.ndarray, nulls: list[np.ndarray], id_null: np.ndarray, w: 
     m = len(nulls)
     # the usual batch (no null, every value finite and in range) in one pass: max |x| is NaN when
     # some value is, and above the bound when some value is infinite or too large
-    clean = m == 0 or (not any(nl.any() for nl in nulls) and float(np.abs(X[:, :m]).max()) <= MAX_ABS_VALUE)
+    clean = m == 0 or n == 0 or (not any(nl.any() for nl in nulls)
+                                 and float(np.abs(X[:, :m]).max()) <= MAX_ABS_VALUE)
     cols = [] if clean else [(names[j], X[:, j], nulls[j]) for j in range(m)]
     if w is not None:
         cols.append((weight_name, w, w_null))

@@ -9,10 +9,12 @@ only the edges that read rows know that some of them are elements of one column:
 * :class:`Features` turns an Arrow batch into the ``(n, d)`` feature block: named columns one by
   one, the vector column as one contiguous block (the list's values reshaped, never an element
   at a time in Python);
-* :func:`vector_rows` checks each row's vector once: null (or holding a null), of another length
-  than ``dim``, NaN, +-inf, or beyond :data:`~clusterlake.io.validity.MAX_ABS_VALUE` in some
-  element. Those are the reasons ``<column>:null|length|nan|inf|too_large`` the invalid-row
-  policy counts (one count per row, not per element).
+* :func:`vector_rows` checks each row's vector once: null (or holding a null element, whatever
+  its length), else of another length than ``dim``, else NaN, +-inf, or beyond
+  :data:`~clusterlake.io.validity.MAX_ABS_VALUE` in some element (each of these three counted).
+  Those are the reasons ``<column>:null|length|nan|inf|too_large`` the invalid-row policy counts
+  (one count per row and reason, not per element), exactly as Spark's form of the rule
+  (:func:`clusterlake.io.reader.row_checks`) counts them.
 
 Spark-free and driver/executor neutral (numpy and pyarrow only).
 """
@@ -100,6 +102,11 @@ def vector_rows(arr, dim: int) -> VectorRows:
     null = arr.is_null().to_numpy(zero_copy_only=False) if arr.null_count else np.zeros(n, dtype=bool)
     starts, lengths, values = _starts_lengths(arr)
     lengths = np.where(null, -1, lengths)
+    vnull = values.is_null().to_numpy(zero_copy_only=False) if values.null_count else None
+    if vnull is not None:  # a null element makes the row's vector null, whatever its length (as Spark's rule)
+        cum = np.concatenate([[0], np.cumsum(vnull, dtype=np.int64)])
+        span = np.where(null, 0, lengths)
+        null = null | (cum[starts + span] - cum[starts] > 0)
     length_bad = ~null & (lengths != dim)
     ok = ~null & ~length_bad
     vals = values.to_numpy(zero_copy_only=False)  # float; a null element is NaN here
@@ -114,22 +121,13 @@ def vector_rows(arr, dim: int) -> VectorRows:
         idx = starts[ok][:, None] + np.arange(dim, dtype=np.int64)[None, :]
         if ok.any():
             X[ok] = vals[idx]
-    elem_null = np.zeros(n, dtype=bool)
-    if values.null_count:
-        vnull = values.is_null().to_numpy(zero_copy_only=False)
-        if idx is None:
-            elem_null = vnull[int(starts[0]):int(starts[0]) + n * dim].reshape(n, dim).any(axis=1)
-        elif ok.any():
-            elem_null[ok] = vnull[idx].any(axis=1)
     with np.errstate(invalid="ignore"):
-        isnan = np.isnan(X)
-        nan = isnan.any(axis=1) & ok & ~elem_null
+        nan = np.isnan(X).any(axis=1) & ok
         a = np.abs(X)
         inf = np.isinf(a).any(axis=1) & ok
-        big = ((a > MAX_ABS_VALUE) & ~np.isinf(a)).any(axis=1) & ok if X.dtype == np.float64 else \
+        big = ((a > np.float64(MAX_ABS_VALUE)) & ~np.isinf(a)).any(axis=1) & ok if X.dtype == np.float64 else \
             np.zeros(n, dtype=bool)  # float32 holds nothing beyond MAX_ABS_VALUE
-    return VectorRows(X, {"null": null | elem_null, "length": length_bad, "nan": nan, "inf": inf,
-                          "too_large": big}, lengths)
+    return VectorRows(X, {"null": null, "length": length_bad, "nan": nan, "inf": inf, "too_large": big}, lengths)
 
 
 @dataclass(frozen=True)

@@ -83,8 +83,9 @@ def _pct(share: float) -> str:
 
 def from_moments(n: np.ndarray, mean: np.ndarray, m2: np.ndarray, features: list[str]) -> Profiles:
     """Profiles of columns summarised per cluster as (count, mean, sum of squared deviations),
-    each (k, c), counting each column's own valid values (``input.profile_columns``: a null
-    leaves the row out of that column only). The population figures are the clusters' merged."""
+    each (k, c), counting each column's own valid values (``input.profile_columns``: a null, NaN
+    or +-inf leaves the row out of that column only). The population figures are the clusters'
+    merged (NaN for a column without any valid value)."""
     from clusterlake.kernels.stats import merge_mean_m2
 
     n, mean, m2 = (np.asarray(v, dtype=np.float64) for v in (n, mean, m2))
@@ -100,6 +101,7 @@ def from_moments(n: np.ndarray, mean: np.ndarray, m2: np.ndarray, features: list
     p = compute(np.ones(len(n)), sum_x / np.where(n > 0, n, 1.0), sum_sq_dx / np.where(n > 0, n, 1.0), pmean,
                 pop_var, features)
     p.mean[n <= 0], p.std[n <= 0], p.z[n <= 0] = np.nan, np.nan, 0.0
+    p.pop_mean[pn <= 0], p.pop_std[pn <= 0] = np.nan, np.nan  # a column with no value at all
     return p
 
 

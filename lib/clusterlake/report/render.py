@@ -469,10 +469,10 @@ def _sizes(d: ReportData, colors: dict) -> str:
     ax.barh(y, c["size"], color=[colors[i] for i in c["cluster_id"]], edgecolor="none", height=0.75)
     ax.set_yticks(y, [f"cluster {i}" for i in c["cluster_id"]])
     ax.invert_yaxis()
-    top = max(1, int(c["size"].max()))
+    biggest = max(1, int(c["size"].max()))
     for yi, (n, s) in enumerate(zip(c["size"], c["share"])):
         ax.text(n, yi, f"  {n:,} ({_pct(s)})", va="center", ha="left", fontsize=9, color=_INK)
-    ax.set_xlim(0, top * 1.3)
+    ax.set_xlim(0, biggest * 1.3)
     what = f"k = {k}" if top is None else f"the {k} largest of k = {len(full)}"
     _style(ax, f"Cluster sizes ({what}, {int(full['size'].sum()):,} rows)", "rows", "")
     img = _img(fig, "Horizontal bar chart of cluster sizes")

@@ -27,6 +27,7 @@ its column name, as the table holds it: ``{"emb": [0.1, ...], "price": 3.0}`` (a
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional, Union
 
@@ -330,7 +331,7 @@ class Assigner:
                 raise RowError(f"row {i}: missing feature(s) {missing}; the model expects {[vec] + named}",
                                row=i, feature=missing[0])
             vectors.append(self._vector_of(r[vec], i, one_mapping))
-            scalars.append(self._columns(r, named) if named else None)
+            scalars.append(self._named_of(r, named, i, one_mapping) if named else None)
         V = np.concatenate(vectors) if one_mapping else np.stack([v[0] for v in vectors])
         n = len(V)
         X = np.empty((n, len(self._names)), dtype=np.float64)
@@ -341,6 +342,16 @@ class Assigner:
             X[:, [self._names.index(c) for c in named]] = S
         X[:, [i for i, _ in elem]] = V[:, [j for _, j in elem]]
         return X
+
+    def _named_of(self, r: Mapping, named: list, row: int, many: bool) -> np.ndarray:
+        """One record's named features (or, ``many``, columns of them); errors name record ``row``."""
+        try:
+            return self._columns(r, named)
+        except RowError as exc:
+            if many:
+                raise
+            text = re.sub(r"^row \d+ ", f"row {row} ", str(exc))
+            raise RowError(text, row=row, feature=exc.feature) from None
 
     def _vector_of(self, v, row: int, many: bool) -> np.ndarray:
         """One row's vector (or, ``many``, a column of them) as an (m, dim) float64 array."""

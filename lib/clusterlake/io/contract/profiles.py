@@ -16,6 +16,8 @@ def rows(p, cluster_ids, run_id: str) -> list[tuple]:
     for i, cid in enumerate(cluster_ids):
         for j, f in enumerate(p.features):
             m, s = p.mean[i, j], p.std[i, j]
+            pm, ps = p.pop_mean[j], p.pop_std[j]
             out.append((int(cid), f, None if np.isnan(m) else float(m), None if np.isnan(s) else float(s),
-                        float(p.z[i, j]), int(p.rank[i, j]), float(p.pop_mean[j]), float(p.pop_std[j]), run_id))
+                        float(p.z[i, j]), int(p.rank[i, j]), None if np.isnan(pm) else float(pm),
+                        None if np.isnan(ps) else float(ps), run_id))
     return out
