@@ -370,26 +370,29 @@ def in_fresh_process(fn, *fn_args) -> dict:
         return pool.submit(fn, *fn_args).result()
 
 
+def _one_process_row(name: str, r: dict, X, y, notes: list[str]) -> dict:
+    """A fresh-process contender's result row: its timings, the centres scored here, its notes."""
+    cost, ari = evaluate(X, y, r["centers"])
+    return {"name": name, **{k_: r[k_] for k_ in ("init_s", "per_iter_s", "iters", "fit_s", "peak_mb")},
+            "cost": cost, "ari": ari,
+            "notes": notes + [f"peak MB = the child process's peak RSS; imports and data alone reached "
+                              f"{r['data_mb']:.0f} MB"]}
+
+
 def run_sklearn(path: str, args, X, y) -> dict:
     r = in_fresh_process(_sklearn_child, path, args.k, args.max_iter, args.tol, args.seed)
-    cost, ari = evaluate(X, y, r["centers"])
-    return {"name": "sklearn", **{k_: r[k_] for k_ in ("init_s", "per_iter_s", "iters", "fit_s", "peak_mb")},
-            "cost": cost, "ari": ari,
-            "notes": [f"euclidean Lloyd on unit rows; its inertia {r['inertia']:.6g} (squared distances to "
-                      "unnormalised means); init s = sklearn.cluster.kmeans_plusplus",
-                      f"peak MB = the child process's peak RSS; imports and data alone reached {r['data_mb']:.0f} MB"]}
+    return _one_process_row("sklearn", r, X, y, [
+        f"euclidean Lloyd on unit rows; its inertia {r['inertia']:.6g} (squared distances to "
+        "unnormalised means); init s = sklearn.cluster.kmeans_plusplus"])
 
 
 def run_faiss(path: str, args, X, y) -> dict:
     r = in_fresh_process(_faiss_child, path, args.k, args.max_iter, args.seed, args.faiss_threads)
-    cost, ari = evaluate(X, y, r["centers"])
-    return {"name": "faiss", **{k_: r[k_] for k_ in ("init_s", "per_iter_s", "iters", "fit_s", "peak_mb")},
-            "cost": cost, "ari": ari,
-            "notes": [f"faiss {r['version']}, {args.faiss_threads} threads, every row trained on; s/iter from "
-                      f"its iteration_stats; init s = first iteration's time - s/iter (random init + setup)",
-                      f"its objective (sum of cos) {r['obj']:.6g} -> sum of 1 - cos {len(X) - r['obj']:.6g}; "
-                      f"assigning every row (index.search) {r['assign_s']:.1f} s, not in fit s",
-                      f"peak MB = the child process's peak RSS; imports and data alone reached {r['data_mb']:.0f} MB"]}
+    return _one_process_row("faiss", r, X, y, [
+        f"faiss {r['version']}, {args.faiss_threads} threads, every row trained on; s/iter from "
+        f"its iteration_stats; init s = first iteration's time - s/iter (random init + setup)",
+        f"its objective (sum of cos) {r['obj']:.6g} -> sum of 1 - cos {len(X) - r['obj']:.6g}; "
+        f"assigning every row (index.search) {r['assign_s']:.1f} s, not in fit s"])
 
 
 # ----------------------------------------------------------------------------------------------
