@@ -260,3 +260,21 @@ def test_seeding_only_assigns_every_row_to_its_nearest_seed(spark, tmp_path):
     np.testing.assert_array_equal(got.cluster_id, asg["cluster_id"].iloc[:300])
     assert adjusted_rand_score(y, asg["cluster_id"]) > 0.8  # k-means|| alone, on well separated topics
     assert res.k == K
+
+
+def test_rows_spilled_to_disk_give_the_same_tables(run, spark, tmp_path, caplog):
+    """A task budget far below the rows: every task's rows and model space are memory-mapped from
+    local disk, and every table is the in-memory run's."""
+    out = str(tmp_path / "out")
+    with caplog.at_level("INFO", logger="clusterlake"):
+        run_job(vector_config(run["path"], out, **{"report.enabled": "true", "job.task_memory_gb": 1e-6}),
+                spark=spark)
+    assert "spilled to local disk" in caplog.text
+    asg = DeltaTable(f"{out}/assignments").to_pandas().set_index("doc_id").sort_index()
+    np.testing.assert_array_equal(asg["cluster_id"], run["asg"]["cluster_id"])
+    np.testing.assert_array_equal(asg["distance"], run["asg"]["distance"])
+    for name, key in (("centroids", "cluster_id"), ("metrics", "metric")):
+        mine = DeltaTable(f"{out}/{name}").to_pandas().sort_values(key).reset_index(drop=True)
+        ref = _table(run, name).sort_values(key).reset_index(drop=True)
+        cols = [c for c in ref.columns if c not in ("run_id", "run_ts", "created_at", "run_date")]
+        assert mine[cols].astype(str).equals(ref[cols].astype(str)), name

@@ -44,6 +44,11 @@ class JobSection(_Section):
     """Memory the driver's Python process may use for the sample passes (density, hierarchical);
     null = half of the memory of the driver's machine or container. A pass whose sample would not
     fit is refused before anything is read."""
+    task_memory_gb: Optional[float] = Field(None, gt=0.0)
+    """Memory each engine task may keep its rows in (the input's features, the model space);
+    rows beyond it are spilled to memory-mapped files on the executor's local disk and the run
+    goes on, slower, instead of failing. null = ``spark.executor.pyspark.memory`` less a quarter
+    when set, else half of the executor machine's memory shared by its tasks."""
 
 
 class InputSection(_Section):

@@ -79,8 +79,11 @@ class KMeansWorker(Worker):
     def _leaf_block(self, leaf: int):
         if self._sub is None or self._sub[0] != leaf:
             rows = np.flatnonzero(self.leaf == leaf)
-            self._sub = (leaf, rows, np.ascontiguousarray(self.X[rows]),
-                         None if self.w is None else self.w[rows], self.x_sq[rows])
+            if len(rows) == self.n:  # the root: the block itself, not a copy of it (it may be spilled)
+                self._sub = (leaf, rows, self.X, self.w, self.x_sq)
+            else:
+                self._sub = (leaf, rows, np.ascontiguousarray(self.X[rows]),
+                             None if self.w is None else self.w[rows], self.x_sq[rows])
         return self._sub
 
     @command("info")
@@ -502,18 +505,18 @@ class EngineFit:
 def fit(spark, df, source: BlockSource, k: int, *, algorithm: str = "kmeans", init: str = "kmeans||",
         initial_centers: Optional[np.ndarray] = None, max_iter: int = 50, tol: float = 1e-4, seed: int = 42,
         init_steps: int = 2, num_tasks: Optional[int] = None, recovery_wait: float = 30.0,
-        max_recoveries: int = 3) -> EngineFit:
+        max_recoveries: int = 3, memory_budget: Optional[int] = None) -> EngineFit:
     """Fit K-means (or bisecting K-means) with our engine on every row of ``df``.
 
     ``tol`` is relative, as in scikit-learn: the fit stops when the summed squared centre shift
     is at most ``tol`` times the mean per-column (weighted) variance. Runs on the driver; the
     passes are distributed; collected: k x d statistics per pass, samples for initialisation.
-    A lost task (executor or worker died) is recovered from: see
-    :class:`~clusterlake.engine.stage.BarrierStage`.
+    A lost task (executor or worker died) is recovered from, and rows past ``memory_budget``
+    bytes per task are spilled to local disk: see :class:`~clusterlake.engine.stage.BarrierStage`.
     """
     t0 = time.time()
     bc = KMeansStage(spark, df, source, num_tasks=num_tasks, recovery_wait=recovery_wait,
-                      max_recoveries=max_recoveries)
+                      max_recoveries=max_recoveries, memory_budget=memory_budget)
     with bc:
         res = fit_on(bc, k, algorithm=algorithm, init=init, initial_centers=initial_centers, max_iter=max_iter,
                      tol=tol, seed=seed, init_steps=init_steps, spherical=source.normalize, t0=t0)

@@ -26,9 +26,10 @@ from __future__ import annotations
 
 import io
 import logging
-from contextlib import contextmanager
 import math
 import time
+from contextlib import contextmanager
+from dataclasses import replace
 from typing import Optional, Sequence
 
 import numpy as np
@@ -38,6 +39,7 @@ from clusterlake.algorithms.cluster_stats import ClusterStats, PartitionStats
 from clusterlake.algorithms.kmeans_engine import KMeansStage, KMeansWorker
 from clusterlake.algorithms.members import id_hash_uniform
 from clusterlake.engine.blocks import Block, BlockSource
+from clusterlake.engine.spill import describe as describe_memory
 from clusterlake.engine.worker import command
 from clusterlake.kernels import kmeans as K
 from clusterlake.kernels.assignment import AssignmentRule
@@ -110,8 +112,12 @@ class RowsWorker(KMeansWorker):
     def keep_features(self, columns: np.ndarray) -> dict:
         """Keep only these feature columns (the constant ones are dropped after the read)."""
         if self.raw.ndim == 2 and self.raw.shape[1]:
-            self.raw = np.ascontiguousarray(self.raw[:, np.asarray(columns, dtype=np.int64)])
-            self.block = Block(self.raw, self.block.w, self.block.partition, self.block.columns, self.block.validity)
+            cols = np.asarray(columns, dtype=np.int64)
+            kept = self.block.memory.empty((len(self.raw), len(cols)), self.raw.dtype, "rows")
+            for s0, s1 in self.chunks():
+                kept[s0:s1] = self.raw[s0:s1, cols]
+            self.raw = kept
+            self.block = replace(self.block, X=kept)
         return {}
 
     # -- preprocessing
@@ -132,17 +138,16 @@ class RowsWorker(KMeansWorker):
         self.prep = Preprocessor(names, center, scale, components, normalize=bool(normalize))
         plain = Preprocessor(names, center, scale, components)
         p = plain.transform(np.zeros((1, len(center)))).shape[1]
-        Z = np.empty((len(self.raw), p), dtype=np.float32)
+        Z = self.block.memory.empty((len(self.raw), p), np.float32, "model")
         for s0, s1 in self.chunks():
             Z[s0:s1] = plain.transform(self.raw64(s0, s1))
-        if normalize and Z.size:
-            Z = K.normalize_rows(Z)
-        self.block = Block(np.ascontiguousarray(Z), self.block.w, self.block.partition, self.block.columns,
-                           self.block.validity)
+            if normalize:  # row by row: the same as normalising the whole, chunk by chunk
+                Z[s0:s1] = K.normalize_rows(Z[s0:s1])
+        self.block = replace(self.block, X=Z)
         self.x_sq = K.row_sq_norms(self.X) if self.X.size else np.zeros(0)
         self.leaf = np.zeros(len(self.X), dtype=np.int32)
         self._sub = None
-        return {}
+        return {"memory": self.block.memory.report()}
 
     @command("sample_raw")
     def sample_raw(self, fraction: float, seed: int, id_column: str) -> dict:
@@ -297,7 +302,7 @@ class ResidentRows:
     def __init__(self, spark, df, features: list[str], id_column: str, label_column: Optional[str] = None,
                  weight_column: Optional[str] = None, exact_float32: bool = False, num_tasks: Optional[int] = None,
                  recovery_wait: float = 30.0, validate: bool = False, vector: Optional[tuple[str, int]] = None,
-                 profile_columns: Sequence[str] = ()):
+                 profile_columns: Sequence[str] = (), memory_budget: Optional[int] = None):
         carry = tuple(dict.fromkeys([c for c in (id_column, label_column) if c] + list(profile_columns)))
         vcol, vdim = vector or (None, 0)
         source = BlockSource(columns=tuple(features), weight_column=weight_column, carry=carry,
@@ -306,7 +311,7 @@ class ResidentRows:
         # the tasks wait for the driver through every step of the run, driver-only ones included
         # (auto-k, HDBSCAN on the sample, ...): a generous idle limit (a dead driver ends them anyway)
         self.stage = KMeansStage(spark, df, source, num_tasks=num_tasks, worker=RowsWorker, recovery_wait=recovery_wait,
-                                 command_timeout=12 * 3600.0)
+                                 command_timeout=12 * 3600.0, memory_budget=memory_budget)
         self.features = list(source.features.names)
         self.vector = vcol
         self.id_column, self.label_column, self.weight_column = id_column, label_column, weight_column
@@ -382,7 +387,8 @@ class ResidentRows:
         arrays = {"center": np.asarray(prep.center, np.float64), "scale": np.asarray(prep.scale, np.float64)}
         if prep.components is not None:
             arrays["components"] = np.asarray(prep.components, np.float64)
-        self.stage.call("prepare", arrays, normalize=bool(prep.normalize))
+        replies = self.stage.call("prepare", arrays, normalize=bool(prep.normalize))
+        log.info("engine: model space prepared; %s", describe_memory([h.get("memory") for h, _ in replies]))
 
     def sample(self, size: int, seed: int) -> np.ndarray:
         """A uniform random sample of ``min(size, rows)`` rows in input units (float64), in a

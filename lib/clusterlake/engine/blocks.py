@@ -26,12 +26,13 @@ JVM.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Optional
 
 import numpy as np
 import pyarrow as pa
 
+from clusterlake.engine.spill import TaskMemory
 from clusterlake.io.batches import arrow_input, feature_block
 from clusterlake.kernels import kmeans as K
 
@@ -43,7 +44,8 @@ class Block:
     ``X`` is C-contiguous float32 (n, d) in the model space, ``w`` the float64 row weights (None:
     every row weighs 1), ``partition`` the task's number (seeds per-task random draws), and
     ``columns`` the carried columns (an Arrow table under the user's names, aligned with the rows
-    of ``X``; None when nothing is carried).
+    of ``X``; None when nothing is carried), ``memory`` the task's budget: workers allocate their
+    per-row arrays from it (:mod:`clusterlake.engine.spill`).
     """
 
     X: np.ndarray
@@ -51,6 +53,7 @@ class Block:
     partition: int
     columns: Optional[pa.Table] = None
     validity: Optional[dict] = None  # the load's validation counts (Validity JSON), when it validated
+    memory: TaskMemory = field(default_factory=TaskMemory)
 
     @property
     def n(self) -> int:
@@ -309,8 +312,8 @@ def files_frame(spark, scan, source: BlockSource, n_tasks: int):
 
 
 def file_loader(scan, source: BlockSource, slices):
-    """The barrier task's loader (``loader(batches, partition) -> Block``) for ``slices`` of
-    ``scan``: ``batches`` hold the task's number."""
+    """The barrier task's loader (``loader(batches, partition, memory) -> Block``) for ``slices``
+    of ``scan``: ``batches`` hold the task's number."""
     from clusterlake.io.batches import positions
 
     pos = positions(source.input_columns)
@@ -318,40 +321,44 @@ def file_loader(scan, source: BlockSource, slices):
     names = {c: pos[c] for c in scan.columns}
     rows = batch_rows(source.width)
 
-    def load(batches, partition: int) -> Block:
+    def load(batches, partition: int, memory: Optional[TaskMemory] = None) -> Block:
         tasks = [t for b in batches for t in b.column(0).to_pylist()]
         capacity = sum(stop - start for task in tasks for _, _, start, stop in slices[task])
         parts = (part for task in tasks for part in _checked(local, (
             t.rename_columns([names[c] for c in t.schema.names]) for t in scan.read(slices[task], rows))))
-        return _assemble(local, parts, partition, capacity)
+        return _assemble(local, parts, partition, capacity, memory or TaskMemory())
 
     return load
 
 
-def _assemble(source: BlockSource, parts, partition: int, capacity: int) -> Block:
+def _assemble(source: BlockSource, parts, partition: int, capacity: int, memory: TaskMemory) -> Block:
     """The block of :func:`_checked`'s parts, in order, without packing them: the rows are copied
     once, into one array of ``capacity`` rows allocated up front (a fresh allocation of the data's
-    size pays its page faults again, ~0.3 s per GB on this machine): the same :class:`Block` as
-    :func:`unpack` of the same parts packed."""
+    size pays its page faults again, ~0.3 s per GB on this machine) from the task's ``memory``
+    (on local disk when over its budget: the rows stream there batch by batch): the same
+    :class:`Block` as :func:`unpack` of the same parts packed."""
     X, at, ws, tables, validity = None, 0, [], [], None
     for b, Xb, wb, vb in parts:
         if X is None:
-            X = np.empty((capacity, Xb.shape[1]), dtype=Xb.dtype)
+            X = memory.empty((capacity, Xb.shape[1]), Xb.dtype, "rows")
         X[at:at + len(Xb)] = Xb
         at += len(Xb)
         ws.append(wb)
         tables.append(source.carried_table(b))
         validity = vb if validity is None else validity.merge(vb) if vb is not None else validity
     if X is None:
-        return Block(np.empty((0, 0), dtype=np.float32), None, partition)
+        return Block(np.empty((0, 0), dtype=np.float32), None, partition, memory=memory)
     columns = None if tables[0] is None else pa.concat_tables(tables)
     return Block(X[:at], None if ws[0] is None else np.concatenate(ws), partition, columns,
-                 None if validity is None else validity.to_json())
+                 None if validity is None else validity.to_json(), memory)
 
 
-def unpack(batches, partition: int = 0) -> Block:
+def unpack(batches, partition: int = 0, memory: Optional[TaskMemory] = None) -> Block:
     """Packed rows -> one :class:`Block` (C-contiguous features, float64 weights, carried columns),
-    in (src, seq) order so the block does not depend on the order the shuffle delivered them in."""
+    in (src, seq) order so the block does not depend on the order the shuffle delivered them in.
+    The features are copied into an array from the task's ``memory`` (spilled when over its
+    budget; the packed rows received are held until then)."""
+    memory = memory or TaskMemory()
     items = []
     for b in batches:
         small = {k: b.column(k).to_pylist() for k in ("src", "seq", "n", "d", "v")}
@@ -362,17 +369,21 @@ def unpack(batches, partition: int = 0) -> Block:
                           small["v"]))
     items.sort(key=lambda t: (t[0], t[1]))
     if not items:
-        return Block(np.empty((0, 0), dtype=np.float32), None, partition)
+        return Block(np.empty((0, 0), dtype=np.float32), None, partition, memory=memory)
     sized = [it for it in items if it[2] * it[3]]
     dtype = np.float64 if sized and sized[0][4].size == 8 * sized[0][2] * sized[0][3] else np.float32
-    X = np.concatenate([np.frombuffer(x, dtype=dtype).reshape(n, d) for _, _, n, d, x, *_ in items])
+    X = memory.empty((sum(it[2] for it in items), max(it[3] for it in items)), dtype, "rows")
+    at = 0
+    for _, _, n, d, x, *_ in items:
+        X[at:at + n] = np.frombuffer(x, dtype=dtype).reshape(n, d)
+        at += n
     ws = [it[5] for it in items]
     w = None if ws[0] is None else np.concatenate([np.frombuffer(v, dtype=np.float64) for v in ws])
     cs = [it[6] for it in items]
     columns = None
     if cs[0] is not None:
         columns = pa.concat_tables([pa.ipc.open_stream(c).read_all() for c in cs])
-    return Block(np.ascontiguousarray(X), w, partition, columns, _validity([it[7] for it in items]))
+    return Block(X, w, partition, columns, _validity([it[7] for it in items]), memory)
 
 
 def _validity(texts: list) -> Optional[dict]:

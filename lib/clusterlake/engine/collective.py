@@ -216,7 +216,7 @@ class Coordinator:
             self.conns.append(conn)
             self.task_rows.append(int(hello["rows"]))
             self.task_sum_w.append(float(hello.get("sum_w", hello["rows"])))
-            self.tasks.append({k: hello.get(k) for k in ("partition", "rows", "pid", "host")})
+            self.tasks.append({k: hello.get(k) for k in ("partition", "rows", "pid", "host", "memory")})
         for s in pending:
             s.close()
 
@@ -295,11 +295,12 @@ class Coordinator:
 
 def serve(address: tuple[str, int], token: str, partition: int, rows: int,
           handler: Callable[[dict, dict], tuple[dict, dict]], timeout: float = 3600.0,
-          load_error: Optional[str] = None, sum_w: Optional[float] = None) -> int:
+          load_error: Optional[str] = None, sum_w: Optional[float] = None, memory: Optional[dict] = None) -> int:
     """Connect to the driver and execute its commands until ``stop``. Runs in a barrier task.
 
     The hello carries the task's row count and total weight ``sum_w`` (rows when omitted), so the
-    driver knows the layout after every (re)launch without a command. Returns the number of
+    driver knows the layout after every (re)launch without a command, and what its rows take in
+    ``memory`` (:meth:`~clusterlake.engine.spill.TaskMemory.report`). Returns the number of
     commands served. An exception inside ``handler`` is sent back to the driver (which raises it
     with the task's number) and re-raised here.
     """
@@ -317,7 +318,7 @@ def serve(address: tuple[str, int], token: str, partition: int, rows: int,
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.settimeout(timeout)
     hello = {"token": token, "partition": partition, "rows": rows, "pid": os.getpid(),
-             "host": socket.gethostname(), "sum_w": float(rows if sum_w is None else sum_w)}
+             "host": socket.gethostname(), "sum_w": float(rows if sum_w is None else sum_w), "memory": memory}
     if load_error:
         hello["error"] = load_error
     send_msg(sock, hello)

@@ -18,6 +18,7 @@ from clusterlake.engine.blocks import PACKED_DDL, BlockSource, batch_rows, files
 from clusterlake.engine.collective import (
     CollectiveError, Coordinator, JobThread, TaskLost, is_cancellation, python_error_line,
 )
+from clusterlake.engine.spill import describe as describe_memory
 from clusterlake.engine.task import RESULT_DDL, barrier_task
 from clusterlake.engine.worker import Worker
 
@@ -60,6 +61,11 @@ class BarrierStage:
     packed blocks are shuffled into one partition per task, else each input partition is a task.
     After every (re)launch ``rows`` and ``task_sum_w`` give each task's row count and weight.
 
+    **Memory.** ``memory_budget``: the bytes each task may keep its rows in (None: derived on each
+    executor); rows beyond it are spilled to memory-mapped files on the executor's local disk
+    instead of failing the task (:mod:`clusterlake.engine.spill`). The load logs what the tasks
+    hold and spilled; :meth:`memory` asks again later.
+
     **Lost tasks.** The driver holds the algorithm's state and the stage keeps a journal of the
     worker's ``stateful`` commands. When a task is lost (:class:`TaskLost`: its executor, worker or
     Python process died) :meth:`call` cancels the stage, waits up to ``recovery_wait`` seconds for
@@ -74,7 +80,7 @@ class BarrierStage:
 
     def __init__(self, spark, df, source: BlockSource, worker: type[Worker], num_tasks: Optional[int] = None,
                  command_timeout: float = 3600.0, register_timeout: float = 600.0,
-                 max_recoveries: int = 3, recovery_wait: float = 30.0):
+                 max_recoveries: int = 3, recovery_wait: float = 30.0, memory_budget: Optional[int] = None):
         if not (isinstance(worker, type) and issubclass(worker, Worker)):
             raise TypeError(f"worker must be a Worker subclass, not {worker!r}")
         self.spark = spark
@@ -85,6 +91,7 @@ class BarrierStage:
         self.register_timeout = register_timeout
         self.max_recoveries = max_recoveries
         self.recovery_wait = recovery_wait
+        self.memory_budget = memory_budget
         self._plan(df, self._slots(num_tasks))
         self.recoveries = 0
         self.load_seconds = 0.0
@@ -140,7 +147,8 @@ class BarrierStage:
         t0 = time.time()
         self._launch(self.register_timeout)
         self.load_seconds = time.time() - t0
-        log.info("engine: %d tasks loaded %s rows in %.1f s", self.n_tasks, f"{sum(self.rows):,}", self.load_seconds)
+        log.info("engine: %d tasks loaded %s rows in %.1f s; %s", self.n_tasks, f"{sum(self.rows):,}",
+                 self.load_seconds, describe_memory([t.get("memory") for t in self.coord.tasks]))
         return self
 
     def _launch(self, register_timeout: float) -> None:
@@ -164,7 +172,8 @@ class BarrierStage:
         self._thread = None
         self.coord = Coordinator(self.n_tasks, host, lambda: self._thread.error if self._thread else None,
                                  register_timeout=register_timeout, failed_job_is_loss=self.recoveries > 0)
-        fn = barrier_task(self.worker, self.coord.address, self.coord.token, self.command_timeout, self._loader)
+        fn = barrier_task(self.worker, self.coord.address, self.coord.token, self.command_timeout, self._loader,
+                          self.memory_budget)
         job = self.df.mapInArrow(fn, RESULT_DDL, barrier=True)
         # bigger Arrow batches load faster (10k rows is Spark's default); restored once loaded
         conf_key = "spark.sql.execution.arrow.maxRecordsPerBatch"
@@ -274,6 +283,10 @@ class BarrierStage:
         """The next :meth:`__enter__` starts the stage again after it was ended on purpose: the
         journal is replayed before the next command, as after a lost task."""
         self._restore_needed = bool(self._journal)
+
+    def memory(self) -> str:
+        """What the tasks hold now, in one phrase for the log (the workers' ``memory`` command)."""
+        return describe_memory([head.get("memory") for head, _ in self.call("memory")])
 
     def forget(self, op: str) -> None:
         """Drop ``op`` from the journal: the state it built is no longer needed."""

@@ -194,9 +194,14 @@ def _load(run: Run, raw, feats: list[str], scanned=None, vector=None):
     rows = ResidentRows(run.spark, source or load_columns(raw, icfg, feats, vector), feats, icfg.id_column,
                         icfg.label_column, icfg.weight_column, exact_in_float32([types[c] for c in feats] + elem_types),
                         cfg.kmeans.num_tasks, cfg.kmeans.recovery_wait_seconds, validate=True,
-                        vector=(vector.column, vector.dim) if vector else None, profile_columns=profile)
+                        vector=(vector.column, vector.dim) if vector else None, profile_columns=profile,
+                        memory_budget=_gb_bytes(cfg.job.task_memory_gb))
     with spark_pass("load rows"):
         return run.hold(rows)
+
+
+def _gb_bytes(gb: Optional[float]) -> Optional[int]:
+    return None if gb is None else int(gb * (1 << 30))
 
 
 def _read_errors(read, path: str):
