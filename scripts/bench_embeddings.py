@@ -243,6 +243,8 @@ def _job_config(path: str, out: str, args):
             f"kmeans.seed={args.seed}", "preprocess.scaling=none", "preprocess.pca.enabled=false",
             "density.enabled=false", "hierarchical.enabled=false", "report.enabled=false",
             "quality.drift.on_failure=warn", "output.delta_writer=delta-rs"]
+    if args.batch_size:  # mini-batch K-means: --max-iter then counts epochs
+        sets.append(f"kmeans.batch_size={args.batch_size}")
     return load_config(os.path.join(ROOT, "conf", "local.yaml"), sets)
 
 
@@ -479,6 +481,8 @@ def parse_args(argv):
     ap.add_argument("--noise", type=float, default=1.2, help="noise norm relative to the unit direction")
     ap.add_argument("--only", default=",".join(CONTENDERS), help=f"comma-separated subset of {','.join(CONTENDERS)}")
     ap.add_argument("--max-iter", type=int, default=20)
+    ap.add_argument("--batch-size", type=int, default=0,
+                    help="the job contender fits mini-batch K-means with batches of this many rows (max-iter: epochs)")
     ap.add_argument("--tol", type=float, default=0.0, help="0: every contender runs all its iterations")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--init-steps", type=int, default=2, help="k-means|| rounds (clusterlake, job and MLlib)")

@@ -3,6 +3,7 @@
     .venv/bin/python scripts/bench_scale.py                                  # 1M, 2M, 5M, 10M x 32 (~15 min)
     .venv/bin/python scripts/bench_scale.py --rows 1000000,2000000 --plot docs/scaling.png
     .venv/bin/python scripts/bench_scale.py --rows 20000000 --driver-memory 4g
+    .venv/bin/python scripts/bench_scale.py --rows 10000000 --task-memory-gb 0.25   # rows spilled to disk
 
 For each size, in a fresh process (a nightly ``spark-submit`` starts its own JVM): the blobs of
 scripts/bench_job.py (``rows`` x 32 float32 named columns, an id and a label; cached under
@@ -42,7 +43,7 @@ def _shuffle_bytes(spark) -> int:
     return int(sum(stages.apply(i).shuffleWriteBytes() for i in range(stages.size())))
 
 
-def one(rows: int, driver_memory: str, out: str) -> dict:
+def one(rows: int, driver_memory: str, out: str, task_memory_gb: str = "") -> dict:
     """Run the job once on ``rows`` rows in this process; the figures as a dict."""
     from bench_embeddings import SparkRss, _peak_rss_mb
     from bench_job import dataset
@@ -56,6 +57,8 @@ def one(rows: int, driver_memory: str, out: str) -> dict:
             f"kmeans.k={K}", "job.run_date=2026-12-01", "preprocess.pca.enabled=false", "density.enabled=false",
             "hierarchical.enabled=false", "report.enabled=false", "output.delta_writer=delta-rs",
             f"spark.conf.spark.driver.memory={driver_memory}"]
+    if task_memory_gb:  # the engine's tasks spill what does not fit to local disk
+        sets.append(f"job.task_memory_gb={task_memory_gb}")
     cfg = load_config(os.path.join(ROOT, "conf", "local.yaml"), sets)
     t0 = time.time()
     spark = build_session(cfg.spark, "bench_scale")
@@ -73,12 +76,12 @@ def one(rows: int, driver_memory: str, out: str) -> dict:
             "passes": {st: {k: round(v, 1) for k, v in ps.items()} for st, ps in res.spark_passes.items() if ps}}
 
 
-def run_size(rows: int, driver_memory: str) -> dict:
+def run_size(rows: int, driver_memory: str, task_memory_gb: str = "") -> dict:
     """:func:`one` in a fresh Python process (its own JVM); a failure is reported, not raised."""
     out = tempfile.mkdtemp(prefix="bench_scale-")
     try:
         p = subprocess.run([sys.executable, __file__, "--one", str(rows), "--driver-memory", driver_memory,
-                            "--out", out], capture_output=True, text=True)
+                            "--out", out, "--task-memory-gb", task_memory_gb], capture_output=True, text=True)
         line = next((ln for ln in reversed(p.stdout.splitlines()) if ln.startswith("{")), None)
         if p.returncode != 0 or line is None:
             tail = (p.stderr.strip().splitlines() or ["(no output)"])[-1]
@@ -136,6 +139,7 @@ def main() -> None:
     ap.add_argument("--rows", default="1000000,2000000,5000000,10000000")
     ap.add_argument("--driver-memory", default="4g")
     ap.add_argument("--plot", help="write the chart here (PNG)")
+    ap.add_argument("--task-memory-gb", default="", help="job.task_memory_gb: spill the engine's rows past it")
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -143,12 +147,12 @@ def main() -> None:
         import logging
 
         logging.basicConfig(level=logging.WARNING)
-        print(json.dumps(one(args.one, args.driver_memory, args.out)), flush=True)
+        print(json.dumps(one(args.one, args.driver_memory, args.out, args.task_memory_gb)), flush=True)
         return
     results = []
     for rows in [int(r) for r in args.rows.split(",") if r.strip()]:
         t0 = time.time()
-        r = run_size(rows, args.driver_memory)
+        r = run_size(rows, args.driver_memory, args.task_memory_gb)
         results.append(r)
         print(json.dumps(r), f"({time.time() - t0:.0f} s with the data and the session)", flush=True)
     print("\n" + table(results))

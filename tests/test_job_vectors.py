@@ -278,3 +278,19 @@ def test_rows_spilled_to_disk_give_the_same_tables(run, spark, tmp_path, caplog)
         ref = _table(run, name).sort_values(key).reset_index(drop=True)
         cols = [c for c in ref.columns if c not in ("run_id", "run_ts", "created_at", "run_date")]
         assert mine[cols].astype(str).equals(ref[cols].astype(str)), name
+
+
+def test_mini_batch_fit_in_the_job(spark, tmp_path):
+    """kmeans.batch_size: the job fits mini-batch K-means on the embeddings (cosine): the topics
+    found, every row assigned to its nearest centroid, the steps recorded as iterations."""
+    X, price, y = embeddings(n=3000, seed=5)
+    path = write(tmp_path / "t.parquet", X, price, y)
+    out = str(tmp_path / "out")
+    run_job(vector_config(path, out, **{"kmeans.batch_size": 300, "kmeans.max_iter": 5,
+                                        "input.feature_columns": "null"}), spark=spark)
+    runs = DeltaTable(f"{out}/runs").to_pandas()
+    assert 1 <= int(runs["iterations"].iloc[0]) <= 5 * 3000 // 300
+    asg = DeltaTable(f"{out}/assignments").to_pandas().set_index("doc_id").sort_index()
+    assert adjusted_rand_score(y, asg["cluster_id"]) > 0.95
+    got = Assigner.load(f"{out}/model/latest").assign([{"emb": X[i].tolist()} for i in range(200)])
+    np.testing.assert_array_equal(got.cluster_id, asg["cluster_id"].iloc[:200])

@@ -195,6 +195,12 @@ class KMeansSection(_Section):
     tol: float = Field(1.0e-4, ge=0.0)
     """Relative, as in scikit-learn: stop when the summed squared centre shift is at most tol x
     the mean per-dimension variance of the model space."""
+    batch_size: Optional[int] = Field(None, ge=100)
+    """Mini-batch K-means: steps of this many rows drawn from all rows (Sculley's update, as
+    scikit-learn's ``MiniBatchKMeans``) instead of Lloyd's full passes, for tables too large for
+    many passes; ``max_iter`` then counts epochs, and the fit also stops when the smoothed batch
+    inertia has not improved for 10 steps. null: full passes. Its measured quality cost is in
+    docs/scaling.md; the kmeans algorithm on our engine only."""
     seed: int = 42
     engine: Literal["clusterlake", "spark-mllib"] = "clusterlake"
     """``clusterlake``: our engine (one barrier stage, data cached in the tasks). ``spark-mllib``:
@@ -220,6 +226,11 @@ class KMeansSection(_Section):
             if bad:
                 raise ValueError(f"kmeans.engine=spark-mllib does not support {', '.join(bad)}; "
                                  "use kmeans.engine: clusterlake")
+        if self.batch_size is not None and (self.algorithm != "kmeans" or self.engine != "clusterlake"
+                                            or self.max_iter == 0):
+            raise ValueError("kmeans.batch_size (mini-batch K-means) needs kmeans.algorithm: kmeans, "
+                             "kmeans.engine: clusterlake and kmeans.max_iter >= 1; remove kmeans.batch_size "
+                             "for the other settings")
         if self.max_iter == 0 and (self.algorithm != "kmeans" or self.engine != "clusterlake"):
             raise ValueError("kmeans.max_iter=0 (seeding only) needs kmeans.algorithm: kmeans and "
                              "kmeans.engine: clusterlake")

@@ -105,7 +105,7 @@ def _fit_engine(df, prep, cfg, weight_col, initial_centers, stage=None) -> KMean
     seeding = "kmeans||" if cfg.init == "previous" else cfg.init  # previous without a usable model
     init = "previous" if initial_centers is not None else seeding
     params = dict(algorithm=cfg.algorithm, init=seeding, initial_centers=initial_centers, max_iter=cfg.max_iter,
-                  tol=cfg.tol, seed=cfg.seed, init_steps=cfg.init_steps)
+                  tol=cfg.tol, seed=cfg.seed, init_steps=cfg.init_steps, batch_size=cfg.batch_size)
     with warnings.catch_warnings():  # the engine's own warning is replaced by the job's below
         warnings.simplefilter("ignore", FewerClustersWarning)
         if stage is not None:

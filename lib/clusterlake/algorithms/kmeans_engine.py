@@ -107,6 +107,17 @@ class KMeansWorker(Worker):
             return _stats_reply(K.PartialStats.zeros(*centers.shape))
         return _stats_reply(K.partial_stats(self.X, centers, self.w, self.x_sq, n_far=int(n_far)))
 
+    @command("minibatch_stats")
+    def minibatch_stats(self, centers: np.ndarray, rows: int, seed: int, step: int, n_far: int = 0) -> dict:
+        """A mini-batch step's statistics: ``rows`` rows drawn uniformly with replacement (as
+        scikit-learn draws its batches), seeded by the step and the task (no far rows: ``n_far``
+        is ignored; the final full pass repairs empty clusters)."""
+        if not self.n or rows <= 0:
+            return _stats_reply(K.PartialStats.zeros(*centers.shape))
+        idx = np.sort(np.random.default_rng([int(seed), int(step), self.partition]).integers(0, self.n, int(rows)))
+        w = None if self.w is None else self.w[idx]
+        return _stats_reply(K.partial_stats(np.ascontiguousarray(self.X[idx]), centers, w, self.x_sq[idx]))
+
     @command("pick")
     def pick(self, u: float) -> dict:
         """The row where the cumulative weight passes ``u``."""
@@ -505,7 +516,7 @@ class EngineFit:
 def fit(spark, df, source: BlockSource, k: int, *, algorithm: str = "kmeans", init: str = "kmeans||",
         initial_centers: Optional[np.ndarray] = None, max_iter: int = 50, tol: float = 1e-4, seed: int = 42,
         init_steps: int = 2, num_tasks: Optional[int] = None, recovery_wait: float = 30.0,
-        max_recoveries: int = 3, memory_budget: Optional[int] = None) -> EngineFit:
+        max_recoveries: int = 3, memory_budget: Optional[int] = None, batch_size: Optional[int] = None) -> EngineFit:
     """Fit K-means (or bisecting K-means) with our engine on every row of ``df``.
 
     ``tol`` is relative, as in scikit-learn: the fit stops when the summed squared centre shift
@@ -519,25 +530,29 @@ def fit(spark, df, source: BlockSource, k: int, *, algorithm: str = "kmeans", in
                       max_recoveries=max_recoveries, memory_budget=memory_budget)
     with bc:
         res = fit_on(bc, k, algorithm=algorithm, init=init, initial_centers=initial_centers, max_iter=max_iter,
-                     tol=tol, seed=seed, init_steps=init_steps, spherical=source.normalize, t0=t0)
+                     tol=tol, seed=seed, init_steps=init_steps, spherical=source.normalize, t0=t0,
+                     batch_size=batch_size)
     res.task_peak_rss_mb = bc.task_peak_rss_mb
     return res
 
 
 def fit_on(bc: KMeansStage, k: int, *, algorithm: str = "kmeans", init: str = "kmeans||",
            initial_centers: Optional[np.ndarray] = None, max_iter: int = 50, tol: float = 1e-4, seed: int = 42,
-           init_steps: int = 2, spherical: bool = False, t0: Optional[float] = None) -> EngineFit:
+           init_steps: int = 2, spherical: bool = False, t0: Optional[float] = None,
+           batch_size: Optional[int] = None) -> EngineFit:
     """:func:`fit` on a stage already holding the rows in the model space (``spherical``: they
-    are L2-normalised, the fit is cosine)."""
+    are L2-normalised, the fit is cosine). ``batch_size``: mini-batch steps of that many rows
+    instead of Lloyd's full passes (:mod:`clusterlake.algorithms.minibatch`; ``max_iter`` then
+    counts epochs)."""
     res = _fit(bc, k, algorithm, init, initial_centers, max_iter, tol, seed, init_steps,
-               time.time() if t0 is None else t0, spherical)
+               time.time() if t0 is None else t0, spherical, batch_size)
     res.recoveries = bc.recoveries
     res.n_tasks = bc.n_tasks
     return res
 
 
 def _fit(bc: KMeansStage, k, algorithm, init, initial_centers, max_iter, tol, seed, init_steps, t0,
-         spherical) -> EngineFit:
+         spherical, batch_size=None) -> EngineFit:
     info = data_info(bc)
     if info.n < k:
         raise ValueError(f"n_samples={info.n} should be >= k={k}")
@@ -551,10 +566,15 @@ def _fit(bc: KMeansStage, k, algorithm, init, initial_centers, max_iter, tol, se
     C0 = _initial_centers(bc, k, info, init, initial_centers, seed, init_steps, spherical)
     init_seconds = time.time() - t_init
     log.info("engine: init %s took %.2f s", "given centres" if initial_centers is not None else init, init_seconds)
-    lf = lloyd(bc, C0, max_iter, tol_abs, spherical)
+    if batch_size and max_iter > 0:
+        from clusterlake.algorithms.minibatch import minibatch
+
+        lf = minibatch(bc, C0, batch_size, max_iter, tol_abs, seed, spherical)
+    else:
+        lf = lloyd(bc, C0, max_iter, tol_abs, spherical)
     its = lf.iter_seconds
-    log.info("engine: %d iterations (%s), %.3f s per iteration, inertia %.6g",
-             lf.n_iter, "converged" if lf.converged else "max_iter reached",
+    log.info("engine: %d %s (%s), %.3f s each, inertia %.6g", lf.n_iter,
+             "mini-batch steps" if batch_size else "iterations", "converged" if lf.converged else "max_iter reached",
              float(np.median(its)) if its else math.nan, lf.inertia)
     return EngineFit(lf.centers, lf.counts, lf.inertia, lf.n_iter, lf.converged, init_seconds, bc.load_seconds,
                      time.time() - t0, its, bc.n_tasks, n_repaired=lf.n_repaired)

@@ -568,6 +568,51 @@ def centers_from_stats(sums, counts, old_centers, spherical=False):
     return centers, empty
 
 
+def minibatch_update(centers, weight_sums, sums, counts, spherical=False):
+    """One mini-batch step from a batch's per-centre statistics (Sculley, 2010).
+
+    Each centre moves towards the mean of its batch rows with the learning rate ``1 / its weight
+    seen so far``, as scikit-learn's ``_mini_batch_step`` does (without its random reassignment):
+    ``c_new = (c * W + sums) / (W + counts)``, ``W += counts``. A centre that got no row of the
+    batch stays where it is.
+
+    Prior validation of data is assumed: the arrays describe the same ``k`` clusters,
+    ``weight_sums >= 0``, ``counts >= 0``.
+
+    Parameters
+    ----------
+    centers : ndarray of shape (k, d)
+    weight_sums : ndarray of shape (k,)
+        Weight each centre has absorbed over the previous steps.
+    sums, counts : ndarray of shape (k, d) and (k,)
+        The batch's weighted per-centre sums and weights (:func:`partial_stats` of the batch).
+    spherical : bool, default=False
+        Spherical k-means: every moved centre is L2-normalised (a zero mean keeps the old one).
+
+    Returns
+    -------
+    centers : ndarray of shape (k, d), dtype float64
+    weight_sums : ndarray of shape (k,), dtype float64
+
+    Notes
+    -----
+    Complexity: O(k d).
+    """
+    before = np.asarray(weight_sums, dtype=np.float64)
+    counts = np.asarray(counts, dtype=np.float64)
+    out = np.array(centers, dtype=np.float64, copy=True)
+    moved = counts > 0
+    W = before + counts
+    new = (out[moved] * before[moved, None] + np.asarray(sums, dtype=np.float64)[moved]) / W[moved, None]
+    if spherical:
+        norms = np.sqrt(row_sq_norms(new))
+        ok = norms > 0
+        new[ok] /= norms[ok, None]
+        new[~ok] = out[moved][~ok]
+    out[moved] = new
+    return out, W
+
+
 def repair_empty(centers, empty, far_points, far_d2):
     """Re-seed empty clusters with the farthest points.
 
