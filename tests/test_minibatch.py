@@ -87,3 +87,4 @@ def test_the_fit_on_the_engine_is_close_to_lloyd_in_far_fewer_rows_touched(spark
     assert mb.counts.sum() == len(X) and (mb.counts > 0).all()
     labels = np.argmin(((X[:, None, :] - mb.centers[None]) ** 2).sum(-1), axis=1)
     assert adjusted_rand_score(y, labels) > 0.95
+

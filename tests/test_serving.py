@@ -495,3 +495,13 @@ def test_catalog_through_a_symlink_and_with_an_empty_cluster(served, tmp_path):
     empty = ClusterCatalog.load(str(copy)).cluster(int(cat.assigner.cluster_ids[1]))
     assert empty["size"] == 0 and empty["archetype"]["profile"] is None
     json.dumps(empty, allow_nan=False)  # raises on NaN/inf
+
+
+def test_the_member_cap_shares_max_members_over_the_clusters():
+    from clusterlake.algorithms.members import members_per_cluster
+
+    assert members_per_cluster(10_000, 200_000, 20) == 10_000  # under the cap: unchanged
+    assert members_per_cluster(10_000, 200_000, 1_000) == 200
+    assert members_per_cluster(None, 200_000, 1_000) == 200  # "every row" is capped too
+    assert members_per_cluster(None, None, 1_000) is None and members_per_cluster(0, 10, 5) == 0
+    assert members_per_cluster(50, 10, 1_000) == 1  # at least one row a cluster

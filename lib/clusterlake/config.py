@@ -387,6 +387,10 @@ class ServingSection(_Section):
     """Rows kept per cluster, with their model-space coordinates, under the model's ``members/``
     folder (one parquet file per cluster) for similar-item queries: a uniform sample (by a hash of
     the id) of about this many rows of each cluster. ``null``: every row; 0: none (no similar items)."""
+    max_members: Optional[int] = Field(200_000, ge=1)
+    """At most about this many member rows in all: the driver gathers and writes them. With many
+    clusters the number per cluster shrinks to ``max_members / k`` (k=1,000: 200 each). ``null``:
+    no cap (``members_per_cluster`` alone decides)."""
 
 
 class StreamSection(_Section):

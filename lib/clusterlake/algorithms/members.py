@@ -19,6 +19,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 
+def members_per_cluster(per_cluster: Optional[int], max_members: Optional[int], k: int) -> Optional[int]:
+    """Rows to keep per cluster: ``per_cluster`` (None: all), lowered so that k clusters keep at
+    most about ``max_members`` rows in all (None: no cap); at least 1 when any are kept."""
+    if per_cluster == 0 or max_members is None or k <= 0:
+        return per_cluster
+    share = max(1, int(max_members) // int(k))
+    return share if per_cluster is None else min(int(per_cluster), share)
+
+
 def member_fractions(counts: np.ndarray, per_cluster: Optional[int]) -> np.ndarray:
     """Share of each cluster's rows kept as members: about ``per_cluster`` rows of each
     (``None``: all of them; empty clusters: 0)."""

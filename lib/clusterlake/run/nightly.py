@@ -425,11 +425,16 @@ def serving_layout(art, held, cfg, model_dir) -> None:
     from the resident rows (``held``), whose assignment is the model's."""
     import time
 
-    from clusterlake.algorithms.members import member_fractions, write_member_files
+    from clusterlake.algorithms.members import member_fractions, members_per_cluster, write_member_files
 
     with spark_pass("radius quantiles"):
         art.cluster_stats.update(held.radius_quantiles(art.cluster_stats["sizes"]))
-    per = cfg.serving.members_per_cluster
+    sv = cfg.serving
+    per = members_per_cluster(sv.members_per_cluster, sv.max_members, len(art.cluster_ids))
+    if per != sv.members_per_cluster:
+        log.info("serving layout: about %d member rows per cluster, not serving.members_per_cluster=%s: "
+                 "%d clusters share serving.max_members=%d", per, sv.members_per_cluster, len(art.cluster_ids),
+                 sv.max_members)
     if per == 0:
         art.meta["members"] = {"per_cluster": 0, "runs": []}
         return
