@@ -370,3 +370,24 @@ def test_the_recluster_of_kmeans_parallel_candidates_stays_within_its_budget():
     r, it, m = recluster_budget(20_001, 1000, 768, 10)  # fewer iterations than 10 would not do: fewer candidates
     assert (r, it) == (1, 10) and m < 20_001 and 2.0 * m * 1000 * 768 * (it + 1) <= RECLUSTER_FLOPS
     assert recluster_budget(50_001, 5000, 1536, 10)[2] == 10_000  # never fewer than 2k candidates
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_kmeans_parallel_weights_from_the_rounds_equal_a_pass_over_every_candidate(weighted):
+    """The candidates' weights come from each row's nearest candidate kept through the rounds:
+    the same as the kernel's pass over all candidates (no pass of their own)."""
+    from clusterlake.engine.blocks import Block
+
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(3000, 5)).astype(np.float32)
+    w = rng.uniform(0.5, 2.0, 3000) if weighted else None
+    worker = engine.KMeansWorker(Block(X, w, 0))
+    rounds = [X[:1].astype(np.float64), X[10:60].astype(np.float64), X[500:620].astype(np.float64)]
+    offset = 0
+    for C in rounds:
+        worker.kpar_update(C, offset=offset)
+        offset += len(C)
+    got = worker.kpar_weights(offset)["weights"]
+    want = K.candidate_weights(X, np.concatenate(rounds), weights=w)
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    assert got.sum() == pytest.approx(3000 if w is None else w.sum())

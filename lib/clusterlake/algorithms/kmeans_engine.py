@@ -65,6 +65,7 @@ class KMeansWorker(Worker):
         X = block.X
         self.x_sq = K.row_sq_norms(X) if X.size else np.zeros(0)
         self.d2: Optional[np.ndarray] = None  # k-means|| distances to the candidates so far
+        self.near: Optional[np.ndarray] = None  # k-means||: each row's nearest candidate so far (int32)
         self.leaf = np.zeros(len(X), dtype=np.int32)  # bisecting: the leaf of every row
         self._sub: Optional[tuple] = None  # bisecting: (leaf, rows, X, w, x_sq) of the leaf being split
 
@@ -133,12 +134,27 @@ class KMeansWorker(Worker):
         return self._rows(rows[self.rng(seed).random(len(rows)) < float(fraction)])
 
     @command("kpar_update", stateful=True)
-    def kpar_update(self, centers: np.ndarray) -> dict:
-        """k-means||: fold new candidates into every row's distance; the cost phi."""
+    def kpar_update(self, centers: np.ndarray, offset: int = 0) -> dict:
+        """k-means||: fold new candidates (numbered from ``offset`` among all so far) into every
+        row's distance and nearest candidate; the cost phi."""
         if self.n:
-            _, d2 = K.nearest(self.X, centers, self.x_sq)
-            self.d2 = d2 if self.d2 is None else np.minimum(self.d2, d2)
+            lab, d2 = K.nearest(self.X, centers, self.x_sq)
+            lab = lab.astype(np.int32) + np.int32(offset)
+            if self.d2 is None:
+                self.d2, self.near = d2, lab
+            else:  # strictly nearer: a tie keeps the earlier candidate
+                better = d2 < self.d2
+                self.d2 = np.where(better, d2, self.d2)
+                self.near[better] = lab[better]
         return {"phi": float(self.weights() @ self.d2) if self.n else 0.0}
+
+    @command("kpar_weights")
+    def kpar_weights(self, m: int) -> dict:
+        """k-means||: the weight of the rows nearest to each of the ``m`` candidates, from the
+        rounds' own nearest candidates (no pass over the rows)."""
+        if not self.n:
+            return {"weights": np.zeros(int(m))}
+        return {"weights": np.bincount(self.near, weights=self.weights(), minlength=int(m)).astype(np.float64)}
 
     @command("kpar_sample")
     def kpar_sample(self, l: float, phi: float, seed: int) -> dict:  # noqa: E741 (the paper's name)
@@ -150,14 +166,8 @@ class KMeansWorker(Worker):
 
     @command("forget_d2")
     def forget_d2(self) -> None:
-        """k-means|| is over: free the n distances."""
-        self.d2 = None
-
-    @command("cand_weights")
-    def cand_weights(self, centers: np.ndarray) -> dict:
-        """k-means||: the weight of the rows nearest to each candidate."""
-        cw = K.candidate_weights(self.X, centers, self.w, self.x_sq) if self.n else np.zeros(len(centers))
-        return {"weights": cw}
+        """k-means|| is over: free the n distances and nearest candidates."""
+        self.d2 = self.near = None
 
     @command("bisect_stats")
     def bisect_stats(self, centers: np.ndarray, leaf: int, n_far: int = 0) -> dict:
@@ -285,13 +295,14 @@ def init_kmeans_parallel(bc: KMeansStage, k: int, info: DataInfo, seed: int, ste
     single recluster lands in a visibly worse optimum for some seeds, ten restarts on a few
     hundred candidates cost milliseconds -- see the README's performance section.)
 
-    Passes over the data: 2 per round + 2. Collected: the candidates (about
+    Passes over the data: 2 per round + 1 (each row's nearest candidate is kept through the
+    rounds, so the candidates' weights cost no pass). Collected: the candidates (about
     ``1 + steps * oversampling * k`` rows).
     """
     rng = np.random.default_rng(seed)
     first = _pick(bc, rng)[None, :]
     cands = [first]
-    phi = sum(h["phi"] for h, _ in bc.call("kpar_update", {"centers": first}))
+    phi = sum(h["phi"] for h, _ in bc.call("kpar_update", {"centers": first}, offset=0))
     l = oversampling * k
     for r in range(steps):
         if phi <= 0:
@@ -299,13 +310,17 @@ def init_kmeans_parallel(bc: KMeansStage, k: int, info: DataInfo, seed: int, ste
         new, _ = bc.gather_rows("kpar_sample", l=l, phi=phi, seed=seed * 1000 + r + 1)
         if not len(new):
             continue
+        offset = sum(len(c) for c in cands)
         cands.append(new)
-        if sum(len(c) for c in cands) > max_candidates:
-            log.warning("k-means|| stopped after round %d: %d candidates", r + 1, sum(len(c) for c in cands))
+        phi = sum(h["phi"] for h, _ in bc.call("kpar_update", {"centers": new}, offset=offset))
+        if offset + len(new) > max_candidates:
+            log.warning("k-means|| stopped after round %d: %d candidates", r + 1, offset + len(new))
             break
-        phi = sum(h["phi"] for h, _ in bc.call("kpar_update", {"centers": new}))
-    C = np.unique(np.concatenate(cands), axis=0)
-    weights = sum(a["weights"] for _, a in bc.call("cand_weights", {"centers": C}))
+    # every row's nearest candidate is known from the rounds: the weights need no pass of their own
+    drawn = np.concatenate(cands)
+    C, inverse = np.unique(drawn, axis=0, return_inverse=True)
+    per_drawn = sum(a["weights"] for _, a in bc.call("kpar_weights", m=len(drawn)))
+    weights = np.bincount(np.ravel(inverse), weights=per_drawn, minlength=len(C))
     bc.call("forget_d2")
     bc.forget("kpar_update")  # a recovery from here on need not rebuild the distances
     log.info("k-means||: %d candidates from %d rounds", len(C), len(cands) - 1)
