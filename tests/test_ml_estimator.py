@@ -494,3 +494,56 @@ def test_fewer_rows_than_k(spark, blobs):
     df = _frame(spark, X[:3], y[:3])
     with pytest.raises(ValueError, match=r"n_samples=3.*k=4"):
         KMeans(k=K, seed=1).fit(df)
+
+
+# ----------------------------------------------------------------------------------------------
+# the engine's tasks read plain parquet files themselves
+
+
+def _array_parquet(tmp_path, X, w=None, name="emb.parquet", files=1):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / name
+    path.mkdir()
+    for i, part in enumerate(np.array_split(np.arange(len(X)), files)):
+        cols = {"id": pa.array(part.astype(np.int64)),
+                "emb": pa.FixedSizeListArray.from_arrays(pa.array(X[part].astype(np.float32).ravel()),
+                                                         X.shape[1]).cast(pa.list_(pa.float32()))}
+        if w is not None:
+            cols["w"] = pa.array(w[part])
+        pq.write_table(pa.table(cols), str(path / f"part-{i}.parquet"), row_group_size=300)
+    return str(path)
+
+
+def test_a_plain_parquet_scan_is_read_by_the_tasks_with_the_same_fit(spark, tmp_path, caplog):
+    from clusterlake.io.input_files import frame_file_scan
+
+    X, _ = _blobs(seed=8)
+    w = np.random.default_rng(8).integers(1, 4, size=len(X)).astype(np.int32)
+    path = _array_parquet(tmp_path, X, w, files=3)
+    plain = spark.read.parquet(path)
+    scan = frame_file_scan(plain, ["emb", "w"])
+    assert scan is not None and len(scan.files) == 3 and scan.rows == len(X)
+    # anything but the columns as they are in the files goes through Spark
+    assert frame_file_scan(plain.where("id > 5"), ["emb"]) is None
+    assert frame_file_scan(plain.selectExpr("emb as e"), ["e"]) is None
+    assert frame_file_scan(spark.read.schema("id long, emb array<double>, w int").parquet(path), ["emb"]) is None
+    init = (TRUE_CENTERS + 1.0).tolist()
+    params = dict(k=K, featuresCol="emb", weightCol="w", initialCenters=init, tol=0.0, maxIter=20)
+    with caplog.at_level("INFO", logger="clusterlake.ml"):
+        by_tasks = KMeans(**params).fit(plain)
+    assert "the engine's tasks read the 3 parquet files themselves" in caplog.text
+    by_spark = KMeans(**params).fit(plain.repartition(2))  # not a plain scan: Spark reads it
+    np.testing.assert_allclose(np.stack(by_tasks.clusterCenters()), np.stack(by_spark.clusterCenters()), rtol=1e-6)
+    assert by_tasks.summary.clusterSizes == by_spark.summary.clusterSizes
+    assert sum(by_tasks.summary.clusterSizes) == int(w.sum())
+
+
+def test_a_partitioned_parquet_table_is_read_by_spark(spark, tmp_path):
+    from clusterlake.io.input_files import frame_file_scan
+
+    X, _ = _blobs(seed=9)
+    df = spark.createDataFrame([(int(i % 2), [float(v) for v in x]) for i, x in enumerate(X)], "p int, emb array<float>")
+    df.write.partitionBy("p").parquet(str(tmp_path / "parted"))
+    assert frame_file_scan(spark.read.parquet(str(tmp_path / "parted")), ["emb"]) is None

@@ -14,6 +14,7 @@ not MLlib (absolute centre movement). Persistence writes the params as Spark's m
 the centres as a parquet table: no pickle.
 """
 
+import logging
 from typing import TYPE_CHECKING, Optional
 
 import numpy as np
@@ -28,6 +29,8 @@ from clusterlake.engine.blocks import BlockSource
 
 if TYPE_CHECKING:
     from clusterlake.kernels.assignment import Assignment
+
+log = logging.getLogger(__name__)
 
 
 class _KMeansParams(HasFeaturesCol, HasPredictionCol, HasMaxIter, HasTol, HasSeed, HasWeightCol):
@@ -154,6 +157,29 @@ def _prepared(X: np.ndarray, cosine: bool) -> np.ndarray:
     return normalize_rows(X)
 
 
+def _fit_input(dataset, fcol: str, wcol, cosine: bool):
+    """What the engine loads for a fit, and how: the parquet files themselves, read by its tasks,
+    when ``dataset`` is a plain scan of local files with an ``array<float|double>`` features column
+    (:func:`~clusterlake.io.input_files.frame_file_scan`: the rows never enter the JVM); else the
+    features as an array column (and the weight as double) through Spark."""
+    from pyspark.sql.types import ArrayType
+
+    from clusterlake.io.input_files import frame_file_scan
+
+    if isinstance(dataset.schema[fcol].dataType, ArrayType):
+        scan = frame_file_scan(dataset, [fcol] + ([wcol] if wcol else []))
+        if scan is not None:
+            log.info("the engine's tasks read the %d parquet files themselves", len(scan.files))
+            return scan, BlockSource(array_column=fcol, weight_column=wcol, normalize=cosine)
+    cols = [_as_array(dataset, fcol).alias("__features")]
+    if wcol:
+        from clusterlake.io.columns import col
+
+        cols.append(col(wcol).cast("double").alias("__weight"))
+    return dataset.select(*cols), BlockSource(array_column="__features", weight_column="__weight" if wcol else None,
+                                              normalize=cosine)
+
+
 def _as_array(df, col: str):
     """The features column as ``array<float>`` (kept: the engine holds float32, and a cast to
     double would double the bytes Spark converts) or ``array<double>`` (Spark ML vectors and other
@@ -230,14 +256,7 @@ class KMeans(Estimator, _KMeansParams, MLWritable, MLReadable):
         spark = SparkSession.getActiveSession() or dataset.sparkSession
         fcol = self.getFeaturesCol()
         wcol = self.getOrDefault(self.weightCol) if self.isDefined(self.weightCol) and self.getOrDefault(self.weightCol) else None
-        cols = [_as_array(dataset, fcol).alias("__features")]
-        if wcol:
-            from clusterlake.io.columns import col
-
-            cols.append(col(wcol).cast("double").alias("__weight"))
-        df = dataset.select(*cols)
-        source = BlockSource(array_column="__features", weight_column="__weight" if wcol else None,
-                             normalize=self.getDistanceMeasure() == "cosine")
+        df, source = _fit_input(dataset, fcol, wcol, self.getDistanceMeasure() == "cosine")
         init_c = self.getOrDefault(self.initialCenters) if self.isDefined(self.initialCenters) else None
         # (the seed is any long, as in Spark -- pyspark's default, hash(class name), is negative half
         # the time -- while numpy's generators need a non-negative one: taken modulo 2**64 below)

@@ -27,6 +27,7 @@ directory names and are left to Spark. Runs on the driver only.
 from __future__ import annotations
 
 import logging
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Optional
@@ -346,3 +347,43 @@ def plain_file_scan(cfg: InputSection, columns: list[str], as_double: list[str],
             md = pq.read_metadata(fh)
         files.append((rel, tuple(md.row_group(g).num_rows for g in range(md.num_row_groups))))
     return FileSlices(loc.uri, tuple(files), tuple(dict.fromkeys(columns)), tuple(as_double))
+
+
+def frame_file_scan(df, columns: list[str]) -> Optional[FileSlices]:
+    """``df``'s ``columns`` as :class:`FileSlices` when reading them is a plain scan of local
+    parquet files: Spark's optimised plan of ``df.select(columns)`` is those columns, unchanged, of
+    a parquet relation without partition columns (no filter, no expression, not Delta), and every
+    file holds each column under that name with the type Spark reads (an ``array<float>`` column as
+    a list of float32, say). Else None: Spark reads it. Used by the ``ml`` estimators, whose input
+    is a DataFrame rather than a config; files on other filesystems are left to Spark."""
+    from urllib.parse import urlparse
+
+    plan = df.select(*columns)._jdf.queryExecution().optimizedPlan()
+    node = plan.child() if plan.nodeName() == "Project" else plan
+    if plan.nodeName() == "Project":
+        exprs = plan.projectList()
+        if any(exprs.apply(i).getClass().getSimpleName() != "AttributeReference" for i in range(exprs.size())):
+            return None
+    if node.getClass().getSimpleName() != "LogicalRelation":
+        return None
+    rel = node.relation()
+    if (rel.getClass().getSimpleName() != "HadoopFsRelation" or rel.fileFormat().toString() != "Parquet"
+            or not rel.partitionSchema().isEmpty() or rel.location().getClass().getSimpleName() != "InMemoryFileIndex"):
+        return None
+    uris = list(rel.location().inputFiles())
+    if not uris or any(urlparse(u).scheme != "file" for u in uris):
+        return None
+    paths = [urlparse(u).path for u in uris]
+    want = {f.name: f.dataType.simpleString() for f in df.schema.fields if f.name in columns}
+    sizes = []
+    for p in paths:
+        md = pq.read_metadata(p)
+        schema = md.schema.to_arrow_schema()
+        for c in columns:
+            i = schema.get_field_index(c)
+            if i < 0 or _spark_type(_plain(schema.field(i).type)) != want.get(c):
+                return None
+        sizes.append(tuple(md.row_group(g).num_rows for g in range(md.num_row_groups)))
+    root = os.path.commonpath(paths) if len(paths) > 1 else paths[0]
+    rels = [os.path.relpath(p, root) for p in paths] if len(paths) > 1 else [""]
+    return FileSlices(location(root).uri, tuple(zip(rels, sizes)), tuple(dict.fromkeys(columns)))
