@@ -391,3 +391,7 @@ def test_kmeans_parallel_weights_from_the_rounds_equal_a_pass_over_every_candida
     want = K.candidate_weights(X, np.concatenate(rounds), weights=w)
     np.testing.assert_allclose(got, want, rtol=1e-12)
     assert got.sum() == pytest.approx(3000 if w is None else w.sum())
+    # a new seeding on the same rows (offset 0) starts afresh
+    worker.kpar_update(rounds[1], offset=0)
+    np.testing.assert_allclose(worker.kpar_weights(len(rounds[1]))["weights"],
+                               K.candidate_weights(X, rounds[1], weights=w), rtol=1e-12)

@@ -97,7 +97,7 @@ def test_a_lost_task_is_recovered_and_its_state_replayed(spark, rows):
 def test_an_unknown_command_names_itself_and_the_worker(spark, rows):
     X, w = rows
     stage = BarrierStage(spark, frame(spark, X[:100], w[:100]), SOURCE, ColumnSums)
-    want = r"unknown command 'nonsense' for worker tests\.engine_colsum\.ColumnSums \(its commands: colsum, memory, shift\)"
+    want = r"unknown command 'nonsense' for worker tests\.engine_colsum\.ColumnSums \(its commands: colsum, shift\)"
     with pytest.raises(CollectiveError, match=want) as ei:
         with stage:
             stage.call("nonsense")
@@ -114,7 +114,7 @@ def _worker(cls=ColumnSums):
 
 def test_commands_dispatch_by_name_and_reply_split_into_header_and_arrays():
     worker = _worker()
-    assert ColumnSums.commands == {"colsum": "colsum", "memory": "memory", "shift": "shift"} and ColumnSums.stateful == {"shift"}
+    assert ColumnSums.commands == {"colsum": "colsum", "shift": "shift"} and ColumnSums.stateful == {"shift"}
     assert worker.handle({"op": "shift"}, {"by": np.array([1.0, -1.0])}) == ({}, {})
     head, arrays = worker.handle({"op": "colsum"}, {})
     assert head == {"n": 3, "sum_w": 6.0} and set(arrays) == {"sums"}
@@ -136,7 +136,7 @@ def test_subclasses_inherit_and_override_commands():
         def reset(self):
             self.offset = 0.0
 
-    assert Twice.commands == {"colsum": "colsum_twice", "shift": "shift", "reset": "reset", "memory": "memory"}
+    assert Twice.commands == {"colsum": "colsum_twice", "shift": "shift", "reset": "reset"}
     assert Twice.stateful == {"shift"}
     np.testing.assert_array_equal(_worker(Twice).handle({"op": "colsum"}, {})[1]["sums"], [32.0, 44.0])
 

@@ -280,15 +280,18 @@ def test_rows_spilled_to_disk_give_the_same_tables(run, spark, tmp_path, caplog)
         assert mine[cols].astype(str).equals(ref[cols].astype(str)), name
 
 
-def test_mini_batch_fit_and_the_member_cap_in_the_job(spark, tmp_path):
+def test_mini_batch_fit_and_the_member_cap_in_the_job(spark, tmp_path, caplog):
     """kmeans.batch_size: the job fits mini-batch K-means on the embeddings (cosine): the topics
     found, every row assigned to its nearest centroid, the steps recorded as iterations. And
     serving.max_members caps the member sample: 4 clusters share 400 rows."""
     X, price, y = embeddings(n=3000, seed=5)
     path = write(tmp_path / "t.parquet", X, price, y)
     out = str(tmp_path / "out")
-    run_job(vector_config(path, out, **{"kmeans.batch_size": 300, "kmeans.max_iter": 5,
-                                        "input.feature_columns": "null", "serving.max_members": 400}), spark=spark)
+    with caplog.at_level("INFO", logger="clusterlake"):
+        run_job(vector_config(path, out, **{"kmeans.batch_size": 300, "kmeans.max_iter": 5,
+                                            "input.feature_columns": "null", "serving.max_members": 400}),
+                spark=spark)
+    assert "mini-batch: " in caplog.text and "steps of 300 rows" in caplog.text
     art = Assigner.load(f"{out}/model/latest").artifact
     assert art.meta["members"]["per_cluster"] == 100  # not members_per_cluster's 10,000: all 3,000 rows
     members = np.asarray(art.cluster_stats["members"])

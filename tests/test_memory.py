@@ -68,3 +68,20 @@ def test_the_input_width_counts_and_small_tables_are_refused():
         M.check_sample_passes(_cfg(**{"hierarchical.enabled": "true"}), 4, 10)
     with pytest.raises(ConfigError, match=r"needs more rows than density.min_samples=10"):
         M.check_sample_passes(cfg, 4, 10)
+
+
+def test_the_cgroup_limit_files_follow_this_process_cgroup_and_its_ancestors(tmp_path):
+    """cgroup v1 inside a container: /proc/self/cgroup names the host's path, the mount's root is
+    the container's cgroup, and a child cgroup (e.g. made for one job) has a lower limit."""
+    root = tmp_path / "cg"
+    child = root / "memory" / "job1"
+    child.mkdir(parents=True)
+    (root / "memory" / "memory.limit_in_bytes").write_text("9223372036854771712\n")
+    (child / "memory.limit_in_bytes").write_text(str(5 << 30) + "\n")
+    files = M.cgroup_limit_files("4:memory:/process_api/abc123/job1\n1:cpu:/\n", str(root))
+    assert files == [str(child / "memory.limit_in_bytes"), str(root / "memory" / "memory.limit_in_bytes")]
+    # cgroup v2: the unified line
+    (root / "app").mkdir()
+    (root / "app" / "memory.max").write_text("max\n")
+    assert M.cgroup_limit_files("0::/app\n", str(root)) == [str(root / "app" / "memory.max")]
+    assert M.cgroup_limit_files("", str(root)) == []

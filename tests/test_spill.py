@@ -21,9 +21,37 @@ def test_arrays_past_the_budget_are_mapped_from_a_file_that_is_already_gone(tmp_
     b[:] = np.arange(200, dtype=np.float32).reshape(100, 2)
     assert b.sum() == sum(range(200)) and b[99, 1] == 199
     assert mem.report() == {"budget": 1000, "resident": 800, "spilled": 800}
-    # asking again under a name replaces its share: the old array is the caller's to drop
-    c = mem.empty((10, 2), np.float32, "model")
-    assert not isinstance(c, np.memmap) and mem.report()["spilled"] == 0
+    # asking again under a name replaces its share once the new array exists (while the caller
+    # copies from the old one, both count: 800 + 160 fit, 800 + 800 would not)
+    c = mem.empty((20, 2), np.float32, "model")
+    assert not isinstance(c, np.memmap) and mem.report() == {"budget": 1000, "resident": 960, "spilled": 0}
+    mem.release("model")
+    assert mem.report()["resident"] == 800
+
+
+def test_the_rows_move_to_disk_so_the_model_space_stays_in_memory(tmp_path):
+    """The rows fit the budget, rows and model space do not, the model space alone does: the
+    rows (read at the end) go to disk, the model space (read by every iteration) stays."""
+    from clusterlake.algorithms.resident import RowsWorker
+    from clusterlake.engine.blocks import Block
+
+    X = np.random.default_rng(0).normal(size=(1000, 4)).astype(np.float32)  # 16,000 bytes
+    mem = TaskMemory(budget=20_000, source="test", directory=str(tmp_path))
+    rows = mem.empty(X.shape, X.dtype, "rows")
+    rows[:] = X
+    worker = RowsWorker(Block(rows, None, 0, memory=mem))
+    worker.prepare(np.zeros(4), np.ones(4))
+    assert isinstance(worker.raw, np.memmap) and not isinstance(worker.X, np.memmap)
+    np.testing.assert_array_equal(worker.raw, X)
+    np.testing.assert_array_equal(worker.X, X)  # centre 0, scale 1: the model space is the rows
+    assert mem.report() == {"budget": 20_000, "resident": 16_000, "spilled": 16_000}
+
+
+def test_under_an_address_space_limit_the_rows_cannot_spill_and_the_error_says_so(tmp_path):
+    mem = TaskMemory(budget=100, source="spark.executor.pyspark.memory", directory=str(tmp_path),
+                     address_limit=1 << 30)
+    with pytest.raises(MemoryError, match="spark.executor.pyspark.memory limits this Python worker's address space"):
+        mem.empty((1000, 4), np.float32, "rows")
 
 
 def test_no_budget_never_spills():
@@ -64,9 +92,9 @@ def test_a_spilled_fit_equals_the_in_memory_fit(spark, algorithm, caplog):
     X = np.concatenate([rng.normal(c, 0.3, size=(1500, 6)) for c in (-2.0, 0.0, 2.0)]).astype(np.float32)
     df = spark.createDataFrame([tuple(map(float, r)) for r in X], [f"f{j}" for j in range(6)]).repartition(2)
     source = BlockSource(columns=tuple(f"f{j}" for j in range(6)))
-    a = fit(spark, df, source, 3, algorithm=algorithm, seed=1)
-    assert "spilled" not in caplog.text
     with caplog.at_level("INFO", logger="clusterlake.engine.stage"):
+        a = fit(spark, df, source, 3, algorithm=algorithm, seed=1)
+        assert "engine: 2 tasks loaded" in caplog.text and "spilled" not in caplog.text
         b = fit(spark, df, source, 3, algorithm=algorithm, seed=1, memory_budget=1)
     assert "KiB spilled to local disk" in caplog.text  # every task's rows: 4,500 x 6 float32
     np.testing.assert_array_equal(a.centers, b.centers)

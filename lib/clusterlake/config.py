@@ -46,9 +46,11 @@ class JobSection(_Section):
     fit is refused before anything is read."""
     task_memory_gb: Optional[float] = Field(None, gt=0.0)
     """Memory each engine task may keep its rows in (the input's features, the model space);
-    rows beyond it are spilled to memory-mapped files on the executor's local disk and the run
-    goes on, slower, instead of failing. null = ``spark.executor.pyspark.memory`` less a quarter
-    when set, else half of the executor machine's memory shared by its tasks."""
+    an array past it is spilled whole to a memory-mapped file on the executor's local disk and
+    the run goes on, slower, instead of failing. null = ``spark.executor.pyspark.memory`` less a
+    quarter when set (which also caps the worker's address space: past the budget the task stops
+    with an error saying so), else half of the executor machine's or container's memory shared by
+    its tasks."""
 
 
 class InputSection(_Section):
@@ -199,8 +201,9 @@ class KMeansSection(_Section):
     """Mini-batch K-means: steps of this many rows drawn from all rows (Sculley's update, as
     scikit-learn's ``MiniBatchKMeans``) instead of Lloyd's full passes, for tables too large for
     many passes; ``max_iter`` then counts epochs, and the fit also stops when the smoothed batch
-    inertia has not improved for 10 steps. null: full passes. Its measured quality cost is in
-    docs/scaling.md; the kmeans algorithm on our engine only."""
+    inertia has not improved for 10 steps (or a step moves the centres less than ``tol``). The
+    ``runs`` table's ``iterations`` counts the steps. null: full passes. Its measured quality cost
+    is in docs/scaling.md; the kmeans algorithm on our engine only."""
     seed: int = 42
     engine: Literal["clusterlake", "spark-mllib"] = "clusterlake"
     """``clusterlake``: our engine (one barrier stage, data cached in the tasks). ``spark-mllib``:
@@ -389,8 +392,9 @@ class ServingSection(_Section):
     the id) of about this many rows of each cluster. ``null``: every row; 0: none (no similar items)."""
     max_members: Optional[int] = Field(200_000, ge=1)
     """At most about this many member rows in all: the driver gathers and writes them. With many
-    clusters the number per cluster shrinks to ``max_members / k`` (k=1,000: 200 each). ``null``:
-    no cap (``members_per_cluster`` alone decides)."""
+    clusters the number per cluster shrinks to ``max_members / k`` (k=1,000: 200 each), never
+    below one row a cluster. Incremental updates (``clusterlake update``) add their new rows'
+    share at the same rate. ``null``: no cap (``members_per_cluster`` alone decides)."""
 
 
 class StreamSection(_Section):

@@ -24,13 +24,50 @@ log = logging.getLogger(__name__)
 
 GiB = 1 << 30
 FIXED_BYTES = 64 << 20  # working buffers of scikit-learn/fastcluster that do not grow with the sample
-_CGROUP_FILES = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
+CGROUP_ROOT = "/sys/fs/cgroup"
+
+
+def cgroup_limit_files(proc_cgroup: str, root: str = CGROUP_ROOT) -> list[str]:
+    """The memory-limit files that bound this process: its own cgroup's (named in
+    ``/proc/self/cgroup``, v1 ``memory`` or v2 unified) and every ancestor's up to the mount
+    root, whichever exist. Inside a container the mount's root is the container's own cgroup while
+    ``/proc/self/cgroup`` may name the host's path: the path is tried with its leading parts
+    dropped until it exists under the mount."""
+    out = []
+    for line in proc_cgroup.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, path = parts
+        if "memory" in controllers.split(","):
+            base, name = os.path.join(root, "memory"), "memory.limit_in_bytes"
+        elif controllers == "":
+            base, name = root, "memory.max"
+        else:
+            continue
+        segs = [p for p in path.split("/") if p]
+        for i in range(len(segs) + 1):  # the longest tail of the path that exists under the mount
+            if os.path.isdir(os.path.join(base, *segs[i:])):
+                segs = segs[i:]
+                break
+        else:
+            segs = []
+        for j in range(len(segs), -1, -1):  # the cgroup and its ancestors
+            f = os.path.join(base, *segs[:j], name)
+            if os.path.isfile(f):
+                out.append(f)
+    return out
 
 
 def machine_memory_bytes() -> int:
-    """Physical memory, or the cgroup (container) limit when that is lower."""
+    """Physical memory, or the lowest cgroup (container) limit bounding this process."""
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    for path in _CGROUP_FILES:
+    try:
+        with open("/proc/self/cgroup") as f:
+            files = cgroup_limit_files(f.read())
+    except OSError:
+        files = []
+    for path in files:
         try:
             with open(path) as f:
                 text = f.read().strip()

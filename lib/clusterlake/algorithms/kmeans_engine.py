@@ -81,10 +81,12 @@ class KMeansWorker(Worker):
         if self._sub is None or self._sub[0] != leaf:
             rows = np.flatnonzero(self.leaf == leaf)
             if len(rows) == self.n:  # the root: the block itself, not a copy of it (it may be spilled)
-                self._sub = (leaf, rows, self.X, self.w, self.x_sq)
-            else:
-                self._sub = (leaf, rows, np.ascontiguousarray(self.X[rows]),
-                             None if self.w is None else self.w[rows], self.x_sq[rows])
+                Xs = self.X
+            else:  # a copy within the task's budget (on disk past it), filled block by block
+                Xs = self.block.memory.empty((len(rows), self.X.shape[1]), self.X.dtype, "leaf")
+                for s0 in range(0, len(rows), 65_536):
+                    Xs[s0:s0 + 65_536] = self.X[rows[s0:s0 + 65_536]]
+            self._sub = (leaf, rows, Xs, None if self.w is None else self.w[rows], self.x_sq[rows])
         return self._sub
 
     @command("info")
@@ -140,7 +142,7 @@ class KMeansWorker(Worker):
         if self.n:
             lab, d2 = K.nearest(self.X, centers, self.x_sq)
             lab = lab.astype(np.int32) + np.int32(offset)
-            if self.d2 is None:
+            if self.d2 is None or offset == 0:  # a new seeding (an earlier one cut short is dropped)
                 self.d2, self.near = d2, lab
             else:  # strictly nearer: a tie keeps the earlier candidate
                 better = d2 < self.d2
@@ -185,6 +187,7 @@ class KMeansWorker(Worker):
             lab, _ = K.nearest(Xs, centers, xs)
             self.leaf[rows] = np.where(lab == 0, int(left), int(right))
         self._sub = None
+        self.block.memory.release("leaf")
 
 
 class KMeansStage(BarrierStage):

@@ -8,11 +8,13 @@ so far (:func:`~clusterlake.kernels.kmeans.minibatch_update`, scikit-learn's ste
 pass measures the sizes and inertia at the centres it returns (as Lloyd's last pass does) and
 re-seeds a cluster no row chose from the farthest rows.
 
-Stopping is scikit-learn's: after ``max_iter`` epochs (``max_iter * n / batch_size`` steps), when
-the summed squared centre shift of a step is at most ``tol_abs``, or when the smoothed batch
-inertia (its exponentially weighted average over about one epoch of steps) has not improved for
-``MAX_NO_IMPROVEMENT`` steps. The quality it costs against full Lloyd is
-measured in scripts/bench_minibatch.py and docs/scaling.md.
+Stopping follows scikit-learn's: after ``max_iter`` epochs (``max_iter * n / batch_size`` steps),
+when the smoothed batch inertia (its exponentially weighted average over about one epoch of steps,
+from the second step on) has not improved for ``MAX_NO_IMPROVEMENT`` steps, or when the summed
+squared centre shift of a step is at most ``tol_abs``. (``MiniBatchKMeans`` leaves that last rule
+off by default, ``tol=0``; the job keeps ``kmeans.tol``, 1e-4 relative by default, whose shift
+rarely gets that small in a mini-batch step.) The quality it costs against full Lloyd is measured
+with ``scripts/bench_embeddings.py --batch-size`` in docs/scaling.md.
 """
 
 from __future__ import annotations
@@ -64,10 +66,12 @@ def minibatch(bc: KMeansStage, C0: np.ndarray, batch_size: int, max_iter: int, t
         shift = K.center_shift_sq(C, C_new)
         C = C_new
         inertia = float(ps.inertia) / max(float(ps.counts.sum()), 1e-300)
-        ewa = inertia if ewa is None else ewa * (1 - alpha) + inertia * alpha
         times.append(time.time() - t0)
         hist.append({"iteration": step, "inertia": inertia, "shift": float(shift)})
-        if step > 1 and tol_abs > 0 and shift <= tol_abs:
+        if step == 1:  # the first batch's inertia is the seeding's, not the fit's (scikit-learn skips it too)
+            continue
+        ewa = inertia if ewa is None else ewa * (1 - alpha) + inertia * alpha
+        if tol_abs > 0 and shift <= tol_abs:
             converged = True
             log.info("mini-batch: converged at step %d (centre shift %.3g <= %.3g)", step, shift, tol_abs)
             break
@@ -81,8 +85,8 @@ def minibatch(bc: KMeansStage, C0: np.ndarray, batch_size: int, max_iter: int, t
                      step, MAX_NO_IMPROVEMENT)
             break
     C, final, repaired = _final_pass(bc, C)
-    log.info("mini-batch: %d steps of %d rows (%.3f s each), %d epochs' worth of rows at most",
-             step, batch, float(np.median(times)) if times else 0.0, max_iter)
+    log.info("mini-batch: %d steps of %d rows (%.3f s each): %.2f epochs' worth of rows (at most %d)",
+             step, batch, float(np.median(times)) if times else 0.0, step * batch / max(n, 1), max_iter)
     return LloydFit(C, final.counts, float(final.inertia), step, converged, repaired, times, hist)
 
 

@@ -138,7 +138,12 @@ class RowsWorker(KMeansWorker):
         self.prep = Preprocessor(names, center, scale, components, normalize=bool(normalize))
         plain = Preprocessor(names, center, scale, components)
         p = plain.transform(np.zeros((1, len(center)))).shape[1]
-        Z = self.block.memory.empty((len(self.raw), p), np.float32, "model")
+        memory, need = self.block.memory, len(self.raw) * p * 4
+        if not memory.fits(need) and memory.fits(need, without="rows"):
+            # every iteration reads the model space, the input rows are read again at the end:
+            # the rows make room on disk
+            self.raw = memory.to_disk("rows", self.raw)
+        Z = memory.empty((len(self.raw), p), np.float32, "model")
         for s0, s1 in self.chunks():
             Z[s0:s1] = plain.transform(self.raw64(s0, s1))
             if normalize:  # row by row: the same as normalising the whole, chunk by chunk

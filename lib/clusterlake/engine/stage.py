@@ -63,8 +63,8 @@ class BarrierStage:
 
     **Memory.** ``memory_budget``: the bytes each task may keep its rows in (None: derived on each
     executor); rows beyond it are spilled to memory-mapped files on the executor's local disk
-    instead of failing the task (:mod:`clusterlake.engine.spill`). The load logs what the tasks
-    hold and spilled; :meth:`memory` asks again later.
+    instead of failing the task (:mod:`clusterlake.engine.spill`). Every load (and reload after a
+    lost task) logs what the tasks hold and spilled.
 
     **Lost tasks.** The driver holds the algorithm's state and the stage keeps a journal of the
     worker's ``stateful`` commands. When a task is lost (:class:`TaskLost`: its executor, worker or
@@ -252,8 +252,8 @@ class BarrierStage:
                 raise TaskLost(str(exc)) from exc
             raise
         self._restore_needed = True
-        log.warning("engine: %d tasks reloaded %s rows in %.1f s", self.n_tasks, f"{sum(self.rows):,}",
-                    time.time() - t0)
+        log.warning("engine: %d tasks reloaded %s rows in %.1f s; %s", self.n_tasks, f"{sum(self.rows):,}",
+                    time.time() - t0, describe_memory([t.get("memory") for t in self.coord.tasks]))
 
     def _relayout(self, lost: TaskLost) -> None:
         """Fewer tasks when fewer slots came back: the packed blocks are reshuffled to fit."""
@@ -283,10 +283,6 @@ class BarrierStage:
         """The next :meth:`__enter__` starts the stage again after it was ended on purpose: the
         journal is replayed before the next command, as after a lost task."""
         self._restore_needed = bool(self._journal)
-
-    def memory(self) -> str:
-        """What the tasks hold now, in one phrase for the log (the workers' ``memory`` command)."""
-        return describe_memory([head.get("memory") for head, _ in self.call("memory")])
 
     def forget(self, op: str) -> None:
         """Drop ``op`` from the journal: the state it built is no longer needed."""

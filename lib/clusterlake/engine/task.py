@@ -8,7 +8,7 @@ import pyarrow as pa
 
 from clusterlake.engine.blocks import Block, unpack
 from clusterlake.engine.collective import serve
-from clusterlake.engine.spill import TaskMemory, spill_directory, task_budget
+from clusterlake.engine.spill import TaskMemory, address_space_limit, spill_directory, task_budget
 from clusterlake.engine.worker import Worker
 
 RESULT_DDL = "partition long, rows long, commands long, max_rss_mb double"
@@ -42,7 +42,7 @@ def _task_memory(ctx, budget_bytes) -> TaskMemory:
     except Exception:  # not a barrier context (never in the engine), or no task infos
         on_host = 1
     budget, source = task_budget(budget_bytes, on_host)
-    return TaskMemory(budget, source, spill_directory())
+    return TaskMemory(budget, source, spill_directory(), address_space_limit())
 
 
 def _load_worker(worker_cls: type[Worker], batches, part: int, loader=None,

@@ -131,11 +131,6 @@ class Worker:
         between tasks and repeat for a fixed seed and partitioning."""
         return np.random.default_rng([int(seed), self.partition])
 
-    @command("memory")
-    def memory(self) -> dict:
-        """What the task's resident arrays take: in memory, spilled to disk, its budget."""
-        return {"memory": self.block.memory.report()}
-
     # -- dispatch
     @classmethod
     def describe(cls) -> str:
