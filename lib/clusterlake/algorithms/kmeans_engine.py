@@ -335,7 +335,13 @@ def init_kmeans_parallel(bc: KMeansStage, k: int, info: DataInfo, seed: int, ste
                 C = C[:k]
         return C
     keep = weights > 0
-    C, weights = C[keep], weights[keep]
+    return _recluster(C[keep], weights[keep], k, seed, restarts, rng)
+
+
+def _recluster(C: np.ndarray, weights: np.ndarray, k: int, seed: int, restarts: int,
+               rng: np.random.Generator) -> np.ndarray:
+    """The k-means|| candidates (weighted) reclustered into ``k`` centres on the driver, within
+    :data:`RECLUSTER_FLOPS`: the best of ``restarts`` weighted k-means++ + Lloyd runs."""
     if len(C) <= k:
         return C
     restarts, iters, m = recluster_budget(len(C), k, C.shape[1], restarts)
