@@ -600,16 +600,12 @@ def minibatch_update(centers, weight_sums, sums, counts, spherical=False):
     """
     before = np.asarray(weight_sums, dtype=np.float64)
     counts = np.asarray(counts, dtype=np.float64)
-    out = np.array(centers, dtype=np.float64, copy=True)
+    old = np.asarray(centers, dtype=np.float64)
     moved = counts > 0
     W = before + counts
-    new = (out[moved] * before[moved, None] + np.asarray(sums, dtype=np.float64)[moved]) / W[moved, None]
-    if spherical:
-        norms = np.sqrt(row_sq_norms(new))
-        ok = norms > 0
-        new[ok] /= norms[ok, None]
-        new[~ok] = out[moved][~ok]
-    out[moved] = new
+    # the M-step of the centre's absorbed weight plus the batch: (c W + sums) / (W + counts)
+    pooled = np.where(moved[:, None], old * before[:, None] + np.asarray(sums, dtype=np.float64), 0.0)
+    out, _ = centers_from_stats(pooled, np.where(moved, W, 0.0), old, spherical=spherical)
     return out, W
 
 
