@@ -521,7 +521,7 @@ def test_a_plain_parquet_scan_is_read_by_the_tasks_with_the_same_fit(spark, tmp_
 
     X, _ = _blobs(seed=8)
     w = np.random.default_rng(8).integers(1, 4, size=len(X)).astype(np.int32)
-    path = _array_parquet(tmp_path, X, w, files=3)
+    path = _array_parquet(tmp_path, X, w, name="emb 1%.parquet", files=3)  # Spark percent-encodes its URIs
     plain = spark.read.parquet(path)
     scan = frame_file_scan(plain, ["emb", "w"])
     assert scan is not None and len(scan.files) == 3 and scan.rows == len(X)

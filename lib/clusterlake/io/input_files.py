@@ -356,7 +356,7 @@ def frame_file_scan(df, columns: list[str]) -> Optional[FileSlices]:
     file holds each column under that name with the type Spark reads (an ``array<float>`` column as
     a list of float32, say). Else None: Spark reads it. Used by the ``ml`` estimators, whose input
     is a DataFrame rather than a config; files on other filesystems are left to Spark."""
-    from urllib.parse import urlparse
+    from urllib.parse import unquote, urlparse
 
     plan = df.select(*columns)._jdf.queryExecution().optimizedPlan()
     node = plan.child() if plan.nodeName() == "Project" else plan
@@ -373,11 +373,14 @@ def frame_file_scan(df, columns: list[str]) -> Optional[FileSlices]:
     uris = list(rel.location().inputFiles())
     if not uris or any(urlparse(u).scheme != "file" for u in uris):
         return None
-    paths = [urlparse(u).path for u in uris]
+    paths = [unquote(urlparse(u).path) for u in uris]  # Spark's URIs are percent-encoded
     want = {f.name: f.dataType.simpleString() for f in df.schema.fields if f.name in columns}
     sizes = []
     for p in paths:
-        md = pq.read_metadata(p)
+        try:
+            md = pq.read_metadata(p)
+        except Exception:  # noqa: BLE001 (unreadable here: Spark reads it, and names what is wrong)
+            return None
         schema = md.schema.to_arrow_schema()
         for c in columns:
             i = schema.get_field_index(c)
