@@ -547,3 +547,15 @@ def test_a_partitioned_parquet_table_is_read_by_spark(spark, tmp_path):
     df = spark.createDataFrame([(int(i % 2), [float(v) for v in x]) for i, x in enumerate(X)], "p int, emb array<float>")
     df.write.partitionBy("p").parquet(str(tmp_path / "parted"))
     assert frame_file_scan(spark.read.parquet(str(tmp_path / "parted")), ["emb"]) is None
+
+
+def test_a_dotted_features_column_is_read_by_the_tasks(spark, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from clusterlake.io.input_files import frame_file_scan
+
+    path = str(tmp_path / "dotted.parquet")
+    pq.write_table(pa.table({"e.mb": pa.array([[1.0, 2.0]] * 8, pa.list_(pa.float32()))}), path)
+    scan = frame_file_scan(spark.read.parquet(path), ["e.mb"])
+    assert scan is not None and scan.columns == ("e.mb",) and scan.rows == 8

@@ -40,18 +40,26 @@ def test_the_rows_move_to_disk_so_the_model_space_stays_in_memory(tmp_path):
     rows = mem.empty(X.shape, X.dtype, "rows")
     rows[:] = X
     worker = RowsWorker(Block(rows, None, 0, memory=mem))
+    import weakref
+
+    original = weakref.ref(rows)
+    del rows
     worker.prepare(np.zeros(4), np.ones(4))
+    assert original() is None  # the in-memory rows are gone, not only said to be
     assert isinstance(worker.raw, np.memmap) and not isinstance(worker.X, np.memmap)
     np.testing.assert_array_equal(worker.raw, X)
     np.testing.assert_array_equal(worker.X, X)  # centre 0, scale 1: the model space is the rows
     assert mem.report() == {"budget": 20_000, "resident": 16_000, "spilled": 16_000}
 
 
-def test_under_an_address_space_limit_the_rows_cannot_spill_and_the_error_says_so(tmp_path):
+def test_under_an_address_space_limit_a_spill_past_it_is_an_error_that_says_so(tmp_path):
+    used = spill._address_space_used()
+    assert used > 0
     mem = TaskMemory(budget=100, source="spark.executor.pyspark.memory", directory=str(tmp_path),
-                     address_limit=1 << 30)
-    with pytest.raises(MemoryError, match="spark.executor.pyspark.memory limits this Python worker's address space"):
-        mem.empty((1000, 4), np.float32, "rows")
+                     address_limit=used + (1 << 20))
+    assert isinstance(mem.empty((1000, 4), np.float32, "rows"), np.memmap)  # 16 KB: within the limit, spilled
+    with pytest.raises(MemoryError, match="address space is limited to .*spark.executor.pyspark.memory"):
+        mem.empty((1000, 1000), np.float32, "model")  # 4 MB: past it
 
 
 def test_no_budget_never_spills():

@@ -48,9 +48,9 @@ class JobSection(_Section):
     """Memory each engine task may keep its rows in (the input's features, the model space);
     an array past it is spilled whole to a memory-mapped file on the executor's local disk and
     the run goes on, slower, instead of failing. null = ``spark.executor.pyspark.memory`` less a
-    quarter when set (which also caps the worker's address space: past the budget the task stops
-    with an error saying so), else half of the executor machine's or container's memory shared by
-    its tasks."""
+    quarter when set, else half of the executor machine's or container's memory shared by its
+    tasks. ``spark.executor.pyspark.memory`` also caps the worker's address space, memory-mapped
+    files included: a spill past that cap stops the task with an error saying so."""
 
 
 class InputSection(_Section):

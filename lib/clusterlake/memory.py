@@ -45,7 +45,7 @@ def cgroup_limit_files(proc_cgroup: str, root: str = CGROUP_ROOT) -> list[str]:
             base, name = root, "memory.max"
         else:
             continue
-        segs = [p for p in path.split("/") if p]
+        segs = [p for p in path.split("/") if p and p != ".."]
         for i in range(len(segs) + 1):  # the longest tail of the path that exists under the mount
             if os.path.isdir(os.path.join(base, *segs[i:])):
                 segs = segs[i:]
@@ -65,8 +65,8 @@ def machine_memory_bytes() -> int:
     try:
         with open("/proc/self/cgroup") as f:
             files = cgroup_limit_files(f.read())
-    except OSError:
-        files = []
+    except OSError:  # no /proc: the mount root's limits, at least
+        files = [os.path.join(CGROUP_ROOT, "memory.max"), os.path.join(CGROUP_ROOT, "memory", "memory.limit_in_bytes")]
     for path in files:
         try:
             with open(path) as f:

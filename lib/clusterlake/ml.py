@@ -162,11 +162,12 @@ def _fit_input(dataset, fcol: str, wcol, cosine: bool):
     when ``dataset`` is a plain scan of local files with an ``array<float|double>`` features column
     (:func:`~clusterlake.io.input_files.frame_file_scan`: the rows never enter the JVM); else the
     features as an array column (and the weight as double) through Spark."""
-    from pyspark.sql.types import ArrayType
+    from pyspark.sql.types import ArrayType, DoubleType, FloatType
 
     from clusterlake.io.input_files import frame_file_scan
 
-    if isinstance(dataset.schema[fcol].dataType, ArrayType):
+    dtype = dataset.schema[fcol].dataType
+    if isinstance(dtype, ArrayType) and isinstance(dtype.elementType, (FloatType, DoubleType)):
         scan = frame_file_scan(dataset, [fcol] + ([wcol] if wcol else []))
         if scan is not None:
             log.info("the engine's tasks read the %d parquet files themselves", len(scan.files))

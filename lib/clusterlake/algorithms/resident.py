@@ -139,10 +139,11 @@ class RowsWorker(KMeansWorker):
         plain = Preprocessor(names, center, scale, components)
         p = plain.transform(np.zeros((1, len(center)))).shape[1]
         memory, need = self.block.memory, len(self.raw) * p * 4
-        if not memory.fits(need) and memory.fits(need, without="rows"):
+        if not memory.fits(need) and memory.fits(need, without="rows") and memory.address_limit is None:
             # every iteration reads the model space, the input rows are read again at the end:
-            # the rows make room on disk
+            # the rows make room on disk (under an address-space limit a mapping frees nothing)
             self.raw = memory.to_disk("rows", self.raw)
+            self.block = replace(self.block, X=self.raw)  # the in-memory rows are dropped
         Z = memory.empty((len(self.raw), p), np.float32, "model")
         for s0, s1 in self.chunks():
             Z[s0:s1] = plain.transform(self.raw64(s0, s1))

@@ -19,8 +19,9 @@ The budget (:func:`task_budget`): the job's ``job.task_memory_gb`` when set; els
 ``spark.executor.pyspark.memory`` (the ``PYSPARK_EXECUTOR_MEMORY_MB`` Spark gives its Python
 workers) less a quarter for the load's buffers; else half of the memory of the executor's
 machine or container, shared by the stage's tasks on that host. ``spark.executor.pyspark.memory``
-also caps the worker's address space, which a mapping cannot escape: with it set, rows past the
-budget are an error that says so (:func:`address_space_limit`), not a spill.
+also caps the worker's address space, which a mapping cannot escape: under such a limit a spill
+that would pass it is an error that says so (:func:`address_space_limit`), and the input rows are
+not moved to disk to make room (a mapping would free nothing).
 """
 
 from __future__ import annotations
@@ -107,12 +108,13 @@ class TaskMemory:
         if self.fits(nbytes):
             self._held[name] = (nbytes, False)
             return np.empty(shape, dtype=dtype)
-        if self.address_limit is not None:
+        if self.address_limit is not None and _address_space_used() + nbytes > self.address_limit:
             raise MemoryError(
                 f"the task's {name} ({size(nbytes)}) do not fit its budget ({size(self.budget)}, {self.source}) and "
-                f"cannot be spilled to disk either: spark.executor.pyspark.memory limits this Python worker's "
-                f"address space to {size(self.address_limit)}, memory-mapped files included. Raise it, add "
-                "executors, or unset it (the container's limit still applies) so the rows can spill")
+                f"cannot be spilled to disk either: this Python worker's address space is limited to "
+                f"{size(self.address_limit)} (spark.executor.pyspark.memory sets that limit, as does `ulimit -v`), "
+                "memory-mapped files included. Raise it, add executors, or unset it (the container's limit "
+                "still applies) so the rows can spill")
         directory = self.directory or spill_directory()
         log.info("engine task: %s (%s) exceeds the budget (%s of %s held; %s): spilled to %s",
                  name, size(nbytes), size(self.resident), size(self.budget), self.source, directory)
@@ -140,6 +142,19 @@ class TaskMemory:
         return {"budget": self.budget, "resident": self.resident, "spilled": self.spilled}
 
 
+def _address_space_used() -> int:
+    """This process's mapped address space in bytes (``/proc/self/statm``; 0 where unknown)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+_NO_FALLOCATE = {errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS}
+"""posix_fallocate's errors that mean "not supported here" (a sparse file then), not "no room"."""
+
+
 def _mapped(shape: tuple, dtype, directory: str) -> np.ndarray:
     """A writable array backed by a fresh file in ``directory``, its blocks reserved up front (a
     full disk is an error here, not a SIGBUS when a page is first written); the file is unlinked
@@ -151,11 +166,11 @@ def _mapped(shape: tuple, dtype, directory: str) -> np.ndarray:
         try:
             os.posix_fallocate(fd, 0, max(nbytes, 1))
         except OSError as exc:
-            if exc.errno == errno.ENOSPC:
-                raise OSError(errno.ENOSPC, f"no room on the local disk for {size(nbytes)} of spilled rows in "
-                                            f"{directory}: free space there, point spark.local.dir at a larger "
-                                            "disk, or raise job.task_memory_gb") from None
-            os.ftruncate(fd, nbytes)  # a filesystem without fallocate (EOPNOTSUPP): sparse, as before
+            if exc.errno not in _NO_FALLOCATE:  # ENOSPC, EDQUOT, EFBIG, ...
+                raise OSError(exc.errno, f"no room on the local disk for a {size(nbytes)} spilled array in "
+                                         f"{directory} ({os.strerror(exc.errno)}): free space there, point "
+                                         "spark.local.dir at a larger disk, or raise job.task_memory_gb") from None
+            os.ftruncate(fd, nbytes)  # a filesystem without fallocate: a sparse file
         with os.fdopen(fd, "r+b") as f:
             fd = -1
             arr = np.memmap(f, dtype=dtype, mode="r+", shape=shape)

@@ -71,10 +71,12 @@ def barrier_task(worker_cls: type[Worker], address: tuple[str, int], token: str,
         _limit_blas(ctx)
         memory = _task_memory(ctx, memory_budget)
         worker, err = _load_worker(worker_cls, batches, part, loader, memory)
-        block = worker.block
-        served = serve(address, token, part, block.n, worker.handle, timeout=timeout, load_error=err,
-                       sum_w=block.sum_w, memory=memory.report())
-        yield pa.RecordBatch.from_pydict({"partition": [part], "rows": [block.n], "commands": [served],
+        # (not the Block itself: the worker replaces its arrays, and a reference here would keep
+        # the old ones alive, a spilled array's in-memory original included)
+        n, sum_w = worker.block.n, worker.block.sum_w
+        served = serve(address, token, part, n, worker.handle, timeout=timeout, load_error=err,
+                       sum_w=sum_w, memory=memory.report())
+        yield pa.RecordBatch.from_pydict({"partition": [part], "rows": [n], "commands": [served],
                                           "max_rss_mb": [_max_rss_mb()]}, schema=_RESULT_SCHEMA)
 
     return run

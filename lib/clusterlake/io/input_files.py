@@ -358,7 +358,9 @@ def frame_file_scan(df, columns: list[str]) -> Optional[FileSlices]:
     is a DataFrame rather than a config; files on other filesystems are left to Spark."""
     from urllib.parse import unquote, urlparse
 
-    plan = df.select(*columns)._jdf.queryExecution().optimizedPlan()
+    from clusterlake.io.columns import col
+
+    plan = df.select(*[col(c) for c in columns])._jdf.queryExecution().optimizedPlan()
     node = plan.child() if plan.nodeName() == "Project" else plan
     if plan.nodeName() == "Project":
         exprs = plan.projectList()
