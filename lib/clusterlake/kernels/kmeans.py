@@ -10,10 +10,12 @@ These are the building blocks of a distributed Lloyd / k-means|| engine:
   :func:`centers_from_stats` and replaces empty clusters with
   :func:`repair_empty` (from the farthest points collected by
   :func:`partial_stats`);
-* :func:`kmeans_parallel_sample` and :func:`candidate_weights` are the two
-  per-block steps of k-means|| initialisation (Bahmani et al. 2012), whose
-  weighted candidates are reclustered on the driver with
-  :func:`kmeans_plusplus`;
+* :func:`kmeans_parallel_sample` is the per-block sampling step of k-means||
+  initialisation (Bahmani et al. 2012), whose weighted candidates are
+  reclustered on the driver with :func:`kmeans_plusplus`;
+  :func:`candidate_weights` is the one-pass reference for those weights (the
+  engine gets the same numbers from each row's nearest candidate, kept
+  through the rounds, without a pass of their own);
 * :func:`lloyd` is the single-process reference that chains all of the above
   and reproduces ``sklearn.cluster.KMeans(algorithm="lloyd")``.
 
