@@ -9,6 +9,7 @@ the price of one distance pass. It agrees with scikit-learn to 1e-12 (tests/test
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -110,11 +111,13 @@ def _silhouette_groups(todo: list[int], ks: list[int]) -> list[list[int]]:
 
 
 class _BlockDistances:
-    """Euclidean distances from blocks of rows of ``S`` to all its rows, never the full matrix.
+    """Euclidean distances between tiles of rows of ``S``, never the full matrix.
 
-    The squared norms ride in the GEMM (``[S, |s|^2, 1] @ [-2 S^T; 1; |s|^2]``), so a block costs
+    The squared norms ride in the GEMM (``[S, |s|^2, 1] @ [-2 S^T; 1; |s|^2]``), so a tile costs
     one GEMM, a clamp and a square root: the three elementwise passes that added the norms and
-    scaled the product were most of the silhouette's time on 20,000 rows.
+    scaled the product were most of the silhouette's time on 20,000 rows. The tiles are square
+    (``block`` rows a side, ~16 MB) so that the distances are symmetric tile by tile: each pair of
+    blocks is computed once and used both ways.
     """
 
     def __init__(self, S: np.ndarray, x_sq: np.ndarray):
@@ -123,28 +126,30 @@ class _BlockDistances:
         one = np.ones((m, 1))
         self.A = np.hstack([S, x_sq[:, None], one])
         self.B = np.ascontiguousarray(np.hstack([-2.0 * S, one, x_sq[:, None]]).T)
-        self.block = int(max(1, min(m, _SIL_BLOCK_BYTES // (8 * m))))
+        self.block = int(max(1, min(m, math.isqrt(_SIL_BLOCK_BYTES // 8))))
 
-    def ranges(self):
+    def ranges(self) -> list[tuple[int, int]]:
         """``(start, stop)`` of every block of rows."""
         m = self.m
-        return ((start, min(start + self.block, m)) for start in range(0, m, self.block))
+        return [(start, min(start + self.block, m)) for start in range(0, m, self.block)]
 
-    def rows(self, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
-        """``(stop - start, m)`` distances by the GEMM expansion, clamped at 0, self-distances 0
-        (in ``out[:stop - start]`` when given: a fresh 16 MB array each block costs page faults)."""
-        D = self.A[start:stop] @ self.B if out is None else np.matmul(self.A[start:stop], self.B,
-                                                                      out=out[: stop - start])
+    def tile(self, rows: tuple[int, int], cols: tuple[int, int], out: np.ndarray) -> np.ndarray:
+        """Distances from the rows ``rows`` to the rows ``cols`` by the GEMM expansion, clamped at
+        0, self-distances 0, in ``out`` (a fresh 16 MB array each tile costs page faults)."""
+        (r0, r1), (c0, c1) = rows, cols
+        D = np.matmul(self.A[r0:r1], self.B[:, c0:c1], out=out[: r1 - r0, : c1 - c0])
         np.maximum(D, 0.0, out=D)
         np.sqrt(D, out=D)
-        r = np.arange(stop - start)
-        D[r, start + r] = 0.0
+        if r0 == c0:
+            np.fill_diagonal(D, 0.0)
         return D
 
 
 def _group_silhouettes(dist: _BlockDistances, labelings: list[np.ndarray], counts: list[np.ndarray]) -> np.ndarray:
     """Every row's silhouette under each labeling, ``(len(labelings), m)``, one distance pass for
-    them all: one GEMM of each block of distances with the labelings' stacked one-hot matrix."""
+    them all: each tile of distances is multiplied by the labelings' stacked one-hot matrix ``H``,
+    once for its rows and, transposed, once for its columns (the tiles on and above the diagonal
+    cover every pair)."""
     m = dist.m
     offs = np.cumsum([0] + [c.shape[0] for c in counts])
     H = np.zeros((m, int(offs[-1])), dtype=np.float64)
@@ -152,26 +157,36 @@ def _group_silhouettes(dist: _BlockDistances, labelings: list[np.ndarray], count
     for j, lab in enumerate(labelings):
         inside = lab >= 0
         H[rows[inside], offs[j] + lab[inside]] = 1.0
+    T = np.zeros_like(H)  # summed distance of every row to every cluster
+    spans = dist.ranges()
+    locks = [threading.Lock() for _ in spans]
     local = threading.local()
 
-    def block(span: tuple[int, int]) -> np.ndarray:
-        start, stop = span
+    def tile(pair: tuple[int, int]) -> None:
+        i, j = pair
+        (r0, r1), (c0, c1) = spans[i], spans[j]
         if getattr(local, "buf", None) is None:
-            local.buf = np.empty((dist.block, m))
-        T = dist.rows(start, stop, local.buf) @ H  # (b, total clusters): summed distance of every row to every cluster
-        return np.stack([_block_silhouettes(T[:, offs[j]:offs[j + 1]], lab[start:stop], counts[j])
-                         for j, lab in enumerate(labelings)])
+            local.buf = np.empty((dist.block, dist.block))
+        D = dist.tile(spans[i], spans[j], local.buf)
+        to_rows = D @ H[c0:c1]
+        to_cols = D.T @ H[r0:r1] if i != j else None
+        with locks[i]:
+            T[r0:r1] += to_rows
+        if to_cols is not None:
+            with locks[j]:
+                T[c0:c1] += to_cols
 
-    spans = list(dist.ranges())
-    workers = min(_SIL_MAX_THREADS, os.cpu_count() or 1, len(spans))
+    pairs = [(i, j) for i in range(len(spans)) for j in range(i, len(spans))]
+    workers = min(_SIL_MAX_THREADS, os.cpu_count() or 1, len(pairs))
     if workers <= 1:
-        parts = [block(sp) for sp in spans]
+        for p in pairs:
+            tile(p)
     else:
         from threadpoolctl import threadpool_limits
 
         with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(workers) as pool:
-            parts = list(pool.map(block, spans))
-    return np.concatenate(parts, axis=1)  # in block order, whatever the threads' timing
+            list(pool.map(tile, pairs))
+    return np.stack([_block_silhouettes(T[:, offs[j]:offs[j + 1]], lab, counts[j]) for j, lab in enumerate(labelings)])
 
 
 def _block_silhouettes(sub: np.ndarray, own: np.ndarray, cnt: np.ndarray) -> np.ndarray:
