@@ -180,6 +180,9 @@ class AutoKSection(_Section):
 
 
 class KMeansSection(_Section):
+    enabled: bool = True
+    """false: no K-means (and no numeric features needed): the job only groups near-duplicates
+    (``grouping``), which must then be enabled."""
     algorithm: Literal["kmeans", "bisecting"] = "kmeans"
     k: Union[int, Literal["auto"]] = 8
     auto: AutoKSection = AutoKSection()
@@ -313,6 +316,46 @@ class HierarchicalSection(_Section):
         return self
 
 
+class GroupingSection(_Section):
+    """Near-duplicate groups by locality-sensitive hashing (issue 22; docs/grouping.md): MinHash
+    signatures of a set column (Jaccard) or random-hyperplane signatures of a vector column
+    (cosine), banded into buckets, every candidate pair verified with the exact similarity, the
+    pairs at or above ``threshold`` linked, and the connected components written as the
+    ``groups`` table."""
+
+    enabled: bool = False
+    column: Optional[str] = None
+    """The set column (``array<string|int|long>``: duplicates ignored) or the vector column
+    (``array<float|double>`` or an ML vector) to group on."""
+    similarity: Literal["jaccard", "cosine"] = "jaccard"
+    """jaccard for a set column, cosine for a vector column."""
+    threshold: float = Field(0.7, gt=0.0, le=1.0)
+    """Pairs whose exact similarity is at or above it are linked."""
+    recall: float = Field(0.95, gt=0.0, lt=1.0)
+    """The probability that a pair exactly at ``threshold`` becomes a candidate (the banding's
+    S-curve there); the bands and rows per band are derived from it (docs/grouping.md)."""
+    bands: Optional[int] = Field(None, ge=1, le=1024)
+    """Overrides the derived banding: bands x rows hash functions; give both or neither."""
+    rows: Optional[int] = Field(None, ge=1, le=64)
+    max_hashes: int = Field(128, ge=1, le=1024)
+    """Hash functions the derived banding may use at most (bands x rows)."""
+    max_bucket: int = Field(1000, ge=2, le=100_000)
+    """A bucket holding more rows than this (e.g. many identical sets) yields a star around its
+    smallest id plus a chain through its sorted ids (2m pairs), not all m(m-1)/2 pairs."""
+    seed: int = 42
+    pairs: bool = False
+    """Also write the verified pairs (``group_pairs`` table: both ids and their similarity)."""
+
+    @model_validator(mode="after")
+    def _complete(self) -> "GroupingSection":
+        if self.enabled and not self.column:
+            raise ValueError("grouping.enabled needs grouping.column: the set or vector column to group on")
+        if (self.bands is None) != (self.rows is None):
+            raise ValueError("grouping.bands and grouping.rows override the derived banding together: "
+                             "give both or neither")
+        return self
+
+
 class GatesSection(_Section):
     """Checked after the metrics, before anything is committed (issue 6); null = no gate."""
 
@@ -437,6 +480,7 @@ class JobConfig(_Section):
     kmeans: KMeansSection = KMeansSection()
     density: DensitySection = DensitySection()
     hierarchical: HierarchicalSection = HierarchicalSection()
+    grouping: GroupingSection = GroupingSection()
     quality: QualitySection = QualitySection()
     lineage: LineageSection = LineageSection()
     output: OutputSection
@@ -452,6 +496,18 @@ class JobConfig(_Section):
         unsupported = {
             "preprocess.normalize": self.preprocess.normalize,
         }
+        if not self.kmeans.enabled:
+            needs = [k for k, on in (("density.enabled", self.density.enabled),
+                                     ("hierarchical.enabled", self.hierarchical.enabled)) if on]
+            if needs:
+                raise ValueError(f"{', '.join(needs)} needs K-means (the passes run in its model space): "
+                                 "set kmeans.enabled: true or turn them off")
+            if not self.grouping.enabled:
+                raise ValueError("kmeans.enabled: false leaves the job nothing to do: enable grouping "
+                                 "(grouping.enabled: true, grouping.column) or K-means")
+        if self.grouping.enabled and self.grouping.column in (self.input.id_column, self.input.label_column,
+                                                              self.input.weight_column):
+            raise ValueError(f"grouping.column '{self.grouping.column}' is the id/label/weight column")
         if self.quality.gates.max_noise_share is not None and not self.density.enabled:
             raise ValueError("quality.gates.max_noise_share needs the density pass: set density.enabled: true "
                              "or remove the gate")

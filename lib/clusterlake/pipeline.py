@@ -25,6 +25,10 @@ def run_job(cfg: JobConfig, spark=None) -> RunResult:
     (before anything is written) and leaves the previous run's tables in place on any failure."""
     from clusterlake.run import nightly
 
+    if not cfg.kmeans.enabled:
+        from clusterlake.run.grouping import run_grouping_job
+
+        return run_grouping_job(cfg, spark)
     with open_run(cfg, spark, kind="full", app="clusterlake") as run:
         inp = nightly.read_input(run)
         pre = nightly.preprocess(run, inp)

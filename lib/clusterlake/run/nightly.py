@@ -114,6 +114,7 @@ class Written:
     events: list[dict]  # lineage events
     drift: list  # drift metrics
     gate_failures: list = field(default_factory=list)
+    grouping: list = field(default_factory=list)  # the grouping's metrics (grouping.enabled)
 
 
 def _k_before_fit(cfg) -> int:
@@ -499,7 +500,8 @@ def _gates(cfg, metrics: list) -> list:
 
 def write(run: Run, staged: list, inp: Input, pre: Prepared, fitted: Fitted, measured: Measured, pfit) -> Written:
     """Save the model and stage every table of the run (assignments, centroids, metrics,
-    profiles, lineage); the gates decide before anything is committed."""
+    profiles, lineage, and with ``grouping.enabled`` the groups, once the engine's tasks have
+    freed their slots); the gates decide before anything is committed."""
     from clusterlake.algorithms import sample_passes as sp
     from clusterlake.io.contract import centroids, lineage, metrics as metrics_table, profiles
 
@@ -508,11 +510,12 @@ def write(run: Run, staged: list, inp: Input, pre: Prepared, fitted: Fitted, mea
         art = _artifact(run, inp, pre, fitted, measured, pfit)
         counts = _assign_and_save(run, staged, inp, fitted, pfit, art)
         staged_asg = staged[0]
+        grouped = _grouping(run, staged) if cfg.grouping.enabled else []
         staged.append(run.stage_rows("centroids", centroids.rows(
             run.run_id, art.cluster_stats, fitted.centroids, ids, measured.parent_ids, measured.descriptions,
             measured.exemplars or None), centroids.DDL))
         events, drift = _lineage(run, staged_asg, fitted, measured)
-        metrics = measured.metrics + drift
+        metrics = measured.metrics + drift + grouped
         if cfg.density.enabled or cfg.hierarchical.enabled:
             metrics = metrics + pfit.metrics + sp.full_pass_metrics(counts, pfit, cfg.density.algorithm,
                                                                     cfg.input.label_column is not None)
@@ -524,7 +527,19 @@ def write(run: Run, staged: list, inp: Input, pre: Prepared, fitted: Fitted, mea
         note.update(assignments=staged_asg.rows)
         # (SparkDeltaStore stages lazily: its files, and their row count, exist only at commit)
         staged_asg.check_rows(inp.rows, "rows were validated")
-    return Written(art, metrics, events, drift, failures)
+    return Written(art, metrics, events, drift, failures, grouped)
+
+
+def _grouping(run: Run, staged: list) -> list:
+    """The near-duplicate groups beside K-means: the grouping column read and signed (its own
+    invalid rows counted under its own reasons), grouped, the ``groups`` table staged. Returns
+    the grouping's metrics."""
+    from clusterlake.run import grouping
+
+    signed = grouping.read_signed(run, step="grouping: read+sign", check_ids=False)
+    g, metrics = grouping.group_step(run, signed)
+    grouping.stage_groups(run, staged, g)
+    return metrics
 
 
 def runs_record(run: Run, pre: Prepared, fitted: Fitted, measured: Measured, written: Written, inp: Input):
@@ -554,4 +569,5 @@ def result(run: Run, versions: dict, inp: Input, pre: Prepared, fitted: Fitted, 
         gate_failures=[str(f) for f in written.gate_failures], cluster_ids=[int(c) for c in fitted.cluster_ids],
         previous_run_id=prev.run_id if prev else None, lineage=stable_ids.event_counts(written.events),
         drift={m.metric: m.value for m in written.drift if m.cluster_id is None},
+        grouping={m.metric: m.value for m in written.grouping},
     )

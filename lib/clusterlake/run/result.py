@@ -36,6 +36,7 @@ class RunResult:
     drift: dict = field(default_factory=dict)  # run-level drift metrics against the previous run
     kind: str = "full"  # full | update
     report_path: Optional[str] = None  # the run's HTML report (None: report.enabled is off, or it failed)
+    grouping: dict = field(default_factory=dict)  # the grouping metrics by name (empty: grouping is off)
 
 
 def pass_summary(metrics) -> dict:
@@ -48,8 +49,33 @@ def pass_summary(metrics) -> dict:
     return out
 
 
+def grouping_lines(g: dict) -> list[str]:
+    """The summary's lines about the near-duplicate groups (empty when grouping is off)."""
+    if not g:
+        return []
+    return [f"near-duplicate groups: {int(g['groups']):,} groups of 2+ rows holding {int(g['grouped_rows']):,} rows "
+            f"(the largest {int(g['largest_group']):,}), {int(g['singletons']):,} rows alone",
+            f"  {int(g['candidate_pairs']):,} candidate pairs, {int(g['verified_pairs']):,} at similarity >= "
+            f"{g['threshold']:g}; {int(g['bands'])} bands x {int(g['rows_per_band'])} hashes, recall at the "
+            f"threshold {g['recall_at_threshold']:.3f}"]
+
+
+def grouping_summary(r: RunResult) -> str:
+    """The summary printed at the end of a grouping-only run (``kmeans.enabled: false``)."""
+    return "\n".join([
+        "", "=" * 78,
+        f"clusterlake run {r.run_id}  (run_date {r.run_date})  committed in {r.seconds:.1f} s",
+        f"rows: {r.rows_read:,} read, {r.rows_dropped:,} dropped, {r.rows_used:,} grouped",
+        *grouping_lines(r.grouping),
+        f"tables: {r.output_path}/{{{','.join(r.table_versions)}}}  (versions {r.table_versions})",
+        "stages: " + ", ".join(f"{k} {v:.1f}s" for k, v in r.stage_seconds.items()),
+        "=" * 78])
+
+
 def summary_text(r: RunResult) -> str:
     """The one-screen summary printed at the end of a run."""
+    if r.k == 0:
+        return grouping_summary(r)
     order = np.argsort(r.sizes)[::-1]
     n = max(sum(r.sizes), 1)
     ids = r.cluster_ids or list(range(len(r.sizes)))
@@ -76,6 +102,7 @@ def summary_text(r: RunResult) -> str:
                 f"..{pm.get('max_cluster_share', 0):.1%}")
         tail = f"   ARI vs label {f2('ari')}" if "ari" in pm else ""
         lines.append(f"{head}; silhouette (sample) {f2('silhouette_sample')}   ARI vs K-means {f2('ari_vs_kmeans')}{tail}")
+    lines += grouping_lines(r.grouping)
     lines += [f"  cluster {ids[i]}: {text}" for i, text in enumerate(r.descriptions)]
     if r.previous_run_id:
         ev = ", ".join(f"{v} {k}" for k, v in sorted(r.lineage.items()))
@@ -87,7 +114,8 @@ def summary_text(r: RunResult) -> str:
     lines += [f"{'DRIFT' if f.startswith('drift ') else 'QUALITY GATE'} FAILED (committed: on_failure=warn): {f}"
               for f in r.gate_failures]
     lines += [
-        f"tables: {r.output_path}/{{centroids,assignments,metrics,profiles,lineage,runs}}  (versions {r.table_versions})",
+        f"tables: {r.output_path}/{{centroids,assignments,metrics,profiles,lineage,{'groups,' if r.grouping else ''}"
+        f"runs}}  (versions {r.table_versions})",
         f"model:  {r.model_path}  (latest: {r.output_path}/model/latest)",
         *([f"report: {r.report_path}"] if r.report_path else []),
         "stages: " + ", ".join(f"{k} {v:.1f}s" for k, v in r.stage_seconds.items()),

@@ -44,6 +44,11 @@ class FitFacts:
                    bool(fit.converged))
 
     @classmethod
+    def no_fit(cls) -> "FitFacts":
+        """A run without K-means (``kmeans.enabled: false``: grouping only)."""
+        return cls(0, 0, "none", 0, "none", True)
+
+    @classmethod
     def for_update(cls, k: int) -> "FitFacts":
         """An update moves the model's k centroids; no fit ran."""
         return cls(k, k, "update", 0, "previous", True)
