@@ -158,21 +158,8 @@ def connected_components(edges, src: str = "src", dst: str = "dst", *, checkpoin
         When the edges do not converge in ``max_iterations`` rounds.
     """
     from pyspark.sql import functions as F
-    from pyspark.sql.types import IntegralType
 
-    if src == dst:
-        raise ValueError(f"connected_components: src and dst name the same column {src!r}")
-    types = {f.name: f.dataType for f in edges.schema.fields}
-    for c in (src, dst):
-        if c not in types:
-            raise ValueError(f"connected_components: the edges have no column {c!r} (columns: {list(types)})")
-        if not isinstance(types[c], IntegralType):
-            raise TypeError(f"connected_components: column {c!r} is {types[c].simpleString()}, not an integer type")
-    if int(checkpoint_every) < 1:
-        raise ValueError(f"connected_components: checkpoint_every must be >= 1, got {checkpoint_every}")
-    if int(max_iterations) < 1:
-        raise ValueError(f"connected_components: max_iterations must be >= 1, got {max_iterations}")
-
+    _check_arguments(edges, src, dst, checkpoint_every, max_iterations)
     t0 = time.monotonic()
     spark = edges.sparkSession
     store = _Store(spark, checkpoint_dir)
@@ -226,6 +213,24 @@ def connected_components(edges, src: str = "src", dst: str = "dst", *, checkpoin
     log.info("connected components: %d vertices in %d components, %d rounds, %.1f s",
              totals["n"], totals["c"] or 0, rounds, time.monotonic() - t0)
     return out.df
+
+
+def _check_arguments(edges, src: str, dst: str, checkpoint_every: int, max_iterations: int) -> None:
+    """The errors :func:`connected_components` raises before any Spark job."""
+    from pyspark.sql.types import IntegralType
+
+    if src == dst:
+        raise ValueError(f"connected_components: src and dst name the same column {src!r}")
+    types = {f.name: f.dataType for f in edges.schema.fields}
+    for c in (src, dst):
+        if c not in types:
+            raise ValueError(f"connected_components: the edges have no column {c!r} (columns: {list(types)})")
+        if not isinstance(types[c], IntegralType):
+            raise TypeError(f"connected_components: column {c!r} is {types[c].simpleString()}, not an integer type")
+    if int(checkpoint_every) < 1:
+        raise ValueError(f"connected_components: checkpoint_every must be >= 1, got {checkpoint_every}")
+    if int(max_iterations) < 1:
+        raise ValueError(f"connected_components: max_iterations must be >= 1, got {max_iterations}")
 
 
 def _large_star(e):
