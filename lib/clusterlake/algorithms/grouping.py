@@ -5,10 +5,11 @@
    (the hashed set, or the unit vector) and its band keys; a row whose set is null or empty (or
    whose vector is null, of another length, or not finite) gets the reason instead, so the
    invalid-row policy counts it from the same pass.
-2. :func:`candidate_pairs`: the band keys are exploded and grouped into buckets; every bucket of
-   two or more rows yields its pairs, all of them up to ``grouping.max_bucket`` rows, beyond that
-   a star around its smallest vertex plus a chain through its sorted vertices (2m pairs, not
-   m(m-1)/2: a bucket of many identical sets is one group either way).
+2. :func:`candidate_pairs`: the (band key, vertex) rows are shuffled by key, and each task sorts
+   its rows once (numpy): the runs of equal keys are the buckets. Every bucket of two or more
+   rows yields its pairs, all of them up to ``grouping.max_bucket`` rows, beyond that a star
+   around its smallest vertex plus a chain through its sorted vertices (2m pairs, not m(m-1)/2:
+   a bucket of many identical sets is one group either way).
 3. :func:`verified_edges`: each distinct candidate pair is joined with both payloads and its
    *exact* similarity computed; the pairs at or above ``grouping.threshold`` are the edges.
 4. :func:`clusterlake.algorithms.components.connected_components` (large-star / small-star on
@@ -169,23 +170,46 @@ def bucket_pairs(offsets: np.ndarray, flat: np.ndarray, max_bucket: int) -> tupl
     return a[keep], b[keep]
 
 
-def candidate_pairs(signed, max_bucket: int):
-    """(buckets, pairs): the buckets of two or more vertices (``size``, ``members``) and the
-    distinct candidate pairs (``a < b``) they yield (see :func:`bucket_pairs`)."""
+PAIR, STATS = 0, 1  # the kinds of rows bucket_rows yields
+KEYS_PER_PARTITION = 2_000_000  # band keys one task sorts at once (16 bytes each)
+
+
+def bucket_rows(batches, max_bucket: int, chunk: int = 1 << 20):
+    """One partition's (key, vertex) rows -> its candidate pairs (``kind`` 0) and one row of
+    bucket statistics (``kind`` 1: ``a`` the largest bucket, ``b`` the buckets above
+    ``max_bucket``). The partition holds every row of its keys (hash-partitioned by key): it is
+    sorted by (key, vertex) once and the runs of equal keys are the buckets."""
+    parts = [(rb.column(0).to_numpy(), rb.column(1).to_numpy()) for rb in batches]
+    if not parts:
+        return
+    keys = np.concatenate([k for k, _ in parts])
+    vids = np.concatenate([v for _, v in parts])
+    order = np.lexsort((vids, keys))
+    keys, vids = keys[order], vids[order]
+    offsets = np.r_[0, np.flatnonzero(keys[1:] != keys[:-1]) + 1, len(keys)]
+    sizes = np.diff(offsets)
+    a, b = bucket_pairs(offsets, vids, max_bucket)
+    for s in range(0, len(a), chunk):
+        n = len(a[s:s + chunk])
+        yield pa.RecordBatch.from_arrays([pa.array(np.full(n, PAIR, np.int8)), pa.array(a[s:s + chunk]),
+                                          pa.array(b[s:s + chunk])], names=["kind", "a", "b"])
+    yield pa.RecordBatch.from_arrays([pa.array([STATS], pa.int8()), pa.array([int(sizes.max())], pa.int64()),
+                                      pa.array([int((sizes > max_bucket).sum())], pa.int64())],
+                                     names=["kind", "a", "b"])
+
+
+def candidate_pairs(signed, max_bucket: int, rows: int, bands: int):
+    """The distinct candidate pairs (``a < b``) of the buckets (:func:`bucket_pairs`) and the
+    bucket statistics (a DataFrame of ``kind`` 1 rows: see :func:`bucket_rows`), both from one
+    shuffle of the (key, vertex) rows by key. ``rows`` x ``bands`` keys are spread so that a task
+    sorts about :data:`KEYS_PER_PARTITION` of them at most."""
     from pyspark.sql import functions as F
 
-    keyed = signed.select(VID, F.explode(KEYS).alias("key"))
-    buckets = keyed.groupBy("key").agg(F.collect_list(VID).alias("members")) \
-        .select(F.size("members").alias("size"), "members").where(F.col("size") >= 2)
-
-    def fn(batches):
-        for rb in batches:
-            off, flat = _list_parts(rb.column(1))
-            a, b = bucket_pairs(off, flat, max_bucket)
-            yield pa.RecordBatch.from_arrays([pa.array(a, pa.int64()), pa.array(b, pa.int64())], names=["a", "b"])
-
-    pairs = buckets.mapInArrow(fn, "a bigint, b bigint").distinct()
-    return buckets, pairs
+    spark = signed.sparkSession
+    parts = max(int(spark.conf.get("spark.sql.shuffle.partitions")), -(-rows * bands // KEYS_PER_PARTITION))
+    keyed = signed.select(F.explode(KEYS).alias("key"), VID).repartition(parts, "key")
+    out = keyed.mapInArrow(lambda it: bucket_rows(it, max_bucket), "kind tinyint, a bigint, b bigint")
+    return out
 
 
 # -- 3. verification ----------------------------------------------------------------------------
@@ -294,8 +318,9 @@ class Grouping:
     next_group_id: int  # the first id the next run may give a new group
 
 
-def group(signed, id_col: str, gcfg, band: Banding, previous, next_id: int, persist, spark_pass) -> Grouping:
-    """Steps 2-5 on the valid signed rows (``signed``, persisted by the caller). ``previous``: the
+def group(signed, rows: int, id_col: str, gcfg, band: Banding, previous, next_id: int, persist,
+          spark_pass) -> Grouping:
+    """Steps 2-5 on the ``rows`` valid signed rows (``signed``, persisted by the caller). ``previous``: the
     previous run's groups (id, group_id) or None; ``next_id`` its next unused group id;
     ``persist(df)`` caches a DataFrame for the run; ``spark_pass(name)`` names each pass."""
     from pyspark.sql import functions as F
@@ -303,11 +328,10 @@ def group(signed, id_col: str, gcfg, band: Banding, previous, next_id: int, pers
     from clusterlake.algorithms.components import connected_components
 
     with spark_pass("candidate pairs"):
-        buckets, pairs = candidate_pairs(signed, gcfg.max_bucket)
-        pairs = persist(pairs)
+        out = persist(candidate_pairs(signed, gcfg.max_bucket, rows, band.bands))
+        pairs = persist(out.where(F.col("kind") == PAIR).select("a", "b").distinct())
         n_pairs = pairs.count()
-        big = buckets.agg(F.max("size").alias("m"), F.sum((F.col("size") > gcfg.max_bucket).cast("long")).alias("h")) \
-            .first()
+        big = out.where(F.col("kind") == STATS).agg(F.max("a").alias("m"), F.sum("b").alias("h")).first()
     with spark_pass("verify pairs"):
         edges = persist(verified_edges(signed, pairs, band.kind, band.threshold))
         n_edges = edges.count()

@@ -188,7 +188,7 @@ def group_step(run, signed: Signed):
     cfg = run.cfg
     with run.step("grouping") as note:
         prev = previous_groups(run)
-        g = G.group(signed.rows, cfg.input.id_column, cfg.grouping, signed.band,
+        g = G.group(signed.rows, signed.summary.rows_used, cfg.input.id_column, cfg.grouping, signed.band,
                     prev.groups if prev else None, prev.next_group_id if prev else 0, run.cache, spark_pass)
         note.update(**{k: v for k, v in g.counts.items() if k in ("candidate_pairs", "verified_pairs", "groups",
                                                                   "largest_group")})
@@ -209,9 +209,7 @@ def stage_groups(run, staged: list, g) -> None:
     """Stage the ``groups`` table (the id column first, then :data:`clusterlake.io.contract.groups.DDL`)."""
     from pyspark.sql import functions as F
 
-    with spark_pass("write groups"):
-        st = run.store.stage("groups", g.groups.withColumn("run_id", F.lit(run.run_id)))
-    staged.append(st)
+    staged.append(run.store.stage("groups", g.groups.withColumn("run_id", F.lit(run.run_id))))  # "write groups"
 
 
 def run_grouping_job(cfg, spark=None):
