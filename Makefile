@@ -7,6 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CONFIG ?= conf/local.yaml
 DATA   := data/sample/customers.parquet
+DOCS   := data/sample/documents.parquet
 
 .DEFAULT_GOAL := help
 DIST   := dist
@@ -40,9 +41,12 @@ setup: $(STAMP)  ## create .venv/ and install clusterlake (editable) with pinned
 $(DATA): | $(STAMP)
 	$(BIN)/python scripts/make_sample_data.py --out $(DATA)
 
-data: $(DATA)  ## generate the embedded sample table (200,000 customers) if missing
+$(DOCS): | $(STAMP)
+	$(BIN)/python scripts/gen_sets.py --rows 200000 --strings --out $(DOCS)
 
-run: $(STAMP) $(DATA)  ## run the nightly job locally with conf/local.yaml (CONFIG=... to change)
+data: $(DATA) $(DOCS)  ## generate the embedded sample tables (200,000 customers; 200,000 documents for conf/grouping.yaml) if missing
+
+run: $(STAMP) $(DATA) $(DOCS)  ## run the nightly job locally with conf/local.yaml (CONFIG=... to change)
 	$(BIN)/clusterlake run --config $(CONFIG)
 
 test: $(STAMP)  ## run the whole test suite (local Spark)

@@ -131,7 +131,8 @@ def test_runs_and_metrics_are_committed(first_night):
     assert {"candidate_pairs", "verified_pairs", "groups", "largest_group", "recall_at_threshold",
             "next_group_id"} <= set(g.index)
     assert 0.95 <= g["recall_at_threshold"] < 1
-    assert not os.path.exists(os.path.join(out, "model", "latest"))  # no model: grouping only
+    assert os.path.exists(os.path.join(out, "model", "latest", "grouping", "grouping.json"))  # the band index only
+    assert not os.path.exists(os.path.join(out, "model", "latest", "model.json"))
     assert "near-duplicate groups" in summary_text(res)
 
 
@@ -241,17 +242,24 @@ def test_wrong_column_types_name_the_key(spark, tmp_path):
         _config(inp, str(tmp_path / "o"), **{"grouping.threshold": 0})
 
 
-def test_grouping_beside_kmeans(spark, tmp_path):
+@pytest.fixture(scope="module")
+def beside(spark, tmp_path_factory):
     """K-means on numeric columns and the groups of a set column in one run, one commit."""
+    root = tmp_path_factory.mktemp("beside")
     ids, sets, _ = gen.planted_sets(1500, seed=6)
     rng = np.random.default_rng(0)
     t = pa.table({"doc_id": ids, "a": rng.normal(size=1500), "b": rng.normal(size=1500), "tokens": sets})
-    os.makedirs(tmp_path / "in")
-    pq.write_table(t, str(tmp_path / "in" / "part-0.parquet"))
-    out = str(tmp_path / "out")
-    cfg = _config(str(tmp_path / "in"), out, **{"kmeans.enabled": "true", "kmeans.k": 3,
-                                                "input.feature_columns": '["a", "b"]', "report.enabled": "false"})
-    res = run_job(cfg, spark)
+    os.makedirs(root / "in")
+    pq.write_table(t, str(root / "in" / "part-0.parquet"))
+    out = str(root / "out")
+    cfg = _config(str(root / "in"), out, **{"kmeans.enabled": "true", "kmeans.k": 3,
+                                            "input.feature_columns": '["a", "b"]', "report.enabled": "true",
+                                            "density.enabled": "false", "hierarchical.enabled": "false"})
+    return {"res": run_job(cfg, spark), "out": out, "ids": ids, "sets": sets}
+
+
+def test_grouping_beside_kmeans(beside):
+    out, res, ids, sets = beside["out"], beside["res"], beside["ids"], beside["sets"]
     a, b, _ = gen.exact_pairs(sets, THRESHOLD)
     got = _groups(out).loc[ids]
     assert adjusted_rand_score(_truth(len(ids), a, b), got["group_id"].to_numpy()) >= 0.99
@@ -261,3 +269,99 @@ def test_grouping_beside_kmeans(spark, tmp_path):
     assert {"kmeans", "lsh-jaccard"} <= set(m["algorithm"])
     assert res.grouping["groups"] > 0 and "near-duplicate groups" in summary_text(res)
     assert "groups," in summary_text(res)
+    html = open(res.report_path).read()
+    largest = _groups(out).sort_values(["group_size", "group_id"], ascending=[False, True]).iloc[0]
+    assert "Near-duplicate groups" in html and f"{int(largest['group_size'])}" in html
+    assert f"{res.grouping['candidate_pairs']:,.0f} candidate pairs" in html
+
+
+def _exact_neighbours(sets, ids, query: set, thr: float) -> dict:
+    out = {}
+    for i, s in enumerate(sets.to_pylist()):
+        j = len(query & set(s)) / len(query | set(s))
+        if j >= thr:
+            out[int(ids[i])] = j
+    return out
+
+
+def test_duplicate_index_answers_new_items_exactly(planted, first_night):
+    """The grouping-only run's band index: a new variant of a planted document finds
+    its group's documents at or above the threshold, with exact similarities."""
+    from clusterlake.serving.duplicates import DuplicateIndex, ItemError
+
+    res = first_night["res"]
+    idx = DuplicateIndex.load(res.model_path)  # (model/latest may be a later night's by now)
+    assert idx is not None and idx.size == len(planted["ids"])
+    ids, sets = planted["ids"], planted["sets"]
+    got_groups = _groups(first_night["out"], res.run_id)
+    multi = got_groups[got_groups["group_size"] >= 3].index[:20]
+    pos = {int(v): i for i, v in enumerate(ids)}
+    found = expected = 0
+    for doc in multi:
+        base = sets[pos[int(doc)]].as_py()
+        query = set(base[1:]) | {10**12}  # one token lost, one new: a near-duplicate of the group
+        want = _exact_neighbours(sets, ids, query, THRESHOLD)
+        ans = idx.query(sorted(query), n=50)
+        items = {it["id"]: it["similarity"] for it in ans["items"]}
+        assert set(items) <= set(want)  # precision is exact: every answer is at or above the threshold
+        for k, v in items.items():
+            assert v == pytest.approx(want[k], abs=1e-12)
+            assert idx.group_ids[np.flatnonzero(idx.ids == k)[0]] == got_groups.loc[k, "group_id"]
+        found, expected = found + len(items), expected + len(want)
+    assert expected > 0 and found / expected >= 0.9
+    assert idx.query([10**12 + 1, 10**12 + 2, 10**12 + 3])["items"] == []
+    for bad, msg in (([], "empty set"), ("abc", "a list of tokens"), ([1, "a"], "only strings or only integers"),
+                     ([2**70], "64-bit")):
+        with pytest.raises(ItemError, match=msg):
+            idx.query(bad)
+
+
+def test_similar_answers_near_duplicates_in_process_and_over_http(beside):
+    import http.client
+    import json
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from clusterlake.serving.query import ClusterCatalog
+
+    latest = os.path.join(beside["out"], "model", "latest")
+    cat = ClusterCatalog.load(latest)
+    base = beside["sets"][0].as_py()
+    ans = cat.similar({"tokens": base}, n=5)
+    assert ans["near_duplicates"] and ans["items"] and ans["items"][0]["similarity"] == 1.0
+    assert ans["items"][0]["id"] == int(beside["ids"][0])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "clusterlake.cli", "serve", "--model", latest, "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def call(body):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        try:
+            conn.request("POST", "/similar", body=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+            r = conn.getresponse()
+            return r.status, json.loads(r.read())
+        finally:
+            conn.close()
+
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                status, got = call({"row": {"tokens": base}, "n": 5})
+                break
+            except OSError:
+                assert time.time() < deadline and proc.poll() is None, "clusterlake serve did not start"
+                time.sleep(0.3)
+        assert status == 200 and got["items"] == json.loads(json.dumps(ans["items"]))
+        status, err = call({"row": {"tokens": [[1], {"a": 2}]}})
+        assert status == 400 and "only strings or only integers" in err["error"]
+        status, err = call({"row": {"tokens": []}})
+        assert status == 400 and "empty set" in err["error"]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=20)

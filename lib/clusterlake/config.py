@@ -343,8 +343,10 @@ class GroupingSection(_Section):
     """A bucket holding more rows than this (e.g. many identical sets) yields a star around its
     smallest id plus a chain through its sorted ids (2m pairs), not all m(m-1)/2 pairs."""
     seed: int = 42
-    pairs: bool = False
-    """Also write the verified pairs (``group_pairs`` table: both ids and their similarity)."""
+    index_rows: int = Field(2_000_000, ge=0)
+    """Rows kept in the model's band index for near-duplicate queries of new items (serving:
+    ``ClusterCatalog.similar`` / ``POST /similar`` with the grouping column, or
+    ``DuplicateIndex``); a larger table indexes a uniform sample of this many rows. 0: no index."""
 
     @model_validator(mode="after")
     def _complete(self) -> "GroupingSection":

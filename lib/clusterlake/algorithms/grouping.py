@@ -313,9 +313,62 @@ def inherited_ids(tonight, previous, id_col: str):
 class Grouping:
     """The result of :func:`group`."""
 
-    groups: object  # DataFrame: id, group_id, group_size, similarity, is_representative
+    numbered: object  # DataFrame: id, _vid, group_id, group_size, similarity, is_representative
+    id_col: str
     counts: dict  # candidate_pairs, verified_pairs, groups, grouped_rows, largest_group, huge_buckets, ...
     next_group_id: int  # the first id the next run may give a new group
+
+    @property
+    def groups(self):
+        """The ``groups`` table's rows (:mod:`clusterlake.io.contract.groups`), without ``run_id``."""
+        return self.numbered.drop(VID)
+
+    SIZE_BINS = ((1, 1), (2, 2), (3, 3), (4, 5), (6, 10), (11, 100), (101, 1000), (1001, None))
+
+    def summary(self, examples: int = 5, members: int = 10) -> dict:
+        """What the report shows (two small collects): the group-size distribution (``bins``:
+        ``[low, high or None, groups, rows]``) and the ``examples`` largest groups, each with its
+        ``members`` rows most similar to the representative (``[id, similarity]``)."""
+        from pyspark.sql import Window
+        from pyspark.sql import functions as F
+
+        from clusterlake.io.columns import col as c
+
+        reps = self.numbered.where(F.col("is_representative"))
+        size = F.col("group_size")
+        b = F.lit(len(self.SIZE_BINS) - 1)
+        for i, (lo, hi) in reversed(list(enumerate(self.SIZE_BINS[:-1]))):
+            b = F.when(size <= hi, F.lit(i)).otherwise(b)
+        got = {r["b"]: (int(r["g"]), int(r["n"])) for r in
+               reps.groupBy(b.alias("b")).agg(F.count("*").alias("g"), F.sum(size).alias("n")).collect()}
+        bins = [[lo, hi, *got.get(i, (0, 0))] for i, (lo, hi) in enumerate(self.SIZE_BINS)]
+        top = [r["group_id"] for r in reps.where(size > 1).orderBy(F.desc("group_size"), "group_id")
+               .limit(examples).select("group_id").collect()]
+        rank = Window.partitionBy("group_id").orderBy(F.desc("similarity"), c(self.id_col))
+        rows = self.numbered.where(F.col("group_id").isin(top)).withColumn("_r", F.row_number().over(rank)) \
+            .where(F.col("_r") <= members).select("group_id", "group_size", c(self.id_col).alias("id"),
+                                                  "similarity").collect()
+        ex = {g: {"group_id": int(g), "size": 0, "members": []} for g in top}
+        for r in sorted(rows, key=lambda r: (top.index(r["group_id"]), -r["similarity"])):
+            e = ex[r["group_id"]]
+            e["size"] = int(r["group_size"])
+            e["members"].append([r["id"] if isinstance(r["id"], (int, str)) else str(r["id"]), float(r["similarity"])])
+        return {"bins": bins, "examples": [ex[g] for g in top]}
+
+    def index(self, signed, rows: int, max_rows: int):
+        """The serving band index (:mod:`clusterlake.serving.duplicates`): ``id``, ``group_id``,
+        ``payload``, ``keys`` of every row, or of a uniform sample of about ``max_rows`` (a hash of
+        the vertex, the same rows night over night) when there are more."""
+        from pyspark.sql import functions as F
+
+        src = signed.select(VID, F.col(PAYLOAD).alias("payload"), F.col(KEYS).alias("keys"))
+        if rows > max_rows:
+            frac = max_rows / rows
+            src = src.where((F.xxhash64(VID) % 1_000_000 + 1_000_000) % 1_000_000 < int(frac * 1_000_000))
+        from clusterlake.io.columns import col as c
+
+        return self.numbered.select(c(self.id_col).alias("id"), VID, "group_id").join(src, VID) \
+            .select("id", "group_id", "payload", "keys")
 
 
 def group(signed, rows: int, id_col: str, gcfg, band: Banding, previous, next_id: int, persist,
@@ -326,6 +379,7 @@ def group(signed, rows: int, id_col: str, gcfg, band: Banding, previous, next_id
     from pyspark.sql import functions as F
 
     from clusterlake.algorithms.components import connected_components
+    from clusterlake.io.columns import col as c
 
     with spark_pass("candidate pairs"):
         out = persist(candidate_pairs(signed, gcfg.max_bucket, rows, band.bands))
@@ -341,8 +395,8 @@ def group(signed, rows: int, id_col: str, gcfg, band: Banding, previous, next_id
         sims = representative_similarity(signed, comp, band.kind)
         sizes = comp.groupBy("component").agg(F.count("*").alias("group_size"))
         linked = sims.join(sizes, "component")
-        rows = signed.select(id_col, VID).join(linked, VID, "left").select(
-            id_col, VID, F.coalesce("component", VID).alias("component"),
+        rows = signed.select(c(id_col), VID).join(linked, VID, "left").select(
+            c(id_col), VID, F.coalesce("component", VID).alias("component"),
             F.coalesce("group_size", F.lit(1)).alias("group_size"),
             F.coalesce("similarity", F.lit(1.0)).alias("similarity"))
         rows = persist(rows)
@@ -361,13 +415,16 @@ def group(signed, rows: int, id_col: str, gcfg, band: Banding, previous, next_id
              counts["candidate_pairs"], counts["verified_pairs"], band.threshold, counts["groups"],
              counts["grouped_rows"], counts["largest_group"], counts["singletons"], counts["huge_buckets"],
              gcfg.max_bucket, counts["largest_bucket"])
-    return Grouping(groups, counts, int(next_id + n_new))
+    return Grouping(groups, id_col, counts, int(next_id + n_new))
 
 
 def _numbered(rows, previous, id_col: str, next_id: int, persist):
     """``rows`` with their stable ``group_id`` (inherited, else ``next_id`` + the rank of the new
-    component's representative) and ``is_representative``; the number of new ids."""
+    component's representative) and ``is_representative`` (persisted: the table and the index read
+    it); the number of new ids."""
     from pyspark.sql import functions as F
+
+    from clusterlake.io.columns import col as c
 
     if previous is not None:
         kept = persist(inherited_ids(rows, previous, id_col))
@@ -378,6 +435,6 @@ def _numbered(rows, previous, id_col: str, next_id: int, persist):
     new_ids = ranks.select("component", (F.col("rank") + F.lit(int(next_id))).alias("group_id"))
     ids = new_ids if kept is None else new_ids.unionByName(kept)
     out = rows.join(ids, "component").select(
-        id_col, F.col("group_id").cast("long"), F.col("group_size").cast("long"), "similarity",
+        c(id_col), VID, F.col("group_id").cast("long"), F.col("group_size").cast("long"), "similarity",
         (F.col(VID) == F.col("component")).alias("is_representative"))
-    return out, n_new
+    return persist(out), n_new

@@ -169,8 +169,20 @@ def load_report_data(output_path: str, run_id: Optional[str] = None, history_run
         dendrogram=x.get("hier_linkage"), dendrogram_levels=list(hier.get("levels", []) or []),
         profiles=prof[["cluster_id", "feature", "z"]] if prof is not None and len(prof) else None,
         drift_history=hist, lineage=lin if lin is not None and len(lin) else None,
-        output_path=output_path,
+        output_path=output_path, grouping=_grouping_summary(row.model_path),
     )
+
+
+def _grouping_summary(model_path: Optional[str]) -> Optional[dict]:
+    """The run's ``<model>/grouping/grouping.json`` (grouping on), else None."""
+    import json
+
+    from clusterlake.io.fs import location
+
+    if not model_path:
+        return None
+    f = location(model_path).child("grouping", "grouping.json")
+    return json.loads(f.read_bytes()) if f.exists() else None
 
 
 def report_location(output_path: str, run_id: str):

@@ -104,6 +104,7 @@ class ReportData:
     drift_history: Optional[pd.DataFrame] = None  # run_id, run_date, silhouette, changed_share, centroid_shift_max
     lineage: Optional[pd.DataFrame] = None  # cluster_id, previous_cluster_id, event, distance
     output_path: str = ""
+    grouping: Optional[dict] = None  # <model>/grouping/grouping.json: counts, size bins, example groups
 
 
 # ----------------------------------------------------------------------------------------------
@@ -859,7 +860,38 @@ footer{margin-top:2.5em;color:#888;font-size:.85em}
 """
 
 _TITLES = {"header": "Summary", "sizes": "Sizes", "projection": "Projection", "silhouette": "Silhouette",
-           "auto-k": "Auto-k", "dendrogram": "Dendrogram", "profiles": "Profiles", "drift": "Drift"}
+           "auto-k": "Auto-k", "dendrogram": "Dendrogram", "profiles": "Profiles", "drift": "Drift",
+           "groups": "Near-duplicates"}
+
+
+def _groups(d: ReportData, colors: dict) -> str:
+    """The near-duplicate groups (docs/grouping.md): how many rows have near-duplicates, the
+    group-size distribution, and the largest groups with their members' similarity."""
+    g = d.grouping
+    c = g.get("counts", {})
+    bins = [b for b in g["bins"] if b[2]]
+    labels = [str(lo) if hi == lo else (f"{lo}-{hi}" if hi else f"{lo}+") for lo, hi, _, _ in bins]
+    fig = _new_figure(7.0, 3.2)
+    ax = fig.add_subplot()
+    x = np.arange(len(bins))
+    ax.bar(x, [b[3] for b in bins], color=_palette_color(0), edgecolor="none")
+    ax.set_xticks(x, labels)
+    ax.set_yscale("log")
+    _style(ax, "Rows by the size of their group (log scale)", "group size", "rows")
+    img = _img(fig, "Bar chart of rows by group size")
+    head = (f"<p>{_int(c.get('groups', 0))} groups of 2 or more rows hold {_int(c.get('grouped_rows', 0))} rows "
+            f"(the largest {_int(c.get('largest_group', 0))}); {_int(c.get('singletons', 0))} rows have no "
+            f"near-duplicate. {g['similarity'].capitalize()} at or above {_num(g['threshold'], 3)} on "
+            f"<code>{_e(g['column'])}</code>: {_int(c.get('candidate_pairs', 0))} candidate pairs from "
+            f"{g['bands']} bands of {g['rows']} hashes, {_int(c.get('verified_pairs', 0))} verified; a pair at the "
+            f"threshold is found with probability {_num(g.get('recall_at_threshold'), 3)}.</p>")
+    table = _table(["group size", "groups", "rows"], [[_e(lab), _int(b[2]), _int(b[3])] for lab, b in zip(labels, bins)])
+    ex = [[_int(e["group_id"]), _int(e["size"]),
+           _e(", ".join(f"{m[0]} ({m[1]:.3f})" for m in e["members"]) + (" ..." if e["size"] > len(e["members"]) else ""))]
+          for e in g.get("examples", [])]
+    examples = ("<h3>The largest groups</h3><p>Members (similarity to the group's representative, most similar "
+                "first):</p>" + _table(["group", "rows", "members"], ex)) if ex else ""
+    return "<h2>Near-duplicate groups</h2>" + head + f"<figure>{img}</figure>" + table + examples
 
 
 def _links_to_previous(lin) -> bool:
@@ -893,6 +925,8 @@ def _present(d: ReportData) -> list[tuple[str, Callable]]:
         out.append(("profiles", _profiles))
     if (_has_rows(d.drift_history) and len(d.drift_history) >= 2) or _links_to_previous(d.lineage):
         out.append(("drift", _drift))
+    if d.grouping and d.grouping.get("bins"):
+        out.append(("groups", _groups))
     return out
 
 

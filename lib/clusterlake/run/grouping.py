@@ -30,6 +30,7 @@ class Signed:
     rows: object  # DataFrame: id, _vid, _payload, _keys (valid rows only; persisted)
     summary: object  # clusterlake.io.reader.InputSummary
     band: object  # clusterlake.algorithms.grouping.Banding
+    dim: Optional[int] = None  # a vector column's length
 
 
 def column_kind(df, column: str) -> tuple[str, Optional[str]]:
@@ -117,7 +118,7 @@ def read_signed(run, step: str = "read+validate", check_ids: bool = True) -> Sig
         note.update(rows_read=n, rows_used=n_used, dropped=n - n_used, bands=band.bands, rows_per_band=band.rows)
         log.info("grouping: %s on '%s' at threshold %g: %d bands of %d hashes (recall %.3f for a pair at the "
                  "threshold)", kind, gcfg.column, gcfg.threshold, band.bands, band.rows, band.recall_at_threshold)
-    return Signed(valid, summary, band)
+    return Signed(valid, summary, band, dim)
 
 
 def _invalid_policy(icfg, column: str, n: int, bad: dict, signed, bad_col: str) -> int:
@@ -205,16 +206,41 @@ def grouping_metrics(g, signed: Signed) -> list[Metric]:
     return [Metric(SCOPE, name, float(v), n, algo, 0) for name, v in vals.items()]
 
 
-def stage_groups(run, staged: list, g) -> None:
-    """Stage the ``groups`` table (the id column first, then :data:`clusterlake.io.contract.groups.DDL`)."""
+def stage_groups(run, staged: list, g, signed: Signed) -> None:
+    """Stage the ``groups`` table (the id column first, then :data:`clusterlake.io.contract.groups.DDL`)
+    and save the serving band index under ``<model>/grouping/`` (``grouping.index_rows``)."""
     from pyspark.sql import functions as F
 
     staged.append(run.store.stage("groups", g.groups.withColumn("run_id", F.lit(run.run_id))))  # "write groups"
+    save_grouping(run, g, signed)
+
+
+def save_grouping(run, g, signed: Signed) -> None:
+    """Under the run's model directory (discarded with the run if it fails): the band index for
+    serving (``grouping.index_rows``; written by the tasks as parquet), then ``grouping.json``
+    (last): the banding that signs a new item, and the group-size distribution and example groups
+    the report shows."""
+    from clusterlake.serving.duplicates import FOLDER, INDEX, save_meta
+
+    gcfg, band = run.cfg.grouping, signed.band
+    folder = run.model_dir.child(FOLDER)
+    if gcfg.index_rows:
+        with spark_pass("write band index"):
+            g.index(signed.rows, signed.summary.rows_used, gcfg.index_rows).write.mode("error") \
+                .parquet(folder.child(INDEX).uri)
+    with spark_pass("group summary"):
+        summary = g.summary()
+    save_meta(folder, {"column": gcfg.column, "similarity": band.kind, "bands": band.bands, "rows": band.rows,
+                       "seed": band.seed, "threshold": band.threshold, "max_bucket": gcfg.max_bucket,
+                       "dim": signed.dim, "id_column": run.cfg.input.id_column, "run_id": run.run_id,
+                       "recall_at_threshold": band.recall_at_threshold, "index": bool(gcfg.index_rows),
+                       "counts": g.counts, **summary})
 
 
 def run_grouping_job(cfg, spark=None):
     """The job with ``kmeans.enabled: false``: read and sign, group, then commit ``groups``,
-    ``metrics`` and the ``runs`` row together (no model is saved; ``model/latest`` stays)."""
+    ``metrics`` and the ``runs`` row together; the model directory (``model/latest`` moves to it)
+    holds the grouping's summary and band index only."""
     from clusterlake.io.contract import metrics as metrics_table
     from clusterlake.io.contract.runs import FitFacts, RunRecord
     from clusterlake.run.result import RunResult
@@ -225,16 +251,17 @@ def run_grouping_job(cfg, spark=None):
         g, metrics = group_step(run, signed)
         with run.staging() as staged:
             with run.step("write"):
-                stage_groups(run, staged, g)
+                stage_groups(run, staged, g, signed)
                 staged.append(run.stage_rows("metrics", metrics_table.rows(run.run_id, metrics, 0),
                                              metrics_table.DDL))
-            record = RunRecord(kind="full", fit=FitFacts.no_fit(), n_components=0, model_path=None,
+            model_path = run.model_dir.uri
+            record = RunRecord(kind="full", fit=FitFacts.no_fit(), n_components=0, model_path=model_path,
                                k_selection="none")
-            versions = run.publish(staged, lambda v: run.runs_row(signed.summary, record, v), model=False)
+            versions = run.publish(staged, lambda v: run.runs_row(signed.summary, record, v))
         s = signed.summary
         log.info("run %s committed in %.1f s", run.run_id, run.seconds)
         return RunResult(
-            run_id=run.run_id, run_date=run.run_date, output_path=run.store.root.uri, model_path=None, k=0,
+            run_id=run.run_id, run_date=run.run_date, output_path=run.store.root.uri, model_path=model_path, k=0,
             sizes=[], metrics={m.metric: m.value for m in metrics}, table_versions=versions, rows_read=s.rows_read,
             rows_used=s.rows_used, rows_dropped=s.rows_dropped, seconds=round(run.seconds, 2),
             stage_seconds=run.step.seconds, spark_passes=run.step.passes, feature_columns=[],

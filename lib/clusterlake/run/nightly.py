@@ -538,7 +538,7 @@ def _grouping(run: Run, staged: list) -> list:
 
     signed = grouping.read_signed(run, step="grouping: read+sign", check_ids=False)
     g, metrics = grouping.group_step(run, signed)
-    grouping.stage_groups(run, staged, g)
+    grouping.stage_groups(run, staged, g, signed)
     return metrics
 
 

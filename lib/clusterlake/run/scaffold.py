@@ -119,10 +119,9 @@ class Run:
         """Stage a small table built from contract rows (:mod:`clusterlake.io.contract`), one file."""
         return self.store.stage_rows(name, rows, ddl, append=append)
 
-    def publish(self, staged: list, runs_row: Callable[[dict], tuple], model: bool = True) -> dict:
+    def publish(self, staged: list, runs_row: Callable[[dict], tuple]) -> dict:
         """Commit the staged tables, then the ``runs`` row built by ``runs_row(versions)``, then
-        point ``model/latest`` at this run (:func:`clusterlake.io.tables.publish_run`); ``model``
-        False: the run saved no model (grouping only), ``latest`` stays where it is."""
+        point ``model/latest`` at this run (:func:`clusterlake.io.tables.publish_run`)."""
         from clusterlake.io import model_artifact
         from clusterlake.io.contract import runs
         from clusterlake.io.tables import publish_run
@@ -132,8 +131,7 @@ class Run:
 
         with self.step("publish"):
             return publish_run(self.store, staged, stage_runs,
-                               after_commit=(lambda: model_artifact.point_latest(self.model_root, self.run_id))
-                               if model else None,
+                               after_commit=lambda: model_artifact.point_latest(self.model_root, self.run_id),
                                guard=self.lock.assert_held)
 
     def runs_row(self, summary, record, versions: dict, cfg: Optional[JobConfig] = None) -> tuple:

@@ -251,6 +251,9 @@ class _Endpoints:
         if not single:
             raise HTTPError(400, "/similar takes one row: {\"row\": {...}, \"n\": 10}")
         n = _int(body, "n", 10, 1, 1000)
+        if cat.near_duplicate_column(rows) is not None:  # {"row": {"tokens": [...]}}: near-duplicates
+            got = await run_in_threadpool(cat.similar, rows, n)
+            return JSONResponse({"run_id": cat.run_id, **got})
         cid = _int(body, "cluster_id", None, -(1 << 31), (1 << 31) - 1)
         X = self._matrix(cat, rows)
         got = await run_in_threadpool(cat.similar, X, n, cid)  # may read a parquet file

@@ -8,7 +8,9 @@
   the cluster tree, nearest other clusters;
 * :meth:`~ClusterCatalog.similar`: the rows of the point's cluster nearest to it, from the
   model's ``members/`` sample (one parquet file per cluster, written by the nightly job; see
-  ``serving.members_per_cluster``): one small read per cluster, cached (LRU).
+  ``serving.members_per_cluster``): one small read per cluster, cached (LRU); or, for a row
+  holding the grouping column of a run with ``grouping`` on, its near-duplicates from the run's
+  band index (:mod:`clusterlake.serving.duplicates`).
 
 Model directories are immutable once written; ``model/latest`` moves. :func:`resolve_model_dir`
 turns ``.../model/latest`` into the run's own directory before anything is read, so a model that
@@ -32,6 +34,7 @@ from clusterlake.io import model_artifact
 from clusterlake.io.fs import Location, location
 from clusterlake.kernels.assignment import assign_points
 from clusterlake.serving.assigner import Assigner, Rows
+from clusterlake.serving.duplicates import DuplicateIndex
 
 log = logging.getLogger(__name__)
 CACHE_BYTES = 512 << 20
@@ -121,6 +124,7 @@ class ClusterCatalog:
         np.fill_diagonal(d, np.inf)
         self._centroid_dist = d
         self._clusters = {int(c): self._describe(i, descriptions) for i, c in enumerate(assigner.cluster_ids)}
+        self.duplicates = DuplicateIndex.load(model_dir.uri)  # the run's band index (grouping), or None
 
     @classmethod
     def load(cls, path: str, outlier_rule: str = "auto", cache_clusters: int = 32) -> "ClusterCatalog":
@@ -230,9 +234,25 @@ class ClusterCatalog:
             return np.zeros(0, dtype=object), np.zeros((0, p), np.float32)
         return np.concatenate(ids), np.ascontiguousarray(np.concatenate(zs))
 
+    def near_duplicate_column(self, row) -> Optional[str]:
+        """The grouping column when ``row`` (one row as a dict) holds it and the model has a band
+        index: :meth:`similar` then answers near-duplicates."""
+        if self.duplicates is None or not isinstance(row, dict):
+            return None
+        col = self.duplicates.meta["column"]
+        return col if col in row else None
+
     def similar(self, row: Rows, n: int = 10, cluster_id: Optional[int] = None) -> dict[str, Any]:
         """The ``n`` rows of the point's cluster (or of ``cluster_id``) nearest to the point, from
-        the cluster's member sample: ``{cluster_id, distance, members, items: [{id, distance}]}``."""
+        the cluster's member sample: ``{cluster_id, distance, members, items: [{id, distance}]}``.
+
+        A row (a dict) holding the grouping column of a model with a band index asks for its
+        near-duplicates instead: ``{near_duplicates: true, candidates, threshold, items: [{id,
+        group_id, similarity}]}``, exact similarities at or above the run's threshold, best first
+        (:class:`~clusterlake.serving.duplicates.DuplicateIndex`)."""
+        col = self.near_duplicate_column(row)
+        if col is not None:
+            return {"near_duplicates": True, "column": col, **self.duplicates.query(row[col], n)}
         Z = self.assigner.transform(row)
         if len(Z) != 1:
             raise ClusterlakeError(f"similar takes one row, got {len(Z)}")
