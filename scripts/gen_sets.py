@@ -52,8 +52,11 @@ def planted_sets(n: int, group_share: float = 0.3, vocab: int = 200_000, min_jac
         pos = offsets[r] + rng.choice(sizes[r], qr, replace=False)
         tokens[pos] = rng.integers(vocab, 2 * vocab, qr)  # fresh tokens: the variant loses qr of the base's
     offs = offsets.astype(np.int32 if offsets[-1] < 2**31 else np.int64)
-    values = pa.array(np.char.add("t", tokens.astype(str)) if strings else tokens,
-                      pa.string() if strings else pa.int64())
+    values = pa.array(tokens, pa.int64())
+    if strings:  # "t<k>", vectorised in Arrow
+        import pyarrow.compute as pc
+
+        values = pc.binary_join_element_wise(pa.scalar("t"), values.cast(pa.string()), "")
     sets = pa.ListArray.from_arrays(pa.array(offs), values)
     ids = np.arange(n, dtype=np.int64) * 7 + 3  # not 0..n-1: ids are not positions
     perm = rng.permutation(n)  # the groups' rows spread over the table
