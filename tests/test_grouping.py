@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 
 import numpy as np
 import pyarrow as pa
@@ -131,8 +132,11 @@ def test_runs_and_metrics_are_committed(first_night):
     assert {"candidate_pairs", "verified_pairs", "groups", "largest_group", "recall_at_threshold",
             "next_group_id"} <= set(g.index)
     assert 0.95 <= g["recall_at_threshold"] < 1
-    assert os.path.exists(os.path.join(out, "model", "latest", "grouping", "grouping.json"))  # the band index only
-    assert not os.path.exists(os.path.join(out, "model", "latest", "model.json"))
+    assert runs["model_path"].iloc[0] == res.model_path
+    assert os.path.exists(os.path.join(res.model_path, "grouping", "grouping.json"))  # the band index only
+    assert not os.path.exists(os.path.join(out, "model", "latest"))  # no K-means model: latest does not move
+    html = open(res.report_path).read()  # a grouping-only report: the summary and the groups
+    assert "Near-duplicate groups" in html and "kmeans.enabled: false" in html
     assert "near-duplicate groups" in summary_text(res)
 
 
@@ -200,13 +204,24 @@ def test_vectors_and_cosine(spark, tmp_path):
     inp = _write(str(tmp_path / "in"), ids, col, name="emb")
     out = str(tmp_path / "out")
     thr = 0.9
-    run_job(_config(inp, out, **{"grouping.column": "emb", "grouping.similarity": "cosine",
-                                 "grouping.threshold": thr}), spark)
+    res = run_job(_config(inp, out, **{"grouping.column": "emb", "grouping.similarity": "cosine",
+                                       "grouping.threshold": thr}), spark)
     S = X.astype(np.float64) @ X.astype(np.float64).T
     a, b = np.nonzero(np.triu(S >= thr - 1e-7, 1))
     truth = _truth(len(ids), a, b)
     got = _groups(out).loc[ids]
     assert adjusted_rand_score(truth, got["group_id"].to_numpy()) >= 0.99
+    assert (got.loc[got["is_representative"], "similarity"] == 1.0).all()
+    from clusterlake.serving.duplicates import DuplicateIndex, ItemError
+
+    idx = DuplicateIndex.load(res.model_path)
+    ans = idx.query((X[0] * 3.0).tolist(), n=3)  # a scaled copy of row 0: cosine 1 to it
+    assert ans["items"][0]["id"] == int(ids[0]) and ans["items"][0]["similarity"] == pytest.approx(1.0, abs=1e-6)
+    assert all(it["similarity"] >= thr for it in ans["items"])
+    assert idx.query([1e308] * 24)["threshold"] == thr  # huge but finite: scaled, no overflow
+    for bad in ([10**400] * 24, [0.0] * 24, [1.0] * 23, [float("nan")] * 24, "x"):
+        with pytest.raises(ItemError):
+            idx.query(bad)
 
 
 def test_invalid_sets_are_counted_or_fail(spark, tmp_path):
@@ -284,14 +299,24 @@ def _exact_neighbours(sets, ids, query: set, thr: float) -> dict:
     return out
 
 
-def test_duplicate_index_answers_new_items_exactly(planted, first_night):
+def test_duplicate_index_answers_new_items_exactly(planted, first_night, tmp_path):
     """The grouping-only run's band index: a new variant of a planted document finds
     its group's documents at or above the threshold, with exact similarities."""
     from clusterlake.serving.duplicates import DuplicateIndex, ItemError
 
     res = first_night["res"]
-    idx = DuplicateIndex.load(res.model_path)  # (model/latest may be a later night's by now)
+    idx = DuplicateIndex.load(res.model_path)
     assert idx is not None and idx.size == len(planted["ids"])
+    # the same index in three files (a large run's tasks write many) loads the same
+    copy = tmp_path / "model"
+    shutil.copytree(os.path.join(res.model_path, "grouping"), copy / "grouping")
+    whole = pq.read_table(str(copy / "grouping" / "index"))
+    shutil.rmtree(copy / "grouping" / "index")
+    os.makedirs(copy / "grouping" / "index")
+    for i, part in enumerate((whole.slice(0, 1000), whole.slice(1000, 1000), whole.slice(2000))):
+        pq.write_table(part, str(copy / "grouping" / "index" / f"part-{2 - i}.parquet"))
+    three = DuplicateIndex.load(str(copy))
+    assert three.size == idx.size and set(three.ids.tolist()) == set(idx.ids.tolist())
     ids, sets = planted["ids"], planted["sets"]
     got_groups = _groups(first_night["out"], res.run_id)
     multi = got_groups[got_groups["group_size"] >= 3].index[:20]
@@ -311,7 +336,7 @@ def test_duplicate_index_answers_new_items_exactly(planted, first_night):
     assert expected > 0 and found / expected >= 0.9
     assert idx.query([10**12 + 1, 10**12 + 2, 10**12 + 3])["items"] == []
     for bad, msg in (([], "empty set"), ("abc", "a list of tokens"), ([1, "a"], "only strings or only integers"),
-                     ([2**70], "64-bit")):
+                     ([2**70], "64-bit"), (["ok", "\ud800"], "not strings")):
         with pytest.raises(ItemError, match=msg):
             idx.query(bad)
 
@@ -365,3 +390,19 @@ def test_similar_answers_near_duplicates_in_process_and_over_http(beside):
     finally:
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=20)
+
+
+def test_string_ids(spark, tmp_path):
+    """Non-integer ids become vertices by their 64-bit hash (checked distinct): the same groups."""
+    ids, sets, _ = gen.planted_sets(600, seed=8)
+    sid = np.array([f"doc-{i}" for i in ids], dtype=object)
+    t = pa.table({"doc_id": pa.array(sid, pa.string()), "tokens": sets})
+    os.makedirs(tmp_path / "in")
+    pq.write_table(t, str(tmp_path / "in" / "part-0.parquet"))
+    out = str(tmp_path / "out")
+    res = run_job(_config(str(tmp_path / "in"), out), spark)
+    a, b, _ = gen.exact_pairs(sets, THRESHOLD)
+    got = DeltaTable(os.path.join(out, "groups")).to_pandas().set_index("doc_id").loc[sid]
+    assert adjusted_rand_score(_truth(len(ids), a, b), got["group_id"].to_numpy()) >= 0.99
+    assert "vertex ids" in res.spark_passes["read+validate"]
+    assert got.index.dtype == object and (got.groupby("group_id")["is_representative"].sum() == 1).all()

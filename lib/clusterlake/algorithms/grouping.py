@@ -116,10 +116,11 @@ def _vector_batch(col: pa.Array, name: str, dim: int, band: Banding):
 def sign(df, id_col: str, column: str, band: Banding, vector_dim: Optional[int] = None):
     """``df`` (id, column) -> (id, _vid, _payload, _keys, _bad): one pass through Python."""
     from clusterlake.io.columns import col as c
+    from clusterlake.io.columns import quoted
 
     id_type = df.schema[id_col].dataType.simpleString()
     payload_type = "array<float>" if vector_dim else "array<bigint>"
-    ddl = f"`{id_col}` {id_type}, {VID} bigint, {PAYLOAD} {payload_type}, {KEYS} array<bigint>, {BAD} string"
+    ddl = f"{quoted(id_col)} {id_type}, {VID} bigint, {PAYLOAD} {payload_type}, {KEYS} array<bigint>, {BAD} string"
     nb = band.bands
 
     def fn(batches):
@@ -146,28 +147,33 @@ def _list_parts(c: pa.Array) -> tuple[np.ndarray, np.ndarray]:
 
 # -- 2. candidate pairs -------------------------------------------------------------------------
 
-def bucket_pairs(offsets: np.ndarray, flat: np.ndarray, max_bucket: int) -> tuple[np.ndarray, np.ndarray]:
+def iter_bucket_pairs(offsets: np.ndarray, flat: np.ndarray, max_bucket: int, max_pairs: int = 1 << 20):
     """The candidate pairs ``(a, b)``, ``a < b``, of buckets of vertex ids (bucket i is
-    ``flat[offsets[i]:offsets[i + 1]]``): every pair of a bucket of at most ``max_bucket``
-    vertices; a larger bucket's star around its smallest vertex plus the chain through its sorted
-    vertices. Vectorised per bucket size (a loop over the few distinct sizes, and the huge buckets)."""
+    ``flat[offsets[i]:offsets[i + 1]]``), in blocks of about ``max_pairs`` pairs (a task never
+    holds all of its pairs at once): every pair of a bucket of at most ``max_bucket`` vertices; a
+    larger bucket's star around its smallest vertex plus the chain through its sorted vertices.
+    Vectorised per bucket size (a loop over the few distinct sizes, and the huge buckets)."""
     offsets = np.asarray(offsets, dtype=np.int64)
     sizes = np.diff(offsets)
-    a_parts, b_parts = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
     small = np.flatnonzero((sizes >= 2) & (sizes <= max_bucket))
     for s in np.unique(sizes[small]):
         starts = offsets[small[sizes[small] == s]]
-        V = np.sort(flat[starts[:, None] + np.arange(s)], axis=1)
         i, j = np.triu_indices(int(s), 1)
-        a_parts.append(V[:, i].ravel())
-        b_parts.append(V[:, j].ravel())
+        per = max(1, max_pairs // len(i))  # buckets of this size per block
+        for k in range(0, len(starts), per):
+            V = np.sort(flat[starts[k:k + per, None] + np.arange(s)], axis=1)
+            yield V[:, i].ravel(), V[:, j].ravel()
     for i in np.flatnonzero(sizes > max_bucket):
         v = np.unique(flat[offsets[i]:offsets[i + 1]])
-        a_parts += [np.full(len(v) - 1, v[0]), v[:-1]]
-        b_parts += [v[1:], v[1:]]
-    a, b = np.concatenate(a_parts), np.concatenate(b_parts)
-    keep = a != b  # a vertex is in a bucket once (the keys hold the band): be safe anyway
-    return a[keep], b[keep]
+        yield np.r_[np.full(len(v) - 1, v[0]), v[:-1]], np.r_[v[1:], v[1:]]
+
+
+def bucket_pairs(offsets: np.ndarray, flat: np.ndarray, max_bucket: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every candidate pair of :func:`iter_bucket_pairs` at once (small inputs and tests)."""
+    parts = list(iter_bucket_pairs(offsets, flat, max_bucket))
+    if not parts:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate([a for a, _ in parts]), np.concatenate([b for _, b in parts])
 
 
 PAIR, STATS = 0, 1  # the kinds of rows bucket_rows yields
@@ -188,11 +194,9 @@ def bucket_rows(batches, max_bucket: int, chunk: int = 1 << 20):
     keys, vids = keys[order], vids[order]
     offsets = np.r_[0, np.flatnonzero(keys[1:] != keys[:-1]) + 1, len(keys)]
     sizes = np.diff(offsets)
-    a, b = bucket_pairs(offsets, vids, max_bucket)
-    for s in range(0, len(a), chunk):
-        n = len(a[s:s + chunk])
-        yield pa.RecordBatch.from_arrays([pa.array(np.full(n, PAIR, np.int8)), pa.array(a[s:s + chunk]),
-                                          pa.array(b[s:s + chunk])], names=["kind", "a", "b"])
+    for a, b in iter_bucket_pairs(offsets, vids, max_bucket, chunk):
+        yield pa.RecordBatch.from_arrays([pa.array(np.full(len(a), PAIR, np.int8)), pa.array(a), pa.array(b)],
+                                         names=["kind", "a", "b"])
     yield pa.RecordBatch.from_arrays([pa.array([STATS], pa.int8()), pa.array([int(sizes.max())], pa.int64()),
                                       pa.array([int((sizes > max_bucket).sum())], pa.int64())],
                                      names=["kind", "a", "b"])
@@ -225,6 +229,12 @@ def exact_similarity(pa_col: pa.Array, pb_col: pa.Array, kind: str) -> np.ndarra
     return M.cosine_pairs(A, B)
 
 
+def _tolerance(kind: str) -> float:
+    """Round-off allowed at the threshold: none for Jaccard (a ratio of counts), a few ulps for the
+    cosine of float32 unit vectors (identical vectors must link at ``threshold: 1``)."""
+    return 0.0 if kind == "jaccard" else 1e-9
+
+
 def verified_edges(signed, pairs, kind: str, threshold: float):
     """The candidate pairs whose exact similarity is at least ``threshold``: (a, b, similarity)."""
     from pyspark.sql import functions as F
@@ -236,7 +246,7 @@ def verified_edges(signed, pairs, kind: str, threshold: float):
     def fn(batches):
         for rb in batches:
             sim = exact_similarity(rb.column(2), rb.column(3), kind)
-            keep = sim >= threshold
+            keep = sim >= threshold - _tolerance(kind)
             yield pa.RecordBatch.from_arrays(
                 [pa.array(rb.column(0).to_numpy()[keep]), pa.array(rb.column(1).to_numpy()[keep]),
                  pa.array(sim[keep], pa.float64())], names=["a", "b", "similarity"])
@@ -257,21 +267,24 @@ def representative_similarity(signed, comp, kind: str):
 
     def fn(batches):
         for rb in batches:
-            sim = exact_similarity(rb.column(2), rb.column(3), kind)
+            sim = np.minimum(exact_similarity(rb.column(2), rb.column(3), kind), 1.0)
+            sim[rb.column(0).to_numpy() == rb.column(1).to_numpy()] = 1.0  # the representative itself
             yield pa.RecordBatch.from_arrays([rb.column(0), rb.column(1), pa.array(sim, pa.float64())],
                                              names=[VID, "component", "similarity"])
 
     return joined.mapInArrow(fn, f"{VID} bigint, component bigint, similarity double")
 
 
-def dense_ranks(keys, column: str, persist):
+def dense_ranks(keys, column: str):
     """(``column``, rank): each distinct value's 0-based rank in ascending order, computed in
     parallel (a range partitioning, each partition's count, then each partition numbers its sorted
     values from the counts before it): the same ranks whatever the input's partitioning."""
     from pyspark.sql import functions as F
 
-    ranged = persist(keys.select(column).distinct().repartitionByRange(column)
-                     .sortWithinPartitions(column).withColumn("_p", F.spark_partition_id()))
+    # checkpointed, not cached: recomputed, the range partitioning could draw other bounds than
+    # those the counts below were taken from
+    ranged = keys.select(column).distinct().repartitionByRange(column) \
+        .sortWithinPartitions(column).withColumn("_p", F.spark_partition_id()).localCheckpoint(eager=True)
     counts = {r["_p"]: r["n"] for r in ranged.groupBy("_p").agg(F.count("*").alias("n")).collect()}
     starts, total = {}, 0
     for p in sorted(counts):
@@ -281,8 +294,10 @@ def dense_ranks(keys, column: str, persist):
         seen = None
         for rb in batches:
             vals, part = rb.column(0), rb.column(1).to_numpy()
+            if not len(part):
+                continue
             if seen is None:
-                seen = starts.get(int(part[0]), 0) if len(part) else 0
+                seen = starts[int(part[0])]
             ranks = seen + np.arange(len(vals), dtype=np.int64)
             seen += len(vals)
             yield pa.RecordBatch.from_arrays([vals, pa.array(ranks)], names=[column, "rank"])
@@ -431,7 +446,7 @@ def _numbered(rows, previous, id_col: str, next_id: int, persist):
         fresh = rows.select("component").distinct().join(kept, "component", "left_anti")
     else:
         kept, fresh = None, rows.select("component").distinct()
-    ranks, n_new = dense_ranks(fresh, "component", persist)
+    ranks, n_new = dense_ranks(fresh, "component")
     new_ids = ranks.select("component", (F.col("rank") + F.lit(int(next_id))).alias("group_id"))
     ids = new_ids if kept is None else new_ids.unionByName(kept)
     out = rows.join(ids, "component").select(

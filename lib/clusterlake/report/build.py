@@ -109,7 +109,10 @@ def load_report_data(output_path: str, run_id: Optional[str] = None, history_run
         t = _read_table(output_path, name)
         return None if t is None else t[t.run_id == which].reset_index(drop=True)
 
-    cen = of_run("centroids").sort_values("cluster_id").reset_index(drop=True)
+    cen = of_run("centroids")
+    if cen is None:  # a grouping-only run (kmeans.enabled: false): no clusters
+        cen = pd.DataFrame({"cluster_id": [], "size": [], "share": [], "description": []})
+    cen = cen.sort_values("cluster_id").reset_index(drop=True)
     met = of_run("metrics")
     km = met[(met.algorithm == "kmeans") & met.scope.isin(["full", "sample"])]
     if "cluster_id" in km:
@@ -124,7 +127,7 @@ def load_report_data(output_path: str, run_id: Optional[str] = None, history_run
     prof = of_run("profiles", base_id)
     lin = of_run("lineage")
 
-    art = model_artifact.load(row.model_path) if row.model_path else None
+    art = model_artifact.load(row.model_path) if _has_model(row.model_path) else None
     x = art.extras if art is not None else {}
     pts, cl = x.get("report_points"), x.get("report_cluster")
     order = {int(c): i for i, c in enumerate(art.cluster_ids)} if art is not None else {}
@@ -159,7 +162,7 @@ def load_report_data(output_path: str, run_id: Optional[str] = None, history_run
         invalid_counts={k: int(v) for k, v in invalid.items()}, k=int(row.k),
         k_selection=row.get("k_selection") or "fixed",
         gate_failures=list(row.gate_failures) if row.get("gate_failures") is not None else [],
-        gates_configured=_config_gates(row.config_json), stage_seconds=stage_s,
+        gates_configured=_config_gates(row.config_json) if int(row.k) else [], stage_seconds=stage_s,
         seconds=float(row.duration_seconds),
         clusters=cen[["cluster_id", "size", "share", "description"] + (["exemplar_ids"] if "exemplar_ids" in cen else [])],
         metrics=metrics,
@@ -173,8 +176,16 @@ def load_report_data(output_path: str, run_id: Optional[str] = None, history_run
     )
 
 
+def _has_model(model_path: Optional[str]) -> bool:
+    """Whether the run saved a K-means model (a grouping-only run's directory has none)."""
+    from clusterlake.io.fs import location
+
+    return bool(model_path) and location(model_path).child("model.json").exists()
+
+
 def _grouping_summary(model_path: Optional[str]) -> Optional[dict]:
-    """The run's ``<model>/grouping/grouping.json`` (grouping on), else None."""
+    """The run's ``<model>/grouping/grouping.json`` (grouping on), else None; a damaged one is
+    logged and left out (the rest of the report is drawn)."""
     import json
 
     from clusterlake.io.fs import location
@@ -182,7 +193,11 @@ def _grouping_summary(model_path: Optional[str]) -> Optional[dict]:
     if not model_path:
         return None
     f = location(model_path).child("grouping", "grouping.json")
-    return json.loads(f.read_bytes()) if f.exists() else None
+    try:
+        return json.loads(f.read_bytes()) if f.exists() else None
+    except (OSError, ValueError) as exc:
+        log.warning("report: %s could not be read (%s); the near-duplicates section is left out", f.uri, exc)
+        return None
 
 
 def report_location(output_path: str, run_id: str):

@@ -335,6 +335,8 @@ def dendrogram_cut_height(Z, level: int) -> Optional[float]:
 
 def _k_how(k_selection: str) -> str:
     s = (k_selection or "").strip()
+    if s == "none":
+        return "no K-means: near-duplicate groups only (kmeans.enabled: false)"
     if s == "fixed":
         return "fixed in the configuration"
     if s.startswith("auto"):

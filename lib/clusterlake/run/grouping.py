@@ -77,16 +77,19 @@ def _vector_dim(df, column: str) -> int:
     return int(rows["n"])
 
 
-def read_signed(run, step: str = "read+validate", check_ids: bool = True) -> Signed:
+def read_signed(run, step: str = "read+validate", check_ids: bool = True, version: Optional[int] = None) -> Signed:
     """Read, check and sign the grouping column; the invalid-row policy and unique ids (in the
-    stage ``step``; beside K-means, whose read checked the ids already, they are not checked again)."""
+    stage ``step``). Beside K-means, whose read checked the ids already, they are not checked again,
+    and ``version`` is the Delta version K-means read (the same snapshot)."""
     from pyspark.sql import functions as F
 
     from clusterlake.algorithms import grouping as G
     from clusterlake.io.columns import col as c
     from clusterlake.io.reader import InputSummary, _raise_duplicates, duplicate_ids, pin_version, read_table
 
-    cfg, icfg, gcfg = run.cfg, pin_version(run.spark, run.cfg.input), run.cfg.grouping
+    cfg, gcfg = run.cfg, run.cfg.grouping
+    icfg = run.cfg.input.model_copy(update={"version": version}) if version is not None else \
+        pin_version(run.spark, run.cfg.input)
     with run.step(step) as note:
         raw = read_table(run.spark, icfg)
         if icfg.id_column not in raw.columns:
@@ -113,12 +116,30 @@ def read_signed(run, step: str = "read+validate", check_ids: bool = True) -> Sig
         bad = {k: v for k, v in by_reason.items() if k is not None}
         n_used = _invalid_policy(icfg, gcfg.column, n, bad, signed, G.BAD)
         valid = signed.where(F.col(G.BAD).isNull()).drop(G.BAD) if bad else signed.drop(G.BAD)
+        _check_vertex_ids(raw, icfg.id_column, valid, n_used)
         summary = InputSummary(icfg.path, icfg.format, n, n_used, n - n_used, bad, [gcfg.column], [],
                                icfg.id_column, version=icfg.version)
         note.update(rows_read=n, rows_used=n_used, dropped=n - n_used, bands=band.bands, rows_per_band=band.rows)
         log.info("grouping: %s on '%s' at threshold %g: %d bands of %d hashes (recall %.3f for a pair at the "
                  "threshold)", kind, gcfg.column, gcfg.threshold, band.bands, band.rows, band.recall_at_threshold)
     return Signed(valid, summary, band, dim)
+
+
+def _check_vertex_ids(raw, id_col: str, valid, n_used: int) -> None:
+    """A non-integer id becomes a vertex by its 64-bit hash: two ids with one hash (about n^2 / 2^65:
+    one chance in 40 at a billion rows) would merge their rows' groups. Counted, and refused."""
+    from pyspark.sql import types as T
+
+    from clusterlake.algorithms.grouping import VID
+
+    if isinstance(raw.schema[id_col].dataType, T.IntegralType):
+        return
+    with spark_pass("vertex ids"):
+        distinct = valid.select(VID).distinct().count()
+    if distinct != n_used:
+        raise InputDataError(f"{n_used - distinct} pairs of distinct values of input.id_column '{id_col}' have the "
+                             "same 64-bit hash, which grouping uses as their vertex id; give the rows integer ids "
+                             "(e.g. a row number kept upstream) to group them")
 
 
 def _invalid_policy(icfg, column: str, n: int, bad: dict, signed, bad_col: str) -> int:
@@ -133,7 +154,9 @@ def _invalid_policy(icfg, column: str, n: int, bad: dict, signed, bad_col: str) 
         return n
     detail = ", ".join(f"{v} {k}" for k, v in sorted(bad.items(), key=lambda kv: -kv[1]))
     if icfg.invalid_rows == "fail":
-        eg = signed.where(F.col(bad_col).isNotNull()).select(icfg.id_column).first()
+        from clusterlake.io.columns import col as c
+
+        eg = signed.where(F.col(bad_col).isNotNull()).select(c(icfg.id_column)).first()
         raise InputDataError(
             f"input has {n_bad} of {n} rows whose grouping column '{column}' is invalid ({detail}; e.g. "
             f"{icfg.id_column} {eg[0]!r}): a null or empty set, or a bad vector; set input.invalid_rows: drop "
@@ -153,8 +176,10 @@ class PreviousGroups:
 
 def previous_groups(run) -> Optional[PreviousGroups]:
     """The groups tonight's ids are matched with: those of the newest committed run of an earlier
-    run_date (a re-run of a date is compared with what the run it replaces was compared with), and
-    the next group id it left. None on the first run."""
+    run_date that grouped (the one that left a ``next_group_id``; a night with grouping off or an
+    update is skipped), and that next id. A re-run of a date is compared with what the run it
+    replaces was compared with, and numbers its new groups as that run did (as cluster ids are).
+    None on the first grouping run."""
     import pyarrow.compute as pc
 
     from clusterlake.errors import OutputError
@@ -162,24 +187,20 @@ def previous_groups(run) -> Optional[PreviousGroups]:
     store = run.store
     try:
         runs = store.read("runs").select(["run_id", "run_date", "finished_at"])
+        metrics = store.read("metrics").select(["run_id", "scope", "metric", "value"])
     except (OutputError, FileNotFoundError, OSError):
         return None
-    earlier = runs.filter(pc.less(pc.cast(runs["run_date"], "string"), run.run_date))
-    if not earlier.num_rows:
+    nxt = metrics.filter(pc.and_(pc.equal(metrics["scope"], SCOPE), pc.equal(metrics["metric"], "next_group_id")))
+    grouped = {r["run_id"]: int(r["value"]) for r in nxt.to_pylist()}
+    earlier = [r for r in runs.to_pylist() if str(r["run_date"]) < run.run_date and r["run_id"] in grouped]
+    if not earlier:
         return None
-    last = earlier.sort_by([("run_date", "descending"), ("finished_at", "descending")]).slice(0, 1).to_pylist()[0]
+    last = max(earlier, key=lambda r: (str(r["run_date"]), r["finished_at"]))
     prev_id = str(last["run_id"])
-    groups = store.spark_read("groups", [prev_id], columns=[run.cfg.input.id_column, "group_id"])
-    metrics = store.spark_read("metrics", [prev_id], columns=["scope", "metric", "value"])
-    nxt = None
-    if metrics is not None:
-        got = metrics.where(f"scope = '{SCOPE}' AND metric = 'next_group_id'").first()
-        nxt = None if got is None else int(got["value"])
-    if groups is None or nxt is None:
-        log.info("grouping: the previous run %s wrote no groups: every group gets a new id", prev_id)
-        return PreviousGroups(prev_id, None, 0 if nxt is None else nxt)
-    log.info("grouping: matching tonight's groups with run %s's (next group id %d)", prev_id, nxt)
-    return PreviousGroups(prev_id, groups, nxt)
+    groups = store.spark_read("groups", [prev_id], [str(last["run_date"])],
+                              columns=[run.cfg.input.id_column, "group_id"])
+    log.info("grouping: matching tonight's groups with run %s's (next group id %d)", prev_id, grouped[prev_id])
+    return PreviousGroups(prev_id, groups, grouped[prev_id])
 
 
 def group_step(run, signed: Signed):
@@ -239,8 +260,8 @@ def save_grouping(run, g, signed: Signed) -> None:
 
 def run_grouping_job(cfg, spark=None):
     """The job with ``kmeans.enabled: false``: read and sign, group, then commit ``groups``,
-    ``metrics`` and the ``runs`` row together; the model directory (``model/latest`` moves to it)
-    holds the grouping's summary and band index only."""
+    ``metrics`` and the ``runs`` row together. The run's model directory (``runs.model_path``) holds
+    the grouping's summary and band index only: ``model/latest`` stays the last K-means model's."""
     from clusterlake.io.contract import metrics as metrics_table
     from clusterlake.io.contract.runs import FitFacts, RunRecord
     from clusterlake.run.result import RunResult
@@ -257,13 +278,15 @@ def run_grouping_job(cfg, spark=None):
             model_path = run.model_dir.uri
             record = RunRecord(kind="full", fit=FitFacts.no_fit(), n_components=0, model_path=model_path,
                                k_selection="none")
-            versions = run.publish(staged, lambda v: run.runs_row(signed.summary, record, v))
+            versions = run.publish(staged, lambda v: run.runs_row(signed.summary, record, v), move_latest=False)
         s = signed.summary
         log.info("run %s committed in %.1f s", run.run_id, run.seconds)
-        return RunResult(
+        result = RunResult(
             run_id=run.run_id, run_date=run.run_date, output_path=run.store.root.uri, model_path=model_path, k=0,
             sizes=[], metrics={m.metric: m.value for m in metrics}, table_versions=versions, rows_read=s.rows_read,
             rows_used=s.rows_used, rows_dropped=s.rows_dropped, seconds=round(run.seconds, 2),
             stage_seconds=run.step.seconds, spark_passes=run.step.passes, feature_columns=[],
             n_components=0, passes={}, descriptions=[], k_selection="none", gate_failures=[], cluster_ids=[],
             previous_run_id=None, lineage={}, drift={}, grouping={m.metric: m.value for m in metrics})
+    result.report_path = run.report()
+    return result

@@ -510,7 +510,7 @@ def write(run: Run, staged: list, inp: Input, pre: Prepared, fitted: Fitted, mea
         art = _artifact(run, inp, pre, fitted, measured, pfit)
         counts = _assign_and_save(run, staged, inp, fitted, pfit, art)
         staged_asg = staged[0]
-        grouped = _grouping(run, staged) if cfg.grouping.enabled else []
+        grouped = _grouping(run, staged, inp.summary.version) if cfg.grouping.enabled else []
         staged.append(run.stage_rows("centroids", centroids.rows(
             run.run_id, art.cluster_stats, fitted.centroids, ids, measured.parent_ids, measured.descriptions,
             measured.exemplars or None), centroids.DDL))
@@ -530,13 +530,13 @@ def write(run: Run, staged: list, inp: Input, pre: Prepared, fitted: Fitted, mea
     return Written(art, metrics, events, drift, failures, grouped)
 
 
-def _grouping(run: Run, staged: list) -> list:
+def _grouping(run: Run, staged: list, version: Optional[int]) -> list:
     """The near-duplicate groups beside K-means: the grouping column read and signed (its own
-    invalid rows counted under its own reasons), grouped, the ``groups`` table staged. Returns
-    the grouping's metrics."""
+    invalid rows counted under its own reasons; a Delta input at the version K-means read), grouped,
+    the ``groups`` table staged. Returns the grouping's metrics."""
     from clusterlake.run import grouping
 
-    signed = grouping.read_signed(run, step="grouping: read+sign", check_ids=False)
+    signed = grouping.read_signed(run, step="grouping: read+sign", check_ids=False, version=version)
     g, metrics = grouping.group_step(run, signed)
     grouping.stage_groups(run, staged, g, signed)
     return metrics

@@ -119,9 +119,10 @@ class Run:
         """Stage a small table built from contract rows (:mod:`clusterlake.io.contract`), one file."""
         return self.store.stage_rows(name, rows, ddl, append=append)
 
-    def publish(self, staged: list, runs_row: Callable[[dict], tuple]) -> dict:
+    def publish(self, staged: list, runs_row: Callable[[dict], tuple], move_latest: bool = True) -> dict:
         """Commit the staged tables, then the ``runs`` row built by ``runs_row(versions)``, then
-        point ``model/latest`` at this run (:func:`clusterlake.io.tables.publish_run`)."""
+        point ``model/latest`` at this run (:func:`clusterlake.io.tables.publish_run`), unless
+        ``move_latest`` is False (a run without a K-means model: ``latest`` stays the last model's)."""
         from clusterlake.io import model_artifact
         from clusterlake.io.contract import runs
         from clusterlake.io.tables import publish_run
@@ -131,7 +132,8 @@ class Run:
 
         with self.step("publish"):
             return publish_run(self.store, staged, stage_runs,
-                               after_commit=lambda: model_artifact.point_latest(self.model_root, self.run_id),
+                               after_commit=(lambda: model_artifact.point_latest(self.model_root, self.run_id))
+                               if move_latest else None,
                                guard=self.lock.assert_held)
 
     def runs_row(self, summary, record, versions: dict, cfg: Optional[JobConfig] = None) -> tuple:

@@ -26,6 +26,7 @@ its column name, as the table holds it: ``{"emb": [0.1, ...], "price": 3.0}`` (a
 
 from __future__ import annotations
 
+import datetime as _dt
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -434,3 +435,17 @@ class Assigner:
         d = np.sqrt(np.einsum("ijk,ijk->ij", diff, diff))
         order = np.argsort(d, axis=1, kind="stable")[:, :n]
         return self._ids[np.take_along_axis(cand, order, 1)], np.take_along_axis(d, order, 1)
+
+
+def json_id(v):
+    """A JSON-safe id: numbers and strings as they are, dates as ISO text, bytes as hex, anything
+    else as text."""
+    if isinstance(v, np.generic):
+        v = v.item()
+    if v is None or isinstance(v, (bool, int, str)) or isinstance(v, float) and np.isfinite(v):
+        return v
+    if isinstance(v, (_dt.date, _dt.datetime)):
+        return v.isoformat()
+    if isinstance(v, bytes):
+        return v.hex()
+    return str(v)

@@ -11,7 +11,7 @@ the candidates' exact similarity and returns those at or above the threshold, be
 The answer is approximate in the LSH sense only: a row at the threshold is found with the banding's
 recall (``recall_at_threshold``), a more similar one more surely; every similarity returned is
 exact. A band key shared by more than ``max_bucket`` indexed rows (many identical sets) yields its
-first ``max_bucket`` rows only, as the run's buckets did.
+first ``max_bucket`` rows only (the run linked the rest of such a bucket by a star and a chain).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 from clusterlake.errors import ClusterlakeError
 from clusterlake.io.fs import Location, location
 from clusterlake.kernels import minhash as M
+from clusterlake.serving.assigner import json_id as _py
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +77,8 @@ class DuplicateIndex:
         if not meta.get("index", True):
             return None  # grouping.index_rows was 0
         idx = folder.child(INDEX)
-        files = sorted(f for f in idx.fs.get_file_info(_selector(idx.path))
-                       if f.is_file and f.path.endswith(".parquet"))
+        files = sorted((f for f in idx.fs.get_file_info(_selector(idx.path))
+                        if f.is_file and f.path.endswith(".parquet")), key=lambda f: f.path)
         t = pa.concat_tables([pq.read_table(f.path, filesystem=idx.fs) for f in files]) if files else None
         if t is None or t.num_rows == 0:
             return cls(meta, np.zeros(0, dtype=object), np.zeros(0, np.int64), _empty_payload(meta),
@@ -104,7 +105,7 @@ class DuplicateIndex:
                 raise ItemError(f"'{self.meta['column']}' must hold only strings or only integers, got {sorted(k.__name__ for k in kinds)}")
             try:
                 arr = pa.array([tokens], pa.list_(pa.string() if kinds <= {str} else pa.int64()))
-            except (OverflowError, pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+            except (OverflowError, UnicodeError, pa.ArrowInvalid, pa.ArrowTypeError) as exc:
                 raise ItemError(f"'{self.meta['column']}': tokens that are not strings or 64-bit integers "
                                 f"({exc})") from None
             off, h = M.set_hashes(arr)
@@ -112,11 +113,12 @@ class DuplicateIndex:
             return M.band_keys(sig, self.bands, self.rows)[0].view(np.int64), (off, h)
         try:
             x = np.asarray(item, dtype=np.float64).reshape(-1)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise ItemError(f"'{self.meta['column']}' is a vector: give a list of numbers") from None
         dim = int(self.meta["dim"])
         if len(x) != dim or not np.isfinite(x).all() or not np.any(x):
             raise ItemError(f"'{self.meta['column']}' must be {dim} finite numbers, not all zero (got length {len(x)})")
+        x = x / np.abs(x).max()  # the norm of 1e308s would overflow
         u = (x / np.linalg.norm(x)).astype(np.float32)[None, :]
         bits = M.hyperplane_signatures(u, self.bands * self.rows, self.seed)
         return M.band_keys(bits, self.bands, self.rows)[0].view(np.int64), (u,)
@@ -186,7 +188,3 @@ def _empty_payload(meta: dict) -> tuple:
     return (np.zeros((0, int(meta.get("dim") or 1)), np.float32),)
 
 
-def _py(v):
-    if isinstance(v, np.generic):
-        return v.item()
-    return v

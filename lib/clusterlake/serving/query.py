@@ -19,7 +19,6 @@ is replaced while it loads is never read half old, half new.
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import logging
 import os
@@ -34,6 +33,7 @@ from clusterlake.io import model_artifact
 from clusterlake.io.fs import Location, location
 from clusterlake.kernels.assignment import assign_points
 from clusterlake.serving.assigner import Assigner, Rows
+from clusterlake.serving.assigner import json_id as _py
 from clusterlake.serving.duplicates import DuplicateIndex
 
 log = logging.getLogger(__name__)
@@ -78,17 +78,14 @@ def model_run_id(path: str) -> Optional[str]:
         return None
 
 
-def _py(v):
-    """A JSON-safe id: numbers and strings as they are, dates as ISO text, anything else as text."""
-    if isinstance(v, np.generic):
-        v = v.item()
-    if v is None or isinstance(v, (bool, int, str)) or isinstance(v, float) and np.isfinite(v):
-        return v
-    if isinstance(v, (_dt.date, _dt.datetime)):
-        return v.isoformat()
-    if isinstance(v, bytes):
-        return v.hex()
-    return str(v)
+def _duplicates(model_dir: Location) -> Optional[DuplicateIndex]:
+    """The run's band index; a damaged one is logged and left out (the clusters are still served)."""
+    try:
+        return DuplicateIndex.load(model_dir.uri)
+    except Exception as exc:  # noqa: BLE001 (serve the K-means model whatever is wrong with the index)
+        log.error("near-duplicate index under %s could not be loaded, /similar answers clusters only: %s: %s",
+                  model_dir.uri, type(exc).__name__, exc)
+        return None
 
 
 class ClusterCatalog:
@@ -124,7 +121,7 @@ class ClusterCatalog:
         np.fill_diagonal(d, np.inf)
         self._centroid_dist = d
         self._clusters = {int(c): self._describe(i, descriptions) for i, c in enumerate(assigner.cluster_ids)}
-        self.duplicates = DuplicateIndex.load(model_dir.uri)  # the run's band index (grouping), or None
+        self.duplicates = _duplicates(model_dir)  # the run's band index (grouping), or None
 
     @classmethod
     def load(cls, path: str, outlier_rule: str = "auto", cache_clusters: int = 32) -> "ClusterCatalog":
