@@ -341,14 +341,56 @@ def test_duplicate_index_answers_new_items_exactly(planted, first_night, tmp_pat
             idx.query(bad)
 
 
+class _Served:
+    """``clusterlake serve --model PATH`` in a subprocess, and a JSON client for it."""
+
+    def __init__(self, model: str):
+        import socket
+        import subprocess
+        import sys
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.proc = subprocess.Popen([sys.executable, "-m", "clusterlake.cli", "serve", "--model", model, "--port",
+                                      str(self.port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def call(self, method: str, path: str, body=None):
+        import http.client
+        import json
+
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        try:
+            conn.request(method, path, body=None if body is None else json.dumps(body).encode(),
+                         headers={"Content-Type": "application/json"})
+            r = conn.getresponse()
+            return r.status, json.loads(r.read())
+        finally:
+            conn.close()
+
+    def __enter__(self):
+        import time
+
+        deadline = time.time() + 60
+        while True:
+            try:
+                if self.call("GET", "/health")[0] == 200:
+                    return self
+            except OSError:
+                pass
+            assert time.time() < deadline and self.proc.poll() is None, \
+                f"clusterlake serve did not start: {self.proc.stdout.read() if self.proc.poll() is not None else ''}"
+            time.sleep(0.3)
+
+    def __exit__(self, *exc):
+        import signal
+
+        self.proc.send_signal(signal.SIGINT)
+        self.proc.communicate(timeout=20)
+
+
 def test_similar_answers_near_duplicates_in_process_and_over_http(beside):
-    import http.client
     import json
-    import signal
-    import socket
-    import subprocess
-    import sys
-    import time
 
     from clusterlake.serving.query import ClusterCatalog
 
@@ -358,38 +400,34 @@ def test_similar_answers_near_duplicates_in_process_and_over_http(beside):
     ans = cat.similar({"tokens": base}, n=5)
     assert ans["near_duplicates"] and ans["items"] and ans["items"][0]["similarity"] == 1.0
     assert ans["items"][0]["id"] == int(beside["ids"][0])
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "clusterlake.cli", "serve", "--model", latest, "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-    def call(body):
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        try:
-            conn.request("POST", "/similar", body=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
-            r = conn.getresponse()
-            return r.status, json.loads(r.read())
-        finally:
-            conn.close()
-
-    try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                status, got = call({"row": {"tokens": base}, "n": 5})
-                break
-            except OSError:
-                assert time.time() < deadline and proc.poll() is None, "clusterlake serve did not start"
-                time.sleep(0.3)
+    with _Served(latest) as srv:
+        status, got = srv.call("POST", "/similar", {"row": {"tokens": base}, "n": 5})
         assert status == 200 and got["items"] == json.loads(json.dumps(ans["items"]))
-        status, err = call({"row": {"tokens": [[1], {"a": 2}]}})
+        status, err = srv.call("POST", "/similar", {"row": {"tokens": [[1], {"a": 2}]}})
         assert status == 400 and "only strings or only integers" in err["error"]
-        status, err = call({"row": {"tokens": []}})
+        status, err = srv.call("POST", "/similar", {"row": {"tokens": []}})
         assert status == 400 and "empty set" in err["error"]
-    finally:
-        proc.send_signal(signal.SIGINT)
-        proc.communicate(timeout=20)
+        status, got = srv.call("POST", "/assign", {"row": {"a": 0.1, "b": 0.2}})  # the clusters still served
+        assert status == 200 and len(got["assignments"]) == 1
+
+
+def test_grouping_only_model_is_served_over_http(planted, first_night):
+    """A grouping-only run's model directory (runs.model_path): /similar answers near-duplicates;
+    the cluster endpoints say what this model is."""
+    res = first_night["res"]
+    base = planted["sets"][0].as_py()
+    with _Served(res.model_path) as srv:
+        status, h = srv.call("GET", "/health")
+        assert status == 200 and h["kind"] == "grouping" and h["run_id"] == res.run_id
+        assert h["indexed_rows"] == len(planted["ids"]) and h["column"] == "tokens"
+        status, got = srv.call("POST", "/similar", {"row": {"tokens": base}, "n": 3})
+        assert status == 200 and got["items"][0] == {"id": int(planted["ids"][0]), "group_id": got["items"][0]["group_id"],
+                                                     "similarity": 1.0}
+        for method, path, body in (("POST", "/assign", {"row": {"a": 1.0}}), ("GET", "/clusters", None),
+                                   ("GET", "/clusters/3", None), ("POST", "/nearest", {"row": {"a": 1.0}}),
+                                   ("POST", "/similar", {"row": {"a": 1.0}})):
+            status, err = srv.call(method, path, body)
+            assert status == 400 and "grouping-only run" in err["error"], (path, err)
 
 
 def test_string_ids(spark, tmp_path):

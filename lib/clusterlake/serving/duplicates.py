@@ -188,3 +188,52 @@ def _empty_payload(meta: dict) -> tuple:
     return (np.zeros((0, int(meta.get("dim") or 1)), np.float32),)
 
 
+class GroupingOnlyModel(ClusterlakeError):
+    """A question about clusters asked of a grouping-only run's model (no K-means)."""
+
+
+class GroupingCatalog:
+    """A grouping-only run's model directory (``kmeans.enabled: false``) as the HTTP service serves
+    it: near-duplicates of a new item (:meth:`similar`); the cluster questions raise
+    :class:`GroupingOnlyModel` naming what is served."""
+
+    assigner = None
+    artifact = None
+
+    def __init__(self, model_dir: Location, index: DuplicateIndex):
+        self.model_dir = model_dir
+        self.duplicates = index
+
+    @classmethod
+    def load(cls, path: str) -> "GroupingCatalog":
+        loc = location(path)
+        index = DuplicateIndex.load(loc.uri)
+        if index is None:
+            raise ClusterlakeError(f"{path} holds no near-duplicate index (grouping/grouping.json with "
+                                   "grouping.index_rows > 0); point at a run's model directory (runs.model_path)")
+        return cls(loc, index)
+
+    @property
+    def run_id(self) -> str:
+        return str(self.duplicates.meta.get("run_id"))
+
+    def near_duplicate_column(self, row) -> Optional[str]:
+        col = self.duplicates.meta["column"]
+        return col if isinstance(row, dict) and col in row else None
+
+    def _only(self) -> GroupingOnlyModel:
+        col = self.duplicates.meta["column"]
+        return GroupingOnlyModel(f"model {self.run_id} is a grouping-only run (kmeans.enabled: false): it has no "
+                                 f"clusters; it answers POST /similar with {{\"row\": {{\"{col}\": [...]}}}}")
+
+    def similar(self, row, n: int = 10, cluster_id: Optional[int] = None) -> dict[str, Any]:
+        col = self.near_duplicate_column(row)
+        if col is None or cluster_id is not None:
+            raise self._only()
+        return {"near_duplicates": True, "column": col, **self.duplicates.query(row[col], n)}
+
+    def health(self) -> dict[str, Any]:
+        m = self.duplicates.meta
+        return {"kind": "grouping", "column": m["column"], "similarity": m["similarity"],
+                "threshold": m["threshold"], "bands": m["bands"], "rows_per_band": m["rows"],
+                "indexed_rows": self.duplicates.size}

@@ -44,7 +44,7 @@ from starlette.routing import Route
 
 from clusterlake.errors import ClusterlakeError
 from clusterlake.serving.assigner import RowError
-from clusterlake.serving.query import ClusterCatalog, ClusterNotFound, model_run_id
+from clusterlake.serving.query import ClusterCatalog, ClusterNotFound, load_catalog, model_run_id
 
 log = logging.getLogger("clusterlake.serve")
 
@@ -91,10 +91,14 @@ class ModelHolder:
 
     def _load(self) -> Loaded:
         t0 = time.time()
-        cat = ClusterCatalog.load(self.path, outlier_rule=self.outlier_rule)
-        log.info("loaded model %s from %s (k=%d, %d features, outliers by %s) in %.2f s", cat.run_id,
-                 cat.model_dir.uri, cat.assigner.k, len(cat.assigner.feature_names), cat.assigner.outlier_rule,
-                 time.time() - t0)
+        cat = load_catalog(self.path, outlier_rule=self.outlier_rule)
+        if cat.assigner is None:
+            log.info("loaded the near-duplicate index of grouping-only run %s from %s (%d rows) in %.2f s",
+                     cat.run_id, cat.model_dir.uri, cat.duplicates.size, time.time() - t0)
+        else:
+            log.info("loaded model %s from %s (k=%d, %d features, outliers by %s) in %.2f s", cat.run_id,
+                     cat.model_dir.uri, cat.assigner.k, len(cat.assigner.feature_names),
+                     cat.assigner.outlier_rule, time.time() - t0)
         return Loaded(cat, time.time())
 
     def reload(self, force: bool = False) -> bool:
@@ -209,16 +213,19 @@ class _Endpoints:
     async def health(self, request):
         holder, cur = self.holder, self.holder.current
         assigner = cur.catalog.assigner
+        model = cur.catalog.health() if assigner is None else {
+            "run_date": cur.catalog.artifact.run_date, "k": assigner.k, "features": assigner.feature_names,
+            "outlier_rule": assigner.outlier_rule, "radius_stat": assigner.radius_stat}
         return JSONResponse({
-            "status": "ok", "run_id": cur.run_id, "run_date": cur.catalog.artifact.run_date, "k": assigner.k,
-            "features": assigner.feature_names, "outlier_rule": assigner.outlier_rule,
-            "radius_stat": assigner.radius_stat,
+            "status": "ok", "run_id": cur.run_id, **model,
             "model_path": holder.path, "model_dir": cur.catalog.model_dir.uri,
             "loaded_at": cur.loaded_at, "uptime_s": round(time.time() - self.started, 3), "reloads": holder.reloads,
             "last_reload_error": holder.last_error, "max_body_bytes": self.max_body_bytes, "max_rows": self.max_rows,
         })
 
     def _matrix(self, cat: ClusterCatalog, rows):
+        if cat.assigner is None:
+            raise cat._only()  # a grouping-only model: no clusters to assign to
         X = cat.assigner.matrix(rows)  # counted as rows: {"row": {f: [v1, v2, ...]}} is many rows too
         if len(X) > self.max_rows:
             raise HTTPError(413, f"{len(X)} rows in one request, over the limit of {self.max_rows}; split the batch")
@@ -241,6 +248,8 @@ class _Endpoints:
 
     async def nearest(self, request):
         body, rows, single, cat = await self._request(request)
+        if cat.assigner is None:
+            raise cat._only()
         n = _int(body, "n", min(5, cat.assigner.k), 1, cat.assigner.k)
         X = self._matrix(cat, rows)
         got = await run_in_threadpool(cat.nearest, X, n) if len(X) > _THREAD_ROWS else cat.nearest(X, n)
@@ -251,8 +260,8 @@ class _Endpoints:
         if not single:
             raise HTTPError(400, "/similar takes one row: {\"row\": {...}, \"n\": 10}")
         n = _int(body, "n", 10, 1, 1000)
-        if cat.near_duplicate_column(rows) is not None:  # {"row": {"tokens": [...]}}: near-duplicates
-            got = await run_in_threadpool(cat.similar, rows, n)
+        if cat.near_duplicate_column(rows) is not None or cat.assigner is None:  # {"row": {"tokens": [...]}}
+            got = await run_in_threadpool(cat.similar, rows, n, body.get("cluster_id"))
             return JSONResponse({"run_id": cat.run_id, **got})
         cid = _int(body, "cluster_id", None, -(1 << 31), (1 << 31) - 1)
         X = self._matrix(cat, rows)
@@ -261,6 +270,8 @@ class _Endpoints:
 
     async def clusters(self, request):
         cat = self.holder.current.catalog
+        if cat.assigner is None:
+            raise cat._only()
         return JSONResponse({"run_id": cat.run_id, "clusters": cat.clusters()})
 
     async def cluster(self, request):
@@ -269,7 +280,10 @@ class _Endpoints:
             cid = int(raw)
         except ValueError:
             raise HTTPError(400, f"cluster id must be an integer, got {raw!r}") from None
-        return JSONResponse(self.holder.current.catalog.cluster(cid))
+        cat = self.holder.current.catalog
+        if cat.assigner is None:
+            raise cat._only()
+        return JSONResponse(cat.cluster(cid))
 
 
 # ----------------------------------------------------------------------------------------------

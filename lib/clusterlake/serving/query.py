@@ -71,11 +71,27 @@ def resolve_model_dir(path: str) -> Location:
 
 
 def model_run_id(path: str) -> Optional[str]:
-    """The run id ``path``'s model.json names now (cheap: one small read), None if unreadable."""
-    try:
-        return json.loads(location(path).child("model.json").read_bytes()).get("run_id")
-    except Exception:  # noqa: BLE001 (a model being replaced or a missing file: "unknown")
-        return None
+    """The run id ``path``'s model.json (a grouping-only run's grouping.json) names now (cheap: one
+    small read), None if unreadable."""
+    loc = location(path)
+    for f in (loc.child("model.json"), loc.child("grouping", "grouping.json")):
+        try:
+            return json.loads(f.read_bytes()).get("run_id")
+        except Exception:  # noqa: BLE001 (a model being replaced or a missing file: "unknown")
+            continue
+    return None
+
+
+def load_catalog(path: str, outlier_rule: str = "auto"):
+    """What ``clusterlake serve`` serves at ``path``: a :class:`ClusterCatalog`, or for a
+    grouping-only run's model directory (no model.json, a band index) a
+    :class:`~clusterlake.serving.duplicates.GroupingCatalog`."""
+    from clusterlake.serving.duplicates import GroupingCatalog
+
+    loc = location(path)
+    if not loc.child("model.json").exists() and loc.child("grouping", "grouping.json").exists():
+        return GroupingCatalog.load(path)
+    return ClusterCatalog.load(path, outlier_rule=outlier_rule)
 
 
 def _duplicates(model_dir: Location) -> Optional[DuplicateIndex]:
