@@ -68,6 +68,8 @@ def grouping_summary(r: RunResult) -> str:
         f"rows: {r.rows_read:,} read, {r.rows_dropped:,} dropped, {r.rows_used:,} grouped",
         *grouping_lines(r.grouping),
         f"tables: {r.output_path}/{{{','.join(r.table_versions)}}}  (versions {r.table_versions})",
+        f"near-duplicate index: {r.model_path}/grouping  (clusterlake serve --model {r.model_path})",
+        *([f"report: {r.report_path}"] if r.report_path else []),
         "stages: " + ", ".join(f"{k} {v:.1f}s" for k, v in r.stage_seconds.items()),
         "=" * 78])
 
