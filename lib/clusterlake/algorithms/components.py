@@ -170,36 +170,7 @@ def connected_components(edges, src: str = "src", dst: str = "dst", *, checkpoin
 
     held = [store.keep(prepared, "round-0", cut=True)]  # live data, oldest first; held[0] the last cut
     try:
-        current = held[-1]
-        fp = _fingerprint(current.df)
-        log.info("connected components: %d distinct edges", fp[0])
-        rounds, converged = 0, fp[0] == 0
-        while not converged:
-            if rounds >= max_iterations:
-                raise RuntimeError(f"connected components did not converge in max_iterations={max_iterations} "
-                                   f"rounds ({fp[0]} edges left after the last round)")
-            rounds += 1
-            cut = store.root is None or rounds % checkpoint_every == 0
-            nxt = store.keep(_small_star(_large_star(current.df)), f"round-{rounds}", cut=cut, like=held[0].df)
-            new_fp = _fingerprint(nxt.df)  # fills the cache of a persisted round
-            log.info("connected components: round %d: %d edges%s", rounds, new_fp[0],
-                     f" (written to {nxt.uri})" if nxt.kind == "files" else "")
-            if cut:  # nothing depends on the older data now
-                for h in held:
-                    store.release(h)
-                held = [nxt]
-            else:  # the previous round, unless it is the last cut (the lineage of this one)
-                if len(held) > 1:
-                    store.release(held.pop())
-                held.append(nxt)
-            current = nxt
-            if new_fp == fp:
-                converged = _is_star_forest(current.df)
-                if not converged:  # equal fingerprints of different edge sets: keep going
-                    log.warning("connected components: round %d left the edge fingerprint unchanged but the "
-                                "edges are not stars yet; going on", rounds)
-            fp = new_fp
-
+        current, rounds = _converge(store, held, checkpoint_every, max_iterations)
         vertices = ends.select(F.explode(F.array("src", "dst")).alias("id")).distinct()
         stars = current.df.select(F.col("dst").alias("id"), F.col("src").alias("component"))
         result = vertices.join(stars, "id", "left").select(
@@ -213,6 +184,41 @@ def connected_components(edges, src: str = "src", dst: str = "dst", *, checkpoin
     log.info("connected components: %d vertices in %d components, %d rounds, %.1f s",
              totals["n"], totals["c"] or 0, rounds, time.monotonic() - t0)
     return out.df
+
+
+def _converge(store: "_Store", held: list, checkpoint_every: int, max_iterations: int):
+    """Large-star then small-star rounds until the edges stop changing (``held``: the live rounds,
+    oldest first, updated in place for the caller to release). Returns (the last round, rounds)."""
+    current = held[-1]
+    fp = _fingerprint(current.df)
+    log.info("connected components: %d distinct edges", fp[0])
+    rounds, converged = 0, fp[0] == 0
+    while not converged:
+        if rounds >= max_iterations:
+            raise RuntimeError(f"connected components did not converge in max_iterations={max_iterations} "
+                               f"rounds ({fp[0]} edges left after the last round)")
+        rounds += 1
+        cut = store.root is None or rounds % checkpoint_every == 0
+        nxt = store.keep(_small_star(_large_star(current.df)), f"round-{rounds}", cut=cut, like=held[0].df)
+        new_fp = _fingerprint(nxt.df)  # fills the cache of a persisted round
+        log.info("connected components: round %d: %d edges%s", rounds, new_fp[0],
+                 f" (written to {nxt.uri})" if nxt.kind == "files" else "")
+        if cut:  # nothing depends on the older data now
+            for h in held:
+                store.release(h)
+            held[:] = [nxt]
+        else:  # the previous round, unless it is the last cut (the lineage of this one)
+            if len(held) > 1:
+                store.release(held.pop())
+            held.append(nxt)
+        current = nxt
+        if new_fp == fp:
+            converged = _is_star_forest(current.df)
+            if not converged:  # equal fingerprints of different edge sets: keep going
+                log.warning("connected components: round %d left the edge fingerprint unchanged but the "
+                            "edges are not stars yet; going on", rounds)
+        fp = new_fp
+    return current, rounds
 
 
 def _check_arguments(edges, src: str, dst: str, checkpoint_every: int, max_iterations: int) -> None:
