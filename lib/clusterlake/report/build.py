@@ -139,18 +139,7 @@ def load_report_data(output_path: str, run_id: Optional[str] = None, history_run
             c2[i, : min(2, C.shape[1])] = C[order[int(c)], :2]
     hier = (art.passes.get("hierarchical") or {}) if art is not None else {}
 
-    # drift over the last runs: this run and the ones before it
-    upto = runs.iloc[: int(runs.index[runs.run_id == rid][-1]) + 1].tail(history_runs)
-    allm = _read_table(output_path, "metrics")
-    dm = allm[(allm.scope == "drift") & allm.run_id.isin(upto.run_id)]
-    if "cluster_id" in dm:
-        dm = dm[dm.cluster_id.isna()]
-    piv = dm.pivot_table(index="run_id", columns="metric", values="value", aggfunc="first") if len(dm) else pd.DataFrame()
-    hist = pd.DataFrame({"run_id": upto.run_id.values, "run_date": upto.run_date.astype(str).values
-                         if "run_date" in upto else upto.run_id.values,
-                         "silhouette": upto.silhouette.astype(float).values})
-    for col in ("changed_share", "centroid_shift_max"):
-        hist[col] = [float(piv.at[r, col]) if col in piv and r in piv.index else np.nan for r in hist.run_id]
+    hist = _drift_history(output_path, runs, rid, history_runs)
 
     invalid = row.invalid_counts
     invalid = dict(invalid) if invalid is not None else {}
@@ -198,6 +187,24 @@ def _grouping_summary(model_path: Optional[str]) -> Optional[dict]:
     except (OSError, ValueError) as exc:
         log.warning("report: %s could not be read (%s); the near-duplicates section is left out", f.uri, exc)
         return None
+
+
+def _drift_history(output_path: str, runs, rid: str, history_runs: int):
+    """This run and the ones before it (at most ``history_runs``): silhouette and run-level drift."""
+    import pandas as pd
+
+    upto = runs.iloc[: int(runs.index[runs.run_id == rid][-1]) + 1].tail(history_runs)
+    allm = _read_table(output_path, "metrics")
+    dm = allm[(allm.scope == "drift") & allm.run_id.isin(upto.run_id)]
+    if "cluster_id" in dm:
+        dm = dm[dm.cluster_id.isna()]
+    piv = dm.pivot_table(index="run_id", columns="metric", values="value", aggfunc="first") if len(dm) else pd.DataFrame()
+    hist = pd.DataFrame({"run_id": upto.run_id.values, "run_date": upto.run_date.astype(str).values
+                         if "run_date" in upto else upto.run_id.values,
+                         "silhouette": upto.silhouette.astype(float).values})
+    for col in ("changed_share", "centroid_shift_max"):
+        hist[col] = [float(piv.at[r, col]) if col in piv and r in piv.index else np.nan for r in hist.run_id]
+    return hist
 
 
 def report_location(output_path: str, run_id: str):
