@@ -84,5 +84,7 @@ def write_member_files(dest, cluster_ids: np.ndarray, ids: pa.Table, pos: np.nda
         })
         folder = dest.child(f"cluster_id={int(cid)}")
         folder.fs.create_dir(folder.path, recursive=True)
-        pq.write_table(table, folder.child("part-00000.parquet").path, filesystem=folder.fs)
+        # no dictionaries: unique ids and continuous values only (a dictionary attempt on them made
+        # the write 6x slower: 0.30 s for 200,000 members, 0.05 s without)
+        pq.write_table(table, folder.child("part-00000.parquet").path, filesystem=folder.fs, use_dictionary=False)
     return kept
