@@ -269,7 +269,9 @@ class RowsWorker(KMeansWorker):
             return {"n": 0}
         keep = id_hash_uniform(self.column(id_column), seed) < fractions[self.lab]
         idx = np.flatnonzero(keep)
-        z = np.concatenate([self.z64(s0, s1)[keep[s0:s1]] for s0, s1 in self.chunks()]).astype(np.float32)
+        z = np.empty((len(idx), self.prep.n_components), np.float32)  # only the kept rows are transformed
+        for s0 in range(0, len(idx), CHUNK):
+            z[s0:s0 + CHUNK] = self.prep.transform(np.asarray(self.raw[idx[s0:s0 + CHUNK]], dtype=np.float64))
         ids = pa.table({"id": self.column(id_column).take(pa.array(idx))})
         return {"n": int(len(idx)), "ids": table_bytes(ids), "pos": self.lab[idx], "distance": self.dist[idx],
                 "z": np.ascontiguousarray(z)}
