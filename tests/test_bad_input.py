@@ -245,6 +245,62 @@ def test_duplicate_string_ids_are_shown_quoted(spark, tmp_path):
     assert "1 duplicated ids" in msg and "'c-4' x2" in msg
 
 
+def _files(folder, parts: list, row_group_size: int = 50) -> str:
+    """One parquet file per list of ids in ``parts`` (blob features), several row groups each."""
+    os.makedirs(folder, exist_ok=True)
+    for i, ids in enumerate(parts):
+        cols = blobs(len(ids), seed=i)
+        cols["customer_id"] = np.asarray(ids, dtype=np.int64)
+        pq.write_table(pa.table(cols), os.path.join(folder, f"part-{i}.parquet"), row_group_size=row_group_size)
+    return str(folder)
+
+
+def test_sorted_ids_are_checked_by_the_tasks_without_a_spark_pass(spark, tmp_path):
+    # disjoint row-group ranges in the footers: no Spark pass over the ids, the tasks check them
+    path = _files(tmp_path / "in", [range(0, 150), range(150, 300), range(1000, 1150)])
+    res = run_job(job_config(path, str(tmp_path / "out"), **{"kmeans.k": 3}), spark=spark)
+    assert set(res.spark_passes["read+validate"]) == {"load rows"}
+    assert res.rows_used == 450 and sum(res.sizes) == 450
+
+
+def test_duplicates_inside_a_row_group_split_between_the_tasks(spark, tmp_path):
+    # one row group of 300 rows, split between the two tasks; its duplicates lie on both sides
+    ids = list(range(300))
+    ids[10] = ids[290] = ids[200] = 5  # id 5 four times
+    ids[20] = 250  # id 250 twice
+    path = _files(tmp_path / "in", [ids], row_group_size=300)
+    msg = fails(spark, path, tmp_path, **{"kmeans.num_tasks": 2})
+    assert "2 duplicated ids" in msg and "5 x4" in msg and "250 x2" in msg
+    assert msg.index("5 x4") < msg.index("250 x2")
+
+
+def test_duplicates_across_files_whose_ranges_overlap(spark, tmp_path):
+    # overlapping footers: the Spark pass over the id column finds the duplicate across files
+    path = _files(tmp_path / "in", [range(0, 150), list(range(100, 249)) + [7]])
+    msg = fails(spark, path, tmp_path)
+    assert "51 duplicated ids" in msg and "7 x2, 100 x2" in msg  # 100..149 and 7
+
+
+def test_footers_prove_ids_disjoint_only_for_sorted_integer_ranges(tmp_path):
+    from clusterlake.io.input_files import disjoint_id_ranges, merge_id_duplicates
+
+    def footer(ids, **kw):
+        f = str(tmp_path / f"f{len(os.listdir(tmp_path))}.parquet")
+        pq.write_table(pa.table({"id": ids, "x": np.zeros(len(ids))}), f, row_group_size=10, **kw)
+        return pq.read_metadata(f)
+
+    assert disjoint_id_ranges([footer(list(range(30))), footer(list(range(30, 60)))], "id")
+    assert not disjoint_id_ranges([footer(list(range(30))), footer(list(range(29, 60)))], "id")  # 29 in both
+    assert not disjoint_id_ranges([footer([3, 1, 2] * 10)], "id")  # row groups' ranges overlap
+    assert not disjoint_id_ranges([footer([f"c{i}" for i in range(30)])], "id")  # strings: not trusted
+    assert not disjoint_id_ranges([footer(list(range(30)), write_statistics=False)], "id")
+    assert not disjoint_id_ranges([footer(list(range(30)))], "customer_id")
+    # a row group read by two tasks counts once; examples: most repeated first, then by id
+    merged = merge_id_duplicates([{"a:0": [2, [[5, 4], [9, 2]]]}, {"a:0": [2, [[5, 4], [9, 2]]], "b:1": [1, [[1, 2]]]}])
+    assert merged == (3, [(5, 4), (1, 2), (9, 2)])
+    assert merge_id_duplicates([None, {}]) == ()
+
+
 # --------------------------------------------------------------------------------------------
 # too little data
 

@@ -108,6 +108,11 @@ class RowsWorker(KMeansWorker):
         """What validating the rows while loading them counted (JSON of a Validity)."""
         return {"validity": self.block.validity}
 
+    @command("id_duplicates")
+    def id_duplicates(self) -> dict:
+        """The duplicated ids the load found in the row groups it read (None: it did not check)."""
+        return {"dups": self.block.id_duplicates}
+
     @command("keep_features", stateful=True)
     def keep_features(self, columns: np.ndarray) -> dict:
         """Keep only these feature columns (the constant ones are dropped after the read)."""
@@ -372,6 +377,15 @@ class ResidentRows:
         order = reason_names(self.id_column, self.features, self.weight_column, self.vector)
         total.counts = {k: total.counts[k] for k in order if total.counts.get(k)}
         return total
+
+    def id_duplicates(self) -> tuple:
+        """The duplicated ids the tasks found as they loaded the row groups, merged as
+        :func:`clusterlake.io.reader.duplicate_ids` answers (``()``: none). Only meaningful when
+        the input's footers proved the row groups' ids disjoint
+        (:attr:`clusterlake.io.input_files.FileSlices.id_column`)."""
+        from clusterlake.io.input_files import merge_id_duplicates
+
+        return merge_id_duplicates(h["dups"] for h, _ in self.stage.call("id_duplicates"))
 
     def keep_features(self, kept: list[str]) -> None:
         """Keep the feature columns ``kept``, in that order, on the tasks' rows."""

@@ -53,6 +53,7 @@ class Block:
     partition: int
     columns: Optional[pa.Table] = None
     validity: Optional[dict] = None  # the load's validation counts (Validity JSON), when it validated
+    id_duplicates: Optional[dict] = None  # the row groups' duplicated ids, when the load checked them
     memory: TaskMemory = field(default_factory=TaskMemory)
 
     @property
@@ -326,7 +327,10 @@ def file_loader(scan, source: BlockSource, slices):
         capacity = sum(stop - start for task in tasks for _, _, start, stop in slices[task])
         parts = (part for task in tasks for part in _checked(local, (
             t.rename_columns([names[c] for c in t.schema.names]) for t in scan.read(slices[task], rows))))
-        return _assemble(local, parts, partition, capacity, memory or TaskMemory())
+        block = _assemble(local, parts, partition, capacity, memory or TaskMemory())
+        if scan.id_column is not None:  # the footers proved the row groups' ids disjoint
+            block.id_duplicates = scan.id_duplicates([s for task in tasks for s in slices[task]])
+        return block
 
     return load
 

@@ -272,6 +272,10 @@ class FileSlices:
     files: tuple
     columns: tuple
     as_double: tuple = ()
+    id_column: Optional[str] = None
+    """Set when the footers prove that no two row groups share an id (:func:`disjoint_id_ranges`):
+    then the ids are unique if each row group's are, which the tasks check as they load
+    (:meth:`id_duplicates`) instead of a Spark pass over the id column."""
 
     @property
     def rows(self) -> int:
@@ -324,29 +328,103 @@ class FileSlices:
                 pf.close()
 
 
+    def id_duplicates(self, slices) -> dict:
+        """The duplicated ids of every row group ``slices`` touch, each row group read whole (its
+        id column alone; a row group split between two tasks is checked by both):
+        ``{"file:group": [duplicated ids, [[id, count], ...] up to 5, most repeated first]}`` for
+        the row groups that have any. Null ids are left out (they are invalid rows)."""
+        import pyarrow.compute as pc
+
+        root, out, seen = location(self.root), {}, set()
+        for rel, g, _, _ in slices:
+            if (rel, g) in seen:
+                continue
+            seen.add((rel, g))
+            f = root.child(rel) if rel else root
+            with pq.ParquetFile(f.fs.open_input_file(f.path)) as pf:
+                ids = pf.read_row_group(g, columns=[self.id_column]).column(0)
+            if pc.count_distinct(ids, mode="only_valid").as_py() == pc.count(ids, mode="only_valid").as_py():
+                continue
+            vc = pc.value_counts(ids.drop_null())
+            many = pc.greater(vc.field("counts"), 1)
+            vals, counts = pc.filter(vc.field("values"), many).to_pylist(), pc.filter(vc.field("counts"), many).to_pylist()
+            top = sorted(zip(counts, vals), key=lambda cv: (-cv[0], cv[1]))[:5]
+            out[f"{rel}:{g}"] = [len(vals), [[v, c] for c, v in top]]
+        return out
+
+
+def merge_id_duplicates(parts) -> tuple:
+    """The tasks' :meth:`FileSlices.id_duplicates` merged (a row group reported twice counts
+    once) as :func:`clusterlake.io.reader.duplicate_ids` answers: ``(duplicated ids, up to 5
+    [(id, count)], most repeated first)``, or ``()`` when there is none."""
+    groups = {}
+    for part in parts:
+        groups.update(part or {})
+    if not groups:
+        return ()
+    examples = sorted((tuple(e) for _, ex in groups.values() for e in ex), key=lambda vc: (-vc[1], vc[0]))[:5]
+    return sum(n for n, _ in groups.values()), examples
+
+
+def _id_range(md, g: int, j: int) -> Optional[tuple[int, int]]:
+    """The (min, max) of an integer column ``j`` in row group ``g`` from its statistics, else None."""
+    col = md.row_group(g).column(j)
+    st = col.statistics
+    if st is None or not st.has_min_max or col.physical_type not in ("INT32", "INT64"):
+        return None
+    lo, hi = st.min, st.max
+    return (lo, hi) if isinstance(lo, int) and isinstance(hi, int) else None
+
+
+def disjoint_id_ranges(footers: list, id_column: str) -> bool:
+    """Whether the footers' row-group statistics prove that no two row groups share an id: an
+    integer id column with min/max in every non-empty row group, and the ranges pairwise disjoint
+    (ids sorted across files and row groups, as auto-increment keys usually are). ``footers``:
+    each file's parquet metadata."""
+    ranges = []
+    for md in footers:
+        names = [md.schema.column(i).path for i in range(md.num_columns)]
+        if id_column not in names:
+            return False
+        j = names.index(id_column)
+        for g in range(md.num_row_groups):
+            if md.row_group(g).num_rows == 0:
+                continue
+            r = _id_range(md, g, j)
+            if r is None:
+                return False
+            ranges.append(r)
+    ranges.sort()
+    return all(a[1] < b[0] for a, b in zip(ranges, ranges[1:]))
+
+
 _TASK_SCHEMES = ("file://", "s3://", "s3a://", "gs://", "gcs://")
 """Where the tasks read with pyarrow: local paths and the object stores pyarrow reaches with the
 executors' own credentials; anything else (hdfs://, dbfs:/, abfss://) is read by Spark."""
 
 
 def plain_file_scan(cfg: InputSection, columns: list[str], as_double: list[str],
-                    scanned: Optional[ParquetInput] = None) -> Optional[FileSlices]:
+                    scanned: Optional[ParquetInput] = None, unique_ids: Optional[str] = None) -> Optional[FileSlices]:
     """The input as :class:`FileSlices` when it is a plain parquet scan (format parquet, every one
     of ``columns`` in the files' footers with one type across files), else None (Spark reads it).
-    ``scanned``: :func:`scan_parquet` of it, when the caller made it already."""
+    ``scanned``: :func:`scan_parquet` of it, when the caller made it already. ``unique_ids``: the
+    id column, whose uniqueness the tasks check as they load when the footers allow it
+    (:attr:`FileSlices.id_column`)."""
     if cfg.format != "parquet" or ("://" in cfg.path and not cfg.path.startswith(_TASK_SCHEMES)):
         return None
     inp = scanned or scan_parquet(cfg)
     if inp.groups or inp.spark_schema is not None or any(c not in inp.types for c in columns):
         return None
     loc = location(cfg.path)
-    files = []
+    files, footers = [], []
     for rel in inp.files:
         f = loc.child(rel) if rel else loc
         with f.fs.open_input_file(f.path) as fh:
             md = pq.read_metadata(fh)
         files.append((rel, tuple(md.row_group(g).num_rows for g in range(md.num_row_groups))))
-    return FileSlices(loc.uri, tuple(files), tuple(dict.fromkeys(columns)), tuple(as_double))
+        footers.append(md)
+    ids = unique_ids if unique_ids and disjoint_id_ranges(footers, unique_ids) else None
+    return FileSlices(loc.uri, tuple(files), tuple(dict.fromkeys(columns)), tuple(as_double), ids)
 
 
 def frame_file_scan(df, columns: list[str]) -> Optional[FileSlices]:

@@ -141,8 +141,10 @@ def _draw_size(cfg) -> int:
 def read_input(run: Run) -> Input:
     """Read the input once: the engine's tasks load and validate its rows together
     (:mod:`clusterlake.algorithms.resident`) and keep the valid ones until the assignments are
-    written; then the invalid-row policy, constant columns and unique ids (a pass over the id
-    column) are decided, and tonight's features checked against the previous model's."""
+    written; then the invalid-row policy, constant columns and unique ids are decided, and
+    tonight's features checked against the previous model's. The ids: where the footers' row-group
+    statistics show no two row groups sharing an id, the tasks check each row group they load;
+    else one Spark pass over the id column, before the tasks hold the slots."""
     from clusterlake.algorithms import history
     from clusterlake.faults import pause_point
     from clusterlake.io import feature_contract
@@ -156,9 +158,14 @@ def read_input(run: Run) -> Input:
         named = resolve_columns(raw, icfg)
         vector = _read_errors(lambda: resolve_vector(raw, icfg), icfg.path)
         feats = named + (vector.names if vector else [])
-        dups = _read_errors(lambda: duplicate_ids(raw, icfg.id_column), icfg.path)  # before the tasks hold the slots
-        rows = _read_errors(lambda: _load(run, raw, named, scanned, vector), icfg.path)
+        source = _read_errors(lambda: _task_source(run, raw, named, scanned, vector), icfg.path)
+        by_tasks = source is not None and source.id_column is not None  # the tasks check the ids as they load
+        dups = None if by_tasks else \
+            _read_errors(lambda: duplicate_ids(raw, icfg.id_column), icfg.path)  # before the tasks hold the slots
+        rows = _read_errors(lambda: _load(run, raw, named, source, vector), icfg.path)
         pause_point("rows.loaded", run_id=run.run_id, rows=rows.rows)
+        if by_tasks:
+            dups = rows.id_duplicates()
         clean, summary = decide(raw, icfg, feats, rows.validity(), _k_before_fit(cfg), dups=dups,
                                 spark_free=rows.released, vector=vector)
         previous_art = history.previous_artifact(run.model_root, run.run_date)
@@ -173,14 +180,12 @@ def read_input(run: Run) -> Input:
     return Input(clean, summary, previous_art, change, rows, _draw_size(cfg), vector)
 
 
-def _load(run: Run, raw, feats: list[str], scanned=None, vector=None):
-    """The input's rows loaded into the engine's tasks, validated on the way: the named features
-    ``feats`` and the vector column's elements (``vector``, a VectorInput)."""
-    from clusterlake.algorithms.resident import ResidentRows, exact_in_float32
+def _task_source(run: Run, raw, feats: list[str], scanned=None, vector=None):
+    """The input as the engine's tasks read it themselves (a FileSlices), or None: Spark reads it.
+    The tasks also check the ids' uniqueness when the footers allow it (``id_column`` set)."""
     from clusterlake.io.input_files import plain_file_scan
-    from clusterlake.io.reader import load_columns
 
-    cfg, icfg = run.cfg, run.cfg.input
+    icfg = run.cfg.input
     types = {f.name: f.dataType.simpleString() for f in raw.schema.fields}
     profile = list(icfg.profile_columns or [])
     needed = [icfg.id_column, *feats] + ([vector.column] if vector else []) + \
@@ -188,9 +193,24 @@ def _load(run: Run, raw, feats: list[str], scanned=None, vector=None):
     doubles = [c for c in feats + profile if types[c] not in ("float", "double")] + \
         ([icfg.weight_column] if icfg.weight_column else [])
     in_tasks = icfg.read_in_tasks and not (vector and vector.ml_vector)  # an ML vector is Spark's to decode
-    source = plain_file_scan(icfg, needed, doubles, scanned) if in_tasks else None
-    log.info("the engine's tasks read %s", f"the {len(source.files)} parquet files themselves" if source
-             else "the input through Spark")
+    source = plain_file_scan(icfg, needed, doubles, scanned, unique_ids=icfg.id_column) if in_tasks else None
+    log.info("the engine's tasks read %s", (f"the {len(source.files)} parquet files themselves" if source
+                                            else "the input through Spark")
+             + ("; the footers show the row groups' ids disjoint: the tasks check them as they load"
+                if source is not None and source.id_column else ""))
+    return source
+
+
+def _load(run: Run, raw, feats: list[str], source=None, vector=None):
+    """The input's rows loaded into the engine's tasks, validated on the way: the named features
+    ``feats`` and the vector column's elements (``vector``, a VectorInput); ``source``: the files
+    the tasks read themselves (:func:`_task_source`), None: Spark reads the input."""
+    from clusterlake.algorithms.resident import ResidentRows, exact_in_float32
+    from clusterlake.io.reader import load_columns
+
+    cfg, icfg = run.cfg, run.cfg.input
+    types = {f.name: f.dataType.simpleString() for f in raw.schema.fields}
+    profile = list(icfg.profile_columns or [])
     elem_types = [vector.element_type] if vector else []
     rows = ResidentRows(run.spark, source or load_columns(raw, icfg, feats, vector), feats, icfg.id_column,
                         icfg.label_column, icfg.weight_column, exact_in_float32([types[c] for c in feats] + elem_types),
