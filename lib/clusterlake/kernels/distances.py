@@ -1,0 +1,205 @@
+"""Distances between rows under a named metric, block by block (numpy only; issue 23).
+
+K-means minimises squared Euclidean distances to means; under any other geometry the partition
+is k-medoids' (:mod:`clusterlake.kernels.kmedoids`), whose assignment of a row is its nearest
+medoid under the metric, and whose fit needs the sample's pairwise distances. This module is
+the one definition of each metric, as ``scipy.spatial.distance.cdist`` defines it (the tests
+hold every metric to it and to scikit-learn's ``pairwise_distances``, float32 and float64):
+
+================  ==========================================================================
+``euclidean``     ``sqrt(sum((x - y)^2))``
+``sqeuclidean``   ``sum((x - y)^2)``
+``cosine``        ``1 - x.y / (|x| |y|)`` (a zero vector is 1 from everything, itself included)
+``manhattan``     ``sum(|x - y|)`` (scipy's ``cityblock``)
+``chebyshev``     ``max(|x - y|)``
+``minkowski``     ``sum(|x - y|^p)^(1/p)``, ``p >= 1``
+``jaccard``       on 0/1 features: the share of disagreeing features among those set in either
+                  row (0 when neither row has any set)
+``hamming``       the share of features that differ
+``mahalanobis``   ``sqrt((x - y)^T VI (x - y))``, ``VI`` the inverse covariance of the input
+================  ==========================================================================
+
+Every result is float64, computed in float64 from either input type. The metrics that are inner
+products at heart (``euclidean``, ``sqeuclidean``, ``cosine``, ``jaccard``, ``mahalanobis``) are
+computed by GEMM (the squared norms ride in it; round-off ~1e-15 relative to the rows' squared
+norms, clamped at 0); the others by differences, ``block x m x d`` elements at a time within the
+memory budget. :func:`nearest` is the assignment: every row's nearest and second-nearest of a few
+reference rows (the medoids), exact differences for every metric.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+__all__ = ["METRICS", "Metric", "metric", "pairwise", "nearest"]
+
+METRICS = ("euclidean", "sqeuclidean", "cosine", "manhattan", "chebyshev", "minkowski", "jaccard", "hamming",
+           "mahalanobis")
+_GEMM = ("euclidean", "sqeuclidean", "cosine", "jaccard", "mahalanobis")
+_BUDGET = 64 << 20
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A named metric and its parameters: ``p`` (minkowski), ``VI`` (mahalanobis: the inverse
+    covariance, ``d x d``). Build it with :func:`metric`, which checks them."""
+
+    name: str
+    p: Optional[float] = None
+    VI: Optional[np.ndarray] = field(default=None, compare=False, repr=False)
+
+    def describe(self) -> str:
+        return f"minkowski (p={self.p:g})" if self.name == "minkowski" else self.name
+
+
+def metric(name: str, p: Optional[float] = None, VI: Optional[np.ndarray] = None) -> Metric:
+    """The :class:`Metric` ``name`` (one of :data:`METRICS`; ``cityblock`` is ``manhattan``), its
+    parameters checked. Raises ValueError naming what is wrong and what is accepted."""
+    name = {"cityblock": "manhattan", "l1": "manhattan", "l2": "euclidean"}.get(name, name)
+    if name not in METRICS:
+        raise ValueError(f"unknown distance {name!r}; the distances are {', '.join(METRICS)}")
+    if name == "minkowski":
+        if p is None or not np.isfinite(p) or p < 1:
+            raise ValueError(f"the minkowski distance needs p >= 1 (got {p!r}); p=1 is manhattan, p=2 euclidean")
+        p = float(p)
+    elif p is not None:
+        raise ValueError(f"p applies to the minkowski distance only, not {name}")
+    if name == "mahalanobis":
+        VI = np.asarray(VI, dtype=np.float64) if VI is not None else None
+        if VI is None or VI.ndim != 2 or VI.shape[0] != VI.shape[1] or not np.isfinite(VI).all():
+            raise ValueError("the mahalanobis distance needs VI, the inverse covariance (a finite square matrix)")
+        VI = (VI + VI.T) / 2.0
+    elif VI is not None:
+        raise ValueError(f"VI applies to the mahalanobis distance only, not {name}")
+    return Metric(name, p, VI)
+
+
+def _as64(A: np.ndarray) -> np.ndarray:
+    A = np.asarray(A)
+    if A.ndim != 2:
+        raise ValueError(f"rows must be a 2-D array, got shape {A.shape}")
+    return np.ascontiguousarray(A, dtype=np.float64)
+
+
+def _whiten(m: Metric, A: np.ndarray) -> np.ndarray:
+    """Rows mapped so that the mahalanobis distance is their euclidean one: ``A @ L`` with
+    ``VI = L L^T`` (an eigen-decomposition: VI may be only semi-definite)."""
+    w, V = np.linalg.eigh(m.VI)
+    if w.min() < -1e-10 * max(1.0, abs(w).max()):
+        raise ValueError("VI (mahalanobis) is not positive semi-definite")
+    return A @ (V * np.sqrt(np.clip(w, 0.0, None)))
+
+
+def _gemm_block(m: Metric, A: np.ndarray, B: np.ndarray, a_sq: np.ndarray, b_sq: np.ndarray) -> np.ndarray:
+    G = A @ B.T
+    if m.name == "cosine":
+        na, nb = np.sqrt(a_sq), np.sqrt(b_sq)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            cos = G / np.outer(na, nb)
+        cos[(na == 0)[:, None] | (nb == 0)[None, :]] = 0.0
+        return 1.0 - np.clip(cos, -1.0, 1.0)
+    if m.name == "jaccard":  # 0/1 rows: |x|^2 = the count set, x.y = both set
+        union = a_sq[:, None] + b_sq[None, :] - G
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out = np.where(union > 0, (union - G) / union, 0.0)
+        return out
+    D = a_sq[:, None] + b_sq[None, :] - 2.0 * G
+    np.maximum(D, 0.0, out=D)
+    return D if m.name == "sqeuclidean" else np.sqrt(D, out=D)
+
+
+def _diff_block(m: Metric, A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    Dl = A[:, None, :] - B[None, :, :]
+    if m.name == "hamming":
+        return (Dl != 0).mean(axis=2)
+    np.abs(Dl, out=Dl)
+    if m.name == "manhattan":
+        return Dl.sum(axis=2)
+    if m.name == "chebyshev":
+        return Dl.max(axis=2) if Dl.shape[2] else np.zeros(Dl.shape[:2])
+    if m.name == "minkowski":
+        return np.power(np.power(Dl, m.p).sum(axis=2), 1.0 / m.p)
+    Dl *= Dl  # euclidean / sqeuclidean / mahalanobis (whitened) by exact differences
+    s = Dl.sum(axis=2)
+    return s if m.name == "sqeuclidean" else np.sqrt(s)
+
+
+def _check_binary(m: Metric, *arrays: np.ndarray) -> None:
+    if m.name == "jaccard":
+        for A in arrays:
+            if A.size and not np.isin(A, (0.0, 1.0)).all():
+                raise ValueError("the jaccard distance on numeric columns needs 0/1 features "
+                                 "(for sets of tokens, give the set column: grouping.column)")
+
+
+def pairwise(X: np.ndarray, Y: np.ndarray, m: Metric, budget_bytes: int = _BUDGET) -> np.ndarray:
+    """The ``(len(X), len(Y))`` distances under ``m``, float64 (as ``cdist(X, Y, m.name)``)."""
+    X, Y = _as64(X), _as64(Y)
+    if X.shape[1] != Y.shape[1]:
+        raise ValueError(f"the rows have {X.shape[1]} and {Y.shape[1]} columns")
+    _check_binary(m, X, Y)
+    if m.name == "mahalanobis":
+        X, Y = _whiten(m, X), _whiten(m, Y)
+    n, k, d = len(X), len(Y), X.shape[1]
+    out = np.empty((n, k))
+    if m.name in _GEMM:
+        x_sq, y_sq = np.einsum("ij,ij->i", X, X), np.einsum("ij,ij->i", Y, Y)
+        step = int(max(1, budget_bytes // (8 * 3 * max(1, k))))
+        for s in range(0, n, step):
+            out[s:s + step] = _gemm_block(m, X[s:s + step], Y, x_sq[s:s + step], y_sq)
+    else:
+        step = int(max(1, budget_bytes // (8 * max(1, k) * max(1, d))))
+        for s in range(0, n, step):
+            out[s:s + step] = _diff_block(m, X[s:s + step], Y)
+    return out
+
+
+def nearest(X: np.ndarray, R: np.ndarray, m: Metric, budget_bytes: int = _BUDGET
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Every row's nearest and second-nearest of the reference rows ``R`` (the medoids) under
+    ``m``: ``(index, distance, second index, second distance)``; ties go to the lower index; with
+    one reference row the second is ``-1`` at distance ``inf``. Exact differences for every
+    metric (no GEMM round-off at the decision), ``R`` a few hundred rows at most in practice."""
+    X, R = _as64(X), _as64(R)
+    _check_binary(m, X, R)
+    if m.name == "mahalanobis":
+        X, R = _whiten(m, X), _whiten(m, R)
+    exact = Metric("euclidean") if m.name == "mahalanobis" else m
+    n, k, d = len(X), len(R), X.shape[1]
+    i1, i2 = np.zeros(n, np.int64), np.full(n, -1, np.int64)
+    d1, d2 = np.full(n, np.inf), np.full(n, np.inf)
+    if k == 0 or n == 0:
+        return np.full(n, -1, np.int64), d1, i2, d2
+    step = int(max(1, budget_bytes // (8 * k * max(1, d))))
+    for s in range(0, n, step):
+        if exact.name == "cosine":
+            D = _cosine_exact(X[s:s + step], R)
+        elif exact.name == "jaccard":
+            D = _jaccard_exact(X[s:s + step], R)
+        else:
+            D = _diff_block(exact, X[s:s + step], R)
+        order = np.argsort(D, axis=1, kind="stable")[:, :2]
+        rows = np.arange(len(D))
+        i1[s:s + step], d1[s:s + step] = order[:, 0], D[rows, order[:, 0]]
+        if k > 1:
+            i2[s:s + step], d2[s:s + step] = order[:, 1], D[rows, order[:, 1]]
+    return i1, d1, i2, d2
+
+
+def _cosine_exact(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    na, nb = np.linalg.norm(A, axis=1), np.linalg.norm(B, axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cos = np.einsum("id,kd->ik", A, B) / np.outer(na, nb)
+    cos[(na == 0)[:, None] | (nb == 0)[None, :]] = 0.0
+    return 1.0 - np.clip(cos, -1.0, 1.0)
+
+
+def _jaccard_exact(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    a, b = A[:, None, :] != 0, B[None, :, :] != 0
+    union = (a | b).sum(axis=2)
+    differ = (a ^ b).sum(axis=2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(union > 0, differ / union, 0.0)
