@@ -290,3 +290,46 @@ def test_k1_batch_assigner_and_ml_give_identical_answers(spark, job, small_table
     model = KMeansModel(one.centroids)
     _agree(ref, _ml_columns(model, Z, one.cluster_ids), "ml k=1", passes=False)
     assert not model.assign(Z).has_second.any() and model.predict(Z[0]) == 0
+
+
+# ----------------------------------------------------------------------------------------------
+# under another distance (k-medoids models, issue 23)
+
+
+@pytest.mark.parametrize("name, kw", [("manhattan", {}), ("chebyshev", {}), ("cosine", {}),
+                                      ("minkowski", {"p": 3.0})])
+def test_rule_under_another_distance_equals_brute_force(name, kw):
+    from scipy.spatial.distance import cdist
+
+    from clusterlake.kernels.distances import metric
+
+    rng = np.random.default_rng(11)
+    Z, M = rng.normal(size=(300, 5)), rng.normal(size=(7, 5))
+    a = AssignmentRule(M, np.arange(100, 107), metric=metric(name, **kw))(Z.astype(np.float32))
+    D = cdist(Z.astype(np.float32).astype(np.float64), M, {"manhattan": "cityblock"}.get(name, name), **kw)
+    order = np.argsort(D, axis=1, kind="stable")
+    rows = np.arange(len(Z))
+    np.testing.assert_array_equal(a.index, order[:, 0])
+    np.testing.assert_array_equal(a.cluster_id, 100 + order[:, 0])
+    np.testing.assert_array_equal(a.second_cluster_id, 100 + order[:, 1])
+    np.testing.assert_allclose(a.distance, D[rows, order[:, 0]], rtol=1e-12)
+    np.testing.assert_allclose(a.margin, D[rows, order[:, 1]] - D[rows, order[:, 0]], rtol=1e-9, atol=1e-12)
+    assert a.index.dtype == np.int32 and a.second_index.dtype == np.int32
+
+
+def test_rule_under_another_distance_with_one_medoid_has_no_second():
+    from clusterlake.kernels.distances import metric
+
+    a = AssignmentRule(np.zeros((1, 3)), metric=metric("manhattan"))(np.ones((4, 3)))
+    assert (a.index == 0).all() and np.allclose(a.distance, 3.0)
+    assert not a.has_second.any() and np.isnan(a.margin).all() and (a.second_cluster_id == NO_CLUSTER).all()
+
+
+def test_euclidean_metric_is_the_default_rule():
+    from clusterlake.kernels.distances import metric
+
+    rng = np.random.default_rng(2)
+    Z, C = rng.normal(size=(200, 4)), rng.normal(size=(5, 4))
+    a, b = AssignmentRule(C, metric=metric("euclidean"))(Z), AssignmentRule(C)(Z)
+    np.testing.assert_array_equal(a.index, b.index)
+    np.testing.assert_array_equal(a.distance, b.distance)

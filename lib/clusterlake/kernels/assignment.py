@@ -10,7 +10,9 @@ The rule, with its answer at every edge:
 
 * **nearest centroid** (:func:`clusterlake.kernels.distance.assign`): candidates ranked by the
   GEMM expansion, the best two re-ranked on exact distances ``sqrt(sum((z - c)^2))``. ``distance``
-  is that exact distance (a row on a centroid: exactly 0.0).
+  is that exact distance (a row on a centroid: exactly 0.0). Under another distance (a k-medoids
+  model: ``metric``), the nearest medoid by that distance, computed exactly
+  (:func:`clusterlake.kernels.distances.nearest`), and ``distance`` / ``margin`` in its units.
 * **ties**: an exact tie goes to the lowest centroid index (``index`` = row of ``centroids``;
   ``cluster_id = cluster_ids[index]``); the tied centroid is then the second, with margin 0.0.
 * **k == 1** (no second centroid): ``second_index`` and ``second_cluster_id`` are
@@ -40,6 +42,7 @@ import numpy as np
 from clusterlake.kernels import density as _density
 from clusterlake.kernels import hierarchy as _hierarchy
 from clusterlake.kernels.distance import assign
+from clusterlake.kernels.distances import Metric, nearest
 
 __all__ = ["NO_CLUSTER", "Assignment", "AssignmentRule", "assign_points", "density_labels"]
 
@@ -92,10 +95,13 @@ class AssignmentRule:
         Serving's latency option: find the nearest core point of small blocks by one GEMM instead
         of the pruned index (:func:`density_labels`). The two agree except on exact ties between
         core points; the batch job (and so the ``assignments`` table) always uses the index.
+    metric : Metric, optional
+        The model's distance (:mod:`clusterlake.kernels.distances`) when it is not Euclidean (a
+        k-medoids model); None or euclidean: the Euclidean rule above.
     """
 
     def __init__(self, centroids: np.ndarray, cluster_ids: Optional[np.ndarray] = None, density=None,
-                 hierarchy=None, small_search: bool = False):
+                 hierarchy=None, small_search: bool = False, metric: Optional[Metric] = None):
         self.centroids = np.ascontiguousarray(centroids, dtype=np.float64)
         k = self.centroids.shape[0]
         if k < 1:
@@ -106,6 +112,7 @@ class AssignmentRule:
         self.cluster_ids = ids.astype(np.int32)
         self.density = density
         self.hierarchy = hierarchy
+        self.metric = None if metric is None or metric.name == "euclidean" else metric
         self._core = _core_norms(density) if small_search else None
 
     @property
@@ -114,7 +121,7 @@ class AssignmentRule:
 
     def __call__(self, Z: np.ndarray) -> Assignment:
         """Assign the model-space rows ``Z`` (n, p): see the module docstring."""
-        lab, dist, sec, sdist = assign(Z, self.centroids)
+        lab, dist, sec, sdist = assign(Z, self.centroids) if self.metric is None else self._nearest(Z)
         out = Assignment(
             index=lab, cluster_id=self.cluster_ids[lab], distance=dist, second_index=sec,
             # k == 1: sec is NO_CLUSTER everywhere, and so is the id
@@ -127,6 +134,14 @@ class AssignmentRule:
         if self.hierarchy is not None:
             out.hierarchy = _hierarchy.extend(Z, self.hierarchy)
         return out
+
+
+    def _nearest(self, Z: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``assign``'s four arrays under :attr:`metric` (no second: index -1, distance NaN)."""
+        i1, d1, i2, d2 = nearest(Z, self.centroids, self.metric)
+        if self.k == 1:
+            d2 = np.full(len(d1), np.nan)
+        return i1.astype(np.int32), d1, i2.astype(np.int32), d2
 
 
 def assign_points(Z: np.ndarray, centroids: np.ndarray, cluster_ids: Optional[np.ndarray] = None, density=None,
