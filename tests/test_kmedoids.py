@@ -90,3 +90,24 @@ def test_silhouette_equals_sklearn_precomputed(metric_name):
     labels[5] = 11
     assert K.silhouette(D, labels) == pytest.approx(silhouette_score(D, labels, metric="precomputed"), abs=1e-12)
     assert np.isnan(K.silhouette(D, np.zeros(200)))
+
+
+def test_choose_k_by_the_silhouette_under_the_distance():
+    X = _blobs(300, 5, seed=9)
+    D = cdist(X, X, "cityblock")
+    k, scores, fits = K.choose_k(D, range(2, 9), seed=1)
+    assert k == 5 and set(scores) == set(range(2, 9))
+    assert scores[5] == max(scores.values())
+    assert scores[5] == pytest.approx(silhouette_score(D, fits[5].labels, metric="precomputed"), abs=1e-12)
+
+
+def test_float32_distances_give_the_float64_medoids():
+    from clusterlake.kernels.distances import metric, pairwise
+
+    X = _blobs(400, 6, seed=10)
+    m = metric("manhattan")
+    D64, D32 = pairwise(X, X, m), pairwise(X, X, m, dtype=np.float32)
+    assert D32.dtype == np.float32
+    a, b = K.fit(D64, 6, seed=2), K.fit(D32, 6, seed=2)
+    np.testing.assert_array_equal(a.medoids, b.medoids)
+    assert b.loss == pytest.approx(a.loss, rel=1e-6)

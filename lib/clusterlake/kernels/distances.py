@@ -22,7 +22,7 @@ hold every metric to it and to scikit-learn's ``pairwise_distances``, float32 an
 Every result is float64, computed in float64 from either input type. The metrics that are inner
 products at heart (``euclidean``, ``sqeuclidean``, ``cosine``, ``jaccard``, ``mahalanobis``) are
 computed by GEMM (the squared norms ride in it; round-off ~1e-15 relative to the rows' squared
-norms, clamped at 0); the others by differences, ``block x m x d`` elements at a time within the
+norms, clamped at 0); the others by differences (scipy's compiled ``cdist``), a block of rows at a time within the
 memory budget. :func:`nearest` is the assignment: every row's nearest and second-nearest of a few
 reference rows (the medoids), exact differences for every metric.
 """
@@ -111,20 +111,17 @@ def _gemm_block(m: Metric, A: np.ndarray, B: np.ndarray, a_sq: np.ndarray, b_sq:
     return D if m.name == "sqeuclidean" else np.sqrt(D, out=D)
 
 
+_SCIPY = {"manhattan": "cityblock", "chebyshev": "chebyshev", "minkowski": "minkowski", "hamming": "hamming",
+          "euclidean": "euclidean", "sqeuclidean": "sqeuclidean"}
+
+
 def _diff_block(m: Metric, A: np.ndarray, B: np.ndarray) -> np.ndarray:
-    Dl = A[:, None, :] - B[None, :, :]
-    if m.name == "hamming":
-        return (Dl != 0).mean(axis=2)
-    np.abs(Dl, out=Dl)
-    if m.name == "manhattan":
-        return Dl.sum(axis=2)
-    if m.name == "chebyshev":
-        return Dl.max(axis=2) if Dl.shape[2] else np.zeros(Dl.shape[:2])
-    if m.name == "minkowski":
-        return np.power(np.power(Dl, m.p).sum(axis=2), 1.0 / m.p)
-    Dl *= Dl  # euclidean / sqeuclidean / mahalanobis (whitened) by exact differences
-    s = Dl.sum(axis=2)
-    return s if m.name == "sqeuclidean" else np.sqrt(s)
+    """Distances by differences, scipy's compiled ``cdist`` (its definitions, float64)."""
+    from scipy.spatial.distance import cdist
+
+    if A.shape[1] == 0:
+        return np.zeros((len(A), len(B)))
+    return cdist(A, B, _SCIPY[m.name], **({"p": m.p} if m.name == "minkowski" else {}))
 
 
 def _check_binary(m: Metric, *arrays: np.ndarray) -> None:
@@ -135,8 +132,9 @@ def _check_binary(m: Metric, *arrays: np.ndarray) -> None:
                                  "(for sets of tokens, give the set column: grouping.column)")
 
 
-def pairwise(X: np.ndarray, Y: np.ndarray, m: Metric, budget_bytes: int = _BUDGET) -> np.ndarray:
-    """The ``(len(X), len(Y))`` distances under ``m``, float64 (as ``cdist(X, Y, m.name)``)."""
+def pairwise(X: np.ndarray, Y: np.ndarray, m: Metric, budget_bytes: int = _BUDGET, dtype=np.float64) -> np.ndarray:
+    """The ``(len(X), len(Y))`` distances under ``m`` (as ``cdist(X, Y, m.name)``), computed in
+    float64 and stored as ``dtype`` (float32 halves a large sample's matrix: 10 GB at 50,000)."""
     X, Y = _as64(X), _as64(Y)
     if X.shape[1] != Y.shape[1]:
         raise ValueError(f"the rows have {X.shape[1]} and {Y.shape[1]} columns")
@@ -144,14 +142,14 @@ def pairwise(X: np.ndarray, Y: np.ndarray, m: Metric, budget_bytes: int = _BUDGE
     if m.name == "mahalanobis":
         X, Y = _whiten(m, X), _whiten(m, Y)
     n, k, d = len(X), len(Y), X.shape[1]
-    out = np.empty((n, k))
+    out = np.empty((n, k), dtype=dtype)
     if m.name in _GEMM:
         x_sq, y_sq = np.einsum("ij,ij->i", X, X), np.einsum("ij,ij->i", Y, Y)
         step = int(max(1, budget_bytes // (8 * 3 * max(1, k))))
         for s in range(0, n, step):
             out[s:s + step] = _gemm_block(m, X[s:s + step], Y, x_sq[s:s + step], y_sq)
     else:
-        step = int(max(1, budget_bytes // (8 * max(1, k) * max(1, d))))
+        step = int(max(1, budget_bytes // (8 * max(1, k))))
         for s in range(0, n, step):
             out[s:s + step] = _diff_block(m, X[s:s + step], Y)
     return out
@@ -173,7 +171,7 @@ def nearest(X: np.ndarray, R: np.ndarray, m: Metric, budget_bytes: int = _BUDGET
     d1, d2 = np.full(n, np.inf), np.full(n, np.inf)
     if k == 0 or n == 0:
         return np.full(n, -1, np.int64), d1, i2, d2
-    step = int(max(1, budget_bytes // (8 * k * max(1, d))))
+    step = int(max(1, budget_bytes // (8 * k * max(1, d))))  # the exact cosine/jaccard temporaries
     for s in range(0, n, step):
         if exact.name == "cosine":
             D = _cosine_exact(X[s:s + step], R)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["KMedoidsFit", "fasterpam", "fit", "init_medoids", "silhouette"]
+__all__ = ["KMedoidsFit", "choose_k", "fasterpam", "fit", "init_medoids", "silhouette"]
 
 
 @dataclass
@@ -112,8 +112,11 @@ def _swap(D: np.ndarray, med: np.ndarray, nr: _Nearest, b: int, j: int) -> None:
 
 
 def fasterpam(D: np.ndarray, medoids: np.ndarray, max_iter: int = 100) -> KMedoidsFit:
-    """FasterPAM from the initial ``medoids`` (row indices) on the square distance matrix ``D``."""
-    D = np.asarray(D, dtype=np.float64)
+    """FasterPAM from the initial ``medoids`` (row indices) on the square distance matrix ``D``
+    (float64, or float32 for a large sample: read as is, every sum in float64)."""
+    D = np.asarray(D)
+    if D.dtype not in (np.float32, np.float64):
+        D = D.astype(np.float64)
     n = D.shape[0]
     med = np.array(medoids, dtype=np.int64)
     k = len(med)
@@ -169,6 +172,21 @@ def init_medoids(D: np.ndarray, k: int, seed: int) -> np.ndarray:
 def fit(D: np.ndarray, k: int, seed: int = 0, max_iter: int = 100) -> KMedoidsFit:
     """k-medoids++ then FasterPAM on the distance matrix ``D`` of a sample."""
     return fasterpam(D, init_medoids(D, k, seed), max_iter)
+
+
+def choose_k(D: np.ndarray, ks, seed: int = 0, max_iter: int = 100) -> tuple[int, dict, dict]:
+    """``k: auto`` for k-medoids: a fit for every candidate ``k`` of ``ks`` on the one distance
+    matrix, scored by the mean silhouette under the same distance; the best score wins (the
+    smaller k on a tie). Returns ``(k, {k: silhouette}, {k: KMedoidsFit})``."""
+    scores, fits = {}, {}
+    for k in sorted(set(int(v) for v in ks)):
+        fits[k] = fit(D, k, seed, max_iter)
+        scores[k] = silhouette(D, fits[k].labels)
+    valid = {k: v for k, v in scores.items() if np.isfinite(v)}
+    if not valid:
+        raise ValueError(f"no candidate k of {sorted(scores)} has a defined silhouette on {D.shape[0]} rows")
+    best = max(valid, key=lambda k: (valid[k], -k))
+    return best, scores, fits
 
 
 def silhouette(D: np.ndarray, labels: np.ndarray) -> float:
