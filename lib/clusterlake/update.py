@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from clusterlake.config import JobConfig
-from clusterlake.errors import InputDataError
+from clusterlake.errors import ConfigError, InputDataError
 from clusterlake.run.result import RunResult
 from clusterlake.run.scaffold import Run, check_model_id_column, open_run
 from clusterlake.stages import spark_pass
@@ -77,6 +77,12 @@ def _load_base(run: Run):
             f"(clusterlake run --config ...) with output.path={run.cfg.output.path}"
         )
     check_model_id_column(base, run.cfg.input.id_column)
+    if base.algorithm == "kmedoids":
+        raise ConfigError(
+            f"the model of run {base.run_id} is k-medoids: the update job moves K-means centroids by their "
+            "new rows' means, which k-medoids' medoids (rows of the data) are not; refit it with the nightly "
+            "job (clusterlake run --config ...), or assign new rows with the stream or serving"
+        )
     return base
 
 

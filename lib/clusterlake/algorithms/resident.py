@@ -170,9 +170,12 @@ class RowsWorker(KMeansWorker):
 
     # -- the assignment and what is measured on it
     @command("assign", stateful=True)
-    def assign(self, centers: np.ndarray) -> dict:
-        """Every row's nearest centroid (index) and distance, kept for the commands below."""
-        rule = AssignmentRule(centers)
+    def assign(self, centers: np.ndarray, metric: Optional[dict] = None) -> dict:
+        """Every row's nearest centroid (index) and distance, kept for the commands below
+        (``metric``: the model's distance when it is not Euclidean, as ``distances.to_spec``)."""
+        from clusterlake.kernels.distances import from_spec
+
+        rule = AssignmentRule(centers, metric=from_spec(metric))
         self.lab = np.empty(len(self.raw), dtype=np.int32)
         self.dist = np.empty(len(self.raw), dtype=np.float64)
         for s0, s1 in self.chunks():
@@ -195,6 +198,13 @@ class RowsWorker(KMeansWorker):
         return {"cnt": a.counts, "sz": a.sum_z, "sx": a.sum_x, "sq": a.sum_sq_dx, "sd": a.sum_dist,
                 "ssd": a.sum_sq_dist, "mx": a.max_dist, "cl": [kk[0] for kk in keys],
                 "ci": [int(kk[1]) for kk in keys], "cc": [int(a.contingency[kk]) for kk in keys]}
+
+    @command("distance_sums")
+    def distance_sums(self, k: int) -> dict:
+        """Per cluster: the sum, the sum of squares and the maximum of the rows' assignment
+        distances (under the model's distance: k-medoids' radii)."""
+        return {"s": np.bincount(self.lab, weights=self.dist, minlength=k),
+                "ss": np.bincount(self.lab, weights=self.dist * self.dist, minlength=k)}
 
     @command("mean_distances")
     def mean_distances(self, means: np.ndarray) -> dict:
@@ -284,12 +294,12 @@ class RowsWorker(KMeansWorker):
     @command("write_assignments")
     def write_assignments(self, dest: str, prefix: str, centers: np.ndarray, cluster_ids: np.ndarray,
                           id_column: str, run_id: str, label: Optional[str] = None,
-                          passes: Optional[np.ndarray] = None) -> dict:
+                          passes: Optional[np.ndarray] = None, metric: Optional[dict] = None) -> dict:
         """Write this task's ``assignments`` rows as one parquet file under ``dest`` (a temporary
         name renamed into place when complete); returns its name, rows and the pass counts."""
         from clusterlake.algorithms.assignment_files import write_task_file
 
-        return write_task_file(self, dest, prefix, centers, cluster_ids, id_column, run_id, label, passes)
+        return write_task_file(self, dest, prefix, centers, cluster_ids, id_column, run_id, label, passes, metric)
 
 
 
@@ -435,10 +445,13 @@ class ResidentRows:
         return X[np.argsort(key, kind="stable")[:size]]
 
     # -- on the fitted model
-    def assign(self, centroids: np.ndarray) -> None:
-        """Every row's nearest centroid and distance, kept on the tasks."""
+    def assign(self, centroids: np.ndarray, metric=None) -> None:
+        """Every row's nearest centroid and distance, kept on the tasks (``metric``: the model's
+        distance, a ``distances.Metric``; None: Euclidean)."""
+        from clusterlake.kernels.distances import to_spec
+
         far = None
-        for _, a in self.stage.call("assign", {"centers": np.asarray(centroids, np.float64)}):
+        for _, a in self.stage.call("assign", {"centers": np.asarray(centroids, np.float64)}, metric=to_spec(metric)):
             far = a["max"] if far is None else np.maximum(far, a["max"])
         self._max_dist = far
 
@@ -450,6 +463,18 @@ class ResidentRows:
         replies = self.stage.call("cluster_stats", {"centers": C, "x_center": np.asarray(x_center, np.float64)},
                                   label=self.label_column)
         return ClusterStats.merge(({**h, **a} for h, a in replies), k, p, d, self.label_column is not None)
+
+    @property
+    def max_distances(self) -> np.ndarray:
+        """Per cluster, the largest assignment distance of its rows (-inf for an empty one), from
+        :meth:`assign`."""
+        return self._max_dist
+
+    def distance_sums(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Per cluster: the sum and the sum of squares of the rows' assignment distances (under
+        the model's distance). Needs :meth:`assign`."""
+        replies = [a for _, a in self.stage.call("distance_sums", k=int(k))]
+        return np.sum([a["s"] for a in replies], axis=0), np.sum([a["ss"] for a in replies], axis=0)
 
     def mean_distances(self, means: np.ndarray) -> np.ndarray:
         M = np.nan_to_num(np.asarray(means, dtype=np.float64))
@@ -509,12 +534,14 @@ class ResidentRows:
         return pa.concat_tables(ids), np.concatenate(pos), np.concatenate(dist), np.concatenate(zs)
 
     def write_assignments(self, folder, centroids: np.ndarray, cluster_ids: np.ndarray, run_id: str,
-                          density=None, hierarchy=None) -> dict:
+                          density=None, hierarchy=None, metric=None) -> dict:
         """Every task writes its ``assignments`` file into ``folder`` (a Location); returns the
-        pass counts (:func:`~clusterlake.algorithms.assignment_files.merge_pass_counts`)."""
+        pass counts (:func:`~clusterlake.algorithms.assignment_files.merge_pass_counts`).
+        ``metric``: the model's distance (k-medoids), None: Euclidean."""
         import uuid
 
         from clusterlake.algorithms import assignment_files as files
+        from clusterlake.kernels.distances import to_spec
 
         arrays = {"centers": np.asarray(centroids, np.float64), "cluster_ids": np.asarray(cluster_ids, np.int32)}
         passes = files.pack_passes(density, hierarchy)
@@ -522,7 +549,8 @@ class ResidentRows:
             arrays["passes"] = passes
         t0 = time.time()
         replies = self.stage.call("write_assignments", arrays, dest=folder.uri, prefix=uuid.uuid4().hex[:12],
-                                  id_column=self.id_column, run_id=run_id, label=self.label_column)
+                                  id_column=self.id_column, run_id=run_id, label=self.label_column,
+                                  metric=to_spec(metric))
         names = {h["file"] for h, _ in replies if h["file"]}
         stale = files.keep_only(folder, names)
         if stale:

@@ -77,6 +77,14 @@ class ModelArtifact:
     lineage: dict = field(default_factory=dict)  # kind, previous_run_id, base_run_id, assignment_runs, next_cluster_id
     quality: dict = field(default_factory=dict)  # silhouette, davies_bouldin, calinski_harabasz (None = undefined)
 
+    def metric(self):
+        """The model's distance as a :class:`~clusterlake.kernels.distances.Metric` when it is not
+        Euclidean (a k-medoids model: ``meta.metric``), else None (Euclidean; cosine models assign
+        by Euclidean distance on the unit sphere)."""
+        from clusterlake.kernels.distances import from_spec
+
+        return from_spec(self.meta.get("metric")) if self.algorithm == "kmedoids" else None
+
     @property
     def next_cluster_id(self) -> int:
         """The smallest cluster id this model's lineage has never used."""

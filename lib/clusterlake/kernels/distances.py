@@ -34,7 +34,7 @@ from typing import Optional
 
 import numpy as np
 
-__all__ = ["METRICS", "Metric", "metric", "pairwise", "nearest"]
+__all__ = ["METRICS", "Metric", "from_spec", "metric", "nearest", "pairwise", "to_spec"]
 
 METRICS = ("euclidean", "sqeuclidean", "cosine", "manhattan", "chebyshev", "minkowski", "jaccard", "hamming",
            "mahalanobis")
@@ -75,6 +75,24 @@ def metric(name: str, p: Optional[float] = None, VI: Optional[np.ndarray] = None
     elif VI is not None:
         raise ValueError(f"VI applies to the mahalanobis distance only, not {name}")
     return Metric(name, p, VI)
+
+
+def to_spec(m: Optional[Metric]) -> Optional[dict]:
+    """``m`` as plain JSON data (the model artifact's ``meta.metric``, a task command's argument):
+    ``{"name", "p", "VI"}``; None for None."""
+    if m is None:
+        return None
+    return {"name": m.name, "p": m.p, "VI": None if m.VI is None else m.VI.tolist()}
+
+
+def from_spec(spec: Optional[dict]) -> Optional[Metric]:
+    """The :class:`Metric` of :func:`to_spec`'s data (checked again: it may come from a file)."""
+    if not spec:
+        return None
+    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+        raise ValueError(f"not a distance: {spec!r}")
+    vi = spec.get("VI")
+    return metric(spec["name"], p=spec.get("p"), VI=None if vi is None else np.asarray(vi, dtype=np.float64))
 
 
 def _as64(A: np.ndarray) -> np.ndarray:

@@ -72,6 +72,7 @@ class Fitted:
     previous: object  # clusterlake.algorithms.history.Previous (None on the first run)
     matching: object  # stable ids: clusterlake.algorithms.lineage match result
     auto: object = None  # clusterlake.algorithms.auto_k result (k: auto)
+    metric: object = None  # the model's distance when it is not Euclidean (k-medoids): kernels.distances.Metric
 
     @property
     def centroids(self) -> np.ndarray:
@@ -129,7 +130,9 @@ def _column_types(df) -> dict[str, str]:
 def _draw_size(cfg) -> int:
     """The largest sample a step of the run takes (quality, auto-k, the sample passes)."""
     sizes = [cfg.quality.sample_size]
-    if cfg.kmeans.k == "auto":
+    if cfg.kmeans.algorithm == "kmedoids":
+        sizes.append(cfg.kmeans.kmedoids.sample_size)
+    elif cfg.kmeans.k == "auto":
         sizes.append(cfg.kmeans.auto.sample_size)
     if cfg.density.enabled:
         sizes.append(cfg.density.sample_size)
@@ -277,7 +280,7 @@ def choose_k(run: Run, inp: Input, pre: Prepared):
     from clusterlake.algorithms.auto_k import choose_k as choose
 
     cfg, km = run.cfg, run.cfg.kmeans
-    if km.k != "auto":
+    if km.k != "auto" or km.algorithm == "kmedoids":  # k-medoids: on its sample's distances, in fit()
         return None
     with run.step("auto-k") as note:
         a = km.auto
@@ -296,6 +299,8 @@ def fit(run: Run, inp: Input, pre: Prepared, auto=None) -> Fitted:
     from clusterlake.algorithms.kmeans import fit_kmeans, warm_start_centers
 
     cfg = run.cfg
+    if cfg.kmeans.algorithm == "kmedoids":
+        return _fit_kmedoids(run, inp, pre, history.load_previous(inp.previous_art, pre.prep))
     k = auto.k if auto is not None else int(cfg.kmeans.k)
     kcfg = cfg.kmeans.model_copy(update={"k": k}) if auto is not None else cfg.kmeans
     previous = history.load_previous(inp.previous_art, pre.prep)
@@ -309,6 +314,23 @@ def fit(run: Run, inp: Input, pre: Prepared, auto=None) -> Fitted:
                     **{k_ if k_ in ("tasks", "recoveries") else f"{k_}_s": v
                        for k_, v in f.timings.items() if v is not None})
     return Fitted(f, previous, matching, auto)
+
+
+def _fit_kmedoids(run: Run, inp: Input, pre: Prepared, previous) -> Fitted:
+    """k-medoids: the medoids chosen on the run's sample under ``kmeans.distance`` (the driver;
+    every row is assigned to its nearest medoid by the tasks afterwards); stable ids as K-means'."""
+    from clusterlake.algorithms import kmedoids as km
+    from clusterlake.memory import driver_budget_bytes
+
+    cfg = run.cfg
+    with run.step("kmeans") as note:
+        dist = km.distance_of(cfg.kmeans, pre.moments, pre.prep)
+        S = _sample_z(run, inp, pre.prep, cfg.kmeans.kmedoids.sample_size)
+        f, auto = km.fit_kmedoids(S, cfg.kmeans, dist, driver_budget_bytes(cfg.job.driver_memory_gb))
+        matching = stable_ids.match(previous, f.centroids, cfg.lineage.max_distance)
+        note.update(k=len(f.centroids), algorithm="kmedoids", distance=dist.describe(), sample=len(S),
+                    passes=f.n_iter, loss=round(f.training_cost, 6), **f.timings)
+    return Fitted(f, previous, matching, auto, dist)
 
 
 def _fit_held(inp: Input, pre: Prepared, kcfg, weight_col, initial):
@@ -333,14 +355,17 @@ def measure(run: Run, inp: Input, pre: Prepared, fitted: Fitted) -> Measured:
     with run.step("metrics") as note:
         held = inp.rows_held
         with spark_pass("assign"):
-            held.assign(C)
+            held.assign(C, fitted.metric)
         with spark_pass("cluster statistics"):
             stats = held.cluster_stats(C, pre.moments.mean)
             sdm = held.mean_distances(stats.means_z)
         metrics = full_metrics(stats, C, sdm)
         Zs = _sample_z(run, inp, pre.prep, cfg.quality.sample_size)
-        sample_pos = AssignmentRule(C)(Zs).index
-        if not _passes_on(cfg):  # else in the passes' step, with theirs: one distance pass
+        sample_pos = AssignmentRule(C, metric=fitted.metric)(Zs).index
+        if fitted.metric is not None:  # k-medoids: its loss, mean distance and silhouette under its distance
+            metrics = [m for m in metrics if m.metric != "mean_distance"] + \
+                _distance_metrics(run, held, Zs, sample_pos, fitted, stats)
+        elif not _passes_on(cfg):  # else in the passes' step, with theirs: one distance pass
             sil, _ = sampled_silhouettes(Zs, sample_pos, PassFit())
             metrics += [sil] if sil is not None else []
         by_name = {m.metric: m.value for m in metrics}
@@ -355,6 +380,32 @@ def measure(run: Run, inp: Input, pre: Prepared, fitted: Fitted) -> Measured:
             log.info("cluster %d: %s", cid, text)
         tree, parent_ids = stable_ids.relabel_tree(_tree(fitted.fit, C, stats.counts), fitted.cluster_ids)
     return Measured(stats, metrics, Zs, sample_pos, prof, descriptions, tree, parent_ids, by_name, exemplars)
+
+
+def _distance_metrics(run: Run, held, Zs: np.ndarray, pos: np.ndarray, fitted: Fitted, stats) -> list:
+    """A k-medoids model's figures under its own distance: over every row, its loss (the sum of
+    the rows' distances to their medoid, k-medoids' objective) and ``mean_distance``; the cluster
+    radii (``stats``' distance sums and maxima) become those distances too, as the
+    ``assignments`` table's; on the first ``kmeans.kmedoids.sample_size`` rows of the quality
+    sample, the silhouette. Inertia, Calinski-Harabasz and Davies-Bouldin stay scikit-learn's
+    label-based figures in the Euclidean model space (computed before)."""
+    from clusterlake.algorithms import kmedoids as km
+    from clusterlake.io.contract.metrics import Metric
+    from clusterlake.memory import driver_budget_bytes
+
+    cfg = run.cfg
+    with spark_pass("distance sums"):
+        s, ss = held.distance_sums(len(fitted.centroids))
+    stats.sum_dist, stats.sum_sq_dist, stats.max_dist = s, ss, np.maximum(held.max_distances, 0.0)
+    n = int(stats.counts.sum())
+    out = [Metric("full", "loss", float(s.sum()), n), Metric("full", "mean_distance", float(s.sum() / n), n)]
+    m = min(len(Zs), cfg.kmeans.kmedoids.sample_size)
+    sil = km.sample_silhouette(Zs[:m], pos[:m], fitted.metric, driver_budget_bytes(cfg.job.driver_memory_gb))
+    if np.isfinite(sil):
+        out.append(Metric("sample", "silhouette", float(sil), m))
+    else:
+        log.warning("k-medoids' silhouette is undefined on a sample of %d rows (fewer than 2 clusters in it)", m)
+    return out
 
 
 def _profiles(inp: Input, pre: Prepared, stats, extra_columns: list[str]):
@@ -404,7 +455,7 @@ def sample_passes(run: Run, inp: Input, pre: Prepared, measured: Measured):
         pfit = sp.fit_passes(cfg, Zp)
         t0 = time.time()
         sil, pass_sils = sp.sampled_silhouettes(measured.sample_z, measured.sample_pos, pfit, Zp, cfg.density.algorithm)
-        if sil is not None:
+        if sil is not None and "silhouette" not in measured.by_name:  # k-medoids scored its own, under its distance
             measured.metrics.append(sil)
             measured.by_name["silhouette"] = sil.value
         pfit.metrics += pass_sils
@@ -418,6 +469,7 @@ def _artifact(run: Run, inp: Input, pre: Prepared, fitted: Fitted, measured: Mea
     from clusterlake.algorithms import sample_passes as sp
     from clusterlake.io import model_artifact
     from clusterlake.io.contract.centroids import cluster_figures
+    from clusterlake.kernels.distances import to_spec
 
     cfg, prev = run.cfg, fitted.previous
     passes, extras = sp.to_artifact(pfit, cfg)
@@ -431,6 +483,7 @@ def _artifact(run: Run, inp: Input, pre: Prepared, fitted: Fitted, measured: Mea
         cluster_ids=fitted.cluster_ids, distance=cfg.kmeans.distance, algorithm=cfg.kmeans.algorithm,
         meta={"job": cfg.job.name, "id_column": cfg.input.id_column, "engine": fitted.fit.engine,
               "init": fitted.fit.init, "descriptions": measured.descriptions, "exemplars": measured.exemplars,
+              **({"metric": to_spec(fitted.metric)} if fitted.metric is not None else {}),
               **(inp.vector_meta or {})},
         tree=measured.tree, passes=passes, extras=extras, cluster_stats=cluster_figures(measured.stats),
         lineage={"kind": "full", "previous_run_id": prev.run_id if prev else None, "base_run_id": run.run_id,
@@ -480,7 +533,7 @@ def _assign_and_save(run: Run, staged: list, inp: Input, fitted: Fitted, pfit, a
 
     def write(folder):
         return held.write_assignments(folder, fitted.centroids, fitted.cluster_ids, run.run_id,
-                                      pfit.density, pfit.hierarchy)
+                                      pfit.density, pfit.hierarchy, fitted.metric)
 
     with spark_pass("write assignments"):
         st, counts = run.store.stage_files("assignments", write)

@@ -138,7 +138,9 @@ class Assigner:
             density.nearest_core(np.zeros((1, self._centroids.shape[1])))  # build its index now
         else:
             density = None  # the radius policy needs no density search
-        self._rule = rule_kernel.AssignmentRule(self._centroids, self._ids, density, small_search=True)
+        self.metric = artifact.metric()  # a k-medoids model's distance; None: Euclidean
+        self._rule = rule_kernel.AssignmentRule(self._centroids, self._ids, density, small_search=True,
+                                                metric=self.metric)
         self.radius_stat, self._threshold = self._radius_threshold(radius_stat)
 
     def _choose_rule(self, outlier_rule: str, has_density: bool) -> str:
@@ -426,6 +428,12 @@ class Assigner:
         nearest first, distances exact (computed from the differences)."""
         Z = self.transform(rows)
         n = max(1, min(int(n), self.k))
+        if self.metric is not None:  # a k-medoids model: every medoid under its distance (k is small)
+            from clusterlake.kernels.distances import pairwise
+
+            d = pairwise(Z, self._centroids, self.metric)
+            order = np.argsort(d, axis=1, kind="stable")[:, :n]
+            return self._ids[order], np.take_along_axis(d, order, 1)
         # rank with the GEMM expansion, then recompute the candidates exactly and re-sort
         score = self._c_sq[None, :] - 2.0 * (Z @ self._centroids.T)
         m = min(self.k, n + 2)  # two spare candidates absorb round-off near-ties at the cut

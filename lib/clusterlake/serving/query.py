@@ -31,7 +31,8 @@ import numpy as np
 from clusterlake.errors import ClusterlakeError
 from clusterlake.io import model_artifact
 from clusterlake.io.fs import Location, location
-from clusterlake.kernels.assignment import assign_points
+from clusterlake.kernels.assignment import AssignmentRule
+from clusterlake.kernels.distances import pairwise
 from clusterlake.serving.assigner import Assigner, Rows
 from clusterlake.serving.assigner import json_id as _py
 from clusterlake.serving.duplicates import DuplicateIndex
@@ -270,12 +271,15 @@ class ClusterCatalog:
         if len(Z) != 1:
             raise ClusterlakeError(f"similar takes one row, got {len(Z)}")
         # the assignment rule without the passes: the outlier rule (a density search) is not needed here
-        near = assign_points(Z, self.assigner._centroids, self.assigner._ids)
+        metric = self.assigner.metric  # a k-medoids model's distance (None: Euclidean)
+        near = AssignmentRule(self.assigner._centroids, self.assigner._ids, metric=metric)(Z)
         cid = int(near.cluster_id[0]) if cluster_id is None else int(cluster_id)
         ids, M = self.members(cid)
         n = max(0, min(int(n), len(ids)))
         items: list[dict[str, Any]] = []
-        if n:
+        if n and metric is not None:
+            d = pairwise(Z[:1], M, metric)[0]
+        elif n:
             diff = M - Z[0]  # float64 (the float32 members are promoted)
             d = np.sqrt(np.einsum("ij,ij->i", diff, diff))
             top = np.argpartition(d, n - 1)[:n] if n < len(d) else np.arange(len(d))
