@@ -263,13 +263,15 @@ def test_sorted_ids_are_checked_by_the_tasks_without_a_spark_pass(spark, tmp_pat
     assert res.rows_used == 450 and sum(res.sizes) == 450
 
 
-def test_duplicates_inside_a_row_group_split_between_the_tasks(spark, tmp_path):
+def test_duplicates_inside_a_row_group_split_between_the_tasks(spark, tmp_path, caplog):
     # one row group of 300 rows, split between the two tasks; its duplicates lie on both sides
     ids = list(range(300))
     ids[10] = ids[290] = ids[200] = 5  # id 5 four times
     ids[20] = 250  # id 250 twice
     path = _files(tmp_path / "in", [ids], row_group_size=300)
-    msg = fails(spark, path, tmp_path, **{"kmeans.num_tasks": 2})
+    with caplog.at_level(logging.INFO, logger="clusterlake"):
+        msg = fails(spark, path, tmp_path, **{"kmeans.num_tasks": 2})
+    assert "spark pass load rows" in caplog.text and "spark pass unique ids" not in caplog.text  # the tasks found them
     assert "2 duplicated ids" in msg and "5 x4" in msg and "250 x2" in msg
     assert msg.index("5 x4") < msg.index("250 x2")
 
@@ -298,7 +300,8 @@ def test_footers_prove_ids_disjoint_only_for_sorted_integer_ranges(tmp_path):
     # a row group read by two tasks counts once; examples: most repeated first, then by id
     merged = merge_id_duplicates([{"a:0": [2, [[5, 4], [9, 2]]]}, {"a:0": [2, [[5, 4], [9, 2]]], "b:1": [1, [[1, 2]]]}])
     assert merged == (3, [(5, 4), (1, 2), (9, 2)])
-    assert merge_id_duplicates([None, {}]) == ()
+    assert merge_id_duplicates([{}, {}]) == ()
+    assert merge_id_duplicates([{}, None]) is None  # a task that did not check: not a proof
 
 
 # --------------------------------------------------------------------------------------------

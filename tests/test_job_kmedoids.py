@@ -93,6 +93,28 @@ def test_serving_assigns_as_the_batch_did(runs):
     np.testing.assert_allclose(a.distance, asg.distance.to_numpy(), rtol=1e-12)
 
 
+def test_similar_and_nearest_rank_under_the_distance(runs):
+    from clusterlake.serving.query import ClusterCatalog
+
+    cat = ClusterCatalog.load(runs["med"].model_path)
+    X = pq.read_table(runs["data"]).to_pandas()
+    row = X.iloc[[7]][FEATURES]
+    asg = _table(runs["out"], "assignments").set_index("customer_id")
+    own = int(asg.loc[int(X.customer_id.iloc[7]), "cluster_id"])
+    out = cat.similar(row, n=5)
+    assert out["cluster_id"] == own and len(out["items"]) == 5
+    # the members' distances are Manhattan distances in the model space, nearest first
+    art, Zr = cat.assigner.artifact, cat.assigner.transform(row)
+    ids = [it["id"] for it in out["items"]]
+    Zm = art.prep.transform(X.set_index("customer_id").loc[ids, FEATURES].to_numpy())
+    np.testing.assert_allclose([it["distance"] for it in out["items"]], cdist(Zr, Zm, "cityblock")[0], rtol=1e-6, atol=1e-6)  # members are float32
+    assert [it["distance"] for it in out["items"]] == sorted(it["distance"] for it in out["items"])
+    near = cat.nearest(row, n=2)[0]
+    D = cdist(Zr, art.centroids, "cityblock")[0]
+    assert near[0]["cluster_id"] == own == int(art.cluster_ids[np.argmin(D)])
+    assert near[0]["distance"] == pytest.approx(D.min(), rel=1e-12)
+
+
 def test_the_update_job_refuses_a_kmedoids_model(spark, runs, tmp_path):
     from clusterlake.update import run_update
 
@@ -107,6 +129,10 @@ def test_the_update_job_refuses_a_kmedoids_model(spark, runs, tmp_path):
     ({"kmeans.algorithm": "kmedoids", "kmeans.engine": "spark-mllib"}, "does not support kmeans.algorithm=kmedoids"),
     ({"kmeans.algorithm": "kmedoids", "kmeans.distance": "minkowski"}, "minkowski_p"),
     ({"kmeans.algorithm": "kmedoids", "kmeans.distance": "jaccard"}, "preprocess.scaling: none"),
+    ({"kmeans.algorithm": "kmedoids", "kmeans.distance": "hamming"}, "preprocess.scaling: none"),
+    ({"kmeans.minkowski_p": 3}, "minkowski_p goes with kmeans.distance: minkowski"),
+    ({"kmeans.algorithm": "kmedoids", "kmeans.k": "auto", "kmeans.auto.criterion": "elbow"}, "silhouette"),
+    ({"kmeans.algorithm": "kmedoids", "input.weight_column": "w"}, "takes no row weights"),
 ])
 def test_kmedoids_settings_are_checked(over, text):
     with pytest.raises(ConfigError, match=text):

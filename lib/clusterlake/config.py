@@ -275,21 +275,19 @@ class KMeansSection(_Section):
 
     def _kmedoids_settings(self) -> None:
         """What k-medoids needs and what only it accepts (the distances K-means cannot minimise)."""
+        if (self.distance == "minkowski") != (self.minkowski_p is not None):
+            raise ValueError("kmeans.minkowski_p goes with kmeans.distance: minkowski (and it needs one: p >= 1)")
         if self.algorithm != "kmedoids":
             if self.distance not in ("euclidean", "cosine"):
                 raise ValueError(f"kmeans.distance={self.distance} needs kmeans.algorithm: kmedoids (K-means' mean "
                                  "minimises squared euclidean distances only, or cosine on the unit sphere)")
             return
-        bad = [k for k, ok in (("kmeans.engine", self.engine == "clusterlake"),
-                               ("kmeans.batch_size", self.batch_size is None),
-                               ("kmeans.max_iter=0", self.max_iter >= 1)) if not ok]
-        if bad:
-            raise ValueError(f"kmeans.algorithm=kmedoids does not take {', '.join(bad)} (it runs FasterPAM's "
-                             "swaps on its sample, max_iter passes at most); remove them")
+        # spark-mllib, batch_size and max_iter=0 were refused above (they need algorithm: kmeans);
         # kmeans.init does not apply: k-medoids seeds by k-medoids++ on its sample, every night
         # (a config written for K-means, init: previous included, runs unchanged)
-        if (self.distance == "minkowski") != (self.minkowski_p is not None):
-            raise ValueError("kmeans.minkowski_p goes with kmeans.distance: minkowski (and it needs one: p >= 1)")
+        if self.k == "auto" and self.auto.criterion != "silhouette":
+            raise ValueError(f"kmeans.auto.criterion={self.auto.criterion} is a K-means criterion; k-medoids "
+                             "chooses k by the silhouette under its distance: remove kmeans.auto.criterion")
 
     @field_validator("k")
     @classmethod
@@ -547,9 +545,13 @@ class JobConfig(_Section):
             if not self.grouping.enabled:
                 raise ValueError("kmeans.enabled: false leaves the job nothing to do: enable grouping "
                                  "(grouping.enabled: true, grouping.column) or K-means")
-        if self.kmeans.distance == "jaccard" and (self.preprocess.scaling != "none" or self.preprocess.pca.enabled):
-            raise ValueError("kmeans.distance=jaccard compares 0/1 features: set preprocess.scaling: none and "
-                             "preprocess.pca.enabled: false")
+        if self.kmeans.distance in ("jaccard", "hamming") and (self.preprocess.scaling != "none"
+                                                               or self.preprocess.pca.enabled):
+            raise ValueError(f"kmeans.distance={self.kmeans.distance} compares the features' values as they are "
+                             "(0/1 tags, categories): set preprocess.scaling: none and preprocess.pca.enabled: false")
+        if self.kmeans.algorithm == "kmedoids" and self.input.weight_column:
+            raise ValueError("kmeans.algorithm=kmedoids takes no row weights (its sample is uniform and its loss "
+                             "unweighted): remove input.weight_column, or use kmeans.algorithm: kmeans")
         if self.grouping.enabled and self.grouping.column in (self.input.id_column, self.input.label_column,
                                                               self.input.weight_column):
             raise ValueError(f"grouping.column '{self.grouping.column}' is the id/label/weight column")

@@ -30,6 +30,7 @@ class Previous:
     radius: np.ndarray  # (m,) rms radius of each previous cluster (model space)
     sizes: np.ndarray  # (m,) rows per previous cluster (after updates: the running counts)
     reason: str = ""  # why the centroids are not comparable
+    basis: str = "features changed"  # the lineage events' basis when they are not
 
     @property
     def run_id(self) -> str:
@@ -102,12 +103,21 @@ def previous_artifact(model_root, run_date: str) -> Optional[model_artifact.Mode
     return art
 
 
-def load_previous(art: Optional[model_artifact.ModelArtifact], prep: Preprocessor) -> Optional[Previous]:
+def _geometry(algorithm: str, distance: str) -> str:
+    """What a model's radii and shifts are measured in: k-medoids' own distance, else Euclidean
+    (K-means and bisecting, cosine included: Euclidean on the unit sphere)."""
+    return f"kmedoids/{distance}" if algorithm == "kmedoids" else "euclidean"
+
+
+def load_previous(art: Optional[model_artifact.ModelArtifact], prep: Preprocessor,
+                  algorithm: str = "kmeans", distance: str = "euclidean") -> Optional[Previous]:
     """The previous run's model ``art`` with its centroids mapped into ``prep``'s model space.
 
     The centroids go back to input units through the previous preprocessor and forward through
-    tonight's, so a refitted scaling/PCA does not break the comparison. With other feature columns
-    the runs are not comparable: every cluster gets a fresh id (ids are never reused).
+    tonight's, so a refitted scaling/PCA does not break the comparison. With other feature columns,
+    or a model measured in another distance (k-medoids under another metric than tonight's
+    ``algorithm``/``distance``), the runs are not comparable: every cluster gets a fresh id (ids
+    are never reused).
     """
     if art is None:
         return None
@@ -116,6 +126,10 @@ def load_previous(art: Optional[model_artifact.ModelArtifact], prep: Preprocesso
         reason = (f"the previous model (run {art.run_id}) has features {art.prep.feature_names}, "
                   f"this run {prep.feature_names}")
         return Previous(art, None, radius, sizes, reason)
+    before, now = _geometry(art.algorithm, art.distance), _geometry(algorithm, distance)
+    if before != now:
+        reason = f"the previous model (run {art.run_id}) measures distances as {before}, this run as {now}"
+        return Previous(art, None, radius, sizes, reason, "distance changed")
     C = prep.transform(art.prep.inverse_transform(np.asarray(art.centroids, dtype=np.float64)))
     return Previous(art, C, radius, sizes)
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from clusterlake.algorithms.auto_k import AutoK
 from clusterlake.algorithms.kmeans import KMeansFit
-from clusterlake.errors import ConfigError
+from clusterlake.errors import ConfigError, InputDataError
 from clusterlake.io.contract.metrics import Metric
 from clusterlake.kernels import kmedoids as K
 from clusterlake.kernels.distances import Metric as Distance
@@ -32,6 +32,7 @@ from clusterlake.kernels.distances import pairwise
 log = logging.getLogger(__name__)
 
 _FLOAT32_ABOVE = 20_000  # sample rows above which the distances are kept as float32
+_MAX_MAHALANOBIS_DIMS = 256  # model dimensions: VI travels in model.json and the tasks' commands
 
 
 def model_space_covariance(moments, prep) -> np.ndarray:
@@ -49,6 +50,10 @@ def distance_of(kcfg, moments=None, prep=None) -> Distance:
     with the inverse of the model space's covariance over every row)."""
     if kcfg.distance == "mahalanobis":
         cov = model_space_covariance(moments, prep)
+        if len(cov) > _MAX_MAHALANOBIS_DIMS:
+            raise ConfigError(f"kmeans.distance=mahalanobis on {len(cov)} model dimensions: the model keeps the inverse "
+                              f"covariance ({len(cov)}^2 numbers, in model.json); keep at most "
+                              f"{_MAX_MAHALANOBIS_DIMS} with preprocess.pca.components")
         return make_metric("mahalanobis", VI=np.linalg.pinv(cov, hermitian=True))
     return make_metric(kcfg.distance, p=kcfg.minkowski_p)
 
@@ -63,13 +68,17 @@ def sample_distances(S: np.ndarray, dist: Distance, budget: tuple[int, str]) -> 
         raise ConfigError(f"k-medoids on {n:,} sampled rows holds their pairwise distances: {need / 2**30:.1f} GiB, "
                           f"more than the driver's {limit / 2**30:.1f} GiB ({where}); lower "
                           "kmeans.kmedoids.sample_size or raise job.driver_memory_gb")
-    return pairwise(S, S, dist, dtype=dtype)
+    try:
+        return pairwise(S, S, dist, dtype=dtype)
+    except ValueError as exc:  # jaccard on values that are not 0/1
+        raise InputDataError(f"kmeans.distance={dist.name}: {exc}; the sampled rows hold other values") from None
 
 
-def fit_kmedoids(S: np.ndarray, kcfg, dist: Distance, budget: tuple[int, str]) -> tuple[KMeansFit, Optional[AutoK]]:
+def fit_kmedoids(S: np.ndarray, kcfg, dist: Distance, budget: tuple[int, str]
+                 ) -> tuple[KMeansFit, Optional[AutoK], np.ndarray]:
     """k-medoids on the model-space sample ``S``: the fit (``centroids`` = the medoids' rows of
-    ``S``; ``training_cost`` = the sample's loss, the sum of distances) and, with ``k: auto``,
-    the choice of k."""
+    ``S``; ``training_cost`` = the sample's loss, the sum of distances), with ``k: auto`` the
+    choice of k, and the sample's distance matrix (the silhouette's, afterwards)."""
     t0 = time.time()
     if len(S) < 2:
         raise ConfigError(f"k-medoids needs at least 2 sampled rows, the input has {len(S)}")
@@ -97,11 +106,15 @@ def fit_kmedoids(S: np.ndarray, kcfg, dist: Distance, budget: tuple[int, str]) -
              time.time() - t0 - t_dist)
     fit = KMeansFit(centroids=np.ascontiguousarray(S[f.medoids], dtype=np.float64), k_requested=len(f.medoids),
                     n_iter=f.n_iter, seconds=time.time() - t0, engine="clusterlake", training_cost=float(f.loss),
-                    init="k-medoids++", converged=f.n_iter < kcfg.max_iter,
+                    init="k-medoids++", converged=f.converged,
                     timings={"distances": round(t_dist, 3), "swaps": f.n_swap})
-    return fit, auto
+    return fit, auto, D
 
 
-def sample_silhouette(S: np.ndarray, labels: np.ndarray, dist: Distance, budget: tuple[int, str]) -> float:
-    """The mean silhouette of ``labels`` on the rows ``S`` under the model's distance."""
+def sample_silhouette(S: np.ndarray, labels: np.ndarray, dist: Distance, budget: tuple[int, str],
+                      D: Optional[np.ndarray] = None) -> float:
+    """The mean silhouette of ``labels`` on the rows ``S`` under the model's distance; ``D``: the
+    fit's distance matrix of a sample whose first ``len(S)`` rows are ``S`` (reused, not redone)."""
+    if D is not None and len(D) >= len(S):
+        return K.silhouette(D[:len(S), :len(S)], labels)
     return K.silhouette(sample_distances(S, dist, budget), labels)

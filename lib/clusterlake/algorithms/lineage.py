@@ -249,7 +249,17 @@ class Matching:
         return np.flatnonzero(self.prev_index < 0)
 
 
-def centroid_distances(C, prev_C, prev_radius) -> np.ndarray:
+def _distances(C: np.ndarray, prev_C: np.ndarray, metric=None) -> np.ndarray:
+    """``(k, m)`` distances between centroids: Euclidean, or the model's distance (k-medoids:
+    its radii are in that distance's units, so its shifts must be too)."""
+    if metric is None:
+        return cdist(C, prev_C)
+    from clusterlake.kernels.distances import exact
+
+    return exact(C, prev_C, metric)
+
+
+def centroid_distances(C, prev_C, prev_radius, metric=None) -> np.ndarray:
     """Distances from tonight's centroids to the previous ones, in radius units of the previous.
 
     Parameters
@@ -265,7 +275,7 @@ def centroid_distances(C, prev_C, prev_radius) -> np.ndarray:
     Returns
     -------
     ndarray of float64, shape (k, m)
-        ``||C_i - prev_C_j|| / prev_radius_j``.
+        ``||C_i - prev_C_j|| / prev_radius_j`` (``metric``: under the model's distance).
     """
     C = _as_matrix("C", C)
     prev_C = _as_matrix("prev_C", prev_C, C.shape[1])
@@ -273,10 +283,11 @@ def centroid_distances(C, prev_C, prev_radius) -> np.ndarray:
     k, m = C.shape[0], prev_C.shape[0]
     if k == 0 or m == 0:
         return np.zeros((k, m))
-    return cdist(C, prev_C) / r[None, :]
+    return _distances(C, prev_C, metric) / r[None, :]
 
 
-def match_clusters(C, prev_C, prev_ids, prev_radius, max_distance: float, next_id: int) -> Matching:
+def match_clusters(C, prev_C, prev_ids, prev_radius, max_distance: float, next_id: int,
+                   metric=None) -> Matching:
     """Give tonight's centroids stable ids by matching them to the previous run's centroids.
 
     Parameters
@@ -309,7 +320,7 @@ def match_clusters(C, prev_C, prev_ids, prev_radius, max_distance: float, next_i
     prev_ids = _as_ids("prev_ids", prev_ids, m)
     r = _floored_radius(prev_radius, m)
     max_distance, next_id = _checked_match_limits(max_distance, next_id, prev_ids)
-    prev_index, distance = _hungarian(C, prev_C, r, max_distance)
+    prev_index, distance = _hungarian(C, prev_C, r, max_distance, metric)
     return _allocate_ids(prev_index, distance, prev_ids, next_id)
 
 
@@ -331,7 +342,7 @@ def _checked_match_limits(max_distance, next_id, prev_ids: np.ndarray) -> tuple[
 
 
 def _hungarian(C: np.ndarray, prev_C: np.ndarray, r: np.ndarray,
-               max_distance: float) -> tuple[np.ndarray, np.ndarray]:
+               max_distance: float, metric=None) -> tuple[np.ndarray, np.ndarray]:
     """Matched previous position (``-1`` when none) and distance (radius units, NaN when none) of
     each of tonight's positions.
 
@@ -350,7 +361,7 @@ def _hungarian(C: np.ndarray, prev_C: np.ndarray, r: np.ndarray,
     if not (k and m):
         return prev_index, distance
     # one (k, m) float matrix and one boolean mask, updated in place (k, m up to ~10,000)
-    cost = cdist(C, prev_C)
+    cost = _distances(C, prev_C, metric)
     allowed = cost <= max_distance * r[None, :]
     cost /= r[None, :]
     if not allowed.any():

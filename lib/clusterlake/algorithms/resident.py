@@ -388,7 +388,7 @@ class ResidentRows:
         total.counts = {k: total.counts[k] for k in order if total.counts.get(k)}
         return total
 
-    def id_duplicates(self) -> tuple:
+    def id_duplicates(self) -> Optional[tuple]:
         """The duplicated ids the tasks found as they loaded the row groups, merged as
         :func:`clusterlake.io.reader.duplicate_ids` answers (``()``: none). Only meaningful when
         the input's footers proved the row groups' ids disjoint

@@ -42,20 +42,36 @@ def fit_passes(cfg, Z: np.ndarray) -> PassFit:
 
     With both passes on, the hierarchy is fitted on a second thread while HDBSCAN runs: the
     spanning tree's steps and the linkage are each single-threaded, so the driver's second core
-    does the linkage (0.3 s of 5,000 rows, measured: 2.2 s -> 2.0 s for both passes)."""
+    does the linkage (0.3 s of 5,000 rows, measured: 2.2 s -> 2.0 s for both passes), when both
+    fit the driver's memory budget at once (:func:`_together`); else one after the other."""
     out = PassFit()
-    if cfg.density.enabled and cfg.hierarchical.enabled:
+    if cfg.density.enabled and cfg.hierarchical.enabled and _together(cfg, Z):
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(1, thread_name_prefix="hierarchy") as pool:
             hier = pool.submit(_fit_hierarchy, cfg.hierarchical, Z)
             _fit_density(cfg, Z, out)
             out.hierarchy, out.seconds["hierarchy_fit"] = hier.result()
-    elif cfg.density.enabled:
-        _fit_density(cfg, Z, out)
-    elif cfg.hierarchical.enabled:
-        out.hierarchy, out.seconds["hierarchy_fit"] = _fit_hierarchy(cfg.hierarchical, Z)
+    else:
+        if cfg.density.enabled:
+            _fit_density(cfg, Z, out)
+        if cfg.hierarchical.enabled:
+            out.hierarchy, out.seconds["hierarchy_fit"] = _fit_hierarchy(cfg.hierarchical, Z)
     return out
+
+
+def _together(cfg, Z: np.ndarray) -> bool:
+    """Whether HDBSCAN and the linkage fit the driver's budget at the same time (each was checked
+    alone by :func:`clusterlake.memory.check_sample_passes`; DBSCAN's neighbourhoods, checked as
+    they are known, always run alone)."""
+    from clusterlake.memory import density_bytes, driver_budget_bytes, hierarchy_bytes
+
+    d, h = cfg.density, cfg.hierarchical
+    if d.algorithm != "hdbscan":
+        return False
+    need = density_bytes(min(d.sample_size, len(Z)), Z.shape[1], d.min_samples) + \
+        hierarchy_bytes(min(h.sample_size, len(Z)), Z.shape[1], h.linkage, len(h.levels))
+    return need <= driver_budget_bytes(cfg.job.driver_memory_gb)[0]
 
 
 def _fit_hierarchy(h, Z: np.ndarray) -> tuple["Hk.HierarchyModel", float]:

@@ -335,31 +335,38 @@ class FileSlices:
         the row groups that have any. Null ids are left out (they are invalid rows)."""
         import pyarrow.compute as pc
 
-        root, out, seen = location(self.root), {}, set()
+        root, out, groups = location(self.root), {}, {}
         for rel, g, _, _ in slices:
-            if (rel, g) in seen:
-                continue
-            seen.add((rel, g))
+            groups.setdefault(rel, []).append(g)
+        for rel, gs in groups.items():
             f = root.child(rel) if rel else root
-            with pq.ParquetFile(f.fs.open_input_file(f.path)) as pf:
-                ids = pf.read_row_group(g, columns=[self.id_column]).column(0)
-            if pc.count_distinct(ids, mode="only_valid").as_py() == pc.count(ids, mode="only_valid").as_py():
-                continue
+            with pq.ParquetFile(f.fs.open_input_file(f.path)) as pf:  # each file opened once
+                for g in dict.fromkeys(gs):
+                    self._row_group_duplicates(pf, rel, g, out)
+        return out
+
+    def _row_group_duplicates(self, pf, rel: str, g: int, out: dict) -> None:
+        import pyarrow.compute as pc
+
+        ids = pf.read_row_group(g, columns=[self.id_column]).column(0)
+        if pc.count_distinct(ids, mode="only_valid").as_py() != pc.count(ids, mode="only_valid").as_py():
             vc = pc.value_counts(ids.drop_null())
             many = pc.greater(vc.field("counts"), 1)
             vals, counts = pc.filter(vc.field("values"), many).to_pylist(), pc.filter(vc.field("counts"), many).to_pylist()
             top = sorted(zip(counts, vals), key=lambda cv: (-cv[0], cv[1]))[:5]
             out[f"{rel}:{g}"] = [len(vals), [[v, c] for c, v in top]]
-        return out
 
 
-def merge_id_duplicates(parts) -> tuple:
+def merge_id_duplicates(parts) -> Optional[tuple]:
     """The tasks' :meth:`FileSlices.id_duplicates` merged (a row group reported twice counts
     once) as :func:`clusterlake.io.reader.duplicate_ids` answers: ``(duplicated ids, up to 5
-    [(id, count)], most repeated first)``, or ``()`` when there is none."""
+    [(id, count)], most repeated first)``, ``()`` when there is none, None when some task did not
+    check (its load did not read the files itself: the caller must check another way)."""
     groups = {}
     for part in parts:
-        groups.update(part or {})
+        if part is None:
+            return None
+        groups.update(part)
     if not groups:
         return ()
     examples = sorted((tuple(e) for _, ex in groups.values() for e in ex), key=lambda vc: (-vc[1], vc[0]))[:5]

@@ -34,7 +34,7 @@ from typing import Optional
 
 import numpy as np
 
-__all__ = ["METRICS", "Metric", "from_spec", "metric", "nearest", "pairwise", "to_spec"]
+__all__ = ["METRICS", "Metric", "exact", "from_spec", "metric", "nearest", "pairwise", "to_spec"]
 
 METRICS = ("euclidean", "sqeuclidean", "cosine", "manhattan", "chebyshev", "minkowski", "jaccard", "hamming",
            "mahalanobis")
@@ -50,6 +50,8 @@ class Metric:
     name: str
     p: Optional[float] = None
     VI: Optional[np.ndarray] = field(default=None, compare=False, repr=False)
+    W: Optional[np.ndarray] = field(default=None, compare=False, repr=False)
+    """mahalanobis: ``L`` with ``VI = L L^T``, computed once by :func:`metric`."""
 
     def describe(self) -> str:
         return f"minkowski (p={self.p:g})" if self.name == "minkowski" else self.name
@@ -72,6 +74,10 @@ def metric(name: str, p: Optional[float] = None, VI: Optional[np.ndarray] = None
         if VI is None or VI.ndim != 2 or VI.shape[0] != VI.shape[1] or not np.isfinite(VI).all():
             raise ValueError("the mahalanobis distance needs VI, the inverse covariance (a finite square matrix)")
         VI = (VI + VI.T) / 2.0
+        w, V = np.linalg.eigh(VI)
+        if w.min() < -1e-10 * max(1.0, abs(w).max()):
+            raise ValueError("VI (mahalanobis) is not positive semi-definite")
+        return Metric(name, None, VI, V * np.sqrt(np.clip(w, 0.0, None)))
     elif VI is not None:
         raise ValueError(f"VI applies to the mahalanobis distance only, not {name}")
     return Metric(name, p, VI)
@@ -104,11 +110,9 @@ def _as64(A: np.ndarray) -> np.ndarray:
 
 def _whiten(m: Metric, A: np.ndarray) -> np.ndarray:
     """Rows mapped so that the mahalanobis distance is their euclidean one: ``A @ L`` with
-    ``VI = L L^T`` (an eigen-decomposition: VI may be only semi-definite)."""
-    w, V = np.linalg.eigh(m.VI)
-    if w.min() < -1e-10 * max(1.0, abs(w).max()):
-        raise ValueError("VI (mahalanobis) is not positive semi-definite")
-    return A @ (V * np.sqrt(np.clip(w, 0.0, None)))
+    ``VI = L L^T`` (an eigen-decomposition, made once by :func:`metric`: VI may be only
+    semi-definite)."""
+    return A @ m.W
 
 
 def _gemm_block(m: Metric, A: np.ndarray, B: np.ndarray, a_sq: np.ndarray, b_sq: np.ndarray) -> np.ndarray:
@@ -191,18 +195,37 @@ def nearest(X: np.ndarray, R: np.ndarray, m: Metric, budget_bytes: int = _BUDGET
         return np.full(n, -1, np.int64), d1, i2, d2
     step = int(max(1, budget_bytes // (8 * k * max(1, d))))  # the exact cosine/jaccard temporaries
     for s in range(0, n, step):
-        if exact.name == "cosine":
-            D = _cosine_exact(X[s:s + step], R)
-        elif exact.name == "jaccard":
-            D = _jaccard_exact(X[s:s + step], R)
-        else:
-            D = _diff_block(exact, X[s:s + step], R)
+        D = _exact_block(exact, X[s:s + step], R)
         order = np.argsort(D, axis=1, kind="stable")[:, :2]
         rows = np.arange(len(D))
         i1[s:s + step], d1[s:s + step] = order[:, 0], D[rows, order[:, 0]]
         if k > 1:
             i2[s:s + step], d2[s:s + step] = order[:, 1], D[rows, order[:, 1]]
     return i1, d1, i2, d2
+
+
+def exact(X: np.ndarray, R: np.ndarray, m: Metric, budget_bytes: int = _BUDGET) -> np.ndarray:
+    """The ``(len(X), len(R))`` distances under ``m`` computed as :func:`nearest` computes them
+    (from the differences, no GEMM round-off): for a few reference rows (medoids, one cluster's
+    members), where a ranking must agree with the assignment's."""
+    X, R = _as64(X), _as64(R)
+    _check_binary(m, X, R)
+    if m.name == "mahalanobis":
+        X, R = _whiten(m, X), _whiten(m, R)
+        m = Metric("euclidean")
+    out = np.empty((len(X), len(R)))
+    step = int(max(1, budget_bytes // (8 * max(1, len(R)) * max(1, X.shape[1]))))
+    for s in range(0, len(X), step):
+        out[s:s + step] = _exact_block(m, X[s:s + step], R)
+    return out
+
+
+def _exact_block(m: Metric, A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    if m.name == "cosine":
+        return _cosine_exact(A, B)
+    if m.name == "jaccard":
+        return _jaccard_exact(A, B)
+    return _diff_block(m, A, B)
 
 
 def _cosine_exact(A: np.ndarray, B: np.ndarray) -> np.ndarray:

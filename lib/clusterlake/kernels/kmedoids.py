@@ -21,10 +21,11 @@ last swap finds none. The pass over the rows is vectorised; the loop is over can
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 
-__all__ = ["KMedoidsFit", "choose_k", "fasterpam", "fit", "init_medoids", "silhouette"]
+__all__ = ["KMedoidsFit", "choose_k", "fasterpam", "fit", "init_medoids", "silhouette", "silhouette_samples", "silhouette_samples_of"]
 
 
 @dataclass
@@ -34,6 +35,7 @@ class KMedoidsFit:
     loss: float  # sum of every row's distance to its nearest medoid
     n_iter: int  # passes over the candidates
     n_swap: int  # swaps done
+    converged: bool = True  # False: max_iter passes ended it while a pass still found a swap
 
 
 class _Nearest:
@@ -127,7 +129,7 @@ def fasterpam(D: np.ndarray, medoids: np.ndarray, max_iter: int = 100) -> KMedoi
     nr = _Nearest(D, med)
     removal = nr.removal_loss(k)
     loss = float(nr.near_d.sum())
-    last, swaps, it = n, 0, 0
+    last, swaps, it, converged = n, 0, 0, False
     while it < max_iter:
         it += 1
         before, last_loss = swaps, loss
@@ -145,8 +147,9 @@ def fasterpam(D: np.ndarray, medoids: np.ndarray, max_iter: int = 100) -> KMedoi
             loss = float(nr.near_d.sum())
             removal = nr.removal_loss(k)
         if swaps == before or loss >= last_loss:
+            converged = True
             break
-    return KMedoidsFit(med, nr.near_i.astype(np.int64), float(nr.near_d.sum()), it, swaps)
+    return KMedoidsFit(med, nr.near_i.astype(np.int64), float(nr.near_d.sum()), it, swaps, converged)
 
 
 def init_medoids(D: np.ndarray, k: int, seed: int) -> np.ndarray:
@@ -193,14 +196,38 @@ def silhouette(D: np.ndarray, labels: np.ndarray) -> float:
     """Mean silhouette of ``labels`` from the distance matrix ``D`` (scikit-learn's
     ``silhouette_score(D, labels, metric="precomputed")``: a row alone in its cluster scores 0);
     NaN unless 2 <= clusters <= rows - 1."""
-    D = np.asarray(D, dtype=np.float64)
+    s = silhouette_samples(D, labels)
+    return float("nan") if s is None else float(s.mean())
+
+
+def silhouette_samples(D: np.ndarray, labels: np.ndarray) -> Optional[np.ndarray]:
+    """Every row's silhouette from the distance matrix ``D`` (scikit-learn's
+    ``silhouette_samples(D, labels, metric="precomputed")``); None unless 2 <= clusters <= rows - 1."""
+    D = np.asarray(D)
+    return _silhouettes(len(D), labels, lambda s0, s1: np.asarray(D[s0:s1], dtype=np.float64))
+
+
+def silhouette_samples_of(X: np.ndarray, labels: np.ndarray, metric) -> Optional[np.ndarray]:
+    """:func:`silhouette_samples` of the rows ``X`` under ``metric`` (a
+    :class:`~clusterlake.kernels.distances.Metric`), their distances a block of rows at a time
+    (never the whole matrix)."""
+    from clusterlake.kernels.distances import exact
+
+    return _silhouettes(len(X), labels, lambda s0, s1: exact(X[s0:s1], X, metric))
+
+
+def _silhouettes(n: int, labels: np.ndarray, rows) -> Optional[np.ndarray]:
+    """Every row's silhouette, ``rows(s0, s1)`` giving rows s0:s1 of the distance matrix."""
     _, lab = np.unique(np.asarray(labels), return_inverse=True)
-    n, k = len(lab), int(lab.max()) + 1 if len(lab) else 0
+    k = int(lab.max()) + 1 if len(lab) else 0
     if not 2 <= k <= n - 1:
-        return float("nan")
+        return None
     H = np.zeros((n, k))
     H[np.arange(n), lab] = 1.0
-    T = D @ H  # every row's summed distance to every cluster
+    T = np.empty((n, k))  # every row's summed distance to every cluster, a block of rows at a time
+    step = max(1, (32 << 20) // (8 * n))
+    for s0 in range(0, n, step):
+        T[s0:s0 + step] = rows(s0, min(n, s0 + step)) @ H
     cnt = H.sum(axis=0)
     own = T[np.arange(n), lab]
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -210,4 +237,4 @@ def silhouette(D: np.ndarray, labels: np.ndarray) -> float:
     b = mean_to.min(axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
         s = np.where(cnt[lab] > 1, (b - a) / np.maximum(a, b), 0.0)
-    return float(np.nan_to_num(s).mean())
+    return np.nan_to_num(s)

@@ -25,7 +25,7 @@ REPORT_ARRAYS = ("report_points", "report_cluster", "report_silhouette", "report
 
 
 def sample_arrays(Z: np.ndarray, positions: np.ndarray, cluster_ids: np.ndarray, size: int,
-                  density=None) -> dict:
+                  density=None, metric=None) -> dict:
     """The report's sample (artifact extras) from the metrics sample ``Z`` (model space, already
     a uniform random sample) and each row's nearest-centroid position.
 
@@ -41,7 +41,11 @@ def sample_arrays(Z: np.ndarray, positions: np.ndarray, cluster_ids: np.ndarray,
     pts = np.zeros((m, 2))
     pts[:, : min(2, Zr.shape[1])] = Zr[:, :2]
     out = {"report_points": pts, "report_cluster": np.asarray(cluster_ids, dtype=np.int32)[pos]}
-    if 2 <= len(np.unique(pos)) < m:
+    if 2 <= len(np.unique(pos)) < m and metric is not None:  # a k-medoids model: under its distance
+        from clusterlake.kernels.kmedoids import silhouette_samples_of
+
+        out["report_silhouette"] = silhouette_samples_of(Zr, pos, metric)
+    elif 2 <= len(np.unique(pos)) < m:
         out["report_silhouette"] = silhouette_samples(Zr, pos)
     if density is not None:
         from clusterlake.kernels.density import extend

@@ -73,6 +73,7 @@ class Fitted:
     matching: object  # stable ids: clusterlake.algorithms.lineage match result
     auto: object = None  # clusterlake.algorithms.auto_k result (k: auto)
     metric: object = None  # the model's distance when it is not Euclidean (k-medoids): kernels.distances.Metric
+    sample_distances: object = None  # k-medoids: its sample's distance matrix, until the silhouette is taken
 
     @property
     def centroids(self) -> np.ndarray:
@@ -169,6 +170,9 @@ def read_input(run: Run) -> Input:
         pause_point("rows.loaded", run_id=run.run_id, rows=rows.rows)
         if by_tasks:
             dups = rows.id_duplicates()
+            if dups is None:  # a task did not check (cannot happen with a file source): Spark's pass
+                with rows.released():
+                    dups = _read_errors(lambda: duplicate_ids(raw, icfg.id_column), icfg.path)
         clean, summary = decide(raw, icfg, feats, rows.validity(), _k_before_fit(cfg), dups=dups,
                                 spark_free=rows.released, vector=vector)
         previous_art = history.previous_artifact(run.model_root, run.run_date)
@@ -300,10 +304,11 @@ def fit(run: Run, inp: Input, pre: Prepared, auto=None) -> Fitted:
 
     cfg = run.cfg
     if cfg.kmeans.algorithm == "kmedoids":
-        return _fit_kmedoids(run, inp, pre, history.load_previous(inp.previous_art, pre.prep))
+        return _fit_kmedoids(run, inp, pre, history.load_previous(inp.previous_art, pre.prep, "kmedoids",
+                                                                  cfg.kmeans.distance))
     k = auto.k if auto is not None else int(cfg.kmeans.k)
     kcfg = cfg.kmeans.model_copy(update={"k": k}) if auto is not None else cfg.kmeans
-    previous = history.load_previous(inp.previous_art, pre.prep)
+    previous = history.load_previous(inp.previous_art, pre.prep, cfg.kmeans.algorithm, cfg.kmeans.distance)
     with run.step("kmeans") as note:
         initial = warm_start_centers(previous, pre.prep, k) if cfg.kmeans.init == "previous" else None
         with spark_pass(f"kmeans fit ({cfg.kmeans.engine})"):
@@ -326,11 +331,11 @@ def _fit_kmedoids(run: Run, inp: Input, pre: Prepared, previous) -> Fitted:
     with run.step("kmeans") as note:
         dist = km.distance_of(cfg.kmeans, pre.moments, pre.prep)
         S = _sample_z(run, inp, pre.prep, cfg.kmeans.kmedoids.sample_size)
-        f, auto = km.fit_kmedoids(S, cfg.kmeans, dist, driver_budget_bytes(cfg.job.driver_memory_gb))
-        matching = stable_ids.match(previous, f.centroids, cfg.lineage.max_distance)
+        f, auto, D = km.fit_kmedoids(S, cfg.kmeans, dist, driver_budget_bytes(cfg.job.driver_memory_gb))
+        matching = stable_ids.match(previous, f.centroids, cfg.lineage.max_distance, dist)
         note.update(k=len(f.centroids), algorithm="kmedoids", distance=dist.describe(), sample=len(S),
                     passes=f.n_iter, loss=round(f.training_cost, 6), **f.timings)
-    return Fitted(f, previous, matching, auto, dist)
+    return Fitted(f, previous, matching, auto, dist, D)
 
 
 def _fit_held(inp: Input, pre: Prepared, kcfg, weight_col, initial):
@@ -400,7 +405,10 @@ def _distance_metrics(run: Run, held, Zs: np.ndarray, pos: np.ndarray, fitted: F
     n = int(stats.counts.sum())
     out = [Metric("full", "loss", float(s.sum()), n), Metric("full", "mean_distance", float(s.sum() / n), n)]
     m = min(len(Zs), cfg.kmeans.kmedoids.sample_size)
-    sil = km.sample_silhouette(Zs[:m], pos[:m], fitted.metric, driver_budget_bytes(cfg.job.driver_memory_gb))
+    # the quality sample and the fit's are prefixes of the run's one draw: the fit's matrix serves
+    sil = km.sample_silhouette(Zs[:m], pos[:m], fitted.metric, driver_budget_bytes(cfg.job.driver_memory_gb),
+                               fitted.sample_distances)
+    fitted.sample_distances = None  # 8 n^2 bytes: not kept for the rest of the run
     if np.isfinite(sil):
         out.append(Metric("sample", "silhouette", float(sil), m))
     else:
@@ -477,7 +485,7 @@ def _artifact(run: Run, inp: Input, pre: Prepared, fitted: Fitted, measured: Mea
         from clusterlake.report.build import sample_arrays
 
         extras = {**extras, **sample_arrays(measured.sample_z, measured.sample_pos, fitted.cluster_ids,
-                                            cfg.report.sample_size, pfit.density)}
+                                            cfg.report.sample_size, pfit.density, fitted.metric)}
     return model_artifact.ModelArtifact(
         run_id=run.run_id, run_date=run.run_date, prep=pre.prep, centroids=fitted.centroids,
         cluster_ids=fitted.cluster_ids, distance=cfg.kmeans.distance, algorithm=cfg.kmeans.algorithm,
@@ -554,7 +562,7 @@ def _lineage(run: Run, staged_asg, fitted: Fitted, measured: Measured):
         overlap = history.overlap_counts(run.store, asg, run.cfg.input.id_column, prev, fitted.matching.ids)
     counts = np.asarray(measured.stats.counts, dtype=np.float64)
     return stable_ids.events_and_drift(prev, fitted.matching, fitted.centroids, counts, overlap, measured.quality,
-                                       run.cfg.lineage, len(fitted.centroids))
+                                       run.cfg.lineage, len(fitted.centroids), fitted.metric)
 
 
 def _gates(cfg, metrics: list) -> list:

@@ -10,7 +10,7 @@ import numpy as np
 log = logging.getLogger("clusterlake")
 
 
-def match(previous, centroids: np.ndarray, max_distance: float):
+def match(previous, centroids: np.ndarray, max_distance: float, metric=None):
     """Stable ids for tonight's centroids: the previous run's ids where a centroid is matched
     (Hungarian method, within ``max_distance`` radii), fresh never-used ids otherwise."""
     from clusterlake.algorithms.lineage import match_clusters
@@ -23,7 +23,7 @@ def match(previous, centroids: np.ndarray, max_distance: float):
     if not previous.comparable:
         log.warning("stable ids: %s; every cluster gets a new id (from %d)", previous.reason, nxt)
         return match_clusters(centroids, *none, max_distance, nxt)
-    m = match_clusters(centroids, previous.centroids, previous.ids, previous.radius, max_distance, nxt)
+    m = match_clusters(centroids, previous.centroids, previous.ids, previous.radius, max_distance, nxt, metric)
     kept = int((m.prev_index >= 0).sum())
     log.info("stable ids against run %s: %d of %d clusters keep their id, %d new, %d retired "
              "(lineage.max_distance=%g radii)", previous.run_id, kept, len(centroids), len(centroids) - kept,
@@ -31,21 +31,21 @@ def match(previous, centroids: np.ndarray, max_distance: float):
     return m
 
 
-def events_and_drift(previous, matching, centroids, sizes, overlap, quality, lcfg, k):
+def events_and_drift(previous, matching, centroids, sizes, overlap, quality, lcfg, k, metric=None):
     """The lineage events of this run and its drift metrics (scope drift) against the previous run."""
     from clusterlake.algorithms import lineage
 
     ids = [int(c) for c in matching.ids]
     if previous is None or not previous.comparable:
-        basis = "first run" if previous is None else "features changed"
+        basis = "first run" if previous is None else previous.basis
         events = [dict(cluster_id=c, event="new", size=int(n), basis=basis) for c, n in zip(ids, sizes)]
         if previous is not None:
             events += [dict(previous_cluster_id=int(c), event="retired", previous_size=int(n), basis=basis)
                        for c, n in zip(previous.ids, previous.sizes)]
         return events, []
+    cd = lineage.centroid_distances(centroids, previous.centroids, previous.radius, metric)
     events = lineage.lineage_rows(matching, previous.ids, sizes, previous.sizes, overlap=overlap,
-                                  min_overlap=lcfg.min_overlap, C=centroids, prev_C=previous.centroids,
-                                  prev_radius=previous.radius)
+                                  min_overlap=lcfg.min_overlap, centroid_dist=cd)
     drift = lineage.drift_metrics(matching, sizes, previous.sizes, previous.ids, overlap=overlap,
                                   quality=quality, prev_quality=previous.artifact.quality, k=k)
     return events, drift

@@ -428,10 +428,10 @@ class Assigner:
         nearest first, distances exact (computed from the differences)."""
         Z = self.transform(rows)
         n = max(1, min(int(n), self.k))
-        if self.metric is not None:  # a k-medoids model: every medoid under its distance (k is small)
-            from clusterlake.kernels.distances import pairwise
+        if self.metric is not None:  # a k-medoids model: every medoid under its distance, as assign() ranks them
+            from clusterlake.kernels.distances import exact
 
-            d = pairwise(Z, self._centroids, self.metric)
+            d = exact(Z, self._centroids, self.metric)
             order = np.argsort(d, axis=1, kind="stable")[:, :n]
             return self._ids[order], np.take_along_axis(d, order, 1)
         # rank with the GEMM expansion, then recompute the candidates exactly and re-sort

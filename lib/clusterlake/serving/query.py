@@ -32,7 +32,7 @@ from clusterlake.errors import ClusterlakeError
 from clusterlake.io import model_artifact
 from clusterlake.io.fs import Location, location
 from clusterlake.kernels.assignment import AssignmentRule
-from clusterlake.kernels.distances import pairwise
+from clusterlake.kernels.distances import exact as exact_distances
 from clusterlake.serving.assigner import Assigner, Rows
 from clusterlake.serving.assigner import json_id as _py
 from clusterlake.serving.duplicates import DuplicateIndex
@@ -134,7 +134,10 @@ class ClusterCatalog:
         descriptions = art.meta.get("descriptions") or []
         self._parents = self._tree_parents()
         C = assigner._centroids
-        d = np.sqrt(np.maximum(0.0, (C * C).sum(1)[:, None] - 2 * C @ C.T + (C * C).sum(1)[None, :]))
+        if assigner.metric is not None:  # a k-medoids model: the medoids under its distance
+            d = exact_distances(C, C, assigner.metric)
+        else:
+            d = np.sqrt(np.maximum(0.0, (C * C).sum(1)[:, None] - 2 * C @ C.T + (C * C).sum(1)[None, :]))
         np.fill_diagonal(d, np.inf)
         self._centroid_dist = d
         self._clusters = {int(c): self._describe(i, descriptions) for i, c in enumerate(assigner.cluster_ids)}
@@ -277,11 +280,12 @@ class ClusterCatalog:
         ids, M = self.members(cid)
         n = max(0, min(int(n), len(ids)))
         items: list[dict[str, Any]] = []
-        if n and metric is not None:
-            d = pairwise(Z[:1], M, metric)[0]
-        elif n:
-            diff = M - Z[0]  # float64 (the float32 members are promoted)
-            d = np.sqrt(np.einsum("ij,ij->i", diff, diff))
+        if n:
+            if metric is not None:  # a k-medoids model: its members under its distance
+                d = exact_distances(Z[:1], M, metric)[0]
+            else:
+                diff = M - Z[0]  # float64 (the float32 members are promoted)
+                d = np.sqrt(np.einsum("ij,ij->i", diff, diff))
             top = np.argpartition(d, n - 1)[:n] if n < len(d) else np.arange(len(d))
             top = top[np.argsort(d[top], kind="stable")]
             items = [{"id": _py(ids[j]), "distance": float(d[j])} for j in top]
