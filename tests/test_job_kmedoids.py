@@ -149,3 +149,25 @@ def test_k_auto_by_the_silhouette_under_the_distance(spark, runs, tmp_path):
     assert sorted(curve.index) == list(range(2, 8))
     assert res.k == int(curve.idxmax())  # the best silhouette under the distance (3 or 4 here)
     assert set(met.algorithm) == {"kmeans"}  # the run's partition, whatever its algorithm
+
+
+def test_two_nights_keep_their_ids_and_another_distance_starts_afresh(spark, runs, tmp_path):
+    out = str(tmp_path / "nights")
+    over = {"kmeans.k": 4, "kmeans.kmedoids.sample_size": 1500, "preprocess.pca.enabled": "false",
+            "kmeans.algorithm": "kmedoids", "kmeans.distance": "manhattan"}
+    r1 = run_job(job_config(runs["data"], out, **over), spark=spark)
+    r2 = run_job(job_config(runs["data"], out, **over, **{"job.run_date": "2026-11-21",
+                                                           "kmeans.seed": 11}), spark=spark)
+    lin = _table(out, "lineage")
+    second = lin[lin.run_id == r2.run_id]
+    assert sorted(second.event) == ["persist"] * 4  # the same data: every medoid found again
+    a1 = _table(out, "assignments")
+    by_run = {r: a1[a1.run_id == r].set_index("customer_id").cluster_id for r in (r1.run_id, r2.run_id)}
+    assert (by_run[r1.run_id].sort_index() == by_run[r2.run_id].sort_index()).mean() > 0.97  # another seed: other medoids, the same clusters
+    # chebyshev: another distance, not comparable: every cluster new, ids never reused
+    r3 = run_job(job_config(runs["data"], out, **{**over, "kmeans.distance": "chebyshev",
+                                                   "job.run_date": "2026-11-22"}), spark=spark)
+    third = _table(out, "lineage")
+    third = third[third.run_id == r3.run_id]
+    assert set(third.event) == {"new", "retired"} and set(third.basis.dropna()) == {"distance changed"}
+    assert min(third[third.event == "new"].cluster_id) >= 4
