@@ -113,7 +113,8 @@ def hdbscan(X: np.ndarray, min_samples: int, min_cluster_size: int) -> tuple[np.
     distances to its ``max(2, min_samples)`` nearest neighbours (itself included).
 
     The same tree as ``HDBSCAN(min_cluster_size, min_samples).fit(X)``, built faster: the core
-    distances come from one neighbour search (which also gives the extension its reach), the
+    distances come from one exact neighbour search (:mod:`clusterlake.kernels.knn`; it also gives
+    the extension its reach), the
     mutual-reachability minimum spanning tree from :func:`clusterlake.kernels.mst.mutual_reachability_mst`,
     and scikit-learn condenses that tree and selects the clusters, given the tree as a sparse
     precomputed graph: with ``min_samples=1`` every point's core distance there is its lightest
@@ -124,8 +125,8 @@ def hdbscan(X: np.ndarray, min_samples: int, min_cluster_size: int) -> tuple[np.
     """
     from scipy.sparse import csr_matrix
     from sklearn.cluster import HDBSCAN
-    from sklearn.neighbors import NearestNeighbors
 
+    from clusterlake.kernels.knn import self_knn_distances
     from clusterlake.kernels.mst import mutual_reachability_mst
 
     n = len(X)
@@ -133,7 +134,7 @@ def hdbscan(X: np.ndarray, min_samples: int, min_cluster_size: int) -> tuple[np.
         raise ValueError(f"density.min_samples={min_samples} is more than the {n} rows of the density sample; "
                          "lower density.min_samples or raise density.sample_size")
     kk = int(min(max(2, min_samples), n))
-    knn, _ = NearestNeighbors(n_neighbors=kk, n_jobs=-1).fit(X).kneighbors(X)  # the driver's cores
+    knn = self_knn_distances(X, kk)  # exact, pruned by k-means cells where the data cluster
     a, b, w = mutual_reachability_mst(X, knn[:, min_samples - 1])
     w = np.maximum(w, np.finfo(np.float64).smallest_subnormal)
     G = csr_matrix((np.r_[w, w], (np.r_[a, b], np.r_[b, a])), shape=(n, n))

@@ -1,0 +1,138 @@
+"""Every row's distances to its k nearest rows of the same sample, exact and pruned (numpy only).
+
+HDBSCAN's core distances (:func:`clusterlake.kernels.density.hdbscan`) need each sampled row's
+``k`` nearest rows. scikit-learn's brute search measures every pair (0.55 s on 20,000 rows x 17
+dimensions, on two cores) and returns the GEMM expansion's distances (off by up to ~1e-7 from
+the exact ones on this data). :func:`self_knn_distances` measures far fewer pairs on clustered
+data, and returns exact distances:
+
+1. the rows are grouped by k-means (:func:`clusterlake.kernels.neighbors.build`: Voronoi cells of
+   ``G`` centres, each with its radius, the largest distance of a member to the centre);
+2. *plan*: each group's rows are measured against the nearest groups (by centre distance, its own
+   first) until they hold ``k`` rows: the k-th distance found is an upper bound ``u`` of each row's
+   true k-th distance. A group ``h`` can hold a nearer row only if the ball bound
+   ``|y - c_h| - radius_h`` is below ``u``; those groups are added to the row's group's search;
+3. if the plan measures more than a third of all pairs (data without clusters), the brute search
+   is cheaper and is used instead;
+4. *search*: each group's rows against its planned groups' rows (one GEMM each, on two threads),
+   the ``k + 2`` best by the expansion re-measured exactly from the differences, sorted.
+
+Exactness: the bounds carry the expansion's round-off (``_ERR`` times the squared norms), so no
+row that could be among the k nearest is left out; the distances returned are computed from the
+differences. Near-ties within the expansion's round-off (~1e-13 relative) may be ordered
+differently than exact arithmetic would, which changes no distance by more than that.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+__all__ = ["self_knn_distances"]
+
+_ERR = 64 * np.finfo(np.float64).eps  # round-off allowance of the expansion, per unit of squared norm
+_MIN_ROWS = 5000  # below this many rows the brute search is as fast
+_MAX_SHARE = 1 / 3  # of all pairs: above it the brute search is used
+
+
+def self_knn_distances(X: np.ndarray, k: int) -> np.ndarray:
+    """``(n, k)`` distances of every row of ``X`` to its ``k`` nearest rows of ``X`` (itself
+    included, at 0), ascending: what ``NearestNeighbors(n_neighbors=k).fit(X).kneighbors(X)[0]``
+    returns, computed exactly."""
+    X = np.ascontiguousarray(X, dtype=np.float64)
+    n = len(X)
+    k = int(min(max(1, k), n))
+    if n < _MIN_ROWS:
+        return _brute(X, k)
+    from clusterlake.kernels.neighbors import build
+
+    index = build(X)
+    plan = _plan(index, k)
+    if plan is None:
+        return _brute(X, k)
+    out = np.empty((n, k))
+    groups = [g for g in range(index.n_groups) if index.starts[g + 1] > index.starts[g]]
+    with _one_blas_thread(), ThreadPoolExecutor(max(1, min(2, os.cpu_count() or 1))) as pool:
+        for rows, d in pool.map(lambda g: _search(index, plan, g, k), groups):
+            out[index.order[rows]] = d
+    return out
+
+
+def _brute(X: np.ndarray, k: int) -> np.ndarray:
+    from sklearn.neighbors import NearestNeighbors
+
+    return NearestNeighbors(n_neighbors=k, algorithm="brute", n_jobs=-1).fit(X).kneighbors(X)[0]
+
+
+def _one_blas_thread():
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(1, user_api="blas")
+
+
+class _Plan:
+    """The shifted points (``Ps``, their squared norms ``sq``) and each group's columns to search."""
+
+    def __init__(self, Ps: np.ndarray, sq: np.ndarray, columns: list):
+        self.Ps, self.sq, self.columns = Ps, sq, columns
+
+
+def _d2(plan: _Plan, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Squared distances by the expansion (shifted frame), rows x cols."""
+    D2 = plan.Ps[rows] @ plan.Ps[cols].T
+    D2 *= -2.0
+    D2 += plan.sq[rows, None]
+    D2 += plan.sq[None, cols]
+    return D2
+
+
+def _plan(index, k: int):
+    """Each group's columns (positions in ``index.points``) to search, or None when they would be
+    more than :data:`_MAX_SHARE` of all pairs."""
+    Ps = index.points - index.shift
+    sq = np.einsum("ij,ij->i", Ps, Ps)
+    C = index.centers - index.shift
+    c_sq = np.einsum("ij,ij->i", C, C)
+    st, rad, G, n = index.starts, index.radii, index.n_groups, len(Ps)
+    cc = np.sqrt(np.maximum(c_sq[:, None] - 2.0 * C @ C.T + c_sq[None, :], 0.0))
+    plan, pairs, done = _Plan(Ps, sq, [None] * G), 0, 0
+    for g in np.random.default_rng(0).permutation(G):  # any tenth of the groups tells the share
+        g = int(g)
+        rows = np.arange(st[g], st[g + 1])
+        if not len(rows):
+            continue
+        near = np.argsort(cc[g], kind="stable")
+        near = np.r_[g, near[near != g]]
+        held = np.cumsum(st[near + 1] - st[near])
+        first = near[: int(np.searchsorted(held, k)) + 1]
+        cols = np.concatenate([np.arange(st[h], st[h + 1]) for h in first])
+        kth = np.partition(_d2(plan, rows, cols), k - 1, axis=1)[:, k - 1]
+        allow = _ERR * (sq[rows] + sq.max())
+        u = np.sqrt(np.maximum(kth, 0.0) + allow)  # >= each row's true k-th distance
+        dc2 = sq[rows, None] - 2.0 * Ps[rows] @ C.T + c_sq[None, :]
+        lb = np.sqrt(np.maximum(dc2 - _ERR * (sq[rows, None] + c_sq.max()), 0.0)) - rad[None, :]
+        need = (lb < u[:, None]).any(axis=0)
+        need[first] = False
+        more = [np.arange(st[h], st[h + 1]) for h in np.flatnonzero(need)]
+        plan.columns[g] = np.concatenate([cols] + more) if more else cols
+        pairs += len(rows) * len(plan.columns[g])
+        done += len(rows)
+        if pairs > _MAX_SHARE * n * (n if done < n // 10 else done):  # the share so far, after a tenth
+            return None
+    return plan
+
+
+def _search(index, plan: _Plan, g: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Group ``g``'s rows (positions in ``index.points``) and their k nearest distances."""
+    rows = np.arange(index.starts[g], index.starts[g + 1])
+    cols = plan.columns[g]
+    D2 = _d2(plan, rows, cols)
+    m = min(len(cols), k + 2)
+    pick = np.argpartition(D2, m - 1, axis=1)[:, :m] if m < len(cols) else np.tile(np.arange(len(cols)), (len(rows), 1))
+    cand = cols[pick]
+    diff = index.points[rows][:, None, :] - index.points[cand]
+    d = np.sqrt(np.einsum("ijk,ijk->ij", diff, diff))
+    d.sort(axis=1)
+    return rows, d[:, :k]
