@@ -176,13 +176,20 @@ def density_labels(Z: np.ndarray, model, _core: Optional[_CoreNorms] = None) -> 
     candidates within round-off of the best are measured exactly (lowest index on an exact tie):
     the index's per-query set-up would dominate there. Both recompute the winner's distance as
     ``sqrt(sum((z - p)^2))``, so they agree up to exact ties between core points (whose winner
-    the index does not define: a deterministic tie rule in the index is open work).
+    the index does not define: a deterministic tie rule in the index is open work). Under another
+    distance (``model.metric``) the small search is :func:`clusterlake.kernels.distances.nearest`,
+    whose distances and tie rule the index under that distance shares.
     """
     Z = np.asarray(Z, dtype=np.float64)
     P = model.core_points
     if _core is None or len(Z) == 0 or len(P) == 0 or len(Z) * P.size > _SMALL_DENSITY:
         return _density.extend(Z, model)
-    j, dist = _nearest_core_small(Z, P, _core)
+    if model.metric is not None:  # another distance: brute force, exact, ties to the lowest (as the index)
+        from clusterlake.kernels.distances import nearest
+
+        j, dist, _, _ = nearest(Z, P, model.metric)
+    else:
+        j, dist = _nearest_core_small(Z, P, _core)
     inside = dist <= model.core_reach[j] * (1 + 1e-12)
     return np.where(inside, model.core_labels[j], -1).astype(np.int32), dist
 

@@ -19,9 +19,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from clusterlake.kernels.neighbors import PointIndex
-from clusterlake.kernels.neighbors import build as build_index
-from clusterlake.kernels.neighbors import query as query_index
+from clusterlake.kernels import metric_index
+from clusterlake.kernels.distances import Metric, euclidean_frame, sklearn_args
 
 
 @dataclass
@@ -35,26 +34,34 @@ class DensityModel:
     sample_labels: np.ndarray  # (s,) int32: the sample's own labels (-1 = noise)
     eps: Optional[float] = None  # DBSCAN's eps (given or estimated)
     min_samples: int = 5
-    index: Optional[PointIndex] = None  # over core_points; built on first use (fit_sample builds it)
+    index: Optional[metric_index.MetricIndex] = None  # over core_points; built on first use (fit_sample builds it)
     reach_factor: float = 1.0  # HDBSCAN: core_reach = reach_factor x core distance (see fit_sample)
+    metric: Optional[Metric] = None  # the distance of the pass; None = euclidean
 
     def nearest_core(self, X: np.ndarray, budget_bytes: int = 64 << 20) -> tuple[np.ndarray, np.ndarray]:
-        """Index of every row's nearest core point and the exact distance to it."""
+        """Index of every row's nearest core point and the exact distance to it (under ``metric``)."""
         if self.index is None:
-            self.index = build_index(self.core_points)
-        return query_index(self.index, X, budget_bytes)
+            self.index = metric_index.build(self.core_points, self.metric)
+        return metric_index.query(self.index, X, budget_bytes)
 
     @property
     def n_clusters(self) -> int:
         return int(len(np.unique(self.core_labels)))
 
 
-def k_distances(X: np.ndarray, k: int) -> np.ndarray:
-    """Distance of every row to its k-th nearest neighbour (itself excluded), ascending order."""
+def _sk_rows(X: np.ndarray, m: Optional[Metric]) -> np.ndarray:
+    """``X`` as scikit-learn's neighbour searches take it under ``m`` (jaccard: booleans)."""
+    return X.astype(bool) if m is not None and m.name == "jaccard" else X
+
+
+def k_distances(X: np.ndarray, k: int, metric: Optional[Metric] = None) -> np.ndarray:
+    """Distance of every row to its k-th nearest neighbour (itself excluded), ascending order;
+    ``metric``: not mahalanobis (:func:`~clusterlake.kernels.distances.euclidean_frame`)."""
     from sklearn.neighbors import NearestNeighbors
 
     k = int(min(max(1, k), len(X) - 1))
-    d, _ = NearestNeighbors(n_neighbors=k + 1).fit(X).kneighbors(X)
+    d, _ = NearestNeighbors(n_neighbors=k + 1, **sklearn_args(metric)).fit(_sk_rows(X, metric)).kneighbors(
+        _sk_rows(X, metric))
     return np.sort(d[:, -1])
 
 
@@ -70,25 +77,27 @@ def knee(y: np.ndarray) -> int:
     return int(np.argmax(x - yn))  # the chord is yn = x; a convex curve lies below it
 
 
-def estimate_eps(X: np.ndarray, min_samples: int) -> float:
+def estimate_eps(X: np.ndarray, min_samples: int, metric: Optional[Metric] = None) -> float:
     """DBSCAN's eps at the knee of the k-distance curve (k = ``min_samples``)."""
-    kd = k_distances(X, min_samples)
+    kd = k_distances(X, min_samples, metric)
     return float(kd[knee(kd)])
 
 
-def mean_neighbours(X: np.ndarray, eps: float, probe: int = 1000, seed: int = 0) -> float:
+def mean_neighbours(X: np.ndarray, eps: float, probe: int = 1000, seed: int = 0,
+                    metric: Optional[Metric] = None) -> float:
     """Mean size of the eps-neighbourhoods of ``X`` (itself included), from ``probe`` random rows:
     what scikit-learn's DBSCAN will hold in memory per row."""
     from sklearn.neighbors import NearestNeighbors
 
     idx = np.random.default_rng(seed).choice(len(X), min(probe, len(X)), replace=False)
-    nn = NearestNeighbors(radius=eps).fit(X)
-    counts = [len(r) for r in nn.radius_neighbors(X[idx], return_distance=False)]
+    Xs = _sk_rows(X, metric)
+    nn = NearestNeighbors(radius=eps, **sklearn_args(metric)).fit(Xs)
+    counts = [len(r) for r in nn.radius_neighbors(Xs[idx], return_distance=False)]
     return float(np.mean(counts)) if counts else 0.0
 
 
 def loo_reach_factor(core_points: np.ndarray, core_distance: np.ndarray, quantile: float = 0.99,
-                     probe: int = 2000, seed: int = 0) -> float:
+                     probe: int = 2000, seed: int = 0, metric: Optional[Metric] = None) -> float:
     """The factor by which core distances must grow so that ``quantile`` of the core points, each
     left out in turn, lie within reach of their nearest *other* core point (>= 1; measured on
     ``probe`` random core points against all of them)."""
@@ -98,7 +107,8 @@ def loo_reach_factor(core_points: np.ndarray, core_distance: np.ndarray, quantil
     if m < 3:
         return 1.0
     idx = np.random.default_rng(seed).choice(m, min(probe, m), replace=False)
-    d, nn = NearestNeighbors(n_neighbors=2, algorithm="brute").fit(core_points).kneighbors(core_points[idx])
+    P = _sk_rows(core_points, metric)
+    d, nn = NearestNeighbors(n_neighbors=2, **{"algorithm": "brute", **sklearn_args(metric)}).fit(P).kneighbors(P[idx])
     own = nn[:, 0] == idx  # the point itself comes first, unless a duplicate ties with it
     other_d = np.where(own, d[:, 1], d[:, 0])
     other = np.where(own, nn[:, 1], nn[:, 0])
@@ -108,9 +118,10 @@ def loo_reach_factor(core_points: np.ndarray, core_distance: np.ndarray, quantil
     return float(max(1.0, np.quantile(ratio, quantile)))
 
 
-def hdbscan(X: np.ndarray, min_samples: int, min_cluster_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """scikit-learn's HDBSCAN labels of ``X`` (Euclidean, excess of mass), and every row's
-    distances to its ``max(2, min_samples)`` nearest neighbours (itself included).
+def hdbscan(X: np.ndarray, min_samples: int, min_cluster_size: int,
+            metric: Optional[Metric] = None) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's HDBSCAN labels of ``X`` (Euclidean unless ``metric``; excess of mass), and
+    every row's distances to its ``max(2, min_samples)`` nearest neighbours (itself included).
 
     The same tree as ``HDBSCAN(min_cluster_size, min_samples).fit(X)``, built faster: the core
     distances come from one exact neighbour search (:mod:`clusterlake.kernels.knn`; it also gives
@@ -122,20 +133,29 @@ def hdbscan(X: np.ndarray, min_samples: int, min_cluster_size: int) -> tuple[np.
     tree is the tree itself. The clusters are numbered in the order the rows first show them. (A zero weight, from ``min_samples`` identical rows, is stored as the
     smallest positive double: a sparse graph drops explicit zeros; its 1 / distance is infinite
     either way.)
+
+    Under another ``metric`` (not mahalanobis: whiten the rows for it, see
+    :func:`~clusterlake.kernels.distances.euclidean_frame`) the neighbours come from a brute
+    search (:func:`~clusterlake.kernels.knn.metric_knn_distances`) and the tree from
+    :func:`~clusterlake.kernels.mst.metric_mst`: scikit-learn's ``HDBSCAN(metric=...)``.
     """
     from scipy.sparse import csr_matrix
     from sklearn.cluster import HDBSCAN
 
-    from clusterlake.kernels.knn import self_knn_distances
-    from clusterlake.kernels.mst import mutual_reachability_mst
+    from clusterlake.kernels.knn import metric_knn_distances, self_knn_distances
+    from clusterlake.kernels.mst import metric_mst, mutual_reachability_mst
 
     n = len(X)
     if min_samples > n:
         raise ValueError(f"density.min_samples={min_samples} is more than the {n} rows of the density sample; "
                          "lower density.min_samples or raise density.sample_size")
     kk = int(min(max(2, min_samples), n))
-    knn = self_knn_distances(X, kk)  # exact, pruned by k-means cells where the data cluster
-    a, b, w = mutual_reachability_mst(X, knn[:, min_samples - 1])
+    if metric is None:
+        knn = self_knn_distances(X, kk)  # exact, pruned by k-means cells where the data cluster
+        a, b, w = mutual_reachability_mst(X, knn[:, min_samples - 1])
+    else:
+        knn = metric_knn_distances(X, kk, metric)
+        a, b, w = metric_mst(X, knn[:, min_samples - 1], metric)
     w = np.maximum(w, np.finfo(np.float64).smallest_subnormal)
     G = csr_matrix((np.r_[w, w], (np.r_[a, b], np.r_[b, a])), shape=(n, n))
     hd = HDBSCAN(min_cluster_size=min_cluster_size, min_samples=1, metric="precomputed", copy=False).fit(G)
@@ -157,8 +177,11 @@ def first_seen_order(labels: np.ndarray) -> np.ndarray:
 
 def fit_sample(X: np.ndarray, algorithm: str = "hdbscan", eps: Optional[float] = None, min_samples: int = 10,
                min_cluster_size: Optional[int] = None,
-               before_dbscan: Optional[Callable[[float], None]] = None) -> DensityModel:
-    """Cluster the sample ``X`` (model space) with scikit-learn and keep what :func:`extend` needs.
+               before_dbscan: Optional[Callable[[float], None]] = None,
+               metric: Optional[Metric] = None) -> DensityModel:
+    """Cluster the sample ``X`` (model space) with scikit-learn and keep what :func:`extend` needs,
+    under ``metric`` (None: euclidean; any :mod:`~clusterlake.kernels.distances` metric: eps, core
+    distances, the tree and the extension's nearest core point are all measured under it).
 
     DBSCAN: ``eps`` given or estimated (:func:`estimate_eps`); the core points are DBSCAN's.
     HDBSCAN: every sample point HDBSCAN put in a cluster is a core point; its reach is its core
@@ -174,38 +197,41 @@ def fit_sample(X: np.ndarray, algorithm: str = "hdbscan", eps: Optional[float] =
     X = np.ascontiguousarray(X, dtype=np.float64)
     if len(X) < 2:
         raise ValueError(f"the density sample has {len(X)} rows; at least 2 are needed")
+    Xf, mf = euclidean_frame(X, metric)  # mahalanobis: the whitened rows, euclidean
     if algorithm == "dbscan":
         from sklearn.cluster import DBSCAN
 
         if eps is None:
-            eps = estimate_eps(X, min_samples)
+            eps = estimate_eps(Xf, min_samples, mf)
         if before_dbscan is not None:
-            before_dbscan(mean_neighbours(X, eps))
-        db = DBSCAN(eps=eps, min_samples=min_samples).fit(X)
+            before_dbscan(mean_neighbours(Xf, eps, metric=mf))
+        db = DBSCAN(eps=eps, min_samples=min_samples, **sklearn_args(mf)).fit(_sk_rows(Xf, mf))
         labels = db.labels_.astype(np.int32)
         core = np.asarray(db.core_sample_indices_, dtype=np.int64)
         reach = np.full(len(core), float(eps))
     elif algorithm == "hdbscan":
         mcs = int(min_cluster_size or max(5, min_samples))
-        labels, knn = hdbscan(X, min_samples, mcs)
+        labels, knn = hdbscan(Xf, min_samples, mcs, mf)
         core = np.flatnonzero(labels >= 0)
         reach = knn[core, -1]  # distance to the max(2, min_samples)-th neighbour, itself included
-        factor = loo_reach_factor(X[core], reach)
+        factor = loo_reach_factor(Xf[core], reach, metric=mf)
         reach = reach * factor
     else:
         raise ValueError(f"unknown density algorithm {algorithm!r} (dbscan | hdbscan)")
     model = DensityModel(algorithm, X[core], labels[core], reach, labels, eps, min_samples,
-                         reach_factor=factor if algorithm == "hdbscan" else 1.0)
-    model.index = build_index(model.core_points)  # once, on the driver: the tasks get it broadcast
+                         reach_factor=factor if algorithm == "hdbscan" else 1.0,
+                         metric=metric if metric is not None and metric.name != "euclidean" else None)
+    model.index = metric_index.build(model.core_points, model.metric)  # once, on the driver: broadcast to the tasks
     return model
 
 
 def extend(X: np.ndarray, model: DensityModel, budget_bytes: int = 64 << 20) -> tuple[np.ndarray, np.ndarray]:
     """Label rows by the nearest core point within its reach; -1 (noise) otherwise.
 
-    The nearest core point comes from the model's exact pruned index
-    (:mod:`clusterlake.kernels.neighbors`: ~30x faster than a brute-force GEMM search on 16-D
-    data), with its distance recomputed exactly (no cancellation error at the reach boundary).
+    The nearest core point comes from the model's exact pruned index under its distance
+    (:mod:`clusterlake.kernels.metric_index`; Euclidean: :mod:`clusterlake.kernels.neighbors`,
+    ~30x faster than a brute-force GEMM search on 16-D data), with its distance computed exactly
+    (no cancellation error at the reach boundary).
     Returns ``(labels int32, distance float64)``, the distance to the nearest core point (``inf``
     when there is none).
     """

@@ -34,7 +34,8 @@ from typing import Optional
 
 import numpy as np
 
-__all__ = ["METRICS", "Metric", "exact", "from_spec", "metric", "nearest", "pairwise", "to_spec"]
+__all__ = ["METRICS", "Metric", "exact", "euclidean_frame", "from_spec", "metric", "nearest", "one_to_many", "pairwise",
+           "sklearn_args", "to_spec"]
 
 METRICS = ("euclidean", "sqeuclidean", "cosine", "manhattan", "chebyshev", "minkowski", "jaccard", "hamming",
            "mahalanobis")
@@ -99,6 +100,40 @@ def from_spec(spec: Optional[dict]) -> Optional[Metric]:
         raise ValueError(f"not a distance: {spec!r}")
     vi = spec.get("VI")
     return metric(spec["name"], p=spec.get("p"), VI=None if vi is None else np.asarray(vi, dtype=np.float64))
+
+
+def euclidean_frame(X: np.ndarray, m: Optional[Metric]) -> tuple[np.ndarray, Optional[Metric]]:
+    """``(rows, metric)`` to compute with: mahalanobis is the Euclidean distance of the whitened rows
+    (``X L``), so it becomes ``(X L, None)``; euclidean ``(X, None)``; any other ``(X, m)``. None
+    stands for euclidean, for which the callers have their faster kernels."""
+    if m is None or m.name == "euclidean":
+        return X, None
+    if m.name == "mahalanobis":
+        return np.asarray(X, dtype=np.float64) @ m.W, None
+    return X, m
+
+
+def sklearn_args(m: Optional[Metric]) -> dict:
+    """scikit-learn's spelling of ``m`` for its neighbour searches (``metric``, ``p``; brute force:
+    scipy's definitions, as this module's); {} for euclidean. Not for mahalanobis: whiten the rows
+    (:func:`euclidean_frame`)."""
+    if m is None or m.name == "euclidean":
+        return {}
+    if m.name == "mahalanobis":
+        raise ValueError("whiten the rows for the mahalanobis distance (euclidean_frame)")
+    return {"metric": m.name, "algorithm": "brute", **({"p": m.p} if m.name == "minkowski" else {})}
+
+
+def one_to_many(m: Metric, x: np.ndarray, Y: np.ndarray, y_sq: Optional[np.ndarray] = None) -> np.ndarray:
+    """Distances from the row ``x`` to every row of ``Y`` (float64 rows, unchecked: the inner step of
+    loops that add one row at a time, as Prim's tree does); ``y_sq``: ``Y``'s squared norms, which
+    the GEMM metrics need (computed when None). Not for mahalanobis (:func:`euclidean_frame`)."""
+    if m.name == "mahalanobis":
+        raise ValueError("whiten the rows for the mahalanobis distance (euclidean_frame)")
+    if m.name in _GEMM:
+        y_sq = np.einsum("ij,ij->i", Y, Y) if y_sq is None else y_sq
+        return _gemm_block(m, x[None, :], Y, np.array([x @ x]), y_sq)[0]
+    return _diff_block(m, x[None, :], Y)[0]
 
 
 def _as64(A: np.ndarray) -> np.ndarray:

@@ -8,8 +8,8 @@ Ward's tree over weighted K-means centroids. numpy + scipy only.
   O(s d) memory, 20,000 x 10 in 3 s); average and complete need the condensed distance matrix
   (O(s^2) memory, see :func:`linkage_bytes`). Cuts of one dendrogram are nested: every
   cluster of a finer level lies inside one cluster of each coarser level.
-* :func:`extend` -- every row takes the labels of its nearest sampled point (exact pruned search,
-  :mod:`clusterlake.kernels.neighbors`): a sampled row gets exactly its own labels, and every row's
+* :func:`extend` -- every row takes the labels of its nearest sampled point under the tree's
+  distance (exact pruned search, :mod:`clusterlake.kernels.metric_index`): a sampled row gets exactly its own labels, and every row's
   levels are nested, as the sample's are. (Nearest *level centroid*, the cheaper rule for Ward,
   gives neither: a row between two centroids can land on different branches at two levels.)
   Ward's level centroids are still computed, for profiles and the report.
@@ -26,9 +26,8 @@ from typing import Optional
 
 import numpy as np
 
-from clusterlake.kernels.neighbors import PointIndex
-from clusterlake.kernels.neighbors import build as build_index
-from clusterlake.kernels.neighbors import query as query_index
+from clusterlake.kernels import metric_index
+from clusterlake.kernels.distances import Metric, euclidean_frame
 
 LINKAGES = ("ward", "average", "complete", "single")
 
@@ -36,21 +35,45 @@ LINKAGES = ("ward", "average", "complete", "single")
 VECTOR_LINKAGES = ("ward", "single")  # fastcluster.linkage_vector: no distance matrix
 
 
-def linkage_bytes(n: int, method: str = "average", d: int = 1) -> int:
-    """Peak memory of the linkage of n points in d dimensions: for average/complete, the condensed
-    distance matrix (float64) twice (fastcluster copies it); for ward/single a few n x d and n x 4
-    arrays."""
-    if method in VECTOR_LINKAGES:
+def on_points(method: str, metric: Optional[str]) -> bool:
+    """Whether fastcluster links the points themselves (no distance matrix): ward and single,
+    single under any distance but chebyshev (fastcluster's ``linkage_vector`` lacks it)."""
+    return method in VECTOR_LINKAGES and (metric in (None, "euclidean", "mahalanobis")
+                                          or (method == "single" and metric != "chebyshev"))
+
+
+def linkage_bytes(n: int, method: str = "average", d: int = 1, metric: Optional[str] = None) -> int:
+    """Peak memory of the linkage of n points in d dimensions: for average/complete (and single
+    under chebyshev), the condensed distance matrix (float64) twice (fastcluster copies it); for
+    ward/single a few n x d and n x 4 arrays."""
+    if on_points(method, metric):
         return int(8 * n * (2 * d + 8))
     return int(2 * 8 * n * (n - 1) // 2)
 
 
-def _linkage(X: np.ndarray, method: str) -> np.ndarray:
+_SCIPY = {"manhattan": "cityblock"}  # scipy's names of our distances where they differ
+
+
+def _linkage(X: np.ndarray, method: str, metric: Optional[Metric] = None) -> np.ndarray:
+    """fastcluster's linkage of the rows ``X`` under ``metric`` (None: euclidean; mahalanobis
+    given as whitened rows). Ward and single linkage run on the points; average and complete on
+    scipy's condensed distances (the definitions :mod:`clusterlake.kernels.distances` holds to);
+    single under a distance on the points too, except chebyshev."""
     import fastcluster
 
-    if method in VECTOR_LINKAGES:
-        return fastcluster.linkage_vector(X, method=method)
-    return fastcluster.linkage(X, method=method, metric="euclidean")
+    if metric is None:
+        if method in VECTOR_LINKAGES:
+            return fastcluster.linkage_vector(X, method=method)
+        return fastcluster.linkage(X, method=method, metric="euclidean")
+    from scipy.spatial.distance import pdist
+
+    name = _SCIPY.get(metric.name, metric.name)
+    if metric.name == "jaccard":
+        X = X != 0
+    if on_points(method, metric.name):
+        return fastcluster.linkage_vector(X, method=method, metric=name, extraarg=metric.p)
+    return fastcluster.linkage(pdist(X, name, **({"p": metric.p} if metric.name == "minkowski" else {})),
+                               method=method)
 
 
 @dataclass
@@ -61,27 +84,35 @@ class HierarchyModel:
     sample_labels: dict[int, np.ndarray]  # level -> (s,) int32 labels of the sample
     sample_points: np.ndarray  # (s, d): for 1-NN extension (non-ward)
     centroids: dict[int, np.ndarray] = field(default_factory=dict)  # ward: level -> (level, d)
-    index: Optional[PointIndex] = None  # over sample_points, built on first use
+    index: Optional[metric_index.MetricIndex] = None  # over sample_points, built on first use
+    metric: Optional[Metric] = None  # the distance of the tree and the extension; None = euclidean
 
 
-def fit_sample(X: np.ndarray, method: str = "ward", levels=(4, 16)) -> HierarchyModel:
-
+def fit_sample(X: np.ndarray, method: str = "ward", levels=(4, 16), metric: Optional[Metric] = None) -> HierarchyModel:
+    """The linkage of the sample ``X`` under ``metric`` (None: euclidean; Ward's is Euclidean
+    only), its cuts at ``levels`` and the index that extends them."""
     if method not in LINKAGES:
         raise ValueError(f"unknown linkage {method!r} ({' | '.join(LINKAGES)})")
+    if metric is not None and metric.name == "euclidean":
+        metric = None
+    if method == "ward" and metric is not None and metric.name != "mahalanobis":
+        raise ValueError(f"ward linkage minimises squared euclidean (or mahalanobis) distances; under "
+                         f"{metric.describe()} use average, complete or single linkage")
     X = np.ascontiguousarray(X, dtype=np.float64)
     levels = sorted({int(v) for v in levels})
     if not levels or levels[0] < 1:
         raise ValueError(f"levels must be positive numbers of clusters, got {levels}")
     if len(X) < max(2, levels[-1]):
         raise ValueError(f"the hierarchical sample has {len(X)} rows, fewer than the finest level {levels[-1]}")
-    Z = _linkage(X, method)
+    Xf, mf = euclidean_frame(X, metric)  # mahalanobis: the whitened rows, euclidean
+    Z = _linkage(Xf, method, mf)
     labels = {lv: cut(Z, lv) for lv in levels}
     cents = {}
     if method == "ward":
         for lv, lab in labels.items():
             cents[lv] = np.stack([X[lab == c].mean(axis=0) for c in range(lv)])
-    model = HierarchyModel(method, Z, levels, labels, X, cents)
-    model.index = build_index(X)  # once, on the driver: the tasks get it broadcast
+    model = HierarchyModel(method, Z, levels, labels, X, cents, metric=metric)
+    model.index = metric_index.build(X, metric)  # once, on the driver: the tasks get it broadcast
     return model
 
 
@@ -116,8 +147,8 @@ def extend(X: np.ndarray, model: HierarchyModel, budget_bytes: int = 64 << 20) -
     if not len(X):
         return {lv: np.zeros(0, np.int32) for lv in model.levels}
     if model.index is None:
-        model.index = build_index(model.sample_points)
-    idx, _ = query_index(model.index, X, budget_bytes)
+        model.index = metric_index.build(model.sample_points, model.metric)
+    idx, _ = metric_index.query(model.index, X, budget_bytes)
     return {lv: lab[idx] for lv, lab in model.sample_labels.items()}
 
 

@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-__all__ = ["self_knn_distances"]
+__all__ = ["metric_knn_distances", "self_knn_distances"]
 
 _ERR = 64 * np.finfo(np.float64).eps  # round-off allowance of the expansion, per unit of squared norm
 _MIN_ROWS = 5000  # below this many rows the brute search is as fast
@@ -57,6 +57,25 @@ def self_knn_distances(X: np.ndarray, k: int) -> np.ndarray:
     with _one_blas_thread(), ThreadPoolExecutor(max(1, min(2, os.cpu_count() or 1))) as pool:
         for rows, d in pool.map(lambda g: _search(index, plan, g, k), groups):
             out[index.order[rows]] = d
+    return out
+
+
+def metric_knn_distances(X: np.ndarray, k: int, m, budget_bytes: int = 64 << 20) -> np.ndarray:
+    """:func:`self_knn_distances` under the distance ``m`` (a
+    :class:`~clusterlake.kernels.distances.Metric`), by brute force: every pair measured
+    (:func:`~clusterlake.kernels.distances.pairwise`), a block of rows at a time within
+    ``budget_bytes``, the ``k`` smallest kept. (Itself included: at 0, except a zero row under
+    cosine, which is 1 from everything.)"""
+    from clusterlake.kernels.distances import pairwise
+
+    X = np.ascontiguousarray(X, dtype=np.float64)
+    n = len(X)
+    k = int(min(max(1, k), n))
+    out = np.empty((n, k))
+    step = int(max(1, budget_bytes // (8 * 2 * max(1, n))))
+    for s in range(0, n, step):
+        D = pairwise(X[s:s + step], X, m, budget_bytes)
+        out[s:s + step] = np.sort(np.partition(D, k - 1, axis=1)[:, :k], axis=1)
     return out
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["mutual_reachability_mst"]
+__all__ = ["metric_mst", "mutual_reachability_mst"]
 
 # Below this many slots the arrays are not compacted any more (not worth a copy).
 _MIN_COMPACT = 256
@@ -71,3 +71,39 @@ def mutual_reachability_mst(X: np.ndarray, core: np.ndarray) -> tuple[np.ndarray
         cur = int(ids[pos])
     dist = np.sqrt(np.einsum("ij,ij->i", X[a] - X[b], X[a] - X[b]))
     return a, b, np.maximum(np.maximum(core[a], core[b]), dist)
+
+
+def metric_mst(X: np.ndarray, core: np.ndarray, m) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`mutual_reachability_mst` under the distance ``m`` (a
+    :class:`~clusterlake.kernels.distances.Metric`, not mahalanobis: whiten the rows for it), the
+    same Prim and compaction; each step measures the point just added against the points outside
+    the tree with :func:`~clusterlake.kernels.distances.one_to_many` (scipy's compiled differences,
+    or one GEMV for cosine and jaccard), so the weights are the distances themselves."""
+    from clusterlake.kernels.distances import one_to_many
+
+    X = np.ascontiguousarray(X, dtype=np.float64)
+    n = X.shape[0]
+    core = np.asarray(core, dtype=np.float64).reshape(n)
+    if n < 2:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
+    Xo, sq = X, np.einsum("ij,ij->i", X, X)
+    ids, ca = np.arange(n), core.copy()
+    best, src = np.full(n, np.inf), np.zeros(n, np.int64)
+    a, b, w = np.empty(n - 1, np.int64), np.empty(n - 1, np.int64), np.empty(n - 1)
+    cur, pos, outside = 0, 0, n
+    for i in range(n - 1):
+        ca[pos] = best[pos] = np.inf  # ``cur`` joins the tree
+        outside -= 1
+        if 5 * outside < 4 * len(ids) and len(ids) > _MIN_COMPACT:
+            keep = np.flatnonzero(ca < np.inf)
+            Xo, sq, ids, ca, best, src = (np.ascontiguousarray(Xo[keep]), sq[keep], ids[keep], ca[keep], best[keep],
+                                          src[keep])
+        g = one_to_many(m, X[cur], Xo, sq)
+        np.maximum(g, ca, out=g)
+        np.maximum(g, core[cur], out=g)
+        mask = g < best
+        best[mask], src[mask] = g[mask], cur
+        pos = int(best.argmin())
+        a[i], b[i], w[i] = src[pos], ids[pos], best[pos]
+        cur = int(ids[pos])
+    return a, b, w
