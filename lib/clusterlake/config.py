@@ -297,6 +297,11 @@ class KMeansSection(_Section):
         return v
 
 
+def _check_minkowski_p(section: str, metric: Optional[str], p: Optional[float]) -> None:
+    if (metric == "minkowski") != (p is not None):
+        raise ValueError(f"{section}.minkowski_p goes with {section}.metric: minkowski (and it needs one: p >= 1)")
+
+
 class DensitySection(_Section):
     """The density pass (issue 5): DBSCAN or HDBSCAN on a uniform sample of the model space,
     extended to every row (nearest core point within its reach, else noise)."""
@@ -310,6 +315,19 @@ class DensitySection(_Section):
     min_samples: int = Field(10, ge=1, le=10_000)
     min_cluster_size: Optional[int] = Field(None, ge=2)
     """HDBSCAN's smallest cluster (sample rows); null = max(min_samples, sample rows / 1000)."""
+    metric: Optional[Literal["euclidean", "cosine", "manhattan", "chebyshev", "minkowski", "hamming", "jaccard",
+                             "mahalanobis"]] = None
+    """The pass's distance between model-space rows (eps, core distances, the tree and the
+    extension are all measured under it); any of ``kmeans.distance``'s. null: the partition's
+    (``kmeans.distance`` for k-medoids; else euclidean: under cosine K-means the rows are unit
+    vectors, on which euclidean ranks as cosine does)."""
+    minkowski_p: Optional[float] = Field(None, ge=1.0)
+    """The p of ``metric: minkowski``."""
+
+    @model_validator(mode="after")
+    def _metric_p(self) -> "DensitySection":
+        _check_minkowski_p("density", self.metric, self.minkowski_p)
+        return self
 
     @model_validator(mode="after")
     def _algorithm_keys(self) -> "DensitySection":
@@ -334,6 +352,21 @@ class HierarchicalSection(_Section):
     sample_size: int = Field(20_000, ge=10, le=200_000)
     levels: list[int] = [4, 16]
     """Numbers of clusters at which the tree is cut, coarse to fine (each >= 2)."""
+    metric: Optional[Literal["euclidean", "cosine", "manhattan", "chebyshev", "minkowski", "hamming", "jaccard",
+                             "mahalanobis"]] = None
+    """The tree's distance between model-space rows (and the extension's nearest sampled row);
+    ward: euclidean or mahalanobis only. null: the partition's (``kmeans.distance`` for k-medoids,
+    except under ward, which stays euclidean unless it is mahalanobis; else euclidean)."""
+    minkowski_p: Optional[float] = Field(None, ge=1.0)
+    """The p of ``metric: minkowski``."""
+
+    @model_validator(mode="after")
+    def _metric_fits_linkage(self) -> "HierarchicalSection":
+        _check_minkowski_p("hierarchical", self.metric, self.minkowski_p)
+        if self.linkage == "ward" and self.metric not in (None, "euclidean", "mahalanobis"):
+            raise ValueError(f"hierarchical.linkage=ward minimises squared euclidean distances; under "
+                             f"hierarchical.metric={self.metric} use linkage average, complete or single")
+        return self
 
     @field_validator("levels")
     @classmethod
@@ -545,9 +578,14 @@ class JobConfig(_Section):
             if not self.grouping.enabled:
                 raise ValueError("kmeans.enabled: false leaves the job nothing to do: enable grouping "
                                  "(grouping.enabled: true, grouping.column) or K-means")
-        if self.kmeans.distance in ("jaccard", "hamming") and (self.preprocess.scaling != "none"
-                                                               or self.preprocess.pca.enabled):
-            raise ValueError(f"kmeans.distance={self.kmeans.distance} compares the features' values as they are "
+        raw = [(key, name) for key, name, on in (
+            ("kmeans.distance", self.kmeans.distance, True),
+            ("density.metric", self.pass_distance("density")[0], self.density.enabled),
+            ("hierarchical.metric", self.pass_distance("hierarchical")[0], self.hierarchical.enabled))
+            if on and name in ("jaccard", "hamming")]
+        if raw and (self.preprocess.scaling != "none" or self.preprocess.pca.enabled):
+            key, name = raw[0]
+            raise ValueError(f"{key}={name} compares the features' values as they are "
                              "(0/1 tags, categories): set preprocess.scaling: none and preprocess.pca.enabled: false")
         if self.kmeans.algorithm == "kmedoids" and self.input.weight_column:
             raise ValueError("kmeans.algorithm=kmedoids takes no row weights (its sample is uniform and its loss "
@@ -569,6 +607,19 @@ class JobConfig(_Section):
                 + "; remove these keys or set them to their defaults"
             )
         return self
+
+    def pass_distance(self, section: str) -> tuple[str, Optional[float]]:
+        """``(distance, minkowski p)`` of the ``density`` or ``hierarchical`` pass: its ``metric``
+        if set, else the partition's (k-medoids' ``kmeans.distance``; Ward stays euclidean unless
+        that is mahalanobis), else euclidean."""
+        s = getattr(self, section)
+        if s.metric is not None:
+            return s.metric, s.minkowski_p
+        km = self.kmeans
+        if km.algorithm == "kmedoids" and not (section == "hierarchical" and s.linkage == "ward"
+                                               and km.distance not in ("euclidean", "mahalanobis")):
+            return km.distance, km.minkowski_p
+        return "euclidean", None
 
     @property
     def resolved_run_date(self) -> _dt.date:

@@ -104,10 +104,10 @@ def dbscan_neighbourhood_bytes(rows: int, mean_neighbours: float) -> int:
     return int(rows * (mean_neighbours * 24 + 112))
 
 
-def hierarchy_bytes(rows: int, dims: int, method: str, levels: int) -> int:
+def hierarchy_bytes(rows: int, dims: int, method: str, levels: int, metric: Optional[str] = None) -> int:
     from clusterlake.kernels.hierarchy import linkage_bytes
 
-    return int(FIXED_BYTES + linkage_bytes(rows, method, dims) + rows * (dims * 8 * 2 + levels * 8 * 2 + 64))
+    return int(FIXED_BYTES + linkage_bytes(rows, method, dims, metric) + rows * (dims * 8 * 2 + levels * 8 * 2 + 64))
 
 
 @dataclass
@@ -158,18 +158,22 @@ def check_sample_passes(cfg, dims: int, rows_available: int, input_width: int = 
         needs["density"] = PassNeed("density.sample_size", rows, f(rows), _max_rows(f, budget, d.sample_size))
     if cfg.hierarchical.enabled:
         h = cfg.hierarchical
-        f = lambda n: hierarchy_bytes(n, dims, h.linkage, len(h.levels)) + n * raw  # noqa: E731
+        hmetric = cfg.pass_distance("hierarchical")[0]
+        f = lambda n: hierarchy_bytes(n, dims, h.linkage, len(h.levels), hmetric) + n * raw  # noqa: E731
         rows = min(h.sample_size, rows_available)
         needs["hierarchical"] = PassNeed("hierarchical.sample_size", rows, f(rows),
                                          _max_rows(f, budget, h.sample_size))
     bad = [n for n in needs.values() if n.bytes > budget]
     if bad:
+        from clusterlake.kernels.hierarchy import on_points
+
+        hmetric = cfg.pass_distance("hierarchical")[0]
         parts = []
         for n in bad:
             why = ""
-            if n.setting.startswith("hierarchical") and cfg.hierarchical.linkage not in ("ward", "single"):
-                why = (f" ({cfg.hierarchical.linkage} linkage keeps the {n.rows:,} x {n.rows:,} distance matrix; "
-                       "ward and single linkage do not)")
+            if n.setting.startswith("hierarchical") and not on_points(cfg.hierarchical.linkage, hmetric):
+                why = (f" ({cfg.hierarchical.linkage} linkage under {hmetric} keeps the {n.rows:,} x {n.rows:,} "
+                       "distance matrix; ward and single linkage (but single under chebyshev) do not)")
             parts.append(f"{n.setting}={n.rows:,} needs ~{n.bytes / GiB:.1f} GiB on the driver{why}; "
                          f"at most {n.max_rows:,} rows fit")
         raise ConfigError(

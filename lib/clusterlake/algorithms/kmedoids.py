@@ -22,40 +22,22 @@ import numpy as np
 
 from clusterlake.algorithms.auto_k import AutoK
 from clusterlake.algorithms.kmeans import KMeansFit
+from clusterlake.algorithms.model_distance import distance_named
 from clusterlake.errors import ConfigError, InputDataError
 from clusterlake.io.contract.metrics import Metric
 from clusterlake.kernels import kmedoids as K
 from clusterlake.kernels.distances import Metric as Distance
-from clusterlake.kernels.distances import metric as make_metric
 from clusterlake.kernels.distances import pairwise
 
 log = logging.getLogger(__name__)
 
 _FLOAT32_ABOVE = 20_000  # sample rows above which the distances are kept as float32
-_MAX_MAHALANOBIS_DIMS = 256  # model dimensions: VI travels in model.json and the tasks' commands
-
-
-def model_space_covariance(moments, prep) -> np.ndarray:
-    """The covariance of every row in the model space (``moments``: the input's, in input units;
-    ``prep``: the fitted scaling and PCA, a linear map)."""
-    cov_x = np.asarray(moments.m2, dtype=np.float64) / max(int(moments.n) - 1, 1)
-    A = np.diag(1.0 / np.asarray(prep.scale, dtype=np.float64))
-    if prep.components is not None:
-        A = A @ np.asarray(prep.components, dtype=np.float64).T
-    return A.T @ cov_x @ A
 
 
 def distance_of(kcfg, moments=None, prep=None) -> Distance:
     """The :class:`~clusterlake.kernels.distances.Metric` of ``kmeans.distance`` (mahalanobis:
     with the inverse of the model space's covariance over every row)."""
-    if kcfg.distance == "mahalanobis":
-        cov = model_space_covariance(moments, prep)
-        if len(cov) > _MAX_MAHALANOBIS_DIMS:
-            raise ConfigError(f"kmeans.distance=mahalanobis on {len(cov)} model dimensions: the model keeps the inverse "
-                              f"covariance ({len(cov)}^2 numbers, in model.json); keep at most "
-                              f"{_MAX_MAHALANOBIS_DIMS} with preprocess.pca.components")
-        return make_metric("mahalanobis", VI=np.linalg.pinv(cov, hermitian=True))
-    return make_metric(kcfg.distance, p=kcfg.minkowski_p)
+    return distance_named(kcfg.distance, kcfg.minkowski_p, moments, prep, "kmeans.distance")
 
 
 def sample_distances(S: np.ndarray, dist: Distance, budget: tuple[int, str]) -> np.ndarray:

@@ -237,6 +237,7 @@ def pass_models(art: ModelArtifact) -> tuple[Optional["DensityModel"], Optional[
     rebuild them without the Spark-side algorithms. The density model carries no sample labels
     (they are not saved)."""
     from clusterlake.kernels.density import DensityModel
+    from clusterlake.kernels.distances import from_spec
     from clusterlake.kernels.hierarchy import HierarchyModel
 
     dens = hier = None
@@ -245,13 +246,14 @@ def pass_models(art: ModelArtifact) -> tuple[Optional["DensityModel"], Optional[
         p = art.passes["density"]
         dens = DensityModel(p["algorithm"], x["density_core_points"], x["density_core_labels"],
                             x["density_core_reach"], np.zeros(0, np.int32), p.get("eps"), p["min_samples"],
-                            reach_factor=p.get("reach_factor", 1.0))
+                            reach_factor=p.get("reach_factor", 1.0), metric=from_spec(p.get("metric")))
     if "hierarchical" in art.passes:
         p = art.passes["hierarchical"]
         levels = [int(v) for v in p["levels"]]
         labels = {lv: x["hier_sample_labels"][:, j] for j, lv in enumerate(levels)}
         cents = {lv: x[f"hier_centroids_{lv}"] for lv in levels if f"hier_centroids_{lv}" in x}
-        hier = HierarchyModel(p["linkage"], x["hier_linkage"], levels, labels, x["hier_sample_points"], cents)
+        hier = HierarchyModel(p["linkage"], x["hier_linkage"], levels, labels, x["hier_sample_points"], cents,
+                              metric=from_spec(p.get("metric")))
     return dens, hier
 
 

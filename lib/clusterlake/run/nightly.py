@@ -460,7 +460,7 @@ def sample_passes(run: Run, inp: Input, pre: Prepared, measured: Measured):
         size = max(cfg.density.sample_size if cfg.density.enabled else 0,
                    cfg.hierarchical.sample_size if cfg.hierarchical.enabled else 0)
         Zp = _sample_z(run, inp, pre.prep, size)
-        pfit = sp.fit_passes(cfg, Zp)
+        pfit = sp.fit_passes(cfg, Zp, sp.pass_distances(cfg, pre.moments, pre.prep))
         t0 = time.time()
         sil, pass_sils = sp.sampled_silhouettes(measured.sample_z, measured.sample_pos, pfit, Zp, cfg.density.algorithm)
         if sil is not None and "silhouette" not in measured.by_name:  # k-medoids scored its own, under its distance
