@@ -72,3 +72,16 @@ def test_prunes_and_handles_empty_inputs():
     assert (i == -1).all() and np.isinf(d).all()
     with pytest.raises(ValueError, match="3 columns, the index 4"):
         query(index, np.zeros((2, 3)))
+
+
+def test_cosine_over_non_zero_points_searches_the_unit_sphere():
+    rng = np.random.default_rng(2)
+    P = _blobs(rng, 800, 5) + 0.5
+    X = np.vstack([_blobs(rng, 600, 5), np.zeros((2, 5))])
+    m = metric("cosine")
+    index = build(P, m)
+    assert index.euclid is not None  # the Euclidean index over the normalised points
+    idx, dist = query(index, X)
+    ref_i, ref_d, _, _ = nearest(X, P, m)
+    np.testing.assert_allclose(dist, ref_d, rtol=1e-9, atol=1e-12)
+    assert (idx == ref_i).all() and (idx[-2:] == 0).all() and (dist[-2:] == 1.0).all()

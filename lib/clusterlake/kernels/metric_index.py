@@ -6,20 +6,22 @@ one entry to that search for every distance:
 
 * ``euclidean``: :mod:`clusterlake.kernels.neighbors`' index (Voronoi half-space bounds);
 * ``mahalanobis`` is the Euclidean distance of whitened rows (``x L``, ``VI = L L^T``): the same
-  index over the whitened points, exact and as fast;
+  index over the whitened points, exact and as fast; so is ``cosine`` when no point is zero: on
+  the unit sphere ``d_cos = |u - v|^2 / 2``, the Euclidean index over the normalised points;
 * the others are pruned by the triangle inequality. :func:`build` splits the points into groups
   around *pivots* (``sqrt(m)`` points drawn at random: the groups follow the data's density) and
   keeps each group's radius; :func:`query` measures every row against the pivots, searches the
   group of its nearest pivot first, then every other group whose ball bound
   ``d(x, pivot) - radius`` does not exceed the row's best distance so far. ``manhattan``,
   ``chebyshev``, ``minkowski`` (``p >= 1``), ``hamming`` and ``jaccard`` (0/1 features) are
-  metrics; ``cosine`` is not, but ``sqrt(2 d)`` is (the chord between unit vectors; a zero vector,
+  metrics; ``cosine`` (with zero points) is not, but ``sqrt(2 d)`` is (the chord between unit vectors; a zero vector,
   1 from everything, sits at ``sqrt(2)`` from everything, which keeps the bound valid), so its
   bound runs in that space.
 
 Every distance is :func:`clusterlake.kernels.distances.exact`'s (scipy's definitions, from the
-differences), so the result equals the brute-force :func:`clusterlake.kernels.distances.nearest`:
-the nearest point, ties to the lowest index (hamming and jaccard tie often). The bound keeps an
+differences), so the pruned search equals the brute-force :func:`clusterlake.kernels.distances.nearest`:
+the nearest point, ties to the lowest index (hamming and jaccard tie often); the Euclidean index
+(euclidean, mahalanobis, cosine) leaves exact ties to any tied point, as it always has. The bound keeps an
 allowance for round-off (1e-10 relative; 1e-7 absolute for cosine's square root), so a point that
 ties is never skipped. Memory: the rows go in blocks whose rows-by-pivots tables take at most half
 of the budget, and each group's distance table at most a quarter.
@@ -84,8 +86,9 @@ def build(points: np.ndarray, metric: Optional[Metric] = None, n_groups: Optiona
         raise ValueError(f"points must be a 2-D array, got shape {P.shape}")
     m = metric if metric is not None else Metric("euclidean")
     n = len(P)
-    if m.name in ("euclidean", "mahalanobis"):
-        E = P @ m.W if m.name == "mahalanobis" else P
+    unit = m.name == "cosine" and n > 0 and bool((np.linalg.norm(P, axis=1) > 0).all())
+    if m.name in ("euclidean", "mahalanobis") or unit:
+        E = P @ m.W if m.name == "mahalanobis" else (P / np.linalg.norm(P, axis=1)[:, None] if unit else P)
         return MetricIndex(m, P, np.arange(n, dtype=np.int64), np.array([0, n], np.int64), np.zeros((0, P.shape[1])),
                            np.zeros(0), neighbors.build(E))
     G = int(n_groups or min(n, max(1, round(np.sqrt(n)))))
@@ -119,6 +122,8 @@ def query(index: MetricIndex, X: np.ndarray, budget_bytes: int = 64 << 20) -> tu
     if n and index.n_points and X.shape[1] != index.dim:
         raise ValueError(f"X has {X.shape[1]} columns, the index {index.dim}")
     if index.euclid is not None:
+        if index.metric.name == "cosine":
+            return _query_sphere(index, X, budget_bytes)
         if index.metric.name == "mahalanobis":
             X = np.asarray(X, dtype=np.float64) @ index.metric.W
         return neighbors.query(index.euclid, X, budget_bytes)
@@ -130,6 +135,22 @@ def query(index: MetricIndex, X: np.ndarray, budget_bytes: int = 64 << 20) -> tu
     for s in range(0, n, block):
         idx[s:s + block], dist[s:s + block] = _query_block(index, np.asarray(X[s:s + block], dtype=np.float64),
                                                            budget_bytes)
+    return idx, dist
+
+
+def _query_sphere(index: MetricIndex, X: np.ndarray, budget_bytes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Cosine over points that are all non-zero: the nearest on the unit sphere is the Euclidean
+    nearest of the normalised rows (``d_cos = |u - v|^2 / 2``); a zero row is 1 from every point
+    (the lowest index, as brute force), the others' distances measured as cosine."""
+    X = np.asarray(X, dtype=np.float64)
+    norms = np.linalg.norm(X, axis=1)
+    idx, dist = np.zeros(len(X), np.int64), np.ones(len(X))
+    live = np.flatnonzero(norms > 0)
+    if len(live):
+        i, _ = neighbors.query(index.euclid, X[live] / norms[live, None], budget_bytes)
+        P = index.points[i]
+        idx[live] = i
+        dist[live] = 1.0 - np.clip(np.einsum("ij,ij->i", X[live], P) / (norms[live] * np.linalg.norm(P, axis=1)), -1, 1)
     return idx, dist
 
 
