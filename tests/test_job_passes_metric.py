@@ -62,9 +62,19 @@ def test_every_rows_levels_are_its_nearest_sampled_rows_under_manhattan(night):
 
 
 def test_the_passes_silhouettes_are_under_manhattan(night):
+    from clusterlake.kernels.kmedoids import silhouette_samples_of
+    from clusterlake.kernels.silhouette import silhouette_scores
+
     met = night["met"]
     sil = met[(met.scope == "sample") & (met.metric == "silhouette") & met.algorithm.isin(["hdbscan", "hierarchical"])]
     assert set(sil.algorithm) == {"hdbscan", "hierarchical"} and sil.value.between(-1, 1).all()
+    # the hierarchy's sample is the first 800 rows of the run's draw, inside the 2,000-row quality sample
+    _, hier = pass_models(night["art"])
+    for lv in (3, 6):
+        got = sil[(sil.algorithm == "hierarchical") & (sil.k == lv)].value.item()
+        want = silhouette_samples_of(hier.sample_points, hier.sample_labels[lv], metric("manhattan")).mean()
+        assert got == pytest.approx(want, rel=1e-9)
+        assert abs(got - silhouette_scores(hier.sample_points, [hier.sample_labels[lv]])[0]) > 1e-4  # not euclidean
 
 
 def test_serving_labels_new_rows_as_the_batch_did(night):
@@ -75,12 +85,30 @@ def test_serving_labels_new_rows_as_the_batch_did(night):
     np.testing.assert_array_equal(a.density_label, night["asg"].density_label.to_numpy()[:400])
 
 
+def test_the_passes_distance_follows_the_partition_unless_set():
+    from tests.conftest import job_config as cfg
+
+    def dist(**over):
+        c = cfg("in.parquet", "out", **{"density.enabled": "true", "hierarchical.enabled": "true", **over})
+        return c.pass_distance("density")[0], c.pass_distance("hierarchical")[0]
+
+    med = {"kmeans.algorithm": "kmedoids", "preprocess.pca.enabled": "false"}
+    assert dist() == ("euclidean", "euclidean")
+    assert dist(**{"kmeans.distance": "cosine"}) == ("euclidean", "euclidean")  # unit vectors: ranks as cosine
+    assert dist(**med, **{"kmeans.distance": "manhattan"}) == ("manhattan", "euclidean")  # ward stays euclidean
+    assert dist(**med, **{"kmeans.distance": "manhattan", "hierarchical.linkage": "average"}) == ("manhattan",) * 2
+    assert dist(**med, **{"kmeans.distance": "mahalanobis"}) == ("mahalanobis",) * 2  # ward takes it (whitened)
+    assert dist(**med, **{"kmeans.distance": "manhattan", "density.metric": "chebyshev"})[0] == "chebyshev"
+
+
 @pytest.mark.parametrize("over,text", [
     ({"hierarchical.enabled": "true", "hierarchical.metric": "manhattan"},
      "hierarchical.linkage=ward minimises squared euclidean distances; under hierarchical.metric=manhattan use "
      "linkage average, complete or single"),
     ({"density.enabled": "true", "density.metric": "minkowski"}, "density.minkowski_p goes with density.metric: minkowski"),
     ({"density.enabled": "true", "density.metric": "jaccard"}, "density.metric=jaccard compares the features' values"),
+    ({"density.enabled": "true", "density.metric": "mahalanobis", "kmeans.distance": "cosine"},
+     "density.metric=mahalanobis with kmeans.distance=cosine: the model space's rows are unit vectors"),
 ])
 def test_pass_distances_are_checked(over, text, tmp_path):
     with pytest.raises((ConfigError, ValueError), match=text.replace("(", r"\(").replace(")", r"\)")):

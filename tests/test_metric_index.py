@@ -56,6 +56,7 @@ def test_cosine_with_zero_vectors_and_duplicate_pivots():
     idx, dist = query(build(P, m, seed=7), X)
     ref_i, ref_d, _, _ = nearest(X, P, m)
     np.testing.assert_allclose(dist, ref_d, atol=1e-12)
+    np.testing.assert_array_equal(idx, ref_i)  # 20 copies of every point: the lowest index wins, as brute force
     np.testing.assert_allclose(dist[-3:], 1.0)
 
 

@@ -134,3 +134,38 @@ def test_ward_is_refused_under_manhattan_but_runs_whitened_under_mahalanobis():
     model = Hk.fit_sample(X, "ward", (3,), metric=metric("mahalanobis", VI=VI))
     ref = scipy_linkage(X / X.std(axis=0), "ward")
     np.testing.assert_allclose(model.linkage[:, 2], ref[:, 2], rtol=1e-9)
+
+
+def test_cosine_hdbscan_with_zero_rows_and_duplicates_keeps_its_core_points():
+    """Zero rows (1 from everything under cosine) take the metric path (its tree is the minimum
+    one); min_samples identical rows have a core distance of 0, and the extension must still put
+    every core point in its cluster (1 - x.y / |x||y| of identical rows can be 2e-16, not 0)."""
+    X, _ = _laplace_blobs(6, n=600)
+    X[:4] = 0.0
+    m = metric("cosine")
+    labels, knn = Dk.hdbscan(X, 5, 15, m)
+    _, _, w = metric_mst(X, knn[:, 4], m)
+    assert w.sum() == pytest.approx(_mst_weight(X, knn[:, 4], m), rel=1e-9)
+    ref = HDBSCAN(min_cluster_size=15, min_samples=5, metric="cosine", algorithm="brute", copy=True).fit(X).labels_
+    assert (Dk.first_seen_order(ref) != labels).sum() <= 3
+    tags = np.repeat(np.array([[1, 1, 1, 1, 1.0, 0], [1, 0, 1, 0, 1, 1], [0, 1, 0, 1, 1, 1]]), 12, axis=0)
+    model = Dk.fit_sample(tags, "hdbscan", None, 5, 6, metric=m)
+    lab, dist = Dk.extend(model.core_points, model)
+    assert (model.core_reach == 0).all() and len(model.core_points) == 36
+    np.testing.assert_array_equal(lab, model.core_labels)
+    from clusterlake.kernels.assignment import AssignmentRule
+
+    served = AssignmentRule(model.core_points[:3], density=model, small_search=True)(model.core_points)
+    np.testing.assert_array_equal(served.density_label, model.core_labels)  # brute cosine: 2e-16 from itself
+
+
+def test_linkage_under_cosine_with_zero_rows_takes_them_as_one_from_everything():
+    X, _ = _laplace_blobs(8, n=120)
+    X[:3] = 0.0
+    m = metric("cosine")
+    model = Hk.fit_sample(X, "average", (3,), metric=m)
+    D = pairwise(X, X, m)
+    ref = scipy_linkage(D[np.triu_indices(len(X), 1)], "average")
+    np.testing.assert_allclose(model.linkage[:, 2], ref[:, 2], rtol=1e-9)
+    with pytest.raises(ValueError, match="3 all-zero rows, whose cosine distance single linkage"):
+        Hk.fit_sample(X, "single", (3,), metric=m)

@@ -583,6 +583,13 @@ class JobConfig(_Section):
             ("density.metric", self.pass_distance("density")[0], self.density.enabled),
             ("hierarchical.metric", self.pass_distance("hierarchical")[0], self.hierarchical.enabled))
             if on and name in ("jaccard", "hamming")]
+        if self.kmeans.distance == "cosine":
+            whitened = [k for k, on in (("density.metric", self.density.enabled), ("hierarchical.metric",
+                                                                                    self.hierarchical.enabled))
+                        if on and self.pass_distance(k.split(".")[0])[0] == "mahalanobis"]
+            if whitened:
+                raise ValueError(f"{whitened[0]}=mahalanobis with kmeans.distance=cosine: the model space's rows are "
+                                 "unit vectors, whose covariance the run does not measure; use cosine or euclidean")
         if raw and (self.preprocess.scaling != "none" or self.preprocess.pca.enabled):
             key, name = raw[0]
             raise ValueError(f"{key}={name} compares the features' values as they are "

@@ -156,7 +156,7 @@ def sampled_silhouettes(Zs: np.ndarray, kmeans_pos: np.ndarray, fit: PassFit, Zp
 
     n = len(Zs)
     shared = [("kmeans", None, np.unique(kmeans_pos, return_inverse=True)[1])]
-    own = []  # (algorithm, k, rows, labels, distance): labelings scored apart
+    own = []  # ([(algorithm, k)], rows, [labels], distance): labelings of the same rows, scored apart
     if fit.density is not None:
         m = fit.density
         lab, k = m.sample_labels, m.n_clusters
@@ -164,21 +164,21 @@ def sampled_silhouettes(Zs: np.ndarray, kmeans_pos: np.ndarray, fit: PassFit, Zp
             shared.append((density_algorithm, k, np.r_[lab, np.full(n - len(lab), -1)]))
         else:
             keep = np.flatnonzero(lab >= 0)[:n]
-            own.append((density_algorithm, k, (Zp if len(lab) > n else Zs)[keep], lab[keep], m.metric))
+            own.append(([(density_algorithm, k)], (Zp if len(lab) > n else Zs)[keep], [lab[keep]], m.metric))
     if fit.hierarchy is not None:
         hm = fit.hierarchy
-        for lv in hm.levels:
-            lab = np.unique(np.asarray(hm.sample_labels[lv])[:n], return_inverse=True)[1]
-            if hm.metric is None:
-                shared.append(("hierarchical", lv, np.r_[lab, np.full(n - len(lab), -1)]))
-            else:
-                own.append(("hierarchical", lv, Zs[:len(lab)], lab, hm.metric))
+        labs = [np.unique(np.asarray(hm.sample_labels[lv])[:n], return_inverse=True)[1] for lv in hm.levels]
+        if hm.metric is None:
+            shared += [("hierarchical", lv, np.r_[lab, np.full(n - len(lab), -1)]) for lv, lab in zip(hm.levels, labs)]
+        else:  # every level in one distance pass under the tree's distance
+            own.append(([("hierarchical", lv) for lv in hm.levels], Zs[:len(labs[0])], labs, hm.metric))
     values = list(silhouette_scores(Zs, [lab for _, _, lab in shared]))
     rows = [int((lab >= 0).sum()) for _, _, lab in shared]
-    for algorithm, k, X, lab, dist in own:
-        values.append(_silhouette(X, np.unique(lab, return_inverse=True)[1], dist))
-        rows.append(len(lab))
-    named = [(a, k) for a, k, _ in shared] + [(a, k) for a, k, _, _, _ in own]
+    named = [(a, k) for a, k, _ in shared]
+    for names, X, labs, dist in own:
+        values += _silhouettes(X, labs, dist)
+        rows += [len(X)] * len(labs)
+        named += names
     metrics: list[Optional[Metric]] = []
     for (algorithm, k), value, n_rows in zip(named, values, rows):
         if np.isnan(value):
@@ -192,16 +192,16 @@ def sampled_silhouettes(Zs: np.ndarray, kmeans_pos: np.ndarray, fit: PassFit, Zp
     return metrics[0], [m_ for m_ in metrics[1:] if m_ is not None]
 
 
-def _silhouette(X: np.ndarray, labels: np.ndarray, dist) -> float:
-    """The mean silhouette of ``labels`` on ``X`` under ``dist`` (None: euclidean); NaN if undefined."""
+def _silhouettes(X: np.ndarray, labelings: list, dist) -> list[float]:
+    """The mean silhouette of each labeling of the rows ``X`` under ``dist`` (None: euclidean);
+    NaN where undefined."""
     if dist is None:
         from clusterlake.kernels.silhouette import silhouette_scores
 
-        return float(silhouette_scores(X, [labels])[0])
-    from clusterlake.kernels.kmedoids import silhouette_samples_of
+        return [float(v) for v in silhouette_scores(X, [np.unique(lab, return_inverse=True)[1] for lab in labelings])]
+    from clusterlake.kernels.kmedoids import silhouette_samples_many
 
-    s = silhouette_samples_of(X, labels, dist)
-    return float("nan") if s is None else float(s.mean())
+    return [float("nan") if s_ is None else float(s_.mean()) for s_ in silhouette_samples_many(X, labelings, dist)]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -177,8 +177,9 @@ def density_labels(Z: np.ndarray, model, _core: Optional[_CoreNorms] = None) -> 
     the index's per-query set-up would dominate there. Both recompute the winner's distance as
     ``sqrt(sum((z - p)^2))``, so they agree up to exact ties between core points (whose winner
     the index does not define: a deterministic tie rule in the index is open work). Under another
-    distance (``model.metric``) the small search is :func:`clusterlake.kernels.distances.nearest`,
-    whose distances and tie rule the index under that distance shares.
+    distance (``model.metric``) the small search is :func:`clusterlake.kernels.distances.nearest`
+    (exact, ties to the lowest index, as the pivot search under that distance; the Euclidean
+    index that serves mahalanobis and cosine leaves exact ties to any tied point).
     """
     Z = np.asarray(Z, dtype=np.float64)
     P = model.core_points
@@ -190,8 +191,7 @@ def density_labels(Z: np.ndarray, model, _core: Optional[_CoreNorms] = None) -> 
         j, dist, _, _ = nearest(Z, P, model.metric)
     else:
         j, dist = _nearest_core_small(Z, P, _core)
-    inside = dist <= model.core_reach[j] * (1 + 1e-12)
-    return np.where(inside, model.core_labels[j], -1).astype(np.int32), dist
+    return np.where(_density.within_reach(model, j, dist), model.core_labels[j], -1).astype(np.int32), dist
 
 
 def _nearest_core_small(Z: np.ndarray, P: np.ndarray, core: _CoreNorms) -> tuple[np.ndarray, np.ndarray]:

@@ -20,7 +20,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from clusterlake.kernels import metric_index
-from clusterlake.kernels.distances import Metric, euclidean_frame, sklearn_args
+from clusterlake.kernels.distances import Metric, euclidean_frame, sklearn_args, sklearn_rows
 
 
 @dataclass
@@ -49,19 +49,14 @@ class DensityModel:
         return int(len(np.unique(self.core_labels)))
 
 
-def _sk_rows(X: np.ndarray, m: Optional[Metric]) -> np.ndarray:
-    """``X`` as scikit-learn's neighbour searches take it under ``m`` (jaccard: booleans)."""
-    return X.astype(bool) if m is not None and m.name == "jaccard" else X
-
-
 def k_distances(X: np.ndarray, k: int, metric: Optional[Metric] = None) -> np.ndarray:
     """Distance of every row to its k-th nearest neighbour (itself excluded), ascending order;
     ``metric``: not mahalanobis (:func:`~clusterlake.kernels.distances.euclidean_frame`)."""
     from sklearn.neighbors import NearestNeighbors
 
     k = int(min(max(1, k), len(X) - 1))
-    d, _ = NearestNeighbors(n_neighbors=k + 1, **sklearn_args(metric)).fit(_sk_rows(X, metric)).kneighbors(
-        _sk_rows(X, metric))
+    d, _ = NearestNeighbors(n_neighbors=k + 1, **sklearn_args(metric)).fit(sklearn_rows(X, metric)).kneighbors(
+        sklearn_rows(X, metric))
     return np.sort(d[:, -1])
 
 
@@ -90,7 +85,7 @@ def mean_neighbours(X: np.ndarray, eps: float, probe: int = 1000, seed: int = 0,
     from sklearn.neighbors import NearestNeighbors
 
     idx = np.random.default_rng(seed).choice(len(X), min(probe, len(X)), replace=False)
-    Xs = _sk_rows(X, metric)
+    Xs = sklearn_rows(X, metric)
     nn = NearestNeighbors(radius=eps, **sklearn_args(metric)).fit(Xs)
     counts = [len(r) for r in nn.radius_neighbors(Xs[idx], return_distance=False)]
     return float(np.mean(counts)) if counts else 0.0
@@ -107,7 +102,7 @@ def loo_reach_factor(core_points: np.ndarray, core_distance: np.ndarray, quantil
     if m < 3:
         return 1.0
     idx = np.random.default_rng(seed).choice(m, min(probe, m), replace=False)
-    P = _sk_rows(core_points, metric)
+    P = sklearn_rows(core_points, metric)
     d, nn = NearestNeighbors(n_neighbors=2, **{"algorithm": "brute", **sklearn_args(metric)}).fit(P).kneighbors(P[idx])
     own = nn[:, 0] == idx  # the point itself comes first, unless a duplicate ties with it
     other_d = np.where(own, d[:, 1], d[:, 0])
@@ -135,9 +130,10 @@ def hdbscan(X: np.ndarray, min_samples: int, min_cluster_size: int,
     either way.)
 
     Under another ``metric`` (not mahalanobis: whiten the rows for it, see
-    :func:`~clusterlake.kernels.distances.euclidean_frame`) the neighbours come from a brute
-    search (:func:`~clusterlake.kernels.knn.metric_knn_distances`) and the tree from
-    :func:`~clusterlake.kernels.mst.metric_mst`: scikit-learn's ``HDBSCAN(metric=...)``.
+    :func:`~clusterlake.kernels.distances.euclidean_frame`) the neighbours come from
+    scikit-learn's search for it (:func:`~clusterlake.kernels.knn.metric_knn_distances`) and the
+    tree from :func:`~clusterlake.kernels.mst.metric_mst`: scikit-learn's ``HDBSCAN(metric=...)``;
+    under cosine, when no row is zero, from the Euclidean kernels on the unit sphere.
     """
     from scipy.sparse import csr_matrix
     from sklearn.cluster import HDBSCAN
@@ -206,6 +202,7 @@ def fit_sample(X: np.ndarray, algorithm: str = "hdbscan", eps: Optional[float] =
     if len(X) < 2:
         raise ValueError(f"the density sample has {len(X)} rows; at least 2 are needed")
     Xf, mf = euclidean_frame(X, metric)  # mahalanobis: the whitened rows, euclidean
+    sklearn_rows(X, metric)  # jaccard: 0/1 features, checked before anything is fitted
     if algorithm == "dbscan":
         from sklearn.cluster import DBSCAN
 
@@ -213,7 +210,7 @@ def fit_sample(X: np.ndarray, algorithm: str = "hdbscan", eps: Optional[float] =
             eps = estimate_eps(Xf, min_samples, mf)
         if before_dbscan is not None:
             before_dbscan(mean_neighbours(Xf, eps, metric=mf))
-        db = DBSCAN(eps=eps, min_samples=min_samples, **sklearn_args(mf)).fit(_sk_rows(Xf, mf))
+        db = DBSCAN(eps=eps, min_samples=min_samples, **sklearn_args(mf)).fit(sklearn_rows(Xf, mf))
         labels = db.labels_.astype(np.int32)
         core = np.asarray(db.core_sample_indices_, dtype=np.int64)
         reach = np.full(len(core), float(eps))
@@ -249,5 +246,17 @@ def extend(X: np.ndarray, model: DensityModel, budget_bytes: int = 64 << 20) -> 
     if len(model.core_points) == 0:  # all noise
         return np.full(n, -1, np.int32), np.full(n, np.inf)
     idx, dist = model.nearest_core(np.ascontiguousarray(X), budget_bytes)
-    inside = dist <= model.core_reach[idx] * (1 + 1e-12)
-    return np.where(inside, model.core_labels[idx], -1).astype(np.int32), dist
+    return np.where(within_reach(model, idx, dist), model.core_labels[idx], -1).astype(np.int32), dist
+
+
+_REACH_ABS = 1e-12  # another distance: its round-off, absolute (model-space rows are of unit scale)
+
+
+def within_reach(model: DensityModel, idx: np.ndarray, dist: np.ndarray) -> np.ndarray:
+    """Whether each row lies within the reach of its nearest core point ``idx`` at ``dist``: the
+    one rule of the extension (batch, serving, stream). The boundary counts as inside, with a
+    relative allowance of 1e-12; under another distance than euclidean also an absolute one
+    (``1e-12``): a row identical to a core point of zero reach (``min_samples`` duplicates) may
+    measure 2e-16 from it under cosine (``1 - x.y / |x||y|``) or mahalanobis (whitened apart)."""
+    tol = _REACH_ABS if model.metric is not None else 0.0
+    return dist <= model.core_reach[idx] * (1 + 1e-12) + tol

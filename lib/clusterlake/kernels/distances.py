@@ -35,7 +35,7 @@ from typing import Optional
 import numpy as np
 
 __all__ = ["METRICS", "Metric", "exact", "euclidean_frame", "from_spec", "metric", "nearest", "one_to_many", "pairwise",
-           "sklearn_args", "to_spec"]
+           "scipy_name", "sklearn_args", "sklearn_rows", "to_spec"]
 
 METRICS = ("euclidean", "sqeuclidean", "cosine", "manhattan", "chebyshev", "minkowski", "jaccard", "hamming",
            "mahalanobis")
@@ -114,14 +114,29 @@ def euclidean_frame(X: np.ndarray, m: Optional[Metric]) -> tuple[np.ndarray, Opt
 
 
 def sklearn_args(m: Optional[Metric]) -> dict:
-    """scikit-learn's spelling of ``m`` for its neighbour searches (``metric``, ``p``; brute force:
-    scipy's definitions, as this module's); {} for euclidean. Not for mahalanobis: whiten the rows
-    (:func:`euclidean_frame`)."""
+    """scikit-learn's spelling of ``m`` for its neighbour searches (``metric``, ``p``: the same
+    definitions; its trees where they serve the metric, k-d for manhattan, chebyshev, minkowski);
+    {} for euclidean. Give it the rows through :func:`sklearn_rows`. Not for mahalanobis: whiten
+    the rows (:func:`euclidean_frame`)."""
     if m is None or m.name == "euclidean":
         return {}
     if m.name == "mahalanobis":
         raise ValueError("whiten the rows for the mahalanobis distance (euclidean_frame)")
-    return {"metric": m.name, "algorithm": "brute", **({"p": m.p} if m.name == "minkowski" else {})}
+    return {"metric": m.name, **({"p": m.p} if m.name == "minkowski" else {})}
+
+
+def sklearn_rows(X: np.ndarray, m: Optional[Metric]) -> np.ndarray:
+    """``X`` as scikit-learn's, scipy's and fastcluster's jaccard take it (booleans: set or not;
+    checked to be 0/1 first), else ``X`` itself."""
+    if m is not None and m.name == "jaccard":
+        _check_binary(m, X)
+        return np.asarray(X) != 0
+    return X
+
+
+def scipy_name(m: Metric) -> str:
+    """scipy's name of ``m`` (``cdist``, ``pdist``)."""
+    return _SCIPY.get(m.name, m.name)
 
 
 def one_to_many(m: Metric, x: np.ndarray, Y: np.ndarray, y_sq: Optional[np.ndarray] = None) -> np.ndarray:
@@ -169,7 +184,7 @@ def _gemm_block(m: Metric, A: np.ndarray, B: np.ndarray, a_sq: np.ndarray, b_sq:
 
 
 _SCIPY = {"manhattan": "cityblock", "chebyshev": "chebyshev", "minkowski": "minkowski", "hamming": "hamming",
-          "euclidean": "euclidean", "sqeuclidean": "sqeuclidean"}
+          "euclidean": "euclidean", "sqeuclidean": "sqeuclidean", "cosine": "cosine", "jaccard": "jaccard"}
 
 
 def _diff_block(m: Metric, A: np.ndarray, B: np.ndarray) -> np.ndarray:

@@ -27,7 +27,7 @@ from typing import Optional
 import numpy as np
 
 from clusterlake.kernels import metric_index
-from clusterlake.kernels.distances import Metric, euclidean_frame
+from clusterlake.kernels.distances import Metric, euclidean_frame, pairwise, scipy_name, sklearn_rows
 
 LINKAGES = ("ward", "average", "complete", "single")
 
@@ -36,44 +36,63 @@ VECTOR_LINKAGES = ("ward", "single")  # fastcluster.linkage_vector: no distance 
 
 
 def on_points(method: str, metric: Optional[str]) -> bool:
-    """Whether fastcluster links the points themselves (no distance matrix): ward and single,
-    single under any distance but chebyshev (fastcluster's ``linkage_vector`` lacks it)."""
-    return method in VECTOR_LINKAGES and (metric in (None, "euclidean", "mahalanobis")
-                                          or (method == "single" and metric != "chebyshev"))
+    """Whether fastcluster links the points themselves (no distance matrix): ward (euclidean,
+    mahalanobis) and single (any distance)."""
+    return method == "single" or (method == "ward" and metric in (None, "euclidean", "mahalanobis"))
 
 
 def linkage_bytes(n: int, method: str = "average", d: int = 1, metric: Optional[str] = None) -> int:
-    """Peak memory of the linkage of n points in d dimensions: for average/complete (and single
-    under chebyshev), the condensed distance matrix (float64) twice (fastcluster copies it); for
-    ward/single a few n x d and n x 4 arrays."""
+    """Peak memory of the linkage of n points in d dimensions: for average/complete, the condensed
+    distance matrix (float64) twice (fastcluster copies it); for ward/single a few n x d and n x 4
+    arrays."""
     if on_points(method, metric):
         return int(8 * n * (2 * d + 8))
     return int(2 * 8 * n * (n - 1) // 2)
 
 
-_SCIPY = {"manhattan": "cityblock"}  # scipy's names of our distances where they differ
-
-
 def _linkage(X: np.ndarray, method: str, metric: Optional[Metric] = None) -> np.ndarray:
     """fastcluster's linkage of the rows ``X`` under ``metric`` (None: euclidean; mahalanobis
     given as whitened rows). Ward and single linkage run on the points; average and complete on
-    scipy's condensed distances (the definitions :mod:`clusterlake.kernels.distances` holds to);
-    single under a distance on the points too, except chebyshev."""
+    scipy's condensed distances (the definitions :mod:`clusterlake.kernels.distances` holds to;
+    cosine with all-zero rows from its own, which scipy leaves NaN); single on the points under
+    any distance (fastcluster spells chebyshev ``chebychev``)."""
     import fastcluster
 
     if metric is None:
         if method in VECTOR_LINKAGES:
             return fastcluster.linkage_vector(X, method=method)
         return fastcluster.linkage(X, method=method, metric="euclidean")
-    from scipy.spatial.distance import pdist
-
-    name = _SCIPY.get(metric.name, metric.name)
-    if metric.name == "jaccard":
-        X = X != 0
+    if metric.name == "cosine" and not np.linalg.norm(X, axis=1).all():
+        # a zero row is 1 from everything (kernels.distances), which scipy and fastcluster leave NaN
+        if on_points(method, metric.name):
+            raise ValueError(f"the hierarchical sample has {int((np.linalg.norm(X, axis=1) == 0).sum())} all-zero "
+                             "rows, whose cosine distance single linkage on the points cannot take: use average or "
+                             "complete linkage, or leave all-zero rows out of the input")
+        return fastcluster.linkage(_condensed(X, metric), method=method)
+    name = {"chebyshev": "chebychev"}.get(metric.name, scipy_name(metric)) if on_points(method, metric.name) \
+        else scipy_name(metric)
+    X = sklearn_rows(X, metric)
     if on_points(method, metric.name):
         return fastcluster.linkage_vector(X, method=method, metric=name, extraarg=metric.p)
+    from scipy.spatial.distance import pdist
+
     return fastcluster.linkage(pdist(X, name, **({"p": metric.p} if metric.name == "minkowski" else {})),
                                method=method)
+
+
+def _condensed(X: np.ndarray, m: Metric) -> np.ndarray:
+    """The condensed distance matrix of ``X`` under ``m`` (as scipy's ``pdist``), a block of rows
+    at a time from :func:`~clusterlake.kernels.distances.pairwise`."""
+    n = len(X)
+    out = np.empty(n * (n - 1) // 2)
+    pos, step = 0, max(1, (32 << 20) // (8 * max(1, n)))
+    for s0 in range(0, n, step):
+        D = pairwise(X[s0:s0 + step], X, m)
+        for r in range(len(D)):
+            i = s0 + r
+            out[pos:pos + n - i - 1] = D[r, i + 1:]
+            pos += n - i - 1
+    return out
 
 
 @dataclass
@@ -105,6 +124,7 @@ def fit_sample(X: np.ndarray, method: str = "ward", levels=(4, 16), metric: Opti
     if len(X) < max(2, levels[-1]):
         raise ValueError(f"the hierarchical sample has {len(X)} rows, fewer than the finest level {levels[-1]}")
     Xf, mf = euclidean_frame(X, metric)  # mahalanobis: the whitened rows, euclidean
+    sklearn_rows(X, metric)  # jaccard: 0/1 features, checked before anything is linked
     Z = _linkage(Xf, method, mf)
     labels = {lv: cut(Z, lv) for lv in levels}
     cents = {}

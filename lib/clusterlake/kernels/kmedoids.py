@@ -204,30 +204,52 @@ def silhouette_samples(D: np.ndarray, labels: np.ndarray) -> Optional[np.ndarray
     """Every row's silhouette from the distance matrix ``D`` (scikit-learn's
     ``silhouette_samples(D, labels, metric="precomputed")``); None unless 2 <= clusters <= rows - 1."""
     D = np.asarray(D)
-    return _silhouettes(len(D), labels, lambda s0, s1: np.asarray(D[s0:s1], dtype=np.float64))
+    return _silhouettes(len(D), [labels], lambda s0, s1: np.asarray(D[s0:s1], dtype=np.float64))[0]
 
 
 def silhouette_samples_of(X: np.ndarray, labels: np.ndarray, metric) -> Optional[np.ndarray]:
     """:func:`silhouette_samples` of the rows ``X`` under ``metric`` (a
     :class:`~clusterlake.kernels.distances.Metric`), their distances a block of rows at a time
     (never the whole matrix)."""
+    return silhouette_samples_many(X, [labels], metric)[0]
+
+
+def silhouette_samples_many(X: np.ndarray, labelings: list, metric) -> list:
+    """:func:`silhouette_samples_of` of several labelings of the same rows (a hierarchy's levels):
+    each block of distance rows is measured once and summed per cluster of every labeling."""
     from clusterlake.kernels.distances import exact
 
-    return _silhouettes(len(X), labels, lambda s0, s1: exact(X[s0:s1], X, metric))
+    return _silhouettes(len(X), labelings, lambda s0, s1: exact(X[s0:s1], X, metric))
 
 
-def _silhouettes(n: int, labels: np.ndarray, rows) -> Optional[np.ndarray]:
-    """Every row's silhouette, ``rows(s0, s1)`` giving rows s0:s1 of the distance matrix."""
-    _, lab = np.unique(np.asarray(labels), return_inverse=True)
-    k = int(lab.max()) + 1 if len(lab) else 0
-    if not 2 <= k <= n - 1:
-        return None
-    H = np.zeros((n, k))
-    H[np.arange(n), lab] = 1.0
-    T = np.empty((n, k))  # every row's summed distance to every cluster, a block of rows at a time
+def _silhouettes(n: int, labelings: list, rows) -> list:
+    """Every row's silhouette for each labeling (None where 2 <= clusters <= rows - 1 fails),
+    ``rows(s0, s1)`` giving rows s0:s1 of the distance matrix (one block for every labeling)."""
+    labs, ks = [], []
+    for labels in labelings:
+        lab = np.unique(np.asarray(labels), return_inverse=True)[1].reshape(-1)
+        labs.append(lab)
+        ks.append(int(lab.max()) + 1 if len(lab) else 0)
+    todo = [j for j, k in enumerate(ks) if 2 <= k <= n - 1]
+    out: list = [None] * len(labelings)
+    if not todo:
+        return out
+    offs = np.cumsum([0] + [ks[j] for j in todo])
+    H = np.zeros((n, int(offs[-1])))
+    for j, o in zip(todo, offs):
+        H[np.arange(n), o + labs[j]] = 1.0
+    T = np.empty((n, H.shape[1]))  # every row's summed distance to every cluster, a block of rows at a time
     step = max(1, (32 << 20) // (8 * n))
     for s0 in range(0, n, step):
         T[s0:s0 + step] = rows(s0, min(n, s0 + step)) @ H
+    for j, o, e in zip(todo, offs[:-1], offs[1:]):
+        out[j] = _from_sums(T[:, o:e], H[:, o:e], labs[j])
+    return out
+
+
+def _from_sums(T: np.ndarray, H: np.ndarray, lab: np.ndarray) -> np.ndarray:
+    """Silhouettes from every row's summed distance to each cluster ``T`` (one labeling)."""
+    n = len(lab)
     cnt = H.sum(axis=0)
     own = T[np.arange(n), lab]
     with np.errstate(divide="ignore", invalid="ignore"):

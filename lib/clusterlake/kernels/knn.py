@@ -69,7 +69,7 @@ def metric_knn_distances(X: np.ndarray, k: int, m) -> np.ndarray:
     is zero, 1 from everything: then scikit-learn's brute search)."""
     from sklearn.neighbors import NearestNeighbors
 
-    from clusterlake.kernels.distances import sklearn_args
+    from clusterlake.kernels.distances import sklearn_args, sklearn_rows
 
     X = np.ascontiguousarray(X, dtype=np.float64)
     n = len(X)
@@ -79,9 +79,8 @@ def metric_knn_distances(X: np.ndarray, k: int, m) -> np.ndarray:
         if (norms > 0).all():
             e = self_knn_distances(X / norms[:, None], k)
             return e * e / 2.0
-    args = {**sklearn_args(m), "algorithm": "auto"}
-    Xs = X != 0 if m.name == "jaccard" else X
-    d, _ = NearestNeighbors(n_neighbors=k, n_jobs=max(1, min(2, os.cpu_count() or 1)), **args).fit(Xs).kneighbors(Xs)
+    Xs = sklearn_rows(X, m)
+    d, _ = NearestNeighbors(n_neighbors=k, n_jobs=max(1, min(2, os.cpu_count() or 1)), **sklearn_args(m)).fit(Xs).kneighbors(Xs)
     return d
 
 

@@ -22,8 +22,8 @@ Every distance is :func:`clusterlake.kernels.distances.exact`'s (scipy's definit
 differences), so the pruned search equals the brute-force :func:`clusterlake.kernels.distances.nearest`:
 the nearest point, ties to the lowest index (hamming and jaccard tie often); the Euclidean index
 (euclidean, mahalanobis, cosine) leaves exact ties to any tied point, as it always has. The bound keeps an
-allowance for round-off (1e-10 relative; 1e-7 absolute for cosine's square root), so a point that
-ties is never skipped. Memory: the rows go in blocks whose rows-by-pivots tables take at most half
+allowance for round-off (1e-10 relative; for cosine's square root ``8 sqrt(2 d eps)`` absolute),
+so a point that ties is never skipped. Memory: the rows go in blocks whose rows-by-pivots tables take at most half
 of the budget, and each group's distance table at most a quarter.
 
 :class:`MetricIndex` is a plain dataclass of numpy arrays and a :class:`Metric` (picklable: the
@@ -43,7 +43,13 @@ from clusterlake.kernels.distances import Metric, exact
 __all__ = ["MetricIndex", "build", "query"]
 
 _REL_TOL = 1e-10
-_ABS_TOL = {"cosine": 1e-7}
+_EPS = float(np.finfo(np.float64).eps)
+
+
+def _abs_tol(m: Metric, dim: int) -> float:
+    """The bound's absolute allowance: cosine's ``1 - x.y / |x||y|`` errs by ~``dim eps``, which
+    the square root of the bound space magnifies to ``sqrt(2 dim eps)`` (8x headroom)."""
+    return 8.0 * float(np.sqrt(2.0 * max(1, dim) * _EPS)) if m.name == "cosine" else 0.0
 _NO_INDEX = np.iinfo(np.int64).max
 
 
@@ -140,17 +146,16 @@ def query(index: MetricIndex, X: np.ndarray, budget_bytes: int = 64 << 20) -> tu
 
 def _query_sphere(index: MetricIndex, X: np.ndarray, budget_bytes: int) -> tuple[np.ndarray, np.ndarray]:
     """Cosine over points that are all non-zero: the nearest on the unit sphere is the Euclidean
-    nearest of the normalised rows (``d_cos = |u - v|^2 / 2``); a zero row is 1 from every point
-    (the lowest index, as brute force), the others' distances measured as cosine."""
+    nearest of the normalised rows, at ``d_cos = |u - v|^2 / 2`` from the differences (as HDBSCAN's
+    reach is measured: a row identical to a point is exactly 0 from it, where ``1 - x.y / |x||y|``
+    may give 2e-16); a zero row is 1 from every point (the lowest index, as brute force)."""
     X = np.asarray(X, dtype=np.float64)
     norms = np.linalg.norm(X, axis=1)
     idx, dist = np.zeros(len(X), np.int64), np.ones(len(X))
     live = np.flatnonzero(norms > 0)
     if len(live):
-        i, _ = neighbors.query(index.euclid, X[live] / norms[live, None], budget_bytes)
-        P = index.points[i]
-        idx[live] = i
-        dist[live] = 1.0 - np.clip(np.einsum("ij,ij->i", X[live], P) / (norms[live] * np.linalg.norm(P, axis=1)), -1, 1)
+        i, e = neighbors.query(index.euclid, X[live] / norms[live, None], budget_bytes)
+        idx[live], dist[live] = i, e * e / 2.0
     return idx, dist
 
 
@@ -159,7 +164,7 @@ def _query_block(index: MetricIndex, Xb: np.ndarray, budget_bytes: int) -> tuple
     T = _bound_space(m, exact(Xb, index.pivots, m, budget_bytes))  # rows x pivots
     empty = np.diff(index.starts) == 0
     lb = T - index.radii
-    lb -= _REL_TOL * (T + index.radii) + _ABS_TOL.get(m.name, 0.0)
+    lb -= _REL_TOL * (T + index.radii) + _abs_tol(m, Xb.shape[1])
     lb = _distance_space(m, lb)  # a lower bound of the distance to any member of the group
     T[:, empty] = lb[:, empty] = np.inf
     own = T.argmin(axis=1)
