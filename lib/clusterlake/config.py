@@ -312,9 +312,13 @@ class DensitySection(_Section):
     eps: Optional[float] = Field(None, gt=0.0)
     """DBSCAN's radius in the model space; null = the knee of the k-distance curve of the sample
     (k = min_samples). HDBSCAN has no eps."""
-    min_samples: int = Field(10, ge=1, le=10_000)
+    min_samples: Optional[int] = Field(None, ge=1, le=10_000)
+    """Neighbours that make a point core. null: for HDBSCAN with ``min_cluster_size`` null too,
+    both are chosen on the sample by the density-based validity score DBCV over a small grid
+    (docs/passes.md; the choice and its score in ``metrics``); else 10."""
     min_cluster_size: Optional[int] = Field(None, ge=2)
-    """HDBSCAN's smallest cluster (sample rows); null = max(min_samples, sample rows / 1000)."""
+    """HDBSCAN's smallest cluster (sample rows); null = max(min_samples, sample rows / 1000), or
+    chosen with ``min_samples`` when that is null too."""
     metric: Optional[Literal["euclidean", "cosine", "manhattan", "chebyshev", "minkowski", "hamming", "jaccard",
                              "mahalanobis"]] = None
     """The pass's distance between model-space rows (eps, core distances, the tree and the
@@ -323,6 +327,17 @@ class DensitySection(_Section):
     vectors, on which euclidean ranks as cosine does)."""
     minkowski_p: Optional[float] = Field(None, ge=1.0)
     """The p of ``metric: minkowski``."""
+
+    @property
+    def chooses_parameters(self) -> bool:
+        """HDBSCAN with neither ``min_samples`` nor ``min_cluster_size`` set: both chosen by DBCV."""
+        return self.algorithm == "hdbscan" and self.min_samples is None and self.min_cluster_size is None
+
+    @property
+    def min_samples_bound(self) -> int:
+        """The most neighbours the pass may use (its memory): ``min_samples``, else the grid's 20
+        (HDBSCAN choosing) or 10."""
+        return self.min_samples or (20 if self.chooses_parameters else 10)
 
     @model_validator(mode="after")
     def _metric_p(self) -> "DensitySection":
@@ -337,7 +352,7 @@ class DensitySection(_Section):
         if self.algorithm == "dbscan" and self.min_cluster_size is not None:
             raise ValueError("density.min_cluster_size applies to density.algorithm=hdbscan only; "
                              "remove it or use min_samples")
-        if self.min_samples > self.sample_size:
+        if self.min_samples is not None and self.min_samples > self.sample_size:
             raise ValueError(f"density.min_samples={self.min_samples} is larger than "
                              f"density.sample_size={self.sample_size}")
         return self

@@ -144,16 +144,16 @@ def check_sample_passes(cfg, dims: int, rows_available: int, input_width: int = 
         raise ConfigError(
             f"the hierarchical pass cannot cut {rows_available:,} rows into {cfg.hierarchical.levels[-1]} clusters "
             f"(hierarchical.levels={cfg.hierarchical.levels}); lower the levels or disable the pass")
-    if cfg.density.enabled and rows_available <= cfg.density.min_samples:
+    if cfg.density.enabled and rows_available <= (cfg.density.min_samples or 10):
         raise ConfigError(
-            f"the density pass needs more rows than density.min_samples={cfg.density.min_samples}; "
+            f"the density pass needs more rows than density.min_samples={cfg.density.min_samples or 10}; "
             f"the table has {rows_available:,}")
     budget, source = driver_budget_bytes(cfg.job.driver_memory_gb)
     raw = 3 * 8 * int(input_width)  # bytes per sample row before PCA
     needs: dict[str, PassNeed] = {}
     if cfg.density.enabled:
         d = cfg.density
-        f = lambda n: density_bytes(n, dims, d.min_samples) + n * raw  # noqa: E731
+        f = lambda n: density_bytes(n, dims, d.min_samples_bound) + n * raw  # noqa: E731
         rows = min(d.sample_size, rows_available)
         needs["density"] = PassNeed("density.sample_size", rows, f(rows), _max_rows(f, budget, d.sample_size))
     if cfg.hierarchical.enabled:

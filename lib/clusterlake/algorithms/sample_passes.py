@@ -85,7 +85,7 @@ def _together(cfg, Z: np.ndarray) -> bool:
     d, h = cfg.density, cfg.hierarchical
     if d.algorithm != "hdbscan":
         return False
-    need = density_bytes(min(d.sample_size, len(Z)), Z.shape[1], d.min_samples) + \
+    need = density_bytes(min(d.sample_size, len(Z)), Z.shape[1], d.min_samples_bound) + \
         hierarchy_bytes(min(h.sample_size, len(Z)), Z.shape[1], h.linkage, len(h.levels),
                         cfg.pass_distance("hierarchical")[0])
     return need <= driver_budget_bytes(cfg.job.driver_memory_gb)[0]
@@ -107,15 +107,15 @@ def _fit_density(cfg, Z: np.ndarray, out: PassFit, metric=None) -> None:
 
     d = cfg.density
     S = Z[: d.sample_size]
-    mcs = d.min_cluster_size or max(d.min_samples, len(S) // 1000)
-    log.info("density pass: %s on %d sampled rows under %s (min_samples=%d%s)", d.algorithm, len(S),
-             metric.describe() if metric is not None else "euclidean", d.min_samples,
-             f", eps={d.eps}" if d.eps else (f", min_cluster_size={mcs}" if d.algorithm == "hdbscan"
-                                              else ", eps from the k-distance knee"))
+    mcs = d.min_cluster_size or (max(d.min_samples, len(S) // 1000) if d.min_samples else None)
+    how = (f"eps={d.eps}" if d.eps else "eps from the k-distance knee") if d.algorithm == "dbscan" else \
+        ("min_samples and min_cluster_size chosen by DBCV" if d.chooses_parameters else f"min_cluster_size={mcs}")
+    log.info("density pass: %s on %d sampled rows under %s (min_samples=%s, %s)", d.algorithm, len(S),
+             metric.describe() if metric is not None else "euclidean", d.min_samples or "auto", how)
     t0 = time.time()
     out.density = m = Dk.fit_sample(
         S, d.algorithm, d.eps, d.min_samples, mcs if d.algorithm == "hdbscan" else None,
-        before_dbscan=lambda nb: check_dbscan_neighbourhoods(len(S), nb, S.shape[1], d.min_samples,
+        before_dbscan=lambda nb: check_dbscan_neighbourhoods(len(S), nb, S.shape[1], d.min_samples or 10,
                                                              cfg.job.driver_memory_gb),
         metric=metric,
     )
@@ -134,7 +134,26 @@ def _fit_density(cfg, Z: np.ndarray, out: PassFit, metric=None) -> None:
         ms.append(Metric("sample", "eps", float(m.eps), len(S), d.algorithm, k))
     if d.algorithm == "hdbscan":
         ms.append(Metric("sample", "reach_factor", float(m.reach_factor), len(S), d.algorithm, k))
+    if m.choice is not None:
+        ms += _choice_metrics(m, d.algorithm, k)
     out.metrics += ms
+
+
+def _choice_metrics(m, algorithm: str, k: int) -> list[Metric]:
+    """The chosen ``min_samples`` / ``min_cluster_size`` and their DBCV, logged with the grid."""
+    c = m.choice
+    for cand in c["candidates"]:
+        log.info("density pass: min_samples=%d, min_cluster_size=%d on %d rows: %d clusters, DBCV %.4f",
+                 cand["min_samples"], cand["min_cluster_size"], c["grid_rows"], cand["n_clusters"], cand["dbcv"])
+    log.info("density pass: chose min_samples=%d, min_cluster_size=%d (DBCV %.4f on %d rows)", m.min_samples,
+             m.min_cluster_size, c["dbcv"], c["scored_rows"])
+    out = [Metric("sample", "min_samples", float(m.min_samples), c["grid_rows"], algorithm, k),
+           Metric("sample", "min_cluster_size", float(m.min_cluster_size), c["grid_rows"], algorithm, k)]
+    if np.isnan(c["dbcv"]):
+        log.warning("density pass: no candidate found two clusters; DBCV is undefined, the former defaults stand")
+    else:
+        out.append(Metric("sample", "dbcv", float(c["dbcv"]), c["scored_rows"], algorithm, k))
+    return out
 
 
 def sampled_silhouettes(Zs: np.ndarray, kmeans_pos: np.ndarray, fit: PassFit, Zp: Optional[np.ndarray] = None,
@@ -273,7 +292,8 @@ def to_artifact(fit: PassFit, cfg) -> tuple[dict, dict]:
         m = fit.density
         passes["density"] = {"algorithm": m.algorithm, "eps": m.eps, "min_samples": m.min_samples,
                              "n_clusters": m.n_clusters, "sample_rows": int(len(m.sample_labels)),
-                             "reach_factor": m.reach_factor, **_metric_spec(m.metric)}
+                             "reach_factor": m.reach_factor, "min_cluster_size": m.min_cluster_size,
+                             **_metric_spec(m.metric), **_choice_spec(m.choice)}
         extras.update(density_core_points=m.core_points, density_core_labels=m.core_labels.astype(np.int32),
                       density_core_reach=m.core_reach)
     if fit.hierarchy is not None:
@@ -293,3 +313,13 @@ def _metric_spec(m) -> dict:
     from clusterlake.kernels.distances import to_spec
 
     return {"metric": to_spec(m)} if m is not None else {}
+
+
+def _choice_spec(choice: Optional[dict]) -> dict:
+    """``{"choice": ...}`` of HDBSCAN's chosen parameters for model.json (NaN as null)."""
+    if choice is None:
+        return {}
+    fix = lambda v: None if isinstance(v, float) and np.isnan(v) else v  # noqa: E731
+    return {"choice": {"by": "dbcv", "dbcv": fix(choice["dbcv"]), "grid_rows": choice["grid_rows"],
+                       "scored_rows": choice["scored_rows"],
+                       "candidates": [{k: fix(v) for k, v in c.items()} for c in choice["candidates"]]}}

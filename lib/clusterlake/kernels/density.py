@@ -37,6 +37,8 @@ class DensityModel:
     index: Optional[metric_index.MetricIndex] = None  # over core_points; built on first use (fit_sample builds it)
     reach_factor: float = 1.0  # HDBSCAN: core_reach = reach_factor x core distance (see fit_sample)
     metric: Optional[Metric] = None  # the distance of the pass; None = euclidean
+    min_cluster_size: Optional[int] = None  # HDBSCAN's (given or chosen)
+    choice: Optional[dict] = None  # HDBSCAN with neither parameter given: the DBCV grid (density_defaults)
 
     def nearest_core(self, X: np.ndarray, budget_bytes: int = 64 << 20) -> tuple[np.ndarray, np.ndarray]:
         """Index of every row's nearest core point and the exact distance to it (under ``metric``)."""
@@ -135,35 +137,66 @@ def hdbscan(X: np.ndarray, min_samples: int, min_cluster_size: int,
     tree from :func:`~clusterlake.kernels.mst.metric_mst`: scikit-learn's ``HDBSCAN(metric=...)``;
     under cosine, when no row is zero, from the Euclidean kernels on the unit sphere.
     """
-    from scipy.sparse import csr_matrix
-    from sklearn.cluster import HDBSCAN
-
-    from clusterlake.kernels.knn import metric_knn_distances, self_knn_distances
-    from clusterlake.kernels.mst import metric_mst, mutual_reachability_mst
-
     n = len(X)
     if min_samples > n:
         raise ValueError(f"density.min_samples={min_samples} is more than the {n} rows of the density sample; "
                          "lower density.min_samples or raise density.sample_size")
-    kk = int(min(max(2, min_samples), n))
+    knn = neighbours(X, max(2, min_samples), metric)
+    return condense(n, spanning_tree(X, knn[:, min_samples - 1], metric), min_cluster_size), knn
+
+
+def _on_sphere(X: np.ndarray, metric: Optional[Metric]) -> Optional[np.ndarray]:
+    """The rows on the unit sphere when ``metric`` is cosine and no row is zero: there cosine is
+    ``|u - v|^2 / 2``, increasing in the Euclidean distance, so the Euclidean kernels give the same
+    neighbours and the same tree (the Euclidean Prim: 1.0 s against 2.5 s for the cosine one on
+    20,000 x 16), their distances mapped; else None."""
+    if metric is None or metric.name != "cosine":
+        return None
+    norms = np.linalg.norm(X, axis=1)
+    return X / norms[:, None] if (norms > 0).all() else None
+
+
+def neighbours(X: np.ndarray, k: int, metric: Optional[Metric] = None) -> np.ndarray:
+    """Every row's distances to its ``k`` nearest rows (itself included), ascending, under
+    ``metric`` (not mahalanobis: :func:`~clusterlake.kernels.distances.euclidean_frame`)."""
+    from clusterlake.kernels.knn import metric_knn_distances, self_knn_distances
+
+    k = int(min(k, len(X)))
     if metric is None:
-        knn = self_knn_distances(X, kk)  # exact, pruned by k-means cells where the data cluster
-        a, b, w = mutual_reachability_mst(X, knn[:, min_samples - 1])
-    elif metric.name == "cosine" and (np.linalg.norm(X, axis=1) > 0).all():
-        # on the unit sphere cosine is |x - y|^2 / 2, increasing in the Euclidean distance: the
-        # same neighbours and the same tree, its weights mapped (the Euclidean Prim: 1.0 s against
-        # 2.5 s for the cosine one on 20,000 x 16)
-        U = X / np.linalg.norm(X, axis=1)[:, None]
-        e = self_knn_distances(U, kk)
-        a, b, w = mutual_reachability_mst(U, e[:, min_samples - 1])
-        knn, w = e * e / 2.0, w * w / 2.0
-    else:
-        knn = metric_knn_distances(X, kk, metric)
-        a, b, w = metric_mst(X, knn[:, min_samples - 1], metric)
+        return self_knn_distances(X, k)  # exact, pruned by k-means cells where the data cluster
+    U = _on_sphere(X, metric)
+    if U is not None:
+        e = self_knn_distances(U, k)
+        return e * e / 2.0
+    return metric_knn_distances(X, k, metric)
+
+
+def spanning_tree(X: np.ndarray, core: np.ndarray, metric: Optional[Metric] = None
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The minimum spanning tree ``(a, b, weight)`` of the mutual-reachability graph of ``X`` with
+    the core distances ``core``, under ``metric``."""
+    from clusterlake.kernels.mst import metric_mst, mutual_reachability_mst
+
+    if metric is None:
+        return mutual_reachability_mst(X, core)
+    U = _on_sphere(X, metric)
+    if U is not None:
+        a, b, w = mutual_reachability_mst(U, np.sqrt(2.0 * core))
+        return a, b, w * w / 2.0
+    return metric_mst(X, core, metric)
+
+
+def condense(n: int, tree: tuple[np.ndarray, np.ndarray, np.ndarray], min_cluster_size: int) -> np.ndarray:
+    """HDBSCAN's clusters (excess of mass) read off the spanning ``tree`` of ``n`` rows by
+    scikit-learn, numbered in the order the rows first show them (see :func:`hdbscan`)."""
+    from scipy.sparse import csr_matrix
+    from sklearn.cluster import HDBSCAN
+
+    a, b, w = tree
     w = np.maximum(w, np.finfo(np.float64).smallest_subnormal)
     G = csr_matrix((np.r_[w, w], (np.r_[a, b], np.r_[b, a])), shape=(n, n))
     hd = HDBSCAN(min_cluster_size=min_cluster_size, min_samples=1, metric="precomputed", copy=False).fit(G)
-    return first_seen_order(hd.labels_), knn
+    return first_seen_order(hd.labels_)
 
 
 def first_seen_order(labels: np.ndarray) -> np.ndarray:
@@ -179,13 +212,18 @@ def first_seen_order(labels: np.ndarray) -> np.ndarray:
     return out
 
 
-def fit_sample(X: np.ndarray, algorithm: str = "hdbscan", eps: Optional[float] = None, min_samples: int = 10,
+def fit_sample(X: np.ndarray, algorithm: str = "hdbscan", eps: Optional[float] = None,
+               min_samples: Optional[int] = 10,
                min_cluster_size: Optional[int] = None,
                before_dbscan: Optional[Callable[[float], None]] = None,
                metric: Optional[Metric] = None) -> DensityModel:
     """Cluster the sample ``X`` (model space) with scikit-learn and keep what :func:`extend` needs,
     under ``metric`` (None: euclidean; any :mod:`~clusterlake.kernels.distances` metric: eps, core
     distances, the tree and the extension's nearest core point are all measured under it).
+
+    ``min_samples`` None: 10 for DBSCAN; for HDBSCAN with no ``min_cluster_size`` either, both are
+    chosen on the sample by DBCV (:func:`clusterlake.kernels.density_defaults.choose`; the grid
+    and the scores in ``model.choice``).
 
     DBSCAN: ``eps`` given or estimated (:func:`estimate_eps`); the core points are DBSCAN's.
     HDBSCAN: every sample point HDBSCAN put in a cluster is a core point; its reach is its core
@@ -203,9 +241,11 @@ def fit_sample(X: np.ndarray, algorithm: str = "hdbscan", eps: Optional[float] =
         raise ValueError(f"the density sample has {len(X)} rows; at least 2 are needed")
     Xf, mf = euclidean_frame(X, metric)  # mahalanobis: the whitened rows, euclidean
     sklearn_rows(X, metric)  # jaccard: 0/1 features, checked before anything is fitted
+    choice = None
     if algorithm == "dbscan":
         from sklearn.cluster import DBSCAN
 
+        min_samples = min_samples or 10
         if eps is None:
             eps = estimate_eps(Xf, min_samples, mf)
         if before_dbscan is not None:
@@ -215,8 +255,20 @@ def fit_sample(X: np.ndarray, algorithm: str = "hdbscan", eps: Optional[float] =
         core = np.asarray(db.core_sample_indices_, dtype=np.int64)
         reach = np.full(len(core), float(eps))
     elif algorithm == "hdbscan":
-        mcs = int(min_cluster_size or max(5, min_samples))
-        labels, knn = hdbscan(Xf, min_samples, mcs, mf)
+        if min_samples is None and min_cluster_size is None:
+            from clusterlake.kernels.density_defaults import GRID_ROWS, choose
+
+            ch = choose(Xf[:GRID_ROWS], mf)
+            min_samples, mcs, labels, knn = ch.min_samples, ch.min_cluster_size, ch.labels, ch.knn
+            choice = {"dbcv": ch.score, "scored_rows": ch.scored_rows, "candidates": ch.candidates,
+                      "grid_rows": min(len(Xf), GRID_ROWS)}
+            if len(Xf) > GRID_ROWS:  # chosen on a prefix: min_cluster_size counts rows, scale it
+                mcs = int(max(2, round(mcs * len(Xf) / GRID_ROWS)))
+                labels, knn = hdbscan(Xf, min_samples, mcs, mf)
+        else:
+            min_samples = min_samples or 10
+            mcs = int(min_cluster_size or max(5, min_samples))
+            labels, knn = hdbscan(Xf, min_samples, mcs, mf)
         core = np.flatnonzero(labels >= 0)
         reach = knn[core, -1]  # distance to the max(2, min_samples)-th neighbour, itself included
         factor = loo_reach_factor(Xf[core], reach, metric=mf)
@@ -225,7 +277,8 @@ def fit_sample(X: np.ndarray, algorithm: str = "hdbscan", eps: Optional[float] =
         raise ValueError(f"unknown density algorithm {algorithm!r} (dbscan | hdbscan)")
     model = DensityModel(algorithm, X[core], labels[core], reach, labels, eps, min_samples,
                          reach_factor=factor if algorithm == "hdbscan" else 1.0,
-                         metric=metric if metric is not None and metric.name != "euclidean" else None)
+                         metric=metric if metric is not None and metric.name != "euclidean" else None,
+                         min_cluster_size=mcs if algorithm == "hdbscan" else None, choice=choice)
     model.index = metric_index.build(model.core_points, model.metric)  # once, on the driver: broadcast to the tasks
     return model
 
