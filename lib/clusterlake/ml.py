@@ -12,6 +12,9 @@ weightCol, featuresCol, predictionCol``) plus ``initialCenters`` (warm start) an
 ``pyspark.ml.Pipeline``. ``tol`` follows scikit-learn (relative to the mean feature variance),
 not MLlib (absolute centre movement). Persistence writes the params as Spark's metadata JSON and
 the centres as a parquet table: no pickle.
+
+:class:`KMedoids` (:mod:`clusterlake.ml_kmedoids`): k-medoids under a named distance or a
+vectorised callable of your own.
 """
 
 import logging
@@ -316,3 +319,6 @@ class _ModelReader(MLReader):
         model = KMeansModel(centers, None if (parents == -2).all() else parents)
         DefaultParamsReader.getAndSetParams(model, meta)
         return model
+
+
+from clusterlake.ml_kmedoids import KMedoids, KMedoidsModel, KMedoidsSummary  # noqa: E402,F401  (the package's API)

@@ -51,15 +51,50 @@ class DensityModel:
         return int(len(np.unique(self.core_labels)))
 
 
+def _kneighbors(Q: np.ndarray, P: np.ndarray, k: int, metric: Optional[Metric], **sk) -> tuple[np.ndarray, np.ndarray]:
+    """``(distances, indices)`` of every row of ``Q``'s ``k`` nearest rows of ``P``: scikit-learn's
+    search for a named distance (``sk``: its options), every pair for a custom one."""
+    if metric is not None and metric.fn is not None:
+        from clusterlake.kernels.distances import pairwise
+
+        d, idx = np.empty((len(Q), k)), np.empty((len(Q), k), np.int64)
+        step = int(max(1, (32 << 20) // (8 * max(1, len(P)))))
+        for s in range(0, len(Q), step):
+            D = pairwise(Q[s:s + step], P, metric)
+            part = np.argpartition(D, k - 1, axis=1)[:, :k]
+            order = np.argsort(np.take_along_axis(D, part, axis=1), axis=1, kind="stable")
+            idx[s:s + step] = np.take_along_axis(part, order, axis=1)
+            d[s:s + step] = np.take_along_axis(D, idx[s:s + step], axis=1)
+        return d, idx
+    from sklearn.neighbors import NearestNeighbors
+
+    nn = NearestNeighbors(n_neighbors=k, **{**sk, **sklearn_args(metric)}).fit(sklearn_rows(P, metric))
+    return nn.kneighbors(sklearn_rows(Q, metric))
+
+
 def k_distances(X: np.ndarray, k: int, metric: Optional[Metric] = None) -> np.ndarray:
     """Distance of every row to its k-th nearest neighbour (itself excluded), ascending order;
     ``metric``: not mahalanobis (:func:`~clusterlake.kernels.distances.euclidean_frame`)."""
-    from sklearn.neighbors import NearestNeighbors
-
     k = int(min(max(1, k), len(X) - 1))
-    d, _ = NearestNeighbors(n_neighbors=k + 1, **sklearn_args(metric)).fit(sklearn_rows(X, metric)).kneighbors(
-        sklearn_rows(X, metric))
+    d, _ = _kneighbors(X, X, k + 1, metric)
     return np.sort(d[:, -1])
+
+
+def _radius_graph(X: np.ndarray, eps: float, m: Metric):
+    """The sparse graph of the pairs within ``eps`` (themselves included; a zero distance stored as
+    the smallest positive double, which a sparse graph would otherwise drop), a block of rows at a
+    time: DBSCAN's neighbourhoods under a custom distance."""
+    from scipy.sparse import csr_matrix
+
+    from clusterlake.kernels.distances import pairwise
+
+    rows, cols, vals = [], [], []
+    step = int(max(1, (32 << 20) // (8 * max(1, len(X)))))
+    for s in range(0, len(X), step):
+        D = pairwise(X[s:s + step], X, m)
+        r, c = np.nonzero(D <= eps)
+        rows.append(r + s), cols.append(c), vals.append(np.maximum(D[r, c], np.finfo(np.float64).smallest_subnormal))
+    return csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(len(X), len(X)))
 
 
 def knee(y: np.ndarray) -> int:
@@ -87,6 +122,10 @@ def mean_neighbours(X: np.ndarray, eps: float, probe: int = 1000, seed: int = 0,
     from sklearn.neighbors import NearestNeighbors
 
     idx = np.random.default_rng(seed).choice(len(X), min(probe, len(X)), replace=False)
+    if metric is not None and metric.fn is not None:
+        from clusterlake.kernels.distances import pairwise
+
+        return float((pairwise(X[idx], X, metric) <= eps).sum(axis=1).mean()) if len(idx) else 0.0
     Xs = sklearn_rows(X, metric)
     nn = NearestNeighbors(radius=eps, **sklearn_args(metric)).fit(Xs)
     counts = [len(r) for r in nn.radius_neighbors(Xs[idx], return_distance=False)]
@@ -98,14 +137,11 @@ def loo_reach_factor(core_points: np.ndarray, core_distance: np.ndarray, quantil
     """The factor by which core distances must grow so that ``quantile`` of the core points, each
     left out in turn, lie within reach of their nearest *other* core point (>= 1; measured on
     ``probe`` random core points against all of them)."""
-    from sklearn.neighbors import NearestNeighbors
-
     m = len(core_points)
     if m < 3:
         return 1.0
     idx = np.random.default_rng(seed).choice(m, min(probe, m), replace=False)
-    P = sklearn_rows(core_points, metric)
-    d, nn = NearestNeighbors(n_neighbors=2, **{"algorithm": "brute", **sklearn_args(metric)}).fit(P).kneighbors(P[idx])
+    d, nn = _kneighbors(core_points[idx], core_points, 2, metric, algorithm="brute")
     own = nn[:, 0] == idx  # the point itself comes first, unless a duplicate ties with it
     other_d = np.where(own, d[:, 1], d[:, 0])
     other = np.where(own, nn[:, 1], nn[:, 0])
@@ -250,7 +286,10 @@ def fit_sample(X: np.ndarray, algorithm: str = "hdbscan", eps: Optional[float] =
             eps = estimate_eps(Xf, min_samples, mf)
         if before_dbscan is not None:
             before_dbscan(mean_neighbours(Xf, eps, metric=mf))
-        db = DBSCAN(eps=eps, min_samples=min_samples, **sklearn_args(mf)).fit(sklearn_rows(Xf, mf))
+        if mf is not None and mf.fn is not None:  # a custom distance: the eps-graph, every pair measured
+            db = DBSCAN(eps=eps, min_samples=min_samples, metric="precomputed").fit(_radius_graph(Xf, eps, mf))
+        else:
+            db = DBSCAN(eps=eps, min_samples=min_samples, **sklearn_args(mf)).fit(sklearn_rows(Xf, mf))
         labels = db.labels_.astype(np.int32)
         core = np.asarray(db.core_sample_indices_, dtype=np.int64)
         reach = np.full(len(core), float(eps))

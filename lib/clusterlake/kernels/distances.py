@@ -30,11 +30,11 @@ reference rows (the medoids), exact differences for every metric.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
-__all__ = ["METRICS", "Metric", "exact", "euclidean_frame", "from_spec", "metric", "nearest", "one_to_many", "pairwise",
+__all__ = ["METRICS", "Metric", "custom", "exact", "euclidean_frame", "from_spec", "metric", "nearest", "one_to_many", "pairwise",
            "scipy_name", "sklearn_args", "sklearn_rows", "to_spec"]
 
 METRICS = ("euclidean", "sqeuclidean", "cosine", "manhattan", "chebyshev", "minkowski", "jaccard", "hamming",
@@ -53,6 +53,8 @@ class Metric:
     VI: Optional[np.ndarray] = field(default=None, compare=False, repr=False)
     W: Optional[np.ndarray] = field(default=None, compare=False, repr=False)
     """mahalanobis: ``L`` with ``VI = L L^T``, computed once by :func:`metric`."""
+    fn: Optional[Callable] = field(default=None, compare=False, repr=False)
+    """A custom distance (:func:`custom`): ``fn(A, B)`` -> the ``(len(A), len(B))`` distances."""
 
     def describe(self) -> str:
         return f"minkowski (p={self.p:g})" if self.name == "minkowski" else self.name
@@ -84,11 +86,39 @@ def metric(name: str, p: Optional[float] = None, VI: Optional[np.ndarray] = None
     return Metric(name, p, VI)
 
 
+def custom(fn: Callable, name: str = "custom") -> Metric:
+    """A distance given as code by a Python user (``clusterlake.ml``, the kernels; never a config:
+    configs are data): ``fn(A, B)`` takes two float64 arrays of rows and returns their
+    ``(len(A), len(B))`` distances, vectorised (it is called on blocks of rows, never per pair).
+    Its values are checked on every call (shape, finite, >= 0). Nothing about it is assumed: no
+    triangle inequality (searches under it measure every pair), no symmetry beyond what the
+    algorithms need. It cannot be saved in a model (a model holds data, not code)."""
+    if not callable(fn):
+        raise ValueError(f"a custom distance must be a callable fn(A, B) -> distances, got {type(fn).__name__}")
+    if str(name) in METRICS:
+        raise ValueError(f"a custom distance cannot take the name of the named distance {name!r}: give it another")
+    return Metric(str(name), fn=fn)
+
+
+def _custom_block(m: Metric, A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    D = np.asarray(m.fn(A, B), dtype=np.float64)
+    if D.shape != (len(A), len(B)):
+        raise ValueError(f"the custom distance {m.name!r} returned shape {D.shape} for {len(A)} x {len(B)} rows; "
+                         f"it must return the ({len(A)}, {len(B)}) array of distances between the two sets of rows")
+    if D.size and not (np.isfinite(D).all() and D.min() >= 0):
+        raise ValueError(f"the custom distance {m.name!r} returned {'non-finite' if not np.isfinite(D).all() else 'negative'} "
+                         "values: distances must be finite and >= 0")
+    return D
+
+
 def to_spec(m: Optional[Metric]) -> Optional[dict]:
     """``m`` as plain JSON data (the model artifact's ``meta.metric``, a task command's argument):
-    ``{"name", "p", "VI"}``; None for None."""
+    ``{"name", "p", "VI"}``; None for None. A custom distance (code) is refused."""
     if m is None:
         return None
+    if m.fn is not None:
+        raise ValueError(f"the custom distance {m.name!r} is code and cannot be saved in a model or sent as data; "
+                         "use a named distance (" + ", ".join(METRICS) + ") for a model that is saved")
     return {"name": m.name, "p": m.p, "VI": None if m.VI is None else m.VI.tolist()}
 
 
@@ -106,9 +136,9 @@ def euclidean_frame(X: np.ndarray, m: Optional[Metric]) -> tuple[np.ndarray, Opt
     """``(rows, metric)`` to compute with: mahalanobis is the Euclidean distance of the whitened rows
     (``X L``), so it becomes ``(X L, None)``; euclidean ``(X, None)``; any other ``(X, m)``. None
     stands for euclidean, for which the callers have their faster kernels."""
-    if m is None or m.name == "euclidean":
+    if m is None or (m.name == "euclidean" and m.fn is None):
         return X, None
-    if m.name == "mahalanobis":
+    if m.name == "mahalanobis" and m.fn is None:
         return np.asarray(X, dtype=np.float64) @ m.W, None
     return X, m
 
@@ -118,10 +148,11 @@ def sklearn_args(m: Optional[Metric]) -> dict:
     definitions; its trees where they serve the metric, k-d for manhattan, chebyshev, minkowski);
     {} for euclidean. Give it the rows through :func:`sklearn_rows`. Not for mahalanobis: whiten
     the rows (:func:`euclidean_frame`)."""
-    if m is None or m.name == "euclidean":
+    if m is None or (m.name == "euclidean" and m.fn is None):
         return {}
-    if m.name == "mahalanobis":
-        raise ValueError("whiten the rows for the mahalanobis distance (euclidean_frame)")
+    if m.name == "mahalanobis" or m.fn is not None:
+        raise ValueError("whiten the rows for the mahalanobis distance (euclidean_frame); a custom distance has "
+                         "no scikit-learn search (use the brute ones here)")
     return {"metric": m.name, **({"p": m.p} if m.name == "minkowski" else {})}
 
 
@@ -143,6 +174,8 @@ def one_to_many(m: Metric, x: np.ndarray, Y: np.ndarray, y_sq: Optional[np.ndarr
     """Distances from the row ``x`` to every row of ``Y`` (float64 rows, unchecked: the inner step of
     loops that add one row at a time, as Prim's tree does); ``y_sq``: ``Y``'s squared norms, which
     the GEMM metrics need (computed when None). Not for mahalanobis (:func:`euclidean_frame`)."""
+    if m.fn is not None:
+        return _custom_block(m, x[None, :], Y)[0]
     if m.name == "mahalanobis":
         raise ValueError("whiten the rows for the mahalanobis distance (euclidean_frame)")
     if m.name in _GEMM:
@@ -197,7 +230,7 @@ def _diff_block(m: Metric, A: np.ndarray, B: np.ndarray) -> np.ndarray:
 
 
 def _check_binary(m: Metric, *arrays: np.ndarray) -> None:
-    if m.name == "jaccard":
+    if m.name == "jaccard" and m.fn is None:
         for A in arrays:
             if A.size and not np.isin(A, (0.0, 1.0)).all():
                 raise ValueError("the jaccard distance on numeric columns needs 0/1 features "
@@ -215,7 +248,11 @@ def pairwise(X: np.ndarray, Y: np.ndarray, m: Metric, budget_bytes: int = _BUDGE
         X, Y = _whiten(m, X), _whiten(m, Y)
     n, k, d = len(X), len(Y), X.shape[1]
     out = np.empty((n, k), dtype=dtype)
-    if m.name in _GEMM:
+    if m.fn is not None:
+        step = int(max(1, budget_bytes // (8 * 2 * max(1, k))))
+        for s in range(0, n, step):
+            out[s:s + step] = _custom_block(m, X[s:s + step], Y)
+    elif m.name in _GEMM:
         x_sq, y_sq = np.einsum("ij,ij->i", X, X), np.einsum("ij,ij->i", Y, Y)
         step = int(max(1, budget_bytes // (8 * 3 * max(1, k))))
         for s in range(0, n, step):
@@ -271,6 +308,8 @@ def exact(X: np.ndarray, R: np.ndarray, m: Metric, budget_bytes: int = _BUDGET) 
 
 
 def _exact_block(m: Metric, A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    if m.fn is not None:
+        return _custom_block(m, A, B)
     if m.name == "cosine":
         return _cosine_exact(A, B)
     if m.name == "jaccard":

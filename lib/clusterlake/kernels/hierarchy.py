@@ -38,7 +38,8 @@ VECTOR_LINKAGES = ("ward", "single")  # fastcluster.linkage_vector: no distance 
 def on_points(method: str, metric: Optional[str]) -> bool:
     """Whether fastcluster links the points themselves (no distance matrix): ward (euclidean,
     mahalanobis) and single (any distance)."""
-    return method == "single" or (method == "ward" and metric in (None, "euclidean", "mahalanobis"))
+    return (method == "single" and metric != "custom") or (method == "ward" and metric in (None, "euclidean",
+                                                                                         "mahalanobis"))
 
 
 def linkage_bytes(n: int, method: str = "average", d: int = 1, metric: Optional[str] = None) -> int:
@@ -62,6 +63,8 @@ def _linkage(X: np.ndarray, method: str, metric: Optional[Metric] = None) -> np.
         if method in VECTOR_LINKAGES:
             return fastcluster.linkage_vector(X, method=method)
         return fastcluster.linkage(X, method=method, metric="euclidean")
+    if metric.fn is not None:  # custom: its own distances, every pair, as the condensed matrix
+        return fastcluster.linkage(_condensed(X, metric), method=method)
     if metric.name == "cosine" and not np.linalg.norm(X, axis=1).all():
         # a zero row is 1 from everything (kernels.distances), which scipy and fastcluster leave NaN
         if on_points(method, metric.name):
@@ -114,7 +117,7 @@ def fit_sample(X: np.ndarray, method: str = "ward", levels=(4, 16), metric: Opti
         raise ValueError(f"unknown linkage {method!r} ({' | '.join(LINKAGES)})")
     if metric is not None and metric.name == "euclidean":
         metric = None
-    if method == "ward" and metric is not None and metric.name != "mahalanobis":
+    if method == "ward" and metric is not None and (metric.name != "mahalanobis" or metric.fn is not None):
         raise ValueError(f"ward linkage minimises squared euclidean (or mahalanobis) distances; under "
                          f"{metric.describe()} use average, complete or single linkage")
     X = np.ascontiguousarray(X, dtype=np.float64)

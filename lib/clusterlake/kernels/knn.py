@@ -66,7 +66,7 @@ def metric_knn_distances(X: np.ndarray, k: int, m) -> np.ndarray:
     scikit-learn's search for that distance (a k-d tree for manhattan, chebyshev and minkowski:
     1.25 s on 20,000 x 16 under manhattan, against 4.0 s measuring every pair), on two threads.
     Cosine: the Euclidean search on the unit sphere, where ``d_cos = |x - y|^2 / 2`` (unless a row
-    is zero, 1 from everything: then scikit-learn's brute search)."""
+    is zero, 1 from everything: then scikit-learn's brute search). A custom distance: every pair."""
     from sklearn.neighbors import NearestNeighbors
 
     from clusterlake.kernels.distances import sklearn_args, sklearn_rows
@@ -74,6 +74,15 @@ def metric_knn_distances(X: np.ndarray, k: int, m) -> np.ndarray:
     X = np.ascontiguousarray(X, dtype=np.float64)
     n = len(X)
     k = int(min(max(1, k), n))
+    if m.fn is not None:  # a custom distance: every pair, a block of rows at a time
+        from clusterlake.kernels.distances import pairwise
+
+        out = np.empty((n, k))
+        step = int(max(1, (32 << 20) // (8 * max(1, n))))
+        for s in range(0, n, step):
+            D = pairwise(X[s:s + step], X, m)
+            out[s:s + step] = np.sort(np.partition(D, k - 1, axis=1)[:, :k], axis=1)
+        return out
     if m.name == "cosine":
         norms = np.linalg.norm(X, axis=1)
         if (norms > 0).all():

@@ -8,6 +8,8 @@ one entry to that search for every distance:
 * ``mahalanobis`` is the Euclidean distance of whitened rows (``x L``, ``VI = L L^T``): the same
   index over the whitened points, exact and as fast; so is ``cosine`` when no point is zero: on
   the unit sphere ``d_cos = |u - v|^2 / 2``, the Euclidean index over the normalised points;
+* a custom distance (:func:`~clusterlake.kernels.distances.custom`) promises nothing: every point
+  is measured (one group of infinite radius), a block of rows at a time;
 * the others are pruned by the triangle inequality. :func:`build` splits the points into groups
   around *pivots* (``sqrt(m)`` points drawn at random: the groups follow the data's density) and
   keeps each group's radius; :func:`query` measures every row against the pivots, searches the
@@ -97,13 +99,15 @@ def build(points: np.ndarray, metric: Optional[Metric] = None, n_groups: Optiona
         E = P @ m.W if m.name == "mahalanobis" else (P / np.linalg.norm(P, axis=1)[:, None] if unit else P)
         return MetricIndex(m, P, np.arange(n, dtype=np.int64), np.array([0, n], np.int64), np.zeros((0, P.shape[1])),
                            np.zeros(0), neighbors.build(E))
-    G = int(n_groups or min(n, max(1, round(np.sqrt(n)))))
+    G = 1 if m.fn is not None else int(n_groups or min(n, max(1, round(np.sqrt(n)))))
     piv = np.sort(np.random.default_rng(seed).choice(n, G, replace=False)) if n else np.zeros(0, np.int64)
     own, dmin = _nearest_pivot(P, P[piv], m, budget_bytes)
     order = np.argsort(own, kind="stable")
     starts = np.searchsorted(own[order], np.arange(G + 1)).astype(np.int64)
     radii = np.zeros(G)
     np.maximum.at(radii, own, _bound_space(m, dmin))
+    if m.fn is not None:  # a custom distance promises no triangle inequality: one group, never skipped
+        radii[:] = np.inf
     return MetricIndex(m, P[order], order.astype(np.int64), starts, P[piv], radii)
 
 
