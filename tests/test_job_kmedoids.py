@@ -83,6 +83,25 @@ def test_medoids_are_input_rows_and_rows_go_to_the_nearest_medoid(runs):
         assert rmax == pytest.approx(asg.distance[asg.cluster_id == cid].max(), rel=1e-12)
 
 
+def test_davies_bouldin_under_the_distance(runs):
+    from sklearn.metrics import davies_bouldin_score
+
+    from clusterlake.io import model_artifact
+
+    art = model_artifact.load(runs["med"].model_path)
+    asg = _table(runs["out"], "assignments")
+    med = {cid: art.centroids[i] for i, cid in enumerate(art.cluster_ids)}
+    ids = sorted(set(asg.cluster_id))
+    s = np.array([asg.distance[asg.cluster_id == c].mean() for c in ids])
+    D = cdist(np.array([med[c] for c in ids]), np.array([med[c] for c in ids]), "cityblock")
+    np.fill_diagonal(D, np.inf)
+    want = np.mean(np.max((s[:, None] + s[None, :]) / D, axis=1))
+    met = _table(runs["out"], "metrics")
+    full = met[(met.scope == "full") & met.cluster_id.isna()].set_index("metric").value
+    assert full["davies_bouldin_manhattan"] == pytest.approx(want, rel=1e-9)
+    assert full["davies_bouldin_manhattan"] != pytest.approx(full["davies_bouldin"], rel=1e-3)  # not the Euclidean one
+
+
 def test_serving_assigns_as_the_batch_did(runs):
     from clusterlake.serving.assigner import Assigner
 

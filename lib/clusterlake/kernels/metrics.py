@@ -181,15 +181,23 @@ def davies_bouldin_from_stats(means, mean_dist_to_mean):
     expansion; results agree to round-off.
     """
     means = np.asarray(means, dtype=np.float64)
-    intra_dists = np.asarray(mean_dist_to_mean, dtype=np.float64)
-    if means.shape[0] < 2:
+    return davies_bouldin_from_distances(cdist(means, means), mean_dist_to_mean)
+
+
+def davies_bouldin_from_distances(centroid_distances, mean_dist_to_centre) -> float:
+    """:func:`davies_bouldin_from_stats` from the representatives' pairwise distances under any
+    distance (k-medoids: its medoids and its members' mean distance to them, both under the
+    model's distance; the same definition with ``d_ij`` that distance)."""
+    centroid_distances = np.array(centroid_distances, dtype=np.float64)
+    intra_dists = np.asarray(mean_dist_to_centre, dtype=np.float64)
+    if centroid_distances.shape[0] < 2:
         raise ValueError(
             "Number of labels is %d. Valid values are 2 to n_samples - 1 (inclusive)"
-            % means.shape[0]
+            % centroid_distances.shape[0]
         )
-    centroid_distances = cdist(means, means)
     if np.all(np.isclose(intra_dists, 0.0)) or np.all(np.isclose(centroid_distances, 0.0)):
         return 0.0
+    np.fill_diagonal(centroid_distances, np.inf)  # (computed distances may leave round-off there)
     centroid_distances[centroid_distances == 0] = np.inf
     combined_intra_dists = intra_dists[:, None] + intra_dists
     scores = np.max(combined_intra_dists / centroid_distances, axis=1)

@@ -392,8 +392,10 @@ def _distance_metrics(run: Run, held, Zs: np.ndarray, pos: np.ndarray, fitted: F
     the rows' distances to their medoid, k-medoids' objective) and ``mean_distance``; the cluster
     radii (``stats``' distance sums and maxima) become those distances too, as the
     ``assignments`` table's; on the first ``kmeans.kmedoids.sample_size`` rows of the quality
-    sample, the silhouette. Inertia, Calinski-Harabasz and Davies-Bouldin stay scikit-learn's
-    label-based figures in the Euclidean model space (computed before)."""
+    sample, the silhouette; and Davies-Bouldin under the distance, ``davies_bouldin_<distance>``
+    (each cluster's mean distance to its medoid, the medoids' distances). Inertia,
+    Calinski-Harabasz and ``davies_bouldin`` stay scikit-learn's label-based figures in the
+    Euclidean model space (computed before)."""
     from clusterlake.algorithms import kmedoids as km
     from clusterlake.io.contract.metrics import Metric
     from clusterlake.memory import driver_budget_bytes
@@ -404,6 +406,7 @@ def _distance_metrics(run: Run, held, Zs: np.ndarray, pos: np.ndarray, fitted: F
     stats.sum_dist, stats.sum_sq_dist, stats.max_dist = s, ss, np.maximum(held.max_distances, 0.0)
     n = int(stats.counts.sum())
     out = [Metric("full", "loss", float(s.sum()), n), Metric("full", "mean_distance", float(s.sum() / n), n)]
+    out += _medoid_davies_bouldin(fitted, stats, n)
     m = min(len(Zs), cfg.kmeans.kmedoids.sample_size)
     # the quality sample and the fit's are prefixes of the run's one draw: the fit's matrix serves
     sil = km.sample_silhouette(Zs[:m], pos[:m], fitted.metric, driver_budget_bytes(cfg.job.driver_memory_gb),
@@ -414,6 +417,20 @@ def _distance_metrics(run: Run, held, Zs: np.ndarray, pos: np.ndarray, fitted: F
     else:
         log.warning("k-medoids' silhouette is undefined on a sample of %d rows (fewer than 2 clusters in it)", m)
     return out
+
+
+def _medoid_davies_bouldin(fitted: Fitted, stats, n: int) -> list:
+    """Davies-Bouldin under the k-medoids model's distance, named after it (``davies_bouldin_manhattan``)."""
+    from clusterlake.io.contract.metrics import Metric
+    from clusterlake.kernels.distances import pairwise
+    from clusterlake.kernels.metrics import davies_bouldin_from_distances
+
+    keep = stats.counts > 0
+    if keep.sum() < 2:
+        return []
+    M = np.asarray(fitted.centroids)[keep]
+    db = davies_bouldin_from_distances(pairwise(M, M, fitted.metric), stats.sum_dist[keep] / stats.counts[keep])
+    return [Metric("full", f"davies_bouldin_{fitted.metric.name}", float(db), n)]
 
 
 def _profiles(inp: Input, pre: Prepared, stats, extra_columns: list[str]):
