@@ -190,3 +190,27 @@ def test_two_nights_keep_their_ids_and_another_distance_starts_afresh(spark, run
     third = third[third.run_id == r3.run_id]
     assert set(third.event) == {"new", "retired"} and set(third.basis.dropna()) == {"distance changed"}
     assert min(third[third.event == "new"].cluster_id) >= 4
+
+
+def test_jaccard_medoids_beat_euclidean_kmeans_on_tags(spark, tmp_path):
+    """Sets of tags as 0/1 columns: four topics of 6 to 24 tags, each row keeping a random share
+    (25-100%) of its topic's tags plus two stray tags. Euclidean K-means splits by how many tags a
+    row has; Jaccard compares the shares of tags in common."""
+    rng = np.random.default_rng(0)
+    n, d = 3000, 40
+    topics = [rng.choice(d, size=s, replace=False) for s in (6, 10, 16, 24)]
+    y = rng.integers(0, 4, n)
+    member = np.zeros((4, d), bool)
+    for t, tags in enumerate(topics):
+        member[t, tags] = True
+    X = (member[y] & (rng.random((n, d)) < rng.uniform(0.25, 1.0, n)[:, None])).astype(np.float64)
+    X[np.arange(n)[:, None], rng.integers(0, d, (n, 2))] = 1.0
+    cols = {"customer_id": pa.array(np.arange(n, dtype=np.int64)),
+            **{f"t{j:02d}": pa.array(X[:, j]) for j in range(d)}, "true_segment": pa.array(y.astype(np.int32))}
+    pq.write_table(pa.table(cols), str(tmp_path / "tags.parquet"))
+    over = {"kmeans.k": 4, "preprocess.scaling": "none", "preprocess.pca.enabled": "false"}
+    med = run_job(job_config(str(tmp_path / "tags.parquet"), str(tmp_path / "med"), **over,
+                             **{"kmeans.algorithm": "kmedoids", "kmeans.distance": "jaccard",
+                                "kmeans.kmedoids.sample_size": 1500}), spark=spark)
+    km = run_job(job_config(str(tmp_path / "tags.parquet"), str(tmp_path / "km"), **over), spark=spark)
+    assert med.metrics["ari"] > km.metrics["ari"] + 0.1 and med.metrics["ari"] > 0.85  # measured: 0.92 vs 0.76
