@@ -1,0 +1,217 @@
+"""Gaussian mixtures by EM, as sufficient statistics that add up across tasks (numpy; issue 24).
+
+One EM iteration over rows spread across tasks: every task runs :func:`e_step_stats` on its rows
+(responsibilities by log-sum-exp under the current :class:`Mixture`) and returns a
+:class:`Stats` of a few small float64 arrays (per component: the summed responsibilities, the
+responsibility-weighted sums of the rows and of their outer products, or their diagonals); the
+driver adds them up (:func:`merge`) and :func:`m_step` makes the next mixture. The definitions are
+scikit-learn's ``GaussianMixture`` (its four covariance types, ``reg_covar`` added to the
+diagonals, ``10 eps`` added to every component's mass, the Cholesky factors of the precisions,
+the mean log-likelihood as the lower bound): from the same start, the iterations agree with
+scikit-learn's to round-off (tests/test_gmm.py).
+
+The second moments are summed about a fixed ``shift`` (the data's mean, from the job's moments)
+so that ``S / n_k - mu mu^T`` does not cancel catastrophically on data far from the origin; the
+covariances then equal scikit-learn's centred sums to ~1e-12 relative on standardised data. Row
+weights multiply the responsibilities (an integer weight is that many copies of the row).
+
+A component that collapses (mass below ``min_mass`` rows) is reported in ``Mixture.degenerate``:
+its covariance is ``reg_covar`` alone, never a NaN; the caller re-seeds it (:func:`reseed`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+__all__ = ["COVARIANCE_TYPES", "Mixture", "Stats", "e_step_stats", "log_prob", "m_step", "merge",
+           "precisions_cholesky", "responsibilities", "reseed"]
+
+COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
+_EPS = float(np.finfo(np.float64).eps)
+
+
+@dataclass
+class Mixture:
+    covariance_type: str
+    weights: np.ndarray  # (k,)
+    means: np.ndarray  # (k, d)
+    covariances: Optional[np.ndarray]  # full (k, d, d) | tied (d, d) | diag (k, d) | spherical (k,)
+    precisions_chol: np.ndarray  # same shapes: the upper Cholesky factors of the precisions
+    degenerate: list = field(default_factory=list)  # components whose mass fell below min_mass
+
+    @property
+    def k(self) -> int:
+        return int(len(self.weights))
+
+    @classmethod
+    def of(cls, covariance_type: str, weights, means, covariances) -> "Mixture":
+        """A mixture from its weights, means and covariances (checked, factored)."""
+        _check_type(covariance_type)
+        cov = np.asarray(covariances, dtype=np.float64)
+        return cls(covariance_type, np.asarray(weights, dtype=np.float64), np.asarray(means, dtype=np.float64), cov,
+                   precisions_cholesky(cov, covariance_type))
+
+
+def _check_type(covariance_type: str) -> None:
+    if covariance_type not in COVARIANCE_TYPES:
+        raise ValueError(f"covariance type {covariance_type!r}: use one of {', '.join(COVARIANCE_TYPES)}")
+
+
+def precisions_cholesky(cov: np.ndarray, covariance_type: str) -> np.ndarray:
+    """The Cholesky factors of the precisions (scikit-learn's ``_compute_precision_cholesky``);
+    ValueError naming the fix when a covariance is not positive definite."""
+    msg = ("a mixture component has an ill-defined covariance (a collapsed or single-row component): raise "
+           "reg_covar, lower the number of components, or scale the features")
+    if covariance_type in ("full", "tied"):
+        C = cov[None] if covariance_type == "tied" else cov
+        out = np.empty_like(C)
+        for j in range(len(C)):
+            try:
+                L = np.linalg.cholesky(C[j])
+            except np.linalg.LinAlgError:
+                raise ValueError(msg) from None
+            out[j] = _solve_lower(L, np.eye(len(L))).T
+        return out[0] if covariance_type == "tied" else out
+    if np.any(cov <= 0.0):
+        raise ValueError(msg)
+    return 1.0 / np.sqrt(cov)
+
+
+def _solve_lower(L: np.ndarray, B: np.ndarray) -> np.ndarray:
+    from scipy.linalg import solve_triangular
+
+    return solve_triangular(L, B, lower=True)
+
+
+def _log_det_chol(pc: np.ndarray, covariance_type: str, d: int) -> np.ndarray:
+    if covariance_type == "full":
+        return np.log(np.diagonal(pc, axis1=1, axis2=2)).sum(axis=1)
+    if covariance_type == "tied":
+        return np.log(np.diag(pc)).sum()
+    if covariance_type == "diag":
+        return np.log(pc).sum(axis=1)
+    return d * np.log(pc)
+
+
+def log_prob(X: np.ndarray, mix: Mixture) -> np.ndarray:
+    """``(n, k)``: ``log w_j + log N(x | mu_j, Sigma_j)`` of every row and component."""
+    X = np.asarray(X, dtype=np.float64)
+    n, d = X.shape
+    t, mu, pc = mix.covariance_type, mix.means, mix.precisions_chol
+    if t in ("full", "tied"):
+        lp = np.empty((n, mix.k))
+        for j in range(mix.k):
+            P = pc[j] if t == "full" else pc
+            y = X @ P - mu[j] @ P
+            lp[:, j] = np.einsum("ij,ij->i", y, y)
+    elif t == "diag":
+        prec = pc ** 2
+        lp = (mu ** 2 * prec).sum(axis=1) - 2.0 * (X @ (mu * prec).T) + (X ** 2) @ prec.T
+    else:
+        prec = pc ** 2
+        lp = (mu ** 2).sum(axis=1) * prec - 2.0 * (X @ mu.T * prec) + np.outer(np.einsum("ij,ij->i", X, X), prec)
+    with np.errstate(divide="ignore"):
+        logw = np.log(mix.weights)
+    return -0.5 * (d * math.log(2 * math.pi) + lp) + _log_det_chol(pc, t, d) + logw
+
+
+def responsibilities(X: np.ndarray, mix: Mixture) -> tuple[np.ndarray, np.ndarray]:
+    """``(log p(x), responsibilities (n, k))`` by log-sum-exp (no underflow to 0/0)."""
+    from scipy.special import logsumexp
+
+    lp = log_prob(X, mix)
+    norm = logsumexp(lp, axis=1)
+    with np.errstate(under="ignore"):
+        return norm, np.exp(lp - norm[:, None])
+
+
+@dataclass
+class Stats:
+    """One task's (or the sum of all tasks') sufficient statistics under the current mixture."""
+
+    n: float  # rows (summed weights)
+    nk: np.ndarray  # (k,) summed responsibilities
+    sx: np.ndarray  # (k, d) responsibility-weighted sums of (x - shift)
+    sxx: np.ndarray  # full (k, d, d) | tied (d, d) | diag/spherical (k, d): of (x - shift)(x - shift)^T
+    loglik: float  # summed (weighted) log-likelihood of the rows
+    shift: np.ndarray  # (d,)
+
+
+def e_step_stats(X: np.ndarray, mix: Mixture, shift: np.ndarray, weights: Optional[np.ndarray] = None,
+                 block_rows: int = 65536) -> Stats:
+    """The sufficient statistics of the rows ``X`` (a task's) under ``mix``, a block at a time."""
+    X = np.asarray(X)
+    d, k, t = X.shape[1], mix.k, mix.covariance_type
+    shift = np.asarray(shift, dtype=np.float64)
+    nk, sx, ll, n = np.zeros(k), np.zeros((k, d)), 0.0, 0.0
+    sxx = np.zeros((k, d, d) if t == "full" else (d, d) if t == "tied" else (k, d))
+    for s in range(0, len(X), block_rows):
+        B = np.asarray(X[s:s + block_rows], dtype=np.float64)
+        w = np.ones(len(B)) if weights is None else np.asarray(weights[s:s + block_rows], dtype=np.float64)
+        norm, R = responsibilities(B, mix)
+        R *= w[:, None]
+        C = B - shift
+        nk += R.sum(axis=0)
+        sx += R.T @ C
+        if t == "full":
+            for j in range(k):
+                sxx[j] += (C * R[:, j:j + 1]).T @ C
+        elif t == "tied":
+            sxx += (C * w[:, None]).T @ C
+        else:
+            sxx += R.T @ (C * C)
+        ll += float(w @ norm)
+        n += float(w.sum())
+    return Stats(n, nk, sx, sxx, ll, shift)
+
+
+def merge(parts: list) -> Stats:
+    """The sum of the tasks' :class:`Stats` (same shift)."""
+    first = parts[0]
+    return Stats(sum(p.n for p in parts), sum(p.nk for p in parts), sum(p.sx for p in parts),
+                 sum(p.sxx for p in parts), sum(p.loglik for p in parts), first.shift)
+
+
+def m_step(st: Stats, covariance_type: str, reg_covar: float = 1e-6, min_mass: float = 1e-3) -> Mixture:
+    """The next mixture from the summed statistics (scikit-learn's M-step, shifted moments)."""
+    _check_type(covariance_type)
+    nk = st.nk + 10 * _EPS
+    mc = st.sx / nk[:, None]  # means about the shift
+    d = mc.shape[1]
+    if covariance_type == "full":
+        cov = st.sxx / nk[:, None, None] - np.einsum("ki,kj->kij", mc, mc)
+        cov = (cov + np.transpose(cov, (0, 2, 1))) / 2.0
+        cov[:, np.arange(d), np.arange(d)] += reg_covar
+    elif covariance_type == "tied":
+        cov = (st.sxx - (nk[:, None] * mc).T @ mc) / nk.sum()
+        cov = (cov + cov.T) / 2.0
+        cov[np.arange(d), np.arange(d)] += reg_covar
+    else:
+        cov = st.sxx / nk[:, None] - mc ** 2 + reg_covar
+        if covariance_type == "spherical":
+            cov = cov.mean(axis=1)
+    degenerate = [int(j) for j in np.flatnonzero(st.nk < min_mass)]
+    for j in degenerate:  # its moments are round-off: reg_covar alone, never a NaN
+        if covariance_type == "full":
+            cov[j] = np.eye(d) * reg_covar
+        elif covariance_type in ("diag", "spherical"):
+            cov[j] = reg_covar
+    mix = Mixture.of(covariance_type, nk / nk.sum(), mc + st.shift, cov)
+    mix.degenerate = degenerate
+    return mix
+
+
+def reseed(mix: Mixture, j: int, mean: np.ndarray, covariance: np.ndarray) -> Mixture:
+    """``mix`` with component ``j`` restarted at ``mean`` with ``covariance`` (its type's shape for
+    one component; tied: ignored) and the weight of one row's share, the weights renormalised."""
+    means, weights = mix.means.copy(), mix.weights.copy()
+    means[j] = mean
+    weights[j] = max(weights[j], 1.0 / max(10 * mix.k, 1))
+    cov = mix.covariances.copy()
+    if mix.covariance_type != "tied":
+        cov[j] = covariance
+    return Mixture.of(mix.covariance_type, weights / weights.sum(), means, cov)
