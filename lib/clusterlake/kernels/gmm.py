@@ -27,7 +27,7 @@ from typing import Optional
 
 import numpy as np
 
-__all__ = ["COVARIANCE_TYPES", "Mixture", "Stats", "e_step_stats", "log_prob", "m_step", "merge",
+__all__ = ["COVARIANCE_TYPES", "Mixture", "Stats", "e_step_stats", "hard_stats", "log_prob", "m_step", "merge",
            "precisions_cholesky", "responsibilities", "reseed"]
 
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
@@ -139,20 +139,43 @@ class Stats:
     sxx: np.ndarray  # full (k, d, d) | tied (d, d) | diag/spherical (k, d): of (x - shift)(x - shift)^T
     loglik: float  # summed (weighted) log-likelihood of the rows
     shift: np.ndarray  # (d,)
+    worst: Optional[np.ndarray] = None  # the row the mixture explains least (re-seeding a collapsed component)
+    worst_ll: float = np.inf  # its log-likelihood
 
 
 def e_step_stats(X: np.ndarray, mix: Mixture, shift: np.ndarray, weights: Optional[np.ndarray] = None,
                  block_rows: int = 65536) -> Stats:
     """The sufficient statistics of the rows ``X`` (a task's) under ``mix``, a block at a time."""
+    return _accumulate(X, mix.k, mix.covariance_type, shift, weights, block_rows, lambda B: responsibilities(B, mix))
+
+
+def hard_stats(X: np.ndarray, centers: np.ndarray, covariance_type: str, shift: np.ndarray,
+               weights: Optional[np.ndarray] = None, block_rows: int = 65536) -> Stats:
+    """The statistics of the rows given wholly to their nearest centre (the start from K-means:
+    one-hot responsibilities; log-likelihoods are not defined there and left 0)."""
+    from clusterlake.kernels.kmeans import nearest
+
+    C = np.asarray(centers, dtype=np.float64)
+
+    def onehot(B):
+        R = np.zeros((len(B), len(C)))
+        R[np.arange(len(B)), nearest(B, C)[0]] = 1.0
+        return np.zeros(len(B)), R
+
+    return _accumulate(X, len(C), covariance_type, shift, weights, block_rows, onehot)
+
+
+def _accumulate(X, k: int, t: str, shift, weights, block_rows: int, resp) -> Stats:
     X = np.asarray(X)
-    d, k, t = X.shape[1], mix.k, mix.covariance_type
+    d = X.shape[1]
     shift = np.asarray(shift, dtype=np.float64)
     nk, sx, ll, n = np.zeros(k), np.zeros((k, d)), 0.0, 0.0
     sxx = np.zeros((k, d, d) if t == "full" else (d, d) if t == "tied" else (k, d))
+    worst, worst_ll = None, np.inf
     for s in range(0, len(X), block_rows):
         B = np.asarray(X[s:s + block_rows], dtype=np.float64)
         w = np.ones(len(B)) if weights is None else np.asarray(weights[s:s + block_rows], dtype=np.float64)
-        norm, R = responsibilities(B, mix)
+        norm, R = resp(B)
         R *= w[:, None]
         C = B - shift
         nk += R.sum(axis=0)
@@ -166,14 +189,18 @@ def e_step_stats(X: np.ndarray, mix: Mixture, shift: np.ndarray, weights: Option
             sxx += R.T @ (C * C)
         ll += float(w @ norm)
         n += float(w.sum())
-    return Stats(n, nk, sx, sxx, ll, shift)
+        i = int(np.argmin(norm)) if len(B) else 0
+        if len(B) and norm[i] < worst_ll:
+            worst, worst_ll = B[i].copy(), float(norm[i])
+    return Stats(n, nk, sx, sxx, ll, shift, worst, worst_ll)
 
 
 def merge(parts: list) -> Stats:
-    """The sum of the tasks' :class:`Stats` (same shift)."""
+    """The sum of the tasks' :class:`Stats` (same shift); the worst-explained row of them all."""
     first = parts[0]
+    low = min(parts, key=lambda p: p.worst_ll)
     return Stats(sum(p.n for p in parts), sum(p.nk for p in parts), sum(p.sx for p in parts),
-                 sum(p.sxx for p in parts), sum(p.loglik for p in parts), first.shift)
+                 sum(p.sxx for p in parts), sum(p.loglik for p in parts), first.shift, low.worst, low.worst_ll)
 
 
 def m_step(st: Stats, covariance_type: str, reg_covar: float = 1e-6, min_mass: float = 1e-3) -> Mixture:

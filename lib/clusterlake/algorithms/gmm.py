@@ -1,0 +1,122 @@
+"""Gaussian mixtures on the engine (issue 24): the rows stay in the barrier tasks, one small reply
+per EM iteration.
+
+:func:`fit_mixture` loads the rows into a :class:`~clusterlake.algorithms.kmeans_engine.KMeansStage`
+(its worker, :class:`MixtureWorker`, adds the two mixture commands to K-means'), fits K-means
+there (k-means|| then Lloyd: :func:`~clusterlake.algorithms.kmeans_engine.fit_on`) and runs
+:func:`em_on`: the first M-step from the K-means partition (every row wholly in its nearest
+centre's component), then EM iterations, each one ``gmm_stats`` call whose replies are the
+tasks' sufficient statistics (:mod:`clusterlake.kernels.gmm`: per component the mass, the
+weighted sums and outer products, in float64; k x d x d numbers per task), added up on the driver
+for the M-step. It stops when the mean log-likelihood changes by less than ``tol`` (as
+scikit-learn's ``GaussianMixture``) or after ``max_iter`` iterations. A component that collapses
+(less than a thousandth of a row's mass) is re-seeded at the row the mixture explains least, with
+a warning. Deterministic for a seed and a partitioning; a lost task is recovered as for K-means
+(the stage replays the load; the commands are stateless).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+from clusterlake.algorithms.kmeans_engine import EngineFit, KMeansStage, KMeansWorker, fit_on
+from clusterlake.engine.worker import command
+from clusterlake.kernels import gmm as G
+
+log = logging.getLogger(__name__)
+
+
+def _reply(st: "G.Stats") -> dict:
+    return {"n": float(st.n), "ll": float(st.loglik), "worst_ll": float(st.worst_ll), "nk": st.nk, "sx": st.sx,
+            "sxx": st.sxx, "worst": st.worst if st.worst is not None else np.zeros(0)}
+
+
+class MixtureWorker(KMeansWorker):
+    """K-means' worker with the mixture's two commands. Runs in a barrier task."""
+
+    @command("gmm_hard_stats")
+    def gmm_hard_stats(self, centers: np.ndarray, shift: np.ndarray, covariance_type: str) -> dict:
+        return _reply(G.hard_stats(self.X, centers, covariance_type, shift, self.w))
+
+    @command("gmm_stats")
+    def gmm_stats(self, weights: np.ndarray, means: np.ndarray, covariances: np.ndarray, shift: np.ndarray,
+                  covariance_type: str) -> dict:
+        mix = G.Mixture.of(covariance_type, weights, means, covariances)
+        return _reply(G.e_step_stats(self.X, mix, shift, self.w))
+
+
+@dataclass
+class MixtureFit:
+    mixture: "G.Mixture"
+    n_iter: int
+    converged: bool
+    log_likelihood: float  # mean per row (weight), at the last E-step (scikit-learn's lower_bound_)
+    history: list = field(default_factory=list)  # the mean log-likelihood of every iteration
+    seconds: float = 0.0
+    em_seconds: float = 0.0
+    reseeded: int = 0
+    kmeans: Optional[EngineFit] = None
+
+
+def _stats(bc: KMeansStage, op: str, arrays: dict, covariance_type: str, shift: np.ndarray) -> "G.Stats":
+    parts = []
+    for head, a in bc.call(op, arrays, covariance_type=covariance_type):
+        parts.append(G.Stats(head["n"], a["nk"], a["sx"], a["sxx"], head["ll"], shift,
+                             a["worst"] if len(a["worst"]) else None, head["worst_ll"]))
+    return G.merge(parts)
+
+
+def em_on(bc: KMeansStage, centers: np.ndarray, covariance_type: str = "full", reg_covar: float = 1e-6,
+          tol: float = 1e-3, max_iter: int = 100) -> MixtureFit:
+    """EM on the rows held by ``bc``, started from the partition of ``centers`` (see the module)."""
+    t0 = time.time()
+    shift = np.asarray(centers, dtype=np.float64).mean(axis=0)
+    st = _stats(bc, "gmm_hard_stats", {"centers": np.asarray(centers, np.float64), "shift": shift},
+                covariance_type, shift)
+    mix = G.m_step(st, covariance_type, reg_covar)
+    history, prev, converged, reseeded, it = [], -np.inf, False, 0, 0
+    for it in range(1, max_iter + 1):
+        arrays = {"weights": mix.weights, "means": mix.means, "covariances": mix.covariances, "shift": shift}
+        st = _stats(bc, "gmm_stats", arrays, covariance_type, shift)
+        ll = st.loglik / st.n
+        history.append(ll)
+        mix = G.m_step(st, covariance_type, reg_covar)
+        for j in mix.degenerate:
+            log.warning("mixture: component %d collapsed (mass %.3g rows); re-seeded at the row it explains least",
+                        j, st.nk[j])
+            mix = G.reseed(mix, j, st.worst, _spread(mix, covariance_type))
+            reseeded += 1
+        log.info("mixture: iteration %d, mean log-likelihood %.6f (change %.3g)", it, ll, ll - prev)
+        if abs(ll - prev) < tol:
+            converged = True
+            break
+        prev = ll
+    if not converged:
+        log.warning("mixture: not converged after %d iterations (tol=%g on the mean log-likelihood)", it, tol)
+    return MixtureFit(mix, it, converged, history[-1] if history else float("nan"), history,
+                      em_seconds=time.time() - t0, reseeded=reseeded)
+
+
+def _spread(mix: "G.Mixture", covariance_type: str) -> np.ndarray:
+    """A re-seeded component's covariance: the mean of the others' (its type's shape)."""
+    if covariance_type == "tied":
+        return mix.covariances
+    return mix.covariances.mean(axis=0)
+
+
+def fit_mixture(spark, df, source, k: int, *, covariance_type: str = "full", reg_covar: float = 1e-6,
+                tol: float = 1e-3, max_iter: int = 100, seed: int = 42, kmeans_max_iter: int = 50,
+                init_steps: int = 5, num_tasks: Optional[int] = None, memory_budget: Optional[int] = None) -> MixtureFit:
+    """A Gaussian mixture of every row of ``df`` (loaded per ``source``, a
+    :class:`~clusterlake.engine.blocks.BlockSource`): K-means on the engine, then EM."""
+    t0 = time.time()
+    with KMeansStage(spark, df, source, num_tasks=num_tasks, worker=MixtureWorker, memory_budget=memory_budget) as bc:
+        km = fit_on(bc, k, max_iter=kmeans_max_iter, seed=seed, init_steps=init_steps)
+        res = em_on(bc, km.centers, covariance_type, reg_covar, tol, max_iter)
+    res.kmeans, res.seconds = km, time.time() - t0
+    return res
