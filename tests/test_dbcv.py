@@ -43,3 +43,28 @@ def test_the_moons_score_higher_as_moons_than_as_kmeans_halves():
 
 def test_one_cluster_has_no_score():
     assert np.isnan(dbcv(np.random.default_rng(0).normal(size=(50, 2)), np.r_[np.zeros(45), -np.ones(5)]))
+
+
+def test_high_dimensions_do_not_overflow():
+    """(1/d_ij)^768 overflows float64: the log-space core distances stay finite and agree with the
+    reference on the dimensions where it does not overflow."""
+    rng = np.random.default_rng(3)
+    C = rng.normal(size=(3, 768))
+    y = np.repeat(np.arange(3), 60)
+    X = C[y] + 0.05 * rng.normal(size=(180, 768))
+    s = dbcv(X, y, metric("cosine"))
+    assert np.isfinite(s) and s > 0.5
+    Xl = X[:, :8] * 0.3
+    assert dbcv(Xl, y) == pytest.approx(validity_index(Xl, y), rel=1e-9)
+
+
+def test_a_one_row_cluster_counts_as_noise_and_duplicates_are_fine():
+    X, y = make_blobs(300, n_features=3, centers=3, random_state=7)
+    y = y.copy()
+    y[0] = 5  # a cluster of one row
+    X[1:20] = X[1]  # duplicates inside a cluster
+    y[1:20] = y[1]
+    z = y.copy()
+    z[0] = -1
+    assert dbcv(X, y) == pytest.approx(dbcv(X, z), rel=1e-12)
+    assert np.isfinite(dbcv(X, y))

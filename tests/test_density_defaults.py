@@ -53,10 +53,12 @@ def test_a_large_sample_is_searched_on_a_prefix_and_its_cluster_size_scaled(monk
     monkeypatch.setattr(DD, "GRID_ROWS", 600)
     model = Dk.fit_sample(X, "hdbscan", None, None, None)
     ch = DD.choose(X[:600])
+    assert ch.min_cluster_size in DD.cluster_size_grid(600) and model.min_cluster_size > ch.min_cluster_size
     assert model.choice["grid_rows"] == 600 and model.min_samples == ch.min_samples
     assert model.min_cluster_size == max(2, round(ch.min_cluster_size * len(X) / 600))
     labels, _ = Dk.hdbscan(X, model.min_samples, model.min_cluster_size)
     np.testing.assert_array_equal(model.sample_labels, labels)
+    assert model.choice["dbcv"] == pytest.approx(dbcv(X[:3000], labels[:3000]))  # the final labeling's score
 
 
 def test_cluster_size_grid():

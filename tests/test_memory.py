@@ -66,8 +66,11 @@ def test_the_input_width_counts_and_small_tables_are_refused():
     assert wide - narrow == 100_000 * 3 * 8 * 490  # the sample arrives in input units first
     with pytest.raises(ConfigError, match=r"cannot cut 10 rows into 16 clusters"):
         M.check_sample_passes(_cfg(**{"hierarchical.enabled": "true"}), 4, 10)
+    with pytest.raises(ConfigError, match=r"needs more rows than 5 \(density.min_samples is null: the smallest of "
+                                          r"the DBCV grid\)"):
+        M.check_sample_passes(cfg, 4, 5)
     with pytest.raises(ConfigError, match=r"needs more rows than density.min_samples=10"):
-        M.check_sample_passes(cfg, 4, 10)
+        M.check_sample_passes(_cfg(**{"density.enabled": "true", "density.min_samples": 10}), 8, 10)
 
 
 def test_the_cgroup_limit_files_follow_this_process_cgroup_and_its_ancestors(tmp_path):

@@ -67,3 +67,21 @@ def test_inside_a_pipeline(spark, frame):
 def test_bad_settings_are_named(kw, text):
     with pytest.raises(ValueError, match=text):
         KMedoids(k=3, **kw)
+
+
+def test_a_param_map_naming_a_distance_overrides_the_callable_and_saves(frame, tmp_path):
+    df, X = frame
+    est = KMedoids(k=3, distanceMeasure=lambda A, B: cdist(A, B, "chebyshev"), sampleSize=300)
+    model = est.fit(df, {est.distanceMeasure: "manhattan"})
+    assert model.getDistanceMeasure() == "manhattan"
+    model.write().overwrite().save(str(tmp_path / "m"))  # a named distance: saved
+    M = np.asarray(model.clusterCenters())
+    np.testing.assert_array_equal(model.assign(X[:40]).cluster_id, cdist(X[:40], M, "cityblock").argmin(axis=1))
+
+
+def test_null_rows_and_empty_input_are_named(spark):
+    df = spark.createDataFrame([(1, [1.0, 2.0]), (2, None), (3, [0.0, 1.0])], "id long, features array<double>")
+    with pytest.raises(ValueError, match="'features' has null or unequal-length rows"):
+        KMedoids(k=2).fit(df)
+    with pytest.raises(ValueError, match="the input has no rows"):
+        KMedoids(k=2).fit(df.limit(0))

@@ -333,12 +333,6 @@ class DensitySection(_Section):
         """HDBSCAN with neither ``min_samples`` nor ``min_cluster_size`` set: both chosen by DBCV."""
         return self.algorithm == "hdbscan" and self.min_samples is None and self.min_cluster_size is None
 
-    @property
-    def min_samples_bound(self) -> int:
-        """The most neighbours the pass may use (its memory): ``min_samples``, else the grid's 20
-        (HDBSCAN choosing) or 10."""
-        return self.min_samples or (20 if self.chooses_parameters else 10)
-
     @model_validator(mode="after")
     def _metric_p(self) -> "DensitySection":
         _check_minkowski_p("density", self.metric, self.minkowski_p)

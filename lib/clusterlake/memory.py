@@ -104,10 +104,33 @@ def dbscan_neighbourhood_bytes(rows: int, mean_neighbours: float) -> int:
     return int(rows * (mean_neighbours * 24 + 112))
 
 
+def density_min_samples(d) -> int:
+    """The most neighbours the density pass (config section ``d``) may use, for its memory:
+    ``min_samples``, else the DBCV grid's largest (HDBSCAN choosing) or the default."""
+    from clusterlake.kernels.density import DEFAULT_MIN_SAMPLES
+    from clusterlake.kernels.density_defaults import GRID_MIN_SAMPLES
+
+    return d.min_samples or (max(GRID_MIN_SAMPLES) if d.chooses_parameters else DEFAULT_MIN_SAMPLES)
+
+
 def hierarchy_bytes(rows: int, dims: int, method: str, levels: int, metric: Optional[str] = None) -> int:
     from clusterlake.kernels.hierarchy import linkage_bytes
 
     return int(FIXED_BYTES + linkage_bytes(rows, method, dims, metric) + rows * (dims * 8 * 2 + levels * 8 * 2 + 64))
+
+
+def _least_rows(d) -> int:
+    """Rows the density pass needs more than: ``min_samples`` (the grid's smallest when HDBSCAN chooses)."""
+    from clusterlake.kernels.density import DEFAULT_MIN_SAMPLES
+    from clusterlake.kernels.density_defaults import GRID_MIN_SAMPLES
+
+    return d.min_samples or (min(GRID_MIN_SAMPLES) if d.chooses_parameters else DEFAULT_MIN_SAMPLES)
+
+
+def _min_samples_shown(d) -> str:
+    if d.min_samples is not None:
+        return f"density.min_samples={d.min_samples}"
+    return f"{_least_rows(d)} (density.min_samples is null: {'the smallest of the DBCV grid' if d.chooses_parameters else 'the default'})"
 
 
 @dataclass
@@ -144,16 +167,16 @@ def check_sample_passes(cfg, dims: int, rows_available: int, input_width: int = 
         raise ConfigError(
             f"the hierarchical pass cannot cut {rows_available:,} rows into {cfg.hierarchical.levels[-1]} clusters "
             f"(hierarchical.levels={cfg.hierarchical.levels}); lower the levels or disable the pass")
-    if cfg.density.enabled and rows_available <= (cfg.density.min_samples or 10):
+    if cfg.density.enabled and rows_available <= _least_rows(cfg.density):
         raise ConfigError(
-            f"the density pass needs more rows than density.min_samples={cfg.density.min_samples or 10}; "
+            f"the density pass needs more rows than {_min_samples_shown(cfg.density)}; "
             f"the table has {rows_available:,}")
     budget, source = driver_budget_bytes(cfg.job.driver_memory_gb)
     raw = 3 * 8 * int(input_width)  # bytes per sample row before PCA
     needs: dict[str, PassNeed] = {}
     if cfg.density.enabled:
         d = cfg.density
-        f = lambda n: density_bytes(n, dims, d.min_samples_bound) + n * raw  # noqa: E731
+        f = lambda n: density_bytes(n, dims, density_min_samples(d)) + n * raw  # noqa: E731
         rows = min(d.sample_size, rows_available)
         needs["density"] = PassNeed("density.sample_size", rows, f(rows), _max_rows(f, budget, d.sample_size))
     if cfg.hierarchical.enabled:

@@ -7,7 +7,7 @@
 >>> model.transform(df)     # adds `prediction`: the nearest medoid under the distance
 
 The nightly job's k-medoids, for a Python user: FasterPAM (:mod:`clusterlake.kernels.kmedoids`)
-on a uniform sample of ``sampleSize`` rows brought to the driver (their pairwise distances are
+on a uniform sample of ``sampleSize`` rows brought to the driver (``seed``: 42 by default) (their pairwise distances are
 held there: 8 n^2 bytes), then every row assigned to its nearest medoid in the tasks by the one
 assignment rule (:class:`~clusterlake.kernels.assignment.AssignmentRule`), as the job, serving and
 the stream assign.
@@ -48,7 +48,8 @@ class _KMedoidsParams(HasFeaturesCol, HasPredictionCol, HasMaxIter, HasSeed):
 
     def __init__(self, *args):
         super().__init__(*args)
-        self._setDefault(k=2, distanceMeasure="euclidean", maxIter=100, sampleSize=10_000)
+        self._setDefault(k=2, distanceMeasure="euclidean", maxIter=100, sampleSize=10_000, seed=42)
+        # (a fixed default seed: pyspark's, hash(class name), changes with every Python process)
 
     def getK(self) -> int:
         return self.getOrDefault(self.k)
@@ -72,7 +73,14 @@ class _KMedoidsParams(HasFeaturesCol, HasPredictionCol, HasMaxIter, HasSeed):
                              + (" (mahalanobis needs the input's covariance: use the nightly job's kmeans.distance)"
                                 if name == "mahalanobis" else ""))
         p = self.getOrDefault(self.minkowskiP) if self.isDefined(self.minkowskiP) else None
-        return metric(name, p=p)
+        try:
+            return metric(name, p=p)
+        except ValueError as e:
+            raise ValueError(f"KMedoids(distanceMeasure={name!r}, minkowskiP={p!r}): {e}") from None
+
+    def _callable(self, fn: Optional[Callable]) -> Optional[Callable]:
+        """The callable, when the distance in force is it (a param map may name another)."""
+        return fn if self.getDistanceMeasure() == "custom" else None
 
 
 class KMedoidsSummary:
@@ -110,12 +118,12 @@ class KMedoids(Estimator, _KMedoidsParams, MLWritable, MLReadable):
         f = K.fit(pairwise(S, S, m, dtype=np.float32 if len(S) > 20_000 else np.float64), k,
                   self.getSeed() % (1 << 32), self.getMaxIter())
         log.info("k-medoids: %d medoids of %d sampled rows under %s, loss %.6g", k, len(S), m.describe(), f.loss)
-        model = KMedoidsModel(S[f.medoids], self._distance_fn)
+        model = KMedoidsModel(S[f.medoids], self._callable(self._distance_fn))
         model._summary = KMedoidsSummary(f.loss, k, len(S), f.n_iter, f.converged)
         return self._copyValues(model)
 
     def write(self) -> MLWriter:
-        if self._distance_fn is not None:
+        if self.getDistanceMeasure() == "custom":
             raise ValueError("a KMedoids with a callable distance cannot be saved (it is code, not data); "
                              "save one with a named distanceMeasure")
         return DefaultParamsWriter(self)
@@ -126,7 +134,11 @@ class KMedoids(Estimator, _KMedoidsParams, MLWritable, MLReadable):
 
 
 def _sample(dataset, fcol: str, size: int, seed: int) -> np.ndarray:
-    """A uniform sample of at most ``size`` rows of the features column, on the driver (float64)."""
+    """A uniform sample of at most ``size`` rows of the features column, on the driver (float64):
+    a Bernoulli draw of about 1.2 ``size`` rows, then ``size`` of them drawn on the driver (a
+    ``limit`` would keep the first partitions' rows)."""
+    import pyarrow.compute as pc
+
     from clusterlake.ml import _as_array
 
     col = dataset.select(_as_array(dataset, fcol).alias("f"))
@@ -134,9 +146,16 @@ def _sample(dataset, fcol: str, size: int, seed: int) -> np.ndarray:
     if n == 0:
         raise ValueError(f"KMedoids.fit: the input has no rows (featuresCol={fcol!r})")
     if n > size:
-        col = col.sample(False, min(1.0, 1.2 * size / n), seed % (1 << 63)).limit(size)
-    t = col.toArrow().column("f")
-    S = np.asarray(t.combine_chunks().flatten(), dtype=np.float64).reshape(len(t), -1) if len(t) else np.zeros((0, 0))
+        col = col.sample(False, min(1.0, 1.2 * size / n), seed % (1 << 63))
+    t = col.toArrow().column("f").combine_chunks()
+    lengths = pc.list_value_length(t).to_numpy(zero_copy_only=False)
+    if t.null_count or (len(t) and (lengths != lengths[0]).any()):
+        raise ValueError(f"KMedoids.fit: {fcol!r} has null or unequal-length rows ({t.null_count} null, lengths "
+                         f"{sorted(set(lengths[~np.isnan(lengths.astype(float))].astype(int).tolist()))[:5]}); "
+                         "drop them or fill them first")
+    S = np.asarray(t.flatten(), dtype=np.float64).reshape(len(t), -1) if len(t) else np.zeros((0, 0))
+    if len(S) > size:
+        S = S[np.sort(np.random.default_rng(seed % (1 << 63)).choice(len(S), size, replace=False))]
     if not np.isfinite(S).all():
         raise ValueError(f"KMedoids.fit: the sampled rows of {fcol!r} hold NaN or infinite values; drop or fill them")
     return S
@@ -197,7 +216,7 @@ class KMedoidsModel(Model, _KMedoidsParams, MLWritable, MLReadable):
         return dataset.withColumn(self.getPredictionCol(), nearest_medoid(_as_array(dataset, self.getFeaturesCol())))
 
     def write(self) -> MLWriter:
-        if self._distance_fn is not None:
+        if self.getDistanceMeasure() == "custom":
             raise ValueError("a KMedoidsModel under a callable distance cannot be saved (a saved model holds data, "
                              "not code): refit with a named distanceMeasure to save it")
         return _ModelWriter(self)

@@ -80,12 +80,12 @@ def _together(cfg, Z: np.ndarray) -> bool:
     """Whether HDBSCAN and the linkage fit the driver's budget at the same time (each was checked
     alone by :func:`clusterlake.memory.check_sample_passes`; DBSCAN's neighbourhoods, checked as
     they are known, always run alone)."""
-    from clusterlake.memory import density_bytes, driver_budget_bytes, hierarchy_bytes
+    from clusterlake.memory import density_bytes, density_min_samples, driver_budget_bytes, hierarchy_bytes
 
     d, h = cfg.density, cfg.hierarchical
     if d.algorithm != "hdbscan":
         return False
-    need = density_bytes(min(d.sample_size, len(Z)), Z.shape[1], d.min_samples_bound) + \
+    need = density_bytes(min(d.sample_size, len(Z)), Z.shape[1], density_min_samples(d)) + \
         hierarchy_bytes(min(h.sample_size, len(Z)), Z.shape[1], h.linkage, len(h.levels),
                         cfg.pass_distance("hierarchical")[0])
     return need <= driver_budget_bytes(cfg.job.driver_memory_gb)[0]
@@ -111,11 +111,13 @@ def _fit_density(cfg, Z: np.ndarray, out: PassFit, metric=None) -> None:
     how = (f"eps={d.eps}" if d.eps else "eps from the k-distance knee") if d.algorithm == "dbscan" else \
         ("min_samples and min_cluster_size chosen by DBCV" if d.chooses_parameters else f"min_cluster_size={mcs}")
     log.info("density pass: %s on %d sampled rows under %s (min_samples=%s, %s)", d.algorithm, len(S),
-             metric.describe() if metric is not None else "euclidean", d.min_samples or "auto", how)
+             metric.describe() if metric is not None else "euclidean",
+             "chosen" if d.chooses_parameters else d.min_samples or Dk.DEFAULT_MIN_SAMPLES, how)
     t0 = time.time()
     out.density = m = Dk.fit_sample(
         S, d.algorithm, d.eps, d.min_samples, mcs if d.algorithm == "hdbscan" else None,
-        before_dbscan=lambda nb: check_dbscan_neighbourhoods(len(S), nb, S.shape[1], d.min_samples or 10,
+        before_dbscan=lambda nb: check_dbscan_neighbourhoods(len(S), nb, S.shape[1],
+                                                             d.min_samples or Dk.DEFAULT_MIN_SAMPLES,
                                                              cfg.job.driver_memory_gb),
         metric=metric,
     )
@@ -150,7 +152,8 @@ def _choice_metrics(m, algorithm: str, k: int) -> list[Metric]:
     out = [Metric("sample", "min_samples", float(m.min_samples), c["grid_rows"], algorithm, k),
            Metric("sample", "min_cluster_size", float(m.min_cluster_size), c["grid_rows"], algorithm, k)]
     if np.isnan(c["dbcv"]):
-        log.warning("density pass: no candidate found two clusters; DBCV is undefined, the former defaults stand")
+        log.warning("density pass: DBCV is undefined for every candidate (fewer than two clusters, or none "
+                    "separated from the others); the former defaults stand")
     else:
         out.append(Metric("sample", "dbcv", float(c["dbcv"]), c["scored_rows"], algorithm, k))
     return out

@@ -16,7 +16,8 @@ dimension ``d``:
 * a cluster's validity ``(min separation - sparseness) / max(min separation, sparseness)``, and
   the score their mean weighted by size over **all** rows (noise included, so noise costs).
 
-Between -1 and 1, higher is better; NaN with fewer than two clusters (no separation). Nothing is
+Between -1 and 1, higher is better; NaN with fewer than two clusters (no separation). A cluster
+of one scored row (the reference returns NaN for it) is counted as noise. Nothing is
 held as a full matrix: the core distances and separations go a block of rows at a time, the
 trees are the job's own Prim (:mod:`clusterlake.kernels.mst`), so a few thousand rows score in a
 fraction of a second.
@@ -41,7 +42,8 @@ def dbcv(X: np.ndarray, labels: np.ndarray, metric: Optional[Metric] = None) -> 
     d = X.shape[1]
     X, m = euclidean_frame(X, metric)
     m = m or Metric("euclidean")
-    ids = [c for c in np.unique(labels) if c >= 0]
+    ids, counts = np.unique(labels[labels >= 0], return_counts=True)
+    ids = [c for c, cnt in zip(ids, counts) if cnt >= 2]  # a one-row cluster has no density: noise, here
     if len(ids) < 2:
         return float("nan")
     parts = []  # (rows, core distances, internal nodes, sparseness)
@@ -61,20 +63,24 @@ def dbcv(X: np.ndarray, labels: np.ndarray, metric: Optional[Metric] = None) -> 
 
 
 def _all_points_core(Xc: np.ndarray, m: Metric, d: int) -> np.ndarray:
+    """Every member's all-points core distance, in log space: ``sum d_ij^-d`` overflows (or
+    underflows) once ``d`` is in the hundreds (768-d embeddings), where the reference returns
+    inf or 0; ``-(logsumexp(-d log d_ij) - log(n - 1)) / d`` is the same number wherever the
+    reference's is finite. Zero distances (duplicates) are left out, as the reference does."""
+    from scipy.special import logsumexp
+
     n = len(Xc)
     if n < 2:
         return np.zeros(n)
-    acc = np.zeros(n)
+    lse = np.full(n, -np.inf)
     step = max(1, _BLOCK // (8 * n))
     for s in range(0, n, step):
         D = exact(Xc[s:s + step], Xc, m)  # from the differences: identical rows exactly 0
-        with np.errstate(divide="ignore", over="ignore"):
-            acc[s:s + step] = np.where(D > 0, (1.0 / np.where(D > 0, D, 1.0)) ** d, 0.0).sum(axis=1)
-    acc /= n - 1
-    if acc.sum() == 0:  # every member identical
+        with np.errstate(divide="ignore"):
+            lse[s:s + step] = logsumexp(np.where(D > 0, -d * np.log(np.where(D > 0, D, 1.0)), -np.inf), axis=1)
+    if np.isneginf(lse).all():  # every member identical
         return np.zeros(n)
-    with np.errstate(divide="ignore"):
-        return acc ** (-1.0 / d)
+    return np.exp(-(lse - np.log(n - 1)) / d)
 
 
 def _internal_tree(Xc: np.ndarray, core: np.ndarray, m: Metric) -> tuple[np.ndarray, float]:
@@ -90,13 +96,14 @@ def _internal_tree(Xc: np.ndarray, core: np.ndarray, m: Metric) -> tuple[np.ndar
     n = len(Xc)
     if n < 2:
         return np.arange(n), 0.0
-    _, b, w = mutual_reachability_mst(Xc, core) if m.name == "euclidean" else metric_mst(Xc, core, m)
+    src, b, w = mutual_reachability_mst(Xc, core) if m.name == "euclidean" else metric_mst(Xc, core, m)
     order = np.r_[0, b]
     a = np.empty(n - 1, np.int64)
     for i in range(n - 1):  # one vectorised row per added node (a cluster of the scoring sample)
         earlier = np.sort(order[:i + 1])
         mr = np.maximum(np.maximum(exact(Xc[b[i]:b[i] + 1], Xc[earlier], m)[0], core[earlier]), core[b[i]])
-        a[i] = earlier[np.flatnonzero(np.isclose(mr, w[i]))[0]]
+        hit = np.flatnonzero(np.isclose(mr, w[i]))
+        a[i] = earlier[hit[0]] if len(hit) else src[i]  # (an asymmetric custom distance: Prim's own parent)
     degree = np.bincount(np.r_[a, b], minlength=n)
     internal = np.flatnonzero(degree > 1)
     inner = (degree[a] > 1) & (degree[b] > 1)

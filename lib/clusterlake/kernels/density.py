@@ -23,6 +23,9 @@ from clusterlake.kernels import metric_index
 from clusterlake.kernels.distances import Metric, euclidean_frame, sklearn_args, sklearn_rows
 
 
+DEFAULT_MIN_SAMPLES = 10  # min_samples when the config leaves it null and HDBSCAN does not choose (DBSCAN, ...)
+
+
 @dataclass
 class DensityModel:
     """What the extension needs: the core sample points, their cluster labels and reach."""
@@ -125,7 +128,9 @@ def mean_neighbours(X: np.ndarray, eps: float, probe: int = 1000, seed: int = 0,
     if metric is not None and metric.fn is not None:
         from clusterlake.kernels.distances import pairwise
 
-        return float((pairwise(X[idx], X, metric) <= eps).sum(axis=1).mean()) if len(idx) else 0.0
+        step = max(1, (32 << 20) // (8 * max(1, len(X))))
+        counts = [(pairwise(X[idx[s:s + step]], X, metric) <= eps).sum(axis=1) for s in range(0, len(idx), step)]
+        return float(np.concatenate(counts).mean()) if len(idx) else 0.0
     Xs = sklearn_rows(X, metric)
     nn = NearestNeighbors(radius=eps, **sklearn_args(metric)).fit(Xs)
     counts = [len(r) for r in nn.radius_neighbors(Xs[idx], return_distance=False)]
@@ -281,7 +286,7 @@ def fit_sample(X: np.ndarray, algorithm: str = "hdbscan", eps: Optional[float] =
     if algorithm == "dbscan":
         from sklearn.cluster import DBSCAN
 
-        min_samples = min_samples or 10
+        min_samples = min_samples or DEFAULT_MIN_SAMPLES
         if eps is None:
             eps = estimate_eps(Xf, min_samples, mf)
         if before_dbscan is not None:
@@ -294,20 +299,7 @@ def fit_sample(X: np.ndarray, algorithm: str = "hdbscan", eps: Optional[float] =
         core = np.asarray(db.core_sample_indices_, dtype=np.int64)
         reach = np.full(len(core), float(eps))
     elif algorithm == "hdbscan":
-        if min_samples is None and min_cluster_size is None:
-            from clusterlake.kernels.density_defaults import GRID_ROWS, choose
-
-            ch = choose(Xf[:GRID_ROWS], mf)
-            min_samples, mcs, labels, knn = ch.min_samples, ch.min_cluster_size, ch.labels, ch.knn
-            choice = {"dbcv": ch.score, "scored_rows": ch.scored_rows, "candidates": ch.candidates,
-                      "grid_rows": min(len(Xf), GRID_ROWS)}
-            if len(Xf) > GRID_ROWS:  # chosen on a prefix: min_cluster_size counts rows, scale it
-                mcs = int(max(2, round(mcs * len(Xf) / GRID_ROWS)))
-                labels, knn = hdbscan(Xf, min_samples, mcs, mf)
-        else:
-            min_samples = min_samples or 10
-            mcs = int(min_cluster_size or max(5, min_samples))
-            labels, knn = hdbscan(Xf, min_samples, mcs, mf)
+        labels, knn, min_samples, mcs, choice = _hdbscan_labels(Xf, mf, min_samples, min_cluster_size)
         core = np.flatnonzero(labels >= 0)
         reach = knn[core, -1]  # distance to the max(2, min_samples)-th neighbour, itself included
         factor = loo_reach_factor(Xf[core], reach, metric=mf)
@@ -320,6 +312,32 @@ def fit_sample(X: np.ndarray, algorithm: str = "hdbscan", eps: Optional[float] =
                          min_cluster_size=mcs if algorithm == "hdbscan" else None, choice=choice)
     model.index = metric_index.build(model.core_points, model.metric)  # once, on the driver: broadcast to the tasks
     return model
+
+
+def _hdbscan_labels(Xf: np.ndarray, mf: Optional[Metric], min_samples: Optional[int],
+                    min_cluster_size: Optional[int]) -> tuple[np.ndarray, np.ndarray, int, int, Optional[dict]]:
+    """HDBSCAN's labels and k-NN distances, with the parameters given or (neither given) chosen by
+    DBCV (:mod:`clusterlake.kernels.density_defaults`): ``(labels, knn, min_samples,
+    min_cluster_size, choice)``. A sample past the grid's rows is fitted once more with the chosen
+    cluster size scaled to it, and that labeling is scored again (the ``dbcv`` reported is the
+    final one's)."""
+    if min_samples is not None or min_cluster_size is not None:
+        min_samples = min_samples or DEFAULT_MIN_SAMPLES
+        mcs = int(min_cluster_size or max(5, min_samples))
+        return (*hdbscan(Xf, min_samples, mcs, mf), min_samples, mcs, None)
+    from clusterlake.kernels import density_defaults as DD
+    from clusterlake.kernels.dbcv import dbcv
+
+    ch = DD.choose(Xf[:DD.GRID_ROWS], mf)
+    labels, knn, mcs = ch.labels, ch.knn, ch.min_cluster_size
+    choice = {"dbcv": ch.score, "scored_rows": ch.scored_rows, "candidates": ch.candidates,
+              "grid_rows": min(len(Xf), DD.GRID_ROWS)}
+    if len(Xf) > DD.GRID_ROWS:  # chosen on a prefix: min_cluster_size counts rows, scale it
+        mcs = int(max(2, round(mcs * len(Xf) / DD.GRID_ROWS)))
+        labels, knn = hdbscan(Xf, ch.min_samples, mcs, mf)
+        rows = min(len(Xf), DD.SCORE_ROWS)
+        choice["dbcv"], choice["scored_rows"] = dbcv(Xf[:rows], labels[:rows], mf), rows
+    return labels, knn, ch.min_samples, mcs, choice
 
 
 def extend(X: np.ndarray, model: DensityModel, budget_bytes: int = 64 << 20) -> tuple[np.ndarray, np.ndarray]:
@@ -341,14 +359,15 @@ def extend(X: np.ndarray, model: DensityModel, budget_bytes: int = 64 << 20) -> 
     return np.where(within_reach(model, idx, dist), model.core_labels[idx], -1).astype(np.int32), dist
 
 
-_REACH_ABS = 1e-12  # another distance: its round-off, absolute (model-space rows are of unit scale)
+_REACH_ABS = 1e-12  # another distance: its round-off, relative to the largest reach (at least 1)
 
 
 def within_reach(model: DensityModel, idx: np.ndarray, dist: np.ndarray) -> np.ndarray:
     """Whether each row lies within the reach of its nearest core point ``idx`` at ``dist``: the
     one rule of the extension (batch, serving, stream). The boundary counts as inside, with a
     relative allowance of 1e-12; under another distance than euclidean also an absolute one
-    (``1e-12``): a row identical to a core point of zero reach (``min_samples`` duplicates) may
-    measure 2e-16 from it under cosine (``1 - x.y / |x||y|``) or mahalanobis (whitened apart)."""
-    tol = _REACH_ABS if model.metric is not None else 0.0
+    (``1e-12``, see below): a row identical to a core point of zero reach (``min_samples`` duplicates) may
+    measure 2e-16 from it under cosine (``1 - x.y / |x||y|``) or mahalanobis (whitened apart);
+    scaled by the largest reach when that exceeds 1 (a custom distance's units)."""
+    tol = _REACH_ABS * max(1.0, float(model.core_reach.max(initial=0.0))) if model.metric is not None else 0.0
     return dist <= model.core_reach[idx] * (1 + 1e-12) + tol

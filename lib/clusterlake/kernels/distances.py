@@ -56,6 +56,10 @@ class Metric:
     fn: Optional[Callable] = field(default=None, compare=False, repr=False)
     """A custom distance (:func:`custom`): ``fn(A, B)`` -> the ``(len(A), len(B))`` distances."""
 
+    def __post_init__(self) -> None:
+        if self.fn is not None and self.name in METRICS:
+            raise ValueError(f"a custom distance cannot take the name of the named distance {self.name!r}: give it another")
+
     def describe(self) -> str:
         return f"minkowski (p={self.p:g})" if self.name == "minkowski" else self.name
 
@@ -95,9 +99,7 @@ def custom(fn: Callable, name: str = "custom") -> Metric:
     algorithms need. It cannot be saved in a model (a model holds data, not code)."""
     if not callable(fn):
         raise ValueError(f"a custom distance must be a callable fn(A, B) -> distances, got {type(fn).__name__}")
-    if str(name) in METRICS:
-        raise ValueError(f"a custom distance cannot take the name of the named distance {name!r}: give it another")
-    return Metric(str(name), fn=fn)
+    return Metric(str(name), fn=fn)  # (a named distance's name is refused: Metric.__post_init__)
 
 
 def _custom_block(m: Metric, A: np.ndarray, B: np.ndarray) -> np.ndarray:
@@ -301,7 +303,8 @@ def exact(X: np.ndarray, R: np.ndarray, m: Metric, budget_bytes: int = _BUDGET) 
         X, R = _whiten(m, X), _whiten(m, R)
         m = Metric("euclidean")
     out = np.empty((len(X), len(R)))
-    step = int(max(1, budget_bytes // (8 * max(1, len(R)) * max(1, X.shape[1]))))
+    width = 2 if m.fn is not None else max(1, X.shape[1])  # (the exact cosine/jaccard temporaries: rows x R x d)
+    step = int(max(1, budget_bytes // (8 * max(1, len(R)) * width)))
     for s in range(0, len(X), step):
         out[s:s + step] = _exact_block(m, X[s:s + step], R)
     return out

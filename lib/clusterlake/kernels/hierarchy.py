@@ -27,7 +27,7 @@ from typing import Optional
 import numpy as np
 
 from clusterlake.kernels import metric_index
-from clusterlake.kernels.distances import Metric, euclidean_frame, pairwise, scipy_name, sklearn_rows
+from clusterlake.kernels.distances import METRICS, Metric, euclidean_frame, pairwise, scipy_name, sklearn_rows
 
 LINKAGES = ("ward", "average", "complete", "single")
 
@@ -38,8 +38,8 @@ VECTOR_LINKAGES = ("ward", "single")  # fastcluster.linkage_vector: no distance 
 def on_points(method: str, metric: Optional[str]) -> bool:
     """Whether fastcluster links the points themselves (no distance matrix): ward (euclidean,
     mahalanobis) and single (any distance)."""
-    return (method == "single" and metric != "custom") or (method == "ward" and metric in (None, "euclidean",
-                                                                                         "mahalanobis"))
+    return (method == "single" and (metric is None or metric in METRICS)) or (
+        method == "ward" and metric in (None, "euclidean", "mahalanobis"))  # (a custom distance: the matrix)
 
 
 def linkage_bytes(n: int, method: str = "average", d: int = 1, metric: Optional[str] = None) -> int:
