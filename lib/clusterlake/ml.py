@@ -14,7 +14,8 @@ not MLlib (absolute centre movement). Persistence writes the params as Spark's m
 the centres as a parquet table: no pickle.
 
 :class:`KMedoids` (:mod:`clusterlake.ml_kmedoids`): k-medoids under a named distance or a
-vectorised callable of your own.
+vectorised callable of your own. :class:`GaussianMixture` (:mod:`clusterlake.ml_gmm`): a drop-in
+for Spark's, EM on the engine.
 """
 
 import logging
@@ -321,4 +322,5 @@ class _ModelReader(MLReader):
         return model
 
 
+from clusterlake.ml_gmm import GaussianMixture, GaussianMixtureModel, GaussianMixtureSummary  # noqa: E402,F401
 from clusterlake.ml_kmedoids import KMedoids, KMedoidsModel, KMedoidsSummary  # noqa: E402,F401  (the package's API)

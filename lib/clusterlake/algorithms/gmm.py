@@ -39,15 +39,18 @@ def _reply(st: "G.Stats") -> dict:
 class MixtureWorker(KMeansWorker):
     """K-means' worker with the mixture's two commands. Runs in a barrier task."""
 
+    def _rows_of(self, d: int) -> np.ndarray:
+        return self.X if self.n else np.zeros((0, d), np.float32)  # (an empty task's block may have no columns)
+
     @command("gmm_hard_stats")
     def gmm_hard_stats(self, centers: np.ndarray, shift: np.ndarray, covariance_type: str) -> dict:
-        return _reply(G.hard_stats(self.X, centers, covariance_type, shift, self.w))
+        return _reply(G.hard_stats(self._rows_of(centers.shape[1]), centers, covariance_type, shift, self.w))
 
     @command("gmm_stats")
     def gmm_stats(self, weights: np.ndarray, means: np.ndarray, covariances: np.ndarray, shift: np.ndarray,
                   covariance_type: str) -> dict:
         mix = G.Mixture.of(covariance_type, weights, means, covariances)
-        return _reply(G.e_step_stats(self.X, mix, shift, self.w))
+        return _reply(G.e_step_stats(self._rows_of(means.shape[1]), mix, shift, self.w))
 
 
 @dataclass
@@ -56,11 +59,14 @@ class MixtureFit:
     n_iter: int
     converged: bool
     log_likelihood: float  # mean per row (weight), at the last E-step (scikit-learn's lower_bound_)
+    rows: float = 0.0  # rows (summed weights): log_likelihood x rows is the total, Spark's logLikelihood
     history: list = field(default_factory=list)  # the mean log-likelihood of every iteration
     seconds: float = 0.0
     em_seconds: float = 0.0
     reseeded: int = 0
     kmeans: Optional[EngineFit] = None
+    iter_seconds: list = field(default_factory=list)  # every EM iteration's seconds (one pass each)
+    task_peak_rss_mb: float = 0.0  # largest peak RSS of a barrier task's Python worker
 
 
 def _stats(bc: KMeansStage, op: str, arrays: dict, covariance_type: str, shift: np.ndarray) -> "G.Stats":
@@ -72,15 +78,19 @@ def _stats(bc: KMeansStage, op: str, arrays: dict, covariance_type: str, shift: 
 
 
 def em_on(bc: KMeansStage, centers: np.ndarray, covariance_type: str = "full", reg_covar: float = 1e-6,
-          tol: float = 1e-3, max_iter: int = 100) -> MixtureFit:
-    """EM on the rows held by ``bc``, started from the partition of ``centers`` (see the module)."""
+          tol: float = 1e-3, max_iter: int = 100, tol_on_total: bool = False) -> MixtureFit:
+    """EM on the rows held by ``bc``, started from the partition of ``centers`` (see the module).
+    ``tol`` bounds the change of the mean log-likelihood (scikit-learn), or of the total one with
+    ``tol_on_total`` (Spark MLlib's ``GaussianMixture``)."""
     t0 = time.time()
     shift = np.asarray(centers, dtype=np.float64).mean(axis=0)
     st = _stats(bc, "gmm_hard_stats", {"centers": np.asarray(centers, np.float64), "shift": shift},
                 covariance_type, shift)
     mix = G.m_step(st, covariance_type, reg_covar)
     history, prev, converged, reseeded, it = [], -np.inf, False, 0, 0
+    times = []
     for it in range(1, max_iter + 1):
+        t_it = time.time()
         arrays = {"weights": mix.weights, "means": mix.means, "covariances": mix.covariances, "shift": shift}
         st = _stats(bc, "gmm_stats", arrays, covariance_type, shift)
         ll = st.loglik / st.n
@@ -91,15 +101,16 @@ def em_on(bc: KMeansStage, centers: np.ndarray, covariance_type: str = "full", r
                         j, st.nk[j])
             mix = G.reseed(mix, j, st.worst, _spread(mix, covariance_type))
             reseeded += 1
+        times.append(time.time() - t_it)
         log.info("mixture: iteration %d, mean log-likelihood %.6f (change %.3g)", it, ll, ll - prev)
-        if abs(ll - prev) < tol:
+        if abs(ll - prev) * (st.n if tol_on_total else 1.0) < tol:
             converged = True
             break
         prev = ll
     if not converged:
         log.warning("mixture: not converged after %d iterations (tol=%g on the mean log-likelihood)", it, tol)
-    return MixtureFit(mix, it, converged, history[-1] if history else float("nan"), history,
-                      em_seconds=time.time() - t0, reseeded=reseeded)
+    return MixtureFit(mix, it, converged, history[-1] if history else float("nan"), float(st.n), history,
+                      em_seconds=time.time() - t0, reseeded=reseeded, iter_seconds=times)
 
 
 def _spread(mix: "G.Mixture", covariance_type: str) -> np.ndarray:
@@ -111,12 +122,13 @@ def _spread(mix: "G.Mixture", covariance_type: str) -> np.ndarray:
 
 def fit_mixture(spark, df, source, k: int, *, covariance_type: str = "full", reg_covar: float = 1e-6,
                 tol: float = 1e-3, max_iter: int = 100, seed: int = 42, kmeans_max_iter: int = 50,
-                init_steps: int = 5, num_tasks: Optional[int] = None, memory_budget: Optional[int] = None) -> MixtureFit:
+                init_steps: int = 5, num_tasks: Optional[int] = None, memory_budget: Optional[int] = None,
+                tol_on_total: bool = False) -> MixtureFit:
     """A Gaussian mixture of every row of ``df`` (loaded per ``source``, a
     :class:`~clusterlake.engine.blocks.BlockSource`): K-means on the engine, then EM."""
     t0 = time.time()
     with KMeansStage(spark, df, source, num_tasks=num_tasks, worker=MixtureWorker, memory_budget=memory_budget) as bc:
         km = fit_on(bc, k, max_iter=kmeans_max_iter, seed=seed, init_steps=init_steps)
-        res = em_on(bc, km.centers, covariance_type, reg_covar, tol, max_iter)
-    res.kmeans, res.seconds = km, time.time() - t0
+        res = em_on(bc, km.centers, covariance_type, reg_covar, tol, max_iter, tol_on_total)
+    res.kmeans, res.seconds, res.task_peak_rss_mb = km, time.time() - t0, bc.task_peak_rss_mb
     return res
