@@ -89,3 +89,33 @@ def test_an_unknown_type_and_an_indefinite_covariance_are_named():
         G.Mixture.of("round", [1.0], [[0.0]], [[1.0]])
     with pytest.raises(ValueError, match="ill-defined covariance .* raise reg_covar"):
         G.Mixture.of("full", [1.0], [[0.0, 0.0]], [[[1.0, 2.0], [2.0, 1.0]]])
+
+
+@pytest.mark.parametrize("t", G.COVARIANCE_TYPES)
+def test_the_e_steps_log_likelihood_is_log_probs(t):
+    """The full type's E-step expands the Mahalanobis terms about the shift; every type's summed
+    log-likelihood must be log-sum-exp of log_prob, the direct definition."""
+    from scipy.special import logsumexp
+
+    X = _data(4, n=900)
+    mix = _ours(X, 3, t, 2)[0]
+    st = G.e_step_stats(X, mix, X.mean(axis=0) + 3.0, block_rows=300)
+    assert st.loglik == pytest.approx(float(logsumexp(G.log_prob(X, mix), axis=1).sum()), rel=1e-12)
+    assert st.count == 900 and st.n == 900.0
+
+
+def test_a_tight_component_far_from_the_shift_takes_the_direct_path():
+    rng = np.random.default_rng(0)
+    X = np.vstack([rng.normal(size=(300, 2)) * 1e-3 + 1e4, rng.normal(size=(300, 2))])
+    mix = G.Mixture.of("full", [0.5, 0.5], [[1e4, 1e4], [0.0, 0.0]], np.stack([np.eye(2) * 1e-6, np.eye(2)]))
+    st = G.e_step_stats(X, mix, np.zeros(2))
+    from scipy.special import logsumexp
+
+    assert st.loglik == pytest.approx(float(logsumexp(G.log_prob(X, mix), axis=1).sum()), rel=1e-12)
+    np.testing.assert_allclose(st.nk, [300, 300], rtol=1e-9)
+
+
+def test_rows_no_component_explains_are_named():
+    mix = G.Mixture.of("diag", [1.0, 0.0], [[0.0], [1.0]], [[1.0], [1.0]])
+    with pytest.raises(ValueError, match="1 rows have zero likelihood under every component"):
+        G.e_step_stats(np.array([[0.0], [np.nan]]), mix, np.zeros(1))

@@ -71,3 +71,14 @@ def test_integer_weights_are_repeated_rows(spark):
     for _ in range(5):
         mix = G.m_step(G.e_step_stats(rep, mix, shift), "full")
     np.testing.assert_allclose(a.mixture.means, mix.means, rtol=1e-6)  # summation order only
+
+
+def test_a_component_started_far_away_is_reseeded_and_the_fit_stays_finite(spark, caplog):
+    X, _ = _elongated(3, n=900)
+    centers = np.array([[0.0, 0.0], [6.0, 1.0], [1e6, 1e6]])  # the third owns no row
+    with KMeansStage(spark, frame(spark, X, parts=2), source(2), num_tasks=2, worker=A.MixtureWorker) as bc:
+        res = A.em_on(bc, centers, "full", tol=1e-4, max_iter=40)
+    assert res.reseeded >= 1 and "re-seeded" in caplog.text
+    m = res.mixture
+    assert np.isfinite(m.means).all() and np.isfinite(m.covariances).all() and m.means[2, 0] < 1e3
+    assert m.weights.min() * len(X) >= 1  # the restarted component explains rows (here the outliers it was seeded at)

@@ -64,7 +64,7 @@ def _logp(X, model):
     return log_prob(X, model._mixture)
 
 
-@pytest.mark.parametrize("t", ["diag", "spherical", "tied"])
+@pytest.mark.parametrize("t", ["full", "diag", "spherical", "tied"])
 def test_other_covariance_types_save_and_load_inside_a_pipeline(spark, data, tmp_path, t):
     from pyspark.ml import Pipeline, PipelineModel
     from pyspark.ml.feature import VectorAssembler
@@ -77,9 +77,12 @@ def test_other_covariance_types_save_and_load_inside_a_pipeline(spark, data, tmp
     model.write().overwrite().save(str(tmp_path / "p"))
     back = PipelineModel.load(str(tmp_path / "p"))
     assert isinstance(back.stages[-1], GaussianMixtureModel) and back.stages[-1].getCovarianceType() == t
-    a = model.transform(flat).orderBy("id").select("prediction").toPandas().prediction
-    b = back.transform(flat).orderBy("id").select("prediction").toPandas().prediction
-    np.testing.assert_array_equal(a, b)
+    a, b = model.stages[-1]._mixture, back.stages[-1]._mixture
+    for f in ("weights", "means", "covariances", "precisions_chol"):
+        np.testing.assert_array_equal(getattr(a, f), getattr(b, f))
+    pa_ = model.transform(flat).orderBy("id").select("probability").toPandas().probability
+    pb_ = back.transform(flat).orderBy("id").select("probability").toPandas().probability
+    np.testing.assert_array_equal(np.vstack([v.toArray() for v in pa_]), np.vstack([v.toArray() for v in pb_]))
 
 
 def test_bad_settings_are_named(data):
@@ -88,3 +91,5 @@ def test_bad_settings_are_named(data):
         GaussianMixture(k=2, covarianceType="round").fit(df)
     with pytest.raises(ValueError, match="k=1; it must be > 1"):
         GaussianMixture(k=1).fit(df)
+    with pytest.raises(ValueError, match="regCovar=-1.0; it must be >= 0"):
+        GaussianMixture(k=2).setRegCovar(-1.0).fit(df)

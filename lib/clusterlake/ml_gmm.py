@@ -130,6 +130,9 @@ class GaussianMixture(Estimator, _GaussianMixtureParams, MLWritable, MLReadable)
     def setCovarianceType(self, value: str):
         return self._set(covarianceType=value)
 
+    def setRegCovar(self, value: float):
+        return self._set(regCovar=value)
+
     def _fit(self, dataset):
         from pyspark.sql import SparkSession
 
@@ -142,6 +145,11 @@ class GaussianMixture(Estimator, _GaussianMixtureParams, MLWritable, MLReadable)
             raise ValueError(f"GaussianMixture: k={k}; it must be > 1")
         if t not in COVARIANCE_TYPES:
             raise ValueError(f"GaussianMixture: covarianceType={t!r}; use one of {', '.join(COVARIANCE_TYPES)}")
+        for name, ok in (("regCovar", self.getRegCovar() >= 0), ("maxIter", self.getMaxIter() >= 1),
+                         ("tol", self.getTol() >= 0)):
+            if not ok:
+                raise ValueError(f"GaussianMixture: {name}={self.getOrDefault(name)!r}; it must be >= "
+                                 f"{1 if name == 'maxIter' else 0}")
         spark = SparkSession.getActiveSession() or dataset.sparkSession
         wcol = self.getOrDefault(self.weightCol) if self.isDefined(self.weightCol) else None
         df, source = _fit_input(dataset, self.getFeaturesCol(), wcol or None, False)
@@ -199,7 +207,7 @@ class GaussianMixtureModel(Model, _GaussianMixtureParams, MLWritable, MLReadable
         from pyspark.sql import SparkSession
 
         rows = [(g.mean, g.cov) for g in self.gaussians]
-        return SparkSession.getActiveSession().createDataFrame(rows, ["mean", "cov"])
+        return (SparkSession.getActiveSession() or SparkSession.builder.getOrCreate()).createDataFrame(rows, ["mean", "cov"])
 
     @property
     def hasSummary(self) -> bool:

@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 
 
 def _reply(st: "G.Stats") -> dict:
-    return {"n": float(st.n), "ll": float(st.loglik), "worst_ll": float(st.worst_ll), "nk": st.nk, "sx": st.sx,
+    return {"n": float(st.n), "ll": float(st.loglik), "worst_ll": float(st.worst_ll), "count": int(st.count),
+            "nk": st.nk, "sx": st.sx,
             "sxx": st.sxx, "worst": st.worst if st.worst is not None else np.zeros(0)}
 
 
@@ -73,7 +74,7 @@ def _stats(bc: KMeansStage, op: str, arrays: dict, covariance_type: str, shift: 
     parts = []
     for head, a in bc.call(op, arrays, covariance_type=covariance_type):
         parts.append(G.Stats(head["n"], a["nk"], a["sx"], a["sxx"], head["ll"], shift,
-                             a["worst"] if len(a["worst"]) else None, head["worst_ll"]))
+                             a["worst"] if len(a["worst"]) else None, head["worst_ll"], head["count"]))
     return G.merge(parts)
 
 
@@ -96,19 +97,22 @@ def em_on(bc: KMeansStage, centers: np.ndarray, covariance_type: str = "full", r
         ll = st.loglik / st.n
         history.append(ll)
         mix = G.m_step(st, covariance_type, reg_covar)
-        for j in mix.degenerate:
-            log.warning("mixture: component %d collapsed (mass %.3g rows); re-seeded at the row it explains least",
+        restarted = bool(mix.degenerate)
+        if restarted:  # one per iteration: the worst-explained row serves one component
+            j = mix.degenerate[0]
+            log.warning("mixture: component %d collapsed (mass %.3g); re-seeded at the row the mixture explains least",
                         j, st.nk[j])
             mix = G.reseed(mix, j, st.worst, _spread(mix, covariance_type))
             reseeded += 1
         times.append(time.time() - t_it)
         log.info("mixture: iteration %d, mean log-likelihood %.6f (change %.3g)", it, ll, ll - prev)
-        if abs(ll - prev) * (st.n if tol_on_total else 1.0) < tol:
+        if abs(ll - prev) * (st.n if tol_on_total else 1.0) < tol and not restarted:  # (a restart needs an E-step)
             converged = True
             break
         prev = ll
     if not converged:
-        log.warning("mixture: not converged after %d iterations (tol=%g on the mean log-likelihood)", it, tol)
+        log.warning("mixture: not converged after %d iterations (tol=%g on the %s log-likelihood)", it, tol,
+                    "total" if tol_on_total else "mean")
     return MixtureFit(mix, it, converged, history[-1] if history else float("nan"), float(st.n), history,
                       em_seconds=time.time() - t0, reseeded=reseeded, iter_seconds=times)
 

@@ -65,7 +65,7 @@ def precisions_cholesky(cov: np.ndarray, covariance_type: str) -> np.ndarray:
     """The Cholesky factors of the precisions (scikit-learn's ``_compute_precision_cholesky``);
     ValueError naming the fix when a covariance is not positive definite."""
     msg = ("a mixture component has an ill-defined covariance (a collapsed or single-row component): raise "
-           "reg_covar, lower the number of components, or scale the features")
+           "reg_covar (regCovar in clusterlake.ml), lower the number of components, or scale the features")
     if covariance_type in ("full", "tied"):
         C = cov[None] if covariance_type == "tied" else cov
         out = np.empty_like(C)
@@ -135,6 +135,9 @@ def _normalise(lp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     with np.errstate(under="ignore"):
         np.exp(lp, out=lp)
     total = lp.sum(axis=1)
+    if len(total) and not (total > 0).all():
+        raise ValueError(f"{int((~(total > 0)).sum())} rows have zero likelihood under every component (NaN or "
+                         "infinite features, or every component's weight 0): clean the features")
     lp /= total[:, None]
     with np.errstate(divide="ignore"):
         return np.log(total) + top, lp
@@ -152,6 +155,7 @@ class Stats:
     shift: np.ndarray  # (d,)
     worst: Optional[np.ndarray] = None  # the row the mixture explains least (re-seeding a collapsed component)
     worst_ll: float = np.inf  # its log-likelihood
+    count: int = 0  # rows (n is their summed weight)
 
 
 def e_step_stats(X: np.ndarray, mix: Mixture, shift: np.ndarray, weights: Optional[np.ndarray] = None,
@@ -161,6 +165,8 @@ def e_step_stats(X: np.ndarray, mix: Mixture, shift: np.ndarray, weights: Option
         return _accumulate(X, mix.k, mix.covariance_type, shift, weights, block_rows,
                            lambda B, C, CC: responsibilities(B, mix))
     Lflat, LmT, mLm, base = _shifted_full(mix, np.asarray(shift, dtype=np.float64))
+    if mLm.max(initial=0.0) > 1e8:  # a tight component far from the shift: the expansion would cancel
+        return _accumulate(X, mix.k, "full", shift, weights, block_rows, lambda B, C, CC: responsibilities(B, mix))
 
     def resp(B, C, CC):
         lp = CC @ Lflat
@@ -195,7 +201,7 @@ def _accumulate(X, k: int, t: str, shift, weights, block_rows: int, resp) -> Sta
     d = X.shape[1]
     block_rows = int(max(256, min(block_rows, (32 << 20) // (8 * max(1, k * d, d * d)))))
     shift = np.asarray(shift, dtype=np.float64)
-    nk, sx, ll, n = np.zeros(k), np.zeros((k, d)), 0.0, 0.0
+    nk, sx, ll, n, count = np.zeros(k), np.zeros((k, d)), 0.0, 0.0, 0
     sxx = np.zeros((k, d * (d + 1) // 2) if t == "full" else (d, d) if t == "tied" else (k, d))
     worst, worst_ll = None, np.inf
     for s in range(0, len(X), block_rows):
@@ -215,10 +221,12 @@ def _accumulate(X, k: int, t: str, shift, weights, block_rows: int, resp) -> Sta
             sxx += R.T @ (C * C)
         ll += float(w @ norm)
         n += float(w.sum())
-        i = int(np.argmin(norm)) if len(B) else 0
-        if len(B) and norm[i] < worst_ll:
-            worst, worst_ll = B[i].copy(), float(norm[i])
-    return Stats(n, nk, sx, _symmetric(sxx, d) if t == "full" else sxx, ll, shift, worst, worst_ll)
+        cand = np.where(w > 0, norm, np.inf)  # a row of weight 0 is not a seed
+        i = int(np.argmin(cand)) if len(B) else 0
+        if len(B) and cand[i] < worst_ll:
+            worst, worst_ll = B[i].copy(), float(cand[i])
+        count += len(B)
+    return Stats(n, nk, sx, _symmetric(sxx, d) if t == "full" else sxx, ll, shift, worst, worst_ll, count)
 
 
 def _upper_products(C: np.ndarray) -> np.ndarray:
@@ -266,11 +274,13 @@ def merge(parts: list) -> Stats:
     first = parts[0]
     low = min(parts, key=lambda p: p.worst_ll)
     return Stats(sum(p.n for p in parts), sum(p.nk for p in parts), sum(p.sx for p in parts),
-                 sum(p.sxx for p in parts), sum(p.loglik for p in parts), first.shift, low.worst, low.worst_ll)
+                 sum(p.sxx for p in parts), sum(p.loglik for p in parts), first.shift, low.worst, low.worst_ll,
+                 sum(p.count for p in parts))
 
 
 def m_step(st: Stats, covariance_type: str, reg_covar: float = 1e-6, min_mass: float = 1e-3) -> Mixture:
-    """The next mixture from the summed statistics (scikit-learn's M-step, shifted moments)."""
+    """The next mixture from the summed statistics (scikit-learn's M-step, shifted moments). A
+    component of less mass than ``min_mass`` rows (of the mean row weight) is degenerate."""
     _check_type(covariance_type)
     nk = st.nk + 10 * _EPS
     mc = st.sx / nk[:, None]  # means about the shift
@@ -287,7 +297,8 @@ def m_step(st: Stats, covariance_type: str, reg_covar: float = 1e-6, min_mass: f
         cov = st.sxx / nk[:, None] - mc ** 2 + reg_covar
         if covariance_type == "spherical":
             cov = cov.mean(axis=1)
-    degenerate = [int(j) for j in np.flatnonzero(st.nk < min_mass)]
+    unit = st.n / st.count if st.count else 1.0  # the mean row weight: a weight column may sum to anything
+    degenerate = [int(j) for j in np.flatnonzero(st.nk < min_mass * unit)]
     for j in degenerate:  # its moments are round-off: reg_covar alone, never a NaN
         if covariance_type == "full":
             cov[j] = np.eye(d) * reg_covar
