@@ -145,11 +145,22 @@ class KMeansModel(Model, _KMeansParams, MLWritable, MLReadable):
         return dataset.withColumn(self.getPredictionCol(), nearest_centre(_as_array(dataset, self.getFeaturesCol())))
 
     def write(self) -> MLWriter:
-        return _ModelWriter(self)
+        from clusterlake.ml_tables import TableWriter
+
+        parents = self._parents if self._parents is not None else np.full(len(self._centers), -2)
+        rows = [(i, [float(v) for v in c], int(p)) for i, (c, p) in enumerate(zip(self._centers, parents))]
+        return TableWriter(self, rows, "cluster_index int, center array<double>, parent long")
 
     @classmethod
     def read(cls) -> MLReader:
-        return _ModelReader(cls)
+        from clusterlake.ml_tables import TableReader
+
+        def build(_meta, rows):
+            parents = np.asarray([r["parent"] for r in rows], dtype=np.int64)
+            return KMeansModel(np.asarray([r["center"] for r in rows], dtype=np.float64),
+                               None if (parents == -2).all() else parents)
+
+        return TableReader(build, "cluster_index")
 
 
 def _prepared(X: np.ndarray, cosine: bool) -> np.ndarray:
@@ -287,39 +298,6 @@ class BisectingKMeans(KMeans):
     """Bisecting K-means on the same engine: ``model.parents()`` gives the split tree."""
 
     _algorithm = "bisecting"
-
-
-# ----------------------------------------------------------------------------------------------
-# persistence: Spark's params metadata + a parquet table of centres (works on any Hadoop FS)
-
-
-class _ModelWriter(MLWriter):
-    def __init__(self, instance: KMeansModel):
-        super().__init__()
-        self.instance = instance
-
-    def saveImpl(self, path: str) -> None:
-        DefaultParamsWriter.saveMetadata(self.instance, path, self.sparkSession.sparkContext)
-        m = self.instance
-        parents = m._parents if m._parents is not None else np.full(len(m._centers), -2)
-        rows = [(i, [float(v) for v in c], int(p)) for i, (c, p) in enumerate(zip(m._centers, parents))]
-        (self.sparkSession.createDataFrame(rows, "cluster_index int, center array<double>, parent long")
-         .coalesce(1).write.parquet(f"{path}/data"))
-
-
-class _ModelReader(MLReader):
-    def __init__(self, cls):
-        super().__init__()
-        self.cls = cls
-
-    def load(self, path: str) -> KMeansModel:
-        meta = DefaultParamsReader.loadMetadata(path, self.sparkSession.sparkContext)
-        rows = sorted(self.sparkSession.read.parquet(f"{path}/data").collect(), key=lambda r: r["cluster_index"])
-        centers = np.asarray([r["center"] for r in rows], dtype=np.float64)
-        parents = np.asarray([r["parent"] for r in rows], dtype=np.int64)
-        model = KMeansModel(centers, None if (parents == -2).all() else parents)
-        DefaultParamsReader.getAndSetParams(model, meta)
-        return model
 
 
 from clusterlake.ml_gmm import GaussianMixture, GaussianMixtureModel, GaussianMixtureSummary  # noqa: E402,F401

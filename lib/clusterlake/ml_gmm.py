@@ -254,43 +254,26 @@ class GaussianMixtureModel(Model, _GaussianMixtureParams, MLWritable, MLReadable
                 .withColumn(self.getProbabilityCol(), array_to_vector(col(f"{tmp}.probability"))).drop(tmp))
 
     def write(self) -> MLWriter:
-        return _ModelWriter(self)
+        from clusterlake.ml_tables import TableWriter
 
-    @classmethod
-    def read(cls) -> MLReader:
-        return _ModelReader(cls)
-
-
-class _ModelWriter(MLWriter):
-    def __init__(self, instance: GaussianMixtureModel):
-        super().__init__()
-        self.instance = instance
-
-    def saveImpl(self, path: str) -> None:
-        DefaultParamsWriter.saveMetadata(self.instance, path, self.sparkSession.sparkContext)
-        m = self.instance._mixture
+        m = self._mixture
         cov = m.covariances if m.covariance_type != "tied" else np.repeat(m.covariances[None], m.k, axis=0)
         rows = [(j, float(w), [float(v) for v in mu], [float(v) for v in np.ravel(c)], list(np.shape(c)))
                 for j, (w, mu, c) in enumerate(zip(m.weights, m.means, cov))]
-        (self.sparkSession.createDataFrame(rows, "component int, weight double, mean array<double>, "
-                                                 "covariance array<double>, shape array<int>")
-         .coalesce(1).write.parquet(f"{path}/data"))
+        return TableWriter(self, rows, "component int, weight double, mean array<double>, covariance array<double>, "
+                                       "shape array<int>")
+
+    @classmethod
+    def read(cls) -> MLReader:
+        from clusterlake.ml_tables import TableReader
+
+        return TableReader(_from_rows, "component")
 
 
-class _ModelReader(MLReader):
-    def __init__(self, cls):
-        super().__init__()
-        self.cls = cls
+def _from_rows(meta: dict, rows: list) -> GaussianMixtureModel:
+    from clusterlake.kernels.gmm import Mixture
 
-    def load(self, path: str) -> GaussianMixtureModel:
-        from clusterlake.kernels.gmm import Mixture
-
-        meta = DefaultParamsReader.loadMetadata(path, self.sparkSession.sparkContext)
-        rows = sorted(self.sparkSession.read.parquet(f"{path}/data").collect(), key=lambda r: r["component"])
-        t = meta["paramMap"].get("covarianceType", meta.get("defaultParamMap", {}).get("covarianceType", "full"))
-        covs = np.stack([np.asarray(r["covariance"], dtype=np.float64).reshape(r["shape"]) for r in rows])
-        mix = Mixture.of(t, [r["weight"] for r in rows], np.asarray([r["mean"] for r in rows]),
-                         covs[0] if t == "tied" else covs)
-        model = GaussianMixtureModel(mix)
-        DefaultParamsReader.getAndSetParams(model, meta)
-        return model
+    t = meta["paramMap"].get("covarianceType", meta.get("defaultParamMap", {}).get("covarianceType", "full"))
+    covs = np.stack([np.asarray(r["covariance"], dtype=np.float64).reshape(r["shape"]) for r in rows])
+    return GaussianMixtureModel(Mixture.of(t, [r["weight"] for r in rows], np.asarray([r["mean"] for r in rows]),
+                                           covs[0] if t == "tied" else covs))

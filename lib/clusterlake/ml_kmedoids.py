@@ -219,33 +219,14 @@ class KMedoidsModel(Model, _KMedoidsParams, MLWritable, MLReadable):
         if self.getDistanceMeasure() == "custom":
             raise ValueError("a KMedoidsModel under a callable distance cannot be saved (a saved model holds data, "
                              "not code): refit with a named distanceMeasure to save it")
-        return _ModelWriter(self)
+        from clusterlake.ml_tables import TableWriter
+
+        rows = [(i, [float(v) for v in c]) for i, c in enumerate(self._medoids)]
+        return TableWriter(self, rows, "cluster_index int, medoid array<double>")
 
     @classmethod
     def read(cls) -> MLReader:
-        return _ModelReader(cls)
+        from clusterlake.ml_tables import TableReader
 
-
-class _ModelWriter(MLWriter):
-    def __init__(self, instance: KMedoidsModel):
-        super().__init__()
-        self.instance = instance
-
-    def saveImpl(self, path: str) -> None:
-        DefaultParamsWriter.saveMetadata(self.instance, path, self.sparkSession.sparkContext)
-        rows = [(i, [float(v) for v in c]) for i, c in enumerate(self.instance._medoids)]
-        self.sparkSession.createDataFrame(rows, "cluster_index int, medoid array<double>").coalesce(1) \
-            .write.parquet(f"{path}/data")
-
-
-class _ModelReader(MLReader):
-    def __init__(self, cls):
-        super().__init__()
-        self.cls = cls
-
-    def load(self, path: str) -> KMedoidsModel:
-        meta = DefaultParamsReader.loadMetadata(path, self.sparkSession.sparkContext)
-        rows = sorted(self.sparkSession.read.parquet(f"{path}/data").collect(), key=lambda r: r["cluster_index"])
-        model = KMedoidsModel(np.asarray([r["medoid"] for r in rows], dtype=np.float64))
-        DefaultParamsReader.getAndSetParams(model, meta)
-        return model
+        return TableReader(lambda _meta, rows: KMedoidsModel(np.asarray([r["medoid"] for r in rows], dtype=np.float64)),
+                           "cluster_index")
