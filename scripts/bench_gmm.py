@@ -31,8 +31,6 @@ import sys
 import time
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "lib"))
@@ -58,12 +56,9 @@ def mixture_rows(n: int, d: int, k: int, seed: int = 0):
 def dataset(n: int, d: int, k: int):
     path = os.path.join(ROOT, "data", "bench", f"mixture_{n}x{d}_k{k}.parquet")
     X, y = mixture_rows(n, d, k)
-    if not os.path.exists(path):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        feats = pa.FixedSizeListArray.from_arrays(pa.array(X.ravel()), d).cast(pa.list_(pa.float32()))
-        tmp = path + ".tmp"
-        pq.write_table(pa.table({"features": feats, "label": y}), tmp, row_group_size=125_000)
-        os.replace(tmp, path)
+    from bench_kmeans import cache_features  # (scripts/ is on the path of a script run from it)
+
+    cache_features(path, X, y)
     return path, X, y
 
 

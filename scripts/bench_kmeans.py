@@ -50,16 +50,23 @@ def blobs(n: int, d: int, k: int, seed: int = 0):
     return X, y
 
 
+def cache_features(path: str, X: np.ndarray, y: np.ndarray) -> None:
+    """``X`` as a ``features`` array<float> column and ``y`` as ``label``, written once to ``path``
+    (atomically: a ``.tmp`` file renamed)."""
+    if os.path.exists(path):
+        return
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    feats = pa.FixedSizeListArray.from_arrays(pa.array(X.ravel()), X.shape[1]).cast(pa.list_(pa.float32()))
+    tmp = path + ".tmp"
+    pq.write_table(pa.table({"features": feats, "label": y}), tmp, row_group_size=125_000)
+    os.replace(tmp, path)
+
+
 def dataset(name: str):
     n, d, k = DATASETS[name]
     path = os.path.join(ROOT, "data", "bench", f"blobs_{name}.parquet")
     X, y = blobs(n, d, k)
-    if not os.path.exists(path):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        feats = pa.FixedSizeListArray.from_arrays(pa.array(X.ravel()), d).cast(pa.list_(pa.float32()))
-        tmp = path + ".tmp"
-        pq.write_table(pa.table({"features": feats, "label": y}), tmp, row_group_size=125_000)
-        os.replace(tmp, path)
+    cache_features(path, X, y)
     return path, X, y, k
 
 
