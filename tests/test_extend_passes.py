@@ -66,5 +66,6 @@ def _assign(df, prep, X, density=None, hierarchy=None):
     C = X[[0, 1]]  # two rows as centroids: the K-means columns are not under test here
     out = assign_rows(df, prep, C, np.array([0, 1]), "id", density, hierarchy).toPandas().sort_values("id")
     assert list(out.columns) == ["id", "cluster_id", "distance", "second_cluster_id", "margin", "density_label",
-                                 "is_outlier", "density_distance", "hierarchy"]
+                                 "is_outlier", "density_distance", "hierarchy", "probability"]
+    assert out["probability"].isna().all()  # a mixture's column: null for K-means
     return out

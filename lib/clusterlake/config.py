@@ -161,11 +161,13 @@ class AutoKSection(_Section):
 
     min_k: int = Field(2, ge=2)
     max_k: int = Field(20, ge=2, le=500)
-    criterion: Literal["silhouette", "calinski_harabasz", "davies_bouldin", "elbow", "dynamic"] = "silhouette"
+    criterion: Optional[Literal["silhouette", "calinski_harabasz", "davies_bouldin", "elbow", "dynamic", "bic",
+                                "aic"]] = None
     """silhouette / calinski_harabasz (highest), davies_bouldin (lowest), elbow (knee of the
     inertia curve): a sweep of k over [min_k, max_k]. dynamic: k grows, each new centre the
     farthest row within the ``percentile`` of distances, until the smallest cluster holds less
-    than ``min_cluster_share`` of the rows."""
+    than ``min_cluster_share`` of the rows. bic / aic (lowest; Gaussian mixtures only): a mixture
+    fitted at each k. null: silhouette, or bic for ``algorithm: gmm``."""
     sample_size: int = Field(50_000, ge=100, le=1_000_000)
     min_cluster_share: float = Field(0.02, gt=0.0, lt=0.5)
     """dynamic: the smallest cluster share at which k stops growing."""
@@ -189,6 +191,21 @@ class KMedoidsSection(_Section):
     50,000)."""
 
 
+class GMMSection(_Section):
+    """``kmeans.algorithm: gmm`` (issue 24): a Gaussian mixture fitted by EM on every row on the
+    engine, started from the K-means fit; rows go to their most probable component."""
+
+    covariance: Literal["full", "diag", "tied", "spherical"] = "full"
+    """Each component's covariance (scikit-learn's ``covariance_type``): full (any ellipsoid),
+    diag (axis-aligned), tied (one full matrix shared), spherical (one variance each)."""
+    reg_covar: float = Field(1e-6, ge=0.0)
+    """Added to the covariances' diagonals (scikit-learn's): keeps every one positive definite."""
+    tol: float = Field(1e-3, gt=0.0)
+    """EM stops when the mean log-likelihood per row changes by less than this (scikit-learn's)."""
+    max_iter: int = Field(100, ge=1, le=10_000)
+    """EM iterations at most (each one pass over the resident rows)."""
+
+
 DISTANCES = ("euclidean", "cosine", "manhattan", "chebyshev", "minkowski", "hamming", "jaccard", "mahalanobis")
 """``kmeans.distance``: K-means and bisecting take the first two; k-medoids any
 (:mod:`clusterlake.kernels.distances` defines them)."""
@@ -198,7 +215,9 @@ class KMeansSection(_Section):
     enabled: bool = True
     """false: no K-means (and no numeric features needed): the job only groups near-duplicates
     (``grouping``), which must then be enabled."""
-    algorithm: Literal["kmeans", "bisecting", "kmedoids"] = "kmeans"
+    algorithm: Literal["kmeans", "bisecting", "kmedoids", "gmm"] = "kmeans"
+    """kmeans (Lloyd), bisecting, kmedoids (any distance, docs/kmedoids.md), gmm (a Gaussian
+    mixture: soft assignments, docs/mixtures.md)."""
     k: Union[int, Literal["auto"]] = 8
     auto: AutoKSection = AutoKSection()
     distance: Literal["euclidean", "cosine", "manhattan", "chebyshev", "minkowski", "hamming", "jaccard",
@@ -208,6 +227,7 @@ class KMeansSection(_Section):
     every row; ``jaccard`` and ``hamming`` compare 0/1 features (scaling off, PCA off)."""
     minkowski_p: Optional[float] = Field(None, ge=1.0)
     kmedoids: KMedoidsSection = KMedoidsSection()
+    gmm: GMMSection = GMMSection()
     init: Literal["kmeans||", "kmeans++", "random", "previous"] = "previous"
     """``previous`` (the default): warm start from the last run's model under output.path, so
     night after night the fit starts where yesterday's ended; kmeans|| when there is none (the
@@ -267,6 +287,7 @@ class KMeansSection(_Section):
                                  "yesterday's centroids unchanged forever; use kmeans.init: kmeans|| (or "
                                  "kmeans++), or max_iter >= 1 for a warm start")
             self.__dict__["init"] = "kmeans||"  # seeding only means seeding
+        self._gmm_settings()
         self._kmedoids_settings()
         if self.algorithm == "bisecting" and self.init != "kmeans||":
             raise ValueError(f"kmeans.init={self.init} does not apply to kmeans.algorithm=bisecting "
@@ -288,6 +309,24 @@ class KMeansSection(_Section):
         if self.k == "auto" and self.auto.criterion != "silhouette":
             raise ValueError(f"kmeans.auto.criterion={self.auto.criterion} is a K-means criterion; k-medoids "
                              "chooses k by the silhouette under its distance: remove kmeans.auto.criterion")
+
+    def _gmm_settings(self) -> None:
+        """The criterion's default, and what only mixtures take (bic/aic) or what they do not (cosine)."""
+        gmm = self.algorithm == "gmm"
+        if self.auto.criterion is None:
+            self.auto.__dict__["criterion"] = "bic" if gmm else "silhouette"
+        if not gmm and self.auto.criterion in ("bic", "aic"):
+            raise ValueError(f"kmeans.auto.criterion={self.auto.criterion} scores Gaussian mixtures: it needs "
+                             "kmeans.algorithm: gmm (K-means: silhouette, calinski_harabasz, davies_bouldin, elbow, "
+                             "dynamic)")
+        if gmm and self.k == "auto" and self.auto.criterion not in ("bic", "aic"):
+            raise ValueError(f"kmeans.auto.criterion={self.auto.criterion} is a K-means criterion; a Gaussian "
+                             "mixture chooses its number of components by bic or aic")
+        if gmm and self.distance != "euclidean":
+            raise ValueError(f"kmeans.distance={self.distance} does not apply to kmeans.algorithm=gmm (a mixture "
+                             "assigns rows by posterior probability); remove kmeans.distance")
+        if gmm and self.batch_size is not None:
+            raise ValueError("kmeans.batch_size does not apply to kmeans.algorithm=gmm; remove it")
 
     @field_validator("k")
     @classmethod

@@ -329,7 +329,7 @@ class _Sink:
         idc, feats, vec = self.cfg.input.id_column, list(art.prep.feature_names), model_vector(art)
         clean = clean.select(col(idc), *[feature_column(c, vec and vec.column) for c in feats], col(SOURCE_FILE))
         asg = assign_rows(clean, art.prep, art.centroids, art.cluster_ids, idc, density, hierarchy,
-                          passthrough=SOURCE_FILE, metric=art.metric())
+                          passthrough=SOURCE_FILE, **art.rule())
         asg = stream_assignments.with_stream_columns(asg, "__passthrough", art.run_id, batch_id, now)
         n_files = max(1, math.ceil(n_ok / ROWS_PER_FILE))
         write = stream_commit.write_parquet if store.kind == "parquet" else stream_commit.write_delta

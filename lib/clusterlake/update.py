@@ -83,6 +83,12 @@ def _load_base(run: Run):
             "new rows' means, which k-medoids' medoids (rows of the data) are not; refit it with the nightly "
             "job (clusterlake run --config ...), or assign new rows with the stream or serving"
         )
+    if base.algorithm == "gmm":
+        raise ConfigError(
+            f"the model of run {base.run_id} is a Gaussian mixture: the update job moves K-means centroids by "
+            "their new rows' means, which would leave the mixture's weights and covariances stale; refit it with "
+            "the nightly job (clusterlake run --config ...), or assign new rows with the stream or serving"
+        )
     return base
 
 

@@ -91,13 +91,15 @@ class _PassCounts:
 
 
 def write_task_file(worker, dest: str, prefix: str, centers: np.ndarray, cluster_ids: np.ndarray, id_column: str,
-                    run_id: str, label: Optional[str], passes: Optional[np.ndarray], metric: Optional[dict] = None) -> dict:
+                    run_id: str, label: Optional[str], passes: Optional[np.ndarray], metric: Optional[dict] = None,
+                    mixture: Optional[dict] = None) -> dict:
     """The task side (runs in a barrier task, on a :class:`~clusterlake.algorithms.resident.RowsWorker`)."""
     from clusterlake.io.fs import location
     from clusterlake.kernels.distances import from_spec
+    from clusterlake.kernels.gmm import Mixture
 
     dens, hier = pickle.loads(passes.tobytes()) if passes is not None else (None, None)
-    rule = AssignmentRule(centers, cluster_ids, dens, hier, metric=from_spec(metric))
+    rule = AssignmentRule(centers, cluster_ids, dens, hier, metric=from_spec(metric), mixture=Mixture.from_spec(mixture))
     counts = _PassCounts(hier.levels if hier is not None else ())
     n = len(worker.raw)
     if not n:

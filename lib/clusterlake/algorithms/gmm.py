@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Optional
 
 import numpy as np
@@ -136,3 +136,20 @@ def fit_mixture(spark, df, source, k: int, *, covariance_type: str = "full", reg
         res = em_on(bc, km.centers, covariance_type, reg_covar, tol, max_iter, tol_on_total)
     res.kmeans, res.seconds, res.task_peak_rss_mb = km, time.time() - t0, bc.task_peak_rss_mb
     return res
+
+
+def refine(bc: KMeansStage, fit, section) -> tuple:
+    """The nightly job's mixture (``kmeans.algorithm: gmm``): EM on the rows held by ``bc`` from
+    the K-means fit ``fit`` (a :class:`~clusterlake.algorithms.kmeans.KMeansFit`), per the
+    ``kmeans.gmm`` config ``section``. Returns ``(fit, MixtureFit)``: the fit with the mixture's
+    means as its centroids, EM's iterations and convergence, the negative total log-likelihood as
+    its training cost, and the EM seconds in its timings."""
+    res = em_on(bc, fit.centroids, section.covariance, section.reg_covar, section.tol, section.max_iter)
+    times = {**fit.timings, "em": round(res.em_seconds, 3),
+             "em_iteration_median": round(float(np.median(res.iter_seconds)), 4) if res.iter_seconds else None}
+    out = replace(fit, centroids=res.mixture.means, n_iter=res.n_iter, converged=res.converged,
+                  training_cost=-res.log_likelihood * res.rows, seconds=fit.seconds + res.em_seconds, timings=times)
+    log.info("mixture: %d components (%s covariance), %d EM iterations from the K-means fit (%d), mean "
+             "log-likelihood %.6f, %s in %.1f s", res.mixture.k, section.covariance, res.n_iter, fit.n_iter,
+             res.log_likelihood, "converged" if res.converged else "not converged", res.em_seconds)
+    return out, res

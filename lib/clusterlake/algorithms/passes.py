@@ -119,7 +119,7 @@ def model_space(df, prep: Preprocessor, weight_col: Optional[str] = None):
 
 
 def assign_rows(df, prep: Preprocessor, centroids: np.ndarray, cluster_ids: np.ndarray, id_col: str,
-                density=None, hierarchy=None, passthrough: Optional[str] = None, metric=None):
+                density=None, hierarchy=None, passthrough: Optional[str] = None, metric=None, mixture=None):
     """Assign every row: the ``assignments`` table's row (:mod:`clusterlake.io.contract.assignments`:
     ``id, cluster_id, distance, second_cluster_id, margin, density_label, is_outlier,
     density_distance, hierarchy``) by the one assignment rule
@@ -129,7 +129,8 @@ def assign_rows(df, prep: Preprocessor, centroids: np.ndarray, cluster_ids: np.n
     ``passthrough``: one input column carried along as ``__passthrough`` (the label column, for
     agreement metrics). The pass models are broadcast once. Rows are streamed, never collected.
     ``metric``: the model's distance when it is not Euclidean (a k-medoids model's
-    ``ModelArtifact.metric()``).
+    ``ModelArtifact.metric()``); ``mixture``: a Gaussian mixture model's ``gmm.Mixture`` (rows by
+    posterior: ``ModelArtifact.mixture()``).
     """
     C = np.ascontiguousarray(centroids, dtype=np.float64)
     ids = np.asarray(cluster_ids, dtype=np.int32)
@@ -138,7 +139,7 @@ def assign_rows(df, prep: Preprocessor, centroids: np.ndarray, cluster_ids: np.n
 
     def part(blocks):
         dens, hier = bc.value if bc is not None else (None, None)
-        rule = AssignmentRule(C, ids, dens, hier, metric=metric)
+        rule = AssignmentRule(C, ids, dens, hier, metric=metric, mixture=mixture)
         for blk in blocks:
             cols = {id_col: blk.column(id_col), **contract.arrow_columns(rule(blk.Z))}
             if passthrough:

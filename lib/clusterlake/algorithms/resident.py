@@ -9,9 +9,11 @@ reads, converts and ships the rows again:
 
 * ``moments`` -- the input's mean and centred scatter (scaling, PCA);
 * ``prepare`` -- the model space (float32, what the K-means fit runs on);
-* the K-means/bisecting fit itself (the commands of :class:`~clusterlake.algorithms.kmeans_engine.KMeansWorker`);
+* the K-means/bisecting fit itself (the commands of :class:`~clusterlake.algorithms.kmeans_engine.KMeansWorker`),
+  and a Gaussian mixture's EM (:class:`~clusterlake.algorithms.gmm.MixtureWorker`);
 * ``sample`` -- one seeded uniform draw (quality, auto-k, the sample passes, the report);
-* ``assign`` -- every row's centroid and distance under the one assignment rule, kept by the tasks;
+* ``assign`` -- every row's centroid and distance under the one assignment rule, kept by the tasks
+  (a mixture's: also the log-likelihood of every row, summed);
 * ``cluster_stats``, ``mean_distances`` -- the exact per-cluster statistics the metrics need;
 * ``radius_counts`` / ``radius_values`` -- exact per-cluster radius quantiles;
 * ``members`` -- the serving layer's per-cluster member sample;
@@ -36,7 +38,8 @@ import numpy as np
 import pyarrow as pa
 
 from clusterlake.algorithms.cluster_stats import ClusterStats, PartitionStats
-from clusterlake.algorithms.kmeans_engine import KMeansStage, KMeansWorker
+from clusterlake.algorithms.gmm import MixtureWorker
+from clusterlake.algorithms.kmeans_engine import KMeansStage
 from clusterlake.algorithms.members import id_hash_uniform
 from clusterlake.engine.blocks import Block, BlockSource
 from clusterlake.engine.spill import describe as describe_memory
@@ -73,7 +76,7 @@ def bytes_table(buf: np.ndarray) -> pa.Table:
 # the task side
 
 
-class RowsWorker(KMeansWorker):
+class RowsWorker(MixtureWorker):
     """One barrier task's rows for the whole run. Runs in a barrier task."""
 
     def __init__(self, block: Block):
@@ -170,22 +173,29 @@ class RowsWorker(KMeansWorker):
 
     # -- the assignment and what is measured on it
     @command("assign", stateful=True)
-    def assign(self, centers: np.ndarray, metric: Optional[dict] = None) -> dict:
-        """Every row's nearest centroid (index) and distance, kept for the commands below
-        (``metric``: the model's distance when it is not Euclidean, as ``distances.to_spec``)."""
+    def assign(self, centers: np.ndarray, metric: Optional[dict] = None, mixture: Optional[dict] = None) -> dict:
+        """Every row's centroid (index) and distance by the one rule, kept for the commands below
+        (``metric``: the model's distance when it is not Euclidean, as ``distances.to_spec``;
+        ``mixture``: a Gaussian mixture's ``Mixture.to_spec``, whose rows' log-likelihoods are
+        summed, weighted, into ``ll``)."""
         from clusterlake.kernels.distances import from_spec
+        from clusterlake.kernels.gmm import Mixture
 
-        rule = AssignmentRule(centers, metric=from_spec(metric))
+        rule = AssignmentRule(centers, metric=from_spec(metric), mixture=Mixture.from_spec(mixture))
         self.lab = np.empty(len(self.raw), dtype=np.int32)
         self.dist = np.empty(len(self.raw), dtype=np.float64)
+        sums = np.zeros(3)  # a mixture's: weight, log-likelihood, posterior of the assigned component
         for s0, s1 in self.chunks():
             a = rule(self.z64(s0, s1))
             self.lab[s0:s1], self.dist[s0:s1] = a.index, a.distance
+            if a.log_likelihood is not None:
+                w = self.w[s0:s1] if self.w is not None else np.ones(s1 - s0)
+                sums += (w.sum(), a.log_likelihood @ w, a.probability @ w)
         self._by_cluster = None
         k = len(centers)
         far = np.full(k, -np.inf)
         np.maximum.at(far, self.lab, self.dist)
-        return {"max": far}
+        return {"max": far, "sums": sums}
 
     @command("cluster_stats")
     def cluster_stats(self, centers: np.ndarray, x_center: np.ndarray, label: Optional[str] = None) -> dict:
@@ -294,12 +304,14 @@ class RowsWorker(KMeansWorker):
     @command("write_assignments")
     def write_assignments(self, dest: str, prefix: str, centers: np.ndarray, cluster_ids: np.ndarray,
                           id_column: str, run_id: str, label: Optional[str] = None,
-                          passes: Optional[np.ndarray] = None, metric: Optional[dict] = None) -> dict:
+                          passes: Optional[np.ndarray] = None, metric: Optional[dict] = None,
+                          mixture: Optional[dict] = None) -> dict:
         """Write this task's ``assignments`` rows as one parquet file under ``dest`` (a temporary
         name renamed into place when complete); returns its name, rows and the pass counts."""
         from clusterlake.algorithms.assignment_files import write_task_file
 
-        return write_task_file(self, dest, prefix, centers, cluster_ids, id_column, run_id, label, passes, metric)
+        return write_task_file(self, dest, prefix, centers, cluster_ids, id_column, run_id, label, passes, metric,
+                               mixture)
 
 
 
@@ -445,15 +457,22 @@ class ResidentRows:
         return X[np.argsort(key, kind="stable")[:size]]
 
     # -- on the fitted model
-    def assign(self, centroids: np.ndarray, metric=None) -> None:
-        """Every row's nearest centroid and distance, kept on the tasks (``metric``: the model's
-        distance, a ``distances.Metric``; None: Euclidean)."""
+    def assign(self, centroids: np.ndarray, metric=None, mixture=None) -> Optional[float]:
+        """Every row's cluster and distance by the one rule, kept on the tasks (``metric``: the
+        model's distance, a ``distances.Metric``, None: Euclidean; ``mixture``: a Gaussian
+        mixture, a ``gmm.Mixture``). Returns a mixture's figures over every row (weighted):
+        ``{"rows", "log_likelihood", "probability"}`` (the sums of the weights, of the rows' log
+        densities and of their assigned components' posteriors); else None."""
         from clusterlake.kernels.distances import to_spec
 
-        far = None
-        for _, a in self.stage.call("assign", {"centers": np.asarray(centroids, np.float64)}, metric=to_spec(metric)):
+        far, sums = None, np.zeros(3)
+        spec = mixture.to_spec() if mixture is not None else None
+        for _, a in self.stage.call("assign", {"centers": np.asarray(centroids, np.float64)}, metric=to_spec(metric),
+                                    mixture=spec):
             far = a["max"] if far is None else np.maximum(far, a["max"])
+            sums += a["sums"]
         self._max_dist = far
+        return dict(zip(("rows", "log_likelihood", "probability"), sums.tolist())) if mixture is not None else None
 
     def cluster_stats(self, centroids: np.ndarray, x_center: np.ndarray) -> ClusterStats:
         """:class:`ClusterStats` of the assignment (with the label contingency when a label column
@@ -534,10 +553,11 @@ class ResidentRows:
         return pa.concat_tables(ids), np.concatenate(pos), np.concatenate(dist), np.concatenate(zs)
 
     def write_assignments(self, folder, centroids: np.ndarray, cluster_ids: np.ndarray, run_id: str,
-                          density=None, hierarchy=None, metric=None) -> dict:
+                          density=None, hierarchy=None, metric=None, mixture=None) -> dict:
         """Every task writes its ``assignments`` file into ``folder`` (a Location); returns the
         pass counts (:func:`~clusterlake.algorithms.assignment_files.merge_pass_counts`).
-        ``metric``: the model's distance (k-medoids), None: Euclidean."""
+        ``metric``: the model's distance (k-medoids), None: Euclidean; ``mixture``: a Gaussian
+        mixture's ``gmm.Mixture`` (rows by posterior)."""
         import uuid
 
         from clusterlake.algorithms import assignment_files as files
@@ -550,7 +570,7 @@ class ResidentRows:
         t0 = time.time()
         replies = self.stage.call("write_assignments", arrays, dest=folder.uri, prefix=uuid.uuid4().hex[:12],
                                   id_column=self.id_column, run_id=run_id, label=self.label_column,
-                                  metric=to_spec(metric))
+                                  metric=to_spec(metric), mixture=mixture.to_spec() if mixture is not None else None)
         names = {h["file"] for h, _ in replies if h["file"]}
         stale = files.keep_only(folder, names)
         if stale:

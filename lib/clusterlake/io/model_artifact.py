@@ -24,6 +24,10 @@ Layout of ``<output>/model/<run_id>/``::
                       ids, per-point silhouette and density noise flags
     hier_*.npy        the hierarchical pass: the sample's linkage (the dendrogram), the sample's
                       labels per level, and what extends them (level centroids or sample points)
+    mixture_*.npy     a Gaussian mixture (algorithm ``gmm``): its weights (k,) and covariances
+                      (full (k, p, p), tied (p, p), diag (k, p), spherical (k,); model space),
+                      row i = cluster_ids[i]; the means are ``centroids.npy``, the covariance
+                      type ``meta.mixture.covariance_type``
 
 ``model.json`` also records the run's ``lineage`` (kind ``full`` or ``update``, the previous and
 base run ids, the runs whose ``assignments`` rows make up the current state, and the next unused
@@ -54,7 +58,7 @@ if TYPE_CHECKING:
     from clusterlake.kernels.hierarchy import HierarchyModel
 
 FORMAT_VERSION = 1
-_EXTRA_NAME = re.compile(r"(density|hier|report)_[a-z0-9_]+")
+_EXTRA_NAME = re.compile(r"(density|hier|report|mixture)_[a-z0-9_]+")
 _ARRAYS = ("center", "scale", "components", "centroids", "cluster_ids")
 CLUSTER_STATS = ("sizes", "radius_mean", "radius_rms", "radius_max", "means_x",  # saved as cluster_<name>.npy
                  "radius_p50", "radius_p90", "radius_p99", "members")
@@ -84,6 +88,21 @@ class ModelArtifact:
         from clusterlake.kernels.distances import from_spec
 
         return from_spec(self.meta.get("metric")) if self.algorithm == "kmedoids" else None
+
+    def mixture(self):
+        """A Gaussian mixture model's :class:`~clusterlake.kernels.gmm.Mixture` (its means the
+        centroids, rows by posterior), else None."""
+        from clusterlake.kernels.gmm import Mixture
+
+        if self.algorithm != "gmm":
+            return None
+        spec = self.meta.get("mixture") or {}
+        return Mixture.of(spec.get("covariance_type"), self.extras["mixture_weights"], self.centroids,
+                          self.extras["mixture_covariances"])
+
+    def rule(self) -> dict:
+        """How the model assigns a row, as the assignment rule's keywords (``metric``, ``mixture``)."""
+        return {"metric": self.metric(), "mixture": self.mixture()}
 
     @property
     def next_cluster_id(self) -> int:
@@ -130,7 +149,8 @@ def _npy(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-_MUST_BE_FINITE = ("center", "scale", "components", "centroids", "tree_centers")
+_MUST_BE_FINITE = ("center", "scale", "components", "centroids", "tree_centers", "mixture_weights",
+                   "mixture_covariances")
 
 
 def check_finite(arrays: dict, feature_names: list) -> None:

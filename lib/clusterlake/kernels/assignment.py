@@ -13,6 +13,13 @@ The rule, with its answer at every edge:
   is that exact distance (a row on a centroid: exactly 0.0). Under another distance (a k-medoids
   model: ``metric``), the nearest medoid by that distance, computed exactly
   (:func:`clusterlake.kernels.distances.nearest`), and ``distance`` / ``margin`` in its units.
+* **most probable component** (a Gaussian mixture: ``mixture``): the component of the largest
+  posterior (log-sum-exp, :func:`clusterlake.kernels.gmm.log_prob`), ties to the lowest index;
+  ``second`` the runner-up by posterior; ``probability`` the assigned component's posterior;
+  ``margin`` the log posterior ratio ``log p_first - log p_second`` (>= 0; NaN when k == 1);
+  ``distance`` the exact Euclidean distance to the component's mean; ``log_likelihood`` the row's
+  log density under the mixture (low: an unusual row). ``probability`` and ``log_likelihood`` are
+  None for every other model; ``posterior`` (n, k) only when the rule is asked for it.
 * **ties**: an exact tie goes to the lowest centroid index (``index`` = row of ``centroids``;
   ``cluster_id = cluster_ids[index]``); the tied centroid is then the second, with margin 0.0.
 * **k == 1** (no second centroid): ``second_index`` and ``second_cluster_id`` are
@@ -66,6 +73,9 @@ class Assignment:
     is_outlier: Optional[np.ndarray] = None  # bool: density_label == -1 (serving may apply its own policy)
     density_distance: Optional[np.ndarray] = None  # float64: to the nearest core point
     hierarchy: Optional[dict[int, np.ndarray]] = None  # level (number of clusters) -> int32 labels
+    probability: Optional[np.ndarray] = None  # float64: a mixture's posterior of the assigned component
+    posterior: Optional[np.ndarray] = None  # float64 (n, k): a mixture's every posterior (on request)
+    log_likelihood: Optional[np.ndarray] = None  # float64: a mixture's log density of the row, log p(x)
 
     def __len__(self) -> int:
         return len(self.cluster_id)
@@ -98,11 +108,21 @@ class AssignmentRule:
     metric : Metric, optional
         The model's distance (:mod:`clusterlake.kernels.distances`) when it is not Euclidean (a
         k-medoids model); None or euclidean: the Euclidean rule above.
+    mixture : clusterlake.kernels.gmm.Mixture, optional
+        A Gaussian mixture model: rows go to their most probable component (its means are the
+        ``centroids``, which may be omitted as None).
+    posterior : bool
+        With a mixture, also return every row's posterior vector (:attr:`Assignment.posterior`).
     """
 
-    def __init__(self, centroids: np.ndarray, cluster_ids: Optional[np.ndarray] = None, density=None,
-                 hierarchy=None, small_search: bool = False, metric: Optional[Metric] = None):
-        self.centroids = np.ascontiguousarray(centroids, dtype=np.float64)
+    def __init__(self, centroids: Optional[np.ndarray], cluster_ids: Optional[np.ndarray] = None, density=None,
+                 hierarchy=None, small_search: bool = False, metric: Optional[Metric] = None, mixture=None,
+                 posterior: bool = False):
+        if mixture is not None and metric is not None and metric.name != "euclidean":
+            raise ValueError("a mixture assigns by posterior: it takes no distance")
+        self.mixture = mixture
+        self.posterior = bool(posterior and mixture is not None)
+        self.centroids = np.ascontiguousarray(mixture.means if mixture is not None else centroids, dtype=np.float64)
         k = self.centroids.shape[0]
         if k < 1:
             raise ValueError("the assignment rule needs at least one centroid")
@@ -121,13 +141,16 @@ class AssignmentRule:
 
     def __call__(self, Z: np.ndarray) -> Assignment:
         """Assign the model-space rows ``Z`` (n, p): see the module docstring."""
-        lab, dist, sec, sdist = assign(Z, self.centroids) if self.metric is None else self._nearest(Z)
-        out = Assignment(
-            index=lab, cluster_id=self.cluster_ids[lab], distance=dist, second_index=sec,
-            # k == 1: sec is NO_CLUSTER everywhere, and so is the id
-            second_cluster_id=self.cluster_ids[sec] if self.k > 1 else sec.copy(),
-            margin=sdist - dist,  # NaN where there is no second (sdist is NaN there)
-        )
+        if self.mixture is not None:
+            out = self._most_probable(Z)
+        else:
+            lab, dist, sec, sdist = assign(Z, self.centroids) if self.metric is None else self._nearest(Z)
+            out = Assignment(
+                index=lab, cluster_id=self.cluster_ids[lab], distance=dist, second_index=sec,
+                # k == 1: sec is NO_CLUSTER everywhere, and so is the id
+                second_cluster_id=self.cluster_ids[sec] if self.k > 1 else sec.copy(),
+                margin=sdist - dist,  # NaN where there is no second (sdist is NaN there)
+            )
         if self.density is not None:
             out.density_label, out.density_distance = density_labels(Z, self.density, self._core)
             out.is_outlier = out.density_label < 0
@@ -135,6 +158,29 @@ class AssignmentRule:
             out.hierarchy = _hierarchy.extend(Z, self.hierarchy)
         return out
 
+
+    def _most_probable(self, Z: np.ndarray) -> Assignment:
+        """The mixture's rule (module docstring): argmax of the posterior, the runner-up, the log ratio."""
+        from clusterlake.kernels.gmm import log_posterior
+
+        Z = np.asarray(Z, dtype=np.float64)
+        n, k = len(Z), self.k
+        ll, lpost = log_posterior(Z, self.mixture)  # (n,), (n, k)
+        rows = np.arange(n)
+        lab = np.argmax(lpost, axis=1).astype(np.int32) if n else np.zeros(0, np.int32)  # ties: the lowest index
+        first = lpost[rows, lab]
+        if k > 1:
+            rest = lpost.copy()
+            rest[rows, lab] = -np.inf
+            sec = np.argmax(rest, axis=1).astype(np.int32) if n else np.zeros(0, np.int32)
+            margin = first - rest[rows, sec]
+        else:
+            sec, margin = np.full(n, NO_CLUSTER, np.int32), np.full(n, np.nan)
+        diff = Z - self.centroids[lab]
+        return Assignment(
+            index=lab, cluster_id=self.cluster_ids[lab], distance=np.sqrt(np.einsum("ij,ij->i", diff, diff)),
+            second_index=sec, second_cluster_id=self.cluster_ids[sec] if k > 1 else sec.copy(), margin=margin,
+            probability=np.exp(first), posterior=np.exp(lpost) if self.posterior else None, log_likelihood=ll)
 
     def _nearest(self, Z: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """``assign``'s four arrays under :attr:`metric` (no second: index -1, distance NaN)."""

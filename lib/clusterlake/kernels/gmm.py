@@ -27,8 +27,8 @@ from typing import Optional
 
 import numpy as np
 
-__all__ = ["COVARIANCE_TYPES", "Mixture", "Stats", "e_step_stats", "hard_stats", "log_prob", "m_step", "merge",
-           "precisions_cholesky", "responsibilities", "reseed"]
+__all__ = ["COVARIANCE_TYPES", "Mixture", "Stats", "e_step_stats", "hard_stats", "information_criteria", "log_posterior",
+           "log_prob", "m_step", "merge", "n_parameters", "precisions_cholesky", "responsibilities", "reseed"]
 
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 _EPS = float(np.finfo(np.float64).eps)
@@ -54,6 +54,26 @@ class Mixture:
         cov = np.asarray(covariances, dtype=np.float64)
         return cls(covariance_type, np.asarray(weights, dtype=np.float64), np.asarray(means, dtype=np.float64), cov,
                    precisions_cholesky(cov, covariance_type))
+
+    def to_spec(self) -> dict:
+        """Plain JSON data (a task command's argument): the type, weights, means, covariances."""
+        return {"covariance_type": self.covariance_type, "weights": self.weights.tolist(),
+                "means": self.means.tolist(), "covariances": np.asarray(self.covariances).tolist()}
+
+    @classmethod
+    def from_spec(cls, spec: Optional[dict]) -> Optional["Mixture"]:
+        """The mixture of :meth:`to_spec`'s data (checked: shapes agree; None for None)."""
+        if not spec:
+            return None
+        t = spec.get("covariance_type") if isinstance(spec, dict) else None
+        _check_type(t)
+        w, mu = np.asarray(spec["weights"], np.float64), np.asarray(spec["means"], np.float64)
+        cov = np.asarray(spec["covariances"], np.float64)
+        k, d = mu.shape if mu.ndim == 2 else (-1, -1)
+        want = {"full": (k, d, d), "tied": (d, d), "diag": (k, d), "spherical": (k,)}[t]
+        if w.shape != (k,) or cov.shape != want or k < 1:
+            raise ValueError(f"not a {t} mixture: weights {w.shape}, means {mu.shape}, covariances {cov.shape}")
+        return cls.of(t, w, mu, cov)
 
 
 def _check_type(covariance_type: str) -> None:
@@ -120,6 +140,32 @@ def log_prob(X: np.ndarray, mix: Mixture) -> np.ndarray:
     with np.errstate(divide="ignore"):
         logw = np.log(mix.weights)
     return -0.5 * (d * math.log(2 * math.pi) + lp) + _log_det_chol(pc, t, d) + logw
+
+
+def log_posterior(X: np.ndarray, mix: Mixture) -> tuple[np.ndarray, np.ndarray]:
+    """``(log p(x) (n,), log p(component j | x) (n, k))`` of every row, by log-sum-exp (exp of a
+    row of the second sums to 1)."""
+    lp = log_prob(X, mix)
+    if not len(lp):
+        return np.zeros(0), lp
+    top = lp.max(axis=1, keepdims=True)
+    with np.errstate(under="ignore"):
+        lse = np.log(np.exp(lp - top).sum(axis=1, keepdims=True)) + top
+    return lse[:, 0], lp - lse
+
+
+def n_parameters(covariance_type: str, k: int, d: int) -> int:
+    """Free parameters of a k-component mixture in d dimensions (scikit-learn's ``_n_parameters``)."""
+    cov = {"full": k * d * (d + 1) / 2.0, "tied": d * (d + 1) / 2.0, "diag": k * d, "spherical": k}[covariance_type]
+    return int(cov + k * d + k - 1)
+
+
+def information_criteria(total_log_likelihood: float, rows: float, covariance_type: str, k: int, d: int) -> dict:
+    """``{"bic", "aic"}`` of a mixture whose log-likelihood over ``rows`` rows is the total given
+    (scikit-learn's ``bic``/``aic``: ``-2 L + p log n`` and ``-2 L + 2 p``)."""
+    p = n_parameters(covariance_type, k, d)
+    return {"bic": -2.0 * total_log_likelihood + p * math.log(max(rows, 1.0)),
+            "aic": -2.0 * total_log_likelihood + 2.0 * p}
 
 
 def responsibilities(X: np.ndarray, mix: Mixture) -> tuple[np.ndarray, np.ndarray]:

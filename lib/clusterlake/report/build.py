@@ -25,14 +25,16 @@ REPORT_ARRAYS = ("report_points", "report_cluster", "report_silhouette", "report
 
 
 def sample_arrays(Z: np.ndarray, positions: np.ndarray, cluster_ids: np.ndarray, size: int,
-                  density=None, metric=None) -> dict:
+                  density=None, metric=None, mixture=None) -> dict:
     """The report's sample (artifact extras) from the metrics sample ``Z`` (model space, already
     a uniform random sample) and each row's nearest-centroid position.
 
     Per-point silhouette is scikit-learn's ``silhouette_samples`` on the first ``size`` rows, by
     the GEMM kernel (:func:`clusterlake.kernels.silhouette.silhouette_samples`, 1.4 s -> 0.1 s on
     5,000 rows); noise is the density pass's extension of
-    those rows (``density`` = its model, or None)."""
+    those rows (``density`` = its model, or None). A Gaussian mixture (``mixture``) adds each
+    component's covariance in the plane of the first two components (``report_ellipses``, (k, 2,
+    2), row i = cluster i): the report draws its ellipse."""
     from clusterlake.kernels.silhouette import silhouette_samples
 
     m = min(int(size), len(Z))
@@ -47,10 +49,25 @@ def sample_arrays(Z: np.ndarray, positions: np.ndarray, cluster_ids: np.ndarray,
         out["report_silhouette"] = silhouette_samples_of(Zr, pos, metric)
     elif 2 <= len(np.unique(pos)) < m:
         out["report_silhouette"] = silhouette_samples(Zr, pos)
+    if mixture is not None:
+        out["report_ellipses"] = _plane_covariances(mixture)
     if density is not None:
         from clusterlake.kernels.density import extend
 
         out["report_noise"] = (extend(Zr, density)[0] == -1).astype(np.int8)
+    return out
+
+
+def _plane_covariances(mix) -> np.ndarray:
+    """Each component's covariance restricted to the first two model-space dimensions (k, 2, 2)
+    (one dimension: the other axis 0)."""
+    k, p = mix.means.shape
+    q = min(2, p)
+    full = {"full": lambda: mix.covariances, "tied": lambda: np.repeat(mix.covariances[None], k, axis=0),
+            "diag": lambda: np.stack([np.diag(c) for c in mix.covariances]),
+            "spherical": lambda: mix.covariances[:, None, None] * np.eye(p)[None]}[mix.covariance_type]()
+    out = np.zeros((k, 2, 2))
+    out[:, :q, :q] = full[:, :q, :q]
     return out
 
 

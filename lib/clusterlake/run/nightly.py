@@ -74,6 +74,12 @@ class Fitted:
     auto: object = None  # clusterlake.algorithms.auto_k result (k: auto)
     metric: object = None  # the model's distance when it is not Euclidean (k-medoids): kernels.distances.Metric
     sample_distances: object = None  # k-medoids: its sample's distance matrix, until the silhouette is taken
+    mixture: object = None  # a Gaussian mixture's EM result (kmeans.algorithm: gmm): algorithms.gmm.MixtureFit
+
+    @property
+    def rule(self) -> dict:
+        """How a row picks its cluster, as the assignment rule's keywords (``metric``, ``mixture``)."""
+        return {"metric": self.metric, "mixture": self.mixture.mixture if self.mixture is not None else None}
 
     @property
     def centroids(self) -> np.ndarray:
@@ -313,12 +319,20 @@ def fit(run: Run, inp: Input, pre: Prepared, auto=None) -> Fitted:
         initial = warm_start_centers(previous, pre.prep, k) if cfg.kmeans.init == "previous" else None
         with spark_pass(f"kmeans fit ({cfg.kmeans.engine})"):
             f = _fit_held(inp, pre, kcfg, cfg.input.weight_column, initial)
+        mixture = None
+        if cfg.kmeans.algorithm == "gmm":  # EM on the resident rows, from the K-means fit
+            from clusterlake.algorithms.gmm import refine
+
+            with spark_pass("mixture fit (EM)"):
+                f, mixture = refine(inp.rows_held.stage, f, cfg.kmeans.gmm)
+            note.update(covariance=cfg.kmeans.gmm.covariance, mean_log_likelihood=round(mixture.log_likelihood, 6),
+                        reseeded=mixture.reseeded)
         matching = stable_ids.match(previous, f.centroids, cfg.lineage.max_distance)
         note.update(k=len(f.centroids), iterations=f.n_iter, engine=f.engine, init=f.init,
                     algorithm=cfg.kmeans.algorithm,
                     **{k_ if k_ in ("tasks", "recoveries") else f"{k_}_s": v
                        for k_, v in f.timings.items() if v is not None})
-    return Fitted(f, previous, matching, auto)
+    return Fitted(f, previous, matching, auto, mixture=mixture)
 
 
 def _fit_kmedoids(run: Run, inp: Input, pre: Prepared, previous) -> Fitted:
@@ -360,13 +374,13 @@ def measure(run: Run, inp: Input, pre: Prepared, fitted: Fitted) -> Measured:
     with run.step("metrics") as note:
         held = inp.rows_held
         with spark_pass("assign"):
-            held.assign(C, fitted.metric)
+            sums = held.assign(C, **fitted.rule)
         with spark_pass("cluster statistics"):
             stats = held.cluster_stats(C, pre.moments.mean)
             sdm = held.mean_distances(stats.means_z)
-        metrics = full_metrics(stats, C, sdm)
+        metrics = full_metrics(stats, C, sdm) + _mixture_metrics(fitted, sums)
         Zs = _sample_z(run, inp, pre.prep, cfg.quality.sample_size)
-        sample_pos = AssignmentRule(C, metric=fitted.metric)(Zs).index
+        sample_pos = AssignmentRule(C, **fitted.rule)(Zs).index
         if fitted.metric is not None:  # k-medoids: its loss, mean distance and silhouette under its distance
             metrics = [m for m in metrics if m.metric != "mean_distance"] + \
                 _distance_metrics(run, held, Zs, sample_pos, fitted, stats)
@@ -385,6 +399,23 @@ def measure(run: Run, inp: Input, pre: Prepared, fitted: Fitted) -> Measured:
             log.info("cluster %d: %s", cid, text)
         tree, parent_ids = stable_ids.relabel_tree(_tree(fitted.fit, C, stats.counts), fitted.cluster_ids)
     return Measured(stats, metrics, Zs, sample_pos, prof, descriptions, tree, parent_ids, by_name, exemplars)
+
+
+def _mixture_metrics(fitted: Fitted, sums: Optional[dict]) -> list:
+    """A Gaussian mixture's figures over every row (weighted), from the assignment pass: the total
+    and mean log-likelihood, BIC and AIC (scikit-learn's definitions, the model-space dimension),
+    and the mean posterior of the rows' assigned components (how sure the assignments are)."""
+    from clusterlake.io.contract.metrics import Metric
+    from clusterlake.kernels.gmm import information_criteria
+
+    if sums is None:
+        return []
+    mix, n, ll = fitted.mixture.mixture, sums["rows"], sums["log_likelihood"]
+    ic = information_criteria(ll, n, mix.covariance_type, mix.k, mix.means.shape[1])
+    rows = int(round(n))
+    return [Metric("full", "log_likelihood", ll, rows), Metric("full", "mean_log_likelihood", ll / n, rows),
+            Metric("full", "bic", ic["bic"], rows), Metric("full", "aic", ic["aic"], rows),
+            Metric("full", "mean_probability", sums["probability"] / n, rows)]
 
 
 def _distance_metrics(run: Run, held, Zs: np.ndarray, pos: np.ndarray, fitted: Fitted, stats) -> list:
@@ -498,23 +529,41 @@ def _artifact(run: Run, inp: Input, pre: Prepared, fitted: Fitted, measured: Mea
 
     cfg, prev = run.cfg, fitted.previous
     passes, extras = sp.to_artifact(pfit, cfg)
+    extras.update(_mixture_arrays(fitted))
     if cfg.report.enabled:  # the report's sample lives in the model: the report needs no Spark
         from clusterlake.report.build import sample_arrays
 
         extras = {**extras, **sample_arrays(measured.sample_z, measured.sample_pos, fitted.cluster_ids,
-                                            cfg.report.sample_size, pfit.density, fitted.metric)}
+                                            cfg.report.sample_size, pfit.density, fitted.metric,
+                                            fitted.rule["mixture"])}
     return model_artifact.ModelArtifact(
         run_id=run.run_id, run_date=run.run_date, prep=pre.prep, centroids=fitted.centroids,
         cluster_ids=fitted.cluster_ids, distance=cfg.kmeans.distance, algorithm=cfg.kmeans.algorithm,
         meta={"job": cfg.job.name, "id_column": cfg.input.id_column, "engine": fitted.fit.engine,
               "init": fitted.fit.init, "descriptions": measured.descriptions, "exemplars": measured.exemplars,
               **({"metric": to_spec(fitted.metric)} if fitted.metric is not None else {}),
+              **({"mixture": _mixture_meta(fitted.mixture, cfg.kmeans.gmm)} if fitted.mixture is not None else {}),
               **(inp.vector_meta or {})},
         tree=measured.tree, passes=passes, extras=extras, cluster_stats=cluster_figures(measured.stats),
         lineage={"kind": "full", "previous_run_id": prev.run_id if prev else None, "base_run_id": run.run_id,
                  "assignment_runs": [[run.run_id, run.run_date]], "next_cluster_id": fitted.matching.next_id},
         quality=measured.quality,
     )
+
+
+def _mixture_arrays(fitted: Fitted) -> dict:
+    """A mixture's weights and covariances as artifact arrays (the means are the centroids)."""
+    if fitted.mixture is None:
+        return {}
+    mix = fitted.mixture.mixture
+    return {"mixture_weights": mix.weights, "mixture_covariances": np.asarray(mix.covariances, np.float64)}
+
+
+def _mixture_meta(mf, section) -> dict:
+    """What model.json says of a mixture: its covariance type and how EM ran."""
+    return {"covariance_type": mf.mixture.covariance_type, "reg_covar": section.reg_covar, "tol": section.tol,
+            "iterations": mf.n_iter, "converged": mf.converged, "reseeded": mf.reseeded,
+            "mean_log_likelihood": mf.log_likelihood}
 
 
 def serving_layout(art, held, cfg, model_dir) -> None:
@@ -558,7 +607,7 @@ def _assign_and_save(run: Run, staged: list, inp: Input, fitted: Fitted, pfit, a
 
     def write(folder):
         return held.write_assignments(folder, fitted.centroids, fitted.cluster_ids, run.run_id,
-                                      pfit.density, pfit.hierarchy, fitted.metric)
+                                      pfit.density, pfit.hierarchy, **fitted.rule)
 
     with spark_pass("write assignments"):
         st, counts = run.store.stage_files("assignments", write)
@@ -611,7 +660,7 @@ def write(run: Run, staged: list, inp: Input, pre: Prepared, fitted: Fitted, mea
         grouped = _grouping(run, staged, inp.summary.version) if cfg.grouping.enabled else []
         staged.append(run.stage_rows("centroids", centroids.rows(
             run.run_id, art.cluster_stats, fitted.centroids, ids, measured.parent_ids, measured.descriptions,
-            measured.exemplars or None), centroids.DDL))
+            measured.exemplars or None, _mixture_arrays(fitted).get("mixture_weights")), centroids.DDL))
         events, drift = _lineage(run, staged_asg, fitted, measured)
         metrics = measured.metrics + drift + grouped
         if cfg.density.enabled or cfg.hierarchical.enabled:

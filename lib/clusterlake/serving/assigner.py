@@ -4,7 +4,11 @@
 ``Preprocessor.transform`` and the same assignment rule (:mod:`clusterlake.kernels.assignment`)
 the job ran on every row, so the same raw row gets the same ``cluster_id`` (the stable id),
 distance, second cluster and margin as in the ``assignments`` table (k == 1: no second cluster,
-null in JSON as in the table). ``is_outlier`` follows one policy, chosen when the Assigner is built:
+null in JSON as in the table). A Gaussian mixture model (``algorithm: gmm``) assigns a row to its
+most probable component and adds ``probability`` (that component's posterior, the table's column)
+and ``log_likelihood`` (the row's log density under the mixture); ``assign(rows, posterior=True)``
+also returns every component's posterior. ``is_outlier`` follows one policy, chosen when the
+Assigner is built:
 
 * ``density``: the density pass's rule (noise = not within the reach of any core point of the
   sample): exactly the batch job's ``is_outlier`` column. Needs a model with the density pass.
@@ -65,8 +69,11 @@ class Assignment(rule_kernel.Assignment):
         out.__dict__.update(vars(result), is_outlier=is_outlier)
         return out
 
-    def records(self) -> list[dict[str, Any]]:
-        """JSON-ready dicts, one per row (no second cluster: ``second_cluster_id``/``margin`` null)."""
+    def records(self, cluster_ids: Optional[np.ndarray] = None) -> list[dict[str, Any]]:
+        """JSON-ready dicts, one per row (no second cluster: ``second_cluster_id``/``margin`` null).
+        A mixture's rows add ``probability`` and ``log_likelihood``, and with the posterior asked
+        for, ``posterior``: cluster id (as text, a JSON key) -> probability (``cluster_ids``: the
+        model's ids, in the order of the posterior's columns)."""
         has2 = self.has_second.tolist()
         cid, dist, sec, margin = (a.tolist() for a in (self.cluster_id, self.distance, self.second_cluster_id,
                                                        self.margin))
@@ -76,6 +83,13 @@ class Assignment(rule_kernel.Assignment):
         if self.density_label is not None:
             for r, lab in zip(out, self.density_label.tolist()):
                 r["density_label"] = lab
+        if self.probability is not None:
+            for r, p, ll in zip(out, self.probability.tolist(), self.log_likelihood.tolist()):
+                r["probability"], r["log_likelihood"] = p, ll
+        if self.posterior is not None and cluster_ids is not None:
+            keys = [str(int(c)) for c in cluster_ids]
+            for r, row in zip(out, self.posterior.tolist()):
+                r["posterior"] = dict(zip(keys, row))
         return out
 
 
@@ -139,8 +153,12 @@ class Assigner:
         else:
             density = None  # the radius policy needs no density search
         self.metric = artifact.metric()  # a k-medoids model's distance; None: Euclidean
+        self.mixture = artifact.mixture()  # a Gaussian mixture model's components; None: nearest centroid
         self._rule = rule_kernel.AssignmentRule(self._centroids, self._ids, density, small_search=True,
-                                                metric=self.metric)
+                                                metric=self.metric, mixture=self.mixture)
+        self._rule_posterior = rule_kernel.AssignmentRule(
+            self._centroids, self._ids, density, small_search=True, mixture=self.mixture,
+            posterior=True) if self.mixture is not None else self._rule
         self.radius_stat, self._threshold = self._radius_threshold(radius_stat)
 
     def _choose_rule(self, outlier_rule: str, has_density: bool) -> str:
@@ -411,14 +429,16 @@ class Assigner:
                            f"(e.g. {float(np.abs(X[r]).max()):.3g}); check the units of the input", row=r)
         return Z
 
-    def assign(self, rows: Rows) -> Assignment:
-        """Assign raw rows: see the module docstring for the accepted forms."""
-        return self.assign_model_space(self.transform(rows))
+    def assign(self, rows: Rows, posterior: bool = False) -> Assignment:
+        """Assign raw rows: see the module docstring for the accepted forms. ``posterior``: a
+        mixture model also returns every component's posterior (``Assignment.posterior``, (n, k),
+        columns in :attr:`cluster_ids` order); other models ignore it."""
+        return self.assign_model_space(self.transform(rows), posterior)
 
-    def assign_model_space(self, Z: np.ndarray) -> Assignment:
+    def assign_model_space(self, Z: np.ndarray, posterior: bool = False) -> Assignment:
         """Model-space rows by the assignment rule (exactly the batch job's columns), with
         ``is_outlier`` by this Assigner's policy: the rule's own (density) or the radius threshold."""
-        res = self._rule(Z)
+        res = (self._rule_posterior if posterior else self._rule)(Z)
         if self.outlier_rule == "density":
             return Assignment.of(res, res.is_outlier)
         return Assignment.of(res, res.distance > self._threshold[res.index])

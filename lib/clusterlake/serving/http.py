@@ -5,7 +5,9 @@ Endpoints (JSON in and out; errors are ``{"error": message, ...}`` with a 4xx st
 
 * ``POST /assign`` ``{"rows": [{feature: value, ...}, ...]}`` (or ``{"row": {...}}``, or rows as
   arrays in the model's feature order) -> ``{"run_id", "assignments": [{cluster_id, distance,
-  second_cluster_id, margin, is_outlier[, density_label]}]}``
+  second_cluster_id, margin, is_outlier[, density_label][, probability, log_likelihood]}]}``; a
+  Gaussian mixture model adds each row's ``probability`` and ``log_likelihood``, and with
+  ``"posterior": true`` in the body, ``posterior``: {cluster id: probability} of every component
 * ``POST /nearest`` ``{"row": {...}, "n": 5}`` -> ``{"run_id", "clusters": [{cluster_id, distance}]}``
   (``"rows"`` gives one list per row)
 * ``POST /similar`` ``{"row": {...}, "n": 10[, "cluster_id": 3]}`` -> the nearest member rows
@@ -238,12 +240,17 @@ class _Endpoints:
         return body, rows, single, self.holder.current.catalog
 
     async def assign(self, request):
-        _, rows, _, cat = await self._request(request)
+        body, rows, _, cat = await self._request(request)
         X = self._matrix(cat, rows)
-        if len(X) > _THREAD_ROWS:
-            res = await run_in_threadpool(lambda: cat.assigner.assign(X).records())
-        else:
-            res = cat.assigner.assign(X).records()
+        post = body.get("posterior", False)
+        if not isinstance(post, bool):
+            raise HTTPError(400, f"\"posterior\" must be true or false, got {post!r}")
+        a = cat.assigner
+
+        def run():
+            return a.assign(X, posterior=post).records(a.cluster_ids)
+
+        res = await run_in_threadpool(run) if len(X) > _THREAD_ROWS else run()
         return JSONResponse({"run_id": cat.run_id, "assignments": res})
 
     async def nearest(self, request):

@@ -275,7 +275,8 @@ class ClusterCatalog:
             raise ClusterlakeError(f"similar takes one row, got {len(Z)}")
         # the assignment rule without the passes: the outlier rule (a density search) is not needed here
         metric = self.assigner.metric  # a k-medoids model's distance (None: Euclidean)
-        near = AssignmentRule(self.assigner._centroids, self.assigner._ids, metric=metric)(Z)
+        near = AssignmentRule(self.assigner._centroids, self.assigner._ids, metric=metric,
+                              mixture=self.assigner.mixture)(Z)  # a mixture's: the most probable component
         cid = int(near.cluster_id[0]) if cluster_id is None else int(cluster_id)
         ids, M = self.members(cid)
         n = max(0, min(int(n), len(ids)))

@@ -12,7 +12,11 @@ Columns after the id (always present, so the table's schema does not change with
   ``density_label = -1``; ``density_distance double`` -- distance to the nearest core point of the
   sample; all three null when the density pass is off;
 * ``hierarchy map<int,int>`` -- number of clusters at a level -> the row's cluster at that level
-  (``hierarchy[16]`` in SQL); null when the hierarchical pass is off.
+  (``hierarchy[16]`` in SQL); null when the hierarchical pass is off;
+* ``probability double`` -- a Gaussian mixture's posterior of the assigned component (the row's
+  ``cluster_id`` is its most probable component, ``second_cluster_id`` the runner-up and
+  ``margin`` the log posterior ratio of the two); null for every other model. Added last (issue
+  24): a table written before gains the column, null on its older rows.
 """
 
 from __future__ import annotations
@@ -28,13 +32,13 @@ HIERARCHY_TYPE = pa.map_(pa.int32(), pa.int32())
 SCHEMA = pa.schema([
     ("cluster_id", pa.int32()), ("distance", pa.float64()), ("second_cluster_id", pa.int32()),
     ("margin", pa.float64()), ("density_label", pa.int32()), ("is_outlier", pa.bool_()),
-    ("density_distance", pa.float64()), ("hierarchy", HIERARCHY_TYPE),
+    ("density_distance", pa.float64()), ("hierarchy", HIERARCHY_TYPE), ("probability", pa.float64()),
 ])
 """The Arrow schema of the columns after the id."""
 COLUMNS = tuple(SCHEMA.names)
 KMEANS_DDL = "cluster_id int, distance double, second_cluster_id int, margin double"
 PASS_DDL = "density_label int, is_outlier boolean, density_distance double, hierarchy map<int,int>"
-DDL = f"{KMEANS_DDL}, {PASS_DDL}"
+DDL = f"{KMEANS_DDL}, {PASS_DDL}, probability double"
 """Spark DDL of the columns after the id (the same types as :data:`SCHEMA`)."""
 
 
@@ -55,6 +59,8 @@ def arrow_columns(a) -> dict[str, pa.Array]:
     }
     out.update(_density_columns(n, a.density_label, a.is_outlier, a.density_distance))
     out["hierarchy"] = _hierarchy_column(n, a.hierarchy)
+    prob = getattr(a, "probability", None)
+    out["probability"] = pa.nulls(n, pa.float64()) if prob is None else pa.array(prob, pa.float64())
     return out
 
 

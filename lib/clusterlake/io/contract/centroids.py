@@ -1,4 +1,7 @@
-"""The ``centroids`` table: one row per cluster and run (plus ``run_date``, the partition)."""
+"""The ``centroids`` table: one row per cluster and run (plus ``run_date``, the partition).
+
+``weight`` (last, issue 24) is a Gaussian mixture component's mixing weight; null for every other
+model (a table written before gains the column, null on its older rows)."""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ import numpy as np
 
 DDL = ("cluster_id int, size long, share double, centroid array<double>, centroid_model array<double>, "
        "radius_mean double, radius_rms double, radius_max double, parent_id int, run_id string, "
-       "description string, exemplar_ids array<string>")
+       "description string, exemplar_ids array<string>, weight double")
 
 
 def cluster_figures(stats) -> dict:
@@ -24,10 +27,12 @@ def cluster_figures(stats) -> dict:
 
 
 def rows(run_id: str, figures: dict, centroids: np.ndarray, cluster_ids, parent_ids: Optional[np.ndarray] = None,
-         descriptions: Optional[list[str]] = None, exemplars: Optional[list] = None) -> list[tuple]:
+         descriptions: Optional[list[str]] = None, exemplars: Optional[list] = None,
+         weights: Optional[np.ndarray] = None) -> list[tuple]:
     """One row per cluster from :func:`cluster_figures`-shaped arrays; an empty cluster has no
     mean and no radii (null), its model-space centroid is kept. ``exemplars``: the ids (text) of
-    each cluster's rows nearest its centroid, nearest first (null when not computed)."""
+    each cluster's rows nearest its centroid, nearest first (null when not computed);
+    ``weights``: a mixture's mixing weights."""
     sizes = figures["sizes"]
     n = float(sizes.sum())
     out = []
@@ -41,5 +46,6 @@ def rows(run_id: str, figures: dict, centroids: np.ndarray, cluster_ids, parent_
             int(parent_ids[i]) if parent_ids is not None and parent_ids[i] >= 0 else None, run_id,
             descriptions[i] if descriptions is not None else None,
             list(exemplars[i]) if exemplars is not None else None,
+            float(weights[i]) if weights is not None else None,
         ))
     return out
