@@ -181,7 +181,7 @@ def _ch_db(Z: np.ndarray, labels: np.ndarray, k: int) -> tuple[float, float]:
     return float(ch), float(db)
 
 
-def _fit(Z, x_sq, k, random_state, max_iter, tol, spherical):
+def sample_fit(Z, x_sq, k, random_state, max_iter, tol, spherical):
     init, _ = kmeans_plusplus(Z, k, x_sq=x_sq, random_state=random_state)
     return lloyd(Z, init, max_iter=max_iter, tol=tol, spherical=spherical)
 
@@ -235,7 +235,7 @@ def _check(Z, min_k, max_k, criterion, silhouette_size, min_cluster_share, perce
 def _sweep(Z, x_sq, ks, seed, max_iter, tol, spherical) -> list[_Candidate]:
     out = []
     for k in ks:
-        res = _fit(Z, x_sq, k, np.random.default_rng([seed, k]), max_iter, tol, spherical)
+        res = sample_fit(Z, x_sq, k, np.random.default_rng([seed, k]), max_iter, tol, spherical)
         out.append(_Candidate(k, res.labels, float(res.inertia), _min_share(res.labels, k)))
     return out
 
@@ -372,8 +372,8 @@ def _stability(Z, x_sq, k: int, seed: int, max_iter, tol, spherical) -> float:
     chosen k that two seeds split differently is not a stable partition of the data (warned)."""
     from sklearn.metrics import adjusted_rand_score
 
-    a = _fit(Z, x_sq, k, seed + 1, max_iter, tol, spherical)
-    b = _fit(Z, x_sq, k, seed + 2, max_iter, tol, spherical)
+    a = sample_fit(Z, x_sq, k, seed + 1, max_iter, tol, spherical)
+    b = sample_fit(Z, x_sq, k, seed + 2, max_iter, tol, spherical)
     ari = float(adjusted_rand_score(a.labels, b.labels))
     if ari < STABILITY_WARN:
         log.warning("auto-k: k=%d is unstable on the sample: two k-means++ fits (seeds %d, %d) agree with "

@@ -83,17 +83,42 @@ def em_on(bc: KMeansStage, centers: np.ndarray, covariance_type: str = "full", r
     """EM on the rows held by ``bc``, started from the partition of ``centers`` (see the module).
     ``tol`` bounds the change of the mean log-likelihood (scikit-learn), or of the total one with
     ``tol_on_total`` (Spark MLlib's ``GaussianMixture``)."""
-    t0 = time.time()
     shift = np.asarray(centers, dtype=np.float64).mean(axis=0)
-    st = _stats(bc, "gmm_hard_stats", {"centers": np.asarray(centers, np.float64), "shift": shift},
-                covariance_type, shift)
+
+    def stats(op: str, arrays: dict) -> "G.Stats":
+        return _stats(bc, op, arrays, covariance_type, shift)
+
+    return _em(stats, centers, shift, covariance_type, reg_covar, tol, max_iter, tol_on_total)
+
+
+def em_local(X: np.ndarray, centers: np.ndarray, covariance_type: str = "full", reg_covar: float = 1e-6,
+             tol: float = 1e-3, max_iter: int = 100, weights: Optional[np.ndarray] = None) -> MixtureFit:
+    """:func:`em_on`'s EM on rows in this process (a driver-side sample: ``k: auto``)."""
+    X = np.asarray(X, dtype=np.float64)
+    shift = np.asarray(centers, dtype=np.float64).mean(axis=0)
+
+    def stats(op: str, arrays: dict) -> "G.Stats":
+        if op == "gmm_hard_stats":
+            return G.hard_stats(X, arrays["centers"], covariance_type, shift, weights)
+        mix = G.Mixture.of(covariance_type, arrays["weights"], arrays["means"], arrays["covariances"])
+        return G.e_step_stats(X, mix, shift, weights)
+
+    return _em(stats, centers, shift, covariance_type, reg_covar, tol, max_iter, quiet=True)
+
+
+def _em(stats, centers: np.ndarray, shift: np.ndarray, covariance_type: str, reg_covar: float, tol: float,
+        max_iter: int, tol_on_total: bool = False, quiet: bool = False) -> MixtureFit:
+    """The EM loop over summed statistics: ``stats(op, arrays)`` answers the two commands of
+    :class:`MixtureWorker` (on the engine's tasks or on local rows)."""
+    t0 = time.time()
+    st = stats("gmm_hard_stats", {"centers": np.asarray(centers, np.float64), "shift": shift})
     mix = G.m_step(st, covariance_type, reg_covar)
     history, prev, converged, reseeded, it = [], -np.inf, False, 0, 0
     times = []
     for it in range(1, max_iter + 1):
         t_it = time.time()
         arrays = {"weights": mix.weights, "means": mix.means, "covariances": mix.covariances, "shift": shift}
-        st = _stats(bc, "gmm_stats", arrays, covariance_type, shift)
+        st = stats("gmm_stats", arrays)
         ll = st.loglik / st.n
         history.append(ll)
         mix = G.m_step(st, covariance_type, reg_covar)
@@ -105,12 +130,13 @@ def em_on(bc: KMeansStage, centers: np.ndarray, covariance_type: str = "full", r
             mix = G.reseed(mix, j, st.worst, _spread(mix, covariance_type))
             reseeded += 1
         times.append(time.time() - t_it)
-        log.info("mixture: iteration %d, mean log-likelihood %.6f (change %.3g)", it, ll, ll - prev)
+        if not quiet:
+            log.info("mixture: iteration %d, mean log-likelihood %.6f (change %.3g)", it, ll, ll - prev)
         if abs(ll - prev) * (st.n if tol_on_total else 1.0) < tol and not restarted:  # (a restart needs an E-step)
             converged = True
             break
         prev = ll
-    if not converged:
+    if not converged and not quiet:
         log.warning("mixture: not converged after %d iterations (tol=%g on the %s log-likelihood)", it, tol,
                     "total" if tol_on_total else "mean")
     return MixtureFit(mix, it, converged, history[-1] if history else float("nan"), float(st.n), history,

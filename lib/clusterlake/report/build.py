@@ -21,7 +21,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-REPORT_ARRAYS = ("report_points", "report_cluster", "report_silhouette", "report_noise")
+REPORT_ARRAYS = ("report_points", "report_cluster", "report_silhouette", "report_noise", "report_ellipses")
 
 
 def sample_arrays(Z: np.ndarray, positions: np.ndarray, cluster_ids: np.ndarray, size: int,
@@ -152,12 +152,14 @@ def load_report_data(output_path: str, run_id: Optional[str] = None, history_run
     x = art.extras if art is not None else {}
     pts, cl = x.get("report_points"), x.get("report_cluster")
     order = {int(c): i for i, c in enumerate(art.cluster_ids)} if art is not None else {}
-    c2 = None
+    c2 = e2 = None
     if art is not None:
         C = np.asarray(art.centroids, dtype=np.float64)
         c2 = np.zeros((len(cen), 2))
         for i, c in enumerate(cen.cluster_id):
             c2[i, : min(2, C.shape[1])] = C[order[int(c)], :2]
+        if x.get("report_ellipses") is not None:  # a mixture's components, in the same order
+            e2 = np.asarray(x["report_ellipses"])[[order[int(c)] for c in cen.cluster_id]]
     hier = (art.passes.get("hierarchical") or {}) if art is not None else {}
 
     hist = _drift_history(output_path, runs, rid, history_runs)
@@ -178,7 +180,7 @@ def load_report_data(output_path: str, run_id: Optional[str] = None, history_run
         metrics=metrics,
         sample_points=pts, sample_cluster=cl, sample_silhouette=x.get("report_silhouette"),
         sample_noise=x.get("report_noise").astype(bool) if x.get("report_noise") is not None else None,
-        centroids_2d=c2, auto_k=auto.reset_index(drop=True) if len(auto) else None,
+        centroids_2d=c2, ellipses_2d=e2, auto_k=auto.reset_index(drop=True) if len(auto) else None,
         dendrogram=x.get("hier_linkage"), dendrogram_levels=list(hier.get("levels", []) or []),
         profiles=prof[["cluster_id", "feature", "z"]] if prof is not None and len(prof) else None,
         drift_history=hist, lineage=lin if lin is not None and len(lin) else None,

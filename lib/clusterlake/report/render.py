@@ -97,6 +97,7 @@ class ReportData:
     sample_silhouette: Optional[np.ndarray] = None  # (n,) per-point silhouette
     sample_noise: Optional[np.ndarray] = None  # (n,) bool, density pass says noise
     centroids_2d: Optional[np.ndarray] = None  # (k, 2), row i = clusters.cluster_id[i]
+    ellipses_2d: Optional[np.ndarray] = None  # (k, 2, 2) a mixture's covariances in that plane, rows as above
     auto_k: Optional[pd.DataFrame] = None  # k, metric, value
     dendrogram: Optional[np.ndarray] = None  # scipy linkage matrix (n-1, 4)
     dendrogram_levels: list = field(default_factory=list)  # numbers of clusters cut from it
@@ -355,6 +356,11 @@ _METRIC_HINTS = {
     "nmi": "agreement with the reference labels, 1 = identical",
     "inertia": "within-cluster sum of squares, lower is tighter",
     "stability": "higher is more stable",
+    "bic": "Gaussian mixture, lower is better",
+    "aic": "Gaussian mixture, lower is better",
+    "log_likelihood": "Gaussian mixture, every row, higher is better",
+    "mean_log_likelihood": "Gaussian mixture, per row, higher is better",
+    "mean_probability": "Gaussian mixture, mean posterior of the rows' components, 1 = certain",
 }
 
 
@@ -562,6 +568,9 @@ def _projection(d: ReportData, colors: dict) -> str:
                     fontweight="bold", color=_text_on(col), zorder=6)
         handles.append(Line2D([], [], ls="none", marker="o", ms=12, mfc="white", mec="black",
                               mew=1.3, label="centroid (id)"))
+        n_ell = _draw_ellipses(ax, C, _arr(d.ellipses_2d), drawn, raw_ids, colors)
+    else:
+        n_ell = 0
     ax.set_aspect("equal", adjustable="datalim")
     shown = f"{n:,}" + (f" of {n_all:,}" if n < n_all else "")
     _style(ax, f"Sample in the first two model-space components ({shown} points)",
@@ -572,9 +581,32 @@ def _projection(d: ReportData, colors: dict) -> str:
     img = _img(fig, "Scatter plot of the sample in the first two components, coloured by cluster")
     note = (f'<p class="note">{_int(n_noise)} point(s) ({_pct(n_noise / n if n else 0)}) of the sample are '
             f"noise for the density pass (grey crosses).</p>") if n_noise else ""
+    if n_ell:
+        note += (f'<p class="note mixture-ellipses">{_int(n_ell)} Gaussian mixture components drawn as ellipses: '
+                 "each component's two-standard-deviation contour in this plane.</p>")
     extra = (f'<li>{_swatch(NOISE_COLOR, "noise")}noise</li>' if n_noise else "")
     return ("<h2>2-D projection of a sample</h2>" + f"<figure>{img}</figure>"
             + (_legend_html(present, colors, extra) if present else "") + note)
+
+
+def _draw_ellipses(ax, C: np.ndarray, E: Optional[np.ndarray], drawn: list, raw_ids: list, colors: dict) -> int:
+    """A mixture component's 2-sd contour around each drawn centroid (``E``: its covariance in the
+    plane); returns how many were drawn."""
+    from matplotlib.patches import Ellipse
+
+    if E is None or E.ndim != 3 or len(E) < len(C):
+        return 0
+    n = 0
+    for i in drawn:
+        vals, vecs = np.linalg.eigh(np.asarray(E[i], dtype=np.float64))
+        if not np.isfinite(vals).all():
+            continue
+        w, h = 4.0 * np.sqrt(np.maximum(vals[::-1], 0.0))  # 2 sd either side, the major axis first
+        angle = math.degrees(math.atan2(vecs[1, 1], vecs[0, 1]))
+        ax.add_patch(Ellipse((float(C[i, 0]), float(C[i, 1])), w, h, angle=angle, fill=False, lw=1.6,
+                             ec=colors.get(raw_ids[i], _INK), zorder=4))
+        n += 1
+    return n
 
 
 def _silhouette(d: ReportData, colors: dict) -> str:

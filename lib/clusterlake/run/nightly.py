@@ -296,9 +296,15 @@ def choose_k(run: Run, inp: Input, pre: Prepared):
         a = km.auto
         Zk = _sample_z(run, inp, pre.prep, a.sample_size)
         sweep_iter = 50 if km.batch_size or not km.max_iter else km.max_iter  # full Lloyd on the sample
-        auto = choose(Zk, a.min_k, a.max_k, a.criterion, seed=km.seed, max_iter=sweep_iter, tol=km.tol,
-                      silhouette_size=min(cfg.quality.sample_size, 10_000), min_cluster_share=a.min_cluster_share,
-                      percentile=a.percentile, spherical=km.distance == "cosine")
+        if km.algorithm == "gmm":  # a mixture at every k, by bic or aic
+            from clusterlake.algorithms.auto_mixture import choose_components
+
+            auto = choose_components(Zk, a.min_k, a.max_k, a.criterion, km.gmm, km.seed, sweep_iter, km.tol)
+        else:
+            auto = choose(Zk, a.min_k, a.max_k, a.criterion, seed=km.seed, max_iter=sweep_iter, tol=km.tol,
+                          silhouette_size=min(cfg.quality.sample_size, 10_000),
+                          min_cluster_share=a.min_cluster_share, percentile=a.percentile,
+                          spherical=km.distance == "cosine")
         note.update(k=auto.k, criterion=a.criterion, stability_ari=round(auto.stability_ari, 4))
     return auto
 
