@@ -583,7 +583,7 @@ def _projection(d: ReportData, colors: dict) -> str:
             f"noise for the density pass (grey crosses).</p>") if n_noise else ""
     if n_ell:
         note += (f'<p class="note mixture-ellipses">{_int(n_ell)} Gaussian mixture components drawn as ellipses: '
-                 "each component's two-standard-deviation contour in this plane.</p>")
+                 "each component's two-standard-deviation contour in this plane (dashed).</p>")
     extra = (f'<li>{_swatch(NOISE_COLOR, "noise")}noise</li>' if n_noise else "")
     return ("<h2>2-D projection of a sample</h2>" + f"<figure>{img}</figure>"
             + (_legend_html(present, colors, extra) if present else "") + note)
@@ -603,8 +603,8 @@ def _draw_ellipses(ax, C: np.ndarray, E: Optional[np.ndarray], drawn: list, raw_
             continue
         w, h = 4.0 * np.sqrt(np.maximum(vals[::-1], 0.0))  # 2 sd either side, the major axis first
         angle = math.degrees(math.atan2(vecs[1, 1], vecs[0, 1]))
-        ax.add_patch(Ellipse((float(C[i, 0]), float(C[i, 1])), w, h, angle=angle, fill=False, lw=1.6,
-                             ec=colors.get(raw_ids[i], _INK), zorder=4))
+        ax.add_patch(Ellipse((float(C[i, 0]), float(C[i, 1])), w, h, angle=angle, fill=False, lw=1.3, ls="--",
+                             ec=_INK, zorder=4))  # dark: the cluster's own colour would vanish on its points
         n += 1
     return n
 
