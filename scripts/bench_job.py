@@ -5,6 +5,7 @@
     .venv/bin/python scripts/bench_job.py --rows 200000      # a smaller table
     .venv/bin/python scripts/bench_job.py --make-run         # also `make run`'s job (conf/local.yaml)
     .venv/bin/python scripts/bench_job.py --repeat 3         # each side 3 times, alternately: medians
+    .venv/bin/python scripts/bench_job.py --algorithm gmm --modes off --gmm-iter 20  # Gaussian mixtures
 
 Generates (once, cached under data/bench/) float32 Gaussian blobs as a parquet table of named
 columns ``f00..f31``, an ``id`` and the true ``label`` (the blobs of scripts/bench_kmeans.py).
@@ -16,6 +17,11 @@ Then, in one SparkSession (local[2]), back to back, each into an empty output:
 * **MLlib**: read parquet -> VectorAssembler -> StandardScaler -> (PCA, in mode ``on``, with the
   components clusterlake chose) -> KMeans (same k, max_iter, seed) -> transform -> write parquet
   (id, cluster).
+
+``--algorithm gmm``: clusterlake's ``kmeans.algorithm: gmm`` (full covariance, at most
+``--gmm-iter`` EM iterations, its default ``tol`` 1e-3 on the mean log-likelihood) against the same
+pipeline ending in MLlib's ``GaussianMixture`` (same k, ``maxIter`` = ``--gmm-iter``, its default
+``tol`` 0.01 on the total log-likelihood, seed); both print their ARI against the true label.
 
 It prints each side's seconds (clusterlake's per stage, as its log and ``runs`` table name them)
 and the ratio MLlib / clusterlake (above 1: clusterlake is faster). The SparkSession's start is
@@ -46,6 +52,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 D, K, MAX_ITER, SEED = 32, 20, 50, 42
 DELTA_WRITER = {"name": "delta-rs"}  # --delta-writer; scripts/bench_writers.py compares the two
+ALGO = {"name": "kmeans", "gmm_iter": 20}  # --algorithm, --gmm-iter
 
 
 def dataset(rows: int) -> str:
@@ -72,7 +79,8 @@ def job_config(data: str, out: str, mode: str, rows: int):
             f"kmeans.k={K}", f"kmeans.max_iter={MAX_ITER}", f"kmeans.seed={SEED}", "job.run_date=2026-12-01",
             f"preprocess.pca.enabled={str(on).lower()}", f"density.enabled={str(on).lower()}",
             f"hierarchical.enabled={str(on).lower()}", f"report.enabled={str(on).lower()}",
-            "quality.drift.on_failure=warn", f"output.delta_writer={DELTA_WRITER['name']}"]
+            "quality.drift.on_failure=warn", f"output.delta_writer={DELTA_WRITER['name']}",
+            f"kmeans.algorithm={ALGO['name']}", f"kmeans.gmm.max_iter={ALGO['gmm_iter']}"]
     return load_config(os.path.join(ROOT, "conf", "local.yaml"), sets)
 
 
@@ -99,7 +107,7 @@ def run_clusterlake(spark, data: str, mode: str, rows: int, root: str) -> dict:
     res = run_job(cfg, spark)
     total = time.time() - t0
     return {"total": total, "stages": dict(res.stage_seconds), "passes": res.spark_passes,
-            "components": res.n_components, "k": res.k}
+            "components": res.n_components, "k": res.k, "ari": res.metrics.get("ari")}
 
 
 def run_mllib(spark, data: str, mode: str, components, root: str) -> dict:
@@ -117,11 +125,23 @@ def run_mllib(spark, data: str, mode: str, components, root: str) -> dict:
     if mode == "on" and components:
         stages.append(PCA(k=int(components), inputCol="scaled", outputCol="pca"))
         last = "pca"
-    stages.append(KMeans(k=K, maxIter=MAX_ITER, seed=SEED, featuresCol=last, predictionCol="cluster"))
+    if ALGO["name"] == "gmm":
+        from pyspark.ml.clustering import GaussianMixture
+
+        stages.append(GaussianMixture(k=K, maxIter=ALGO["gmm_iter"], seed=SEED, featuresCol=last,
+                                      predictionCol="cluster"))
+    else:
+        stages.append(KMeans(k=K, maxIter=MAX_ITER, seed=SEED, featuresCol=last, predictionCol="cluster"))
     model = Pipeline(stages=stages).fit(df)
     model.transform(df).select("id", "cluster").write.mode("overwrite").parquet(out)
     total = time.time() - t0
-    return {"total": total, "iters": model.stages[-1].summary.numIter}
+    ari = None
+    if ALGO["name"] == "gmm":  # (after the clock: the comparison of quality is not part of the pipeline)
+        from sklearn.metrics import adjusted_rand_score
+
+        got = spark.read.parquet(out).join(spark.read.parquet(data).select("id", "label"), "id").toPandas()
+        ari = adjusted_rand_score(got["label"], got["cluster"])
+    return {"total": total, "iters": model.stages[-1].summary.numIter, "ari": ari}
 
 
 def make_run(spark, root: str) -> dict:
@@ -164,8 +184,12 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=1,
                     help="run both pipelines this many times each, alternately, and compare medians "
                          "(MLlib's time varies a lot from run to run on this machine)")
+    ap.add_argument("--algorithm", default="kmeans", choices=["kmeans", "gmm"],
+                    help="gmm: Gaussian mixtures on both sides (clusterlake's kmeans.algorithm: gmm vs MLlib's)")
+    ap.add_argument("--gmm-iter", type=int, default=20, help="--algorithm gmm: EM iterations at most, both sides")
     args = ap.parse_args()
     DELTA_WRITER["name"] = args.delta_writer
+    ALGO.update(name=args.algorithm, gmm_iter=args.gmm_iter)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     from clusterlake.config import SparkSection
@@ -193,6 +217,8 @@ def main() -> None:
                 theirs = run_mllib(spark, data, mode, ours["components"], root)
                 print(f"  MLlib       {theirs['total']:7.1f} s  ({theirs['iters']} iterations"
                       f"{', PCA to %d' % ours['components'] if mode == 'on' and ours['components'] else ''})")
+                if theirs.get("ari") is not None:
+                    print(f"  ARI against the label: clusterlake {ours['ari']:.4f}, MLlib {theirs['ari']:.4f}")
                 print(f"  MLlib / clusterlake = {theirs['total'] / ours['total']:.2f}x", flush=True)
                 runs.append((ours["total"], theirs["total"]))
             if len(runs) > 1:

@@ -213,9 +213,9 @@ def test_wire_format_round_trip_and_refuses_pickle():
 # lost tasks: the fit survives a barrier task whose Python worker is killed mid-fit
 
 
-def _fit_killing_a_task(spark, tmp_path, monkeypatch, point: str, victim: int, **fit_kw):
-    """Run ``engine.fit`` in a thread, pause it at ``point``, SIGKILL barrier task ``victim``'s
-    Python process, resume; return the fit and what the pause reported."""
+def _fit_killing_a_task(spark, tmp_path, monkeypatch, point: str, victim: int, fit=None, **fit_kw):
+    """Run ``fit`` (default ``engine.fit``) in a thread, pause it at ``point``, SIGKILL barrier
+    task ``victim``'s Python process, resume; return the fit and what the pause reported."""
     import json
     import os
     import signal
@@ -231,7 +231,7 @@ def _fit_killing_a_task(spark, tmp_path, monkeypatch, point: str, victim: int, *
 
     def run():
         try:
-            out["fit"] = engine.fit(spark, **fit_kw)
+            out["fit"] = (fit or engine.fit)(spark, **fit_kw)
         except BaseException as exc:  # reported by the assertion below
             out["error"] = exc
 

@@ -1,5 +1,6 @@
 """EM on the engine (algorithms/gmm.py): from the same start equal to scikit-learn's iterations,
-the same fit on 1 and 2 tasks, row weights honoured, a collapsed component re-seeded."""
+the same fit on 1 and 2 tasks, row weights honoured, a collapsed component re-seeded, a lost task
+recovered (the fit ends where the uninterrupted one does)."""
 
 import warnings
 
@@ -11,7 +12,7 @@ from sklearn.mixture import GaussianMixture
 from clusterlake.algorithms import gmm as A
 from clusterlake.algorithms.kmeans_engine import KMeansStage, fit_on
 from clusterlake.kernels import gmm as G
-from tests.test_engine import frame, source
+from tests.test_engine import _fit_killing_a_task, frame, source
 
 
 def _elongated(seed=0, n=2400):
@@ -82,3 +83,19 @@ def test_a_component_started_far_away_is_reseeded_and_the_fit_stays_finite(spark
     m = res.mixture
     assert np.isfinite(m.means).all() and np.isfinite(m.covariances).all() and m.means[2, 0] < 1e3
     assert m.weights.min() * len(X) >= 1  # the restarted component explains rows (here the outliers it was seeded at)
+
+
+def test_em_continues_after_a_lost_task(spark, tmp_path, monkeypatch):
+    """Kill one task's Python worker before the 3rd EM iteration: the stage reloads its rows, EM
+    goes on from the driver's mixture and ends where the uninterrupted fit ends."""
+    X, _ = _elongated(2)
+    kw = dict(df=frame(spark, X, parts=2), source=source(2), k=3, num_tasks=2, seed=2, tol=0.0, max_iter=6,
+              recovery_wait=0.0)
+    ref = A.fit_mixture(spark, **kw)
+    assert ref.recoveries == 0
+    res, info = _fit_killing_a_task(spark, tmp_path, monkeypatch, "engine.em@3", victim=1, fit=A.fit_mixture, **kw)
+    assert info["iteration"] == 3 and len(info["tasks"]) == 2
+    assert res.recoveries == 1 and res.n_iter == ref.n_iter == 6
+    np.testing.assert_allclose(res.mixture.means, ref.mixture.means, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(res.mixture.covariances, ref.mixture.covariances, rtol=1e-10, atol=1e-12)
+    assert res.log_likelihood == pytest.approx(ref.log_likelihood, rel=1e-12)

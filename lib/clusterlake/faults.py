@@ -14,6 +14,8 @@ Points:
   on nothing reads the input again, unless a lost task makes the stage load it again). Reports
   ``run_id`` and ``rows``.
 * ``engine.lloyd``: before each Lloyd iteration of the K-means fit.
+* ``engine.em``: before each EM iteration of a Gaussian mixture's fit (reports ``iteration`` and
+  the barrier ``tasks``, as ``engine.lloyd``).
 * ``write.staged``: after each table is staged, i.e. its parquet files are written where readers
   do not see them (``TableStore.stage``/``stage_files``; a job stages assignments, centroids,
   metrics, profiles, lineage, then runs inside the publish; an update centroids, assignments, metrics, runs; the

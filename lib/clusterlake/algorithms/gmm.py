@@ -68,6 +68,7 @@ class MixtureFit:
     kmeans: Optional[EngineFit] = None
     iter_seconds: list = field(default_factory=list)  # every EM iteration's seconds (one pass each)
     task_peak_rss_mb: float = 0.0  # largest peak RSS of a barrier task's Python worker
+    recoveries: int = 0  # lost tasks recovered during the fit (fit_mixture)
 
 
 def _stats(bc: KMeansStage, op: str, arrays: dict, covariance_type: str, shift: np.ndarray) -> "G.Stats":
@@ -83,9 +84,15 @@ def em_on(bc: KMeansStage, centers: np.ndarray, covariance_type: str = "full", r
     """EM on the rows held by ``bc``, started from the partition of ``centers`` (see the module).
     ``tol`` bounds the change of the mean log-likelihood (scikit-learn), or of the total one with
     ``tol_on_total`` (Spark MLlib's ``GaussianMixture``)."""
+    from clusterlake.faults import pause_point
+
     shift = np.asarray(centers, dtype=np.float64).mean(axis=0)
+    done = [0]
 
     def stats(op: str, arrays: dict) -> "G.Stats":
+        if op == "gmm_stats":
+            done[0] += 1
+            pause_point("engine.em", iteration=done[0], tasks=bc.coord.tasks)
         return _stats(bc, op, arrays, covariance_type, shift)
 
     return _em(stats, centers, shift, covariance_type, reg_covar, tol, max_iter, tol_on_total)
@@ -153,14 +160,17 @@ def _spread(mix: "G.Mixture", covariance_type: str) -> np.ndarray:
 def fit_mixture(spark, df, source, k: int, *, covariance_type: str = "full", reg_covar: float = 1e-6,
                 tol: float = 1e-3, max_iter: int = 100, seed: int = 42, kmeans_max_iter: int = 50,
                 init_steps: int = 5, num_tasks: Optional[int] = None, memory_budget: Optional[int] = None,
-                tol_on_total: bool = False) -> MixtureFit:
+                tol_on_total: bool = False, recovery_wait: float = 30.0) -> MixtureFit:
     """A Gaussian mixture of every row of ``df`` (loaded per ``source``, a
-    :class:`~clusterlake.engine.blocks.BlockSource`): K-means on the engine, then EM."""
+    :class:`~clusterlake.engine.blocks.BlockSource`): K-means on the engine, then EM. A lost
+    task is waited for ``recovery_wait`` seconds, then the fit goes on with the tasks there are."""
     t0 = time.time()
-    with KMeansStage(spark, df, source, num_tasks=num_tasks, worker=MixtureWorker, memory_budget=memory_budget) as bc:
+    with KMeansStage(spark, df, source, num_tasks=num_tasks, worker=MixtureWorker, memory_budget=memory_budget,
+                     recovery_wait=recovery_wait) as bc:
         km = fit_on(bc, k, max_iter=kmeans_max_iter, seed=seed, init_steps=init_steps)
         res = em_on(bc, km.centers, covariance_type, reg_covar, tol, max_iter, tol_on_total)
     res.kmeans, res.seconds, res.task_peak_rss_mb = km, time.time() - t0, bc.task_peak_rss_mb
+    res.recoveries = bc.recoveries
     return res
 
 
