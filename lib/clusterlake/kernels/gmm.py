@@ -117,9 +117,26 @@ def _log_det_chol(pc: np.ndarray, covariance_type: str, d: int) -> np.ndarray:
     return d * np.log(pc)
 
 
+_BLOCK_VALUES = 1 << 22
+"""float64 temporaries per block of :func:`log_prob` (32 MB): rows x k x d for full and tied."""
+
+
 def log_prob(X: np.ndarray, mix: Mixture) -> np.ndarray:
-    """``(n, k)``: ``log w_j + log N(x | mu_j, Sigma_j)`` of every row and component."""
+    """``(n, k)``: ``log w_j + log N(x | mu_j, Sigma_j)`` of every row and component, in blocks of
+    rows whose ``rows x k x d`` temporaries stay near 32 MB (a 65,536-row chunk at k=50, d=64
+    would otherwise hold 1.7 GB)."""
     X = np.asarray(X, dtype=np.float64)
+    n, d = X.shape
+    step = max(1, _BLOCK_VALUES // max(1, mix.k * d))
+    if n <= step:
+        return _log_prob_block(X, mix)
+    out = np.empty((n, mix.k))
+    for s0 in range(0, n, step):
+        out[s0:s0 + step] = _log_prob_block(X[s0:s0 + step], mix)
+    return out
+
+
+def _log_prob_block(X: np.ndarray, mix: Mixture) -> np.ndarray:
     n, d = X.shape
     t, mu, pc = mix.covariance_type, mix.means, mix.precisions_chol
     if t == "full":  # every component in one GEMM: [x P_1 | ... | x P_k] - [mu_1 P_1 | ... ]
