@@ -244,3 +244,18 @@ def test_the_config_default_criterion_follows_the_algorithm():
     assert job_config("in", "out", **{"kmeans.algorithm": "gmm"}).kmeans.auto.criterion == "bic"
     assert job_config("in", "out").kmeans.auto.criterion == "silhouette"
     assert json.loads(job_config("in", "out").model_dump_json())["kmeans"]["gmm"]["covariance"] == "full"
+
+
+def test_the_assignments_file_reuses_the_assign_pass_only_for_its_model():
+    """The tasks keep ``assign``'s partition columns (a mixture's posteriors cost a pass) and the
+    assignments file takes them only for the very model ``assign`` ran with."""
+    import types
+
+    from clusterlake.algorithms.assignment_files import _kept_partition, model_key
+
+    C, kept = np.eye(3), {"margin": np.zeros(2)}
+    worker = types.SimpleNamespace(assigned=(model_key(C, None, None), kept))
+    assert _kept_partition(worker, C.copy(), None, None) is kept
+    assert _kept_partition(worker, C + 1e-12, None, None) is None
+    assert _kept_partition(worker, C, {"name": "manhattan", "p": None, "VI": None}, None) is None
+    assert _kept_partition(types.SimpleNamespace(assigned=None), C, None, None) is None

@@ -111,9 +111,12 @@ def write_task_file(worker, dest: str, prefix: str, centers: np.ndarray, cluster
     tmp, final = folder.child(f"_tmp-{name}"), folder.child(name)
     folder.fs.create_dir(folder.path, recursive=True)
     run = pa.array([run_id], pa.string())
+    kept = _kept_partition(worker, centers, metric, mixture)
     with folder.fs.open_output_stream(tmp.path) as out, pq.ParquetWriter(out, schema, use_dictionary=DICTIONARY_COLUMNS) as writer:
         for s0, s1 in worker.chunks():
-            a = rule(worker.z64(s0, s1))
+            Z = worker.z64(s0, s1)
+            a = rule.with_passes(Z, rule.named(worker.lab[s0:s1], worker.dist[s0:s1], **{
+                name: arr[s0:s1] for name, arr in kept.items()})) if kept is not None else rule(Z)
             cols = {id_column: worker.column(id_column, s0, s1).cast(schema.field(0).type),
                     **contract.arrow_columns(a), "run_id": run.take(pa.array(np.zeros(s1 - s0, np.int32)))}
             writer.write_batch(pa.RecordBatch.from_pydict(cols, schema=schema))
@@ -121,6 +124,26 @@ def write_task_file(worker, dest: str, prefix: str, centers: np.ndarray, cluster
                 counts.add(a, label_codes(worker.column(label, s0, s1)) if label else None)
     folder.fs.move(tmp.path, final.path)
     return {"file": name, "rows": int(n), **counts.reply()}
+
+
+def model_key(centers: np.ndarray, metric: Optional[dict], mixture: Optional[dict]) -> str:
+    """What identifies the partition's rule of a model (its centres, distance, mixture): the
+    assignments file reuses ``assign``'s columns only for the model ``assign`` ran with."""
+    import hashlib
+    import json
+
+    h = hashlib.sha256(np.ascontiguousarray(centers, dtype=np.float64).tobytes())
+    h.update(json.dumps([metric, mixture], sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def _kept_partition(worker, centers: np.ndarray, metric: Optional[dict], mixture: Optional[dict]) -> Optional[dict]:
+    """The partition's columns the task's ``assign`` kept for this very model (the rule's first
+    half need not run again: a mixture's posteriors cost as much as the pass itself), else None."""
+    held = getattr(worker, "assigned", None)
+    if held is None or held[0] != model_key(centers, metric, mixture):
+        return None
+    return held[1]
 
 
 def keep_only(folder, names: set[str]) -> list[str]:

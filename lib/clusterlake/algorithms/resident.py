@@ -86,6 +86,7 @@ class RowsWorker(MixtureWorker):
         self.prep: Optional[Preprocessor] = None
         self.lab: Optional[np.ndarray] = None  # `assign`: each row's centroid (index) and distance
         self.dist: Optional[np.ndarray] = None
+        self.assigned: Optional[tuple] = None  # `assign`: (its model's key, the rest of each row's partition columns)
         self._by_cluster: Optional[tuple] = None  # (order, starts): rows sorted by (centroid, distance)
 
     # -- helpers
@@ -178,19 +179,26 @@ class RowsWorker(MixtureWorker):
         (``metric``: the model's distance when it is not Euclidean, as ``distances.to_spec``;
         ``mixture``: a Gaussian mixture's ``Mixture.to_spec``, whose rows' log-likelihoods are
         summed, weighted, into ``ll``)."""
+        from clusterlake.algorithms.assignment_files import model_key
         from clusterlake.kernels.distances import from_spec
         from clusterlake.kernels.gmm import Mixture
 
         rule = AssignmentRule(centers, metric=from_spec(metric), mixture=Mixture.from_spec(mixture))
-        self.lab = np.empty(len(self.raw), dtype=np.int32)
-        self.dist = np.empty(len(self.raw), dtype=np.float64)
+        n = len(self.raw)
+        self.lab, self.dist = np.empty(n, dtype=np.int32), np.empty(n, dtype=np.float64)
+        kept = {"second_index": np.empty(n, np.int32), "margin": np.empty(n)}
+        if mixture is not None:
+            kept.update(probability=np.empty(n), log_likelihood=np.empty(n))
         sums = np.zeros(3)  # a mixture's: weight, log-likelihood, posterior of the assigned component
         for s0, s1 in self.chunks():
-            a = rule(self.z64(s0, s1))
+            a = rule.partition(self.z64(s0, s1))
             self.lab[s0:s1], self.dist[s0:s1] = a.index, a.distance
+            for name, arr in kept.items():
+                arr[s0:s1] = getattr(a, name)
             if a.log_likelihood is not None:
                 w = self.w[s0:s1] if self.w is not None else np.ones(s1 - s0)
                 sums += (w.sum(), a.log_likelihood @ w, a.probability @ w)
+        self.assigned = (model_key(centers, metric, mixture), kept)  # the assignments file reuses them
         self._by_cluster = None
         k = len(centers)
         far = np.full(k, -np.inf)

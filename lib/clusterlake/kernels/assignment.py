@@ -141,23 +141,34 @@ class AssignmentRule:
 
     def __call__(self, Z: np.ndarray) -> Assignment:
         """Assign the model-space rows ``Z`` (n, p): see the module docstring."""
+        return self.with_passes(Z, self.partition(Z))
+
+    def partition(self, Z: np.ndarray) -> Assignment:
+        """The partition's columns of ``Z``'s assignment (cluster, distance, second, margin, a
+        mixture's probability and log-likelihood), without the passes."""
         if self.mixture is not None:
-            out = self._most_probable(Z)
-        else:
-            lab, dist, sec, sdist = assign(Z, self.centroids) if self.metric is None else self._nearest(Z)
-            out = Assignment(
-                index=lab, cluster_id=self.cluster_ids[lab], distance=dist, second_index=sec,
-                # k == 1: sec is NO_CLUSTER everywhere, and so is the id
-                second_cluster_id=self.cluster_ids[sec] if self.k > 1 else sec.copy(),
-                margin=sdist - dist,  # NaN where there is no second (sdist is NaN there)
-            )
+            return self._most_probable(Z)
+        lab, dist, sec, sdist = assign(Z, self.centroids) if self.metric is None else self._nearest(Z)
+        return self.named(lab, dist, sec, sdist - dist)  # margin NaN where there is no second (sdist NaN)
+
+    def named(self, index: np.ndarray, distance: np.ndarray, second_index: np.ndarray, margin: np.ndarray,
+              probability: Optional[np.ndarray] = None, log_likelihood: Optional[np.ndarray] = None) -> Assignment:
+        """The partition's :class:`Assignment` of rows whose centroid positions are known (from
+        :meth:`partition`, kept by the caller), named by this rule's cluster ids."""
+        return Assignment(
+            index=index, cluster_id=self.cluster_ids[index], distance=distance, second_index=second_index,
+            # k == 1: second_index is NO_CLUSTER everywhere, and so is the id
+            second_cluster_id=self.cluster_ids[second_index] if self.k > 1 else second_index.copy(),
+            margin=margin, probability=probability, log_likelihood=log_likelihood)
+
+    def with_passes(self, Z: np.ndarray, out: Assignment) -> Assignment:
+        """``out`` (the partition's columns of ``Z``) with the passes' columns added."""
         if self.density is not None:
             out.density_label, out.density_distance = density_labels(Z, self.density, self._core)
             out.is_outlier = out.density_label < 0
         if self.hierarchy is not None:
             out.hierarchy = _hierarchy.extend(Z, self.hierarchy)
         return out
-
 
     def _most_probable(self, Z: np.ndarray) -> Assignment:
         """The mixture's rule (module docstring): argmax of the posterior, the runner-up, the log ratio."""
@@ -177,10 +188,9 @@ class AssignmentRule:
         else:
             sec, margin = np.full(n, NO_CLUSTER, np.int32), np.full(n, np.nan)
         diff = Z - self.centroids[lab]
-        return Assignment(
-            index=lab, cluster_id=self.cluster_ids[lab], distance=np.sqrt(np.einsum("ij,ij->i", diff, diff)),
-            second_index=sec, second_cluster_id=self.cluster_ids[sec] if k > 1 else sec.copy(), margin=margin,
-            probability=np.exp(first), posterior=np.exp(lpost) if self.posterior else None, log_likelihood=ll)
+        out = self.named(lab, np.sqrt(np.einsum("ij,ij->i", diff, diff)), sec, margin, np.exp(first), ll)
+        out.posterior = np.exp(lpost) if self.posterior else None
+        return out
 
     def _nearest(self, Z: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """``assign``'s four arrays under :attr:`metric` (no second: index -1, distance NaN)."""
