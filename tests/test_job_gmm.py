@@ -259,3 +259,21 @@ def test_the_assignments_file_reuses_the_assign_pass_only_for_its_model():
     assert _kept_partition(worker, C + 1e-12, None, None) is None
     assert _kept_partition(worker, C, {"name": "manhattan", "p": None, "VI": None}, None) is None
     assert _kept_partition(types.SimpleNamespace(assigned=None), C, None, None) is None
+
+
+def test_the_stream_assigns_by_the_mixture_as_the_batch_did(spark, runs, tmp_path):
+    from clusterlake.stream import run_assign_stream
+
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    rows = pq.read_table(runs["data"]).slice(0, 300)
+    pq.write_table(rows, str(landing / "a.parquet"))
+    cfg = job_config(runs["data"], runs["out"], **OVER, **{
+        "stream.landing_path": str(landing), "stream.checkpoint_path": str(tmp_path / "ckpt"),
+        "stream.table": "assignments_stream"})
+    assert run_assign_stream(cfg, spark=spark).rows_written == 300
+    got = _table(runs["out"], "assignments_stream").set_index("customer_id").sort_index()
+    asg = _table(runs["out"], "assignments").set_index("customer_id").loc[got.index]
+    np.testing.assert_array_equal(got.cluster_id.to_numpy(), asg.cluster_id.to_numpy())
+    np.testing.assert_allclose(got.probability.to_numpy(), asg.probability.to_numpy(), rtol=1e-12)
+    np.testing.assert_allclose(got.margin.to_numpy(), asg.margin.to_numpy(), rtol=1e-9)
