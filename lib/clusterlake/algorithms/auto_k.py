@@ -341,10 +341,16 @@ def choose_k(Z, min_k=2, max_k=20, criterion="silhouette", seed=42, max_iter=100
     if chosen is None:
         chosen = _pick(cands, criterion)
     ari = _stability(Z, x_sq, chosen, seed, max_iter, tol, spherical)
+    return conclude(chosen, criterion, metrics, ari, n, len(cands), t0)
+
+
+def conclude(chosen: int, criterion: str, metrics: list, ari: float, n: int, candidates: int, t0: float) -> AutoK:
+    """The :class:`AutoK` of a choice (K-means' here, a mixture's in ``auto_mixture``): the
+    stability ARI appended to the candidates' metrics, the choice logged."""
     metrics.append(Metric("sample", "stability_ari", ari, n, "kmeans", chosen))
     seconds = time.perf_counter() - t0
     log.info("auto-k: chose k=%d by %s (stability ARI %.3f, %d candidates, %.1f s)", chosen, criterion, ari,
-             len(cands), seconds)
+             candidates, seconds)
     return AutoK(k=int(chosen), criterion=criterion, metrics=metrics, stability_ari=ari, seconds=seconds)
 
 

@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 
-from clusterlake.algorithms.auto_k import STABILITY_WARN, AutoK, sample_fit
+from clusterlake.algorithms.auto_k import STABILITY_WARN, AutoK, conclude, sample_fit
 from clusterlake.algorithms.gmm import em_local
 from clusterlake.io.contract.metrics import Metric
 from clusterlake.kernels import gmm as G
@@ -66,12 +66,8 @@ def choose_components(Z: np.ndarray, min_k: int, max_k: int, criterion: str, sec
                     Metric("auto_k", "mean_log_likelihood", total / n, n, "kmeans", k)]
         log.info("auto-k: k=%d bic=%.6g aic=%.6g mean_log_likelihood=%.6f", k, ic["bic"], ic["aic"], total / n)
     chosen = min(scores, key=lambda k: (scores[k], k))
-    ari = _stability(Z, x_sq, chosen, seed, section, max_iter, tol)
-    metrics.append(Metric("sample", "stability_ari", ari, n, "kmeans", chosen))
-    seconds = time.perf_counter() - t0
-    log.info("auto-k: chose k=%d by %s (stability ARI %.3f, %d candidates, %.1f s)", chosen, criterion, ari,
-             len(scores), seconds)
-    return AutoK(k=int(chosen), criterion=criterion, metrics=metrics, stability_ari=ari, seconds=seconds)
+    return conclude(chosen, criterion, metrics, _stability(Z, x_sq, chosen, seed, section, max_iter, tol), n,
+                    len(scores), t0)
 
 
 def _stability(Z, x_sq, k: int, seed: int, section, max_iter: int, tol: float) -> float:
