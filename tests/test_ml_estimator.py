@@ -1,11 +1,17 @@
 """clusterlake.ml: the ``pyspark.ml`` KMeans / BisectingKMeans estimators on our engine.
 
 Behavioural tests against the truth of generated blobs, numpy, scikit-learn and Spark MLlib:
-API parity with ``pyspark.ml.clustering.KMeans``, pipelines and persistence, warm start, weights,
-cosine distance, bisecting, partition invariance, and the errors users see.
+API parity with ``pyspark.ml.clustering.KMeans`` (issue 25: params, uid, summary, PMML; Spark's own
+tests and doctests are in test_spark_ml_parity.py), pipelines and persistence, warm start, weights,
+cosine distance, bisecting, partition invariance, and the errors users see (a worker's Python
+without clusterlake too).
 """
 
 from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -14,7 +20,7 @@ from scipy.optimize import linear_sum_assignment
 from sklearn.datasets import make_blobs
 from sklearn.metrics import adjusted_rand_score
 
-from clusterlake.ml import BisectingKMeans, KMeans, KMeansModel
+from clusterlake.ml import BisectingKMeans, BisectingKMeansModel, KMeans, KMeansModel
 
 pytestmark = pytest.mark.spark
 
@@ -170,6 +176,62 @@ def test_default_seed_fits(blob_df, blobs):
     assert adjusted_rand_score(y, _predictions(model.transform(blob_df))) == 1.0
 
 
+def test_params_docs_defaults_and_methods_are_sparks(spark):
+    """Every param of Spark's KMeans / BisectingKMeans with its doc and default (the seed's
+    default is ours: fixed), every public method of Spark's estimators and models; ours on top."""
+    from pyspark.ml import clustering as S
+
+    for spark_cls, ours, extra in ((S.KMeans, KMeans, {"initialCenters", "numTasks"}),
+                                   (S.BisectingKMeans, BisectingKMeans, {"tol", "numTasks"})):
+        theirs, mine = spark_cls(), ours()
+        assert {p.name for p in mine.params} - {p.name for p in theirs.params} == extra
+        for p in theirs.params:
+            q = mine.getParam(p.name)
+            assert q.doc == p.doc, p.name
+            assert mine.hasDefault(q) == theirs.hasDefault(p), p.name
+            if theirs.hasDefault(p) and p.name != "seed":
+                assert mine.getOrDefault(q) == theirs.getOrDefault(p), p.name
+        assert mine.getSeed() == 42 and ours().getSeed() == 42
+    for spark_cls, ours in ((S.KMeans, KMeans), (S.KMeansModel, KMeansModel), (S.BisectingKMeans, BisectingKMeans),
+                            (S.BisectingKMeansModel, BisectingKMeansModel)):
+        public = {m for m in dir(spark_cls) if not m.startswith("_")}
+        assert public <= set(dir(ours)), sorted(public - set(dir(ours)))
+
+
+def test_model_keeps_the_estimator_uid_and_sparks_repr(blob_df):
+    km = KMeans(k=K, seed=1)
+    model = km.fit(blob_df)
+    assert model.uid == km.uid
+    assert model.k.parent == km.uid  # the model's params belong to it
+    assert repr(model) == f"KMeansModel: uid={km.uid}, k=4, distanceMeasure=euclidean, numFeatures=3"
+    assert model.numFeatures == 3
+    assert repr(km) == km.uid
+    s = model.summary
+    assert (s.k, s.featuresCol, s.predictionCol) == (K, "features", "prediction")
+    assert s.predictions.columns == blob_df.columns + ["prediction"]
+    assert s.cluster.columns == ["prediction"] and s.cluster.count() == N
+
+
+def test_centres_in_lexicographic_order_and_a_fixed_default_seed(blob_df, blobs):
+    X, y = blobs
+    unseeded, seeded = KMeans(k=K).fit(blob_df), KMeans(k=K, seed=42).fit(blob_df)
+    C = np.stack(unseeded.clusterCenters())
+    assert [tuple(c) for c in C] == sorted(tuple(c) for c in C)
+    np.testing.assert_array_equal(C, np.stack(seeded.clusterCenters()))
+    # another seed draws another init; the same centres come back in the same order
+    np.testing.assert_allclose(np.stack(KMeans(k=K, seed=7).fit(blob_df).clusterCenters()), C, atol=1e-9)
+    B = np.stack(BisectingKMeans(k=K).fit(blob_df).clusterCenters())
+    assert [tuple(c) for c in B] == sorted(tuple(c) for c in B)
+
+
+def test_zero_max_iter_returns_the_initial_centres(blob_df):
+    """Spark accepts maxIter=0 (the init's centres): so do we."""
+    init = (TRUE_CENTERS + 1.0).tolist()
+    model = KMeans(k=K, initialCenters=init, maxIter=0).fit(blob_df)
+    np.testing.assert_array_equal(np.stack(model.clusterCenters()), np.asarray(init))
+    assert model.summary.numIter == 0
+
+
 # ----------------------------------------------------------------------------------------------
 # 2. same result as scikit-learn
 
@@ -217,6 +279,8 @@ def test_pipeline_fit_transform_save_load(spark, blobs, tmp_path):
     pm.write().overwrite().save(path)
     loaded = PipelineModel.load(path)
     assert isinstance(loaded.stages[-1], KMeansModel)
+    assert str(loaded.stages) == str(pm.stages)  # every stage keeps its uid (ours: the estimator's)
+    assert loaded.stages[-1].uid == pipe.getStages()[-1].uid
     np.testing.assert_array_equal(_predictions(loaded.transform(df)), pred)
     df.unpersist()
 
@@ -231,6 +295,8 @@ def test_model_save_load_round_trip(blob_df, tmp_path):
 
     loaded = KMeansModel.load(path)
     assert isinstance(loaded, KMeansModel)
+    assert loaded.uid == model.uid and str(loaded) == str(model)
+    assert loaded.getSolver() == "auto" and loaded.getMaxBlockSizeInMB() == 0.0
     np.testing.assert_array_equal(np.stack(loaded.clusterCenters()), np.stack(model.clusterCenters()))
     assert loaded.getK() == K and loaded.getSeed() == 7 and loaded.getMaxIter() == 15
     assert loaded.getDistanceMeasure() == "euclidean"
@@ -262,6 +328,91 @@ def test_estimator_save_load_keeps_params(tmp_path):
     bk.save(str(tmp_path / "bisecting"))
     bl = BisectingKMeans.load(str(tmp_path / "bisecting"))
     assert type(bl) is BisectingKMeans and bl.getK() == 3 and bl.getSeed() == 9
+
+
+# what the previous clusterlake.ml wrote (a bisecting fit was a KMeansModel then; BisectingKMeans
+# had KMeans' params)
+OLD_METADATA = {
+    "bisecting_model": {"class": "clusterlake.ml.KMeansModel", "timestamp": 1796445138140, "sparkVersion": "4.0.5",
+                        "uid": "KMeansModel_1c729077a05b",
+                        "paramMap": {"featuresCol": "features", "k": 3, "predictionCol": "c", "seed": 5},
+                        "defaultParamMap": {"seed": 2624658134017541294, "predictionCol": "prediction",
+                                            "featuresCol": "features", "k": 2, "maxIter": 20, "tol": 0.0001,
+                                            "initMode": "k-means||", "initSteps": 2, "distanceMeasure": "euclidean",
+                                            "numTasks": 0}},
+    "bisecting": {"class": "clusterlake.ml.BisectingKMeans", "timestamp": 1796445139929, "sparkVersion": "4.0.5",
+                  "uid": "BisectingKMeans_63503d5ad8e3",
+                  "paramMap": {"k": 3, "seed": 5, "tol": 0.01, "initMode": "random"},
+                  "defaultParamMap": {"seed": 2624658134017541294, "predictionCol": "prediction",
+                                      "featuresCol": "features", "k": 2, "maxIter": 20, "tol": 0.0001,
+                                      "initMode": "k-means||", "initSteps": 2, "distanceMeasure": "euclidean",
+                                      "numTasks": 0}},
+}
+
+
+def _write_old(spark, path: Path, meta: dict, rows=None) -> str:
+    (path / "metadata").mkdir(parents=True)
+    (path / "metadata" / "part-00000").write_text(json.dumps(meta))
+    if rows is not None:
+        spark.createDataFrame(rows, "cluster_index int, center array<double>, parent long").coalesce(1) \
+            .write.parquet(str(path / "data"))
+    return str(path)
+
+
+def test_what_the_previous_version_saved_still_loads(spark, tmp_path):
+    from pyspark.ml.linalg import Vectors
+
+    rows = [(0, [0.5, 0.5], 0), (1, [9.0, 8.5], 2), (2, [8.0, 9.0], 2)]
+    old = KMeansModel.load(_write_old(spark, tmp_path / "m", OLD_METADATA["bisecting_model"], rows))
+    assert type(old) is KMeansModel and old.uid == "KMeansModel_1c729077a05b"
+    assert old.parents() == [0, 2, 2] and old.getK() == 3 and old.getPredictionCol() == "c"
+    assert old.getSeed() == 5 and old.getSolver() == "auto"  # a param it did not have: Spark's default
+    assert old.predict(Vectors.dense([8.9, 8.4])) == 1
+    df = spark.createDataFrame([(Vectors.dense([0.0, 1.0]),), (Vectors.dense([8.0, 9.5]),)], ["features"])
+    assert [r.c for r in old.transform(df).collect()] == [0, 2]
+
+    est = BisectingKMeans.load(_write_old(spark, tmp_path / "e", OLD_METADATA["bisecting"]))
+    assert type(est) is BisectingKMeans and est.uid == "BisectingKMeans_63503d5ad8e3"
+    assert (est.getK(), est.getSeed(), est.getTol(), est.getMaxIter()) == (3, 5, 0.01, 20)
+    assert not est.hasParam("initMode")  # Spark's BisectingKMeans has none: left out
+
+
+def _pmml_tree(text: str):
+    import xml.etree.ElementTree as ET
+
+    def tree(e):
+        return e.tag, sorted(e.attrib.items()), (e.text or "").strip(), [tree(c) for c in e]
+
+    root = ET.fromstring(text.encode())
+    return root.tag, root.attrib.get("version"), [tree(c) for c in root if not c.tag.endswith("Header")]
+
+
+def test_pmml_is_the_document_spark_writes(spark, tmp_path):
+    """The same PMML as Spark's KMeansModel writes for the same centres (but the Header's
+    application, version and time), read back with Spark's textFile as Spark's test does."""
+    from pyspark.ml.clustering import KMeans as SparkKMeans
+    from pyspark.ml.linalg import Vectors
+
+    df = spark.createDataFrame([(Vectors.dense([0.0, 0.0]),), (Vectors.dense([1.0, 1.0]),),
+                                (Vectors.dense([9.0, 8.0]),), (Vectors.dense([8.0, 9.0]),)], ["features"])
+    ours, theirs = KMeans(k=2, seed=1).fit(df), SparkKMeans(k=2, seed=1).fit(df)
+    np.testing.assert_array_equal(np.stack(ours.clusterCenters()), np.stack(theirs.clusterCenters()))
+    ours.write().format("pmml").save(str(tmp_path / "ours"))
+    theirs.write().format("pmml").save(str(tmp_path / "theirs"))
+    text = "\n".join(spark.sparkContext.textFile(str(tmp_path / "ours")).collect())
+    assert _pmml_tree(text) == _pmml_tree("\n".join(spark.sparkContext.textFile(str(tmp_path / "theirs")).collect()))
+    assert "clusterlake on Apache Spark" in text and '<Array n="2" type="real">8.5 8.5</Array>' in text
+    ours.write().overwrite().format("pmml").save(str(tmp_path / "ours"))  # overwrite, as Spark's writer
+    assert sorted(p.name for p in (tmp_path / "ours").iterdir() if not p.name.startswith(".")) == \
+        ["_SUCCESS", "part-00000"]
+
+
+def test_pmml_refuses_cosine_and_unknown_formats(blob_df, tmp_path):
+    cos = KMeans(k=K, seed=1, distanceMeasure="cosine").fit(blob_df)
+    with pytest.raises(ValueError, match="cannot be exported to PMML.*normalise"):
+        cos.write().format("pmml").save(str(tmp_path / "cos"))
+    with pytest.raises(ValueError, match="format 'onnx'.*'internal'.*'pmml'"):
+        cos.write().format("onnx").save(str(tmp_path / "onnx"))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -307,8 +458,13 @@ def test_integer_weights_equal_repeated_rows(spark):
     Cw, Cr, Cu = (np.stack(m.clusterCenters()) for m in (mw, mr, mu))
     np.testing.assert_allclose(Cw, Cr, rtol=1e-6)
     np.testing.assert_allclose(mw.summary.trainingCost, mr.summary.trainingCost, rtol=1e-6)
-    assert mw.summary.clusterSizes == mr.summary.clusterSizes
-    assert sum(mw.summary.clusterSizes) == int(w.sum())
+    # clusterWeights: the weighted sizes; clusterSizes: the rows, as Spark counts them
+    np.testing.assert_allclose(mw.summary.clusterWeights, mr.summary.clusterWeights, rtol=1e-9)
+    assert sum(mw.summary.clusterWeights) == int(w.sum())
+    assert mw.summary.clusterSizes == np.bincount(_predictions(mw.transform(wdf)), minlength=K).tolist()
+    assert sum(mw.summary.clusterSizes) == len(X)
+    np.testing.assert_allclose(mw.summary.clusterWeights,
+                               np.bincount(_predictions(mw.transform(wdf)), weights=w, minlength=K), rtol=1e-9)
     # the weighted means, not the plain ones
     wmeans = np.stack([np.average(_f32(X)[y == j], axis=0, weights=w[y == j]) for j in range(K)])
     np.testing.assert_allclose(Cw, wmeans, atol=1e-5)
@@ -383,9 +539,65 @@ def test_bisecting_parents_survive_save_load(blob_df, tmp_path):
     model = BisectingKMeans(k=3, seed=3).fit(blob_df)
     path = str(tmp_path / "bisecting_model")
     model.save(path)
-    loaded = KMeansModel.load(path)
+    loaded = BisectingKMeansModel.load(path)
+    assert type(loaded) is BisectingKMeansModel and loaded.uid == model.uid and str(loaded) == str(model)
     assert loaded.parents() == model.parents()
+    assert (loaded.getK(), loaded.getSeed(), loaded.getMinDivisibleClusterSize()) == (3, 3, 1.0)
+    # PMML too (Spark's BisectingKMeansModel has none): a centre-based model, as our rows' nearest centre
+    loaded.write().format("pmml").save(str(tmp_path / "bisecting.pmml"))
+    tag, version, (dictionary, clustering) = _pmml_tree((tmp_path / "bisecting.pmml" / "part-00000").read_text())
+    assert version == "4.4" and dict(clustering[1])["numberOfClusters"] == "3"
+    assert [c[3][0][2] for c in clustering[3] if c[0].endswith("Cluster")] == \
+        [" ".join(repr(float(v)) for v in c) for c in model.clusterCenters()]
     np.testing.assert_array_equal(np.stack(loaded.clusterCenters()), np.stack(model.clusterCenters()))
+
+
+def test_bisecting_summary_is_sparks_and_compute_cost(blob_df, blobs):
+    X, y = blobs
+    bkm = BisectingKMeans(k=K, seed=3, maxIter=15)
+    model = bkm.fit(blob_df)
+    assert type(model) is BisectingKMeansModel and model.uid == bkm.uid
+    s = model.summary
+    assert type(s).__name__ == "BisectingKMeansSummary"
+    assert s.numIter == 15  # maxIter, as Spark reports it
+    assert K - 1 <= s.lloydIterations <= (K - 1) * 15
+    pred = _predictions(model.transform(blob_df))
+    C = np.stack(model.clusterCenters())
+    assert s.clusterSizes == np.bincount(pred, minlength=K).tolist()
+    np.testing.assert_allclose(s.trainingCost, _inertia(_f32(X), C), rtol=1e-6)  # (the engine: float32 products)
+    with pytest.warns(FutureWarning, match="Deprecated in 3.0.0"):
+        cost = model.computeCost(blob_df)
+    np.testing.assert_allclose(cost, _inertia(X, C), rtol=1e-12)
+    assert repr(model) == f"BisectingKMeansModel: uid={bkm.uid}, k=4, distanceMeasure=euclidean, numFeatures=3"
+
+
+def _three_groups(spark):
+    """600 rows around (0, 0), 250 around (100, 0), 150 around (110, 0): bisecting splits the
+    first 600 from the other 400 first."""
+    rng = np.random.default_rng(4)
+    X = np.concatenate([rng.normal((0, 0), 1.0, (600, 2)), rng.normal((100, 0), 1.0, (250, 2)),
+                        rng.normal((110, 0), 1.0, (150, 2))])
+    return X, _frame(spark, X, np.repeat([0, 1, 2], [600, 250, 150]))
+
+
+def test_min_divisible_cluster_size_is_honoured(spark):
+    X, df = _three_groups(spark)
+    # by default the 400 rows around x = 100 and 110 (the largest cost) are split next
+    free = np.stack(BisectingKMeans(k=3, seed=1).fit(df).clusterCenters())
+    np.testing.assert_allclose(free[:, 0], [X[:600, 0].mean(), X[600:850, 0].mean(), X[850:, 0].mean()], atol=1e-4)
+    # a leaf of 400 rows is not divisible under 500 (or 45% of the 1000 rows): the 600 are split
+    for size in (500.0, 0.45):
+        model = BisectingKMeans(k=3, seed=1, minDivisibleClusterSize=size).fit(df)
+        C = np.stack(model.clusterCenters())
+        assert (C[:2, 0] < 5).all() and abs(C[2, 0] - X[600:, 0].mean()) < 1e-4, size
+        assert model.summary.clusterSizes[2] == 400 and sum(model.summary.clusterSizes) == 1000
+    # under 700 neither 600 nor 400 is divisible: two clusters, as Spark stops
+    from clusterlake.algorithms.kmeans_engine import FewerClustersWarning
+
+    with pytest.warns(FewerClustersWarning, match="2 divisible clusters, fewer than k=3"):
+        two = BisectingKMeans(k=3, seed=1, minDivisibleClusterSize=700).fit(df)
+    assert len(two.clusterCenters()) == 2 and two.summary.clusterSizes == [600, 400]
+    df.unpersist()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -454,7 +666,11 @@ def test_coalesced_input_fits(blob_df, blobs):
     ({"k": 0}, "'k'"),
     ({"initMode": "bogus"}, "'initMode'"),
     ({"distanceMeasure": "manhattan"}, "'distanceMeasure'"),
-    ({"maxIter": 0}, "'maxIter'"),
+    ({"maxIter": -1}, "'maxIter'"),
+    ({"initSteps": 0}, "'initSteps'"),
+    ({"tol": -1e-3}, "'tol'"),
+    ({"solver": "lbfgs"}, "'solver'"),
+    ({"maxBlockSizeInMB": -1.0}, "'maxBlockSizeInMB'"),
 ])
 def test_bad_params_raise_value_error_naming_the_param(blob_df, params, name):
     with pytest.raises(ValueError, match=name):
@@ -486,6 +702,49 @@ def test_nan_feature_error_reaches_the_caller_and_engine_recovers(spark, blobs, 
         KMeans(k=K, seed=1).fit(df)
     # the failed barrier stage does not hold on to the task slots
     model = KMeans(k=K, seed=1).fit(blob_df)
+    assert adjusted_rand_score(y, _predictions(model.transform(blob_df))) == 1.0
+
+
+@pytest.fixture
+def workers_without_clusterlake(spark, tmp_path):
+    """The Spark workers' Python as on a cluster where clusterlake is not installed: a
+    sitecustomize on their PYTHONPATH takes lib/ (the editable install) off their sys.path."""
+    import clusterlake
+    import clusterlake.ml_workers as ml_workers
+
+    lib = str(Path(clusterlake.__file__).resolve().parents[1])
+    (tmp_path / "sitecustomize.py").write_text(
+        f"import sys\nsys.path[:] = [p for p in sys.path if p.rstrip('/') != {lib!r}]\n")
+    sc = spark.sparkContext
+    before = sc.environment.get("PYTHONPATH"), list(sc._python_includes), list(sys.path)
+    sc.environment["PYTHONPATH"] = str(tmp_path)
+    try:
+        yield
+    finally:  # the shared session's later tests get the workers they had
+        if before[0] is None:
+            sc.environment.pop("PYTHONPATH", None)
+        else:
+            sc.environment["PYTHONPATH"] = before[0]
+        sc._python_includes[:] = before[1]
+        sys.path[:] = before[2]
+        ml_workers._SHIPPED.discard(sc.applicationId)
+
+
+def test_workers_without_clusterlake_get_it_shipped_or_a_clear_error(blob_df, blobs, workers_without_clusterlake,
+                                                                    monkeypatch, caplog):
+    import clusterlake.ml as ml
+    import clusterlake.ml_workers as ml_workers
+
+    X, y = blobs
+    with monkeypatch.context() as m:  # shipping does not help (say, their Python lacks numpy too)
+        m.setattr(ml_workers, "ship_package", lambda sc: False)
+        advice = r"workers' Python cannot import 'clusterlake'.*PYSPARK_PYTHON, or the Spark conf spark\.pyspark\.python"
+        with pytest.raises(ml.WorkerImportError, match=advice) as e:
+            KMeans(k=K, seed=1).fit(blob_df)
+    assert sys.executable in str(e.value) and isinstance(e.value, ImportError)
+    with caplog.at_level("WARNING", logger="clusterlake.ml"):
+        model = KMeans(k=K, seed=1).fit(blob_df)  # the package is shipped, the fit tried again
+    assert "shipped the package to them" in caplog.text
     assert adjusted_rand_score(y, _predictions(model.transform(blob_df))) == 1.0
 
 
@@ -536,8 +795,10 @@ def test_a_plain_parquet_scan_is_read_by_the_tasks_with_the_same_fit(spark, tmp_
     assert "the engine's tasks read the 3 parquet files themselves" in caplog.text
     by_spark = KMeans(**params).fit(plain.repartition(2))  # not a plain scan: Spark reads it
     np.testing.assert_allclose(np.stack(by_tasks.clusterCenters()), np.stack(by_spark.clusterCenters()), rtol=1e-6)
+    assert by_tasks.summary.clusterWeights == by_spark.summary.clusterWeights
+    assert sum(by_tasks.summary.clusterWeights) == int(w.sum())
     assert by_tasks.summary.clusterSizes == by_spark.summary.clusterSizes
-    assert sum(by_tasks.summary.clusterSizes) == int(w.sum())
+    assert sum(by_tasks.summary.clusterSizes) == len(X)
 
 
 def test_a_partitioned_parquet_table_is_read_by_spark(spark, tmp_path):

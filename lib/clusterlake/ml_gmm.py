@@ -139,6 +139,7 @@ class GaussianMixture(Estimator, _GaussianMixtureParams, MLWritable, MLReadable)
         from clusterlake.algorithms.gmm import fit_mixture
         from clusterlake.kernels.gmm import COVARIANCE_TYPES
         from clusterlake.ml import _fit_input
+        from clusterlake.ml_workers import on_workers
 
         k, t = self.getK(), self.getCovarianceType()
         if k < 2:
@@ -153,9 +154,9 @@ class GaussianMixture(Estimator, _GaussianMixtureParams, MLWritable, MLReadable)
         spark = SparkSession.getActiveSession() or dataset.sparkSession
         wcol = self.getOrDefault(self.weightCol) if self.isDefined(self.weightCol) else None
         df, source = _fit_input(dataset, self.getFeaturesCol(), wcol or None, False)
-        res = fit_mixture(spark, df, source, k, covariance_type=t, reg_covar=self.getRegCovar(),
-                          tol=self.getTol(), max_iter=self.getMaxIter(), seed=self.getSeed() % (1 << 64),
-                          tol_on_total=True)
+        res = on_workers(spark, lambda: fit_mixture(
+            spark, df, source, k, covariance_type=t, reg_covar=self.getRegCovar(), tol=self.getTol(),
+            max_iter=self.getMaxIter(), seed=self.getSeed() % (1 << 64), tol_on_total=True))
         model = self._copyValues(GaussianMixtureModel(res.mixture))
         model._summary = GaussianMixtureSummary(model, dataset, res.log_likelihood * res.rows, res.n_iter)
         return model

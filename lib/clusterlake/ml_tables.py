@@ -31,5 +31,6 @@ class TableReader(MLReader):
         meta = DefaultParamsReader.loadMetadata(path, self.sparkSession.sparkContext)
         rows = sorted(self.sparkSession.read.parquet(f"{path}/data").collect(), key=lambda r: r[self.key])
         model = self.build(meta, rows)
+        model._resetUid(meta["uid"])  # the saved uid, as Spark's readers keep it
         DefaultParamsReader.getAndSetParams(model, meta)
         return model
