@@ -117,5 +117,46 @@ def test_a_tight_component_far_from_the_shift_takes_the_direct_path():
 
 def test_rows_no_component_explains_are_named():
     mix = G.Mixture.of("diag", [1.0, 0.0], [[0.0], [1.0]], [[1.0], [1.0]])
-    with pytest.raises(ValueError, match="1 rows have zero likelihood under every component"):
+    with pytest.raises(ValueError, match="1 rows have no finite likelihood under any component"):
         G.e_step_stats(np.array([[0.0], [np.nan]]), mix, np.zeros(1))
+    with pytest.raises(ValueError, match="1 rows have no finite likelihood under any component"):
+        G.log_posterior(np.array([[0.0], [np.inf]]), mix)  # the assignment's path says the same
+
+
+def test_mixtures_of_the_wrong_shapes_are_refused():
+    with pytest.raises(ValueError, match=r"not a full mixture: weights \(2,\), means \(2, 3\), covariances \(2, 3\)"):
+        G.Mixture.of("full", [0.5, 0.5], np.zeros((2, 3)), np.ones((2, 3)))
+    with pytest.raises(ValueError, match="covariance type 'round'"):
+        G.Mixture.of("round", [1.0], np.zeros((1, 2)), np.ones(1))
+
+
+@pytest.mark.parametrize("t", G.COVARIANCE_TYPES)
+def test_parameters_and_criteria_are_scikit_learns(t):
+    X = _data(5, n=400)
+    sk = GaussianMixture(3, covariance_type=t, random_state=0).fit(X)
+    assert G.n_parameters(t, 3, X.shape[1]) == sk._n_parameters()
+    ic = G.information_criteria(sk.score(X) * len(X), len(X), t, 3, X.shape[1])
+    assert ic["bic"] == pytest.approx(sk.bic(X), rel=1e-12) and ic["aic"] == pytest.approx(sk.aic(X), rel=1e-12)
+
+
+def test_the_mixture_rule_at_its_edges():
+    """k == 1 (no runner-up: -1 and NaN, as K-means' rule), no rows, the posterior on request
+    only, the centroids must be the means, no distance."""
+    from clusterlake.kernels.assignment import NO_CLUSTER, AssignmentRule
+    from clusterlake.kernels.distances import metric
+
+    X = _data(6, n=50)
+    one = G.Mixture.of("diag", [1.0], X.mean(axis=0, keepdims=True), X.var(axis=0, keepdims=True))
+    a = AssignmentRule(None, np.array([7]), mixture=one)(X)
+    assert (a.cluster_id == 7).all() and (a.second_index == NO_CLUSTER).all() and np.isnan(a.margin).all()
+    np.testing.assert_allclose(a.probability, 1.0)
+    assert not a.has_second.any()
+    mix = _ours(X, 2, "full", 1)[0]
+    rule = AssignmentRule(mix.means.copy(), mixture=mix)
+    empty = rule(np.zeros((0, X.shape[1])))
+    assert len(empty) == 0 and empty.probability.shape == (0,) and empty.index.dtype == np.int32
+    assert rule(X).posterior is None and rule(X, posterior=True).posterior.shape == (len(X), 2)
+    with pytest.raises(ValueError, match="its means"):
+        AssignmentRule(mix.means + 1.0, mixture=mix)
+    with pytest.raises(ValueError, match="takes no distance"):
+        AssignmentRule(None, mixture=mix, metric=metric("manhattan"))

@@ -162,9 +162,11 @@ def test_http_posterior_on_request(runs):
         _stop(proc)
 
 
-def test_weights_count_as_repeated_rows_and_tied_covariance(spark, tmp_path):
-    """A tied mixture with a weight column: the log-likelihood is the weighted sum of scikit-learn's
-    per-row scores under the saved mixture, whose one covariance is (p, p)."""
+def test_a_weighted_tied_mixture_is_scored_on_every_row_once(spark, tmp_path):
+    """A tied mixture with a weight column (the weights shape the fit: tests/test_gmm_engine.py
+    holds integer weights to repeated rows): its one covariance is (p, p), and the metrics count
+    every row once, as every metric does: the log-likelihood is the sum of scikit-learn's per-row
+    scores under the saved mixture, BIC's n the rows."""
     from clusterlake.io import model_artifact
 
     data = _elongated(tmp_path / "w.parquet", n=2500, seed=1, weights=True)
@@ -176,10 +178,11 @@ def test_weights_count_as_repeated_rows_and_tied_covariance(spark, tmp_path):
     X, Z = _model_space(art, data)
     sk = _sklearn_with(art)
     full = _full_metrics(out, res.run_id)
-    w = X.w.to_numpy()
-    assert full["log_likelihood"] == pytest.approx(float(sk.score_samples(Z) @ w), rel=1e-9)
-    assert full["bic"] == pytest.approx(-2 * float(sk.score_samples(Z) @ w) + sk._n_parameters() * np.log(w.sum()),
-                                        rel=1e-9)
+    assert full["log_likelihood"] == pytest.approx(float(sk.score_samples(Z).sum()), rel=1e-9)
+    assert full["bic"] == pytest.approx(sk.bic(Z), rel=1e-9) and full["aic"] == pytest.approx(sk.aic(Z), rel=1e-9)
+    unweighted = model_artifact.load(run_job(job_config(data, str(tmp_path / "unweighted"), **OVER, **{
+        "kmeans.gmm.covariance": "tied"}), spark=spark).model_path).mixture()
+    assert not np.allclose(unweighted.weights, art.mixture().weights, rtol=1e-3)  # the weights shaped the fit
     asg = _table(out, "assignments").set_index("customer_id").loc[X.index]
     np.testing.assert_array_equal(asg.cluster_id.to_numpy(), art.cluster_ids[sk.predict(Z)])
 
@@ -216,14 +219,26 @@ def test_the_update_job_refuses_a_mixture(spark, runs):
 
 
 def test_the_report_draws_each_component(runs):
-    from clusterlake.io import model_artifact
-
-    art = model_artifact.load(runs["gmm"].model_path)
-    ell = art.extras["report_ellipses"]
-    cov = art.mixture().covariances
-    np.testing.assert_allclose(ell, cov[:, :2, :2], rtol=1e-12)
     html = open(runs["gmm"].report_path, encoding="utf-8").read()
     assert "4 Gaussian mixture components drawn as ellipses" in html
+
+
+@pytest.mark.parametrize("t", ["full", "tied", "diag", "spherical"])
+def test_the_report_ellipse_is_the_components_covariance_in_the_plane(t):
+    from clusterlake.kernels.gmm import Mixture
+    from clusterlake.report.build import plane_covariances
+
+    rng = np.random.default_rng(0)
+    k, d = 3, 4
+    A = rng.normal(size=(k, d, d))
+    full = np.einsum("kij,klj->kil", A, A) + np.eye(d)
+    cov = {"full": full, "tied": full[0], "diag": np.stack([np.diag(c) for c in full]),
+           "spherical": full[:, 0, 0]}[t]
+    as_full = {"full": full, "tied": np.repeat(full[:1], k, axis=0),
+               "diag": np.stack([np.diag(np.diag(c)) for c in full]),
+               "spherical": full[:, 0, 0][:, None, None] * np.eye(d)}[t]
+    mix = Mixture.of(t, np.full(k, 1 / k), rng.normal(size=(k, d)), cov)
+    np.testing.assert_allclose(plane_covariances(mix), as_full[:, :2, :2], rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("over, text", [
@@ -234,6 +249,7 @@ def test_the_report_draws_each_component(runs):
     ({"kmeans.auto.criterion": "bic"}, "needs kmeans.algorithm: gmm"),
     ({"kmeans.algorithm": "gmm", "kmeans.gmm.covariance": "round"}, "covariance"),
     ({"kmeans.algorithm": "gmm", "kmeans.gmm.reg_covar": -1}, "reg_covar"),
+    ({"kmeans.algorithm": "gmm", "kmeans.gmm.reg_covar": 0}, "reg_covar"),
 ])
 def test_gmm_settings_are_checked(over, text):
     with pytest.raises(ConfigError, match=text):
@@ -244,21 +260,6 @@ def test_the_config_default_criterion_follows_the_algorithm():
     assert job_config("in", "out", **{"kmeans.algorithm": "gmm"}).kmeans.auto.criterion == "bic"
     assert job_config("in", "out").kmeans.auto.criterion == "silhouette"
     assert json.loads(job_config("in", "out").model_dump_json())["kmeans"]["gmm"]["covariance"] == "full"
-
-
-def test_the_assignments_file_reuses_the_assign_pass_only_for_its_model():
-    """The tasks keep ``assign``'s partition columns (a mixture's posteriors cost a pass) and the
-    assignments file takes them only for the very model ``assign`` ran with."""
-    import types
-
-    from clusterlake.algorithms.assignment_files import _kept_partition, model_key
-
-    C, kept = np.eye(3), {"margin": np.zeros(2)}
-    worker = types.SimpleNamespace(assigned=(model_key(C, None, None), kept))
-    assert _kept_partition(worker, C.copy(), None, None) is kept
-    assert _kept_partition(worker, C + 1e-12, None, None) is None
-    assert _kept_partition(worker, C, {"name": "manhattan", "p": None, "VI": None}, None) is None
-    assert _kept_partition(types.SimpleNamespace(assigned=None), C, None, None) is None
 
 
 def test_the_stream_assigns_by_the_mixture_as_the_batch_did(spark, runs, tmp_path):
@@ -277,3 +278,23 @@ def test_the_stream_assigns_by_the_mixture_as_the_batch_did(spark, runs, tmp_pat
     np.testing.assert_array_equal(got.cluster_id.to_numpy(), asg.cluster_id.to_numpy())
     np.testing.assert_allclose(got.probability.to_numpy(), asg.probability.to_numpy(), rtol=1e-12)
     np.testing.assert_allclose(got.margin.to_numpy(), asg.margin.to_numpy(), rtol=1e-9)
+
+
+def test_k_auto_leaves_out_what_a_small_sample_cannot_score(caplog):
+    """150 rows x 10 features of 3 clusters: a full mixture of k components has k (1 + 10 + 55) - 1
+    parameters, so k above 2 cannot be scored on them (BIC would pick the largest k, each
+    component a handful of rows with reg_covar as its spread); they are left out, said so, and a
+    range with nothing left is a clear error."""
+    from clusterlake.algorithms.auto_mixture import choose_components
+    from clusterlake.config import GMMSection
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 150)
+    Z = rng.normal(size=(150, 10)) + 6.0 * np.eye(10)[y]
+    with caplog.at_level("WARNING"):
+        auto = choose_components(Z, 2, 20, "bic", GMMSection(), seed=1)
+    assert auto.k == 2 and "k in [3, 4" in caplog.text and "left out" in caplog.text
+    diag = choose_components(Z, 2, 8, "bic", GMMSection(covariance="diag"), seed=1)
+    assert diag.k == 3  # 3 x 21 - 1 parameters fit 150 rows: the diagonal mixture finds the clusters
+    with pytest.raises(ValueError, match="cannot score a full mixture of 3 or more"):
+        choose_components(Z, 3, 5, "bic", GMMSection(), seed=1)

@@ -200,3 +200,40 @@ def test_file_slices_cast_big_integers_like_spark_and_carry_plain_strings(tmp_pa
     src = BlockSource(columns=("x",), carry=("id", "lab"))
     carried = [pa.ipc.open_stream(pa.py_buffer(src.carried(b))).read_all() for b in batches]
     assert pa.concat_tables(carried).column("lab").to_pylist() == ["p", "q", "p"]  # dictionary and plain
+
+
+def test_the_assignments_file_reuses_the_assign_pass_only_for_its_model(data, tmp_path, monkeypatch):
+    """A mixture's ``assign`` keeps every row's partition columns; the tasks' assignments files
+    take them instead of computing the posteriors again, but only for the very model ``assign``
+    ran with, and nothing kept survives a new model space."""
+    import pyarrow.parquet as pq
+
+    from clusterlake.io.fs import location
+    from clusterlake.kernels import gmm as G
+    from clusterlake.kernels.assignment import AssignmentRule
+
+    X, ids, y = data
+    held, prep, _ = _prepared(X, ids, y)
+    Z = prep.transform(X)
+    mix = G.m_step(G.hard_stats(Z, Z[[0, 10, 20, 30]], "full", Z.mean(axis=0)), "full")
+    other = G.Mixture.of("full", mix.weights[::-1] / mix.weights.sum(), mix.means, mix.covariances)
+    held.assign(mix.means, mixture=mix)
+    calls, partition = [], AssignmentRule.partition
+    monkeypatch.setattr(AssignmentRule, "partition", lambda self, Z_, posterior=False: calls.append(len(Z_))
+                        or partition(self, Z_, posterior))
+
+    def written(model, name):
+        held.write_assignments(location(str(tmp_path / name)), model.means, np.arange(4) + 10, "run", mixture=model)
+        got = pq.read_table(str(tmp_path / name)).to_pandas().set_index("id").loc[ids]
+        want = partition(AssignmentRule(None, np.arange(4) + 10, mixture=model), Z)
+        np.testing.assert_array_equal(got.cluster_id.to_numpy(), want.cluster_id)
+        np.testing.assert_array_equal(got.second_cluster_id.to_numpy(), want.second_cluster_id)
+        np.testing.assert_allclose(got.probability.to_numpy(), want.probability, rtol=1e-12)
+        np.testing.assert_allclose(got.margin.to_numpy(), want.margin, rtol=1e-12, atol=1e-12)
+
+    written(mix, "same")
+    assert calls == []  # the posteriors were not computed again
+    written(other, "other")
+    assert sum(calls) == len(X)  # another model: every row's computed afresh
+    held.prepare(prep)
+    assert all(w.assigned is None for w in held.stage.workers)

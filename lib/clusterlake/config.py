@@ -198,8 +198,9 @@ class GMMSection(_Section):
     covariance: Literal["full", "diag", "tied", "spherical"] = "full"
     """Each component's covariance (scikit-learn's ``covariance_type``): full (any ellipsoid),
     diag (axis-aligned), tied (one full matrix shared), spherical (one variance each)."""
-    reg_covar: float = Field(1e-6, ge=0.0)
-    """Added to the covariances' diagonals (scikit-learn's): keeps every one positive definite."""
+    reg_covar: float = Field(1e-6, gt=0.0)
+    """Added to the covariances' diagonals (scikit-learn's; > 0): keeps every one positive
+    definite, also where a feature is constant within a component (0/1 or one-hot features)."""
     tol: float = Field(1e-3, gt=0.0)
     """EM stops when the mean log-likelihood per row changes by less than this (scikit-learn's)."""
     max_iter: int = Field(100, ge=1, le=10_000)
@@ -325,8 +326,6 @@ class KMeansSection(_Section):
         if gmm and self.distance != "euclidean":
             raise ValueError(f"kmeans.distance={self.distance} does not apply to kmeans.algorithm=gmm (a mixture "
                              "assigns rows by posterior probability); remove kmeans.distance")
-        if gmm and self.batch_size is not None:
-            raise ValueError("kmeans.batch_size does not apply to kmeans.algorithm=gmm; remove it")
 
     @field_validator("k")
     @classmethod

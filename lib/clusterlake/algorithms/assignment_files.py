@@ -92,14 +92,17 @@ class _PassCounts:
 
 def write_task_file(worker, dest: str, prefix: str, centers: np.ndarray, cluster_ids: np.ndarray, id_column: str,
                     run_id: str, label: Optional[str], passes: Optional[np.ndarray], metric: Optional[dict] = None,
-                    mixture: Optional[dict] = None) -> dict:
-    """The task side (runs in a barrier task, on a :class:`~clusterlake.algorithms.resident.RowsWorker`)."""
+                    mixture: tuple = (None, None, None)) -> dict:
+    """The task side (runs in a barrier task, on a :class:`~clusterlake.algorithms.resident.RowsWorker`).
+    ``mixture``: a Gaussian mixture's (covariance type, weights, covariances), its means ``centers``."""
     from clusterlake.io.fs import location
     from clusterlake.kernels.distances import from_spec
     from clusterlake.kernels.gmm import Mixture
 
     dens, hier = pickle.loads(passes.tobytes()) if passes is not None else (None, None)
-    rule = AssignmentRule(centers, cluster_ids, dens, hier, metric=from_spec(metric), mixture=Mixture.from_spec(mixture))
+    kind, mw, mc = mixture
+    rule = AssignmentRule(centers, cluster_ids, dens, hier, metric=from_spec(metric),
+                          mixture=Mixture.of(kind, mw, centers, mc) if kind else None)
     counts = _PassCounts(hier.levels if hier is not None else ())
     n = len(worker.raw)
     if not n:
@@ -111,7 +114,7 @@ def write_task_file(worker, dest: str, prefix: str, centers: np.ndarray, cluster
     tmp, final = folder.child(f"_tmp-{name}"), folder.child(name)
     folder.fs.create_dir(folder.path, recursive=True)
     run = pa.array([run_id], pa.string())
-    kept = _kept_partition(worker, centers, metric, mixture)
+    kept = _kept_partition(worker, model_key(centers, metric, *mixture))
     with folder.fs.open_output_stream(tmp.path) as out, pq.ParquetWriter(out, schema, use_dictionary=DICTIONARY_COLUMNS) as writer:
         for s0, s1 in worker.chunks():
             Z = worker.z64(s0, s1)
@@ -126,22 +129,26 @@ def write_task_file(worker, dest: str, prefix: str, centers: np.ndarray, cluster
     return {"file": name, "rows": int(n), **counts.reply()}
 
 
-def model_key(centers: np.ndarray, metric: Optional[dict], mixture: Optional[dict]) -> str:
+def model_key(centers: np.ndarray, metric: Optional[dict], mixture_type: Optional[str] = None,
+              mixture_weights: Optional[np.ndarray] = None, mixture_covariances: Optional[np.ndarray] = None) -> str:
     """What identifies the partition's rule of a model (its centres, distance, mixture): the
     assignments file reuses ``assign``'s columns only for the model ``assign`` ran with."""
     import hashlib
     import json
 
-    h = hashlib.sha256(np.ascontiguousarray(centers, dtype=np.float64).tobytes())
-    h.update(json.dumps([metric, mixture], sort_keys=True).encode())
+    h = hashlib.sha256(json.dumps([metric, mixture_type], sort_keys=True).encode())
+    for a in (centers, mixture_weights, mixture_covariances):
+        if a is not None:
+            h.update(np.ascontiguousarray(a, dtype=np.float64).tobytes())
     return h.hexdigest()
 
 
-def _kept_partition(worker, centers: np.ndarray, metric: Optional[dict], mixture: Optional[dict]) -> Optional[dict]:
-    """The partition's columns the task's ``assign`` kept for this very model (the rule's first
-    half need not run again: a mixture's posteriors cost as much as the pass itself), else None."""
+def _kept_partition(worker, key: str) -> Optional[dict]:
+    """The partition's columns the task's ``assign`` kept for the model of ``key`` (:func:`model_key`)
+    over the rows it holds now (the rule's first half need not run again: a mixture's posteriors
+    cost as much as the pass itself), else None."""
     held = getattr(worker, "assigned", None)
-    if held is None or held[0] != model_key(centers, metric, mixture):
+    if held is None or held[0] != key or len(worker.lab) != len(worker.raw):
         return None
     return held[1]
 

@@ -37,7 +37,27 @@ def _mixture(Z, x_sq, k: int, rng, section, max_iter: int, tol: float) -> "G.Mix
 
 
 def _labels(Z, mix: "G.Mixture") -> np.ndarray:
-    return np.argmax(G.log_posterior(Z, mix)[1], axis=1)
+    from clusterlake.kernels.assignment import AssignmentRule
+
+    return AssignmentRule(None, mixture=mix).partition(Z).index
+
+
+def _candidates(min_k: int, max_k: int, n: int, p: int, covariance_type: str) -> list[int]:
+    """The k a sample of ``n`` rows can score: fewer free parameters than rows, and (full
+    covariance) at least ``p + 1`` rows a component on average; else a component holding a few
+    rows gets ``reg_covar`` alone as its spread, its likelihood soars, and BIC/AIC pick the
+    largest k (with 150 rows x 10 features and 3 clusters, k=19 of [2, 20])."""
+    ks = [k for k in range(min_k, max_k + 1) if G.n_parameters(covariance_type, k, p) < n
+          and (covariance_type != "full" or k * (p + 1) <= n)]
+    skipped = sorted(set(range(min_k, max_k + 1)) - set(ks))
+    if skipped:
+        log.warning("auto-k: k in %s left out: too many parameters for a sample of %d rows x %d features "
+                    "(%s covariance); raise kmeans.auto.sample_size or use diag covariance", skipped, n, p,
+                    covariance_type)
+    if not ks:
+        raise ValueError(f"a sample of {n} rows x {p} features cannot score a {covariance_type} mixture of "
+                         f"{min_k} or more components; raise kmeans.auto.sample_size or lower kmeans.auto.min_k")
+    return ks
 
 
 def choose_components(Z: np.ndarray, min_k: int, max_k: int, criterion: str, section, seed: int = 42,
@@ -52,12 +72,12 @@ def choose_components(Z: np.ndarray, min_k: int, max_k: int, criterion: str, sec
     n, p = Z.shape
     if n < min_k + 1:
         raise ValueError(f"the sample has {n} rows: choosing k in [{min_k}, {max_k}] needs at least {min_k + 1}")
-    k_cap = min(int(max_k), n - 1)
+    ks = _candidates(int(min_k), min(int(max_k), n - 1), n, p, section.covariance)
     x_sq = row_sq_norms(Z)
     log.info("auto-k: %s of %s mixtures on %d sampled rows x %d features, k in [%d, %d]", criterion,
-             section.covariance, n, p, min_k, k_cap)
+             section.covariance, n, p, ks[0], ks[-1])
     scores, metrics = {}, []
-    for k in range(int(min_k), k_cap + 1):
+    for k in ks:
         mix = _mixture(Z, x_sq, k, np.random.default_rng([seed, k]), section, max_iter, tol)
         total = float(G.log_posterior(Z, mix)[0].sum())
         ic = G.information_criteria(total, n, section.covariance, mix.k, p)

@@ -26,6 +26,7 @@ import numpy as np
 
 from clusterlake.algorithms.kmeans_engine import EngineFit, KMeansStage, KMeansWorker, fit_on
 from clusterlake.engine.worker import command
+from clusterlake.errors import ConfigError
 from clusterlake.kernels import gmm as G
 
 log = logging.getLogger(__name__)
@@ -122,6 +123,9 @@ def _em(stats, centers: np.ndarray, shift: np.ndarray, covariance_type: str, reg
     mix = G.m_step(st, covariance_type, reg_covar)
     history, prev, converged, reseeded, it = [], -np.inf, False, 0, 0
     times = []
+    if not st.n > 0:
+        raise ValueError("the rows' weights sum to 0 (input.weight_column): a mixture needs rows of positive weight")
+    say = log.debug if quiet else log.warning
     for it in range(1, max_iter + 1):
         t_it = time.time()
         arrays = {"weights": mix.weights, "means": mix.means, "covariances": mix.covariances, "shift": shift}
@@ -129,13 +133,16 @@ def _em(stats, centers: np.ndarray, shift: np.ndarray, covariance_type: str, reg
         ll = st.loglik / st.n
         history.append(ll)
         mix = G.m_step(st, covariance_type, reg_covar)
-        restarted = bool(mix.degenerate)
+        restarted = bool(mix.degenerate) and it < max_iter  # (not on the last: nothing would refine it)
         if restarted:  # one per iteration: the worst-explained row serves one component
             j = mix.degenerate[0]
-            log.warning("mixture: component %d collapsed (mass %.3g); re-seeded at the row the mixture explains least",
-                        j, st.nk[j])
+            say("mixture: component %d collapsed (mass %.3g); re-seeded at the row the mixture explains least",
+                j, st.nk[j])
             mix = G.reseed(mix, j, st.worst, _spread(mix, covariance_type))
             reseeded += 1
+        elif mix.degenerate:
+            say("mixture: component %d collapsed (mass %.3g) in the last iteration; it keeps reg_covar as its "
+                "covariance (raise max_iter to re-seed it)", mix.degenerate[0], st.nk[mix.degenerate[0]])
         times.append(time.time() - t_it)
         if not quiet:
             log.info("mixture: iteration %d, mean log-likelihood %.6f (change %.3g)", it, ll, ll - prev)
@@ -180,7 +187,10 @@ def refine(bc: KMeansStage, fit, section) -> tuple:
     ``kmeans.gmm`` config ``section``. Returns ``(fit, MixtureFit)``: the fit with the mixture's
     means as its centroids, EM's iterations and convergence, the negative total log-likelihood as
     its training cost, and the EM seconds in its timings."""
-    res = em_on(bc, fit.centroids, section.covariance, section.reg_covar, section.tol, section.max_iter)
+    try:
+        res = em_on(bc, fit.centroids, section.covariance, section.reg_covar, section.tol, section.max_iter)
+    except ValueError as exc:  # an ill-defined covariance, rows of zero weight: the config's or the data's
+        raise ConfigError(f"kmeans.algorithm=gmm: {exc}") from exc
     times = {**fit.timings, "em": round(res.em_seconds, 3),
              "em_iteration_median": round(float(np.median(res.iter_seconds)), 4) if res.iter_seconds else None}
     out = replace(fit, centroids=res.mixture.means, n_iter=res.n_iter, converged=res.converged,

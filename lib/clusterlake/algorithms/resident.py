@@ -127,6 +127,7 @@ class RowsWorker(MixtureWorker):
                 kept[s0:s1] = self.raw[s0:s1, cols]
             self.raw = kept
             self.block = replace(self.block, X=kept)
+        self.assigned = None  # (other rows: nothing assigned before holds)
         return {}
 
     # -- preprocessing
@@ -162,6 +163,7 @@ class RowsWorker(MixtureWorker):
         self.x_sq = K.row_sq_norms(self.X) if self.X.size else np.zeros(0)
         self.leaf = np.zeros(len(self.X), dtype=np.int32)
         self._sub = None
+        self.assigned = None  # another model space: nothing assigned before holds
         return {"memory": self.block.memory.report()}
 
     @command("sample_raw")
@@ -174,31 +176,36 @@ class RowsWorker(MixtureWorker):
 
     # -- the assignment and what is measured on it
     @command("assign", stateful=True)
-    def assign(self, centers: np.ndarray, metric: Optional[dict] = None, mixture: Optional[dict] = None) -> dict:
+    def assign(self, centers: np.ndarray, metric: Optional[dict] = None, mixture_type: Optional[str] = None,
+               mixture_weights: Optional[np.ndarray] = None, mixture_covariances: Optional[np.ndarray] = None) -> dict:
         """Every row's centroid (index) and distance by the one rule, kept for the commands below
         (``metric``: the model's distance when it is not Euclidean, as ``distances.to_spec``;
-        ``mixture``: a Gaussian mixture's ``Mixture.to_spec``, whose rows' log-likelihoods are
-        summed, weighted, into ``ll``)."""
+        ``mixture_*``: a Gaussian mixture (its covariance type, weights and covariances; its means
+        are ``centers``), whose rows' log-likelihoods and posteriors are summed, each row once,
+        into ``sums``). A mixture's or a distance's partition columns are kept for the
+        assignments file (:func:`~clusterlake.algorithms.assignment_files.write_task_file`);
+        K-means' are cheap to compute again."""
         from clusterlake.algorithms.assignment_files import model_key
         from clusterlake.kernels.distances import from_spec
         from clusterlake.kernels.gmm import Mixture
 
-        rule = AssignmentRule(centers, metric=from_spec(metric), mixture=Mixture.from_spec(mixture))
+        mixture = Mixture.of(mixture_type, mixture_weights, centers, mixture_covariances) if mixture_type else None
+        rule = AssignmentRule(centers, metric=from_spec(metric), mixture=mixture)
         n = len(self.raw)
         self.lab, self.dist = np.empty(n, dtype=np.int32), np.empty(n, dtype=np.float64)
-        kept = {"second_index": np.empty(n, np.int32), "margin": np.empty(n)}
+        kept = {"second_index": np.empty(n, np.int32), "margin": np.empty(n)} if rule.mixture or rule.metric else {}
         if mixture is not None:
             kept.update(probability=np.empty(n), log_likelihood=np.empty(n))
-        sums = np.zeros(3)  # a mixture's: weight, log-likelihood, posterior of the assigned component
+        sums = np.zeros(3)  # a mixture's: rows, log-likelihood, posterior of the assigned component (each row once)
         for s0, s1 in self.chunks():
             a = rule.partition(self.z64(s0, s1))
             self.lab[s0:s1], self.dist[s0:s1] = a.index, a.distance
             for name, arr in kept.items():
                 arr[s0:s1] = getattr(a, name)
             if a.log_likelihood is not None:
-                w = self.w[s0:s1] if self.w is not None else np.ones(s1 - s0)
-                sums += (w.sum(), a.log_likelihood @ w, a.probability @ w)
-        self.assigned = (model_key(centers, metric, mixture), kept)  # the assignments file reuses them
+                sums += (s1 - s0, a.log_likelihood.sum(), a.probability.sum())
+        self.assigned = (model_key(centers, metric, mixture_type, mixture_weights, mixture_covariances), kept) \
+            if kept else None
         self._by_cluster = None
         k = len(centers)
         far = np.full(k, -np.inf)
@@ -313,13 +320,14 @@ class RowsWorker(MixtureWorker):
     def write_assignments(self, dest: str, prefix: str, centers: np.ndarray, cluster_ids: np.ndarray,
                           id_column: str, run_id: str, label: Optional[str] = None,
                           passes: Optional[np.ndarray] = None, metric: Optional[dict] = None,
-                          mixture: Optional[dict] = None) -> dict:
+                          mixture_type: Optional[str] = None, mixture_weights: Optional[np.ndarray] = None,
+                          mixture_covariances: Optional[np.ndarray] = None) -> dict:
         """Write this task's ``assignments`` rows as one parquet file under ``dest`` (a temporary
         name renamed into place when complete); returns its name, rows and the pass counts."""
         from clusterlake.algorithms.assignment_files import write_task_file
 
         return write_task_file(self, dest, prefix, centers, cluster_ids, id_column, run_id, label, passes, metric,
-                               mixture)
+                               (mixture_type, mixture_weights, mixture_covariances))
 
 
 
@@ -468,15 +476,15 @@ class ResidentRows:
     def assign(self, centroids: np.ndarray, metric=None, mixture=None) -> Optional[float]:
         """Every row's cluster and distance by the one rule, kept on the tasks (``metric``: the
         model's distance, a ``distances.Metric``, None: Euclidean; ``mixture``: a Gaussian
-        mixture, a ``gmm.Mixture``). Returns a mixture's figures over every row (weighted):
-        ``{"rows", "log_likelihood", "probability"}`` (the sums of the weights, of the rows' log
-        densities and of their assigned components' posteriors); else None."""
+        mixture, a ``gmm.Mixture``). Returns a mixture's figures over every row, each once (as
+        every metric: ``input.weight_column`` weights the fit only): ``{"rows", "log_likelihood",
+        "probability"}`` (the rows, the sums of their log densities and of their assigned
+        components' posteriors); else None."""
         from clusterlake.kernels.distances import to_spec
 
         far, sums = None, np.zeros(3)
-        spec = mixture.to_spec() if mixture is not None else None
-        for _, a in self.stage.call("assign", {"centers": np.asarray(centroids, np.float64)}, metric=to_spec(metric),
-                                    mixture=spec):
+        arrays, kind = _with_mixture({"centers": np.asarray(centroids, np.float64)}, mixture)
+        for _, a in self.stage.call("assign", arrays, metric=to_spec(metric), mixture_type=kind):
             far = a["max"] if far is None else np.maximum(far, a["max"])
             sums += a["sums"]
         self._max_dist = far
@@ -571,14 +579,15 @@ class ResidentRows:
         from clusterlake.algorithms import assignment_files as files
         from clusterlake.kernels.distances import to_spec
 
-        arrays = {"centers": np.asarray(centroids, np.float64), "cluster_ids": np.asarray(cluster_ids, np.int32)}
+        arrays, kind = _with_mixture({"centers": np.asarray(centroids, np.float64),
+                                      "cluster_ids": np.asarray(cluster_ids, np.int32)}, mixture)
         passes = files.pack_passes(density, hierarchy)
         if passes is not None:
             arrays["passes"] = passes
         t0 = time.time()
         replies = self.stage.call("write_assignments", arrays, dest=folder.uri, prefix=uuid.uuid4().hex[:12],
                                   id_column=self.id_column, run_id=run_id, label=self.label_column,
-                                  metric=to_spec(metric), mixture=mixture.to_spec() if mixture is not None else None)
+                                  metric=to_spec(metric), mixture_type=kind)
         names = {h["file"] for h, _ in replies if h["file"]}
         stale = files.keep_only(folder, names)
         if stale:
@@ -586,6 +595,15 @@ class ResidentRows:
         log.info("assignments: %d tasks wrote %s rows in %.1f s", len(names), f"{sum(h['rows'] for h, _ in replies):,}",
                  time.time() - t0)
         return files.merge_pass_counts(replies)
+
+
+def _with_mixture(arrays: dict, mixture) -> tuple[dict, Optional[str]]:
+    """A command's arrays with a mixture's weights and covariances (binary, as every array the
+    collective carries: k x p x p numbers are no JSON header), and its covariance type."""
+    if mixture is None:
+        return arrays, None
+    return {**arrays, "mixture_weights": mixture.weights,
+            "mixture_covariances": np.asarray(mixture.covariances, np.float64)}, mixture.covariance_type
 
 
 def exact_quantiles(stage, counts: np.ndarray, max_dist: np.ndarray, quantiles: dict[str, float]) -> dict:

@@ -19,7 +19,7 @@ The rule, with its answer at every edge:
   ``margin`` the log posterior ratio ``log p_first - log p_second`` (>= 0; NaN when k == 1);
   ``distance`` the exact Euclidean distance to the component's mean; ``log_likelihood`` the row's
   log density under the mixture (low: an unusual row). ``probability`` and ``log_likelihood`` are
-  None for every other model; ``posterior`` (n, k) only when the rule is asked for it.
+  None for every other model; ``posterior`` (n, k) only when the call asks for it.
 * **ties**: an exact tie goes to the lowest centroid index (``index`` = row of ``centroids``;
   ``cluster_id = cluster_ids[index]``); the tied centroid is then the second, with margin 0.0.
 * **k == 1** (no second centroid): ``second_index`` and ``second_cluster_id`` are
@@ -109,20 +109,20 @@ class AssignmentRule:
         The model's distance (:mod:`clusterlake.kernels.distances`) when it is not Euclidean (a
         k-medoids model); None or euclidean: the Euclidean rule above.
     mixture : clusterlake.kernels.gmm.Mixture, optional
-        A Gaussian mixture model: rows go to their most probable component (its means are the
-        ``centroids``, which may be omitted as None).
-    posterior : bool
-        With a mixture, also return every row's posterior vector (:attr:`Assignment.posterior`).
+        A Gaussian mixture model: rows go to their most probable component. Its means are the
+        centroids: ``centroids`` may be None, and must equal them when given.
     """
 
     def __init__(self, centroids: Optional[np.ndarray], cluster_ids: Optional[np.ndarray] = None, density=None,
-                 hierarchy=None, small_search: bool = False, metric: Optional[Metric] = None, mixture=None,
-                 posterior: bool = False):
-        if mixture is not None and metric is not None and metric.name != "euclidean":
-            raise ValueError("a mixture assigns by posterior: it takes no distance")
+                 hierarchy=None, small_search: bool = False, metric: Optional[Metric] = None, mixture=None):
+        if mixture is not None:
+            if metric is not None and metric.name != "euclidean":
+                raise ValueError("a mixture assigns by posterior: it takes no distance")
+            if centroids is not None and not np.array_equal(np.asarray(centroids, np.float64), mixture.means):
+                raise ValueError("the centroids of a mixture's rule are its means: pass None or the means")
+            centroids = mixture.means
         self.mixture = mixture
-        self.posterior = bool(posterior and mixture is not None)
-        self.centroids = np.ascontiguousarray(mixture.means if mixture is not None else centroids, dtype=np.float64)
+        self.centroids = np.ascontiguousarray(centroids, dtype=np.float64)
         k = self.centroids.shape[0]
         if k < 1:
             raise ValueError("the assignment rule needs at least one centroid")
@@ -139,15 +139,16 @@ class AssignmentRule:
     def k(self) -> int:
         return int(self.centroids.shape[0])
 
-    def __call__(self, Z: np.ndarray) -> Assignment:
-        """Assign the model-space rows ``Z`` (n, p): see the module docstring."""
-        return self.with_passes(Z, self.partition(Z))
+    def __call__(self, Z: np.ndarray, posterior: bool = False) -> Assignment:
+        """Assign the model-space rows ``Z`` (n, p): see the module docstring. ``posterior``: a
+        mixture's rows also get every component's posterior (:attr:`Assignment.posterior`)."""
+        return self.with_passes(Z, self.partition(Z, posterior))
 
-    def partition(self, Z: np.ndarray) -> Assignment:
+    def partition(self, Z: np.ndarray, posterior: bool = False) -> Assignment:
         """The partition's columns of ``Z``'s assignment (cluster, distance, second, margin, a
-        mixture's probability and log-likelihood), without the passes."""
+        mixture's probability and log-likelihood, and its posteriors if asked), without the passes."""
         if self.mixture is not None:
-            return self._most_probable(Z)
+            return self._most_probable(Z, posterior)
         lab, dist, sec, sdist = assign(Z, self.centroids) if self.metric is None else self._nearest(Z)
         return self.named(lab, dist, sec, sdist - dist)  # margin NaN where there is no second (sdist NaN)
 
@@ -170,7 +171,7 @@ class AssignmentRule:
             out.hierarchy = _hierarchy.extend(Z, self.hierarchy)
         return out
 
-    def _most_probable(self, Z: np.ndarray) -> Assignment:
+    def _most_probable(self, Z: np.ndarray, posterior: bool = False) -> Assignment:
         """The mixture's rule (module docstring): argmax of the posterior, the runner-up, the log ratio."""
         from clusterlake.kernels.gmm import log_posterior
 
@@ -189,7 +190,7 @@ class AssignmentRule:
             sec, margin = np.full(n, NO_CLUSTER, np.int32), np.full(n, np.nan)
         diff = Z - self.centroids[lab]
         out = self.named(lab, np.sqrt(np.einsum("ij,ij->i", diff, diff)), sec, margin, np.exp(first), ll)
-        out.posterior = np.exp(lpost) if self.posterior else None
+        out.posterior = np.exp(lpost) if posterior else None
         return out
 
     def _nearest(self, Z: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

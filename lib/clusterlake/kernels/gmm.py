@@ -49,31 +49,17 @@ class Mixture:
 
     @classmethod
     def of(cls, covariance_type: str, weights, means, covariances) -> "Mixture":
-        """A mixture from its weights, means and covariances (checked, factored)."""
+        """A mixture from its weights, means and covariances (checked: the type, the shapes;
+        factored). ValueError naming what does not fit (they may come from a model's files)."""
         _check_type(covariance_type)
+        w, mu = np.asarray(weights, np.float64), np.asarray(means, np.float64)
         cov = np.asarray(covariances, dtype=np.float64)
-        return cls(covariance_type, np.asarray(weights, dtype=np.float64), np.asarray(means, dtype=np.float64), cov,
-                   precisions_cholesky(cov, covariance_type))
-
-    def to_spec(self) -> dict:
-        """Plain JSON data (a task command's argument): the type, weights, means, covariances."""
-        return {"covariance_type": self.covariance_type, "weights": self.weights.tolist(),
-                "means": self.means.tolist(), "covariances": np.asarray(self.covariances).tolist()}
-
-    @classmethod
-    def from_spec(cls, spec: Optional[dict]) -> Optional["Mixture"]:
-        """The mixture of :meth:`to_spec`'s data (checked: shapes agree; None for None)."""
-        if not spec:
-            return None
-        t = spec.get("covariance_type") if isinstance(spec, dict) else None
-        _check_type(t)
-        w, mu = np.asarray(spec["weights"], np.float64), np.asarray(spec["means"], np.float64)
-        cov = np.asarray(spec["covariances"], np.float64)
         k, d = mu.shape if mu.ndim == 2 else (-1, -1)
-        want = {"full": (k, d, d), "tied": (d, d), "diag": (k, d), "spherical": (k,)}[t]
-        if w.shape != (k,) or cov.shape != want or k < 1:
-            raise ValueError(f"not a {t} mixture: weights {w.shape}, means {mu.shape}, covariances {cov.shape}")
-        return cls.of(t, w, mu, cov)
+        want = {"full": (k, d, d), "tied": (d, d), "diag": (k, d), "spherical": (k,)}[covariance_type]
+        if k < 1 or w.shape != (k,) or cov.shape != want:
+            raise ValueError(f"not a {covariance_type} mixture: weights {w.shape}, means {mu.shape}, covariances "
+                             f"{cov.shape} (expected {want})")
+        return cls(covariance_type, w, mu, cov, precisions_cholesky(cov, covariance_type))
 
 
 def _check_type(covariance_type: str) -> None:
@@ -84,8 +70,9 @@ def _check_type(covariance_type: str) -> None:
 def precisions_cholesky(cov: np.ndarray, covariance_type: str) -> np.ndarray:
     """The Cholesky factors of the precisions (scikit-learn's ``_compute_precision_cholesky``);
     ValueError naming the fix when a covariance is not positive definite."""
-    msg = ("a mixture component has an ill-defined covariance (a collapsed or single-row component): raise "
-           "reg_covar (regCovar in clusterlake.ml), lower the number of components, or scale the features")
+    msg = ("a mixture component has an ill-defined covariance (a collapsed or single-row component, or a feature "
+           "constant within it): raise reg_covar (kmeans.gmm.reg_covar in the job, regCovar in clusterlake.ml), "
+           "lower the number of components, or scale the features")
     if covariance_type in ("full", "tied"):
         C = cov[None] if covariance_type == "tied" else cov
         out = np.empty_like(C)
@@ -161,14 +148,25 @@ def _log_prob_block(X: np.ndarray, mix: Mixture) -> np.ndarray:
 
 def log_posterior(X: np.ndarray, mix: Mixture) -> tuple[np.ndarray, np.ndarray]:
     """``(log p(x) (n,), log p(component j | x) (n, k))`` of every row, by log-sum-exp (exp of a
-    row of the second sums to 1)."""
+    row of the second sums to 1). A row no component explains (its log density not finite) is
+    a ValueError, as in the E-step."""
     lp = log_prob(X, mix)
     if not len(lp):
         return np.zeros(0), lp
-    top = lp.max(axis=1, keepdims=True)
+    lse = _log_sum_exp(lp)
+    return lse, lp - lse[:, None]
+
+
+def _log_sum_exp(lp: np.ndarray) -> np.ndarray:
+    """``log sum_j exp(lp[i, j])`` of every row, about its maximum (no overflow, no 0/0)."""
+    top = lp.max(axis=1)
+    bad = ~np.isfinite(top)
+    if bad.any():
+        raise ValueError(f"{int(bad.sum())} rows have no finite likelihood under any component (NaN or infinite "
+                         "features, values far beyond the model's range, or every component's weight 0): clean "
+                         "the features")
     with np.errstate(under="ignore"):
-        lse = np.log(np.exp(lp - top).sum(axis=1, keepdims=True)) + top
-    return lse[:, 0], lp - lse
+        return np.log(np.exp(lp - top[:, None]).sum(axis=1)) + top
 
 
 def n_parameters(covariance_type: str, k: int, d: int) -> int:
@@ -191,19 +189,15 @@ def responsibilities(X: np.ndarray, mix: Mixture) -> tuple[np.ndarray, np.ndarra
 
 
 def _normalise(lp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Log-sum-exp of every row of ``lp`` and ``exp(lp - it)``, in place of ``lp``."""
-    top = lp.max(axis=1)
-    top[~np.isfinite(top)] = 0.0
-    lp -= top[:, None]
+    """Log-sum-exp of every row of ``lp`` (:func:`_log_sum_exp`) and ``exp(lp - it)``, the
+    responsibilities, in place of ``lp``."""
+    if not len(lp):
+        return np.zeros(0), lp
+    lse = _log_sum_exp(lp)
+    lp -= lse[:, None]
     with np.errstate(under="ignore"):
         np.exp(lp, out=lp)
-    total = lp.sum(axis=1)
-    if len(total) and not (total > 0).all():
-        raise ValueError(f"{int((~(total > 0)).sum())} rows have zero likelihood under every component (NaN or "
-                         "infinite features, or every component's weight 0): clean the features")
-    lp /= total[:, None]
-    with np.errstate(divide="ignore"):
-        return np.log(total) + top, lp
+    return lse, lp
 
 
 @dataclass

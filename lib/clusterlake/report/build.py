@@ -21,20 +21,18 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-REPORT_ARRAYS = ("report_points", "report_cluster", "report_silhouette", "report_noise", "report_ellipses")
+REPORT_ARRAYS = ("report_points", "report_cluster", "report_silhouette", "report_noise")
 
 
 def sample_arrays(Z: np.ndarray, positions: np.ndarray, cluster_ids: np.ndarray, size: int,
-                  density=None, metric=None, mixture=None) -> dict:
+                  density=None, metric=None) -> dict:
     """The report's sample (artifact extras) from the metrics sample ``Z`` (model space, already
     a uniform random sample) and each row's nearest-centroid position.
 
     Per-point silhouette is scikit-learn's ``silhouette_samples`` on the first ``size`` rows, by
     the GEMM kernel (:func:`clusterlake.kernels.silhouette.silhouette_samples`, 1.4 s -> 0.1 s on
     5,000 rows); noise is the density pass's extension of
-    those rows (``density`` = its model, or None). A Gaussian mixture (``mixture``) adds each
-    component's covariance in the plane of the first two components (``report_ellipses``, (k, 2,
-    2), row i = cluster i): the report draws its ellipse."""
+    those rows (``density`` = its model, or None)."""
     from clusterlake.kernels.silhouette import silhouette_samples
 
     m = min(int(size), len(Z))
@@ -49,8 +47,6 @@ def sample_arrays(Z: np.ndarray, positions: np.ndarray, cluster_ids: np.ndarray,
         out["report_silhouette"] = silhouette_samples_of(Zr, pos, metric)
     elif 2 <= len(np.unique(pos)) < m:
         out["report_silhouette"] = silhouette_samples(Zr, pos)
-    if mixture is not None:
-        out["report_ellipses"] = _plane_covariances(mixture)
     if density is not None:
         from clusterlake.kernels.density import extend
 
@@ -58,9 +54,9 @@ def sample_arrays(Z: np.ndarray, positions: np.ndarray, cluster_ids: np.ndarray,
     return out
 
 
-def _plane_covariances(mix) -> np.ndarray:
+def plane_covariances(mix) -> np.ndarray:
     """Each component's covariance restricted to the first two model-space dimensions (k, 2, 2)
-    (one dimension: the other axis 0)."""
+    (one dimension: the other axis 0): the ellipses the report draws for a Gaussian mixture."""
     k, p = mix.means.shape
     q = min(2, p)
     full = {"full": lambda: mix.covariances, "tied": lambda: np.repeat(mix.covariances[None], k, axis=0),
@@ -151,15 +147,7 @@ def load_report_data(output_path: str, run_id: Optional[str] = None, history_run
     art = model_artifact.load(row.model_path) if _has_model(row.model_path) else None
     x = art.extras if art is not None else {}
     pts, cl = x.get("report_points"), x.get("report_cluster")
-    order = {int(c): i for i, c in enumerate(art.cluster_ids)} if art is not None else {}
-    c2 = e2 = None
-    if art is not None:
-        C = np.asarray(art.centroids, dtype=np.float64)
-        c2 = np.zeros((len(cen), 2))
-        for i, c in enumerate(cen.cluster_id):
-            c2[i, : min(2, C.shape[1])] = C[order[int(c)], :2]
-        if x.get("report_ellipses") is not None:  # a mixture's components, in the same order
-            e2 = np.asarray(x["report_ellipses"])[[order[int(c)] for c in cen.cluster_id]]
+    c2, e2 = _centroids_2d(art, cen.cluster_id) if art is not None else (None, None)
     hier = (art.passes.get("hierarchical") or {}) if art is not None else {}
 
     hist = _drift_history(output_path, runs, rid, history_runs)
@@ -186,6 +174,18 @@ def load_report_data(output_path: str, run_id: Optional[str] = None, history_run
         drift_history=hist, lineage=lin if lin is not None and len(lin) else None,
         output_path=output_path, grouping=_grouping_summary(row.model_path),
     )
+
+
+def _centroids_2d(art, cluster_ids) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """The centroids in the plane of the first two model-space dimensions, row i = cluster
+    ``cluster_ids[i]``, and a Gaussian mixture's covariances in that plane (else None)."""
+    order = {int(c): i for i, c in enumerate(art.cluster_ids)}
+    rows = [order[int(c)] for c in cluster_ids]
+    C = np.asarray(art.centroids, dtype=np.float64)
+    c2 = np.zeros((len(rows), 2))
+    c2[:, : min(2, C.shape[1])] = C[rows, :2]
+    mix = art.mixture()
+    return c2, (plane_covariances(mix)[rows] if mix is not None else None)
 
 
 def _has_model(model_path: Optional[str]) -> bool:

@@ -552,25 +552,7 @@ def _projection(d: ReportData, colors: dict) -> str:
     if n_noise:
         handles.append(Line2D([], [], ls="none", marker="x", ms=7, mew=1.2, color=NOISE_COLOR,
                               label="noise (density)"))
-    C = _arr(d.centroids_2d)
-    if C is not None and C.ndim == 2 and C.shape[1] >= 2 and len(C):
-        # row i of centroids_2d is clusters.cluster_id[i], in the frame's own order
-        raw_ids = [int(v) for v in d.clusters["cluster_id"]] if _has_rows(d.clusters) else []
-        m = min(len(C), len(raw_ids))
-        top = _largest(d)
-        drawn = [i for i in range(m) if math.isfinite(float(C[i, 0])) and math.isfinite(float(C[i, 1]))
-                 and (top is None or raw_ids[i] in top)]
-        if drawn:
-            cols = [colors.get(raw_ids[i], _INK) for i in drawn]
-            ax.scatter(C[drawn, 0], C[drawn, 1], s=340, c=cols, edgecolors="black", linewidths=1.3, zorder=5)
-        for i, col in zip(drawn, cols if drawn else []):
-            ax.text(float(C[i, 0]), float(C[i, 1]), str(raw_ids[i]), ha="center", va="center", fontsize=9,
-                    fontweight="bold", color=_text_on(col), zorder=6)
-        handles.append(Line2D([], [], ls="none", marker="o", ms=12, mfc="white", mec="black",
-                              mew=1.3, label="centroid (id)"))
-        n_ell = _draw_ellipses(ax, C, _arr(d.ellipses_2d), drawn, raw_ids, colors)
-    else:
-        n_ell = 0
+    n_ell = _draw_centroids(ax, d, colors, handles)
     ax.set_aspect("equal", adjustable="datalim")
     shown = f"{n:,}" + (f" of {n_all:,}" if n < n_all else "")
     _style(ax, f"Sample in the first two model-space components ({shown} points)",
@@ -587,6 +569,31 @@ def _projection(d: ReportData, colors: dict) -> str:
     extra = (f'<li>{_swatch(NOISE_COLOR, "noise")}noise</li>' if n_noise else "")
     return ("<h2>2-D projection of a sample</h2>" + f"<figure>{img}</figure>"
             + (_legend_html(present, colors, extra) if present else "") + note)
+
+
+def _draw_centroids(ax, d: ReportData, colors: dict, handles: list) -> int:
+    """The centroids (the largest clusters' when there are many) with their ids, and a Gaussian
+    mixture's ellipses; adds the legend's handle. Returns how many ellipses were drawn."""
+    from matplotlib.lines import Line2D
+
+    C = _arr(d.centroids_2d)
+    if C is None or C.ndim != 2 or C.shape[1] < 2 or not len(C):
+        return 0
+    # row i of centroids_2d is clusters.cluster_id[i], in the frame's own order
+    raw_ids = [int(v) for v in d.clusters["cluster_id"]] if _has_rows(d.clusters) else []
+    m = min(len(C), len(raw_ids))
+    top = _largest(d)
+    drawn = [i for i in range(m) if math.isfinite(float(C[i, 0])) and math.isfinite(float(C[i, 1]))
+             and (top is None or raw_ids[i] in top)]
+    if drawn:
+        cols = [colors.get(raw_ids[i], _INK) for i in drawn]
+        ax.scatter(C[drawn, 0], C[drawn, 1], s=340, c=cols, edgecolors="black", linewidths=1.3, zorder=5)
+    for i, col in zip(drawn, cols if drawn else []):
+        ax.text(float(C[i, 0]), float(C[i, 1]), str(raw_ids[i]), ha="center", va="center", fontsize=9,
+                fontweight="bold", color=_text_on(col), zorder=6)
+    handles.append(Line2D([], [], ls="none", marker="o", ms=12, mfc="white", mec="black",
+                          mew=1.3, label="centroid (id)"))
+    return _draw_ellipses(ax, C, _arr(d.ellipses_2d), drawn, raw_ids, colors)
 
 
 def _draw_ellipses(ax, C: np.ndarray, E: Optional[np.ndarray], drawn: list, raw_ids: list, colors: dict) -> int:

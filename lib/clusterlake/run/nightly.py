@@ -299,7 +299,12 @@ def choose_k(run: Run, inp: Input, pre: Prepared):
         if km.algorithm == "gmm":  # a mixture at every k, by bic or aic
             from clusterlake.algorithms.auto_mixture import choose_components
 
-            auto = choose_components(Zk, a.min_k, a.max_k, a.criterion, km.gmm, km.seed, sweep_iter, km.tol)
+            from clusterlake.errors import ConfigError
+
+            try:
+                auto = choose_components(Zk, a.min_k, a.max_k, a.criterion, km.gmm, km.seed, sweep_iter, km.tol)
+            except ValueError as exc:  # a sample too small for the range, an ill-defined covariance
+                raise ConfigError(f"kmeans.k=auto with kmeans.algorithm=gmm: {exc}") from exc
         else:
             auto = choose(Zk, a.min_k, a.max_k, a.criterion, seed=km.seed, max_iter=sweep_iter, tol=km.tol,
                           silhouette_size=min(cfg.quality.sample_size, 10_000),
@@ -408,9 +413,10 @@ def measure(run: Run, inp: Input, pre: Prepared, fitted: Fitted) -> Measured:
 
 
 def _mixture_metrics(fitted: Fitted, sums: Optional[dict]) -> list:
-    """A Gaussian mixture's figures over every row (weighted), from the assignment pass: the total
-    and mean log-likelihood, BIC and AIC (scikit-learn's definitions, the model-space dimension),
-    and the mean posterior of the rows' assigned components (how sure the assignments are)."""
+    """A Gaussian mixture's figures over every row, each row once (``input.weight_column`` weights
+    the fit only, as for every metric), from the assignment pass: the total and mean
+    log-likelihood, BIC and AIC (scikit-learn's definitions, the model-space dimension), and the
+    mean posterior of the rows' assigned components (how sure the assignments are)."""
     from clusterlake.io.contract.metrics import Metric
     from clusterlake.kernels.gmm import information_criteria
 
@@ -540,8 +546,7 @@ def _artifact(run: Run, inp: Input, pre: Prepared, fitted: Fitted, measured: Mea
         from clusterlake.report.build import sample_arrays
 
         extras = {**extras, **sample_arrays(measured.sample_z, measured.sample_pos, fitted.cluster_ids,
-                                            cfg.report.sample_size, pfit.density, fitted.metric,
-                                            fitted.rule["mixture"])}
+                                            cfg.report.sample_size, pfit.density, fitted.metric)}
     return model_artifact.ModelArtifact(
         run_id=run.run_id, run_date=run.run_date, prep=pre.prep, centroids=fitted.centroids,
         cluster_ids=fitted.cluster_ids, distance=cfg.kmeans.distance, algorithm=cfg.kmeans.algorithm,
@@ -569,7 +574,7 @@ def _mixture_meta(mf, section) -> dict:
     """What model.json says of a mixture: its covariance type and how EM ran."""
     return {"covariance_type": mf.mixture.covariance_type, "reg_covar": section.reg_covar, "tol": section.tol,
             "iterations": mf.n_iter, "converged": mf.converged, "reseeded": mf.reseeded,
-            "mean_log_likelihood": mf.log_likelihood}
+            "em_mean_log_likelihood": mf.log_likelihood}  # at EM's last E-step (scikit-learn's lower_bound_)
 
 
 def serving_layout(art, held, cfg, model_dir) -> None:

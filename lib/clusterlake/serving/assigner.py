@@ -156,9 +156,6 @@ class Assigner:
         self.mixture = artifact.mixture()  # a Gaussian mixture model's components; None: nearest centroid
         self._rule = rule_kernel.AssignmentRule(self._centroids, self._ids, density, small_search=True,
                                                 metric=self.metric, mixture=self.mixture)
-        self._rule_posterior = rule_kernel.AssignmentRule(
-            self._centroids, self._ids, density, small_search=True, mixture=self.mixture,
-            posterior=True) if self.mixture is not None else self._rule
         self.radius_stat, self._threshold = self._radius_threshold(radius_stat)
 
     def _choose_rule(self, outlier_rule: str, has_density: bool) -> str:
@@ -201,6 +198,11 @@ class Assigner:
     @property
     def run_id(self) -> str:
         return self.artifact.run_id
+
+    @property
+    def rule(self) -> rule_kernel.AssignmentRule:
+        """The model's assignment rule (what ``assign`` applies, before the outlier policy)."""
+        return self._rule
 
     @property
     def k(self) -> int:
@@ -438,16 +440,23 @@ class Assigner:
     def assign_model_space(self, Z: np.ndarray, posterior: bool = False) -> Assignment:
         """Model-space rows by the assignment rule (exactly the batch job's columns), with
         ``is_outlier`` by this Assigner's policy: the rule's own (density) or the radius threshold."""
-        res = (self._rule_posterior if posterior else self._rule)(Z)
+        res = self._rule(Z, posterior=posterior and self.mixture is not None)
         if self.outlier_rule == "density":
             return Assignment.of(res, res.is_outlier)
         return Assignment.of(res, res.distance > self._threshold[res.index])
 
     def nearest(self, rows: Rows, n: int = 5) -> tuple[np.ndarray, np.ndarray]:
         """The ``n`` nearest clusters of every row: (cluster ids (rows, n), distances (rows, n)),
-        nearest first, distances exact (computed from the differences)."""
+        nearest first, distances exact (computed from the differences). A mixture model ranks its
+        components as ``assign`` does, most probable first (the distances are to their means)."""
         Z = self.transform(rows)
         n = max(1, min(int(n), self.k))
+        if self.mixture is not None:
+            from clusterlake.kernels.gmm import log_posterior
+
+            order = np.argsort(-log_posterior(Z, self.mixture)[1], axis=1, kind="stable")[:, :n]
+            diff = Z[:, None, :] - self._centroids[order]
+            return self._ids[order], np.sqrt(np.einsum("ijk,ijk->ij", diff, diff))
         if self.metric is not None:  # a k-medoids model: every medoid under its distance, as assign() ranks them
             from clusterlake.kernels.distances import exact
 

@@ -31,7 +31,6 @@ import numpy as np
 from clusterlake.errors import ClusterlakeError
 from clusterlake.io import model_artifact
 from clusterlake.io.fs import Location, location
-from clusterlake.kernels.assignment import AssignmentRule
 from clusterlake.kernels.distances import exact as exact_distances
 from clusterlake.serving.assigner import Assigner, Rows
 from clusterlake.serving.assigner import json_id as _py
@@ -275,8 +274,7 @@ class ClusterCatalog:
             raise ClusterlakeError(f"similar takes one row, got {len(Z)}")
         # the assignment rule without the passes: the outlier rule (a density search) is not needed here
         metric = self.assigner.metric  # a k-medoids model's distance (None: Euclidean)
-        near = AssignmentRule(self.assigner._centroids, self.assigner._ids, metric=metric,
-                              mixture=self.assigner.mixture)(Z)  # a mixture's: the most probable component
+        near = self.assigner.rule.partition(Z)  # the model's rule without the passes (no density search)
         cid = int(near.cluster_id[0]) if cluster_id is None else int(cluster_id)
         ids, M = self.members(cid)
         n = max(0, min(int(n), len(ids)))
