@@ -187,6 +187,10 @@ def refine(bc: KMeansStage, fit, section) -> tuple:
     ``kmeans.gmm`` config ``section``. Returns ``(fit, MixtureFit)``: the fit with the mixture's
     means as its centroids, EM's iterations and convergence, the negative total log-likelihood as
     its training cost, and the EM seconds in its timings."""
+    k, d = fit.centroids.shape
+    if section.covariance == "full" and d > 128:
+        log.warning("mixture: full covariances in %d dimensions: %d x %d x %d numbers, each EM pass O(rows x %d); "
+                    "diag covariance or PCA (preprocess.pca) would be much cheaper", d, k, d, d, d * d)
     try:
         res = em_on(bc, fit.centroids, section.covariance, section.reg_covar, section.tol, section.max_iter)
     except ValueError as exc:  # an ill-defined covariance, rows of zero weight: the config's or the data's

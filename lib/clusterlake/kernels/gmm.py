@@ -256,7 +256,7 @@ def hard_stats(X: np.ndarray, centers: np.ndarray, covariance_type: str, shift: 
 def _accumulate(X, k: int, t: str, shift, weights, block_rows: int, resp) -> Stats:
     X = np.asarray(X)
     d = X.shape[1]
-    block_rows = int(max(256, min(block_rows, (32 << 20) // (8 * max(1, k * d, d * d)))))
+    block_rows = int(max(16, min(block_rows, (32 << 20) // (8 * max(1, k * d, d * d)))))  # ~32 MB of temporaries
     shift = np.asarray(shift, dtype=np.float64)
     nk, sx, ll, n, count = np.zeros(k), np.zeros((k, d)), 0.0, 0.0, 0
     sxx = np.zeros((k, d * (d + 1) // 2) if t == "full" else (d, d) if t == "tied" else (k, d))
