@@ -1,8 +1,9 @@
 """clusterlake.ml: the ``pyspark.ml`` KMeans / BisectingKMeans estimators on our engine.
 
 Behavioural tests against the truth of generated blobs, numpy, scikit-learn and Spark MLlib:
-API parity with ``pyspark.ml.clustering.KMeans`` (issue 25: params, uid, summary, PMML; Spark's own
-tests and doctests are in test_spark_ml_parity.py), pipelines and persistence, warm start, weights,
+API parity with ``pyspark.ml.clustering.KMeans`` (issue 25: params, uid, summary, PMML; the
+side-by-side tests against Spark's classes and Spark's doctests are in test_spark_ml_parity.py),
+pipelines and persistence, warm start, weights,
 cosine distance, bisecting, partition invariance, and the errors users see (a worker's Python
 without clusterlake too).
 """

@@ -283,7 +283,9 @@ class KMeansModel(_CentersModel, _KMeansParams):
 class CentersWriter(TableWriter, GeneralMLWriter):
     """Saves a centres model: ``format("internal")`` (the default) writes Spark's params metadata
     and a parquet table of the centres (:class:`~clusterlake.ml_tables.TableWriter`);
-    ``format("pmml")`` a PMML 4.4 ClusteringModel, as Spark's ``KMeansModel`` does."""
+    ``format("pmml")`` a PMML 4.4 ClusteringModel, as Spark's ``KMeansModel`` does;
+    ``format("spark")`` Spark's own ``KMeansModel`` layout, which ``pyspark.ml.clustering.KMeansModel.load``
+    reads (:mod:`clusterlake.ml_spark_layout`)."""
 
     def __init__(self, instance, rows: list, schema: str):
         super().__init__(instance, rows, schema)
@@ -294,11 +296,15 @@ class CentersWriter(TableWriter, GeneralMLWriter):
             from clusterlake.ml_pmml import save_pmml
 
             save_pmml(self.instance, path, self.sparkSession)
+        elif self.source.lower() == "spark":
+            from clusterlake.ml_spark_layout import save_spark_layout
+
+            save_spark_layout(self.instance, path, self.sparkSession)
         elif self.source.lower() in ("internal", "parquet"):
             super().saveImpl(path)
         else:
             raise ValueError(f"{type(self.instance).__name__} cannot be written in format {self.source!r}: "
-                             "use 'internal' (the default) or 'pmml'")
+                             "use 'internal' (the default), 'pmml' or 'spark' (Spark's own KMeansModel layout)")
 
 
 def _set_params(instance: Params, meta: dict) -> None:
@@ -328,7 +334,9 @@ class ParamsReader(DefaultParamsReader):
 
 
 class CentersReader(MLReader):
-    """Reads a :class:`CentersWriter`'s model (``internal`` format) as ``cls``, with its saved uid."""
+    """Reads a :class:`CentersWriter`'s model (``internal`` format) as ``cls``, with its saved uid;
+    also a model saved by Spark's own ``KMeansModel`` (its centres and params; data columns
+    ``clusterIdx``, ``clusterCenter``), so users can switch from Spark's class to ours."""
 
     def __init__(self, cls: type):
         super().__init__()
@@ -336,10 +344,15 @@ class CentersReader(MLReader):
 
     def load(self, path: str):
         meta = DefaultParamsReader.loadMetadata(path, self.sparkSession.sparkContext)
-        rows = sorted(self.sparkSession.read.parquet(f"{path}/data").collect(), key=lambda r: r["cluster_index"])
-        parents = np.asarray([r["parent"] for r in rows], dtype=np.int64)
-        model = self.cls(np.asarray([r["center"] for r in rows], dtype=np.float64),
-                         None if (parents == -2).all() else parents)
+        data = self.sparkSession.read.parquet(f"{path}/data")
+        if "clusterCenter" in data.columns:  # Spark's KMeansModel
+            rows = sorted(data.collect(), key=lambda r: r["clusterIdx"])
+            model = self.cls(np.asarray([r["clusterCenter"].toArray() for r in rows], dtype=np.float64))
+        else:
+            rows = sorted(data.collect(), key=lambda r: r["cluster_index"])
+            parents = np.asarray([r["parent"] for r in rows], dtype=np.int64)
+            model = self.cls(np.asarray([r["center"] for r in rows], dtype=np.float64),
+                             None if (parents == -2).all() else parents)
         _set_params(model, meta)
         return model
 
