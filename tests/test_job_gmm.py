@@ -298,3 +298,28 @@ def test_k_auto_leaves_out_what_a_small_sample_cannot_score(caplog):
     assert diag.k == 3  # 3 x 21 - 1 parameters fit 150 rows: the diagonal mixture finds the clusters
     with pytest.raises(ValueError, match="cannot score a full mixture of 3 or more"):
         choose_components(Z, 3, 5, "bic", GMMSection(), seed=1)
+
+
+def test_serving_names_a_row_the_mixture_cannot_explain(runs):
+    """Finite values far beyond the model's range overflow every component's likelihood before
+    they overflow the distances: the client's error naming the row (HTTP 400), not a server
+    error. (Where exactly depends on the fitted precisions: the first such value is searched.)"""
+    import warnings
+
+    from clusterlake.serving.assigner import Assigner, RowError
+    from clusterlake.serving.query import ClusterCatalog
+
+    a, cat = Assigner.load(runs["gmm"].model_path), ClusterCatalog.load(runs["gmm"].model_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # (the overflow itself)
+        for v in np.geomspace(1e150, 1e156, 400):
+            row = {"f0": 0.0, "f1": float(v), "f2": 0.0}
+            try:
+                a.assign([{"f0": 0.0, "f1": 0.0, "f2": 0.0}, row])
+            except RowError as exc:
+                err = exc
+                break
+        assert "row 1 has feature values too far from every mixture component" in str(err) and err.row == 1
+        for call in (lambda: cat.nearest(row, 2), lambda: cat.similar(row, 2)):
+            with pytest.raises(RowError, match="too far from every mixture component"):
+                call()

@@ -709,13 +709,13 @@ def test_nan_feature_error_reaches_the_caller_and_engine_recovers(spark, blobs, 
 @pytest.fixture
 def workers_without_clusterlake(spark, tmp_path):
     """The Spark workers' Python as on a cluster where clusterlake is not installed: a
-    sitecustomize on their PYTHONPATH takes lib/ (the editable install) off their sys.path."""
-    import clusterlake
+    sitecustomize on their PYTHONPATH takes every folder holding a ``clusterlake`` package (the
+    editable install's lib/, and a PYTHONPATH's copy) off their sys.path."""
     import clusterlake.ml_workers as ml_workers
 
-    lib = str(Path(clusterlake.__file__).resolve().parents[1])
     (tmp_path / "sitecustomize.py").write_text(
-        f"import sys\nsys.path[:] = [p for p in sys.path if p.rstrip('/') != {lib!r}]\n")
+        "import os, sys\nsys.path[:] = [p for p in sys.path if not os.path.isfile(os.path.join(p or '.', "
+        "'clusterlake', '__init__.py'))]\n")
     sc = spark.sparkContext
     before = sc.environment.get("PYTHONPATH"), list(sc._python_includes), list(sys.path)
     sc.environment["PYTHONPATH"] = str(tmp_path)

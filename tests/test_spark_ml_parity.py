@@ -184,8 +184,12 @@ def test_copy_extract_param_map_and_params_by_name_are_sparks(groups):
         assert est.hasParam("initMode") and not est.hasParam("minDivisibleClusterSize")
         with pytest.raises(Exception):
             est.getParam("noSuchParam")
-    assert ours.explainParams().splitlines() == [
-        line for line in ours.explainParams().splitlines() if line.split(":")[0] in common | EXTRA_PARAMS[KMeans]]
+    # the same explanation of every param Spark's has (the seed's default is ours: 42)
+    mine = {ln.split(":")[0]: ln for ln in ours.explainParams().splitlines()}
+    spark_lines = {ln.split(":")[0]: ln for ln in theirs.explainParams().splitlines()}
+    assert set(mine) == set(spark_lines) | EXTRA_PARAMS[KMeans]
+    assert {n: ln for n, ln in mine.items() if n in spark_lines and n != "seed"} == \
+        {n: ln for n, ln in spark_lines.items() if n != "seed"}
     # a fit with a param map fits a copy: the estimator keeps its params
     om, sm = ours.fit(groups, {ours.k: 2}), theirs.fit(groups, {theirs.k: 2})
     assert om.getK() == sm.getK() == 2 and ours.getK() == theirs.getK() == 3
@@ -529,7 +533,7 @@ def test_pipeline_fits_transforms_saves_and_loads_as_sparks(spark, tmp_path):
 
 DOCTEST_CLASSES = ("KMeans", "KMeansModel", "BisectingKMeans", "BisectingKMeansModel")
 DOCTEST_EXAMPLES = 76  # 37 in KMeans', 39 in BisectingKMeans' (the models' docstrings have none)
-DOCTEST_MIN_PASSED = 70
+DOCTEST_MIN_PASSED = 75  # (the issue asks for 70; 75 pass: a regression shows)
 
 
 def test_spark_doctests_pass_on_our_classes(spark, tmp_path):
@@ -557,3 +561,10 @@ def test_spark_doctests_pass_on_our_classes(spark, tmp_path):
     print(f"Spark's doctests on clusterlake.ml: {attempted - failed} of {attempted} examples pass")
     assert attempted == DOCTEST_EXAMPLES
     assert attempted - failed >= DOCTEST_MIN_PASSED, "".join(report)
+
+
+def test_a_spark_bisecting_model_is_refused_by_name(bisecting_fits, tmp_path):
+    _, _, _, theirs = bisecting_fits
+    theirs.save(str(tmp_path / "spark_bisecting"))
+    with pytest.raises(ValueError, match="holds a org.apache.spark.ml.clustering.BisectingKMeansModel"):
+        KMeansModel.load(str(tmp_path / "spark_bisecting"))

@@ -344,6 +344,11 @@ class CentersReader(MLReader):
 
     def load(self, path: str):
         meta = DefaultParamsReader.loadMetadata(path, self.sparkSession.sparkContext)
+        from clusterlake.ml_spark_layout import SPARK_CLASS as SPARK_KMEANS_MODEL
+
+        if meta.get("class", "").startswith("org.apache.spark.") and meta["class"] != SPARK_KMEANS_MODEL:
+            raise ValueError(f"{path} holds a {meta['class']}; {self.cls.__name__}.load reads clusterlake's models "
+                             f"and Spark's {SPARK_KMEANS_MODEL} (a bisecting model's split tree is Spark's own)")
         data = self.sparkSession.read.parquet(f"{path}/data")
         if "clusterCenter" in data.columns:  # Spark's KMeansModel
             rows = sorted(data.collect(), key=lambda r: r["clusterIdx"])

@@ -136,7 +136,10 @@ def fit_bisecting(spark, df, source, k: int, *, max_iter: int, tol: float, seed:
         info = data_info(bc)
         if info.n < k:
             raise ValueError(f"n_samples={info.n} should be >= k={k}")
-        min_size = math.ceil(min_divisible if min_divisible >= 1.0 else min_divisible * info.n)
+        # a leaf's size is its total weight (every row 1 without a weightCol), and so is the share's whole
+        min_size = min_divisible if min_divisible >= 1.0 else min_divisible * info.sum_w
+        if source.weight_column is None:
+            min_size = math.ceil(min_size)
         tol_abs = float(tol * info.var.mean()) if tol > 0 else 0.0
         b = bisecting(_MinDivisible(bc, min_size), k, info, max_iter, tol_abs, seed, source.normalize)
         final = bc.stats(b.centers)

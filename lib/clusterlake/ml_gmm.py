@@ -157,7 +157,7 @@ class GaussianMixture(Estimator, _GaussianMixtureParams, MLWritable, MLReadable)
         res = on_workers(spark, lambda: fit_mixture(
             spark, df, source, k, covariance_type=t, reg_covar=self.getRegCovar(), tol=self.getTol(),
             max_iter=self.getMaxIter(), seed=self.getSeed() % (1 << 64), tol_on_total=True))
-        model = self._copyValues(GaussianMixtureModel(res.mixture))
+        model = self._copyValues(GaussianMixtureModel(res.mixture)._resetUid(self.uid))  # Spark: the estimator's uid
         model._summary = GaussianMixtureSummary(model, dataset, res.log_likelihood * res.rows, res.n_iter)
         return model
 

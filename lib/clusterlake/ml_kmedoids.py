@@ -120,7 +120,7 @@ class KMedoids(Estimator, _KMedoidsParams, MLWritable, MLReadable):
         log.info("k-medoids: %d medoids of %d sampled rows under %s, loss %.6g", k, len(S), m.describe(), f.loss)
         model = KMedoidsModel(S[f.medoids], self._callable(self._distance_fn))
         model._summary = KMedoidsSummary(f.loss, k, len(S), f.n_iter, f.converged)
-        return self._copyValues(model)
+        return self._copyValues(model._resetUid(self.uid))  # as Spark's models: the estimator's uid
 
     def write(self) -> MLWriter:
         if self.getDistanceMeasure() == "custom":

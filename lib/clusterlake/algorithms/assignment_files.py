@@ -139,7 +139,8 @@ def model_key(centers: np.ndarray, metric: Optional[dict], mixture_type: Optiona
     h = hashlib.sha256(json.dumps([metric, mixture_type], sort_keys=True).encode())
     for a in (centers, mixture_weights, mixture_covariances):
         if a is not None:
-            h.update(np.ascontiguousarray(a, dtype=np.float64).tobytes())
+            a = np.ascontiguousarray(a, dtype=np.float64)
+            h.update(repr(a.shape).encode() + a.tobytes())
     return h.hexdigest()
 
 

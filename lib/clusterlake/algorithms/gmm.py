@@ -26,7 +26,7 @@ import numpy as np
 
 from clusterlake.algorithms.kmeans_engine import EngineFit, KMeansStage, KMeansWorker, fit_on
 from clusterlake.engine.worker import command
-from clusterlake.errors import ConfigError
+from clusterlake.errors import ConfigError, InputDataError
 from clusterlake.kernels import gmm as G
 
 log = logging.getLogger(__name__)
@@ -124,7 +124,8 @@ def _em(stats, centers: np.ndarray, shift: np.ndarray, covariance_type: str, reg
     history, prev, converged, reseeded, it = [], -np.inf, False, 0, 0
     times = []
     if not st.n > 0:
-        raise ValueError("the rows' weights sum to 0 (input.weight_column): a mixture needs rows of positive weight")
+        raise InputDataError("the rows' weights sum to 0 (input.weight_column): a mixture needs rows of positive "
+                             "weight")
     say = log.debug if quiet else log.warning
     for it in range(1, max_iter + 1):
         t_it = time.time()
@@ -193,7 +194,7 @@ def refine(bc: KMeansStage, fit, section) -> tuple:
                     "diag covariance or PCA (preprocess.pca) would be much cheaper", d, k, d, d, d * d)
     try:
         res = em_on(bc, fit.centroids, section.covariance, section.reg_covar, section.tol, section.max_iter)
-    except ValueError as exc:  # an ill-defined covariance, rows of zero weight: the config's or the data's
+    except ValueError as exc:  # an ill-defined covariance (reg_covar too small for the data)
         raise ConfigError(f"kmeans.algorithm=gmm: {exc}") from exc
     times = {**fit.timings, "em": round(res.em_seconds, 3),
              "em_iteration_median": round(float(np.median(res.iter_seconds)), 4) if res.iter_seconds else None}

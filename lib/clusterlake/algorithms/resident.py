@@ -473,7 +473,7 @@ class ResidentRows:
         return X[np.argsort(key, kind="stable")[:size]]
 
     # -- on the fitted model
-    def assign(self, centroids: np.ndarray, metric=None, mixture=None) -> Optional[float]:
+    def assign(self, centroids: np.ndarray, metric=None, mixture=None) -> Optional[dict]:
         """Every row's cluster and distance by the one rule, kept on the tasks (``metric``: the
         model's distance, a ``distances.Metric``, None: Euclidean; ``mixture``: a Gaussian
         mixture, a ``gmm.Mixture``). Returns a mixture's figures over every row, each once (as

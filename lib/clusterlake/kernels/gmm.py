@@ -27,7 +27,7 @@ from typing import Optional
 
 import numpy as np
 
-__all__ = ["COVARIANCE_TYPES", "Mixture", "Stats", "e_step_stats", "hard_stats", "information_criteria", "log_posterior",
+__all__ = ["COVARIANCE_TYPES", "Mixture", "Stats", "UnexplainedRows", "e_step_stats", "hard_stats", "information_criteria", "log_posterior",
            "log_prob", "m_step", "merge", "n_parameters", "precisions_cholesky", "responsibilities", "reseed"]
 
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
@@ -157,14 +157,23 @@ def log_posterior(X: np.ndarray, mix: Mixture) -> tuple[np.ndarray, np.ndarray]:
     return lse, lp - lse[:, None]
 
 
+class UnexplainedRows(ValueError):
+    """Rows no component gives a finite likelihood (``rows``: their positions)."""
+
+    def __init__(self, message: str, rows: np.ndarray):
+        super().__init__(message)
+        self.rows = rows
+
+
 def _log_sum_exp(lp: np.ndarray) -> np.ndarray:
-    """``log sum_j exp(lp[i, j])`` of every row, about its maximum (no overflow, no 0/0)."""
+    """``log sum_j exp(lp[i, j])`` of every row, about its maximum (no overflow, no 0/0);
+    :class:`UnexplainedRows` for rows with no finite term."""
     top = lp.max(axis=1)
     bad = ~np.isfinite(top)
     if bad.any():
-        raise ValueError(f"{int(bad.sum())} rows have no finite likelihood under any component (NaN or infinite "
-                         "features, values far beyond the model's range, or every component's weight 0): clean "
-                         "the features")
+        raise UnexplainedRows(f"{int(bad.sum())} rows have no finite likelihood under any component (NaN or "
+                              "infinite features, values far beyond the model's range, or every component's "
+                              "weight 0): clean the features", np.flatnonzero(bad))
     with np.errstate(under="ignore"):
         return np.log(np.exp(lp - top[:, None]).sum(axis=1)) + top
 

@@ -440,10 +440,23 @@ class Assigner:
     def assign_model_space(self, Z: np.ndarray, posterior: bool = False) -> Assignment:
         """Model-space rows by the assignment rule (exactly the batch job's columns), with
         ``is_outlier`` by this Assigner's policy: the rule's own (density) or the radius threshold."""
-        res = self._rule(Z, posterior=posterior and self.mixture is not None)
+        res = self.explained(lambda: self._rule(Z, posterior=posterior and self.mixture is not None))
         if self.outlier_rule == "density":
             return Assignment.of(res, res.is_outlier)
         return Assignment.of(res, res.distance > self._threshold[res.index])
+
+    @staticmethod
+    def explained(run):
+        """``run()``; a row a mixture cannot explain (its likelihood overflows under every
+        component: values far beyond the model's range) is the client's :class:`RowError`."""
+        from clusterlake.kernels.gmm import UnexplainedRows
+
+        try:
+            return run()
+        except UnexplainedRows as exc:
+            r = int(exc.rows[0])
+            raise RowError(f"row {r} has feature values too far from every mixture component to give a "
+                           "likelihood; check the units of the input", row=r) from None
 
     def nearest(self, rows: Rows, n: int = 5) -> tuple[np.ndarray, np.ndarray]:
         """The ``n`` nearest clusters of every row: (cluster ids (rows, n), distances (rows, n)),
@@ -454,7 +467,7 @@ class Assigner:
         if self.mixture is not None:
             from clusterlake.kernels.gmm import log_posterior
 
-            order = np.argsort(-log_posterior(Z, self.mixture)[1], axis=1, kind="stable")[:, :n]
+            order = np.argsort(-self.explained(lambda: log_posterior(Z, self.mixture)[1]), axis=1, kind="stable")[:, :n]
             diff = Z[:, None, :] - self._centroids[order]
             return self._ids[order], np.sqrt(np.einsum("ijk,ijk->ij", diff, diff))
         if self.metric is not None:  # a k-medoids model: every medoid under its distance, as assign() ranks them

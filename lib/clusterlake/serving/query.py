@@ -203,7 +203,8 @@ class ClusterCatalog:
                 f"{sorted(self._clusters)}") from None
 
     def nearest(self, row: Rows, n: int = 5) -> list[list[dict[str, Any]]]:
-        """For every row, its ``n`` nearest clusters ``{cluster_id, distance}``, nearest first."""
+        """For every row, its ``n`` nearest clusters ``{cluster_id, distance}``, nearest first (a
+        Gaussian mixture's: most probable first, the distances to the components' means)."""
         ids, dist = self.assigner.nearest(row, n)
         return [[{"cluster_id": int(c), "distance": float(d)} for c, d in zip(ri, rd)] for ri, rd in zip(ids, dist)]
 
@@ -274,7 +275,7 @@ class ClusterCatalog:
             raise ClusterlakeError(f"similar takes one row, got {len(Z)}")
         # the assignment rule without the passes: the outlier rule (a density search) is not needed here
         metric = self.assigner.metric  # a k-medoids model's distance (None: Euclidean)
-        near = self.assigner.rule.partition(Z)  # the model's rule without the passes (no density search)
+        near = self.assigner.explained(lambda: self.assigner.rule.partition(Z))  # the rule without the passes
         cid = int(near.cluster_id[0]) if cluster_id is None else int(cluster_id)
         ids, M = self.members(cid)
         n = max(0, min(int(n), len(ids)))
