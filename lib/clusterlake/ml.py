@@ -439,46 +439,12 @@ def lexicographic(centers: np.ndarray) -> np.ndarray:
 _INIT = {"k-means||": "kmeans||", "k-means++": "kmeans++", "random": "random"}
 
 
-class KMeans(Estimator, _KMeansParams, MLWritable, MLReadable):
-    """K-means clustering with a k-means++ like initialization mode (the k-means|| algorithm by
-    Bahmani et al), then Lloyd iterations near the BLAS limit, on clusterlake's engine.
-
-    A drop-in for ``pyspark.ml.clustering.KMeans`` (same params, defaults, setters, model and
-    summary). Deliberate differences (``docs/ml.md``): ``tol`` is relative (the summed squared
-    centre shift over the mean feature variance, as scikit-learn; Spark's is absolute); k-means||
-    reclusters its candidates ten times and keeps the best, so the optimum is usually better than
-    Spark's; the centres come back in lexicographic order (unless ``initialCenters`` fixes it); an
-    unseeded fit uses seed 42; ``solver`` and ``maxBlockSizeInMB`` are accepted and ignored;
-    ``initMode`` also takes ``"k-means++"``. Ours: ``initialCenters`` (warm start) and ``numTasks``.
-    """
-
-    _algorithm = "kmeans"
-
-    @keyword_only
-    def __init__(self, *, featuresCol="features", predictionCol="prediction", k=2, initMode="k-means||",
-                 initSteps=2, tol=1e-4, maxIter=20, seed=None, distanceMeasure="euclidean", weightCol=None,
-                 solver="auto", maxBlockSizeInMB=0.0, initialCenters=None, numTasks=0):
-        super().__init__()
-        self._set(**self._input_kwargs)
-
-    @keyword_only
-    def setParams(self, *, featuresCol="features", predictionCol="prediction", k=2, initMode="k-means||",
-                  initSteps=2, tol=1e-4, maxIter=20, seed=None, distanceMeasure="euclidean", weightCol=None,
-                  solver="auto", maxBlockSizeInMB=0.0, initialCenters=None, numTasks=0):
-        """Sets params for KMeans."""
-        return self._set(**self._input_kwargs)
+class _EstimatorSetters:
+    """The setters KMeans and BisectingKMeans share (Spark's names and meanings)."""
 
     def setK(self, value: int):
         """Sets the value of :py:attr:`k`."""
         return self._set(k=value)
-
-    def setInitMode(self, value: str):
-        """Sets the value of :py:attr:`initMode`."""
-        return self._set(initMode=value)
-
-    def setInitSteps(self, value: int):
-        """Sets the value of :py:attr:`initSteps`."""
-        return self._set(initSteps=value)
 
     def setDistanceMeasure(self, value: str):
         """Sets the value of :py:attr:`distanceMeasure`."""
@@ -508,6 +474,48 @@ class KMeans(Estimator, _KMeansParams, MLWritable, MLReadable):
         """Sets the value of :py:attr:`weightCol`."""
         return self._set(weightCol=value)
 
+    def setNumTasks(self, value: int):
+        """The number of barrier tasks (0: every free task slot)."""
+        return self._set(numTasks=value)
+
+
+class KMeans(_EstimatorSetters, Estimator, _KMeansParams, MLWritable, MLReadable):
+    """K-means clustering with a k-means++ like initialization mode (the k-means|| algorithm by
+    Bahmani et al), then Lloyd iterations near the BLAS limit, on clusterlake's engine.
+
+    A drop-in for ``pyspark.ml.clustering.KMeans`` (same params, defaults, setters, model and
+    summary). Deliberate differences (``docs/ml.md``): ``tol`` is relative (the summed squared
+    centre shift over the mean feature variance, as scikit-learn; Spark's is absolute); k-means||
+    reclusters its candidates ten times and keeps the best, so the optimum is usually better than
+    Spark's; the centres come back in lexicographic order (unless ``initialCenters`` fixes it); an
+    unseeded fit uses seed 42; ``solver`` and ``maxBlockSizeInMB`` are accepted and ignored;
+    ``initMode`` also takes ``"k-means++"``. Ours: ``initialCenters`` (warm start) and ``numTasks``.
+    """
+
+    _algorithm = "kmeans"
+
+    @keyword_only
+    def __init__(self, *, featuresCol="features", predictionCol="prediction", k=2, initMode="k-means||",
+                 initSteps=2, tol=1e-4, maxIter=20, seed=None, distanceMeasure="euclidean", weightCol=None,
+                 solver="auto", maxBlockSizeInMB=0.0, initialCenters=None, numTasks=0):
+        super().__init__()
+        self._set(**self._input_kwargs)
+
+    @keyword_only
+    def setParams(self, *, featuresCol="features", predictionCol="prediction", k=2, initMode="k-means||",
+                  initSteps=2, tol=1e-4, maxIter=20, seed=None, distanceMeasure="euclidean", weightCol=None,
+                  solver="auto", maxBlockSizeInMB=0.0, initialCenters=None, numTasks=0):
+        """Sets params for KMeans."""
+        return self._set(**self._input_kwargs)
+
+    def setInitMode(self, value: str):
+        """Sets the value of :py:attr:`initMode`."""
+        return self._set(initMode=value)
+
+    def setInitSteps(self, value: int):
+        """Sets the value of :py:attr:`initSteps`."""
+        return self._set(initSteps=value)
+
     def setSolver(self, value: str):
         """Sets the value of :py:attr:`solver` (accepted and ignored)."""
         return self._set(solver=value)
@@ -519,10 +527,6 @@ class KMeans(Estimator, _KMeansParams, MLWritable, MLReadable):
     def setInitialCenters(self, centers):
         """Warm start: the ``k`` starting centres (their order is the model's)."""
         return self._set(initialCenters=[[float(v) for v in c] for c in centers])
-
-    def setNumTasks(self, value: int):
-        """The number of barrier tasks (0: every free task slot)."""
-        return self._set(numTasks=value)
 
     def _check(self) -> None:
         k = self.getK()

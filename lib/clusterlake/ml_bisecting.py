@@ -46,7 +46,7 @@ from pyspark.ml.util import DefaultParamsWriter, MLReadable, MLReader, MLWritabl
 
 from clusterlake.algorithms.kmeans_engine import EngineFit, KMeansStage, bisecting, data_info
 from clusterlake.ml import (DEFAULT_SEED, ClusteringSummary, ParamsReader, _CentersModel, _check_common,
-                            _nearest_column, engine_input, lexicographic, on_workers)
+                            _EstimatorSetters, _nearest_column, engine_input, lexicographic, on_workers)
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ def fit_bisecting(spark, df, source, k: int, *, max_iter: int, tol: float, seed:
     return res, final
 
 
-class BisectingKMeans(Estimator, _BisectingKMeansParams, MLWritable, MLReadable):
+class BisectingKMeans(_EstimatorSetters, Estimator, _BisectingKMeansParams, MLWritable, MLReadable):
     """A bisecting k-means algorithm: starts from one cluster of every row and bisects a leaf with
     2-means until there are ``k`` leaves or no leaf is divisible, on clusterlake's engine.
 
@@ -172,45 +172,9 @@ class BisectingKMeans(Estimator, _BisectingKMeansParams, MLWritable, MLReadable)
         """Sets params for BisectingKMeans."""
         return self._set(**self._input_kwargs)
 
-    def setK(self, value: int):
-        """Sets the value of :py:attr:`k`."""
-        return self._set(k=value)
-
     def setMinDivisibleClusterSize(self, value: float):
         """Sets the value of :py:attr:`minDivisibleClusterSize`."""
         return self._set(minDivisibleClusterSize=value)
-
-    def setDistanceMeasure(self, value: str):
-        """Sets the value of :py:attr:`distanceMeasure`."""
-        return self._set(distanceMeasure=value)
-
-    def setMaxIter(self, value: int):
-        """Sets the value of :py:attr:`maxIter`."""
-        return self._set(maxIter=value)
-
-    def setFeaturesCol(self, value: str):
-        """Sets the value of :py:attr:`featuresCol`."""
-        return self._set(featuresCol=value)
-
-    def setPredictionCol(self, value: str):
-        """Sets the value of :py:attr:`predictionCol`."""
-        return self._set(predictionCol=value)
-
-    def setSeed(self, value: int):
-        """Sets the value of :py:attr:`seed`."""
-        return self._set(seed=value)
-
-    def setWeightCol(self, value: str):
-        """Sets the value of :py:attr:`weightCol`."""
-        return self._set(weightCol=value)
-
-    def setTol(self, value: float):
-        """Sets the value of :py:attr:`tol` (ours: see the class)."""
-        return self._set(tol=value)
-
-    def setNumTasks(self, value: int):
-        """The number of barrier tasks (0: every free task slot)."""
-        return self._set(numTasks=value)
 
     def _check(self) -> None:
         if self.getK() < 2:
