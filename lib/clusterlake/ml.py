@@ -56,6 +56,7 @@ from pyspark.ml.util import (DefaultParamsReader, DefaultParamsWriter, GeneralML
 
 from clusterlake.algorithms.kmeans_engine import EngineFit, fit
 from clusterlake.engine.blocks import BlockSource
+from clusterlake.ml_summary import PredictionsSummary
 from clusterlake.ml_tables import TableWriter
 from clusterlake.ml_workers import WorkerImportError, on_workers  # noqa: F401 (WorkerImportError: the API)
 
@@ -126,7 +127,7 @@ def _weight_col(params: Params) -> Optional[str]:
 # the training summary
 
 
-class ClusteringSummary:
+class ClusteringSummary(PredictionsSummary):
     """Spark's ``ClusteringSummary`` fields: ``predictionCol``, ``predictions`` (the model's
     ``transform`` of the training data, lazy), ``featuresCol``, ``k`` (the model's number of
     centres), ``cluster`` (the prediction column), ``clusterSizes`` (rows per cluster, counted from
@@ -146,20 +147,6 @@ class ClusteringSummary:
         self.initSeconds, self.loadSeconds = float(fit_.init_seconds), float(fit_.load_seconds)
         self.fitSeconds, self.iterationSeconds = float(fit_.fit_seconds), list(fit_.iter_seconds)
         self.numTasks, self.taskPeakRssMb = int(fit_.n_tasks), float(fit_.task_peak_rss_mb)
-        self._sizes: Optional[list] = None
-
-    @property
-    def cluster(self):
-        """DataFrame of predicted cluster centers for each training data point."""
-        return self.predictions.select(self.predictionCol)
-
-    @property
-    def clusterSizes(self) -> list:
-        """Size of (number of data points in) each cluster."""
-        if self._sizes is None:
-            counts = dict(self.predictions.groupBy(self.predictionCol).count().collect())
-            self._sizes = [int(counts.get(j, 0)) for j in range(self.k)]
-        return self._sizes
 
 
 class KMeansSummary(ClusteringSummary):

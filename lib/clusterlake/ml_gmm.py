@@ -22,7 +22,6 @@ pickle.
 """
 
 import logging
-from typing import Optional
 
 import numpy as np
 from pyspark import keyword_only
@@ -31,6 +30,8 @@ from pyspark.ml.param import Param, Params, TypeConverters
 from pyspark.ml.param.shared import (HasAggregationDepth, HasFeaturesCol, HasMaxIter, HasPredictionCol,
                                      HasProbabilityCol, HasSeed, HasTol, HasWeightCol)
 from pyspark.ml.util import DefaultParamsReader, DefaultParamsWriter, MLReadable, MLReader, MLWritable, MLWriter
+
+from clusterlake.ml_summary import PredictionsSummary
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ class _GaussianMixtureParams(HasFeaturesCol, HasPredictionCol, HasMaxIter, HasTo
         return self.getOrDefault(self.regCovar)
 
 
-class GaussianMixtureSummary:
+class GaussianMixtureSummary(PredictionsSummary):
     """Spark's summary fields: ``k``, ``clusterSizes`` (rows per most probable component),
     ``logLikelihood`` (total, at the last iteration), ``numIter``, the column names, and the
     ``predictions`` / ``cluster`` / ``probability`` DataFrames of the training data."""
@@ -68,22 +69,10 @@ class GaussianMixtureSummary:
         self.featuresCol, self.predictionCol = model.getFeaturesCol(), model.getPredictionCol()
         self.probabilityCol = model.getProbabilityCol()
         self.predictions = model.transform(dataset)
-        self._sizes: Optional[list] = None
-
-    @property
-    def cluster(self):
-        return self.predictions.select(self.predictionCol)
 
     @property
     def probability(self):
         return self.predictions.select(self.probabilityCol)
-
-    @property
-    def clusterSizes(self) -> list:
-        if self._sizes is None:
-            counts = dict(self.predictions.groupBy(self.predictionCol).count().collect())
-            self._sizes = [int(counts.get(j, 0)) for j in range(self.k)]
-        return self._sizes
 
 
 class GaussianMixture(Estimator, _GaussianMixtureParams, MLWritable, MLReadable):
