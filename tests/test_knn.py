@@ -33,7 +33,7 @@ def test_pruned_knn_equals_brute_force(d, k, offset):
 def test_pruned_knn_agrees_with_sklearn_and_prunes(monkeypatch):
     X = _blobs(8000, 8, seed=1)
     calls = []
-    monkeypatch.setattr(K, "_brute", lambda X, k: calls.append(k) or _exact(X, k))
+    monkeypatch.setattr(K, "_brute", lambda X, k: calls.append(k) or (_exact(X, k), None))
     got = K.self_knn_distances(X, 10)
     assert calls == []  # clustered data: the pruned search ran
     ref = NearestNeighbors(n_neighbors=10).fit(X).kneighbors(X)[0]
@@ -43,7 +43,7 @@ def test_pruned_knn_agrees_with_sklearn_and_prunes(monkeypatch):
 def test_unclustered_data_falls_back_to_the_brute_search(monkeypatch):
     X = np.random.default_rng(0).normal(size=(6000, 17))
     calls = []
-    monkeypatch.setattr(K, "_brute", lambda X, k: calls.append(k) or _exact(X, k))
+    monkeypatch.setattr(K, "_brute", lambda X, k: calls.append(k) or (_exact(X, k), None))
     got = K.self_knn_distances(X, 10)
     assert calls == [10]
     np.testing.assert_allclose(got, _exact(X, 10), rtol=1e-12)

@@ -82,3 +82,69 @@ def _same_up_to_ties(X, got, want, core):
 def test_more_min_samples_than_rows_names_the_setting():
     with pytest.raises(ValueError, match=r"density.min_samples=10 is more than the 4 rows"):
         D.hdbscan(np.zeros((4, 2)), 10, 5)
+
+
+# --------------------------------------------------------------------------- Borůvka
+
+def _dense_mst_weight(X, core):
+    from scipy.spatial.distance import cdist
+
+    d = cdist(X, X)  # from the differences (scikit-learn's expansion leaves ~1e-8 between duplicates)
+    mrd = np.maximum(np.maximum(core[:, None], core[None, :]), d) + 1.0  # a dense graph's zeros are
+    np.fill_diagonal(mrd, 0.0)  # non-edges: every weight shifted by 1 (the same tree), but the diagonal
+    return minimum_spanning_tree(mrd).sum() - (len(X) - 1)
+
+
+def _boruvka_cases():
+    rng = np.random.default_rng(7)
+    yield "blobs", make_blobs(2500, n_features=6, centers=9, cluster_std=0.8, random_state=5)[0]
+    yield "moons", make_moons(2000, noise=0.05, random_state=6)[0]
+    yield "uniform", rng.uniform(size=(2000, 3))
+    yield "duplicates", np.vstack([np.repeat(rng.normal(size=(40, 4)), 25, axis=0), rng.normal(size=(600, 4)) * 3])
+    yield "grid", np.array(np.meshgrid(*[np.arange(7.0)] * 4)).reshape(4, -1).T  # every weight tied
+    yield "one dimension", rng.exponential(size=(1500, 1))
+    yield "identical rows", np.ones((300, 2))
+    yield "two rows", np.array([[0.0, 1.0], [3.0, 5.0]])
+
+
+@pytest.mark.parametrize("case,X", list(_boruvka_cases()), ids=[c for c, _ in _boruvka_cases()])
+@pytest.mark.parametrize("with_neighbours", [True, False])
+def test_boruvka_finds_a_minimum_spanning_tree(case, X, with_neighbours):
+    """Borůvka's rounds over the cells: a spanning tree of the mutual-reachability graph, its
+    weights the edges' own, of the minimum total weight (scipy's MST of the dense graph), with
+    or without the core neighbours as known edges, with few cells or many."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    from clusterlake.kernels.boruvka import boruvka_mst
+    from clusterlake.kernels.knn import self_knn
+    from clusterlake.kernels.neighbors import build
+
+    n, ms = len(X), min(5, len(X))
+    knn, rows, _ = self_knn(X, ms)
+    core = knn[:, ms - 1]
+    for groups in (None, 3):
+        a, b, w = boruvka_mst(X, core, rows if with_neighbours else None, build(X, n_groups=groups))
+        assert len(a) == n - 1
+        g = coo_matrix((np.ones(n - 1), (a, b)), shape=(n, n))
+        assert connected_components(g, directed=False)[0] == 1  # n - 1 edges joining all: a tree
+        d = np.sqrt(((X[a] - X[b]) ** 2).sum(axis=1))
+        np.testing.assert_allclose(w, np.maximum(np.maximum(core[a], core[b]), d), rtol=1e-12)
+        assert w.sum() == pytest.approx(_dense_mst_weight(X, core), rel=1e-12, abs=1e-12)
+
+
+def test_hdbscan_on_a_larger_sample_takes_borůvka_and_agrees_with_scikit_learn(monkeypatch):
+    """From 5,000 rows the density pass's tree is Borůvka's: scikit-learn's labels up to ties."""
+    from clusterlake.kernels import boruvka
+
+    calls = []
+    real = boruvka.boruvka_mst
+    monkeypatch.setattr(boruvka, "boruvka_mst", lambda *a, **k: calls.append(1) or real(*a, **k))
+    rng = np.random.default_rng(14)
+    X, _ = make_blobs(5200, n_features=5, centers=6, cluster_std=1.2, random_state=14)
+    X = np.vstack([X, rng.uniform(X.min(0), X.max(0), size=(300, 5))])
+    got, knn = D.hdbscan(X, 8, 40)
+    assert calls == [1]
+    want = D.first_seen_order(HDBSCAN(min_cluster_size=40, min_samples=8, copy=True).fit(X).labels_)
+    _same_up_to_ties(X, got, want, knn[:, 7])
+    assert len(np.unique(got[got >= 0])) >= 4

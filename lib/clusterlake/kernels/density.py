@@ -182,8 +182,8 @@ def hdbscan(X: np.ndarray, min_samples: int, min_cluster_size: int,
     if min_samples > n:
         raise ValueError(f"density.min_samples={min_samples} is more than the {n} rows of the density sample; "
                          "lower density.min_samples or raise density.sample_size")
-    knn = neighbours(X, max(2, min_samples), metric)
-    return condense(n, spanning_tree(X, knn[:, min_samples - 1], metric), min_cluster_size), knn
+    knn, near = neighbour_search(X, max(2, min_samples), metric)
+    return condense(n, spanning_tree(X, knn[:, min_samples - 1], metric, near, min_samples), min_cluster_size), knn
 
 
 def _on_sphere(X: np.ndarray, metric: Optional[Metric]) -> Optional[np.ndarray]:
@@ -200,29 +200,40 @@ def _on_sphere(X: np.ndarray, metric: Optional[Metric]) -> Optional[np.ndarray]:
 def neighbours(X: np.ndarray, k: int, metric: Optional[Metric] = None) -> np.ndarray:
     """Every row's distances to its ``k`` nearest rows (itself included), ascending, under
     ``metric`` (not mahalanobis: :func:`~clusterlake.kernels.distances.euclidean_frame`)."""
-    from clusterlake.kernels.knn import metric_knn_distances, self_knn_distances
+    return neighbour_search(X, k, metric)[0]
+
+
+def neighbour_search(X: np.ndarray, k: int, metric: Optional[Metric] = None) -> tuple[np.ndarray, Optional[tuple]]:
+    """:func:`neighbours` and, where the Euclidean search found them (euclidean, or cosine on the
+    unit sphere), ``(rows, index)``: the neighbours' row numbers and the cells the search grouped
+    the rows by, which :func:`spanning_tree` reuses; else None."""
+    from clusterlake.kernels.knn import metric_knn_distances, self_knn
 
     k = int(min(k, len(X)))
     if metric is None:
-        return self_knn_distances(X, k)  # exact, pruned by k-means cells where the data cluster
+        d, rows, index = self_knn(X, k)  # exact, pruned by k-means cells where the data cluster
+        return d, (rows, index)
     U = _on_sphere(X, metric)
     if U is not None:
-        e = self_knn_distances(U, k)
-        return e * e / 2.0
-    return metric_knn_distances(X, k, metric)
+        e, rows, index = self_knn(U, k)
+        return e * e / 2.0, (rows, index)
+    return metric_knn_distances(X, k, metric), None
 
 
-def spanning_tree(X: np.ndarray, core: np.ndarray, metric: Optional[Metric] = None
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def spanning_tree(X: np.ndarray, core: np.ndarray, metric: Optional[Metric] = None,
+                  near: Optional[tuple] = None, min_samples: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The minimum spanning tree ``(a, b, weight)`` of the mutual-reachability graph of ``X`` with
-    the core distances ``core``, under ``metric``."""
-    from clusterlake.kernels.mst import metric_mst, mutual_reachability_mst
+    the core distances ``core``, under ``metric``; ``near`` (from :func:`neighbour_search`, with
+    the ``min_samples`` the core distances count) speeds up the Euclidean tree."""
+    from clusterlake.kernels.mst import metric_mst, mutual_reachability_tree
 
+    rows, index = near if near is not None else (None, None)
+    rows = rows[:, :min_samples] if rows is not None and min_samples > 0 else None
     if metric is None:
-        return mutual_reachability_mst(X, core)
+        return mutual_reachability_tree(X, core, rows, index)
     U = _on_sphere(X, metric)
     if U is not None:
-        a, b, w = mutual_reachability_mst(U, np.sqrt(2.0 * core))
+        a, b, w = mutual_reachability_tree(U, np.sqrt(2.0 * core), rows, index)
         return a, b, w * w / 2.0
     return metric_mst(X, core, metric)
 

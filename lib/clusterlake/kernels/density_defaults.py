@@ -28,7 +28,7 @@ from typing import Optional
 
 import numpy as np
 
-from clusterlake.kernels.density import condense, neighbours, spanning_tree
+from clusterlake.kernels.density import condense, neighbour_search, spanning_tree
 from clusterlake.kernels.distances import Metric
 
 __all__ = ["Choice", "GRID_MIN_SAMPLES", "cluster_size_grid", "choose"]
@@ -66,12 +66,12 @@ def choose(X: np.ndarray, metric: Optional[Metric] = None, score_rows: int = SCO
 
     n = len(X)
     grid_ms = [m for m in GRID_MIN_SAMPLES if m <= n] or [max(1, n)]
-    knn_all = neighbours(X, max(2, max(grid_ms)), metric)
+    knn_all, near = neighbour_search(X, max(2, max(grid_ms)), metric)
     rows = int(min(n, score_rows))
     best: Optional[Choice] = None
     cands, scored = [], {}  # scored: labels of the scored rows -> DBCV (candidates often agree there)
     for ms in grid_ms:
-        tree = spanning_tree(X, knn_all[:, ms - 1], metric)
+        tree = spanning_tree(X, knn_all[:, ms - 1], metric, near, ms)
         for mcs in cluster_size_grid(n):
             labels = condense(n, tree, mcs)
             key = labels[:rows].tobytes()

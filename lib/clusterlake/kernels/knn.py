@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-__all__ = ["metric_knn_distances", "self_knn_distances"]
+__all__ = ["metric_knn_distances", "self_knn", "self_knn_distances"]
 
 _ERR = 64 * np.finfo(np.float64).eps  # round-off allowance of the expansion, per unit of squared norm
 _MIN_ROWS = 5000  # below this many rows the brute search is as fast
@@ -41,23 +41,31 @@ def self_knn_distances(X: np.ndarray, k: int) -> np.ndarray:
     """``(n, k)`` distances of every row of ``X`` to its ``k`` nearest rows of ``X`` (itself
     included, at 0), ascending: what ``NearestNeighbors(n_neighbors=k).fit(X).kneighbors(X)[0]``
     returns, computed exactly."""
+    return self_knn(X, k)[0]
+
+
+def self_knn(X: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, object]:
+    """:func:`self_knn_distances` with the neighbours' row numbers ``(n, k)`` (among rows at the
+    same distance, in no particular order) and the cells it grouped the rows by (a
+    :class:`~clusterlake.kernels.neighbors.PointIndex`, None when it measured every pair):
+    ``(distances, rows, index)``."""
     X = np.ascontiguousarray(X, dtype=np.float64)
     n = len(X)
     k = int(min(max(1, k), n))
     if n < _MIN_ROWS:
-        return _brute(X, k)
+        return (*_brute(X, k), None)
     from clusterlake.kernels.neighbors import build
 
     index = build(X)
     plan = _plan(index, k)
     if plan is None:
-        return _brute(X, k)
-    out = np.empty((n, k))
+        return (*_brute(X, k), index)
+    out, near = np.empty((n, k)), np.empty((n, k), np.int64)
     groups = [g for g in range(index.n_groups) if index.starts[g + 1] > index.starts[g]]
     with _one_blas_thread(), ThreadPoolExecutor(max(1, min(2, os.cpu_count() or 1))) as pool:
-        for rows, d in pool.map(lambda g: _search(index, plan, g, k), groups):
-            out[index.order[rows]] = d
-    return out
+        for rows, d, j in pool.map(lambda g: _search(index, plan, g, k), groups):
+            out[index.order[rows]], near[index.order[rows]] = d, index.order[j]
+    return out, near, index
 
 
 def metric_knn_distances(X: np.ndarray, k: int, m) -> np.ndarray:
@@ -93,10 +101,11 @@ def metric_knn_distances(X: np.ndarray, k: int, m) -> np.ndarray:
     return d
 
 
-def _brute(X: np.ndarray, k: int) -> np.ndarray:
+def _brute(X: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     from sklearn.neighbors import NearestNeighbors
 
-    return NearestNeighbors(n_neighbors=k, algorithm="brute", n_jobs=-1).fit(X).kneighbors(X)[0]
+    d, j = NearestNeighbors(n_neighbors=k, algorithm="brute", n_jobs=-1).fit(X).kneighbors(X)
+    return d, j.astype(np.int64)
 
 
 def _one_blas_thread():
@@ -157,8 +166,9 @@ def _plan(index, k: int):
     return plan
 
 
-def _search(index, plan: _Plan, g: int, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Group ``g``'s rows (positions in ``index.points``) and their k nearest distances."""
+def _search(index, plan: _Plan, g: int, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Group ``g``'s rows (positions in ``index.points``), their k nearest distances and those
+    neighbours' positions."""
     rows = np.arange(index.starts[g], index.starts[g + 1])
     cols = plan.columns[g]
     D2 = _d2(plan, rows, cols)
@@ -167,5 +177,5 @@ def _search(index, plan: _Plan, g: int, k: int) -> tuple[np.ndarray, np.ndarray]
     cand = cols[pick]
     diff = index.points[rows][:, None, :] - index.points[cand]
     d = np.sqrt(np.einsum("ijk,ijk->ij", diff, diff))
-    d.sort(axis=1)
-    return rows, d[:, :k]
+    o = np.argsort(d, axis=1, kind="stable")[:, :k]
+    return rows, np.take_along_axis(d, o, axis=1), np.take_along_axis(cand, o, axis=1)
