@@ -66,7 +66,9 @@ def test_first_seen_order():
 def _same_up_to_ties(X, got, want, core):
     """Equal labels, except rows tied between clusters: a row whose own core distance exceeds its
     distance to both clusters joins them at the same height, and which one the tree names depends
-    on the order of tied edges (scikit-learn's own kd-tree and brute-force trees differ likewise)."""
+    on the order of tied edges (scikit-learn's own kd-tree and brute-force trees differ likewise);
+    likewise a row that joins the one cluster that names it at its own core distance, the height
+    at which the tree may equally drop it as noise."""
     bad = np.flatnonzero(got != want)
     assert len(bad) <= max(1, len(X) // 1000), f"{len(bad)} rows differ"
     if not len(bad):
@@ -76,7 +78,7 @@ def _same_up_to_ties(X, got, want, core):
         mrd = np.maximum(np.maximum(core[i], core), d[r])
         reach = [mrd[(lab == c) & (np.arange(len(X)) != i)].min() for lab, c in ((got, got[i]), (want, want[i]))
                  if c >= 0]
-        assert len(reach) == 2 and reach[0] == pytest.approx(reach[1], rel=1e-12) == core[i], i
+        assert len(reach) >= 1 and all(v == pytest.approx(core[i], rel=1e-12) for v in reach), i
 
 
 def test_more_min_samples_than_rows_names_the_setting():

@@ -7,15 +7,23 @@ the exact ones on this data). :func:`self_knn_distances` measures far fewer pair
 data, and returns exact distances:
 
 1. the rows are grouped by k-means (:func:`clusterlake.kernels.neighbors.build`: Voronoi cells of
-   ``G`` centres, each with its radius, the largest distance of a member to the centre);
-2. *plan*: each group's rows are measured against the nearest groups (by centre distance, its own
-   first) until they hold ``k`` rows: the k-th distance found is an upper bound ``u`` of each row's
-   true k-th distance. A group ``h`` can hold a nearer row only if the ball bound
-   ``|y - c_h| - radius_h`` is below ``u``; those groups are added to the row's group's search;
-3. if the plan measures more than a third of all pairs (data without clusters), the brute search
-   is cheaper and is used instead;
-4. *search*: each group's rows against its planned groups' rows (one GEMM each, on two threads),
-   the ``k + 2`` best by the expansion re-measured exactly from the differences, sorted.
+   ``G`` centres, each with its radius and slack);
+2. *seed*: each group's rows are measured against the nearest groups (by centre distance, its
+   own first) until they hold ``k + 2`` rows: the k-th distance found is an upper bound ``u`` of
+   each row's true k-th distance;
+3. *search*: a row is measured against another group ``h`` only if its lower bound to every
+   member of ``h`` is below its ``u``: the larger of the ball bound ``|y - c_h| - radius_h`` and
+   the Voronoi hyperplane bound ``(|y - c_h|^2 - |y - c_g|^2 - slack_h) / (2 |c_h - c_g|)``
+   (``c_g`` the row's own group's centre; in 8 and more dimensions it prunes far more than the
+   ball). One GEMM per group and row block, never per row; the distances below ``u`` are kept
+   and each row's ``k + 2`` best by the expansion re-measured exactly from the differences, sorted
+   (groups on two threads);
+4. if a tenth of the groups measured more than a quarter of their pairs (data without clusters),
+   the brute search, whose pairs cost about a third as much, is used instead.
+
+Measured on 20,000 rows, k=10 (two cores): the embedded sample's 8 model dimensions 0.55 s (the
+brute search: the former per-group plan measured a third of the pairs) -> 0.30 s; 17-D blobs
+0.23 -> 0.21 s; 200,000 rows of 17-D blobs 13 -> 7.9 s.
 
 Exactness: the bounds carry the expansion's round-off (``_ERR`` times the squared norms), so no
 row that could be among the k nearest is left out; the distances returned are computed from the
@@ -34,7 +42,7 @@ __all__ = ["metric_knn_distances", "self_knn", "self_knn_distances"]
 
 _ERR = 64 * np.finfo(np.float64).eps  # round-off allowance of the expansion, per unit of squared norm
 _MIN_ROWS = 5000  # below this many rows the brute search is as fast
-_MAX_SHARE = 1 / 3  # of all pairs: above it the brute search is used
+_MAX_SHARE = 1 / 4  # of all pairs: above it the brute search is used (its pairs cost ~a third as much)
 
 
 def self_knn_distances(X: np.ndarray, k: int) -> np.ndarray:
@@ -57,14 +65,18 @@ def self_knn(X: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, object]:
     from clusterlake.kernels.neighbors import build
 
     index = build(X)
-    plan = _plan(index, k)
-    if plan is None:
-        return (*_brute(X, k), index)
+    cells = _Cells(index)
     out, near = np.empty((n, k)), np.empty((n, k), np.int64)
-    groups = [g for g in range(index.n_groups) if index.starts[g + 1] > index.starts[g]]
+    groups = [int(g) for g in np.random.default_rng(0).permutation(index.n_groups) if index.starts[g + 1] > index.starts[g]]
+    probe = groups[: max(1, len(groups) // 10)]  # any tenth of the groups tells the share of pairs measured
+    pairs = done = 0
     with _one_blas_thread(), ThreadPoolExecutor(max(1, min(2, os.cpu_count() or 1))) as pool:
-        for rows, d, j in pool.map(lambda g: _search(index, plan, g, k), groups):
-            out[index.order[rows]], near[index.order[rows]] = d, index.order[j]
+        for todo in (probe, groups[len(probe):]):
+            for rows, d, j, p in pool.map(lambda g: _search(cells, g, k), todo):
+                out[index.order[rows]], near[index.order[rows]] = d, index.order[j]
+                pairs, done = pairs + p, done + len(rows)
+            if todo is probe and pairs > _MAX_SHARE * n * done:  # data without clusters: brute is cheaper
+                return (*_brute(X, k), index)
     return out, near, index
 
 
@@ -114,68 +126,98 @@ def _one_blas_thread():
     return threadpool_limits(1, user_api="blas")
 
 
-class _Plan:
-    """The shifted points (``Ps``, their squared norms ``sq``) and each group's columns to search."""
+class _Cells:
+    """The grouped rows in the shifted frame and the tables every group's search reads."""
 
-    def __init__(self, Ps: np.ndarray, sq: np.ndarray, columns: list):
-        self.Ps, self.sq, self.columns = Ps, sq, columns
+    def __init__(self, index):
+        self.index, self.st = index, index.starts
+        self.Ps = index.points - index.shift
+        self.sq = np.einsum("ij,ij->i", self.Ps, self.Ps)
+        self.C = index.centers - index.shift
+        self.c_sq = np.einsum("ij,ij->i", self.C, self.C)
+        G = index.n_groups
+        cc = np.empty((G, G))
+        for a in range(0, G, 64):  # from the differences: the hyperplane bound divides by it
+            diff = self.C[a:a + 64, None, :] - self.C[None, :, :]
+            cc[a:a + 64] = np.sqrt(np.einsum("abk,abk->ab", diff, diff))
+        self.cc, self.inv_cc2 = cc, index._derived()["inv_cc2"]
+        self.sizes = np.diff(self.st)
+        self.cols = [np.arange(self.st[h], self.st[h + 1]) for h in range(G)]
+        self.sq_max = float(self.sq.max())
 
+    def d2(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """Squared distances by the expansion (shifted frame), rows x cols."""
+        D2 = self.Ps[rows] @ self.Ps[cols].T
+        D2 *= -2.0
+        D2 += self.sq[rows, None]
+        D2 += self.sq[None, cols]
+        return D2
 
-def _d2(plan: _Plan, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """Squared distances by the expansion (shifted frame), rows x cols."""
-    D2 = plan.Ps[rows] @ plan.Ps[cols].T
-    D2 *= -2.0
-    D2 += plan.sq[rows, None]
-    D2 += plan.sq[None, cols]
-    return D2
-
-
-def _plan(index, k: int):
-    """Each group's columns (positions in ``index.points``) to search, or None when they would be
-    more than :data:`_MAX_SHARE` of all pairs."""
-    Ps = index.points - index.shift
-    sq = np.einsum("ij,ij->i", Ps, Ps)
-    C = index.centers - index.shift
-    c_sq = np.einsum("ij,ij->i", C, C)
-    st, rad, G, n = index.starts, index.radii, index.n_groups, len(Ps)
-    cc = np.sqrt(np.maximum(c_sq[:, None] - 2.0 * C @ C.T + c_sq[None, :], 0.0))
-    plan, pairs, done = _Plan(Ps, sq, [None] * G), 0, 0
-    for g in np.random.default_rng(0).permutation(G):  # any tenth of the groups tells the share
-        g = int(g)
-        rows = np.arange(st[g], st[g + 1])
-        if not len(rows):
-            continue
-        near = np.argsort(cc[g], kind="stable")
-        near = np.r_[g, near[near != g]]
-        held = np.cumsum(st[near + 1] - st[near])
-        first = near[: int(np.searchsorted(held, k)) + 1]
-        cols = np.concatenate([np.arange(st[h], st[h + 1]) for h in first])
-        kth = np.partition(_d2(plan, rows, cols), k - 1, axis=1)[:, k - 1]
-        allow = _ERR * (sq[rows] + sq.max())
-        u = np.sqrt(np.maximum(kth, 0.0) + allow)  # >= each row's true k-th distance
-        dc2 = sq[rows, None] - 2.0 * Ps[rows] @ C.T + c_sq[None, :]
-        lb = np.sqrt(np.maximum(dc2 - _ERR * (sq[rows, None] + c_sq.max()), 0.0)) - rad[None, :]
-        need = (lb < u[:, None]).any(axis=0)
-        need[first] = False
-        more = [np.arange(st[h], st[h + 1]) for h in np.flatnonzero(need)]
-        plan.columns[g] = np.concatenate([cols] + more) if more else cols
-        pairs += len(rows) * len(plan.columns[g])
-        done += len(rows)
-        if pairs > _MAX_SHARE * n * (n if done < n // 10 else done):  # the share so far, after a tenth
-            return None
-    return plan
+    def bounds(self, g: int, rows: np.ndarray, cells: np.ndarray) -> np.ndarray:
+        """Lower bounds of the distance from each row of group ``g`` to any member of each group
+        of ``cells``: the larger of the ball bound ``|y - c_h| - radius_h`` and the Voronoi
+        hyperplane bound ``(|y - c_h|^2 - |y - c_g|^2 - slack_h) / (2 |c_h - c_g|)``."""
+        dc2 = self.sq[rows, None] - 2.0 * self.Ps[rows] @ self.C[cells].T + self.c_sq[None, cells]
+        dc2 -= _ERR * (self.sq[rows, None] + self.c_sq.max())  # rounded down
+        own = np.einsum("ij,ij->i", self.Ps[rows] - self.C[g], self.Ps[rows] - self.C[g]) * (1 + 1e-12)
+        plane = (dc2 - own[:, None] - self.index.slack[None, cells]) * self.inv_cc2[g, cells][None, :]
+        return np.maximum(np.sqrt(np.maximum(dc2, 0.0)) - self.index.radii[None, cells], plane)
 
 
-def _search(index, plan: _Plan, g: int, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Group ``g``'s rows (positions in ``index.points``), their k nearest distances and those
-    neighbours' positions."""
-    rows = np.arange(index.starts[g], index.starts[g + 1])
-    cols = plan.columns[g]
-    D2 = _d2(plan, rows, cols)
-    m = min(len(cols), k + 2)
-    pick = np.argpartition(D2, m - 1, axis=1)[:, :m] if m < len(cols) else np.tile(np.arange(len(cols)), (len(rows), 1))
-    cand = cols[pick]
-    diff = index.points[rows][:, None, :] - index.points[cand]
+def _search(c: _Cells, g: int, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Group ``g``'s rows (positions in ``index.points``), their k nearest distances, those
+    neighbours' positions and the pairs measured: the nearest groups holding ``k + 2`` rows
+    first, then each other group, nearest first, for the rows whose lower bound to it is below
+    their k-th distance so far; the ``k + 2`` best by the expansion re-measured exactly."""
+    rows = c.cols[g]
+    near = np.argsort(c.cc[g], kind="stable")
+    near = np.r_[g, near[near != g]]
+    m = int(min(k + 2, len(c.Ps)))
+    first = near[: int(np.searchsorted(np.cumsum(c.sizes[near]), m)) + 1]
+    cols = np.concatenate([c.cols[h] for h in first])
+    cd, cj = _best(c.d2(rows, cols), np.broadcast_to(cols, (len(rows), len(cols))), m)
+    allow = _ERR * (c.sq[rows] + c.sq_max)
+    u2 = np.partition(cd, k - 1, axis=1)[:, k - 1] + allow  # >= each row's true k-th distance, squared
+    pairs = len(rows) * len(cols)
+    rest = near[len(first):]
+    rest = rest[(c.sizes[rest] > 0) & (np.maximum(c.cc[g, rest] - c.index.radii[g] - c.index.radii[rest], 0.0) ** 2
+                                       < u2.max())]
+    if len(rest):
+        lb = c.bounds(g, rows, rest)
+        lb2 = np.where(lb > 0, lb * lb, -1.0)
+        extra = []  # (row, column, squared distance) below the row's bound, from the other groups
+        for j, h in enumerate(rest):
+            sel = np.flatnonzero(lb2[:, j] < u2)
+            if not len(sel):
+                continue
+            D2 = c.d2(rows[sel], c.cols[h])
+            pairs += D2.size
+            r, q = np.nonzero(D2 < u2[sel, None])
+            extra.append((sel[r], c.cols[h][q], D2[r, q]))
+        if extra:
+            cd, cj = _merge(cd, cj, extra, m)
+    diff = c.index.points[rows][:, None, :] - c.index.points[cj]
     d = np.sqrt(np.einsum("ijk,ijk->ij", diff, diff))
     o = np.argsort(d, axis=1, kind="stable")[:, :k]
-    return rows, np.take_along_axis(d, o, axis=1), np.take_along_axis(cand, o, axis=1)
+    return rows, np.take_along_axis(d, o, axis=1), np.take_along_axis(cj, o, axis=1), pairs
+
+
+def _merge(cd: np.ndarray, cj: np.ndarray, extra: list, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's ``m`` smallest among its candidates ``cd``/``cj`` (rows x m) and the ``extra``
+    ``(row, position, squared distance)`` triples."""
+    r = len(cd)
+    rr = np.concatenate([np.repeat(np.arange(r), m)] + [e[0] for e in extra])
+    jj = np.concatenate([cj.ravel()] + [e[1] for e in extra])
+    dd = np.concatenate([cd.ravel()] + [e[2] for e in extra])
+    o = np.lexsort((dd, rr))
+    starts = np.r_[0, np.cumsum(np.bincount(rr, minlength=r))[:-1]]
+    take = o[starts[:, None] + np.arange(m)[None, :]]
+    return dd[take], jj[take]
+
+
+def _best(D2: np.ndarray, J: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's ``m`` smallest of ``D2`` (unordered) and their columns' positions ``J``."""
+    if D2.shape[1] <= m:
+        return D2.copy(), np.array(J)
+    pick = np.argpartition(D2, m - 1, axis=1)[:, :m]
+    return np.take_along_axis(D2, pick, axis=1), np.take_along_axis(J, pick, axis=1)
