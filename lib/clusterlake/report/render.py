@@ -365,12 +365,16 @@ _METRIC_HINTS = {
 
 
 def _header(d: ReportData, colors: dict) -> str:
-    out = [f'<h1>{_e(d.job_name)}</h1>', "<h2>Run summary</h2>"]
+    """The run summary: its facts, why rows were dropped, the gates, the metrics, the stages."""
+    return "".join([f'<h1>{_e(d.job_name)}</h1>', "<h2>Run summary</h2>", _facts(d), _dropped(d),
+                    _gates(d), _metrics_table(d), _stage_times(d)])
+
+
+def _facts(d: ReportData) -> str:
     read, dropped, used = d.rows_read, d.rows_dropped, d.rows_used
     drop_share = (dropped / read) if read else float("nan")
     kind = {"full": "full run", "update": "incremental update"}.get(d.kind, d.kind)
-    failures = [str(f) for f in (d.gate_failures or [])]
-    configured = [str(g) for g in (d.gates_configured or [])]
+    failures, configured = d.gate_failures or [], d.gates_configured or []
     if failures:
         gates = f'<span class="fail">FAILED</span>: {len(failures)} gate(s) failed'
     elif configured:
@@ -389,61 +393,68 @@ def _header(d: ReportData, colors: dict) -> str:
     ]
     if d.output_path:
         facts.append(("Output", f"<code>{_e(d.output_path)}</code>"))
-    out.append('<table class="facts"><tbody>' + "".join(
-        f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in facts) + "</tbody></table>")
+    return '<table class="facts"><tbody>' + "".join(
+        f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in facts) + "</tbody></table>"
 
-    # why rows were dropped
+
+def _dropped(d: ReportData) -> str:
+    """Why rows were dropped, most frequent reason first (ten at most, the rest summed)."""
     inv = {str(k): int(v) for k, v in (d.invalid_counts or {}).items() if v is not None and not _isnan(v)}
-    if inv:
-        top = sorted(inv.items(), key=lambda kv: (-kv[1], kv[0]))
-        rows = []
-        for key, n in top[:10]:
-            col, sep, reason = key.rpartition(":")
-            if not sep:
-                col, reason = key, ""
-            rows.append([f"<code>{_e(col)}</code>", _e(reason), _int(n)])
-        if len(top) > 10:
-            rest = top[10:]
-            rows.append([f"<em>{len(rest)} other reason(s)</em>", "", _int(sum(n for _, n in rest))])
-        out.append("<h3>Why rows were dropped</h3>")
-        out.append(_table(["column", "reason", "rows"], rows, "num-last"))
-        out.append('<p class="note">A row can be invalid for several reasons, so the counts can '
-                   "add up to more than the rows dropped.</p>")
-    elif dropped:
-        out.append(f'<p class="note">{_int(dropped)} row(s) dropped; no reasons recorded.</p>')
+    if not inv:
+        return f'<p class="note">{_int(d.rows_dropped)} row(s) dropped; no reasons recorded.</p>' \
+            if d.rows_dropped else ""
+    top = sorted(inv.items(), key=lambda kv: (-kv[1], kv[0]))
+    rows = []
+    for key, n in top[:10]:
+        col, sep, reason = key.rpartition(":")
+        if not sep:
+            col, reason = key, ""
+        rows.append([f"<code>{_e(col)}</code>", _e(reason), _int(n)])
+    if len(top) > 10:
+        rest = top[10:]
+        rows.append([f"<em>{len(rest)} other reason(s)</em>", "", _int(sum(n for _, n in rest))])
+    return ("<h3>Why rows were dropped</h3>" + _table(["column", "reason", "rows"], rows, "num-last")
+            + '<p class="note">A row can be invalid for several reasons, so the counts can '
+              "add up to more than the rows dropped.</p>")
 
-    # gates
-    if failures or configured:
-        out.append("<h3>Quality gates</h3>")
-        if failures:
-            out.append('<ul class="failures">' + "".join(f"<li>{_e(f)}</li>" for f in failures) + "</ul>")
-        if configured:
-            out.append('<p>Configured: ' + ", ".join(f"<code>{_e(g)}</code>" for g in configured) + "</p>")
 
-    # metrics
-    mets = {str(k): v for k, v in (d.metrics or {}).items()}
-    if mets:
-        order = [m for m in _METRIC_HINTS if m in mets] + sorted(m for m in mets if m not in _METRIC_HINTS)
-        rows = [[f"<code>{_e(m)}</code>", _num(mets[m]), _e(_METRIC_HINTS.get(m, ""))] for m in order]
-        out.append("<h3>Run metrics (K-means)</h3>")
-        out.append(_table(["metric", "value", "reading"], rows))
-
-    # wall time per stage
-    stages = [(str(k), float(v)) for k, v in (d.stage_seconds or {}).items() if v is not None]
-    if stages:
-        total = float(d.seconds) if d.seconds and math.isfinite(float(d.seconds)) and d.seconds > 0 \
-            else sum(v for _, v in stages)
-        rows = []
-        for name, s in stages:
-            share = s / total if total > 0 else 0.0
-            w = max(0.0, min(100.0, 100 * share))
-            rows.append([_e(name), _e(_secs(s)), _pct(share),
-                         f'<span class="bar" style="width:{w:.1f}%"></span>'])
-        rows.append((' class="total"', ["<strong>total</strong>", f"<strong>{_e(_secs(total))}</strong>",
-                                         "100.0%", ""]))
-        out.append("<h3>Wall time per stage</h3>")
-        out.append(_table(["stage", "time", "share", ""], rows, "stages"))
+def _gates(d: ReportData) -> str:
+    failures = [str(f) for f in (d.gate_failures or [])]
+    configured = [str(g) for g in (d.gates_configured or [])]
+    if not (failures or configured):
+        return ""
+    out = ["<h3>Quality gates</h3>"]
+    if failures:
+        out.append('<ul class="failures">' + "".join(f"<li>{_e(f)}</li>" for f in failures) + "</ul>")
+    if configured:
+        out.append('<p>Configured: ' + ", ".join(f"<code>{_e(g)}</code>" for g in configured) + "</p>")
     return "".join(out)
+
+
+def _metrics_table(d: ReportData) -> str:
+    mets = {str(k): v for k, v in (d.metrics or {}).items()}
+    if not mets:
+        return ""
+    order = [m for m in _METRIC_HINTS if m in mets] + sorted(m for m in mets if m not in _METRIC_HINTS)
+    rows = [[f"<code>{_e(m)}</code>", _num(mets[m]), _e(_METRIC_HINTS.get(m, ""))] for m in order]
+    return "<h3>Run metrics (K-means)</h3>" + _table(["metric", "value", "reading"], rows)
+
+
+def _stage_times(d: ReportData) -> str:
+    """Wall time per stage, each with its share of the run's total as a bar."""
+    stages = [(str(k), float(v)) for k, v in (d.stage_seconds or {}).items() if v is not None]
+    if not stages:
+        return ""
+    total = float(d.seconds) if d.seconds and math.isfinite(float(d.seconds)) and d.seconds > 0 \
+        else sum(v for _, v in stages)
+    rows = []
+    for name, s in stages:
+        share = s / total if total > 0 else 0.0
+        w = max(0.0, min(100.0, 100 * share))
+        rows.append([_e(name), _e(_secs(s)), _pct(share), f'<span class="bar" style="width:{w:.1f}%"></span>'])
+    rows.append((' class="total"', ["<strong>total</strong>", f"<strong>{_e(_secs(total))}</strong>",
+                                     "100.0%", ""]))
+    return "<h3>Wall time per stage</h3>" + _table(["stage", "time", "share", ""], rows, "stages")
 
 
 def _clusters_frame(d: ReportData) -> pd.DataFrame:
