@@ -513,10 +513,9 @@ def _sizes(d: ReportData, colors: dict) -> str:
     return "<h2>Cluster sizes</h2>" + f'<figure>{img}</figure>' + table
 
 
-def _projection(d: ReportData, colors: dict) -> str:
-    from matplotlib.colors import to_rgba
-    from matplotlib.lines import Line2D
-
+def _projection_points(d: ReportData) -> tuple[np.ndarray, Optional[np.ndarray], np.ndarray, int]:
+    """The sample's first two model-space coordinates (padded to two), subsampled, finite ones
+    only, with their clusters (None: unknown) and density-noise flags, and the sample's size."""
     pts = np.asarray(d.sample_points, dtype=np.float64)
     if pts.ndim == 1:
         pts = pts.reshape(-1, 1)
@@ -532,10 +531,15 @@ def _projection(d: ReportData, colors: dict) -> str:
     pts, noise = pts[idx], noise[idx]
     lab = lab[idx] if lab is not None else None
     finite = np.isfinite(pts).all(axis=1)
-    pts, noise = pts[finite], noise[finite]
-    lab = lab[finite] if lab is not None else None
-    n = len(pts)
+    return pts[finite], (lab[finite] if lab is not None else None), noise[finite], n_all
 
+
+def _projection(d: ReportData, colors: dict) -> str:
+    from matplotlib.colors import to_rgba
+    from matplotlib.lines import Line2D
+
+    pts, lab, noise, n_all = _projection_points(d)
+    n = len(pts)
     fig = _new_figure(7.0, 4.6)
     ax = fig.add_subplot()
     size = float(np.clip(30000.0 / max(n, 1), 3.0, 24.0))
