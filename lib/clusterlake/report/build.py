@@ -99,27 +99,32 @@ def _config_gates(config_json: Optional[str]) -> list[str]:
     return names
 
 
-def load_report_data(output_path: str, run_id: Optional[str] = None, history_runs: int = 14):
-    """Everything the report shows for ``run_id`` (default: the newest successful run), read from
-    the output's tables and the run's model artifact."""
-    import pandas as pd
-
+def _run_row(output_path: str, run_id: Optional[str]):
+    """The successful runs (oldest first) and the row of ``run_id`` (None: the newest)."""
     from clusterlake.errors import ClusterlakeError
-    from clusterlake.io import model_artifact
-    from clusterlake.report.render import ReportData
 
     runs = _read_table(output_path, "runs")
     if runs is None or runs.empty:
         raise ClusterlakeError(f"no runs table under {output_path}; run the job first (clusterlake run --config ...)")
     runs = runs[runs.status == "success"].sort_values("finished_at").reset_index(drop=True)
     if run_id is None:
-        row = runs.iloc[-1]
-    else:
-        hit = runs[runs.run_id == run_id]
-        if hit.empty:
-            shown = ", ".join(runs.run_id.tolist()[-5:])
-            raise ClusterlakeError(f"run {run_id} is not a committed run under {output_path} (latest: {shown})")
-        row = hit.iloc[-1]
+        return runs, runs.iloc[-1]
+    hit = runs[runs.run_id == run_id]
+    if hit.empty:
+        shown = ", ".join(runs.run_id.tolist()[-5:])
+        raise ClusterlakeError(f"run {run_id} is not a committed run under {output_path} (latest: {shown})")
+    return runs, hit.iloc[-1]
+
+
+def load_report_data(output_path: str, run_id: Optional[str] = None, history_runs: int = 14):
+    """Everything the report shows for ``run_id`` (default: the newest successful run), read from
+    the output's tables and the run's model artifact."""
+    import pandas as pd
+
+    from clusterlake.io import model_artifact
+    from clusterlake.report.render import ReportData
+
+    runs, row = _run_row(output_path, run_id)
     rid = row.run_id
 
     def of_run(name, which=rid):
