@@ -53,3 +53,13 @@ def test_small_samples_use_the_brute_search():
     X = _blobs(300, 4, seed=3)
     np.testing.assert_allclose(K.self_knn_distances(X, 7), _exact(X, 7), rtol=1e-6, atol=1e-9)
     assert K.self_knn_distances(X[:3], 10).shape == (3, 3)
+
+
+def test_the_brute_search_returns_exact_distances():
+    """Unclustered rows far from the origin: the brute search, whose expansion loses digits there;
+    its neighbours' distances are re-measured from the differences and re-sorted."""
+    X = np.random.default_rng(3).normal(size=(6000, 17)) + 50.0
+    d, j, _ = K.self_knn(X, 10)
+    np.testing.assert_allclose(d, np.sqrt(((X[:, None, :] - X[j]) ** 2).sum(-1)), rtol=1e-14)
+    np.testing.assert_allclose(d, _exact(X, 10), rtol=1e-12)
+    assert (np.diff(d, axis=1) >= 0).all()

@@ -15,7 +15,8 @@ data, and returns exact distances:
    member of ``h`` is below its ``u``: the larger of the ball bound ``|y - c_h| - radius_h`` and
    the Voronoi hyperplane bound ``(|y - c_h|^2 - |y - c_g|^2 - slack_h) / (2 |c_h - c_g|)``
    (``c_g`` the row's own group's centre; in 8 and more dimensions it prunes far more than the
-   ball). One GEMM per group and row block, never per row; the distances below ``u`` are kept
+   ball; :func:`~clusterlake.kernels.neighbors.group_bounds`). One GEMM per group and row
+   block, never per row; the distances below ``u`` are kept
    and each row's ``k + 2`` best by the expansion re-measured exactly from the differences, sorted
    (groups on two threads);
 4. if a tenth of the groups measured more than a quarter of their pairs (data without clusters),
@@ -25,9 +26,10 @@ Measured on 20,000 rows, k=10 (two cores): the embedded sample's 8 model dimensi
 brute search: the former per-group plan measured a third of the pairs) -> 0.30 s; 17-D blobs
 0.23 -> 0.21 s; 200,000 rows of 17-D blobs 13 -> 7.9 s.
 
-Exactness: the bounds carry the expansion's round-off (``_ERR`` times the squared norms), so no
-row that could be among the k nearest is left out; the distances returned are computed from the
-differences. Near-ties within the expansion's round-off (~1e-13 relative) may be ordered
+Exactness: the bounds carry the expansion's round-off
+(:func:`~clusterlake.kernels.neighbors.err_coef` times the squared norms, measured from the mean
+of the rows), so no row that could be among the k nearest is left out; the distances returned
+are computed from the differences (the brute search's too). Near-ties within the expansion's round-off (~1e-13 relative) may be ordered
 differently than exact arithmetic would, which changes no distance by more than that.
 """
 
@@ -38,9 +40,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from clusterlake.kernels.neighbors import err_coef, group_bounds
+
 __all__ = ["metric_knn_distances", "self_knn", "self_knn_distances"]
 
-_ERR = 64 * np.finfo(np.float64).eps  # round-off allowance of the expansion, per unit of squared norm
 _MIN_ROWS = 5000  # below this many rows the brute search is as fast
 _MAX_SHARE = 1 / 4  # of all pairs: above it the brute search is used (its pairs cost ~a third as much)
 
@@ -55,7 +58,8 @@ def self_knn_distances(X: np.ndarray, k: int) -> np.ndarray:
 def self_knn(X: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, object]:
     """:func:`self_knn_distances` with the neighbours' row numbers ``(n, k)`` (among rows at the
     same distance, in no particular order) and the cells it grouped the rows by (a
-    :class:`~clusterlake.kernels.neighbors.PointIndex`, None when it measured every pair):
+    :class:`~clusterlake.kernels.neighbors.PointIndex`, None below 5,000 rows, where every pair is
+    measured):
     ``(distances, rows, index)``."""
     X = np.ascontiguousarray(X, dtype=np.float64)
     n = len(X)
@@ -76,8 +80,10 @@ def self_knn(X: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, object]:
                 out[index.order[rows]], near[index.order[rows]] = d, index.order[j]
                 pairs, done = pairs + p, done + len(rows)
             if todo is probe and pairs > _MAX_SHARE * n * done:  # data without clusters: brute is cheaper
-                return (*_brute(X, k), index)
-    return out, near, index
+                break
+        else:
+            return out, near, index
+    return (*_brute(X, k), index)
 
 
 def metric_knn_distances(X: np.ndarray, k: int, m) -> np.ndarray:
@@ -114,10 +120,17 @@ def metric_knn_distances(X: np.ndarray, k: int, m) -> np.ndarray:
 
 
 def _brute(X: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's brute search (every pair, by the expansion), its distances re-measured from
+    the differences and re-sorted: exact, as the pruned search's."""
     from sklearn.neighbors import NearestNeighbors
 
-    d, j = NearestNeighbors(n_neighbors=k, algorithm="brute", n_jobs=-1).fit(X).kneighbors(X)
-    return d, j.astype(np.int64)
+    _, j = NearestNeighbors(n_neighbors=k, algorithm="brute", n_jobs=-1).fit(X).kneighbors(X)
+    d = np.empty(j.shape)
+    for s in range(0, len(X), 4096):  # ~4096 k d floats of differences at a time
+        diff = X[s:s + 4096, None, :] - X[j[s:s + 4096]]
+        d[s:s + 4096] = np.sqrt(np.einsum("ijk,ijk->ij", diff, diff))
+    o = np.argsort(d, axis=1, kind="stable")
+    return np.take_along_axis(d, o, axis=1), np.take_along_axis(j, o, axis=1).astype(np.int64)
 
 
 def _one_blas_thread():
@@ -127,22 +140,15 @@ def _one_blas_thread():
 
 
 class _Cells:
-    """The grouped rows in the shifted frame and the tables every group's search reads."""
+    """The grouped rows in the index's frame and the tables every group's search reads."""
 
     def __init__(self, index):
         self.index, self.st = index, index.starts
         self.Ps = index.points - index.shift
         self.sq = np.einsum("ij,ij->i", self.Ps, self.Ps)
-        self.C = index.centers - index.shift
-        self.c_sq = np.einsum("ij,ij->i", self.C, self.C)
-        G = index.n_groups
-        cc = np.empty((G, G))
-        for a in range(0, G, 64):  # from the differences: the hyperplane bound divides by it
-            diff = self.C[a:a + 64, None, :] - self.C[None, :, :]
-            cc[a:a + 64] = np.sqrt(np.einsum("abk,abk->ab", diff, diff))
-        self.cc, self.inv_cc2 = cc, index._derived()["inv_cc2"]
+        self.cc = index.centre_distances()
         self.sizes = np.diff(self.st)
-        self.cols = [np.arange(self.st[h], self.st[h + 1]) for h in range(G)]
+        self.cols = [np.arange(self.st[h], self.st[h + 1]) for h in range(index.n_groups)]
         self.sq_max = float(self.sq.max())
 
     def d2(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
@@ -153,22 +159,13 @@ class _Cells:
         D2 += self.sq[None, cols]
         return D2
 
-    def bounds(self, g: int, rows: np.ndarray, cells: np.ndarray) -> np.ndarray:
-        """Lower bounds of the distance from each row of group ``g`` to any member of each group
-        of ``cells``: the larger of the ball bound ``|y - c_h| - radius_h`` and the Voronoi
-        hyperplane bound ``(|y - c_h|^2 - |y - c_g|^2 - slack_h) / (2 |c_h - c_g|)``."""
-        dc2 = self.sq[rows, None] - 2.0 * self.Ps[rows] @ self.C[cells].T + self.c_sq[None, cells]
-        dc2 -= _ERR * (self.sq[rows, None] + self.c_sq.max())  # rounded down
-        own = np.einsum("ij,ij->i", self.Ps[rows] - self.C[g], self.Ps[rows] - self.C[g]) * (1 + 1e-12)
-        plane = (dc2 - own[:, None] - self.index.slack[None, cells]) * self.inv_cc2[g, cells][None, :]
-        return np.maximum(np.sqrt(np.maximum(dc2, 0.0)) - self.index.radii[None, cells], plane)
-
 
 def _search(c: _Cells, g: int, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """Group ``g``'s rows (positions in ``index.points``), their k nearest distances, those
     neighbours' positions and the pairs measured: the nearest groups holding ``k + 2`` rows
-    first, then each other group, nearest first, for the rows whose lower bound to it is below
-    their k-th distance so far; the ``k + 2`` best by the expansion re-measured exactly."""
+    first, then each other group for the rows whose lower bound to it is below their k-th
+    distance in those (the distances below it kept); the ``k + 2`` best by the expansion
+    re-measured exactly."""
     rows = c.cols[g]
     near = np.argsort(c.cc[g], kind="stable")
     near = np.r_[g, near[near != g]]
@@ -176,14 +173,14 @@ def _search(c: _Cells, g: int, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarr
     first = near[: int(np.searchsorted(np.cumsum(c.sizes[near]), m)) + 1]
     cols = np.concatenate([c.cols[h] for h in first])
     cd, cj = _best(c.d2(rows, cols), np.broadcast_to(cols, (len(rows), len(cols))), m)
-    allow = _ERR * (c.sq[rows] + c.sq_max)
+    allow = err_coef(c.Ps.shape[1]) * 2.0 * (c.sq[rows] + c.sq_max)  # twice: the seed's and a rival's round-off
     u2 = np.partition(cd, k - 1, axis=1)[:, k - 1] + allow  # >= each row's true k-th distance, squared
     pairs = len(rows) * len(cols)
     rest = near[len(first):]
     rest = rest[(c.sizes[rest] > 0) & (np.maximum(c.cc[g, rest] - c.index.radii[g] - c.index.radii[rest], 0.0) ** 2
                                        < u2.max())]
     if len(rest):
-        lb = c.bounds(g, rows, rest)
+        lb = group_bounds(c.index, g, c.Ps[rows], rest)
         lb2 = np.where(lb > 0, lb * lb, -1.0)
         extra = []  # (row, column, squared distance) below the row's bound, from the other groups
         for j, h in enumerate(rest):

@@ -75,7 +75,7 @@ def default_n_groups(m: int) -> int:
     return int(min(m, max(1, min(1024, round(0.5 * np.sqrt(m))))))
 
 
-def _err_coef(d: int) -> float:
+def err_coef(d: int) -> float:
     """``K`` such that ``K (|x|^2 + |c|^2)`` bounds the round-off of the float64 expansion of ``|x - c|^2``.
 
     The product ``x.c`` over ``d`` terms errs by at most ``~d eps |x||c|``, the additions by a few
@@ -118,6 +118,10 @@ class PointIndex:
         self.__dict__.update(state)
         self._cache = {}
 
+    def centre_distances(self) -> np.ndarray:
+        """``(G, G)`` distances between the group centres, from the differences."""
+        return self._derived()["cc"]
+
     def _derived(self) -> dict:
         """Arrays derived from the fields, computed once per process (not pickled)."""
         c = self._cache
@@ -133,6 +137,7 @@ class PointIndex:
         for a in range(0, G, 64):  # centre-to-centre distances from the differences, G x G
             diff = Cs[a:a + 64, None, :] - Cs[None, :, :]
             cc[a:a + 64] = np.sqrt(np.einsum("abk,abk->ab", diff, diff))
+        cc_exact = cc.copy()
         cc *= 1 + 1e-12  # a larger divisor only weakens a bound (whose numerator is > 0 when it matters)
         # 1 / (2 |c_g - c_a|); 0 for a == g and coincident centres (the bound degrades to 0).
         inv = np.zeros((G, G))
@@ -147,6 +152,7 @@ class PointIndex:
             # [y, 1] @ W + |y|^2 = |y - c_g|^2 - slack_g
             W=np.ascontiguousarray(np.vstack([Cs.T * -2.0, (c_sq - self.slack)[None, :]])),
             inv_cc2=inv,
+            cc=cc_exact,
             # [y - c, 1] @ aug.T = |p - c|^2 - 2 (y - c).(p - c) = |y - p|^2 - |y - c|^2
             aug=aug,
             aug32=aug.astype(np.float32),
@@ -154,6 +160,24 @@ class PointIndex:
             rad2=np.maximum.reduceat(local_sq, self.starts[:-1]) if G else np.zeros(0),
         )
         return c
+
+
+def group_bounds(index: PointIndex, g: int, Ys: np.ndarray, cells: np.ndarray) -> np.ndarray:
+    """Lower bounds ``(len(Ys), len(cells))`` of the distance from each row of ``Ys`` (members of
+    group ``g``, in the index's frame: ``points - shift``) to every member of each group of
+    ``cells``: the larger of the ball bound ``|y - c_h| - radius_h`` and the hyperplane bound
+    ``(|y - c_h|^2 - |y - c_g|^2 - slack_h) / (2 |c_h - c_g|)`` (a member ``p`` of ``h`` lies in
+    the half-space ``|p - c_h|^2 - |p - c_g|^2 <= slack_h``), both with the expansion's round-off
+    taken off. For searches of a sample against itself (:mod:`~clusterlake.kernels.knn`,
+    :mod:`~clusterlake.kernels.boruvka`); :func:`query` keeps its own blocked form."""
+    c = index._derived()
+    y_sq = row_sq_norms(Ys)
+    dc2 = y_sq[:, None] + Ys @ c["CTm2"][:, cells] + c["c_sq"][None, cells]
+    dc2 -= err_coef(index.dim) * (y_sq[:, None] + c["c_sq_max"])  # rounded down
+    own = row_sq_norms(Ys - c["Cs"][g]) * (1 + 1e-12)
+    plane = (dc2 - own[:, None] - index.slack[None, cells]) * c["inv_cc2"][g, cells][None, :]
+    ball = np.sqrt(np.maximum(dc2, 0.0)) - index.radii[None, cells] * (1 + 1e-12)
+    return np.maximum(ball, plane)
 
 
 # --------------------------------------------------------------------------- build
@@ -226,7 +250,7 @@ def build(points: np.ndarray, n_groups: int | None = None, seed: int = 0, n_iter
     # Voronoi slack. The expansion chose the own centre b: exp_b <= exp_a for every a, and
     # |exp - exact| <= err, so |p - c_b|^2 - |p - c_a|^2 <= e_own - exp_b + 2 err; the factor 4
     # also covers the clamping of exp_b at 0 (<= err) and e_own's own round-off.
-    err = _err_coef(d) * (p_sq[order] + float(row_sq_norms(Cs).max()))
+    err = err_coef(d) * (p_sq[order] + float(row_sq_norms(Cs).max()))
     viol = np.maximum(e_own - d2exp[order], 0.0) + 4.0 * err
     slack = np.maximum.reduceat(viol, starts[:-1])
     return PointIndex(points=np.ascontiguousarray(P[order]), order=order, starts=starts,
@@ -415,7 +439,7 @@ def _candidates(q: _Workspace, Yb: np.ndarray, d2own: np.ndarray, best: np.ndarr
     W, inv_cc2 = q.dv["W"], q.dv["inv_cc2"]
     y_sq = row_sq_norms(Yb[:, :d])
     cand = q.candT[:, :nb]
-    rowterm = y_sq - d2own - _err_coef(d) * (y_sq + q.dv["c_sq_max"] + d2own)
+    rowterm = y_sq - d2own - err_coef(d) * (y_sq + q.dv["c_sq_max"] + d2own)
     for a_g in groups:
         for a in range(int(bnd[a_g]), int(bnd[a_g + 1]), q.sub):
             b = min(int(bnd[a_g + 1]), a + q.sub)
@@ -472,5 +496,5 @@ def _screen32(q: _Workspace, g: int, Yb: np.ndarray, rows: np.ndarray) -> tuple[
     q.stats["elems32"] += rows.size * mg
     q.stats["pairs32"] += rows.size
     low += dc2
-    low -= 4.0 * (d + 4) * _EPS32 * (dc2 + q.dv["rad2"][g])  # _err_coef's bound, float32
+    low -= 4.0 * (d + 4) * _EPS32 * (dc2 + q.dv["rad2"][g])  # err_coef's bound, float32
     return low, dc2
