@@ -48,6 +48,8 @@ import numpy as np
 
 __all__ = ["boruvka_mst"]
 
+_BLOCK = 1 << 22  # weights per block of a search (32 MiB of float64)
+
 
 class _Cells:
     """The rows regrouped by cell (positions ``0..n-1`` in the index's order) and the tables every
@@ -55,7 +57,7 @@ class _Cells:
     cells' pairwise lower bounds."""
 
     def __init__(self, X: np.ndarray, core: np.ndarray, index, neighbours: Optional[np.ndarray]):
-        n, d = X.shape
+        n = len(X)
         self.index, self.n, self.order, self.st = index, n, index.order, index.starts
         self.G = len(self.st) - 1
         P = index.points - index.shift
@@ -90,7 +92,7 @@ class _Round:
 
     def offer(self, rows: np.ndarray, value: np.ndarray, other: np.ndarray) -> None:
         """Candidate edges ``rows -> other`` of squared weight ``value``: kept where lighter (ties:
-        the lower row number)."""
+        the lower position)."""
         b, t = self.best[rows], self.to[rows]
         better = (value < b) | ((value == b) & (other < t))
         if better.any():
@@ -99,14 +101,18 @@ class _Round:
             np.minimum.at(self.ub, self.comp[r], value[better])
 
     def search(self, rows: np.ndarray, cols: np.ndarray) -> None:
-        """Every row of ``rows`` against the rows ``cols`` (one GEMM), its own component left out."""
+        """Every row of ``rows`` against the rows ``cols`` (a GEMM per block of rows of at most
+        :data:`_BLOCK` weights: a cell of many identical rows is large), its own component left out."""
         c = self.cells
-        D = c.A[rows] @ c.B[:, cols]
-        np.maximum(D, c.c2[rows, None], out=D)
-        np.maximum(D, c.c2[None, cols], out=D)
-        D[self.comp[rows][:, None] == self.comp[cols][None, :]] = np.inf
-        j = D.argmin(axis=1)
-        self.offer(rows, D[np.arange(len(rows)), j], cols[j])
+        step = max(1, _BLOCK // max(1, len(cols)))
+        for s in range(0, len(rows), step):
+            r = rows[s:s + step]
+            D = c.A[r] @ c.B[:, cols]
+            np.maximum(D, c.c2[r, None], out=D)
+            np.maximum(D, c.c2[None, cols], out=D)
+            D[self.comp[r][:, None] == self.comp[cols][None, :]] = np.inf
+            j = D.argmin(axis=1)
+            self.offer(r, D[np.arange(len(r)), j], cols[j])
 
 
 def boruvka_mst(X: np.ndarray, core: np.ndarray, neighbours: Optional[np.ndarray] = None,
