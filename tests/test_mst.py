@@ -150,3 +150,27 @@ def test_hdbscan_on_a_larger_sample_takes_borůvka_and_agrees_with_scikit_learn(
     want = D.first_seen_order(HDBSCAN(min_cluster_size=40, min_samples=8, copy=True).fit(X).labels_)
     _same_up_to_ties(X, got, want, knn[:, 7])
     assert len(np.unique(got[got >= 0])) >= 4
+
+
+def test_boruvka_and_the_neighbour_search_in_small_blocks(monkeypatch):
+    """A cell of many identical rows is searched a block of rows at a time: the same tree weight
+    and the same neighbours with blocks of 1,000 distances as in one piece."""
+    from scipy.spatial.distance import cdist
+
+    from clusterlake.kernels import boruvka, knn
+    from clusterlake.kernels.neighbors import build
+
+    rng = np.random.default_rng(5)
+    X = np.vstack([np.repeat(rng.normal(size=(3, 4)), 700, axis=0), rng.normal(size=(400, 4)) * 2])
+    index = build(X, n_groups=8)
+    want_d = np.sort(cdist(X, X), axis=1)[:, :6]
+    monkeypatch.setattr(knn, "_BLOCK", 1000)
+    monkeypatch.setattr(boruvka, "_BLOCK", 1000)
+    cells = knn._Cells(index)
+    rows, d, j, _ = zip(*(knn._search(cells, g, 6) for g in range(index.n_groups)))
+    got = np.empty_like(want_d)
+    got[index.order[np.concatenate(rows)]] = np.concatenate(d)
+    np.testing.assert_allclose(got, want_d, rtol=1e-12, atol=1e-12)
+    core = want_d[:, 4]
+    _, _, w = boruvka.boruvka_mst(X, core, None, index)
+    assert w.sum() == pytest.approx(_dense_mst_weight(X, core), rel=1e-12, abs=1e-12)
