@@ -24,8 +24,10 @@ data, and returns exact distances:
    the brute search, whose pairs cost about a third as much, is used instead.
 
 Measured on 20,000 rows, k=10 (two cores): the embedded sample's 8 model dimensions 0.55 s (the
-brute search: the former per-group plan measured a third of the pairs) -> 0.30 s; 17-D blobs
-0.23 -> 0.21 s; 200,000 rows of 17-D blobs 13 -> 7.9 s.
+brute search: the former per-group plan measured a third of the pairs) -> 0.28 s; 17-D blobs
+0.23 -> 0.20 s; 100,000 rows of 17-D blobs 2.8 -> 1.8 s, 200,000 rows 13 -> 5.2 s. The squared
+norms ride in the GEMM (``[p, |p|^2, 1] . [-2q; 1; |q|^2]``) and a group's columns are a slice:
+each distance costs one GEMM entry and one comparison.
 
 Exactness: the bounds carry the expansion's round-off
 (:func:`~clusterlake.kernels.neighbors.err_coef` times the squared norms, measured from the mean
@@ -151,18 +153,21 @@ class _Cells:
         self.index, self.st = index, index.starts
         self.Ps = index.points - index.shift
         self.sq = np.einsum("ij,ij->i", self.Ps, self.Ps)
+        n = len(self.Ps)  # [p, |p|^2, 1] . [-2q; 1; |q|^2] = |p - q|^2: one GEMM, no elementwise pass
+        self.A = np.hstack([self.Ps, self.sq[:, None], np.ones((n, 1))])
+        self.B = np.ascontiguousarray(np.hstack([-2.0 * self.Ps, np.ones((n, 1)), self.sq[:, None]]).T)
         self.cc = index.centre_distances()
         self.sizes = np.diff(self.st)
         self.cols = [np.arange(self.st[h], self.st[h + 1]) for h in range(index.n_groups)]
         self.sq_max = float(self.sq.max())
 
-    def d2(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-        """Squared distances by the expansion (shifted frame), rows x cols."""
-        D2 = self.Ps[rows] @ self.Ps[cols].T
-        D2 *= -2.0
-        D2 += self.sq[rows, None]
-        D2 += self.sq[None, cols]
-        return D2
+    def d2(self, rows: np.ndarray, cols) -> np.ndarray:
+        """Squared distances by the expansion (shifted frame), rows x cols (positions, or a slice:
+        a group's columns are contiguous)."""
+        return self.A[rows] @ self.B[:, cols]
+
+    def group(self, h: int) -> slice:
+        return slice(int(self.st[h]), int(self.st[h + 1]))
 
 
 def _search(c: _Cells, g: int, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
@@ -203,10 +208,11 @@ def _search_rows(c: _Cells, g: int, rows: np.ndarray, k: int, rest: np.ndarray, 
             sel = np.flatnonzero(lb2[:, j] < u2)
             if not len(sel):
                 continue
-            D2 = c.d2(rows[sel], c.cols[h])
+            D2 = c.d2(rows[sel], c.group(h))
             pairs += D2.size
-            r, q = np.nonzero(D2 < u2[sel, None])
-            extra.append((sel[r], c.cols[h][q], D2[r, q]))
+            hit = np.flatnonzero(D2 < u2[sel, None])  # (cheaper than the 2-D nonzero)
+            r, q = np.divmod(hit, D2.shape[1])
+            extra.append((sel[r], q + c.st[h], D2.ravel()[hit]))
         if extra:
             cd, cj = _merge(cd, cj, extra, m)
     diff = c.index.points[rows][:, None, :] - c.index.points[cj]
