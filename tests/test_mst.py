@@ -152,9 +152,11 @@ def test_hdbscan_on_a_larger_sample_takes_borůvka_and_agrees_with_scikit_learn(
     assert len(np.unique(got[got >= 0])) >= 4
 
 
-def test_boruvka_and_the_neighbour_search_in_small_blocks(monkeypatch):
-    """A cell of many identical rows is searched a block of rows at a time: the same tree weight
-    and the same neighbours with blocks of 1,000 distances as in one piece."""
+@pytest.mark.parametrize("block", [1000, 20_000])
+def test_boruvka_and_the_neighbour_search_in_small_blocks(monkeypatch, block):
+    """A cell of many identical rows is searched a block of rows at a time: the dense graph's
+    tree weight and the exact neighbours with blocks of 1,000 distances (one row a block) and
+    20,000 (some dozen rows, the last block shorter)."""
     from scipy.spatial.distance import cdist
 
     from clusterlake.kernels import boruvka, knn
@@ -164,13 +166,15 @@ def test_boruvka_and_the_neighbour_search_in_small_blocks(monkeypatch):
     X = np.vstack([np.repeat(rng.normal(size=(3, 4)), 700, axis=0), rng.normal(size=(400, 4)) * 2])
     index = build(X, n_groups=8)
     want_d = np.sort(cdist(X, X), axis=1)[:, :6]
-    monkeypatch.setattr(knn, "_BLOCK", 1000)
-    monkeypatch.setattr(boruvka, "_BLOCK", 1000)
+    monkeypatch.setattr(knn, "_BLOCK", block)
+    monkeypatch.setattr(boruvka, "_BLOCK", block)
     cells = knn._Cells(index)
     rows, d, j, _ = zip(*(knn._search(cells, g, 6) for g in range(index.n_groups)))
-    got = np.empty_like(want_d)
+    got, near = np.empty_like(want_d), np.empty(want_d.shape, np.int64)
     got[index.order[np.concatenate(rows)]] = np.concatenate(d)
+    near[index.order[np.concatenate(rows)]] = index.order[np.concatenate(j)]
     np.testing.assert_allclose(got, want_d, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(np.sqrt(((X[:, None, :] - X[near]) ** 2).sum(-1)), got, rtol=1e-12, atol=1e-12)
     core = want_d[:, 4]
     _, _, w = boruvka.boruvka_mst(X, core, None, index)
     assert w.sum() == pytest.approx(_dense_mst_weight(X, core), rel=1e-12, abs=1e-12)

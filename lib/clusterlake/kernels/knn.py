@@ -182,37 +182,35 @@ def _search(c: _Cells, g: int, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarr
     m = int(min(k + 2, len(c.Ps)))
     first = near[: int(np.searchsorted(np.cumsum(c.sizes[near]), m)) + 1]
     cols = np.concatenate([c.cols[h] for h in first])
-    step = max(1, _BLOCK // max(1, len(cols), int(c.sizes.max())))
-    parts = [_search_rows(c, g, c.cols[g][s:s + step], k, near[len(first):], cols)
+    step = max(1, _BLOCK // max(1, len(cols)))
+    parts = [_search_rows(c, g, c.cols[g][s:s + step], k, m, near[len(first):], cols)
              for s in range(0, int(c.sizes[g]), step)]
     return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
             np.concatenate([p[2] for p in parts]), sum(p[3] for p in parts))
 
 
-def _search_rows(c: _Cells, g: int, rows: np.ndarray, k: int, rest: np.ndarray, cols: np.ndarray
+def _search_rows(c: _Cells, g: int, rows: np.ndarray, k: int, m: int, rest: np.ndarray, cols: np.ndarray
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """:func:`_search` for a block ``rows`` of group ``g``: ``cols`` the seed's rows, ``rest`` the
-    other groups, nearest first."""
-    m = int(min(k + 2, len(c.Ps)))
+    """:func:`_search` for a block ``rows`` of group ``g``: ``m`` candidates kept per row, ``cols``
+    the seed's rows, ``rest`` the other groups, nearest first."""
     cd, cj = _best(c.d2(rows, cols), np.broadcast_to(cols, (len(rows), len(cols))), m)
     allow = err_coef(c.Ps.shape[1]) * 2.0 * (c.sq[rows] + c.sq_max)  # twice: the seed's and a rival's round-off
     u2 = np.partition(cd, k - 1, axis=1)[:, k - 1] + allow  # >= each row's true k-th distance, squared
     pairs = len(rows) * len(cols)
-    rest = rest[(c.sizes[rest] > 0) & (np.maximum(c.cc[g, rest] - c.index.radii[g] - c.index.radii[rest], 0.0) ** 2
-                                       < u2.max())]
+    rest = rest[np.maximum(c.cc[g, rest] - c.index.radii[g] - c.index.radii[rest], 0.0) ** 2 < u2.max()]
     if len(rest):
         lb = group_bounds(c.index, g, c.Ps[rows], rest)
         lb2 = np.where(lb > 0, lb * lb, -1.0)
         extra = []  # (row, column, squared distance) below the row's bound, from the other groups
         for j, h in enumerate(rest):
-            sel = np.flatnonzero(lb2[:, j] < u2)
-            if not len(sel):
-                continue
-            D2 = c.d2(rows[sel], c.group(h))
-            pairs += D2.size
-            hit = np.flatnonzero(D2 < u2[sel, None])  # (cheaper than the 2-D nonzero)
-            r, q = np.divmod(hit, D2.shape[1])
-            extra.append((sel[r], q + c.st[h], D2.ravel()[hit]))
+            found = np.flatnonzero(lb2[:, j] < u2)
+            step = max(1, _BLOCK // max(1, int(c.sizes[h])))
+            for sel in (found[s:s + step] for s in range(0, len(found), step)):
+                D2 = c.d2(rows[sel], c.group(h))
+                pairs += D2.size
+                hit = np.flatnonzero(D2 < u2[sel, None])  # (cheaper than the 2-D nonzero)
+                r, q = np.divmod(hit, D2.shape[1])
+                extra.append((sel[r], q + c.st[h], D2.ravel()[hit]))
         if extra:
             cd, cj = _merge(cd, cj, extra, m)
     diff = c.index.points[rows][:, None, :] - c.index.points[cj]
