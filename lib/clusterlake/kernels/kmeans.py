@@ -511,15 +511,10 @@ def partial_stats(X, C, weights=None, x_sq=None, n_far=0, block_rows=8192, *, ou
         counts = np.bincount(labels, minlength=k).astype(np.float64)
     else:
         counts = np.bincount(labels, weights=w, minlength=k).astype(np.float64, copy=False)
-    if n_far > 0:
-        far = _top_far(d2_all, n_far, w)
-        far_points = np.asarray(X[far], dtype=np.float64)
-        far_d2 = d2_all[far]
-    else:
-        far_points = np.empty((0, d), dtype=np.float64)
-        far_d2 = np.empty(0, dtype=np.float64)
+    far = _top_far(d2_all, n_far, w) if n_far > 0 else np.zeros(0, np.int64)
     return PartialStats(sums=sums, counts=counts, inertia=inertia,
-                        far_points=far_points, far_d2=far_d2)
+                        far_points=np.asarray(X[far], dtype=np.float64).reshape(-1, d),
+                        far_d2=d2_all[far] if n_far > 0 else np.empty(0, dtype=np.float64))
 
 
 def centers_from_stats(sums, counts, old_centers, spherical=False):
@@ -678,6 +673,22 @@ def repair_empty(centers, empty, far_points, far_d2):
 # --------------------------------------------------------------------------- seeding
 
 
+def _weighted_draw(rng, p: np.ndarray, w: np.ndarray, size: int) -> np.ndarray:
+    """``size`` indices drawn with probability proportional to ``p >= 0`` (by the weights ``w``
+    when ``p`` sums to 0: fewer distinct points than k)."""
+    cum = np.cumsum(p)
+    if not cum[-1] > 0:
+        cum = np.cumsum(w)
+    r = rng.random(size) * cum[-1]
+    # side="right": the first i with cum[i] > r, so p[i] > 0 (an entry with p == 0 does not
+    # increase cum and is never selected).
+    ids = np.searchsorted(cum, r, side="right")
+    if ids.max() >= len(cum):  # r rounded up to the total
+        last = np.flatnonzero(np.diff(cum, prepend=0.0) > 0)[-1]
+        ids = np.minimum(ids, last)
+    return ids
+
+
 def kmeans_plusplus(X, k, weights=None, x_sq=None, random_state=None, n_local_trials=None):
     """Greedy k-means++ seeding with sample weights.
 
@@ -743,18 +754,7 @@ def kmeans_plusplus(X, k, weights=None, x_sq=None, random_state=None, n_local_tr
     n_local_trials = max(1, int(n_local_trials))
 
     def draw(p, size):
-        """``size`` indices drawn with probability proportional to ``p >= 0``."""
-        cum = np.cumsum(p)
-        if not cum[-1] > 0:  # fewer distinct points than k: draw by weight
-            cum = np.cumsum(w)
-        r = rng.random(size) * cum[-1]
-        # side="right": the first i with cum[i] > r, so p[i] > 0 (an entry
-        # with p == 0 does not increase cum and is never selected).
-        ids = np.searchsorted(cum, r, side="right")
-        if ids.max() >= n:  # r rounded up to the total
-            last = np.flatnonzero(np.diff(cum, prepend=0.0) > 0)[-1]
-            ids = np.minimum(ids, last)
-        return ids
+        return _weighted_draw(rng, p, w, size)
 
     indices = np.empty(k, dtype=np.int64)
     indices[0] = draw(w, 1)[0]
@@ -856,6 +856,21 @@ def _exact_inertia(X, C, labels, w):
     return total
 
 
+def _reseed_empty(X, C, C_new, empty, ps, w, x_sq, n_far, warn):
+    """:func:`repair_empty` of ``C_new``'s ``empty`` clusters with the iteration's far rows, or
+    with every row when those are not enough distinct points; ``(centres, re-seeded)``. Warns
+    (if ``warn``) when some cluster stays empty: the data has fewer distinct points than k."""
+    n, k, n_empty = X.shape[0], C.shape[0], int(empty.sum())
+    C_rep, r = repair_empty(C_new, empty, ps.far_points, ps.far_d2)
+    if r < n_empty and n_far < n:
+        ps_all = partial_stats(X, C, w, x_sq=x_sq, n_far=n)
+        C_rep, r = repair_empty(C_new, empty, ps_all.far_points, ps_all.far_d2)
+    if r < n_empty and warn:
+        warnings.warn("lloyd: %d empty cluster(s) could not be re-seeded: the data has "
+                      "fewer distinct points than k=%d" % (n_empty - r, k), UserWarning, stacklevel=3)
+    return C_rep, r
+
+
 def lloyd(X, init, weights=None, max_iter=300, tol=1e-4, spherical=False, n_far=None):
     """Single-process (weighted) Lloyd k-means: the reference of the engine.
 
@@ -926,20 +941,8 @@ def lloyd(X, init, weights=None, max_iter=300, tol=1e-4, spherical=False, n_far=
         C_new, empty = centers_from_stats(ps.sums, ps.counts, C, spherical=spherical)
         n_empty = int(empty.sum())
         if n_empty:
-            C_rep, r = repair_empty(C_new, empty, ps.far_points, ps.far_d2)
-            if r < n_empty and n_far < n:
-                # Not enough distinct far points: retry with every row.
-                ps_all = partial_stats(X, C, w, x_sq=x_sq, n_far=n)
-                C_rep, r = repair_empty(C_new, empty, ps_all.far_points, ps_all.far_d2)
-            if r < n_empty and not warned:
-                warnings.warn(
-                    "lloyd: %d empty cluster(s) could not be re-seeded: the data has "
-                    "fewer distinct points than k=%d" % (n_empty - r, k),
-                    UserWarning,
-                    stacklevel=2,
-                )
-                warned = True
-            C_new = C_rep
+            C_new, r = _reseed_empty(X, C, C_new, empty, ps, w, x_sq, n_far, warn=not warned)
+            warned = warned or r < n_empty
             n_repaired += r
         shift = center_shift_sq(C, C_new)
         C = C_new
